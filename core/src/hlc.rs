@@ -1,0 +1,229 @@
+//! Hybrid logical clock.
+//!
+//! A [`Timestamp`] is wall-clock milliseconds plus a logical counter. The [`Clock`] never
+//! goes backwards, even when the wall clock does (NTP step, a device that booted without
+//! an RTC), and a remote timestamp far in the future (a peer with a broken clock) is
+//! refused instead of dragging every later local timestamp along.
+//!
+//! The clock does no I/O: the caller passes the current wall time in.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A hybrid logical clock reading. Ordered by `(ms, logical)`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub struct Timestamp {
+    /// Milliseconds since the Unix epoch (physical part).
+    pub ms: u64,
+    /// Logical counter, breaking ties within one millisecond.
+    pub logical: u32,
+}
+
+impl Timestamp {
+    /// A timestamp at `ms` with a zero logical part.
+    pub const fn from_ms(ms: u64) -> Self {
+        Self { ms, logical: 0 }
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.ms, self.logical)
+    }
+}
+
+/// A remote timestamp was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClockError {
+    /// The remote time is further ahead of our wall clock than the allowed drift.
+    #[error(
+        "remote time {remote} is {ahead:?} ahead of local wall time; the limit is {max_drift:?}"
+    )]
+    TooFarAhead {
+        /// The refused timestamp.
+        remote: Timestamp,
+        /// How far ahead of the wall clock it was.
+        ahead: Duration,
+        /// The configured limit.
+        max_drift: Duration,
+    },
+}
+
+/// A hybrid logical clock. Invariant: every timestamp it returns is strictly greater than
+/// every timestamp it returned or observed before.
+#[derive(Debug, Clone)]
+pub struct Clock {
+    last: Timestamp,
+    max_drift: Duration,
+}
+
+impl Clock {
+    /// Default tolerance for remote clocks running ahead of ours.
+    pub const DEFAULT_MAX_DRIFT: Duration = Duration::from_secs(60);
+
+    /// A clock that refuses remote timestamps more than `max_drift` ahead of wall time.
+    pub fn new(max_drift: Duration) -> Self {
+        Self {
+            last: Timestamp::default(),
+            max_drift,
+        }
+    }
+
+    /// The last timestamp issued or observed.
+    pub fn last(&self) -> Timestamp {
+        self.last
+    }
+
+    /// A new timestamp for a local event, given the wall clock in ms since the epoch.
+    pub fn tick(&mut self, wall_ms: u64) -> Timestamp {
+        self.last = if wall_ms > self.last.ms {
+            Timestamp::from_ms(wall_ms)
+        } else {
+            bump(self.last)
+        };
+        self.last
+    }
+
+    /// Merges a timestamp seen on a remote event, given the wall clock in ms. On success
+    /// the clock is past both; a timestamp more than `max_drift` ahead of the wall clock
+    /// is refused and leaves the clock unchanged.
+    pub fn observe(&mut self, remote: Timestamp, wall_ms: u64) -> Result<Timestamp, ClockError> {
+        let limit = wall_ms.saturating_add(duration_ms(self.max_drift));
+        if remote.ms > limit {
+            return Err(ClockError::TooFarAhead {
+                remote,
+                ahead: Duration::from_millis(remote.ms - wall_ms),
+                max_drift: self.max_drift,
+            });
+        }
+        let top = self.last.max(remote);
+        self.last = if wall_ms > top.ms {
+            Timestamp::from_ms(wall_ms)
+        } else {
+            bump(top)
+        };
+        Ok(self.last)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_MAX_DRIFT)
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The smallest timestamp after `t`. When the logical counter is exhausted the physical
+/// part moves on by one millisecond, so the result is always strictly greater.
+fn bump(t: Timestamp) -> Timestamp {
+    match t.logical.checked_add(1) {
+        Some(logical) => Timestamp { ms: t.ms, logical },
+        None => Timestamp::from_ms(t.ms.saturating_add(1)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn wall_clock_jump_back_keeps_order() {
+        let mut c = Clock::default();
+        let a = c.tick(10_000);
+        let b = c.tick(5_000); // NTP stepped back 5 s
+        let d = c.tick(5_001);
+        assert!(a < b && b < d);
+        assert_eq!(b.ms, 10_000);
+        let e = c.tick(20_000);
+        assert_eq!(e, Timestamp::from_ms(20_000));
+    }
+
+    #[test]
+    fn remote_far_ahead_is_refused_and_does_not_move_clock() {
+        let mut c = Clock::new(Duration::from_secs(1));
+        let before = c.tick(1_000);
+        let err = c.observe(Timestamp::from_ms(1_000_000), 1_000).unwrap_err();
+        assert!(matches!(err, ClockError::TooFarAhead { .. }));
+        assert_eq!(c.last(), before);
+        // Within the drift bound it is taken.
+        let t = c
+            .observe(
+                Timestamp {
+                    ms: 1_900,
+                    logical: 7,
+                },
+                1_000,
+            )
+            .unwrap();
+        assert_eq!(
+            t,
+            Timestamp {
+                ms: 1_900,
+                logical: 8
+            }
+        );
+    }
+
+    #[test]
+    fn logical_overflow_moves_physical_part() {
+        let t = Timestamp {
+            ms: 5,
+            logical: u32::MAX,
+        };
+        assert_eq!(bump(t), Timestamp::from_ms(6));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Tick(u64),
+        Observe(u64, u32, u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u64..1_000_000).prop_map(Op::Tick),
+            (0u64..1_100_000, any::<u32>(), 0u64..1_000_000)
+                .prop_map(|(m, l, w)| Op::Observe(m, l, w)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn strictly_monotonic_under_any_clock(ops in proptest::collection::vec(op(), 1..200)) {
+            let mut c = Clock::new(Duration::from_secs(30));
+            let mut prev = c.last();
+            for op in ops {
+                match op {
+                    Op::Tick(w) => {
+                        let t = c.tick(w);
+                        prop_assert!(t > prev);
+                        prop_assert!(t.ms >= w);
+                        prev = t;
+                    }
+                    Op::Observe(m, l, w) => {
+                        let remote = Timestamp { ms: m, logical: l };
+                        match c.observe(remote, w) {
+                            Ok(t) => {
+                                prop_assert!(t > prev && t > remote);
+                                prev = t;
+                            }
+                            Err(_) => {
+                                prop_assert!(m > w + 30_000);
+                                prop_assert_eq!(c.last(), prev);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

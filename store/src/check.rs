@@ -1,0 +1,235 @@
+//! Offline integrity check of a RocksDB store (`murmur verify`): every chain link, every
+//! signature, every index entry.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use murmur_core::verify::verify_batch;
+use murmur_core::{Event, EventId, MAX_EVENT_BYTES, Seq};
+
+use crate::keys::{split_event_key, split_log_key};
+use crate::rocks::{RocksStore, StoreError, decode_head};
+
+/// Most problems listed in a report (the count goes on).
+pub const MAX_LISTED_PROBLEMS: usize = 1000;
+const SIG_CHUNK: usize = 256;
+
+/// The result of [`verify`].
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    /// Logs checked.
+    pub logs: u64,
+    /// Events checked.
+    pub events: u64,
+    /// Arrival entries checked.
+    pub arrivals: u64,
+    /// Fork proofs checked.
+    pub forks: u64,
+    /// Problems found (the first [`MAX_LISTED_PROBLEMS`]).
+    pub problems: Vec<String>,
+    /// Total number of problems.
+    pub problem_count: u64,
+}
+
+impl Report {
+    fn problem(&mut self, p: String) {
+        self.problem_count += 1;
+        if self.problems.len() < MAX_LISTED_PROBLEMS {
+            self.problems.push(p);
+        }
+    }
+
+    /// True when nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problem_count == 0
+    }
+}
+
+struct LogCursor {
+    key: Vec<u8>,
+    name: String,
+    next: Seq,
+    prev: Option<EventId>,
+    pending: Vec<Event>,
+}
+
+/// Re-checks the whole store. Reads every event once, in order; memory stays bounded
+/// (one chunk of events plus one log's bookkeeping).
+pub fn verify(store: &RocksStore) -> Result<Report, StoreError> {
+    let db = store.db();
+    let cf = |n: &str| {
+        db.cf_handle(n)
+            .ok_or_else(|| StoreError::Corrupt(format!("column family {n} missing")))
+    };
+    let (events_cf, heads_cf, by_id_cf, arrivals_cf, forks_cf) = (
+        cf("events")?,
+        cf("heads")?,
+        cf("by_id")?,
+        cf("arrivals")?,
+        cf("forks")?,
+    );
+    let mut r = Report::default();
+    let mut cur: Option<LogCursor> = None;
+    let mut logs_seen: HashSet<Vec<u8>> = HashSet::new();
+
+    let mut it = db.raw_iterator_cf(events_cf);
+    it.seek_to_first();
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        r.events += 1;
+        let Some((lk, seq)) = split_event_key(k) else {
+            r.problem(format!("malformed event key {k:02x?}"));
+            it.next();
+            continue;
+        };
+        if cur.as_ref().is_none_or(|c| c.key != lk) {
+            if let Some(done) = cur.take() {
+                finish_log(store, done, &mut r)?;
+            }
+            let name = match split_log_key(lk) {
+                Some((t, a)) => format!("{t} by {}", a.short()),
+                None => format!("log {lk:02x?}"),
+            };
+            logs_seen.insert(lk.to_vec());
+            r.logs += 1;
+            cur = Some(LogCursor {
+                key: lk.to_vec(),
+                name,
+                next: Seq(0),
+                prev: None,
+                pending: Vec::new(),
+            });
+        }
+        let Some(c) = cur.as_mut() else { break };
+        match Event::decode(Bytes::copy_from_slice(v), MAX_EVENT_BYTES) {
+            Err(e) => r.problem(format!("{} seq {seq}: does not decode: {e}", c.name)),
+            Ok(ev) => {
+                if ev.seq() != seq || split_log_key(lk) != Some((ev.topic().clone(), ev.author())) {
+                    r.problem(format!("{} seq {seq}: stored under the wrong key", c.name));
+                }
+                if seq != c.next {
+                    r.problem(format!(
+                        "{}: expected seq {}, found {seq} (missing events)",
+                        c.name, c.next
+                    ));
+                } else if ev.prev() != c.prev {
+                    r.problem(format!(
+                        "{} seq {seq}: prev does not link to seq {}",
+                        c.name,
+                        seq.0.saturating_sub(1)
+                    ));
+                }
+                match db.get_pinned_cf(by_id_cf, ev.id().0)? {
+                    Some(t) if t.as_ref() == k => {}
+                    Some(_) => {
+                        r.problem(format!("{} seq {seq}: id index points elsewhere", c.name))
+                    }
+                    None => r.problem(format!("{} seq {seq}: missing from the id index", c.name)),
+                }
+                c.next = Seq(seq.0.saturating_add(1));
+                c.prev = Some(ev.id());
+                c.pending.push(ev);
+                if c.pending.len() >= SIG_CHUNK {
+                    check_signatures(c, &mut r);
+                }
+            }
+        }
+        it.next();
+    }
+    it.status()?;
+    if let Some(done) = cur.take() {
+        finish_log(store, done, &mut r)?;
+    }
+
+    // Heads with no events.
+    let mut it = db.raw_iterator_cf(heads_cf);
+    it.seek_to_first();
+    while let Some(k) = it.key() {
+        if !logs_seen.contains(k) {
+            r.problem(format!("head for a log with no events ({})", describe(k)));
+        }
+        it.next();
+    }
+    it.status()?;
+
+    // Every arrival names a stored event, offsets are contiguous, one arrival per event.
+    let mut it = db.raw_iterator_cf(arrivals_cf);
+    it.seek_to_first();
+    let mut expect = 0u64;
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        r.arrivals += 1;
+        match <[u8; 8]>::try_from(k) {
+            Ok(b) if u64::from_be_bytes(b) == expect => {}
+            _ => r.problem(format!("arrival offsets not contiguous at {expect}")),
+        }
+        if db.get_pinned_cf(events_cf, v)?.is_none() {
+            r.problem(format!("arrival {expect} names a missing event"));
+        }
+        expect += 1;
+        it.next();
+    }
+    it.status()?;
+    if r.arrivals != r.events {
+        r.problem(format!(
+            "{} events but {} arrival entries",
+            r.events, r.arrivals
+        ));
+    }
+
+    // Fork proofs must prove a fork.
+    let mut it = db.raw_iterator_cf(forks_cf);
+    it.seek_to_first();
+    while it.valid() {
+        r.forks += 1;
+        it.next();
+    }
+    it.status()?;
+    for proof in murmur_core::Store::forks(store)? {
+        if let Err(why) = proof.check() {
+            r.problem(format!(
+                "fork proof for {} seq {}: {why}",
+                proof.topic(),
+                proof.seq()
+            ));
+        }
+    }
+    Ok(r)
+}
+
+fn describe(lk: &[u8]) -> String {
+    match split_log_key(lk) {
+        Some((t, a)) => format!("{t} by {}", a.short()),
+        None => format!("{lk:02x?}"),
+    }
+}
+
+fn check_signatures(c: &mut LogCursor, r: &mut Report) {
+    for (ev, res) in c.pending.iter().zip(verify_batch(&c.pending)) {
+        if let Err(e) = res {
+            r.problem(format!("{} seq {}: {e}", c.name, ev.seq()));
+        }
+    }
+    c.pending.clear();
+}
+
+fn finish_log(store: &RocksStore, mut c: LogCursor, r: &mut Report) -> Result<(), StoreError> {
+    check_signatures(&mut c, r);
+    let heads = store
+        .db()
+        .cf_handle("heads")
+        .ok_or_else(|| StoreError::Corrupt("heads missing".into()))?;
+    match store.db().get_pinned_cf(heads, &c.key)? {
+        None => r.problem(format!("{}: no head record", c.name)),
+        Some(v) => {
+            let h = decode_head(&v)?;
+            if Some(h.id) != c.prev || h.seq.next() != Some(c.next) {
+                r.problem(format!(
+                    "{}: head says seq {}, log ends at seq {}",
+                    c.name,
+                    h.seq,
+                    c.next.0.saturating_sub(1)
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! One conformance suite, run against every [`Store`] implementation.
+
+use bytes::Bytes;
+use murmur_core::storage::{Durability, Outcome, Store};
+use murmur_core::{Draft, Event, Keypair, Offset, Pattern, Payload, Seq, Timestamp, Topic};
+
+pub(crate) fn key(n: u8) -> Keypair {
+    Keypair::from_seed(&[n; 32])
+}
+
+pub(crate) fn chain(key: &Keypair, topic: &str, len: usize) -> Vec<Event> {
+    chain_with(key, topic, len, "e")
+}
+
+pub(crate) fn chain_with(key: &Keypair, topic: &str, len: usize, tag: &str) -> Vec<Event> {
+    let topic = Topic::new(topic).unwrap();
+    let mut out: Vec<Event> = Vec::with_capacity(len);
+    for i in 0..len {
+        let d = Draft {
+            topic: topic.clone(),
+            seq: Seq(i as u64),
+            prev: out.last().map(Event::id),
+            time: Timestamp::from_ms(1_000 + i as u64),
+            body: Payload::data(Bytes::from(format!("{tag}{i}"))),
+        };
+        out.push(Event::sign(&d, key).unwrap());
+    }
+    out
+}
+
+fn appended(o: &[Outcome]) -> Vec<u64> {
+    o.iter()
+        .filter_map(|o| match o {
+            Outcome::Appended(off) => Some(off.0),
+            _ => None,
+        })
+        .collect()
+}
+
+pub(crate) fn append_and_read<S: Store>(s: &S) {
+    let k = key(1);
+    let c = chain(&k, "a/b", 10);
+    let out = s.insert(&c, Durability::Sync).unwrap();
+    assert_eq!(appended(&out), (0..10).collect::<Vec<_>>());
+    assert_eq!(s.next_offset(), Offset(10));
+    let st = s.log_state(&k.author(), c[0].topic()).unwrap();
+    assert_eq!(st.head.unwrap().seq, Seq(9));
+    assert_eq!(st.head.unwrap().id, c[9].id());
+    assert_eq!(st.frozen_at, None);
+    let r = s.log_range(&k.author(), c[0].topic(), Seq(3), 4).unwrap();
+    assert_eq!(
+        r.iter().map(Event::seq).collect::<Vec<_>>(),
+        vec![Seq(3), Seq(4), Seq(5), Seq(6)]
+    );
+    assert_eq!(
+        s.log_range(&k.author(), c[0].topic(), Seq(10), 5)
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(s.event(&c[7].id()).unwrap().unwrap().id(), c[7].id());
+    assert!(s.event(&murmur_core::EventId([0; 32])).unwrap().is_none());
+    // An unknown log is empty, not an error.
+    let other = Topic::new("a").unwrap();
+    assert!(
+        s.log_range(&k.author(), &other, Seq(0), 5)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.log_state(&k.author(), &other).unwrap().head, None);
+}
+
+pub(crate) fn duplicates_and_gaps_store_nothing<S: Store>(s: &S) {
+    let k = key(2);
+    let c = chain(&k, "t", 6);
+    s.insert(&c[..3], Durability::Sync).unwrap();
+    let out = s
+        .insert(
+            &[c[1].clone(), c[2].clone(), c[5].clone()],
+            Durability::Sync,
+        )
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            Outcome::Duplicate,
+            Outcome::Duplicate,
+            Outcome::Gap { expected: Seq(3) }
+        ]
+    );
+    assert_eq!(s.next_offset(), Offset(3));
+    // Within one call: an event and its copy, then the rest of the chain.
+    let out = s
+        .insert(
+            &[c[3].clone(), c[3].clone(), c[4].clone(), c[5].clone()],
+            Durability::Buffered,
+        )
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            Outcome::Appended(Offset(3)),
+            Outcome::Duplicate,
+            Outcome::Appended(Offset(4)),
+            Outcome::Appended(Offset(5))
+        ]
+    );
+}
+
+pub(crate) fn forks_freeze_the_log<S: Store>(s: &S) {
+    let k = key(3);
+    let c = chain(&k, "f", 5);
+    let alt = chain_with(&k, "f", 5, "other");
+    s.insert(&c[..4], Durability::Sync).unwrap();
+    // A second statement at seq 2: fork proof stored, log frozen at 2.
+    let out = s.insert(&[alt[2].clone()], Durability::Sync).unwrap();
+    assert_eq!(out, vec![Outcome::Fork(Seq(2))]);
+    let st = s.log_state(&k.author(), c[0].topic()).unwrap();
+    assert_eq!(st.frozen_at, Some(Seq(2)));
+    let forks = s.forks().unwrap();
+    assert_eq!(forks.len(), 1);
+    forks[0].check().unwrap();
+    assert_eq!(forks[0].ours.id(), c[2].id());
+    assert_eq!(forks[0].theirs.id(), alt[2].id());
+    // Past the fork nothing more is accepted.
+    assert_eq!(
+        s.insert(&[c[4].clone()], Durability::Sync).unwrap(),
+        vec![Outcome::Frozen]
+    );
+    assert_eq!(s.next_offset(), Offset(4));
+    // An earlier fork lowers the freeze point.
+    assert_eq!(
+        s.insert(&[alt[1].clone()], Durability::Sync).unwrap(),
+        vec![Outcome::Fork(Seq(1))]
+    );
+    assert_eq!(
+        s.log_state(&k.author(), c[0].topic()).unwrap().frozen_at,
+        Some(Seq(1))
+    );
+    let logs = s.logs().unwrap();
+    assert_eq!(logs[0].frozen_at, Some(Seq(1)));
+}
+
+pub(crate) fn prev_mismatch_is_refused<S: Store>(s: &S) {
+    let k = key(4);
+    let c = chain(&k, "p", 3);
+    let alt = chain_with(&k, "p", 3, "x");
+    s.insert(&c[..2], Durability::Sync).unwrap();
+    // alt[2] continues alt[1], not our c[1].
+    assert_eq!(
+        s.insert(&[alt[2].clone()], Durability::Sync).unwrap(),
+        vec![Outcome::PrevMismatch]
+    );
+}
+
+pub(crate) fn arrivals_filter_and_page<S: Store>(s: &S) {
+    let (k1, k2) = (key(5), key(6));
+    let a = chain(&k1, "sensors/kitchen/temp", 5);
+    let b = chain(&k2, "sensors/hall/hum", 5);
+    let mut mixed = Vec::new();
+    for i in 0..5 {
+        mixed.push(a[i].clone());
+        mixed.push(b[i].clone());
+    }
+    s.insert(&mixed, Durability::Sync).unwrap();
+    let all = s.arrivals(Offset(0), None, 100, 1000).unwrap();
+    assert_eq!(all.events.len(), 10);
+    assert_eq!(all.next, Offset(10));
+    for (i, (off, ev)) in all.events.iter().enumerate() {
+        assert_eq!(off.0, i as u64);
+        assert_eq!(ev.id(), mixed[i].id());
+    }
+    let temp = Pattern::new("sensors/+/temp").unwrap();
+    let p = s.arrivals(Offset(0), Some(&temp), 100, 1000).unwrap();
+    assert_eq!(
+        p.events.iter().map(|(o, _)| o.0).collect::<Vec<_>>(),
+        vec![0, 2, 4, 6, 8]
+    );
+    // limit: stops after 2 matches, next is after the last examined.
+    let p = s.arrivals(Offset(0), Some(&temp), 2, 1000).unwrap();
+    assert_eq!(p.events.len(), 2);
+    assert_eq!(p.next, Offset(3));
+    // max_scan: a sparse filter examines at most max_scan offsets.
+    let hum = Pattern::new("sensors/hall/#").unwrap();
+    let p = s.arrivals(Offset(0), Some(&hum), 100, 1).unwrap();
+    assert_eq!(p.events.len(), 0);
+    assert_eq!(p.next, Offset(1));
+    let p = s.arrivals(p.next, Some(&hum), 100, 1000).unwrap();
+    assert_eq!(p.events.len(), 5);
+    // Past the end: empty, next unchanged.
+    let p = s.arrivals(Offset(10), None, 100, 1000).unwrap();
+    assert!(p.events.is_empty());
+    assert_eq!(p.next, Offset(10));
+}
+
+pub(crate) fn logs_and_version_vectors<S: Store>(s: &S) {
+    let (k1, k2) = (key(7), key(8));
+    s.insert(&chain(&k1, "x/y", 3), Durability::Sync).unwrap();
+    s.insert(&chain(&k2, "x/y", 5), Durability::Sync).unwrap();
+    s.insert(&chain(&k1, "x", 2), Durability::Sync).unwrap();
+    s.insert(&chain(&k1, "x/yz", 1), Durability::Sync).unwrap();
+    let logs = s.logs().unwrap();
+    let names: Vec<_> = logs
+        .iter()
+        .map(|l| (l.topic.as_str().to_owned(), l.head.seq.0))
+        .collect();
+    assert_eq!(names.len(), 4);
+    assert_eq!(names[0], ("x".to_owned(), 1));
+    assert_eq!(names[3], ("x/yz".to_owned(), 0));
+    let vv = s.version_vector(&Topic::new("x/y").unwrap()).unwrap();
+    assert_eq!(vv.len(), 2);
+    assert_eq!(vv.get(&k1.author()).unwrap().seq, Seq(2));
+    assert_eq!(vv.get(&k2.author()).unwrap().seq, Seq(4));
+    assert_eq!(vv.total_events(), 8);
+    assert!(
+        s.version_vector(&Topic::new("nope").unwrap())
+            .unwrap()
+            .is_empty()
+    );
+}
+
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        #[test]
+        fn append_and_read() {
+            $crate::conformance::append_and_read(&$make);
+        }
+        #[test]
+        fn duplicates_and_gaps_store_nothing() {
+            $crate::conformance::duplicates_and_gaps_store_nothing(&$make);
+        }
+        #[test]
+        fn forks_freeze_the_log() {
+            $crate::conformance::forks_freeze_the_log(&$make);
+        }
+        #[test]
+        fn prev_mismatch_is_refused() {
+            $crate::conformance::prev_mismatch_is_refused(&$make);
+        }
+        #[test]
+        fn arrivals_filter_and_page() {
+            $crate::conformance::arrivals_filter_and_page(&$make);
+        }
+        #[test]
+        fn logs_and_version_vectors() {
+            $crate::conformance::logs_and_version_vectors(&$make);
+        }
+    };
+}
+
+mod memory {
+    conformance_tests!(crate::MemoryStore::new());
+}
+
+mod rocks {
+    use super::*;
+    use crate::{RocksConfig, RocksStore, StoreError};
+
+    /// A store in a temp dir that lives as long as the store.
+    pub(crate) struct Tmp {
+        pub store: RocksStore,
+        pub _dir: tempfile::TempDir,
+    }
+
+    impl std::ops::Deref for Tmp {
+        type Target = RocksStore;
+        fn deref(&self) -> &RocksStore {
+            &self.store
+        }
+    }
+
+    pub(crate) fn tmp() -> Tmp {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap();
+        Tmp { store, _dir: dir }
+    }
+
+    fn conf<S: Store>(s: &Tmp, f: fn(&RocksStore)) {
+        f(&s.store)
+    }
+
+    #[test]
+    fn append_and_read() {
+        conf::<RocksStore>(&tmp(), crate::conformance::append_and_read);
+    }
+    #[test]
+    fn duplicates_and_gaps_store_nothing() {
+        conf::<RocksStore>(
+            &tmp(),
+            crate::conformance::duplicates_and_gaps_store_nothing,
+        );
+    }
+    #[test]
+    fn forks_freeze_the_log() {
+        conf::<RocksStore>(&tmp(), crate::conformance::forks_freeze_the_log);
+    }
+    #[test]
+    fn prev_mismatch_is_refused() {
+        conf::<RocksStore>(&tmp(), crate::conformance::prev_mismatch_is_refused);
+    }
+    #[test]
+    fn arrivals_filter_and_page() {
+        conf::<RocksStore>(&tmp(), crate::conformance::arrivals_filter_and_page);
+    }
+    #[test]
+    fn logs_and_version_vectors() {
+        conf::<RocksStore>(&tmp(), crate::conformance::logs_and_version_vectors);
+    }
+
+    #[test]
+    fn reopen_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(1);
+        let c = chain(&k, "r", 50);
+        {
+            let s = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap();
+            s.insert(&c[..30], Durability::Sync).unwrap();
+            s.insert(&c[30..], Durability::Buffered).unwrap();
+            s.flush().unwrap();
+        }
+        let s = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap();
+        assert_eq!(s.next_offset(), Offset(50));
+        assert_eq!(
+            s.log_state(&k.author(), c[0].topic())
+                .unwrap()
+                .head
+                .unwrap()
+                .id,
+            c[49].id()
+        );
+        assert_eq!(
+            s.log_range(&k.author(), c[0].topic(), Seq(0), 100)
+                .unwrap()
+                .len(),
+            50
+        );
+        let more = chain(&k, "r", 51);
+        assert_eq!(
+            s.insert(&more[50..], Durability::Sync).unwrap(),
+            vec![Outcome::Appended(Offset(50))]
+        );
+        let report = crate::check::verify(&s).unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+        assert_eq!((report.logs, report.events, report.arrivals), (1, 51, 51));
+    }
+
+    #[test]
+    fn second_open_is_refused_with_a_clear_error() {
+        let s = tmp();
+        let err = RocksStore::open(s._dir.path(), &RocksConfig::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Locked(_)), "{err}");
+        assert!(err.to_string().contains("in use by another process"));
+    }
+
+    #[test]
+    fn verify_finds_tampering_and_broken_indexes() {
+        let s = tmp();
+        let k = key(1);
+        let c = chain(&k, "v", 20);
+        s.insert(&c, Durability::Sync).unwrap();
+        s.insert(&chain_with(&k, "v", 20, "fork")[7..8], Durability::Sync)
+            .unwrap();
+        assert!(crate::check::verify(&s).unwrap().is_clean());
+        let db = s.db();
+        let events = db.cf_handle("events").unwrap();
+        // Replace event 5 with a bit-flipped copy (signature region) and drop event 9's
+        // id index entry.
+        let lk = crate::keys::log_key(c[0].topic(), &k.author());
+        let mut bytes = c[5].bytes().to_vec();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0x10;
+        db.put_cf(events, crate::keys::event_key(&lk, Seq(5)), &bytes)
+            .unwrap();
+        db.delete_cf(db.cf_handle("by_id").unwrap(), c[9].id().0)
+            .unwrap();
+        let r = crate::check::verify(&s).unwrap();
+        assert!(!r.is_clean());
+        let text = r.problems.join("\n");
+        assert!(text.contains("seq 6: prev does not link"), "{text}");
+        assert!(text.contains("seq 5: signature"), "{text}");
+        assert!(text.contains("seq 9: missing from the id index"), "{text}");
+        assert!(
+            text.contains("seq 5: id index points elsewhere") || text.contains("seq 5: missing"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn startup_check_catches_a_head_past_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(1);
+        let c = chain(&k, "h", 5);
+        {
+            let s = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap();
+            s.insert(&c, Durability::Sync).unwrap();
+            let lk = crate::keys::log_key(c[0].topic(), &k.author());
+            s.db()
+                .delete_cf(
+                    s.db().cf_handle("events").unwrap(),
+                    crate::keys::event_key(&lk, Seq(4)),
+                )
+                .unwrap();
+        }
+        let err = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    }
+}

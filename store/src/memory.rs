@@ -1,0 +1,200 @@
+//! An in-memory [`Store`] for tests and simulation. Same laws as the RocksDB store,
+//! nothing persisted; `Durability` has no effect.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::RwLock;
+
+use murmur_core::accept::{self, ForkProof, Head, LogState, Verdict};
+use murmur_core::storage::{ArrivalPage, Durability, LogSummary, Outcome, Store};
+use murmur_core::vv::{self, VersionVector};
+use murmur_core::{AuthorId, Event, EventId, Offset, Pattern, Seq, Topic};
+
+type LogId = (Topic, AuthorId);
+
+#[derive(Default)]
+struct Inner {
+    logs: BTreeMap<LogId, Vec<Event>>,
+    forks: BTreeMap<LogId, ForkProof>,
+    by_id: HashMap<EventId, (LogId, Seq)>,
+    arrivals: Vec<(LogId, Seq)>,
+}
+
+impl Inner {
+    fn state(&self, id: &LogId) -> LogState {
+        LogState {
+            head: self.logs.get(id).and_then(|l| l.last()).map(Head::of),
+            frozen_at: self.forks.get(id).map(ForkProof::seq),
+        }
+    }
+
+    fn at(&self, id: &LogId, seq: Seq) -> Option<&Event> {
+        self.logs.get(id)?.get(usize::try_from(seq.0).ok()?)
+    }
+}
+
+/// The in-memory store.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: RwLock<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        // A panic while holding the lock can only come from a bug in this module; the
+        // data is still consistent (every write below is completed or not started).
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for MemoryStore {
+    type Error = Infallible;
+
+    fn insert(
+        &self,
+        events: &[Event],
+        _durability: Durability,
+    ) -> Result<Vec<Outcome>, Infallible> {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            let id: LogId = (ev.topic().clone(), ev.author());
+            let state = inner.state(&id);
+            let verdict = accept::classify(&state, ev, |seq| inner.at(&id, seq).cloned());
+            out.push(match verdict {
+                Verdict::Append => {
+                    let offset = Offset(inner.arrivals.len() as u64);
+                    inner.by_id.insert(ev.id(), (id.clone(), ev.seq()));
+                    inner.arrivals.push((id.clone(), ev.seq()));
+                    inner.logs.entry(id).or_default().push(ev.clone());
+                    Outcome::Appended(offset)
+                }
+                Verdict::Duplicate => Outcome::Duplicate,
+                Verdict::Fork(proof) => {
+                    let seq = proof.seq();
+                    if state.frozen_at.is_none_or(|f| seq < f) {
+                        inner.forks.insert(id, *proof);
+                    }
+                    Outcome::Fork(seq)
+                }
+                Verdict::Gap { expected } => Outcome::Gap { expected },
+                Verdict::PrevMismatch { .. } => Outcome::PrevMismatch,
+                Verdict::Frozen { .. } => Outcome::Frozen,
+            });
+        }
+        Ok(out)
+    }
+
+    fn log_state(&self, author: &AuthorId, topic: &Topic) -> Result<LogState, Infallible> {
+        Ok(self.read().state(&(topic.clone(), *author)))
+    }
+
+    fn log_range(
+        &self,
+        author: &AuthorId,
+        topic: &Topic,
+        from: Seq,
+        limit: usize,
+    ) -> Result<Vec<Event>, Infallible> {
+        let inner = self.read();
+        let Some(log) = inner.logs.get(&(topic.clone(), *author)) else {
+            return Ok(Vec::new());
+        };
+        let start = usize::try_from(from.0).unwrap_or(usize::MAX).min(log.len());
+        Ok(log[start..].iter().take(limit).cloned().collect())
+    }
+
+    fn event(&self, id: &EventId) -> Result<Option<Event>, Infallible> {
+        let inner = self.read();
+        Ok(inner
+            .by_id
+            .get(id)
+            .and_then(|(log, seq)| inner.at(log, *seq))
+            .cloned())
+    }
+
+    fn arrivals(
+        &self,
+        from: Offset,
+        filter: Option<&Pattern>,
+        limit: usize,
+        max_scan: usize,
+    ) -> Result<ArrivalPage, Infallible> {
+        let inner = self.read();
+        let start = usize::try_from(from.0)
+            .unwrap_or(usize::MAX)
+            .min(inner.arrivals.len());
+        let mut page = ArrivalPage {
+            events: Vec::new(),
+            next: from,
+        };
+        for (i, (log, seq)) in inner.arrivals.iter().enumerate().skip(start).take(max_scan) {
+            if page.events.len() >= limit {
+                break;
+            }
+            page.next = Offset(i as u64 + 1);
+            if filter.is_none_or(|p| p.matches(&log.0)) {
+                if let Some(ev) = inner.at(log, *seq) {
+                    page.events.push((Offset(i as u64), ev.clone()));
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    fn next_offset(&self) -> Offset {
+        Offset(self.read().arrivals.len() as u64)
+    }
+
+    fn logs(&self) -> Result<Vec<LogSummary>, Infallible> {
+        let inner = self.read();
+        Ok(inner
+            .logs
+            .iter()
+            .filter_map(|((topic, author), log)| {
+                Some(LogSummary {
+                    topic: topic.clone(),
+                    author: *author,
+                    head: Head::of(log.last()?),
+                    frozen_at: inner
+                        .forks
+                        .get(&(topic.clone(), *author))
+                        .map(ForkProof::seq),
+                })
+            })
+            .collect())
+    }
+
+    fn version_vector(&self, topic: &Topic) -> Result<VersionVector, Infallible> {
+        let inner = self.read();
+        let mut vv = VersionVector::new();
+        for ((t, author), log) in inner.logs.range((topic.clone(), AuthorId([0; 32]))..) {
+            if t != topic {
+                break;
+            }
+            if let Some(last) = log.last() {
+                vv.insert(
+                    *author,
+                    vv::Entry {
+                        seq: last.seq(),
+                        id: last.id(),
+                    },
+                );
+            }
+        }
+        Ok(vv)
+    }
+
+    fn forks(&self) -> Result<Vec<ForkProof>, Infallible> {
+        Ok(self.read().forks.values().cloned().collect())
+    }
+
+    fn flush(&self) -> Result<(), Infallible> {
+        Ok(())
+    }
+}

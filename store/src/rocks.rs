@@ -1,0 +1,598 @@
+//! The RocksDB store.
+//!
+//! Column families (see [`crate::keys`] for the key layout):
+//!
+//! | family | key | value |
+//! |---|---|---|
+//! | `events` | event key | canonical event bytes |
+//! | `heads` | log key | seq (8) · id (32) · time ms (8) · logical (4) |
+//! | `by_id` | event id (32) | event key |
+//! | `arrivals` | offset (8, big-endian) | event key |
+//! | `forks` | log key | len of first event (4) · first event · second event |
+//! | `meta` | name | value (`schema` → version) |
+//!
+//! Every `insert` is one `WriteBatch` covering the events and all their index entries;
+//! with [`Durability::Sync`] it is written with one WAL fsync, however many events it
+//! holds (this is the group commit). Writes are serialised by one mutex; reads go
+//! straight to RocksDB from any thread.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use murmur_core::accept::{self, ForkProof, Head, LogState, Verdict};
+use murmur_core::storage::{ArrivalPage, Durability, LogSummary, Outcome, Store};
+use murmur_core::vv::{self, VersionVector};
+use murmur_core::{
+    AuthorId, Event, EventId, MAX_EVENT_BYTES, Offset, Pattern, Seq, Timestamp, Topic,
+};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
+    WriteBatch, WriteOptions,
+};
+
+use crate::keys::{event_key, log_key, split_log_key, topic_of, topic_prefix};
+
+/// Schema version written to `meta`; a store with a newer one is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const CF_EVENTS: &str = "events";
+const CF_HEADS: &str = "heads";
+const CF_BY_ID: &str = "by_id";
+const CF_ARRIVALS: &str = "arrivals";
+const CF_FORKS: &str = "forks";
+const CF_META: &str = "meta";
+const FAMILIES: [&str; 6] = [
+    CF_EVENTS,
+    CF_HEADS,
+    CF_BY_ID,
+    CF_ARRIVALS,
+    CF_FORKS,
+    CF_META,
+];
+
+/// Most log states cached in memory; the cache is dropped whole when it grows past this
+/// (it refills from the `heads` family on demand).
+const STATE_CACHE_MAX: usize = 65_536;
+
+/// Errors of the RocksDB store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process holds the database lock.
+    #[error(
+        "the data directory {0} is in use by another process (the RocksDB lock is held); stop the other murmur daemon first"
+    )]
+    Locked(PathBuf),
+    /// RocksDB reported an error.
+    #[error("RocksDB: {0}")]
+    Db(#[from] rocksdb::Error),
+    /// Stored data does not decode or contradicts itself.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    /// Written by a newer murmur.
+    #[error(
+        "store schema version {found} is newer than this murmur supports ({SCHEMA_VERSION}); upgrade murmur"
+    )]
+    Schema {
+        /// The version found on disk.
+        found: u32,
+    },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Tuning of the RocksDB store. The defaults keep an idle node small.
+#[derive(Debug, Clone)]
+pub struct RocksConfig {
+    /// Shared block cache, bytes.
+    pub block_cache_bytes: usize,
+    /// Memtable budget across all column families, bytes.
+    pub write_buffer_bytes: usize,
+    /// Most open SST files (-1: unlimited).
+    pub max_open_files: i32,
+}
+
+impl Default for RocksConfig {
+    fn default() -> Self {
+        Self {
+            block_cache_bytes: 8 << 20,
+            write_buffer_bytes: 16 << 20,
+            max_open_files: 256,
+        }
+    }
+}
+
+struct Writer {
+    states: HashMap<Vec<u8>, LogState>,
+}
+
+/// The RocksDB-backed [`Store`].
+pub struct RocksStore {
+    db: DB,
+    path: PathBuf,
+    writer: Mutex<Writer>,
+    next_offset: AtomicU64,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+impl RocksStore {
+    /// Opens (creating if needed) the store at `path` and checks its integrity: schema
+    /// version, every head against its log, the newest arrival.
+    pub fn open(path: &Path, config: &RocksConfig) -> Result<Self> {
+        let cache = Cache::new_lru_cache(config.block_cache_bytes);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_db_write_buffer_size(config.write_buffer_bytes);
+        opts.set_max_open_files(config.max_open_files);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(2);
+        opts.set_max_log_file_size(1 << 20);
+        opts.set_max_total_wal_size(64 << 20);
+
+        let families = FAMILIES.iter().map(|name| {
+            let mut cf = Options::default();
+            cf.set_block_based_table_factory(&table);
+            cf.set_write_buffer_size((config.write_buffer_bytes / 4).max(1 << 20));
+            cf.set_max_write_buffer_number(2);
+            if *name == CF_EVENTS {
+                cf.set_compression_type(DBCompressionType::Lz4);
+            }
+            ColumnFamilyDescriptor::new(*name, cf)
+        });
+        let db = DB::open_cf_descriptors(&opts, path, families).map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("lock") || msg.contains("LOCK") {
+                StoreError::Locked(path.to_path_buf())
+            } else {
+                StoreError::Db(e)
+            }
+        })?;
+        let store = RocksStore {
+            db,
+            path: path.to_path_buf(),
+            writer: Mutex::new(Writer {
+                states: HashMap::new(),
+            }),
+            next_offset: AtomicU64::new(0),
+        };
+        store.check_schema()?;
+        store
+            .next_offset
+            .store(store.load_next_offset()?, Ordering::Release);
+        store.check_heads()?;
+        Ok(store)
+    }
+
+    /// The directory of the database.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        // The families are created at open; a missing one is a bug, not an input error.
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| unreachable!("column family {name} is created at open"))
+    }
+
+    fn check_schema(&self) -> Result<()> {
+        let meta = self.cf(CF_META);
+        match self.db.get_cf(meta, b"schema")? {
+            None => self
+                .db
+                .put_cf(meta, b"schema", SCHEMA_VERSION.to_be_bytes())?,
+            Some(v) => {
+                let found = u32::from_be_bytes(
+                    v.as_slice()
+                        .try_into()
+                        .map_err(|_| corrupt("schema version is not 4 bytes"))?,
+                );
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::Schema { found });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn load_next_offset(&self) -> Result<u64> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_ARRIVALS));
+        it.seek_to_last();
+        let next = match (it.key(), it.value()) {
+            (Some(k), Some(v)) => {
+                let off = u64::from_be_bytes(
+                    k.try_into()
+                        .map_err(|_| corrupt("arrival key is not 8 bytes"))?,
+                );
+                if self.db.get_pinned_cf(self.cf(CF_EVENTS), v)?.is_none() {
+                    return Err(corrupt(format!("arrival {off} names a missing event")));
+                }
+                off + 1
+            }
+            _ => 0,
+        };
+        it.status()?;
+        Ok(next)
+    }
+
+    /// Startup check: every head names a stored event and nothing is stored past it.
+    fn check_heads(&self) -> Result<()> {
+        let events = self.cf(CF_EVENTS);
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_HEADS));
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let head = decode_head(v)?;
+            let at = self
+                .db
+                .get_pinned_cf(events, event_key(k, head.seq))?
+                .ok_or_else(|| corrupt(format!("head seq {} of a log is missing", head.seq)))?;
+            if EventId::hash(&at) != head.id {
+                return Err(corrupt(format!(
+                    "head seq {} does not match the stored event",
+                    head.seq
+                )));
+            }
+            if let Some(next) = head.seq.next() {
+                if self.db.get_pinned_cf(events, event_key(k, next))?.is_some() {
+                    return Err(corrupt(format!(
+                        "an event is stored past head seq {}",
+                        head.seq
+                    )));
+                }
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    fn load_state(&self, lk: &[u8]) -> Result<LogState> {
+        let head = match self.db.get_pinned_cf(self.cf(CF_HEADS), lk)? {
+            Some(v) => Some(decode_head(&v)?),
+            None => None,
+        };
+        let frozen_at = match self.db.get_pinned_cf(self.cf(CF_FORKS), lk)? {
+            Some(v) => Some(decode_fork(&v)?.seq()),
+            None => None,
+        };
+        Ok(LogState { head, frozen_at })
+    }
+
+    fn get_event(&self, key: &[u8]) -> Result<Option<Event>> {
+        match self.db.get_cf(self.cf(CF_EVENTS), key)? {
+            Some(v) => decode_event(v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Raw access for integrity tools and tests.
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    /// Approximate on-disk size of live data, bytes.
+    pub fn disk_bytes(&self) -> u64 {
+        FAMILIES
+            .iter()
+            .filter_map(|n| {
+                self.db
+                    .property_int_value_cf(self.cf(n), "rocksdb.total-sst-files-size")
+                    .ok()
+                    .flatten()
+            })
+            .sum()
+    }
+
+    /// Memory held by memtables and the block cache, bytes (approximate).
+    pub fn memory_bytes(&self) -> u64 {
+        let p = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        p("rocksdb.cur-size-all-mem-tables") + p("rocksdb.block-cache-usage")
+    }
+}
+
+fn decode_event(v: Vec<u8>) -> Result<Event> {
+    Event::decode(Bytes::from(v), MAX_EVENT_BYTES)
+        .map_err(|e| corrupt(format!("stored event: {e}")))
+}
+
+pub(crate) fn encode_head(h: &Head) -> [u8; 52] {
+    let mut v = [0u8; 52];
+    v[..8].copy_from_slice(&h.seq.0.to_be_bytes());
+    v[8..40].copy_from_slice(&h.id.0);
+    v[40..48].copy_from_slice(&h.time.ms.to_be_bytes());
+    v[48..].copy_from_slice(&h.time.logical.to_be_bytes());
+    v
+}
+
+pub(crate) fn decode_head(v: &[u8]) -> Result<Head> {
+    if v.len() != 52 {
+        return Err(corrupt("head record is not 52 bytes"));
+    }
+    let u64_at = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().unwrap_or([0; 8]));
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&v[8..40]);
+    Ok(Head {
+        seq: Seq(u64_at(0)),
+        id: EventId(id),
+        time: Timestamp {
+            ms: u64_at(40),
+            logical: u32::from_be_bytes(v[48..52].try_into().unwrap_or([0; 4])),
+        },
+    })
+}
+
+fn encode_fork(p: &ForkProof) -> Vec<u8> {
+    let (a, b) = (p.ours.bytes(), p.theirs.bytes());
+    let mut v = Vec::with_capacity(4 + a.len() + b.len());
+    v.extend_from_slice(&(a.len() as u32).to_be_bytes());
+    v.extend_from_slice(a);
+    v.extend_from_slice(b);
+    v
+}
+
+fn decode_fork(v: &[u8]) -> Result<ForkProof> {
+    let bad = || corrupt("fork record");
+    let len =
+        u32::from_be_bytes(v.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
+    let a = v.get(4..4 + len).ok_or_else(bad)?;
+    let b = v.get(4 + len..).ok_or_else(bad)?;
+    Ok(ForkProof {
+        ours: decode_event(a.to_vec())?,
+        theirs: decode_event(b.to_vec())?,
+    })
+}
+
+impl Store for RocksStore {
+    type Error = StoreError;
+
+    fn insert(&self, events: &[Event], durability: Durability) -> Result<Vec<Outcome>> {
+        let mut writer = self
+            .writer
+            .lock()
+            .map_err(|_| corrupt("writer lock poisoned"))?;
+        let mut overlay: HashMap<Vec<u8>, LogState> = HashMap::new();
+        let mut staged: HashMap<Vec<u8>, Event> = HashMap::new();
+        let mut batch = WriteBatch::default();
+        let mut offset = self.next_offset.load(Ordering::Acquire);
+        let mut outcomes = Vec::with_capacity(events.len());
+        let (cf_events, cf_heads, cf_by_id, cf_arrivals, cf_forks) = (
+            self.cf(CF_EVENTS),
+            self.cf(CF_HEADS),
+            self.cf(CF_BY_ID),
+            self.cf(CF_ARRIVALS),
+            self.cf(CF_FORKS),
+        );
+        for ev in events {
+            let lk = log_key(ev.topic(), &ev.author());
+            let state = match overlay.get(&lk).or_else(|| writer.states.get(&lk)) {
+                Some(s) => *s,
+                None => self.load_state(&lk)?,
+            };
+            let mut read_err = None;
+            let verdict = accept::classify(&state, ev, |seq| {
+                let ek = event_key(&lk, seq);
+                if let Some(e) = staged.get(&ek) {
+                    return Some(e.clone());
+                }
+                self.get_event(&ek).unwrap_or_else(|e| {
+                    read_err = Some(e);
+                    None
+                })
+            });
+            if let Some(e) = read_err {
+                return Err(e);
+            }
+            let mut next_state = state;
+            let outcome = match verdict {
+                Verdict::Append => {
+                    let ek = event_key(&lk, ev.seq());
+                    let head = Head::of(ev);
+                    batch.put_cf(cf_events, &ek, ev.bytes());
+                    batch.put_cf(cf_heads, &lk, encode_head(&head));
+                    batch.put_cf(cf_by_id, ev.id().0, &ek);
+                    batch.put_cf(cf_arrivals, offset.to_be_bytes(), &ek);
+                    staged.insert(ek, ev.clone());
+                    next_state.head = Some(head);
+                    offset += 1;
+                    Outcome::Appended(Offset(offset - 1))
+                }
+                Verdict::Duplicate => Outcome::Duplicate,
+                Verdict::Fork(proof) => {
+                    let seq = proof.seq();
+                    if state.frozen_at.is_none_or(|f| seq < f) {
+                        batch.put_cf(cf_forks, &lk, encode_fork(&proof));
+                        next_state.frozen_at = Some(seq);
+                    }
+                    Outcome::Fork(seq)
+                }
+                Verdict::Gap { expected } => Outcome::Gap { expected },
+                Verdict::PrevMismatch { .. } => Outcome::PrevMismatch,
+                Verdict::Frozen { .. } => Outcome::Frozen,
+            };
+            if next_state != state {
+                overlay.insert(lk, next_state);
+            }
+            outcomes.push(outcome);
+        }
+        if !batch.is_empty() {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(durability == Durability::Sync);
+            self.db.write_opt(batch, &wo)?;
+        }
+        if writer.states.len() + overlay.len() > STATE_CACHE_MAX {
+            writer.states.clear();
+        }
+        writer.states.extend(overlay);
+        self.next_offset.store(offset, Ordering::Release);
+        Ok(outcomes)
+    }
+
+    fn log_state(&self, author: &AuthorId, topic: &Topic) -> Result<LogState> {
+        self.load_state(&log_key(topic, author))
+    }
+
+    fn log_range(
+        &self,
+        author: &AuthorId,
+        topic: &Topic,
+        from: Seq,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let lk = log_key(topic, author);
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_EVENTS));
+        it.seek(event_key(&lk, from));
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !k.starts_with(&lk) || k.len() != lk.len() + 8 {
+                break;
+            }
+            out.push(decode_event(v.to_vec())?);
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    fn event(&self, id: &EventId) -> Result<Option<Event>> {
+        match self.db.get_pinned_cf(self.cf(CF_BY_ID), id.0)? {
+            Some(ek) => self.get_event(&ek),
+            None => Ok(None),
+        }
+    }
+
+    fn arrivals(
+        &self,
+        from: Offset,
+        filter: Option<&Pattern>,
+        limit: usize,
+        max_scan: usize,
+    ) -> Result<ArrivalPage> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_ARRIVALS));
+        it.seek(from.0.to_be_bytes());
+        let mut wanted: Vec<(Offset, Vec<u8>)> = Vec::new();
+        let mut next = from;
+        let mut scanned = 0;
+        while scanned < max_scan && wanted.len() < limit {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            let off = Offset(u64::from_be_bytes(
+                k.try_into().map_err(|_| corrupt("arrival key"))?,
+            ));
+            let keep = match filter {
+                None => true,
+                Some(p) => p.matches_str(topic_of(v).ok_or_else(|| corrupt("arrival value"))?),
+            };
+            if keep {
+                wanted.push((off, v.to_vec()));
+            }
+            next = Offset(off.0 + 1);
+            scanned += 1;
+            it.next();
+        }
+        it.status()?;
+        let cf = self.cf(CF_EVENTS);
+        let values = self
+            .db
+            .multi_get_cf(wanted.iter().map(|(_, k)| (cf, k.as_slice())));
+        let mut events = Vec::with_capacity(wanted.len());
+        for ((off, _), v) in wanted.into_iter().zip(values) {
+            let bytes =
+                v?.ok_or_else(|| corrupt(format!("arrival {off} names a missing event")))?;
+            events.push((off, decode_event(bytes)?));
+        }
+        Ok(ArrivalPage { events, next })
+    }
+
+    fn next_offset(&self) -> Offset {
+        Offset(self.next_offset.load(Ordering::Acquire))
+    }
+
+    fn logs(&self) -> Result<Vec<LogSummary>> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_HEADS));
+        it.seek_to_first();
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let (topic, author) = split_log_key(k).ok_or_else(|| corrupt("head key"))?;
+            let head = decode_head(v)?;
+            out.push((topic, author, head, k.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        out.into_iter()
+            .map(|(topic, author, head, lk)| {
+                let frozen_at = self.load_state(&lk)?.frozen_at;
+                Ok(LogSummary {
+                    topic,
+                    author,
+                    head,
+                    frozen_at,
+                })
+            })
+            .collect()
+    }
+
+    fn version_vector(&self, topic: &Topic) -> Result<VersionVector> {
+        let prefix = topic_prefix(topic);
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_HEADS));
+        it.seek(&prefix);
+        let mut vv = VersionVector::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let (_, author) = split_log_key(k).ok_or_else(|| corrupt("head key"))?;
+            let h = decode_head(v)?;
+            vv.insert(
+                author,
+                vv::Entry {
+                    seq: h.seq,
+                    id: h.id,
+                },
+            );
+            it.next();
+        }
+        it.status()?;
+        Ok(vv)
+    }
+
+    fn forks(&self) -> Result<Vec<ForkProof>> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_FORKS));
+        it.seek_to_first();
+        let mut out = Vec::new();
+        while let Some(v) = it.value() {
+            out.push(decode_fork(v)?);
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+}

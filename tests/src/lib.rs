@@ -1,0 +1,1 @@
+//! murmur integration tests live in tests/tests/.
