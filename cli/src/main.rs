@@ -1,1 +1,459 @@
-fn main() {}
+//! `murmur`: the daemon and its command-line client.
+//!
+//! `murmur daemon` runs the node; every other subcommand talks to a running daemon over
+//! its control socket, except `init`, `id` and `verify`, which work offline on the data
+//! directory.
+
+mod output;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use http_body_util::BodyExt;
+use hyper::Method;
+use murmur_daemon::api::{
+    BatchRequest, BatchResponse, EventJson, EventsPage, PublishRequest, Published, Status,
+    TopicsResponse,
+};
+use murmur_daemon::client::{Client, encode_query};
+use murmur_daemon::config::{self, Config, KEY_FILE};
+use murmur_daemon::{keyfile, node};
+use tokio_util::sync::CancellationToken;
+
+/// murmur: peer-to-peer event replication for edge and IoT fleets.
+///
+/// Applications publish events to topics through the local daemon; the daemon signs
+/// them, chains them per author and topic, and stores them durably in RocksDB.
+#[derive(Parser)]
+#[command(
+    name = "murmur",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Data directory (node key, database, socket) [default: ~/.local/share/murmur]
+    #[arg(long, global = true, env = "MURMUR_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Control socket of the daemon to talk to [default: <data dir>/murmur.sock]
+    #[arg(long, global = true, env = "MURMUR_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Machine-readable JSON output instead of tables
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the data directory, the node key and a commented config file
+    Init,
+    /// Run the node (until SIGINT or SIGTERM)
+    Daemon {
+        /// Config file [default: <data dir>/murmur.toml if it exists]
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Print this node's id (its public key, the author of its events)
+    Id,
+    /// Show the running daemon's state
+    Status,
+    /// Publish an event (DATA as an argument, `-` or nothing for stdin, or --file)
+    Pub(PubArgs),
+    /// Follow events of topics matching PATTERN (MQTT-style: `sensors/+/temp`, `fleet/#`)
+    Sub(SubArgs),
+    /// Read one log (an author's events in a topic)
+    Log(LogArgs),
+    /// List topics with their logs and heads
+    Topics,
+    /// Check every chain, signature and index of a stopped node's data directory
+    Verify,
+    /// Print shell completions
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args)]
+struct PubArgs {
+    /// Topic, e.g. sensors/kitchen/temp
+    topic: String,
+    /// The payload; `-` or absent reads stdin
+    data: Option<String>,
+    /// Read the payload from a file
+    #[arg(long, short, conflicts_with = "data", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// MIME type of the payload, e.g. application/json
+    #[arg(long, short = 't')]
+    content_type: Option<String>,
+    /// Publish each line of the input as its own event (sent in batches)
+    #[arg(long)]
+    lines: bool,
+    /// Events per request with --lines
+    #[arg(long, default_value_t = 1000, requires = "lines")]
+    batch: usize,
+}
+
+#[derive(Args)]
+struct SubArgs {
+    /// Topic pattern: `+` matches one segment, a final `#` matches the rest
+    pattern: String,
+    /// Start from the first stored event
+    #[arg(long, conflicts_with = "from")]
+    from_start: bool,
+    /// Start at this local offset (resume: last offset seen + 1) [default: only new events]
+    #[arg(long, value_name = "OFFSET")]
+    from: Option<u64>,
+    /// Exit after this many events
+    #[arg(long, short = 'n')]
+    count: Option<u64>,
+}
+
+#[derive(Args)]
+struct LogArgs {
+    /// The topic
+    topic: String,
+    /// Author id (hex) [default: this node]
+    #[arg(long)]
+    author: Option<String>,
+    /// First seq to show
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Most events to show
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("murmur: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("murmur: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn data_dir(g: &Global) -> anyhow::Result<PathBuf> {
+    Ok(config::resolve_data_dir(g.data_dir.as_deref(), None)?)
+}
+
+/// The socket to talk to: --socket, else the data directory's config, else the default.
+fn socket(g: &Global) -> anyhow::Result<PathBuf> {
+    if let Some(s) = &g.socket {
+        return Ok(s.clone());
+    }
+    let dir = data_dir(g)?;
+    let cfg = Config::discover(None, &dir)?;
+    Ok(cfg.socket_path(&dir))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init => init(g),
+        Command::Daemon { config } => daemon(g, config.as_deref()).await,
+        Command::Id => {
+            let dir = data_dir(g)?;
+            let path = dir.join(KEY_FILE);
+            if !path.exists() {
+                bail!(
+                    "no node key in {} (run `murmur init` or start the daemon once)",
+                    dir.display()
+                );
+            }
+            let key = keyfile::load(&path)?;
+            if g.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "author": key.author().to_string() })
+                );
+            } else {
+                println!("{}", key.author());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status => {
+            let st: Status = Client::new(&socket(g)?).get("/v1/status").await?;
+            output::status(&st, g.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pub(args) => publish(g, args).await,
+        Command::Sub(args) => subscribe(g, args).await,
+        Command::Log(args) => {
+            let mut path = format!(
+                "/v1/log?topic={}&from={}&limit={}",
+                encode_query(&args.topic),
+                args.from,
+                args.limit
+            );
+            if let Some(a) = &args.author {
+                path.push_str(&format!("&author={}", encode_query(a)));
+            }
+            let page: EventsPage = Client::new(&socket(g)?).get(&path).await?;
+            output::log(&page, g.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topics => {
+            let t: TopicsResponse = Client::new(&socket(g)?).get("/v1/topics").await?;
+            output::topics(&t, g.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify => verify(g).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "murmur", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init(g: &Global) -> anyhow::Result<ExitCode> {
+    let dir = data_dir(g)?;
+    node::ensure_data_dir(&dir)?;
+    let key_path = dir.join(KEY_FILE);
+    let (key, created) = keyfile::load_or_create(&key_path)?;
+    let cfg_path = dir.join(config::CONFIG_FILE);
+    let cfg_created = if cfg_path.exists() {
+        false
+    } else {
+        std::fs::write(&cfg_path, config::EXAMPLE)
+            .with_context(|| format!("cannot write {}", cfg_path.display()))?;
+        true
+    };
+    if g.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "author": key.author().to_string(), "data_dir": dir, "key_created": created,
+                "config": cfg_path, "config_created": cfg_created,
+            })
+        );
+    } else {
+        let note = |c: bool| if c { "created" } else { "exists, kept" };
+        println!("data dir  {}", dir.display());
+        println!("node key  {} ({})", key_path.display(), note(created));
+        println!("config    {} ({})", cfg_path.display(), note(cfg_created));
+        println!("node id   {}", key.author());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_tracing(cfg: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(s) if !s.is_empty() => EnvFilter::try_new(s).context("invalid RUST_LOG")?,
+        _ => EnvFilter::try_new(&cfg.log.level).context("invalid log.level in the config")?,
+    };
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+async fn daemon(g: &Global, config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    // The config file may name the data dir, and the data dir may hold the config file.
+    let explicit = config_file.map(Config::load).transpose()?;
+    let dir = config::resolve_data_dir(g.data_dir.as_deref(), explicit.as_ref())?;
+    let mut cfg = match explicit {
+        Some(c) => c,
+        None => Config::discover(None, &dir)?,
+    };
+    if let Some(s) = &g.socket {
+        cfg.api.socket = Some(s.clone());
+    }
+    init_tracing(&cfg)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    node::run(dir, cfg, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// First SIGINT/SIGTERM: clean shutdown. Second: exit at once.
+async fn signals(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return;
+    };
+    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    tracing::info!("signal received; shutting down (send it again to exit at once)");
+    token.cancel();
+    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    eprintln!("murmur: second signal, exiting without a clean shutdown");
+    std::process::exit(130);
+}
+
+fn read_input(args: &PubArgs) -> anyhow::Result<Vec<u8>> {
+    if let Some(f) = &args.file {
+        return std::fs::read(f).with_context(|| format!("cannot read {}", f.display()));
+    }
+    match args.data.as_deref() {
+        Some("-") | None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read stdin")?;
+            Ok(buf)
+        }
+        Some(d) => Ok(d.as_bytes().to_vec()),
+    }
+}
+
+fn request_for(topic: &str, data: &[u8], content_type: &Option<String>) -> PublishRequest {
+    use base64::Engine;
+    let (text, b64) = match std::str::from_utf8(data) {
+        Ok(s) => (Some(s.to_owned()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(data)),
+        ),
+    };
+    PublishRequest {
+        topic: topic.to_owned(),
+        data: text,
+        data_b64: b64,
+        content_type: content_type.clone(),
+    }
+}
+
+async fn publish(g: &Global, args: PubArgs) -> anyhow::Result<ExitCode> {
+    let mut client = Client::new(&socket(g)?);
+    let input = read_input(&args)?;
+    if !args.lines {
+        let p: Published = client
+            .post(
+                "/v1/events",
+                &request_for(&args.topic, &input, &args.content_type),
+            )
+            .await?;
+        output::published(&[p], g.json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let lines: Vec<&[u8]> = input
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut total = 0usize;
+    for chunk in lines.chunks(args.batch.max(1)) {
+        let req = BatchRequest {
+            events: chunk
+                .iter()
+                .map(|l| request_for(&args.topic, l, &args.content_type))
+                .collect(),
+        };
+        let r: BatchResponse = client.post("/v1/events/batch", &req).await?;
+        total += r.events.len();
+        if g.json {
+            output::published(&r.events, true)?;
+        }
+    }
+    if !g.json {
+        println!("published {total} events to {}", args.topic);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn subscribe(g: &Global, args: SubArgs) -> anyhow::Result<ExitCode> {
+    let mut client = Client::new(&socket(g)?);
+    let mut path = format!("/v1/follow?pattern={}", encode_query(&args.pattern));
+    if args.from_start {
+        path.push_str("&from=0");
+    } else if let Some(f) = args.from {
+        path.push_str(&format!("&from={f}"));
+    }
+    let resp = client.send(Method::GET, &path, None, Bytes::new()).await?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let msg = serde_json::from_slice::<murmur_daemon::api::ErrorBody>(&body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        bail!("{msg} (HTTP {status})");
+    }
+    let mut body = resp.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut seen = 0u64;
+    let limit = args.count.unwrap_or(u64::MAX);
+    while seen < limit {
+        let Some(frame) = body.frame().await else {
+            eprintln!("murmur: the daemon closed the stream");
+            return Ok(ExitCode::FAILURE);
+        };
+        let frame = frame.context("reading the follow stream")?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let line = &line[..line.len() - 1];
+            if line.is_empty() {
+                continue;
+            }
+            let ev: EventJson =
+                serde_json::from_slice(line).context("bad event in the follow stream")?;
+            output::event_line(&ev, g.json)?;
+            seen += 1;
+            if seen >= limit {
+                break;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(g: &Global) -> anyhow::Result<ExitCode> {
+    let dir = data_dir(g)?;
+    if !dir.join(config::DB_DIR).exists() {
+        bail!("no murmur database in {}", dir.display());
+    }
+    let cfg = Config::discover(None, &dir)?;
+    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let store = node::open_store(&dir, &cfg)?;
+        Ok(murmur_store::check::verify(&store)?)
+    })
+    .await??;
+    output::report(&report, g.json)?;
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

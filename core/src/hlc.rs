@@ -79,6 +79,12 @@ impl Clock {
         self.last
     }
 
+    /// Moves the clock past `t` without the drift check: for the node's own history at
+    /// startup (its last event may be "in the future" if the wall clock was reset).
+    pub fn resume_after(&mut self, t: Timestamp) {
+        self.last = self.last.max(t);
+    }
+
     /// A new timestamp for a local event, given the wall clock in ms since the epoch.
     pub fn tick(&mut self, wall_ms: u64) -> Timestamp {
         self.last = if wall_ms > self.last.ms {

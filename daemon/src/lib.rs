@@ -1,1 +1,26 @@
-//! placeholder
+//! # murmur-daemon
+//!
+//! The murmur node: configuration, the node key, the ingest pipeline (group commit of
+//! local publishes), the local control API (HTTP/1.1 + JSON on a Unix socket), follow
+//! streams, metrics, and clean shutdown. [`node::run`] runs a node until its
+//! cancellation token fires; the `murmur` binary wires signals to that token.
+//!
+//! ```text
+//!  app ──HTTP/unix──▶ server ──bounded queue──▶ writer thread ──WriteBatch+fsync──▶ RocksDB
+//!                      │  ▲                        (sign, chain)                     │
+//!                      │  └──── follow streams ◀── offset watch ◀────────────────────┘
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod follow;
+pub mod ingest;
+pub mod keyfile;
+pub mod metrics;
+pub mod node;
+pub mod server;
+
+pub use config::Config;

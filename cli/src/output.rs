@@ -1,0 +1,192 @@
+//! Human-readable and JSON output of the CLI.
+
+use std::io::Write;
+use std::time::{Duration, UNIX_EPOCH};
+
+use murmur_daemon::api::{EventJson, EventsPage, Published, Status, TimeJson, TopicsResponse};
+use murmur_store::check::Report;
+
+fn time(t: TimeJson) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(t.ms)).to_string()
+}
+
+fn short(hex: &str) -> &str {
+    hex.get(..8).unwrap_or(hex)
+}
+
+fn preview(ev: &EventJson) -> String {
+    if ev.encoding == "utf8" {
+        let one_line: String = ev
+            .data
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        if one_line.chars().count() > 120 {
+            format!("{}…", one_line.chars().take(120).collect::<String>())
+        } else {
+            one_line
+        }
+    } else {
+        format!("<{} bytes, base64>", ev.payload().len())
+    }
+}
+
+fn json_line<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+pub fn status(s: &Status, json: bool) -> anyhow::Result<()> {
+    if json {
+        return json_line(s);
+    }
+    println!("node id     {}", s.author);
+    println!("version     {}", s.version);
+    println!("data dir    {}", s.data_dir);
+    println!(
+        "uptime      {}",
+        humantime::format_duration(Duration::from_secs(s.uptime_secs))
+    );
+    println!("sync        {}", s.sync);
+    println!("events      {}", s.events);
+    println!("topics      {} ({} logs)", s.topics, s.logs);
+    println!("forks       {}", s.forks);
+    println!(
+        "ingest      {}/{} requests queued",
+        s.ingest.queued, s.ingest.capacity
+    );
+    println!("followers   {}", s.followers);
+    println!(
+        "disk        {:.1} MiB",
+        s.disk_bytes as f64 / (1 << 20) as f64
+    );
+    println!(
+        "memory      {:.1} MiB resident",
+        s.resident_bytes as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
+pub fn published(ps: &[Published], json: bool) -> anyhow::Result<()> {
+    for p in ps {
+        if json {
+            json_line(p)?;
+        } else {
+            println!(
+                "published {} seq {} offset {} id {}",
+                p.topic,
+                p.seq,
+                p.offset,
+                short(&p.id)
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn event_line(ev: &EventJson, json: bool) -> anyhow::Result<()> {
+    if json {
+        return json_line(ev);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:>8}  {}  {}  {}#{}  {}",
+        ev.offset.map(|o| o.to_string()).unwrap_or_default(),
+        time(ev.time),
+        ev.topic,
+        short(&ev.author),
+        ev.seq,
+        preview(ev)
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+pub fn log(page: &EventsPage, json: bool) -> anyhow::Result<()> {
+    if json {
+        return json_line(page);
+    }
+    if page.events.is_empty() {
+        println!("(no events)");
+    }
+    for ev in &page.events {
+        println!(
+            "{:>6}  {}  {}  {}",
+            ev.seq,
+            time(ev.time),
+            short(&ev.id),
+            preview(ev)
+        );
+    }
+    Ok(())
+}
+
+pub fn topics(t: &TopicsResponse, json: bool) -> anyhow::Result<()> {
+    if json {
+        return json_line(t);
+    }
+    if t.topics.is_empty() {
+        println!("(no topics)");
+        return Ok(());
+    }
+    let width = t
+        .topics
+        .iter()
+        .map(|t| t.topic.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!("{:width$}  {:>5}  {:>9}  LATEST", "TOPIC", "LOGS", "EVENTS");
+    for topic in &t.topics {
+        let latest = topic
+            .logs
+            .iter()
+            .map(|l| l.head_time)
+            .max_by_key(|t| (t.ms, t.logical));
+        let forks = topic.logs.iter().filter(|l| l.frozen_at.is_some()).count();
+        println!(
+            "{:width$}  {:>5}  {:>9}  {}{}",
+            topic.topic,
+            topic.logs.len(),
+            topic.events,
+            latest.map(time).unwrap_or_default(),
+            if forks > 0 {
+                format!("  ({forks} forked)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+pub fn report(r: &Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        return json_line(&serde_json::json!({
+            "clean": r.is_clean(), "logs": r.logs, "events": r.events, "arrivals": r.arrivals,
+            "forks": r.forks, "problem_count": r.problem_count, "problems": r.problems,
+        }));
+    }
+    println!(
+        "checked {} logs, {} events, {} arrivals, {} fork proofs",
+        r.logs, r.events, r.arrivals, r.forks
+    );
+    if r.is_clean() {
+        println!("ok: every chain links, every signature verifies, every index is complete");
+    } else {
+        println!("{} problem(s):", r.problem_count);
+        for p in &r.problems {
+            println!("  - {p}");
+        }
+        if r.problem_count as usize > r.problems.len() {
+            println!(
+                "  … and {} more",
+                r.problem_count as usize - r.problems.len()
+            );
+        }
+    }
+    Ok(())
+}

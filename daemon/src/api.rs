@@ -1,0 +1,243 @@
+//! Request and response types of the local control API, shared by the server and the
+//! client so the two cannot drift apart. All ids and keys are lowercase hex.
+
+use base64::Engine;
+use murmur_core::{Body, Event, Offset, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/events`: publish one event. Give the payload as UTF-8 text in `data`, or as
+/// base64 in `data_b64` (not both; neither means an empty payload).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// Topic name, e.g. `sensors/kitchen/temp`.
+    pub topic: String,
+    /// Payload as UTF-8 text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// Payload as standard base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_b64: Option<String>,
+    /// Optional MIME type, e.g. `application/json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
+/// `POST /v1/events/batch`: publish many events atomically, with one WAL sync.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// The events, in order.
+    pub events: Vec<PublishRequest>,
+}
+
+/// A hybrid logical clock time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeJson {
+    /// Milliseconds since the Unix epoch.
+    pub ms: u64,
+    /// Logical counter.
+    pub logical: u32,
+}
+
+impl From<Timestamp> for TimeJson {
+    fn from(t: Timestamp) -> Self {
+        TimeJson {
+            ms: t.ms,
+            logical: t.logical,
+        }
+    }
+}
+
+/// A stored event acknowledged to its publisher: durable when you receive this.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Published {
+    /// Event id.
+    pub id: String,
+    /// Author (this node's key).
+    pub author: String,
+    /// Topic.
+    pub topic: String,
+    /// Position in the author's log for this topic.
+    pub seq: u64,
+    /// Local arrival offset.
+    pub offset: u64,
+    /// HLC time.
+    pub time: TimeJson,
+}
+
+/// Reply to a batch publish.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchResponse {
+    /// One entry per request event, in order.
+    pub events: Vec<Published>,
+}
+
+/// An event as returned by reads and follow streams.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventJson {
+    /// Local arrival offset (absent when looked up by id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Event id.
+    pub id: String,
+    /// Author.
+    pub author: String,
+    /// Topic.
+    pub topic: String,
+    /// Position in the log.
+    pub seq: u64,
+    /// Previous event's id (absent at seq 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
+    /// HLC time.
+    pub time: TimeJson,
+    /// `data` or `doc`.
+    pub kind: String,
+    /// MIME type of data events, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Document id of doc events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doc: Option<String>,
+    /// How `data` is encoded: `utf8` or `base64`.
+    pub encoding: String,
+    /// The payload (data bytes or automerge change bytes).
+    pub data: String,
+}
+
+impl EventJson {
+    /// The JSON view of `ev`.
+    pub fn new(ev: &Event, offset: Option<Offset>) -> Self {
+        let (kind, content_type, doc, bytes) = match ev.body() {
+            Body::Data { content_type, data } => {
+                ("data", content_type.map(str::to_owned), None, data)
+            }
+            Body::Doc { doc, change } => ("doc", None, Some(doc.to_owned()), change),
+        };
+        let (encoding, data) = match std::str::from_utf8(bytes) {
+            Ok(s) => ("utf8", s.to_owned()),
+            Err(_) => (
+                "base64",
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+            ),
+        };
+        EventJson {
+            offset: offset.map(|o| o.0),
+            id: ev.id().to_string(),
+            author: ev.author().to_string(),
+            topic: ev.topic().to_string(),
+            seq: ev.seq().0,
+            prev: ev.prev().map(|p| p.to_string()),
+            time: ev.time().into(),
+            kind: kind.into(),
+            content_type,
+            doc,
+            encoding: encoding.into(),
+            data,
+        }
+    }
+
+    /// The payload bytes.
+    pub fn payload(&self) -> Vec<u8> {
+        if self.encoding == "base64" {
+            base64::engine::general_purpose::STANDARD
+                .decode(&self.data)
+                .unwrap_or_default()
+        } else {
+            self.data.clone().into_bytes()
+        }
+    }
+}
+
+/// A page of events with the offset (or seq, for log reads) to continue from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventsPage {
+    /// The events.
+    pub events: Vec<EventJson>,
+    /// Pass this as `from` to read on.
+    pub next: u64,
+}
+
+/// One log in a topic listing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogJson {
+    /// Author.
+    pub author: String,
+    /// Head seq.
+    pub head_seq: u64,
+    /// Head id.
+    pub head_id: String,
+    /// Head time.
+    pub head_time: TimeJson,
+    /// Fork position if the log is frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_at: Option<u64>,
+}
+
+/// One topic with its logs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopicJson {
+    /// The topic.
+    pub topic: String,
+    /// Events held (sum over logs).
+    pub events: u64,
+    /// Its logs.
+    pub logs: Vec<LogJson>,
+}
+
+/// `GET /v1/topics`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopicsResponse {
+    /// Topics in name order.
+    pub topics: Vec<TopicJson>,
+}
+
+/// Ingest queue state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueJson {
+    /// Requests waiting.
+    pub queued: usize,
+    /// Capacity.
+    pub capacity: usize,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// murmur version.
+    pub version: String,
+    /// This node's author id.
+    pub author: String,
+    /// Data directory.
+    pub data_dir: String,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// Sync policy (`fsync` or `os`).
+    pub sync: String,
+    /// Events stored (= next local offset).
+    pub events: u64,
+    /// Topics held.
+    pub topics: u64,
+    /// Logs held.
+    pub logs: u64,
+    /// Logs frozen by forks.
+    pub forks: u64,
+    /// Ingest queue.
+    pub ingest: QueueJson,
+    /// Open follow streams.
+    pub followers: u64,
+    /// Live SST bytes on disk.
+    pub disk_bytes: u64,
+    /// Resident memory of the daemon, bytes.
+    pub resident_bytes: u64,
+}
+
+/// Every error response: `{"error": "...", "code": "..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Human-readable message.
+    pub error: String,
+    /// Stable machine-readable code.
+    pub code: String,
+}

@@ -1,0 +1,381 @@
+//! Node configuration: one TOML file, every option defaulted and documented.
+//!
+//! Where things are: the data directory comes from `--data-dir`, else `MURMUR_DATA_DIR`,
+//! else `data_dir` in the config file, else `$XDG_DATA_HOME/murmur` (usually
+//! `~/.local/share/murmur`). The config file is `--config FILE`, else
+//! `<data dir>/murmur.toml` when it exists; without one, the defaults below apply.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the config file looked for in the data directory.
+pub const CONFIG_FILE: &str = "murmur.toml";
+/// Name of the node key file in the data directory.
+pub const KEY_FILE: &str = "node.key";
+/// Name of the control socket in the data directory.
+pub const SOCKET_FILE: &str = "murmur.sock";
+/// Name of the RocksDB directory in the data directory.
+pub const DB_DIR: &str = "db";
+
+/// Errors loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown keys are errors, to catch typos).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    /// No data directory could be determined.
+    #[error("no data directory: pass --data-dir or set MURMUR_DATA_DIR (no home directory found)")]
+    NoDataDir,
+}
+
+/// The whole configuration. Every field has a default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Data directory (key, database, socket). Overridden by `--data-dir` and `MURMUR_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// The local control API.
+    pub api: ApiConfig,
+    /// The ingest pipeline (local publishing).
+    pub ingest: IngestConfig,
+    /// Storage.
+    pub store: StoreConfig,
+    /// Hybrid logical clock.
+    pub clock: ClockConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Local control API settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Unix socket path; default `<data dir>/murmur.sock`. Created with mode 0600.
+    pub socket: Option<PathBuf>,
+    /// Largest event payload accepted from local applications, bytes.
+    pub max_payload_bytes: usize,
+    /// Most events in one batch publish request.
+    pub max_batch_events: usize,
+    /// Largest request body (a batch publish), bytes.
+    pub max_request_bytes: usize,
+    /// Most concurrent follow streams; more get 503.
+    pub max_followers: usize,
+    /// Most events returned by one read request.
+    pub max_read_events: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            max_payload_bytes: 1 << 20,
+            max_batch_events: 10_000,
+            max_request_bytes: 16 << 20,
+            max_followers: 64,
+            max_read_events: 10_000,
+        }
+    }
+}
+
+/// Ingest pipeline settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Publish requests waiting for the writer; when full the API answers 503 + Retry-After.
+    pub queue_requests: usize,
+    /// Payload bytes waiting for the writer; when full the API answers 503 + Retry-After.
+    pub queue_bytes: usize,
+    /// Most events written in one group commit (one WriteBatch, one WAL sync).
+    pub max_commit_events: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            queue_requests: 1024,
+            queue_bytes: 64 << 20,
+            max_commit_events: 4096,
+        }
+    }
+}
+
+/// When a local publish counts as durable.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// fsync the write-ahead log before acknowledging: survives power loss.
+    #[default]
+    Fsync,
+    /// Hand the write to the OS before acknowledging: survives a daemon crash, not a
+    /// power loss. Several times faster on slow storage.
+    Os,
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `fsync` (default) or `os`; see [`SyncPolicy`].
+    pub sync: SyncPolicy,
+    /// RocksDB block cache, MiB.
+    pub block_cache_mb: usize,
+    /// RocksDB memtable budget across column families, MiB.
+    pub write_buffer_mb: usize,
+    /// Most open SST files.
+    pub max_open_files: i32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            sync: SyncPolicy::Fsync,
+            block_cache_mb: 8,
+            write_buffer_mb: 16,
+            max_open_files: 256,
+        }
+    }
+}
+
+/// Hybrid logical clock settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClockConfig {
+    /// How far ahead of our wall clock a remote timestamp may be before it is refused,
+    /// e.g. `"60s"`.
+    #[serde(with = "humantime_serde")]
+    pub max_drift: Duration,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        Self {
+            max_drift: murmur_core::Clock::DEFAULT_MAX_DRIFT,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// Filter in `RUST_LOG` syntax, used when `RUST_LOG` is not set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text; `path` is for error messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Loads `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Loads `explicit` if given, else `<data_dir>/murmur.toml` if it exists, else defaults.
+    pub fn discover(explicit: Option<&Path>, data_dir: &Path) -> Result<Self, ConfigError> {
+        match explicit {
+            Some(p) => Self::load(p),
+            None => {
+                let p = data_dir.join(CONFIG_FILE);
+                if p.exists() {
+                    Self::load(&p)
+                } else {
+                    Ok(Self::default())
+                }
+            }
+        }
+    }
+
+    /// Checks ranges and relations between values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let max_payload = murmur_core::MAX_EVENT_BYTES - 4096;
+        if self.api.max_payload_bytes == 0 || self.api.max_payload_bytes > max_payload {
+            return bad(format!("api.max_payload_bytes must be 1..={max_payload}"));
+        }
+        if self.api.max_batch_events == 0 {
+            return bad("api.max_batch_events must be at least 1".into());
+        }
+        if self.api.max_request_bytes < self.api.max_payload_bytes {
+            return bad("api.max_request_bytes must be at least api.max_payload_bytes".into());
+        }
+        if self.api.max_read_events == 0 || self.api.max_followers == 0 {
+            return bad("api.max_read_events and api.max_followers must be at least 1".into());
+        }
+        if self.ingest.queue_requests == 0 || self.ingest.max_commit_events == 0 {
+            return bad(
+                "ingest.queue_requests and ingest.max_commit_events must be at least 1".into(),
+            );
+        }
+        if self.ingest.queue_bytes < self.api.max_request_bytes {
+            return bad("ingest.queue_bytes must be at least api.max_request_bytes".into());
+        }
+        if self.store.block_cache_mb == 0 || self.store.write_buffer_mb < 2 {
+            return bad(
+                "store.block_cache_mb must be at least 1 and store.write_buffer_mb at least 2"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The control socket path for `data_dir`.
+    pub fn socket_path(&self, data_dir: &Path) -> PathBuf {
+        self.api
+            .socket
+            .clone()
+            .unwrap_or_else(|| data_dir.join(SOCKET_FILE))
+    }
+}
+
+/// The data directory: `flag`, else `MURMUR_DATA_DIR` (clap passes both as `flag`), else
+/// the config's `data_dir`, else `$XDG_DATA_HOME/murmur`.
+pub fn resolve_data_dir(
+    flag: Option<&Path>,
+    config: Option<&Config>,
+) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = flag {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = config.and_then(|c| c.data_dir.clone()) {
+        return Ok(p);
+    }
+    dirs::data_dir()
+        .map(|d| d.join("murmur"))
+        .ok_or(ConfigError::NoDataDir)
+}
+
+/// A commented config file with every option at its default, written by `murmur init`.
+pub const EXAMPLE: &str = r#"# murmur configuration. Every option is shown with its default.
+# Unknown keys are errors, so a typo cannot silently leave a default in force.
+
+# Data directory (node key, database, control socket). --data-dir and MURMUR_DATA_DIR
+# take precedence.
+# data_dir = "/var/lib/murmur"
+
+[api]
+# Control socket (HTTP/1.1 + JSON, mode 0600). Default: <data dir>/murmur.sock
+# socket = "/run/murmur/murmur.sock"
+# Largest event payload accepted from local applications, bytes.
+max_payload_bytes = 1048576
+# Most events in one batch publish request.
+max_batch_events = 10000
+# Largest request body (batch publishes), bytes.
+max_request_bytes = 16777216
+# Most concurrent follow streams (more get 503).
+max_followers = 64
+# Most events returned by one read request.
+max_read_events = 10000
+
+[ingest]
+# Publish requests waiting for the writer; beyond this the API answers 503 + Retry-After.
+queue_requests = 1024
+# Payload bytes waiting for the writer; beyond this the API answers 503 + Retry-After.
+queue_bytes = 67108864
+# Most events per group commit (one RocksDB WriteBatch, one WAL sync).
+max_commit_events = 4096
+
+[store]
+# "fsync": acknowledge a publish after the WAL is fsynced (survives power loss).
+# "os": after the OS has the write (survives a daemon crash, not power loss).
+sync = "fsync"
+# RocksDB block cache, MiB.
+block_cache_mb = 8
+# RocksDB memtable budget across column families, MiB.
+write_buffer_mb = 16
+# Most open SST files.
+max_open_files = 256
+
+[clock]
+# Remote timestamps further ahead of our wall clock than this are refused.
+max_drift = "1m"
+
+[log]
+# "text" or "json".
+format = "text"
+# Filter in RUST_LOG syntax; RUST_LOG takes precedence.
+level = "info"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_to_the_defaults() {
+        let c = Config::from_toml(EXAMPLE, Path::new("example")).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let e = Config::from_toml("[store]\nsynk = \"os\"\n", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("synk"), "{e}");
+        let e = Config::from_toml("[store]\nsync = \"sometimes\"\n", Path::new("x")).unwrap_err();
+        assert!(
+            e.to_string().contains("sometimes") || e.to_string().contains("variant"),
+            "{e}"
+        );
+        let e = Config::from_toml("[api]\nmax_payload_bytes = 0\n", Path::new("x")).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid(_)));
+        let c = Config::from_toml(
+            "[store]\nsync = \"os\"\n[clock]\nmax_drift = \"5s\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.store.sync, SyncPolicy::Os);
+        assert_eq!(c.clock.max_drift, Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,187 @@
+//! Running a node: open everything in order, serve, shut down cleanly.
+//!
+//! Startup: data directory → node key → store (takes the RocksDB lock, checks
+//! integrity) → writer thread → control socket. Shutdown (when the token fires): stop
+//! accepting connections, end follow streams, let in-flight publishes finish, stop the
+//! writer after it drains its queue, sync the WAL, remove the socket.
+
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use murmur_core::{Clock, Durability, Store};
+use murmur_store::{RocksConfig, RocksStore, StoreError};
+use prometheus_client::registry::Registry;
+use tokio::net::UnixListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, DB_DIR, KEY_FILE, SyncPolicy};
+use crate::ingest::{self, WriterConfig};
+use crate::keyfile;
+use crate::metrics::Metrics;
+use crate::server::{self, AppState, Limits};
+
+/// How long shutdown waits for open connections before giving up on them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest Unix socket path (sun_path is 108 bytes including the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Creates the data directory (mode 0700) if needed.
+pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Opens the store of `data_dir`, translating the lock error into advice.
+pub fn open_store(data_dir: &Path, config: &Config) -> anyhow::Result<RocksStore> {
+    let rc = RocksConfig {
+        block_cache_bytes: config.store.block_cache_mb << 20,
+        write_buffer_bytes: config.store.write_buffer_mb << 20,
+        max_open_files: config.store.max_open_files,
+    };
+    let path = data_dir.join(DB_DIR);
+    RocksStore::open(&path, &rc).map_err(|e| match e {
+        StoreError::Locked(_) => anyhow::anyhow!(
+            "another murmur daemon is already running on {} (the database lock is held); stop it first or use another --data-dir",
+            data_dir.display()
+        ),
+        other => anyhow::Error::new(other).context(format!("cannot open the store in {}", path.display())),
+    })
+}
+
+fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        bail!(
+            "socket path {} is {len} bytes; Unix sockets allow {MAX_SOCKET_PATH}. Set api.socket to a shorter path",
+            path.display()
+        );
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            );
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another process is already serving {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set permissions on {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Runs a node until `shutdown` fires.
+pub async fn run(
+    data_dir: PathBuf,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    ensure_data_dir(&data_dir)?;
+    let (key, created) = keyfile::load_or_create(&data_dir.join(KEY_FILE))?;
+    if created {
+        tracing::info!(author = %key.author(), "created a new node key");
+    }
+    let store = {
+        let (dir, cfg) = (data_dir.clone(), config.clone());
+        Arc::new(tokio::task::spawn_blocking(move || open_store(&dir, &cfg)).await??)
+    };
+    let mut clock = Clock::new(config.clock.max_drift);
+    clock.resume_after(ingest::last_own_time(&store, &key.author())?);
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    metrics.stored_events.set(store.next_offset().0 as i64);
+    let (offsets_tx, offsets_rx) = watch::channel(store.next_offset());
+    let durability = match config.store.sync {
+        SyncPolicy::Fsync => Durability::Sync,
+        SyncPolicy::Os => Durability::Buffered,
+    };
+    let (ingest, writer) = ingest::spawn(
+        store.clone(),
+        key.clone(),
+        clock,
+        &WriterConfig {
+            queue_requests: config.ingest.queue_requests,
+            queue_bytes: config.ingest.queue_bytes,
+            max_commit_events: config.ingest.max_commit_events,
+            durability,
+        },
+        metrics.clone(),
+        offsets_tx,
+    )
+    .context("cannot start the writer thread")?;
+
+    let socket = config.socket_path(&data_dir);
+    let listener = bind_socket(&socket)?;
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        ingest,
+        offsets: offsets_rx,
+        metrics,
+        registry,
+        limits: Limits {
+            max_payload: config.api.max_payload_bytes,
+            max_batch_events: config.api.max_batch_events,
+            max_request: config.api.max_request_bytes,
+            max_read: config.api.max_read_events,
+        },
+        followers: Arc::new(Semaphore::new(config.api.max_followers)),
+        shutdown: shutdown.clone(),
+        author: key.author(),
+        data_dir: data_dir.clone(),
+        sync: match config.store.sync {
+            SyncPolicy::Fsync => "fsync",
+            SyncPolicy::Os => "os",
+        },
+        started: Instant::now(),
+    });
+    tracing::info!(
+        author = %key.author(),
+        data_dir = %data_dir.display(),
+        socket = %socket.display(),
+        events = store.next_offset().0,
+        sync = state.sync,
+        "murmur daemon ready"
+    );
+
+    let app = server::router(state);
+    let serve =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let served = tokio::spawn(async move { serve.await });
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    match tokio::time::timeout(DRAIN_TIMEOUT, served).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error during shutdown"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+        Err(_) => tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them"),
+    }
+    // The router (and every ingest handle in it) is gone: the writer drains and exits.
+    tokio::task::spawn_blocking(move || writer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    let flush_store = store.clone();
+    tokio::task::spawn_blocking(move || flush_store.flush()).await??;
+    if let Err(e) = std::fs::remove_file(&socket) {
+        tracing::warn!(error = %e, socket = %socket.display(), "cannot remove the socket");
+    }
+    tracing::info!(events = store.next_offset().0, "stopped cleanly");
+    Ok(())
+}

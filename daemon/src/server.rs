@@ -1,0 +1,665 @@
+//! The local control API: HTTP/1.1 + JSON over a Unix socket. Routes are documented in
+//! the README; request and response types are in [`crate::api`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use murmur_core::{AuthorId, EventId, Offset, Pattern, Payload, Seq, Store, Topic};
+use murmur_store::RocksStore;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{
+    BatchRequest, BatchResponse, ErrorBody, EventJson, EventsPage, LogJson, PublishRequest,
+    Published, QueueJson, Status, TopicJson, TopicsResponse,
+};
+use crate::follow;
+use crate::ingest::{self, IngestError, PublishItem};
+use crate::metrics::{self, Kind, Metrics};
+
+/// Limits the API enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest payload of one event.
+    pub max_payload: usize,
+    /// Most events per batch request.
+    pub max_batch_events: usize,
+    /// Largest batch request body.
+    pub max_request: usize,
+    /// Most events per read.
+    pub max_read: usize,
+}
+
+/// Everything the handlers share.
+pub struct AppState {
+    /// The store (reads only; writes go through `ingest`).
+    pub store: Arc<RocksStore>,
+    /// The ingest pipeline.
+    pub ingest: ingest::Handle,
+    /// Newest offset, updated after each commit.
+    pub offsets: watch::Receiver<Offset>,
+    /// Metrics handles.
+    pub metrics: Metrics,
+    /// The registry to encode at `/metrics`.
+    pub registry: Registry,
+    /// Limits.
+    pub limits: Limits,
+    /// Follow stream slots.
+    pub followers: Arc<Semaphore>,
+    /// Fired at shutdown: ends follow streams.
+    pub shutdown: CancellationToken,
+    /// This node's author id.
+    pub author: AuthorId,
+    /// For status.
+    pub data_dir: PathBuf,
+    /// For status.
+    pub sync: &'static str,
+    /// For status.
+    pub started: Instant,
+}
+
+type Shared = Arc<AppState>;
+
+/// An error answer: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "internal error serving a request");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+                code: self.code.into(),
+            }),
+        )
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::bad("bad_query", r.body_text())
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::QueueFull => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", e.to_string())
+            }
+            IngestError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                e.to_string(),
+            ),
+            IngestError::TooLarge(_) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn body_error(e: BytesRejection) -> ApiError {
+    let status = e.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            status,
+            "too_large",
+            "request body is larger than the configured limit (api.max_payload_bytes / api.max_request_bytes)",
+        )
+    } else {
+        ApiError::new(status, "bad_body", e.body_text())
+    }
+}
+
+/// A JSON request body, accepted whatever the Content-Type says (`curl -d` sends
+/// form encoding), with parse errors that name the line and column.
+pub struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(body_error)?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad("bad_json", format!("malformed JSON body: {e}")))
+    }
+}
+
+/// Builds the router.
+pub fn router(state: Shared) -> Router {
+    let limits = state.limits.clone();
+    // A single JSON publish carries the payload base64-encoded at worst (4/3) plus fields.
+    let single_body = limits.max_payload / 3 * 4 + 64 * 1024;
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/topics", get(topics))
+        .route("/v1/events", post(publish).get(read_arrivals))
+        .route(
+            "/v1/events/batch",
+            post(publish_batch).layer(DefaultBodyLimit::max(limits.max_request)),
+        )
+        .route("/v1/events/{id}", get(event_by_id))
+        .route(
+            "/v1/raw/{*topic}",
+            post(publish_raw).layer(DefaultBodyLimit::max(limits.max_payload)),
+        )
+        .route("/v1/log", get(read_log))
+        .route("/v1/follow", get(follow_stream))
+        .route("/v1/forks", get(forks))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(single_body))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such endpoint: {}", uri.path()),
+    )
+}
+
+/// Runs `f` on the blocking pool (RocksDB calls block).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, murmur_store::StoreError> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+fn parse_topic(s: &str) -> ApiResult<Topic> {
+    Topic::new(s).map_err(|e| ApiError::bad("invalid_topic", format!("invalid topic {s:?}: {e}")))
+}
+
+fn parse_pattern(s: &str) -> ApiResult<Pattern> {
+    Pattern::new(s)
+        .map_err(|e| ApiError::bad("invalid_pattern", format!("invalid pattern {s:?}: {e}")))
+}
+
+fn check_content_type(ct: &Option<String>) -> ApiResult<()> {
+    match ct {
+        Some(c)
+            if c.is_empty()
+                || c.len() > 127
+                || !c.bytes().all(|b| b.is_ascii_graphic() || b == b' ') =>
+        {
+            Err(ApiError::bad(
+                "invalid_content_type",
+                "content_type must be 1..=127 bytes of printable ASCII",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn item(req: PublishRequest, max_payload: usize) -> ApiResult<PublishItem> {
+    let topic = parse_topic(&req.topic)?;
+    check_content_type(&req.content_type)?;
+    let data: Bytes = match (req.data, req.data_b64) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "bad_request",
+                "give data or data_b64, not both",
+            ));
+        }
+        (Some(s), None) => Bytes::from(s),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b.as_bytes())
+            .map(Bytes::from)
+            .map_err(|e| {
+                ApiError::bad("bad_base64", format!("data_b64 is not valid base64: {e}"))
+            })?,
+        (None, None) => Bytes::new(),
+    };
+    if data.len() > max_payload {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "payload is {} bytes; the limit is {max_payload} (api.max_payload_bytes)",
+                data.len()
+            ),
+        ));
+    }
+    Ok(PublishItem {
+        topic,
+        payload: Payload::Data {
+            content_type: req.content_type,
+            data,
+        },
+    })
+}
+
+fn published(p: &ingest::Published) -> Published {
+    Published {
+        id: p.event.id().to_string(),
+        author: p.event.author().to_string(),
+        topic: p.event.topic().to_string(),
+        seq: p.event.seq().0,
+        offset: p.offset.0,
+        time: p.event.time().into(),
+    }
+}
+
+fn refuse(state: &AppState, e: ApiError) -> ApiError {
+    state.metrics.refused(e.code);
+    e
+}
+
+async fn publish(
+    State(st): State<Shared>,
+    body: Result<JsonBody<PublishRequest>, ApiError>,
+) -> ApiResult<Json<Published>> {
+    let JsonBody(req) = body.map_err(|e| refuse(&st, e))?;
+    let it = item(req, st.limits.max_payload).map_err(|e| refuse(&st, e))?;
+    let mut done = st
+        .ingest
+        .publish(vec![it])
+        .await
+        .map_err(|e| refuse(&st, e.into()))?;
+    st.metrics
+        .publish_requests
+        .get_or_create(&Kind {
+            kind: "single".into(),
+        })
+        .inc();
+    let p = done
+        .pop()
+        .ok_or_else(|| ApiError::internal("empty commit"))?;
+    Ok(Json(published(&p)))
+}
+
+async fn publish_batch(
+    State(st): State<Shared>,
+    body: Result<JsonBody<BatchRequest>, ApiError>,
+) -> ApiResult<Json<BatchResponse>> {
+    let JsonBody(req) = body.map_err(|e| refuse(&st, e))?;
+    if req.events.is_empty() {
+        return Err(refuse(
+            &st,
+            ApiError::bad("bad_request", "batch has no events"),
+        ));
+    }
+    if req.events.len() > st.limits.max_batch_events {
+        return Err(refuse(
+            &st,
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "batch has {} events; the limit is {} (api.max_batch_events)",
+                    req.events.len(),
+                    st.limits.max_batch_events
+                ),
+            ),
+        ));
+    }
+    let items = req
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            item(r, st.limits.max_payload).map_err(|mut e| {
+                e.message = format!("event {i}: {}", e.message);
+                e
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()
+        .map_err(|e| refuse(&st, e))?;
+    let done = st
+        .ingest
+        .publish(items)
+        .await
+        .map_err(|e| refuse(&st, e.into()))?;
+    st.metrics
+        .publish_requests
+        .get_or_create(&Kind {
+            kind: "batch".into(),
+        })
+        .inc();
+    Ok(Json(BatchResponse {
+        events: done.iter().map(published).collect(),
+    }))
+}
+
+async fn publish_raw(
+    State(st): State<Shared>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Published>> {
+    let body = body.map_err(|e| refuse(&st, body_error(e)))?;
+    let topic = parse_topic(&topic).map_err(|e| refuse(&st, e))?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|ct| {
+            *ct != "application/octet-stream" && *ct != "application/x-www-form-urlencoded"
+        })
+        .map(str::to_owned);
+    check_content_type(&content_type).map_err(|e| refuse(&st, e))?;
+    let it = PublishItem {
+        topic,
+        payload: Payload::Data {
+            content_type,
+            data: body,
+        },
+    };
+    let mut done = st
+        .ingest
+        .publish(vec![it])
+        .await
+        .map_err(|e| refuse(&st, e.into()))?;
+    st.metrics
+        .publish_requests
+        .get_or_create(&Kind { kind: "raw".into() })
+        .inc();
+    let p = done
+        .pop()
+        .ok_or_else(|| ApiError::internal("empty commit"))?;
+    Ok(Json(published(&p)))
+}
+
+#[derive(Deserialize)]
+struct ArrivalsQuery {
+    pattern: Option<String>,
+    #[serde(default)]
+    from: u64,
+    limit: Option<usize>,
+}
+
+async fn read_arrivals(
+    State(st): State<Shared>,
+    q: Result<Query<ArrivalsQuery>, QueryRejection>,
+) -> ApiResult<Json<EventsPage>> {
+    let Query(q) = q?;
+    let pattern = q.pattern.as_deref().map(parse_pattern).transpose()?;
+    let limit = q.limit.unwrap_or(100).clamp(1, st.limits.max_read);
+    let store = st.store.clone();
+    let page = blocking(move || {
+        store.arrivals(
+            Offset(q.from),
+            pattern.as_ref(),
+            limit,
+            limit.max(10_000) * 10,
+        )
+    })
+    .await?;
+    Ok(Json(EventsPage {
+        events: page
+            .events
+            .iter()
+            .map(|(o, e)| EventJson::new(e, Some(*o)))
+            .collect(),
+        next: page.next.0,
+    }))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    topic: String,
+    author: Option<String>,
+    #[serde(default)]
+    from: u64,
+    limit: Option<usize>,
+}
+
+async fn read_log(
+    State(st): State<Shared>,
+    q: Result<Query<LogQuery>, QueryRejection>,
+) -> ApiResult<Json<EventsPage>> {
+    let Query(q) = q?;
+    let topic = parse_topic(&q.topic)?;
+    let author = match q.author {
+        Some(a) => a
+            .parse::<AuthorId>()
+            .map_err(|e| ApiError::bad("invalid_author", format!("author: {e}")))?,
+        None => st.author,
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, st.limits.max_read);
+    let store = st.store.clone();
+    let events = blocking(move || store.log_range(&author, &topic, Seq(q.from), limit)).await?;
+    let next = events.last().map_or(q.from, |e| e.seq().0 + 1);
+    Ok(Json(EventsPage {
+        events: events.iter().map(|e| EventJson::new(e, None)).collect(),
+        next,
+    }))
+}
+
+async fn event_by_id(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EventJson>> {
+    let id: EventId = id
+        .parse()
+        .map_err(|e| ApiError::bad("invalid_id", format!("event id: {e}")))?;
+    let store = st.store.clone();
+    match blocking(move || store.event(&id)).await? {
+        Some(ev) => Ok(Json(EventJson::new(&ev, None))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no event {id}"),
+        )),
+    }
+}
+
+async fn topics(State(st): State<Shared>) -> ApiResult<Json<TopicsResponse>> {
+    let store = st.store.clone();
+    let logs = blocking(move || store.logs()).await?;
+    let mut topics: Vec<TopicJson> = Vec::new();
+    for l in logs {
+        if topics.last().is_none_or(|t| t.topic != l.topic.as_str()) {
+            topics.push(TopicJson {
+                topic: l.topic.to_string(),
+                events: 0,
+                logs: Vec::new(),
+            });
+        }
+        if let Some(t) = topics.last_mut() {
+            t.events += l.head.seq.0 + 1;
+            t.logs.push(LogJson {
+                author: l.author.to_string(),
+                head_seq: l.head.seq.0,
+                head_id: l.head.id.to_string(),
+                head_time: l.head.time.into(),
+                frozen_at: l.frozen_at.map(|s| s.0),
+            });
+        }
+    }
+    Ok(Json(TopicsResponse { topics }))
+}
+
+async fn forks(State(st): State<Shared>) -> ApiResult<Json<Vec<[EventJson; 2]>>> {
+    let store = st.store.clone();
+    let forks = blocking(move || store.forks()).await?;
+    Ok(Json(
+        forks
+            .iter()
+            .map(|f| {
+                [
+                    EventJson::new(&f.ours, None),
+                    EventJson::new(&f.theirs, None),
+                ]
+            })
+            .collect(),
+    ))
+}
+
+async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
+    let store = st.store.clone();
+    let (logs, disk) = blocking(move || Ok((store.logs()?, store.disk_bytes()))).await?;
+    let mut topics = 0u64;
+    let mut last: Option<&Topic> = None;
+    for l in &logs {
+        if last != Some(&l.topic) {
+            topics += 1;
+            last = Some(&l.topic);
+        }
+    }
+    let (queued, capacity) = st.ingest.queue();
+    Ok(Json(Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        author: st.author.to_string(),
+        data_dir: st.data_dir.display().to_string(),
+        uptime_secs: st.started.elapsed().as_secs(),
+        sync: st.sync.into(),
+        events: st.store.next_offset().0,
+        topics,
+        logs: logs.len() as u64,
+        forks: logs.iter().filter(|l| l.frozen_at.is_some()).count() as u64,
+        ingest: QueueJson { queued, capacity },
+        followers: st.metrics.followers.get().max(0) as u64,
+        disk_bytes: disk,
+        resident_bytes: metrics::resident_bytes(),
+    }))
+}
+
+async fn metrics_text(State(st): State<Shared>) -> ApiResult<Response> {
+    let store = st.store.clone();
+    let (disk, mem, forks) = blocking(move || {
+        let forks = store.forks()?.len();
+        Ok((store.disk_bytes(), store.memory_bytes(), forks))
+    })
+    .await?;
+    st.metrics.store_disk_bytes.set(disk as i64);
+    st.metrics.store_memory_bytes.set(mem as i64);
+    st.metrics.forks.set(forks as i64);
+    st.metrics
+        .resident_bytes
+        .set(metrics::resident_bytes() as i64);
+    st.metrics
+        .stored_events
+        .set(st.store.next_offset().0 as i64);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &st.registry)
+        .map_err(ApiError::internal)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct FollowQuery {
+    pattern: Option<String>,
+    from: Option<u64>,
+    format: Option<String>,
+}
+
+async fn follow_stream(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    q: Result<Query<FollowQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q?;
+    let pattern = q.pattern.as_deref().map(parse_pattern).transpose()?;
+    let sse = match q.format.as_deref() {
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/event-stream")),
+        Some("sse") => true,
+        Some("ndjson") => false,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "bad_query",
+                format!("unknown format {other:?}; use ndjson or sse"),
+            ));
+        }
+    };
+    // SSE clients resume with Last-Event-ID (the last offset they saw).
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let from = q
+        .from
+        .or(last_id.map(|l| l + 1))
+        .map_or_else(|| st.store.next_offset(), Offset);
+    let permit = st.followers.clone().try_acquire_owned().map_err(|_| {
+        refuse(
+            &st,
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_followers",
+                "too many follow streams (api.max_followers)",
+            ),
+        )
+    })?;
+    let body = follow::stream(follow::Follow {
+        store: st.store.clone(),
+        pattern,
+        cursor: from,
+        offsets: st.offsets.clone(),
+        shutdown: st.shutdown.clone(),
+        sse,
+        metrics: st.metrics.clone(),
+        permit,
+    });
+    let ct = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, ct),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response())
+}

@@ -1,0 +1,482 @@
+//! The real `murmur` binary on one machine: API, CLI, bad input, shutdown, restart.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Node, binary, stderr, stdout};
+use serde_json::{Value, json};
+
+#[test]
+fn publish_read_and_list_through_the_api() {
+    let n = Node::start("");
+    let p = n.post(
+        "/v1/events",
+        &json!({"topic": "sensors/kitchen/temp", "data": "21.5"}),
+    );
+    assert_eq!(p.status, 200, "{}", p.body);
+    let p = p.json();
+    assert_eq!(
+        (p["seq"].as_u64(), p["offset"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let batch: Vec<Value> = (0..50)
+        .map(|i| json!({"topic": "sensors/hall/temp", "data": format!("v{i}")}))
+        .collect();
+    let r = n.post("/v1/events/batch", &json!({ "events": batch }));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = r.json();
+    let evs = r["events"].as_array().unwrap();
+    assert_eq!(evs.len(), 50);
+    assert_eq!(evs[49]["seq"], 49);
+    assert_eq!(evs[49]["offset"], 50);
+    // Binary payload and a raw-body publish.
+    let b = n.post(
+        "/v1/events",
+        &json!({"topic": "bin", "data_b64": "AAEC/w=="}),
+    );
+    assert_eq!(b.status, 200, "{}", b.body);
+    let raw = n.req("POST", "/v1/raw/sensors/door", Some("open"));
+    assert_eq!(raw.status, 200, "{}", raw.body);
+
+    // Read by pattern, in arrival order, with paging.
+    let page = n.get("/v1/events?pattern=sensors/%2B/temp&from=0&limit=10");
+    let evs = page["events"].as_array().unwrap();
+    assert_eq!(evs.len(), 10);
+    assert_eq!(evs[0]["data"], "21.5");
+    assert_eq!(evs[1]["data"], "v0");
+    assert_eq!(page["next"], 10);
+    let page = n.get("/v1/events?pattern=sensors/%23&from=10&limit=1000");
+    assert_eq!(
+        page["events"].as_array().unwrap().len(),
+        42,
+        "41 remaining hall events + door"
+    );
+    // A log range, and one event by id with its chain link.
+    let log = n.get("/v1/log?topic=sensors/hall/temp&from=10&limit=3");
+    let evs = log["events"].as_array().unwrap();
+    assert_eq!(
+        evs.iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![10, 11, 12]
+    );
+    assert_eq!(evs[1]["prev"], evs[0]["id"]);
+    let one = n.get(&format!("/v1/events/{}", evs[2]["id"].as_str().unwrap()));
+    assert_eq!(one["data"], "v12");
+    let bin = n.get("/v1/log?topic=bin");
+    assert_eq!(bin["events"][0]["encoding"], "base64");
+    assert_eq!(bin["events"][0]["data"], "AAEC/w==");
+    // Topics and status.
+    let t = n.get("/v1/topics");
+    let names: Vec<&str> = t["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "bin",
+            "sensors/door",
+            "sensors/hall/temp",
+            "sensors/kitchen/temp"
+        ]
+    );
+    assert_eq!(t["topics"][2]["events"], 50);
+    let s = n.get("/v1/status");
+    assert_eq!(s["events"], 53);
+    assert_eq!(s["topics"], 4);
+    assert_eq!(s["sync"], "fsync");
+    let m = n.req("GET", "/metrics", None);
+    assert!(
+        m.body.contains("murmur_events_published_total 53"),
+        "{}",
+        m.body
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_stores_nothing() {
+    let n = Node::start("[api]\nmax_payload_bytes = 1000\nmax_batch_events = 10\n");
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        (
+            "POST",
+            "/v1/events",
+            json!({"topic": "a/+/b", "data": "x"}).to_string(),
+            400,
+            "invalid_topic",
+        ),
+        (
+            "POST",
+            "/v1/events",
+            json!({"topic": "a//b", "data": "x"}).to_string(),
+            400,
+            "invalid_topic",
+        ),
+        (
+            "POST",
+            "/v1/events",
+            json!({"topic": "a", "data": "x".repeat(1001)}).to_string(),
+            413,
+            "too_large",
+        ),
+        (
+            "POST",
+            "/v1/events",
+            "{\"topic\": \"a\", ".into(),
+            400,
+            "bad_json",
+        ),
+        (
+            "POST",
+            "/v1/events",
+            json!({"topic": "a", "colour": "red"}).to_string(),
+            400,
+            "bad_json",
+        ),
+        (
+            "POST",
+            "/v1/events",
+            json!({"topic": "a", "data": "x", "data_b64": "eA=="}).to_string(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/events",
+            json!({"topic": "a", "data_b64": "%%%"}).to_string(),
+            400,
+            "bad_base64",
+        ),
+        (
+            "POST",
+            "/v1/events",
+            json!({"topic": "a", "content_type": "bad\ntype"}).to_string(),
+            400,
+            "invalid_content_type",
+        ),
+        ("POST", "/v1/raw/a", "x".repeat(1001), 413, "too_large"),
+        ("GET", "/v1/nothing-here", String::new(), 404, "not_found"),
+        ("GET", "/v1/events/zz", String::new(), 400, "invalid_id"),
+        (
+            "GET",
+            "/v1/events?pattern=a/%23/b",
+            String::new(),
+            400,
+            "invalid_pattern",
+        ),
+        (
+            "GET",
+            "/v1/log?topic=a&author=nothex",
+            String::new(),
+            400,
+            "invalid_author",
+        ),
+        (
+            "POST",
+            "/v1/events/batch",
+            json!({"events": []}).to_string(),
+            400,
+            "bad_request",
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let r = n.req(method, path, Some(&body));
+        assert_eq!(r.status, status, "{method} {path} {body:.80}: {}", r.body);
+        let j = r.json();
+        assert_eq!(j["code"], code, "{method} {path}: {}", r.body);
+        assert!(!j["error"].as_str().unwrap().is_empty());
+    }
+    // A batch with one bad event stores none of them.
+    let mut evs: Vec<Value> = (0..5)
+        .map(|i| json!({"topic": "ok", "data": format!("{i}")}))
+        .collect();
+    evs.push(json!({"topic": "not/ok/+", "data": "x"}));
+    let r = n.post("/v1/events/batch", &json!({ "events": evs }));
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("event 5"), "{}", r.body);
+    let too_many: Vec<Value> = (0..11).map(|_| json!({"topic": "ok"})).collect();
+    assert_eq!(
+        n.post("/v1/events/batch", &json!({ "events": too_many }))
+            .status,
+        413
+    );
+    assert_eq!(n.events(), 0, "nothing stored");
+    let m = n.req("GET", "/metrics", None).body;
+    assert!(
+        m.contains("murmur_api_refused_total{reason=\"invalid_topic\"}"),
+        "{m}"
+    );
+}
+
+#[test]
+fn cli_round_trip() {
+    let n = Node::start("");
+    let id = n.cli(&["id"]);
+    assert!(id.status.success(), "{}", stderr(&id));
+    let author = stdout(&id).trim().to_owned();
+    assert_eq!(author.len(), 64);
+
+    let p = n.cli(&["pub", "fleet/a/temp", "20.5", "--json"]);
+    assert!(p.status.success(), "{}", stderr(&p));
+    let pj: Value = serde_json::from_str(stdout(&p).trim()).unwrap();
+    assert_eq!(pj["author"], author.as_str());
+
+    // stdin, --file and --lines.
+    let mut child = Command::new(binary())
+        .args(["--data-dir"])
+        .arg(&n.dir)
+        .args(["pub", "fleet/b/temp", "--lines"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"1\n2\n3\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("published 3 events"),
+        "{}",
+        stdout(&out)
+    );
+    let f = n.dir.join("payload.bin");
+    std::fs::write(&f, [0u8, 159, 146, 150]).unwrap();
+    let o = n.cli(&["pub", "fleet/blob", "--file", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let log = n.cli(&["log", "fleet/b/temp", "--json"]);
+    let lj: Value = serde_json::from_str(stdout(&log).trim()).unwrap();
+    assert_eq!(lj["events"].as_array().unwrap().len(), 3);
+    let human = stdout(&n.cli(&["log", "fleet/blob"]));
+    assert!(human.contains("<4 bytes, base64>"), "{human}");
+
+    let sub = n.cli(&["sub", "fleet/+/temp", "--from-start", "-n", "4", "--json"]);
+    assert!(sub.status.success(), "{}", stderr(&sub));
+    let data: Vec<String> = stdout(&sub)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["data"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(data, vec!["20.5", "1", "2", "3"]);
+
+    let topics = stdout(&n.cli(&["topics"]));
+    assert!(
+        topics.contains("fleet/b/temp") && topics.contains("TOPIC"),
+        "{topics}"
+    );
+    let status = stdout(&n.cli(&["status"]));
+    assert!(
+        status.contains(&author) && status.contains("events      5"),
+        "{status}"
+    );
+    let sj: Value = serde_json::from_str(stdout(&n.cli(&["status", "--json"])).trim()).unwrap();
+    assert_eq!(sj["events"], 5);
+    let comp = n.cli(&["completions", "bash"]);
+    assert!(stdout(&comp).contains("murmur"));
+}
+
+#[test]
+fn errors_when_no_daemon_or_a_second_daemon() {
+    let tmp = tempfile::tempdir_in("/tmp").unwrap();
+    let o = Command::new(binary())
+        .args(["--data-dir"])
+        .arg(tmp.path())
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("no murmur daemon is running") && e.contains("murmur daemon"),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+
+    let n = Node::start("");
+    let second = Command::new(binary())
+        .args(["daemon", "--data-dir"])
+        .arg(&n.dir)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        stderr(&second).contains("already running"),
+        "{}",
+        stderr(&second)
+    );
+    // The first daemon is unaffected.
+    assert_eq!(n.get("/v1/status")["events"], 0);
+
+    let bad = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::write(bad.path().join("murmur.toml"), "[store]\nsynk = \"os\"\n").unwrap();
+    let o = Command::new(binary())
+        .args(["daemon", "--data-dir"])
+        .arg(bad.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("synk"), "{}", stderr(&o));
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly_and_restart_continues_the_log() {
+    let mut n = Node::start("");
+    for i in 0..10 {
+        assert_eq!(
+            n.post("/v1/events", &json!({"topic": "t", "data": format!("{i}")}))
+                .status,
+            200
+        );
+    }
+    let st = n.stop();
+    assert!(st.success(), "exit {st}: {}", n.log());
+    assert!(!n.socket().exists(), "socket removed");
+    assert!(n.log().contains("stopped cleanly"), "{}", n.log());
+    let v = n.cli(&["verify"]);
+    assert!(v.status.success(), "{}{}", stdout(&v), stderr(&v));
+    assert!(stdout(&v).contains("10 events"), "{}", stdout(&v));
+    n.spawn();
+    let p = n
+        .post("/v1/events", &json!({"topic": "t", "data": "after"}))
+        .json();
+    assert_eq!(p["seq"], 10);
+    assert_eq!(p["offset"], 10);
+    let log = n.get("/v1/log?topic=t&from=9");
+    let evs = log["events"].as_array().unwrap();
+    assert_eq!(
+        evs[1]["prev"], evs[0]["id"],
+        "the chain continues across restarts"
+    );
+    assert!(evs[1]["time"]["ms"].as_u64() >= evs[0]["time"]["ms"].as_u64());
+}
+
+#[test]
+fn followers_get_every_event_once_in_order_even_when_slow() {
+    let n = Node::start("");
+    for i in 0..5 {
+        n.post(
+            "/v1/events",
+            &json!({"topic": "live/a", "data": format!("old{i}")}),
+        );
+    }
+    // A live follower from "now" and a resuming follower from offset 3.
+    let spawn_sub = |args: &[&str]| {
+        Command::new(binary())
+            .arg("--data-dir")
+            .arg(&n.dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut live = spawn_sub(&["sub", "live/#", "-n", "2000", "--json"]);
+    let mut resume = spawn_sub(&["sub", "live/+", "--from", "3", "-n", "2002", "--json"]);
+    // Wait until the live follower is connected (it starts at the current offset).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n.get("/v1/status")["followers"] != 2 {
+        assert!(Instant::now() < deadline, "followers did not connect");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The live follower's stdout is not read while 2,000 events go in: it falls behind
+    // and must catch up from the store.
+    for b in 0..20 {
+        let evs: Vec<Value> = (0..100)
+            .map(|i| json!({"topic": "live/a", "data": format!("n{}", b * 100 + i)}))
+            .collect();
+        assert_eq!(
+            n.post("/v1/events/batch", &json!({ "events": evs })).status,
+            200
+        );
+    }
+    for (child, first_expected, count) in [(&mut live, 0usize, 2000usize), (&mut resume, 0, 2002)] {
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let data: Vec<String> = out
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(&l.unwrap()).unwrap()["data"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(data.len(), count);
+        let new: Vec<&String> = data.iter().filter(|d| d.starts_with('n')).collect();
+        assert_eq!(new.len(), 2000);
+        for (i, d) in new.iter().enumerate() {
+            assert_eq!(
+                **d,
+                format!("n{}", i + first_expected),
+                "in order, exactly once"
+            );
+        }
+        if count == 2002 {
+            assert_eq!(&data[..2], &["old3".to_owned(), "old4".to_owned()]);
+        }
+    }
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after_and_loses_nothing_acknowledged() {
+    let n = Node::start(
+        "[api]\nmax_payload_bytes = 1024\nmax_request_bytes = 65536\n[ingest]\nqueue_requests = 1\nqueue_bytes = 65536\n",
+    );
+    let socket = n.socket();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let (socket, acked, busy) = (socket.clone(), acked.clone(), busy.clone());
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    if Instant::now() > deadline
+                        || busy.load(std::sync::atomic::Ordering::Relaxed) > 20
+                    {
+                        break;
+                    }
+                    let body =
+                        json!({"topic": format!("load/{t}"), "data": format!("{i}")}).to_string();
+                    let r = common::request(&socket, "POST", "/v1/events", Some(&body)).unwrap();
+                    match r.status {
+                        200 => acked
+                            .lock()
+                            .unwrap()
+                            .push(r.json()["id"].as_str().unwrap().to_owned()),
+                        503 => {
+                            assert_eq!(r.header("retry-after"), Some("1"));
+                            assert_eq!(r.json()["code"], "queue_full");
+                            busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        s => panic!("unexpected {s}: {}", r.body),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(
+        busy.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "a 1-request queue under 16 publishers must overflow"
+    );
+    let acked = acked.lock().unwrap();
+    assert_eq!(
+        n.events(),
+        acked.len() as u64,
+        "exactly the acknowledged events are stored"
+    );
+    for id in acked.iter().step_by(7) {
+        assert_eq!(n.req("GET", &format!("/v1/events/{id}"), None).status, 200);
+    }
+}
