@@ -125,10 +125,10 @@ pub fn classify(
     event: &Event,
     stored: impl FnOnce(Seq) -> Option<Event>,
 ) -> Verdict {
-    if let Some(at) = state.frozen_at {
-        if event.seq() > at {
-            return Verdict::Frozen { at };
-        }
+    if let Some(at) = state.frozen_at
+        && event.seq() > at
+    {
+        return Verdict::Frozen { at };
     }
     let Some(head) = state.head else {
         return if event.seq() == Seq(0) {

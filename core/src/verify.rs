@@ -78,13 +78,13 @@ pub struct Anchor {
 /// decode time).
 pub fn verify_range(events: &[Event], anchor: Option<Anchor>) -> Result<(), RangeError> {
     let first = events.first().ok_or(RangeError::Empty)?;
-    if let Some(a) = anchor {
-        if a.seq.next() != Some(first.seq()) || first.prev() != Some(a.id) {
-            return Err(RangeError::DoesNotContinue {
-                got: first.seq(),
-                prev: first.prev(),
-            });
-        }
+    if let Some(a) = anchor
+        && (a.seq.next() != Some(first.seq()) || first.prev() != Some(a.id))
+    {
+        return Err(RangeError::DoesNotContinue {
+            got: first.seq(),
+            prev: first.prev(),
+        });
     }
     check_links(first.author(), first.topic(), events)?;
     // The last event vouches for all the others through the hash links.

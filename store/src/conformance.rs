@@ -223,33 +223,39 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         #[test]
         fn append_and_read() {
-            $crate::conformance::append_and_read(&$make);
+            let s = $make;
+            $crate::conformance::append_and_read(&*s);
         }
         #[test]
         fn duplicates_and_gaps_store_nothing() {
-            $crate::conformance::duplicates_and_gaps_store_nothing(&$make);
+            let s = $make;
+            $crate::conformance::duplicates_and_gaps_store_nothing(&*s);
         }
         #[test]
         fn forks_freeze_the_log() {
-            $crate::conformance::forks_freeze_the_log(&$make);
+            let s = $make;
+            $crate::conformance::forks_freeze_the_log(&*s);
         }
         #[test]
         fn prev_mismatch_is_refused() {
-            $crate::conformance::prev_mismatch_is_refused(&$make);
+            let s = $make;
+            $crate::conformance::prev_mismatch_is_refused(&*s);
         }
         #[test]
         fn arrivals_filter_and_page() {
-            $crate::conformance::arrivals_filter_and_page(&$make);
+            let s = $make;
+            $crate::conformance::arrivals_filter_and_page(&*s);
         }
         #[test]
         fn logs_and_version_vectors() {
-            $crate::conformance::logs_and_version_vectors(&$make);
+            let s = $make;
+            $crate::conformance::logs_and_version_vectors(&*s);
         }
     };
 }
 
 mod memory {
-    conformance_tests!(crate::MemoryStore::new());
+    conformance_tests!(Box::new(crate::MemoryStore::new()));
 }
 
 mod rocks {
@@ -275,37 +281,7 @@ mod rocks {
         Tmp { store, _dir: dir }
     }
 
-    fn conf<S: Store>(s: &Tmp, f: fn(&RocksStore)) {
-        f(&s.store)
-    }
-
-    #[test]
-    fn append_and_read() {
-        conf::<RocksStore>(&tmp(), crate::conformance::append_and_read);
-    }
-    #[test]
-    fn duplicates_and_gaps_store_nothing() {
-        conf::<RocksStore>(
-            &tmp(),
-            crate::conformance::duplicates_and_gaps_store_nothing,
-        );
-    }
-    #[test]
-    fn forks_freeze_the_log() {
-        conf::<RocksStore>(&tmp(), crate::conformance::forks_freeze_the_log);
-    }
-    #[test]
-    fn prev_mismatch_is_refused() {
-        conf::<RocksStore>(&tmp(), crate::conformance::prev_mismatch_is_refused);
-    }
-    #[test]
-    fn arrivals_filter_and_page() {
-        conf::<RocksStore>(&tmp(), crate::conformance::arrivals_filter_and_page);
-    }
-    #[test]
-    fn logs_and_version_vectors() {
-        conf::<RocksStore>(&tmp(), crate::conformance::logs_and_version_vectors);
-    }
+    conformance_tests!(tmp());
 
     #[test]
     fn reopen_keeps_everything() {

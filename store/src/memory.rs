@@ -138,10 +138,10 @@ impl Store for MemoryStore {
                 break;
             }
             page.next = Offset(i as u64 + 1);
-            if filter.is_none_or(|p| p.matches(&log.0)) {
-                if let Some(ev) = inner.at(log, *seq) {
-                    page.events.push((Offset(i as u64), ev.clone()));
-                }
+            if filter.is_none_or(|p| p.matches(&log.0))
+                && let Some(ev) = inner.at(log, *seq)
+            {
+                page.events.push((Offset(i as u64), ev.clone()));
             }
         }
         Ok(page)

@@ -480,3 +480,39 @@ fn a_full_queue_answers_503_with_retry_after_and_loses_nothing_acknowledged() {
         assert_eq!(n.req("GET", &format!("/v1/events/{id}"), None).status, 200);
     }
 }
+
+#[test]
+fn sse_follow_resumes_from_last_event_id() {
+    use std::io::{Read, Write};
+    let n = Node::start("");
+    for i in 0..6 {
+        n.post(
+            "/v1/events",
+            &json!({"topic": "sse/t", "data": format!("e{i}")}),
+        );
+    }
+    // A client that saw offset 3 reconnects with Last-Event-ID: 3 and gets 4 and 5.
+    let mut s = std::os::unix::net::UnixStream::connect(n.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /v1/follow?pattern=sse/%23 HTTP/1.1\r\nHost: m\r\nAccept: text/event-stream\r\nLast-Event-ID: 3\r\n\r\n"
+    )
+    .unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    while !got.contains("\"e5\"") {
+        let k = s.read(&mut buf).unwrap();
+        assert!(k > 0, "stream ended early: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..k]));
+    }
+    assert!(got.contains("content-type: text/event-stream"), "{got}");
+    assert!(
+        got.contains("id: 4\ndata: {") && got.contains("id: 5\ndata: {"),
+        "{got}"
+    );
+    assert!(
+        !got.contains("\"e3\""),
+        "resumed after the last seen id: {got}"
+    );
+}

@@ -72,10 +72,10 @@ impl Node {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = self.try_request("GET", "/v1/status", None) {
-                if r.status == 200 {
-                    return;
-                }
+            if let Ok(r) = self.try_request("GET", "/v1/status", None)
+                && r.status == 200
+            {
+                return;
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("daemon exited during startup ({st}):\n{}", self.log());
