@@ -75,6 +75,12 @@ pub enum IngestError {
     Store(String),
 }
 
+enum Msg {
+    Job(Job),
+    /// Finish what is queued, refuse anything later, exit.
+    Stop,
+}
+
 struct Job {
     items: Vec<PublishItem>,
     reply: oneshot::Sender<Result<Vec<Published>, IngestError>>,
@@ -85,7 +91,7 @@ struct Job {
 /// The cloneable side of the ingest pipeline.
 #[derive(Clone)]
 pub struct Handle {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Msg>,
     bytes: Arc<Semaphore>,
     bytes_total: usize,
     metrics: Metrics,
@@ -114,7 +120,7 @@ impl Handle {
             enqueued: Instant::now(),
             _permit: permit,
         };
-        self.tx.try_send(job).map_err(|e| match e {
+        self.tx.try_send(Msg::Job(job)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => IngestError::QueueFull,
             mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
         })?;
@@ -122,6 +128,13 @@ impl Handle {
             .ingest_queue
             .set((self.tx.max_capacity() - self.tx.capacity()) as i64);
         rx.await.map_err(|_| IngestError::ShuttingDown)?
+    }
+
+    /// Stops the writer: jobs already queued are committed and answered, later ones
+    /// fail with [`IngestError::ShuttingDown`]. Waits for queue space, never for the
+    /// other handles to be dropped (an open connection may keep one alive).
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop).await;
     }
 
     /// Requests waiting in the queue, and its capacity.
@@ -197,15 +210,24 @@ fn wall_ms() -> u64 {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(first) = rx.blocking_recv() {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut stopping = false;
+        while !stopping {
+            let first = match rx.blocking_recv() {
+                Some(Msg::Job(job)) => job,
+                Some(Msg::Stop) | None => break,
+            };
             let mut n = first.items.len();
             let mut jobs = vec![first];
             while n < self.max_commit {
                 match rx.try_recv() {
-                    Ok(job) => {
+                    Ok(Msg::Job(job)) => {
                         n += job.items.len();
                         jobs.push(job);
+                    }
+                    Ok(Msg::Stop) => {
+                        stopping = true;
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -213,7 +235,15 @@ impl Writer {
             self.metrics.ingest_queue.set(rx.len() as i64);
             self.commit(jobs, n);
         }
-        tracing::debug!("writer: queue closed, exiting");
+        // Refuse new work, then finish what was accepted before the stop.
+        rx.close();
+        while let Ok(msg) = rx.try_recv() {
+            if let Msg::Job(job) = msg {
+                let n = job.items.len();
+                self.commit(vec![job], n);
+            }
+        }
+        tracing::debug!("writer stopped");
     }
 
     fn head(&mut self, topic: &Topic) -> Result<Option<Head>, String> {

@@ -130,6 +130,7 @@ pub async fn run(
 
     let socket = config.socket_path(&data_dir);
     let listener = bind_socket(&socket)?;
+    let writer_handle = ingest.clone();
     let state = Arc::new(AppState {
         store: store.clone(),
         ingest,
@@ -164,16 +165,28 @@ pub async fn run(
     let app = server::router(state);
     let serve =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let served = tokio::spawn(async move { serve.await });
-    shutdown.cancelled().await;
-    tracing::info!("shutting down: no new connections, finishing in-flight requests");
-    match tokio::time::timeout(DRAIN_TIMEOUT, served).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error during shutdown"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
-        Err(_) => tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them"),
+    let mut served = tokio::spawn(async move { serve.await });
+    tokio::select! {
+        result = &mut served => {
+            // The server never stops by itself; if it does, shut the node down cleanly.
+            tracing::error!(?result, "the API server stopped unexpectedly; shutting down");
+            shutdown.cancel();
+        }
+        () = shutdown.cancelled() => {
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            match tokio::time::timeout(DRAIN_TIMEOUT, &mut served).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error during shutdown"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+                Err(_) => {
+                    tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+                    served.abort();
+                }
+            }
+        }
     }
-    // The router (and every ingest handle in it) is gone: the writer drains and exits.
+    // Publishes queued before this point are committed and answered; later ones get 503.
+    writer_handle.stop().await;
     tokio::task::spawn_blocking(move || writer.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;

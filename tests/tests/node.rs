@@ -516,3 +516,57 @@ fn sse_follow_resumes_from_last_event_id() {
         "resumed after the last seen id: {got}"
     );
 }
+
+#[test]
+fn sigterm_ends_follow_streams_and_does_not_wait_forever_for_stuck_clients() {
+    use std::io::Write;
+    let mut n = Node::start("");
+    n.post("/v1/events", &json!({"topic": "s", "data": "x"}));
+    let sub = Command::new(binary())
+        .arg("--data-dir")
+        .arg(&n.dir)
+        .args(["sub", "#", "--from-start"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A client that announces a body and never sends it.
+    let mut stuck = std::os::unix::net::UnixStream::connect(n.socket()).unwrap();
+    write!(
+        stuck,
+        "POST /v1/events HTTP/1.1\r\nHost: m\r\nContent-Length: 100\r\n\r\n{{\"topic\""
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n.get("/v1/status")["followers"] != 1 {
+        assert!(Instant::now() < deadline, "follower did not connect");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t0 = Instant::now();
+    let st = n.stop();
+    assert!(st.success(), "exit {st}: {}", n.log());
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "shutdown took {:?}",
+        t0.elapsed()
+    );
+    let out = sub.wait_with_output().unwrap();
+    assert!(
+        stdout(&out).contains("s  "),
+        "the follower got the event: {}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("closed the stream"),
+        "{}",
+        stderr(&out)
+    );
+    drop(stuck);
+    // Nothing was lost: the store verifies and holds the event.
+    let v = n.cli(&["verify", "--json"]);
+    assert!(
+        stdout(&v).contains("\"clean\":true") && stdout(&v).contains("\"events\":1"),
+        "{}",
+        stdout(&v)
+    );
+}
