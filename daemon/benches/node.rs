@@ -22,8 +22,19 @@ const BATCH_EVENTS: usize = 100_000;
 const SINGLE_EVENTS: usize = 10_000;
 const LATENCY_REQUESTS: usize = 2_000;
 
-fn payload() -> String {
-    "x".repeat(PAYLOAD)
+/// A distinct, incompressible-looking payload per seed (alphanumeric, so it travels as
+/// JSON text), so the disk figures are not flattered by LZ4.
+fn payload(seed: u64) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..PAYLOAD)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALPHABET[(x % ALPHABET.len() as u64) as usize] as char
+        })
+        .collect()
 }
 
 /// Sign + write straight to RocksDB, `BATCH` events per WriteBatch.
@@ -31,7 +42,6 @@ fn raw_ceiling(dir: &Path, durability: Durability) -> f64 {
     let store = RocksStore::open(dir, &RocksConfig::default()).expect("open");
     let key = Keypair::from_seed(&[9; 32]);
     let topic = Topic::new("bench/raw").expect("topic");
-    let data = Bytes::from(payload());
     let mut prev = None;
     let t0 = Instant::now();
     for b in 0..BATCH_EVENTS / BATCH {
@@ -43,7 +53,7 @@ fn raw_ceiling(dir: &Path, durability: Durability) -> f64 {
                 seq: Seq(seq),
                 prev,
                 time: Timestamp::from_ms(1_700_000_000_000 + seq),
-                body: Payload::data(data.clone()),
+                body: Payload::data(Bytes::from(payload(seq))),
             };
             let ev = Event::sign(&d, &key).expect("sign");
             prev = Some(ev.id());
@@ -103,9 +113,9 @@ async fn batch_throughput(socket: &Path, clients: usize) -> f64 {
                 let mut client = Client::new(&socket);
                 let req = BatchRequest {
                     events: (0..BATCH)
-                        .map(|_| PublishRequest {
+                        .map(|i| PublishRequest {
                             topic: format!("bench/batch/{c}"),
-                            data: Some(payload()),
+                            data: Some(payload((c * BATCH + i) as u64)),
                             ..Default::default()
                         })
                         .collect(),
@@ -133,13 +143,13 @@ async fn singles(socket: &Path, clients: usize, total: usize) -> (f64, Vec<Durat
             let socket = socket.to_path_buf();
             tokio::spawn(async move {
                 let mut client = Client::new(&socket);
-                let req = PublishRequest {
-                    topic: format!("bench/single/{c}"),
-                    data: Some(payload()),
-                    ..Default::default()
-                };
                 let mut lat = Vec::with_capacity(total / clients);
-                for _ in 0..total / clients {
+                for i in 0..total / clients {
+                    let req = PublishRequest {
+                        topic: format!("bench/single/{c}"),
+                        data: Some(payload((1_000_000 * (c + 1) + i) as u64)),
+                        ..Default::default()
+                    };
                     let s = Instant::now();
                     let _: Published = client.post("/v1/events", &req).await.expect("publish");
                     lat.push(s.elapsed());
@@ -226,6 +236,8 @@ struct Row {
     single4: f64,
     lat1: Vec<Duration>,
     lat4: Vec<Duration>,
+    disk_per_event: f64,
+    events: u64,
 }
 
 fn main() {
@@ -256,12 +268,18 @@ fn main() {
             let batch = batch_throughput(&node.socket, 2).await;
             let (single4, lat4) = singles(&node.socket, 4, SINGLE_EVENTS).await;
             let (_, lat1) = singles(&node.socket, 1, LATENCY_REQUESTS).await;
+            let st: murmur_daemon::api::Status = Client::new(&node.socket)
+                .get("/v1/status")
+                .await
+                .expect("status");
             node.stop().await;
             Row {
                 batch,
                 single4,
                 lat1,
                 lat4,
+                disk_per_event: st.disk_bytes as f64 / st.events.max(1) as f64,
+                events: st.events,
             }
         }));
     }
@@ -303,6 +321,10 @@ fn main() {
             l(o)
         );
     }
+    println!(
+        "| disk per stored event, {PAYLOAD}-byte payload, after {} / {} events (bytes) | {:.0} | {:.0} |",
+        f.events, o.events, f.disk_per_event, o.disk_per_event
+    );
     match idle_rss_mb() {
         Some(mb) => println!("| idle daemon resident memory, empty store (MiB) | {mb:.1} | |"),
         None => println!("| idle daemon resident memory | not measured | |"),

@@ -227,7 +227,7 @@ pub struct Status {
     pub ingest: QueueJson,
     /// Open follow streams.
     pub followers: u64,
-    /// Live SST bytes on disk.
+    /// Bytes the database occupies on disk.
     pub disk_bytes: u64,
     /// Resident memory of the daemon, bytes.
     pub resident_bytes: u64,

@@ -46,7 +46,7 @@ pub struct Metrics {
     pub stored_events: Gauge,
     /// Logs frozen by a fork proof.
     pub forks: Gauge,
-    /// Live SST size, bytes.
+    /// Database size on disk, bytes.
     pub store_disk_bytes: Gauge,
     /// RocksDB memtables + block cache, bytes.
     pub store_memory_bytes: Gauge,
@@ -123,7 +123,7 @@ impl Metrics {
         r.register("forks", "Logs frozen by a fork proof", m.forks.clone());
         r.register(
             "store_disk_bytes",
-            "Live RocksDB SST size",
+            "Bytes the database occupies on disk",
             m.store_disk_bytes.clone(),
         );
         r.register(

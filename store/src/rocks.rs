@@ -301,17 +301,17 @@ impl RocksStore {
         &self.db
     }
 
-    /// Approximate on-disk size of live data, bytes.
+    /// Bytes the database occupies on disk (SST files, WAL, manifest, logs).
     pub fn disk_bytes(&self) -> u64 {
-        FAMILIES
-            .iter()
-            .filter_map(|n| {
-                self.db
-                    .property_int_value_cf(self.cf(n), "rocksdb.total-sst-files-size")
-                    .ok()
-                    .flatten()
+        std::fs::read_dir(&self.path)
+            .map(|dir| {
+                dir.filter_map(std::result::Result::ok)
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(std::fs::Metadata::is_file)
+                    .map(|m| m.len())
+                    .sum()
             })
-            .sum()
+            .unwrap_or(0)
     }
 
     /// Memory held by memtables and the block cache, bytes (approximate).
