@@ -12,19 +12,9 @@ use std::time::Duration;
 const PAYLOAD: usize = 256;
 
 fn chain(key: &Keypair, len: usize) -> Vec<Event> {
-    let topic = Topic::new("bench/sensors/temp").unwrap();
-    let mut out: Vec<Event> = Vec::with_capacity(len);
-    for i in 0..len {
-        let d = Draft {
-            topic: topic.clone(),
-            seq: Seq(i as u64),
-            prev: out.last().map(Event::id),
-            time: Timestamp::from_ms(1_700_000_000_000 + i as u64),
-            body: Payload::data(vec![b'x'; PAYLOAD]),
-        };
-        out.push(Event::sign(&d, key).unwrap());
-    }
-    out
+    murmur_core::testing::chain_with(key, "bench/sensors/temp", len, |_| {
+        Bytes::from(vec![b'x'; PAYLOAD])
+    })
 }
 
 fn benches(c: &mut Criterion) {

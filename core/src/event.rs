@@ -510,25 +510,11 @@ pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    pub(crate) fn key(n: u8) -> Keypair {
-        Keypair::from_seed(&[n; 32])
-    }
+    pub(crate) use crate::testing::key;
 
     /// A chain of `len` data events by `key` in `topic`.
     pub(crate) fn chain(key: &Keypair, topic: &str, len: usize) -> Vec<Event> {
-        let topic = Topic::new(topic).unwrap();
-        let mut out: Vec<Event> = Vec::with_capacity(len);
-        for i in 0..len {
-            let draft = Draft {
-                topic: topic.clone(),
-                seq: Seq(i as u64),
-                prev: out.last().map(Event::id),
-                time: Timestamp::from_ms(1_700_000_000_000 + i as u64),
-                body: Payload::data(format!("event {i}").into_bytes()),
-            };
-            out.push(Event::sign(&draft, key).unwrap());
-        }
-        out
+        crate::testing::chain(key, topic, len, "event ")
     }
 
     fn draft(seq: u64, prev: Option<EventId>, body: Payload) -> Draft {

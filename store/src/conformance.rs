@@ -1,31 +1,21 @@
 //! One conformance suite, run against every [`Store`] implementation.
 
-use bytes::Bytes;
 use murmur_core::storage::{Durability, Outcome, Store};
-use murmur_core::{Draft, Event, Keypair, Offset, Pattern, Payload, Seq, Timestamp, Topic};
+use murmur_core::{Event, Offset, Pattern, Seq, Topic};
 
-pub(crate) fn key(n: u8) -> Keypair {
-    Keypair::from_seed(&[n; 32])
-}
+use murmur_core::testing::key;
 
-pub(crate) fn chain(key: &Keypair, topic: &str, len: usize) -> Vec<Event> {
+pub(crate) fn chain(key: &murmur_core::Keypair, topic: &str, len: usize) -> Vec<Event> {
     chain_with(key, topic, len, "e")
 }
 
-pub(crate) fn chain_with(key: &Keypair, topic: &str, len: usize, tag: &str) -> Vec<Event> {
-    let topic = Topic::new(topic).unwrap();
-    let mut out: Vec<Event> = Vec::with_capacity(len);
-    for i in 0..len {
-        let d = Draft {
-            topic: topic.clone(),
-            seq: Seq(i as u64),
-            prev: out.last().map(Event::id),
-            time: Timestamp::from_ms(1_000 + i as u64),
-            body: Payload::data(Bytes::from(format!("{tag}{i}"))),
-        };
-        out.push(Event::sign(&d, key).unwrap());
-    }
-    out
+pub(crate) fn chain_with(
+    key: &murmur_core::Keypair,
+    topic: &str,
+    len: usize,
+    tag: &str,
+) -> Vec<Event> {
+    murmur_core::testing::chain(key, topic, len, tag)
 }
 
 fn appended(o: &[Outcome]) -> Vec<u64> {

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
@@ -22,12 +22,16 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{
-    BatchRequest, BatchResponse, ErrorBody, EventJson, EventsPage, LogJson, PublishRequest,
-    Published, QueueJson, Status, TopicJson, TopicsResponse,
+    BatchRequest, BatchResponse, EventJson, EventsPage, LogJson, PublishRequest, Published,
+    QueueJson, Status, TopicJson, TopicsResponse,
 };
 use crate::follow;
-use crate::ingest::{self, IngestError, PublishItem};
+
+mod error;
+use crate::ingest::{self, PublishItem};
 use crate::metrics::{self, Kind, Metrics};
+use error::body_error;
+pub use error::{ApiError, ApiResult, JsonBody};
 
 /// Limits the API enforces.
 #[derive(Debug, Clone)]
@@ -71,104 +75,6 @@ pub struct AppState {
 }
 
 type Shared = Arc<AppState>;
-
-/// An error answer: status, stable code, message.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-    fn bad(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-    fn internal(e: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %e, "internal error serving a request");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut resp = (
-            self.status,
-            Json(ErrorBody {
-                error: self.message,
-                code: self.code.into(),
-            }),
-        )
-            .into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        resp
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(r: QueryRejection) -> Self {
-        ApiError::bad("bad_query", r.body_text())
-    }
-}
-
-impl From<IngestError> for ApiError {
-    fn from(e: IngestError) -> Self {
-        match e {
-            IngestError::QueueFull => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", e.to_string())
-            }
-            IngestError::ShuttingDown => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                e.to_string(),
-            ),
-            IngestError::TooLarge(_) => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
-            }
-            other => ApiError::internal(other),
-        }
-    }
-}
-
-type ApiResult<T> = Result<T, ApiError>;
-
-fn body_error(e: BytesRejection) -> ApiError {
-    let status = e.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            status,
-            "too_large",
-            "request body is larger than the configured limit (api.max_payload_bytes / api.max_request_bytes)",
-        )
-    } else {
-        ApiError::new(status, "bad_body", e.body_text())
-    }
-}
-
-/// A JSON request body, accepted whatever the Content-Type says (`curl -d` sends
-/// form encoding), with parse errors that name the line and column.
-pub struct JsonBody<T>(pub T);
-
-impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(body_error)?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad("bad_json", format!("malformed JSON body: {e}")))
-    }
-}
 
 /// Builds the router.
 pub fn router(state: Shared) -> Router {
@@ -289,6 +195,32 @@ fn published(p: &ingest::Published) -> Published {
     }
 }
 
+/// Queues `items`, waits until they are durable, and counts the request by kind.
+async fn commit(
+    st: &AppState,
+    items: Vec<PublishItem>,
+    kind: &str,
+) -> ApiResult<Vec<ingest::Published>> {
+    let done = st
+        .ingest
+        .publish(items)
+        .await
+        .map_err(|e| refuse(st, e.into()))?;
+    st.metrics
+        .publish_requests
+        .get_or_create(&Kind { kind: kind.into() })
+        .inc();
+    Ok(done)
+}
+
+/// The acknowledgement of a one-event request.
+fn single(mut done: Vec<ingest::Published>) -> ApiResult<Json<Published>> {
+    let p = done
+        .pop()
+        .ok_or_else(|| ApiError::internal("empty commit"))?;
+    Ok(Json(published(&p)))
+}
+
 fn refuse(state: &AppState, e: ApiError) -> ApiError {
     state.metrics.refused(e.code);
     e
@@ -300,21 +232,7 @@ async fn publish(
 ) -> ApiResult<Json<Published>> {
     let JsonBody(req) = body.map_err(|e| refuse(&st, e))?;
     let it = item(req, st.limits.max_payload).map_err(|e| refuse(&st, e))?;
-    let mut done = st
-        .ingest
-        .publish(vec![it])
-        .await
-        .map_err(|e| refuse(&st, e.into()))?;
-    st.metrics
-        .publish_requests
-        .get_or_create(&Kind {
-            kind: "single".into(),
-        })
-        .inc();
-    let p = done
-        .pop()
-        .ok_or_else(|| ApiError::internal("empty commit"))?;
-    Ok(Json(published(&p)))
+    single(commit(&st, vec![it], "single").await?)
 }
 
 async fn publish_batch(
@@ -354,17 +272,7 @@ async fn publish_batch(
         })
         .collect::<ApiResult<Vec<_>>>()
         .map_err(|e| refuse(&st, e))?;
-    let done = st
-        .ingest
-        .publish(items)
-        .await
-        .map_err(|e| refuse(&st, e.into()))?;
-    st.metrics
-        .publish_requests
-        .get_or_create(&Kind {
-            kind: "batch".into(),
-        })
-        .inc();
+    let done = commit(&st, items, "batch").await?;
     Ok(Json(BatchResponse {
         events: done.iter().map(published).collect(),
     }))
@@ -393,19 +301,7 @@ async fn publish_raw(
             data: body,
         },
     };
-    let mut done = st
-        .ingest
-        .publish(vec![it])
-        .await
-        .map_err(|e| refuse(&st, e.into()))?;
-    st.metrics
-        .publish_requests
-        .get_or_create(&Kind { kind: "raw".into() })
-        .inc();
-    let p = done
-        .pop()
-        .ok_or_else(|| ApiError::internal("empty commit"))?;
-    Ok(Json(published(&p)))
+    single(commit(&st, vec![it], "raw").await?)
 }
 
 #[derive(Deserialize)]
