@@ -97,6 +97,7 @@ pub mod hlc;
 pub mod id;
 pub mod keys;
 pub mod storage;
+pub mod sync;
 pub mod testing;
 pub mod topic;
 pub mod verify;

@@ -1,0 +1,781 @@
+//! The anti-entropy sync protocol, as a sans-IO state machine.
+//!
+//! Two nodes reconcile one topic in a *round*:
+//!
+//! ```text
+//!  A                                   B
+//!  Hello{digest(vv_A)}  ─────────────▶  equal digest? ──▶ InSync        (done)
+//!                       ◀─────────────  Vector{vv_B}
+//!  Vector{vv_A}         ─────────────▶
+//!  Want{author, from, limit} ────────▶  (both sides pull what they lack, independently)
+//!                       ◀─────────────  Events{up to limit encoded events}
+//!  verify range (1 signature), insert, next Want from the new head ... until caught up
+//! ```
+//!
+//! Serving is stateless: any `Want` is answered from the store with at most
+//! [`Config::window`] events. Pulling is per (peer, topic) *session*: one window in
+//! flight per log and at most [`Config::max_inflight`] per session, so a fast sender can
+//! never flood a slow receiver, and neither side holds more than a few windows in memory
+//! whatever the backlog. Every outstanding request has a deadline; [`Sync::tick`] fails
+//! sessions that stall, and the driver retries later, possibly with another peer.
+//!
+//! A pulled range that does not continue our head at the next seq means the author
+//! signed two events at our head's seq: the session fetches the peer's event at that seq,
+//! the store records the fork proof and freezes the log, and the proof is sent on.
+//!
+//! Calling contract: feed every message from a peer to [`Sync::handle`], call
+//! [`Sync::tick`] regularly (every [`Config::request_timeout`] / 4 or so), call
+//! [`Sync::start`] when a round should run (on connect, periodically, on a gap), and
+//! carry out every returned [`Output`]. `now` is any monotonic clock the driver owns.
+//! The machine reads and writes the store it is given; give it a store whose calls are
+//! allowed to block (not the network task).
+
+pub mod msg;
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::accept::ForkProof;
+use crate::event::{Event, MAX_EVENT_BYTES};
+use crate::id::{AuthorId, Offset, Seq};
+use crate::storage::{Durability, Outcome, Store};
+use crate::topic::Topic;
+use crate::verify::{Anchor, RangeError, verify_range};
+use crate::vv::VersionVector;
+
+pub use msg::{FrameError, Message};
+
+/// Settings of the sync machine.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Most events per `Want`/`Events` exchange.
+    pub window: u32,
+    /// Most windows in flight per session (one per log at most).
+    pub max_inflight: usize,
+    /// Deadline for any answer.
+    pub request_timeout: Duration,
+    /// Durability of pulled events (they are durable on their author's node already).
+    pub durability: Durability,
+    /// Most sessions at once (per node); more `start`s are refused.
+    pub max_sessions: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            window: 1024,
+            max_inflight: 4,
+            request_timeout: Duration::from_secs(10),
+            durability: Durability::Buffered,
+            max_sessions: 256,
+        }
+    }
+}
+
+/// Why a session ended without completing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// No answer before the deadline.
+    Timeout,
+    /// The peer broke the protocol (see the accompanying [`Output::Misbehaved`]).
+    Violation,
+    /// The local store failed.
+    Store(String),
+    /// Too many sessions already.
+    Busy,
+}
+
+/// Ways a peer can break the protocol. The driver should penalise or drop that peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Violation {
+    /// An event that does not decode.
+    BadEvent(String),
+    /// Events that were not asked for, or from another log or seq than asked.
+    Unrequested,
+    /// A range that does not verify (bad signature or broken links).
+    BadRange(String),
+    /// More events than asked for.
+    TooMany,
+    /// A fork message that proves nothing.
+    BadForkProof(String),
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone)]
+pub enum Output<P> {
+    /// Send `msg` to `to`.
+    Send {
+        /// The peer.
+        to: P,
+        /// The message.
+        msg: Message,
+    },
+    /// Events newly stored, with their local offsets (wake followers, count metrics).
+    Stored {
+        /// From which peer.
+        from: P,
+        /// The events.
+        events: Vec<(Offset, Event)>,
+    },
+    /// A round finished: we hold everything the peer had when it started.
+    Done {
+        /// The peer.
+        peer: P,
+        /// The topic.
+        topic: Topic,
+        /// Events pulled in this round.
+        pulled: u64,
+    },
+    /// A round failed.
+    Failed {
+        /// The peer.
+        peer: P,
+        /// The topic.
+        topic: Topic,
+        /// Why.
+        reason: Failure,
+    },
+    /// The peer broke the protocol.
+    Misbehaved {
+        /// The peer.
+        peer: P,
+        /// How.
+        violation: Violation,
+    },
+    /// A fork was proven (stored, the log frozen). The proof is also sent to the peer.
+    Fork(Box<ForkProof>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Sent Hello, waiting for InSync or Vector.
+    Hello,
+    /// Pulling what the peer's vector showed.
+    Pulling,
+}
+
+#[derive(Debug, Clone)]
+struct Pull {
+    /// Last seq the peer holds (from its vector).
+    to: Seq,
+    /// Fetch only the peer's event at `to` (our head seq) to prove a fork.
+    probe: bool,
+    /// Outstanding request: (request id, from, limit), if any.
+    inflight: Option<(u64, Seq, u32)>,
+}
+
+#[derive(Debug)]
+struct Session {
+    phase: Phase,
+    sent_vector: bool,
+    pulls: BTreeMap<AuthorId, Pull>,
+    deadline: Instant,
+    pulled: u64,
+}
+
+/// The sync machine of one node, over peers identified by `P`.
+#[derive(Debug)]
+pub struct Sync<P> {
+    config: Config,
+    sessions: BTreeMap<(P, Topic), Session>,
+    next_req: u64,
+}
+
+type Outs<P> = Vec<Output<P>>;
+
+impl<P: Clone + Ord + Debug> Sync<P> {
+    /// A machine with `config`.
+    pub fn new(config: Config) -> Self {
+        Sync {
+            config,
+            sessions: BTreeMap::new(),
+            next_req: 0,
+        }
+    }
+
+    /// Number of sessions in progress.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// True when a round with `peer` for `topic` is in progress.
+    pub fn in_progress(&self, peer: &P, topic: &Topic) -> bool {
+        self.sessions.contains_key(&(peer.clone(), topic.clone()))
+    }
+
+    /// Starts a round with `peer` for `topic` (no-op if one is running).
+    pub fn start<S: Store>(&mut self, peer: P, topic: Topic, now: Instant, store: &S) -> Outs<P> {
+        let key = (peer.clone(), topic.clone());
+        if self.sessions.contains_key(&key) {
+            return Vec::new();
+        }
+        if self.sessions.len() >= self.config.max_sessions {
+            return vec![Output::Failed {
+                peer,
+                topic,
+                reason: Failure::Busy,
+            }];
+        }
+        let vv = match store.version_vector(&topic) {
+            Ok(vv) => vv,
+            Err(e) => return vec![failed_store(peer, topic, e)],
+        };
+        self.sessions
+            .insert(key, self.new_session(Phase::Hello, now));
+        vec![Output::Send {
+            to: peer,
+            msg: Message::Hello {
+                topic,
+                digest: vv.digest(),
+            },
+        }]
+    }
+
+    /// Pulls `author`'s log in `topic` from `peer` up to `to` (a gap seen in live push).
+    pub fn pull<S: Store>(
+        &mut self,
+        peer: P,
+        topic: Topic,
+        author: AuthorId,
+        to: Seq,
+        now: Instant,
+        store: &S,
+    ) -> Outs<P> {
+        let key = (peer.clone(), topic.clone());
+        if !self.sessions.contains_key(&key) {
+            if self.sessions.len() >= self.config.max_sessions {
+                return vec![Output::Failed {
+                    peer,
+                    topic,
+                    reason: Failure::Busy,
+                }];
+            }
+            let mut s = self.new_session(Phase::Pulling, now);
+            s.sent_vector = true; // a targeted pull does not reconcile vectors
+            self.sessions.insert(key.clone(), s);
+        }
+        if let Some(s) = self.sessions.get_mut(&key) {
+            let p = s.pulls.entry(author).or_insert(Pull {
+                to,
+                probe: false,
+                inflight: None,
+            });
+            p.to = p.to.max(to);
+        }
+        self.advance(key, now, store)
+    }
+
+    /// Handles a message from `from`.
+    pub fn handle<S: Store>(&mut self, from: P, msg: Message, now: Instant, store: &S) -> Outs<P> {
+        match msg {
+            Message::Hello { topic, digest } => {
+                let vv = match store.version_vector(&topic) {
+                    Ok(vv) => vv,
+                    Err(e) => return vec![failed_store(from, topic, e)],
+                };
+                if vv.digest() == digest {
+                    return vec![Output::Send {
+                        to: from,
+                        msg: Message::InSync { topic },
+                    }];
+                }
+                // The peer differs: answer with our vector and expect theirs, so that we
+                // pull too (if we have room for another session).
+                let key = (from.clone(), topic.clone());
+                if !self.sessions.contains_key(&key)
+                    && self.sessions.len() < self.config.max_sessions
+                {
+                    let mut s = self.new_session(Phase::Hello, now);
+                    s.sent_vector = true;
+                    self.sessions.insert(key, s);
+                }
+                vec![Output::Send {
+                    to: from,
+                    msg: Message::Vector { topic, vv },
+                }]
+            }
+            Message::InSync { topic } => {
+                let key = (from.clone(), topic.clone());
+                match self.sessions.get(&key) {
+                    Some(s) if s.phase == Phase::Hello => {
+                        self.sessions.remove(&key);
+                        vec![Output::Done {
+                            peer: from,
+                            topic,
+                            pulled: 0,
+                        }]
+                    }
+                    _ => Vec::new(), // stale: a round we already gave up on
+                }
+            }
+            Message::Vector { topic, vv } => self.on_vector(from, topic, vv, now, store),
+            Message::Want {
+                req,
+                topic,
+                author,
+                from: seq,
+                limit,
+            } => {
+                let limit = limit.min(self.config.window) as usize;
+                match store.log_range(&author, &topic, seq, limit) {
+                    Ok(evs) => vec![Output::Send {
+                        to: from,
+                        msg: Message::Events {
+                            req,
+                            topic,
+                            author,
+                            events: evs.iter().map(|e| e.bytes().clone()).collect(),
+                        },
+                    }],
+                    Err(e) => vec![failed_store(from, topic, e)],
+                }
+            }
+            Message::Events {
+                req,
+                topic,
+                author,
+                events,
+            } => self.on_events(from, req, topic, author, events, now, store),
+            Message::Fork { a, b } => self.on_fork(from, a, b, store),
+        }
+    }
+
+    /// Fails every session whose deadline has passed.
+    pub fn tick(&mut self, now: Instant) -> Outs<P> {
+        let expired: Vec<(P, Topic)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        expired
+            .into_iter()
+            .map(|key| {
+                self.sessions.remove(&key);
+                Output::Failed {
+                    peer: key.0,
+                    topic: key.1,
+                    reason: Failure::Timeout,
+                }
+            })
+            .collect()
+    }
+
+    /// Drops every session with `peer` (it disconnected); returns their failures.
+    pub fn peer_gone(&mut self, peer: &P) -> Outs<P> {
+        let keys: Vec<(P, Topic)> = self
+            .sessions
+            .keys()
+            .filter(|(p, _)| p == peer)
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .map(|key| {
+                self.sessions.remove(&key);
+                Output::Failed {
+                    peer: key.0,
+                    topic: key.1,
+                    reason: Failure::Timeout,
+                }
+            })
+            .collect()
+    }
+
+    fn new_session(&self, phase: Phase, now: Instant) -> Session {
+        Session {
+            phase,
+            sent_vector: false,
+            pulls: BTreeMap::new(),
+            deadline: now + self.config.request_timeout,
+            pulled: 0,
+        }
+    }
+
+    fn on_vector<S: Store>(
+        &mut self,
+        from: P,
+        topic: Topic,
+        theirs: VersionVector,
+        now: Instant,
+        store: &S,
+    ) -> Outs<P> {
+        let key = (from.clone(), topic.clone());
+        let ours = match store.version_vector(&topic) {
+            Ok(vv) => vv,
+            Err(e) => return vec![failed_store(from, topic, e)],
+        };
+        let mut out = Vec::new();
+        let Some(s) = self.sessions.get_mut(&key) else {
+            // Not in a round with this peer (it timed out, or we were busy). Answering
+            // with our vector here would let two nodes echo vectors at each other
+            // forever; the peer's next round will reach us.
+            return out;
+        };
+        if !s.sent_vector {
+            s.sent_vector = true;
+            out.push(Output::Send {
+                to: from.clone(),
+                msg: Message::Vector {
+                    topic: topic.clone(),
+                    vv: ours.clone(),
+                },
+            });
+        }
+        if s.phase == Phase::Hello {
+            s.phase = Phase::Pulling;
+            s.deadline = now + self.config.request_timeout;
+        }
+        // The deadline is not refreshed otherwise: a peer's repeated rounds must not keep
+        // alive a session whose own request was lost.
+        for want in ours.wants_from(&theirs) {
+            // Never re-request past a fork we know of.
+            match store.log_state(&want.author, &topic) {
+                Ok(st) if st.frozen_at.is_some() => continue,
+                Ok(_) => {}
+                Err(e) => return vec![failed_store(from, topic, e)],
+            }
+            // A repeated vector (a duplicate, or the peer's next round) extends a pull
+            // that is under way instead of restarting it.
+            let p = s.pulls.entry(want.author).or_insert(Pull {
+                to: want.to,
+                probe: false,
+                inflight: None,
+            });
+            p.to = p.to.max(want.to);
+        }
+        // Same seq, different head id: a fork. Fetch their head event to prove it.
+        for author in ours.diverged(&theirs) {
+            if let Some(e) = ours.get(&author) {
+                s.pulls.entry(author).or_insert(Pull {
+                    to: e.seq,
+                    probe: true,
+                    inflight: None,
+                });
+            }
+        }
+        out.extend(self.advance(key, now, store));
+        out
+    }
+
+    /// Sends the next `Want`s of a session, or finishes it.
+    fn advance<S: Store>(&mut self, key: (P, Topic), now: Instant, store: &S) -> Outs<P> {
+        let window = self.config.window;
+        let max_inflight = self.config.max_inflight;
+        let next_req = &mut self.next_req;
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return Vec::new();
+        };
+        let (peer, topic) = key.clone();
+        let mut out = Vec::new();
+        let mut finished = Vec::new();
+        let mut inflight = s.pulls.values().filter(|p| p.inflight.is_some()).count();
+        for (author, pull) in s.pulls.iter_mut() {
+            if pull.inflight.is_some() {
+                continue;
+            }
+            let state = match store.log_state(author, &topic) {
+                Ok(st) => st,
+                Err(e) => {
+                    self.sessions.remove(&key);
+                    return vec![failed_store(peer, topic, e)];
+                }
+            };
+            let next = state
+                .head
+                .map_or(Seq(0), |h| Seq(h.seq.0.saturating_add(1)));
+            let done = state.frozen_at.is_some() || (!pull.probe && next > pull.to);
+            if done {
+                finished.push(*author);
+                continue;
+            }
+            if inflight >= max_inflight {
+                continue;
+            }
+            let (from, limit) = if pull.probe {
+                (pull.to, 1)
+            } else {
+                let left = u32::try_from(pull.to.0 - next.0 + 1).unwrap_or(u32::MAX);
+                (next, window.min(left))
+            };
+            *next_req += 1;
+            let req = *next_req;
+            pull.inflight = Some((req, from, limit));
+            inflight += 1;
+            out.push(Output::Send {
+                to: peer.clone(),
+                msg: Message::Want {
+                    req,
+                    topic: topic.clone(),
+                    author: *author,
+                    from,
+                    limit,
+                },
+            });
+        }
+        for a in finished {
+            s.pulls.remove(&a);
+        }
+        if !out.is_empty() {
+            s.deadline = now + self.config.request_timeout;
+        }
+        if s.pulls.is_empty() && s.phase == Phase::Pulling {
+            let pulled = s.pulled;
+            self.sessions.remove(&key);
+            out.push(Output::Done {
+                peer,
+                topic,
+                pulled,
+            });
+        }
+        out
+    }
+
+    fn violation(&mut self, key: (P, Topic), violation: Violation) -> Outs<P> {
+        self.sessions.remove(&key);
+        vec![
+            Output::Misbehaved {
+                peer: key.0.clone(),
+                violation,
+            },
+            Output::Failed {
+                peer: key.0,
+                topic: key.1,
+                reason: Failure::Violation,
+            },
+        ]
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_events<S: Store>(
+        &mut self,
+        from: P,
+        req: u64,
+        topic: Topic,
+        author: AuthorId,
+        raw: Vec<Bytes>,
+        now: Instant,
+        store: &S,
+    ) -> Outs<P> {
+        let key = (from.clone(), topic.clone());
+        let Some(pull) = self
+            .sessions
+            .get_mut(&key)
+            .and_then(|s| s.pulls.get_mut(&author))
+        else {
+            // Late answer to a round we abandoned: harmless, ignore.
+            return Vec::new();
+        };
+        let probe = pull.probe;
+        let (want_from, limit) = match pull.inflight {
+            Some((r, f, l)) if r == req => (f, l),
+            // An answer to an earlier request of ours that we gave up on: ignore.
+            _ => return Vec::new(),
+        };
+        pull.inflight = None;
+        if let Some(s) = self.sessions.get_mut(&key) {
+            s.deadline = now + self.config.request_timeout;
+        }
+        if raw.len() > limit as usize {
+            return self.violation(key, Violation::TooMany);
+        }
+        let mut events = Vec::with_capacity(raw.len());
+        for b in raw {
+            match Event::decode(b, MAX_EVENT_BYTES) {
+                Ok(e) => events.push(e),
+                Err(e) => return self.violation(key, Violation::BadEvent(e.to_string())),
+            }
+        }
+        let Some(first) = events.first() else {
+            // The peer has nothing more for this log (it may have lost data, or is
+            // frozen): stop pulling it in this round.
+            if let Some(s) = self.sessions.get_mut(&key) {
+                s.pulls.remove(&author);
+            }
+            return self.advance(key, now, store);
+        };
+        if first.author() != author || first.topic() != &topic || first.seq() != want_from {
+            return self.violation(key, Violation::Unrequested);
+        }
+        let mut out = Vec::new();
+        let state = match store.log_state(&author, &topic) {
+            Ok(st) => st,
+            Err(e) => {
+                self.sessions.remove(&key);
+                return vec![failed_store(from, topic, e)];
+            }
+        };
+        let anchor = state
+            .head
+            .filter(|h| h.seq.next() == Some(want_from))
+            .map(|h| Anchor {
+                seq: h.seq,
+                id: h.id,
+            });
+        let verified = if probe {
+            verify_range(&events[..1], None)
+        } else {
+            match verify_range(&events, anchor) {
+                // Valid run that starts right after our head but links elsewhere: the
+                // author forked at our head's seq. Ask for their event there.
+                Err(RangeError::DoesNotContinue { .. }) if verify_range(&events, None).is_ok() => {
+                    if let Some(s) = self.sessions.get_mut(&key)
+                        && let Some(p) = s.pulls.get_mut(&author)
+                        && let Some(h) = state.head
+                    {
+                        self.next_req += 1;
+                        let req = self.next_req;
+                        p.to = h.seq;
+                        p.probe = true;
+                        p.inflight = Some((req, h.seq, 1));
+                        s.deadline = now + self.config.request_timeout;
+                        return vec![Output::Send {
+                            to: from,
+                            msg: Message::Want {
+                                req,
+                                topic,
+                                author,
+                                from: h.seq,
+                                limit: 1,
+                            },
+                        }];
+                    }
+                    Ok(())
+                }
+                other => other,
+            }
+        };
+        if let Err(e) = verified {
+            return self.violation(key, Violation::BadRange(e.to_string()));
+        }
+        let outcomes = match store.insert(&events, self.config.durability) {
+            Ok(o) => o,
+            Err(e) => {
+                self.sessions.remove(&key);
+                return vec![failed_store(from, topic, e)];
+            }
+        };
+        let mut stored = Vec::new();
+        let mut fork_at = None;
+        for (ev, o) in events.into_iter().zip(outcomes) {
+            match o {
+                Outcome::Appended(off) => stored.push((off, ev)),
+                Outcome::Fork(seq) => fork_at = Some(seq),
+                _ => {}
+            }
+        }
+        if let Some(s) = self.sessions.get_mut(&key) {
+            s.pulled += stored.len() as u64;
+            if probe {
+                // A probe answered: the fork (if any) is recorded; this log is done.
+                s.pulls.remove(&author);
+            }
+        }
+        if !stored.is_empty() {
+            out.push(Output::Stored {
+                from: from.clone(),
+                events: stored,
+            });
+        }
+        if let Some(seq) = fork_at {
+            out.extend(self.announce_fork(&from, &author, &topic, seq, store));
+        }
+        out.extend(self.advance(key, now, store));
+        out
+    }
+
+    fn announce_fork<S: Store>(
+        &mut self,
+        to: &P,
+        author: &AuthorId,
+        topic: &Topic,
+        seq: Seq,
+        store: &S,
+    ) -> Outs<P> {
+        let Ok(forks) = store.forks() else {
+            return Vec::new();
+        };
+        forks
+            .into_iter()
+            .filter(|f| f.author() == *author && f.topic() == topic && f.seq() == seq)
+            .take(1)
+            .flat_map(|f| {
+                let msg = Message::Fork {
+                    a: f.ours.bytes().clone(),
+                    b: f.theirs.bytes().clone(),
+                };
+                [
+                    Output::Send {
+                        to: to.clone(),
+                        msg,
+                    },
+                    Output::Fork(Box::new(f)),
+                ]
+            })
+            .collect()
+    }
+
+    fn on_fork<S: Store>(&mut self, from: P, a: Bytes, b: Bytes, store: &S) -> Outs<P> {
+        let decode = |x: Bytes| Event::decode(x, MAX_EVENT_BYTES);
+        let (a, b) = match (decode(a), decode(b)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
+                return vec![Output::Misbehaved {
+                    peer: from,
+                    violation: Violation::BadForkProof(e.to_string()),
+                }];
+            }
+        };
+        let proof = ForkProof { ours: a, theirs: b };
+        if let Err(why) = proof.check() {
+            return vec![Output::Misbehaved {
+                peer: from,
+                violation: Violation::BadForkProof(why.into()),
+            }];
+        }
+        // Inserting both makes the store record the fork if it holds either event.
+        match store.insert(
+            &[proof.ours.clone(), proof.theirs.clone()],
+            self.config.durability,
+        ) {
+            Ok(o) if o.iter().any(|o| matches!(o, Outcome::Fork(_))) => {
+                vec![Output::Fork(Box::new(proof))]
+            }
+            Ok(o) => {
+                let stored: Vec<(Offset, Event)> = o
+                    .iter()
+                    .zip([proof.ours, proof.theirs])
+                    .filter_map(|(o, e)| match o {
+                        Outcome::Appended(off) => Some((*off, e)),
+                        _ => None,
+                    })
+                    .collect();
+                if stored.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![Output::Stored {
+                        from,
+                        events: stored,
+                    }]
+                }
+            }
+            Err(e) => vec![Output::Failed {
+                peer: from,
+                topic: proof.ours.topic().clone(),
+                reason: Failure::Store(e.to_string()),
+            }],
+        }
+    }
+}
+
+fn failed_store<P>(peer: P, topic: Topic, e: impl std::fmt::Display) -> Output<P> {
+    Output::Failed {
+        peer,
+        topic,
+        reason: Failure::Store(e.to_string()),
+    }
+}

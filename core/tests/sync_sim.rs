@@ -1,0 +1,548 @@
+//! The sync protocol between several nodes over a seeded virtual network with latency,
+//! reordering, loss, duplication and partitions. Every message crosses the real frame
+//! codec. After the faults heal, every node must hold exactly the same logs.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use murmur_core::sync::{Config, Message, Output, Sync};
+use murmur_core::testing::key;
+use murmur_core::{
+    Draft, Durability, Event, Keypair, Payload, Seq, Store, Timestamp, Topic, VersionVector,
+};
+use murmur_store::MemoryStore;
+use proptest::prelude::*;
+
+/// splitmix64: small, seeded, reproducible.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() as f64 / u64::MAX as f64) < p
+    }
+}
+
+struct Node {
+    store: MemoryStore,
+    sync: Sync<usize>,
+    key: Keypair,
+}
+
+#[derive(Debug, Clone)]
+struct Faults {
+    loss: f64,
+    dup: f64,
+    /// Group of each node during the fault phase; nodes in different groups cannot talk.
+    groups: Vec<u8>,
+}
+
+type Frame = Reverse<(u64, u64, usize, usize, Vec<u8>)>;
+
+struct Sim {
+    nodes: Vec<Node>,
+    topics: Vec<Topic>,
+    rng: Rng,
+    base: Instant,
+    now_ms: u64,
+    queue: BinaryHeap<Frame>,
+    sent: u64,
+    faults: Option<Faults>,
+    violations: u64,
+    /// Per node and topic: the vector last seen, to check heads only grow.
+    seen: BTreeMap<(usize, Topic), VersionVector>,
+}
+
+impl Sim {
+    fn new(n: usize, topics: usize, seed: u64) -> Sim {
+        let config = Config {
+            request_timeout: Duration::from_millis(500),
+            window: 16,
+            ..Config::default()
+        };
+        Sim {
+            nodes: (0..n)
+                .map(|i| Node {
+                    store: MemoryStore::new(),
+                    sync: Sync::new(config.clone()),
+                    key: key(i as u8 + 1),
+                })
+                .collect(),
+            topics: (0..topics)
+                .map(|t| Topic::new(format!("sim/t{t}")).unwrap())
+                .collect(),
+            rng: Rng(seed),
+            base: Instant::now(),
+            now_ms: 0,
+            queue: BinaryHeap::new(),
+            sent: 0,
+            faults: None,
+            violations: 0,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.base + Duration::from_millis(self.now_ms)
+    }
+
+    fn publish(&mut self, node: usize, topic: usize) {
+        let n = &self.nodes[node];
+        let topic = self.topics[topic].clone();
+        let head = n.store.log_state(&n.key.author(), &topic).unwrap().head;
+        let d = Draft {
+            topic,
+            seq: head.map_or(Seq(0), |h| Seq(h.seq.0 + 1)),
+            prev: head.map(|h| h.id),
+            time: Timestamp::from_ms(self.now_ms),
+            body: Payload::data(Bytes::from(format!("n{node}@{}", self.now_ms))),
+        };
+        let ev = Event::sign(&d, &n.key).unwrap();
+        n.store.insert(&[ev], Durability::Sync).unwrap();
+    }
+
+    fn run_outputs(&mut self, from: usize, outs: Vec<Output<usize>>) {
+        for o in outs {
+            match o {
+                Output::Send { to, msg } => self.send(from, to, &msg),
+                Output::Misbehaved { .. } => self.violations += 1,
+                _ => {}
+            }
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, msg: &Message) {
+        let frame = msg.to_frame().expect("encodable");
+        let mut copies = 1;
+        if let Some(f) = &self.faults {
+            if f.groups[from] != f.groups[to] || self.rng.chance(f.loss) {
+                return;
+            }
+            if self.rng.chance(f.dup) {
+                copies = 2;
+            }
+        }
+        for _ in 0..copies {
+            // 1–40 ms: messages overtake each other.
+            let at = self.now_ms + 1 + self.rng.below(40);
+            self.sent += 1;
+            self.queue
+                .push(Reverse((at, self.sent, from, to, frame.clone())));
+        }
+    }
+
+    fn deliver_due(&mut self) {
+        while let Some(Reverse((at, _, _, _, _))) = self.queue.peek() {
+            if *at > self.now_ms {
+                break;
+            }
+            let Reverse((_, _, from, to, frame)) = self.queue.pop().unwrap();
+            let len = Message::frame_len(frame[..4].try_into().unwrap()).unwrap();
+            let msg = Message::from_body(&frame[4..4 + len]).expect("decodable");
+            let now = self.now();
+            let node = &mut self.nodes[to];
+            let outs = node.sync.handle(from, msg, now, &node.store);
+            self.run_outputs(to, outs);
+        }
+    }
+
+    /// One anti-entropy round per node, with a random peer, for every topic.
+    fn rounds(&mut self) {
+        let n = self.nodes.len();
+        for i in 0..n {
+            let peer = (i + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+            for t in 0..self.topics.len() {
+                let topic = self.topics[t].clone();
+                let now = self.now();
+                let node = &mut self.nodes[i];
+                let outs = node.sync.start(peer, topic, now, &node.store);
+                self.run_outputs(i, outs);
+            }
+        }
+    }
+
+    fn step(&mut self, publish_p: f64) {
+        self.now_ms += 5;
+        self.deliver_due();
+        if self.now_ms.is_multiple_of(100) {
+            self.rounds();
+        }
+        if self.now_ms.is_multiple_of(50) {
+            let now = self.now();
+            for i in 0..self.nodes.len() {
+                let outs = self.nodes[i].sync.tick(now);
+                self.run_outputs(i, outs);
+            }
+            self.check_heads_only_grow();
+        }
+        if self.rng.chance(publish_p) {
+            let node = self.rng.below(self.nodes.len() as u64) as usize;
+            let topic = self.rng.below(self.topics.len() as u64) as usize;
+            self.publish(node, topic);
+        }
+    }
+
+    fn check_heads_only_grow(&mut self) {
+        for (i, node) in self.nodes.iter().enumerate() {
+            for t in &self.topics {
+                let vv = node.store.version_vector(t).unwrap();
+                if let Some(old) = self.seen.get(&(i, t.clone())) {
+                    for (a, e) in old.iter() {
+                        let now = vv.get(a).expect("a log disappeared");
+                        assert!(now.seq >= e.seq, "node {i}: head of {a:?} went back");
+                    }
+                }
+                self.seen.insert((i, t.clone()), vv);
+            }
+        }
+    }
+
+    fn converged(&self) -> bool {
+        self.topics.iter().all(|t| {
+            let first = self.nodes[0].store.version_vector(t).unwrap();
+            self.nodes
+                .iter()
+                .all(|n| n.store.version_vector(t).unwrap() == first)
+        })
+    }
+
+    /// Every author's own head is what every node holds.
+    fn complete(&self) -> bool {
+        self.topics.iter().all(|t| {
+            let mut union = VersionVector::new();
+            for n in &self.nodes {
+                if let Some(h) = n.store.log_state(&n.key.author(), t).unwrap().head {
+                    union.insert(
+                        n.key.author(),
+                        murmur_core::vv::Entry {
+                            seq: h.seq,
+                            id: h.id,
+                        },
+                    );
+                }
+            }
+            self.nodes
+                .iter()
+                .all(|n| n.store.version_vector(t).unwrap() == union)
+        })
+    }
+
+    fn fingerprint(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            for t in &self.topics {
+                out.extend_from_slice(&n.store.version_vector(t).unwrap().digest().0);
+            }
+            out.extend_from_slice(&n.store.next_offset().0.to_be_bytes());
+        }
+        out.extend_from_slice(&self.sent.to_be_bytes());
+        out
+    }
+}
+
+/// Faults and publishing until `fault_ms`, then a healed network until convergence.
+/// Returns the virtual ms the healed phase needed.
+fn run(sim: &mut Sim, faults: Faults, fault_ms: u64, publish_p: f64) -> u64 {
+    sim.faults = Some(faults);
+    while sim.now_ms < fault_ms {
+        sim.step(publish_p);
+    }
+    sim.faults = None;
+    let healed_at = sim.now_ms;
+    while !(sim.converged() && sim.complete() && sim.queue.is_empty()) {
+        if sim.now_ms >= healed_at + 60_000 {
+            for (i, n) in sim.nodes.iter().enumerate() {
+                let vvs: Vec<String> = sim
+                    .topics
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "{:?}",
+                            n.store
+                                .version_vector(t)
+                                .unwrap()
+                                .iter()
+                                .map(|(a, e)| (a.short(), e.seq.0))
+                                .collect::<Vec<_>>()
+                        )
+                    })
+                    .collect();
+                eprintln!(
+                    "node {i}: offset {} sessions {} vv {vvs:?}",
+                    n.store.next_offset().0,
+                    n.sync.sessions()
+                );
+            }
+            for Reverse((at, _, from, to, frame)) in sim.queue.iter().take(12) {
+                let msg = Message::from_body(&frame[4..]).unwrap();
+                eprintln!("  at {at} {from}->{to}: {:.150}", format!("{msg:?}"));
+            }
+            panic!(
+                "no convergence 60 s after healing; queue {} now {}",
+                sim.queue.len(),
+                sim.now_ms
+            );
+        }
+        sim.step(0.0);
+    }
+    sim.now_ms - healed_at
+}
+
+#[test]
+fn three_nodes_converge_after_a_partition() {
+    let mut sim = Sim::new(3, 2, 7);
+    let heal = run(
+        &mut sim,
+        Faults {
+            loss: 0.0,
+            dup: 0.0,
+            groups: vec![0, 0, 1],
+        },
+        3_000,
+        0.5,
+    );
+    let total: u64 = sim
+        .topics
+        .iter()
+        .map(|t| sim.nodes[0].store.version_vector(t).unwrap().total_events())
+        .sum();
+    assert!(total > 200, "{total} events");
+    assert_eq!(sim.violations, 0);
+    assert!(heal < 5_000, "healed in {heal} ms");
+}
+
+#[test]
+fn same_seed_same_run() {
+    let go = || {
+        let mut sim = Sim::new(5, 2, 42);
+        run(
+            &mut sim,
+            Faults {
+                loss: 0.2,
+                dup: 0.1,
+                groups: vec![0, 0, 1, 1, 2],
+            },
+            2_000,
+            0.4,
+        );
+        sim.fingerprint()
+    };
+    assert_eq!(go(), go());
+}
+
+#[test]
+fn a_node_that_was_away_catches_up_a_large_backlog() {
+    let mut sim = Sim::new(3, 1, 3);
+    for _ in 0..1500 {
+        sim.publish(0, 0);
+        sim.publish(1, 0);
+    }
+    // Node 2 was cut off while the others published 3,000 events.
+    let heal = run(
+        &mut sim,
+        Faults {
+            loss: 0.0,
+            dup: 0.0,
+            groups: vec![0, 0, 1],
+        },
+        200,
+        0.0,
+    );
+    assert_eq!(sim.nodes[2].store.next_offset().0, 3000);
+    assert!(heal < 10_000, "caught up in {heal} ms of virtual time");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Any loss, duplication and reordering pattern, and any partition, that heals ends
+    /// with identical logs everywhere.
+    #[test]
+    fn any_faults_that_heal_converge(
+        seed in any::<u64>(),
+        n in 2usize..8,
+        loss in 0.0f64..0.4,
+        dup in 0.0f64..0.3,
+        groups in proptest::collection::vec(0u8..3, 8),
+    ) {
+        let mut sim = Sim::new(n, 2, seed);
+        run(&mut sim, Faults { loss, dup, groups: groups[..n].to_vec() }, 2_000, 0.3);
+        prop_assert!(sim.converged() && sim.complete());
+        prop_assert_eq!(sim.violations, 0);
+    }
+}
+
+// --- adversarial peers -----------------------------------------------------------------
+
+fn pump(nodes: &mut [Node], first: Vec<(usize, usize, Message)>) -> Vec<(usize, Output<usize>)> {
+    let now = Instant::now();
+    let mut queue: std::collections::VecDeque<(usize, usize, Message)> = first.into();
+    let mut seen = Vec::new();
+    let mut budget = 10_000;
+    while let Some((from, to, msg)) = queue.pop_front() {
+        budget -= 1;
+        assert!(budget > 0, "message storm");
+        let node = &mut nodes[to];
+        for o in node.sync.handle(from, msg, now, &node.store) {
+            if let Output::Send { to: dest, msg } = &o {
+                queue.push_back((to, *dest, msg.clone()));
+            }
+            seen.push((to, o));
+        }
+    }
+    seen
+}
+
+fn node(n: u8) -> Node {
+    Node {
+        store: MemoryStore::new(),
+        sync: Sync::new(Config::default()),
+        key: key(n),
+    }
+}
+
+#[test]
+fn a_peer_sending_a_forged_range_is_flagged_and_nothing_is_stored() {
+    let honest = node(2);
+    let evs = murmur_core::testing::chain(&honest.key, "adv", 10, "x");
+    let topic = evs[0].topic().clone();
+    honest.store.insert(&evs, Durability::Sync).unwrap();
+    let now = Instant::now();
+    let mut victim = node(9);
+    victim.sync.start(1, topic.clone(), now, &victim.store);
+    let vv = honest.store.version_vector(&topic).unwrap();
+    let outs = victim.sync.handle(
+        1,
+        Message::Vector {
+            topic: topic.clone(),
+            vv,
+        },
+        now,
+        &victim.store,
+    );
+    let want = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Send {
+                msg: m @ Message::Want { .. },
+                ..
+            } => Some(m.clone()),
+            _ => None,
+        })
+        .expect("a want");
+    let mut server = honest;
+    let answer = server.sync.handle(0, want, now, &server.store);
+    let Output::Send {
+        msg:
+            Message::Events {
+                req,
+                topic: t,
+                author,
+                mut events,
+            },
+        ..
+    } = answer[0].clone()
+    else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(events.len(), 10);
+    let mut forged = events[9].to_vec();
+    let n = forged.len();
+    forged[n - 5] ^= 1; // break the newest event's signature: it vouches for the range
+    events[9] = Bytes::from(forged);
+    let outs = victim.sync.handle(
+        1,
+        Message::Events {
+            req,
+            topic: t,
+            author,
+            events,
+        },
+        now,
+        &victim.store,
+    );
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Misbehaved { peer: 1, .. })),
+        "{outs:?}"
+    );
+    assert_eq!(
+        victim.store.next_offset().0,
+        0,
+        "nothing of a forged range is stored"
+    );
+}
+
+#[test]
+fn stray_events_are_never_stored() {
+    let n = node(1);
+    let evs = murmur_core::testing::chain(&key(2), "adv", 3, "x");
+    let msg = Message::Events {
+        req: 1,
+        topic: evs[0].topic().clone(),
+        author: evs[0].author(),
+        events: evs.iter().map(|e| e.bytes().clone()).collect(),
+    };
+    let mut n = n;
+    let outs = n.sync.handle(1, msg, Instant::now(), &n.store);
+    // No session asked for them: ignored (a late answer to an abandoned round).
+    assert!(outs.is_empty());
+    assert_eq!(n.store.next_offset().0, 0);
+}
+
+#[test]
+fn a_fork_is_proven_frozen_and_passed_on() {
+    // One device key cloned onto two devices: both publish with different content.
+    let mut nodes: Vec<Node> = (1..=3).map(node).collect();
+    let cloned = key(77);
+    let a = murmur_core::testing::chain(&cloned, "fork", 5, "a");
+    let b = murmur_core::testing::chain(&cloned, "fork", 5, "b");
+    nodes[0].store.insert(&a, Durability::Sync).unwrap();
+    nodes[1].store.insert(&b[..3], Durability::Sync).unwrap();
+    let topic = a[0].topic().clone();
+    let now = Instant::now();
+    let n0 = &mut nodes[0];
+    let outs = n0.sync.start(1, topic.clone(), now, &n0.store);
+    let Output::Send { msg, .. } = &outs[0] else {
+        panic!()
+    };
+    let trace = pump(&mut nodes, vec![(0, 1, msg.clone())]);
+    assert!(
+        trace.iter().any(|(_, o)| matches!(o, Output::Fork(_))),
+        "{trace:?}"
+    );
+    for n in &nodes[..2] {
+        let st = n.store.log_state(&cloned.author(), &topic).unwrap();
+        assert!(st.frozen_at.is_some(), "frozen on both nodes");
+        let forks = n.store.forks().unwrap();
+        assert_eq!(forks.len(), 1);
+        forks[0].check().unwrap();
+    }
+    // Node 2 holds the start of one chain; the proof reaches it and freezes it too.
+    nodes[2].store.insert(&a[..2], Durability::Sync).unwrap();
+    let proof = nodes[0].store.forks().unwrap().remove(0);
+    let msg = Message::Fork {
+        a: proof.ours.bytes().clone(),
+        b: proof.theirs.bytes().clone(),
+    };
+    let n2 = &mut nodes[2];
+    n2.sync.handle(0, msg, now, &n2.store);
+    assert_eq!(n2.store.forks().unwrap().len(), 1);
+    // A fake proof (two events of one valid chain) is a violation.
+    let fake = Message::Fork {
+        a: a[0].bytes().clone(),
+        b: a[1].bytes().clone(),
+    };
+    let outs = n2.sync.handle(0, fake, now, &n2.store);
+    assert!(outs.iter().any(|o| matches!(o, Output::Misbehaved { .. })));
+}
