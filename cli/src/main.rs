@@ -7,7 +7,7 @@
 mod output;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -60,11 +60,7 @@ enum Command {
     /// Create the data directory, the node key and a commented config file
     Init,
     /// Run the node (until SIGINT or SIGTERM)
-    Daemon {
-        /// Config file [default: <data dir>/murmur.toml if it exists]
-        #[arg(long, short, value_name = "FILE")]
-        config: Option<PathBuf>,
-    },
+    Daemon(DaemonArgs),
     /// Print this node's id (its public key, the author of its events)
     Id,
     /// Show the running daemon's state
@@ -77,6 +73,18 @@ enum Command {
     Log(LogArgs),
     /// List topics with their logs and heads
     Topics,
+    /// Connected peers: id, address, how found, latency
+    Peers,
+    /// Connect to a peer (a multiaddr such as /ip4/192.0.2.7/tcp/7470/p2p/12D3…)
+    Dial {
+        /// The address
+        addr: String,
+    },
+    /// Run an anti-entropy round now, with every connected peer or one
+    Sync {
+        /// Peer id (default: every connected peer)
+        peer: Option<String>,
+    },
     /// Check every chain, signature and index of a stopped node's data directory
     Verify,
     /// Print shell completions
@@ -84,6 +92,22 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    /// Config file [default: <data dir>/murmur.toml if it exists]
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Do not discover peers by mDNS (overrides p2p.mdns)
+    #[arg(long)]
+    no_mdns: bool,
+    /// libp2p listen address (repeatable; overrides p2p.listen)
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<String>,
+    /// Peer to dial and bootstrap from (repeatable; added to p2p.bootstrap)
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
 }
 
 #[derive(Args)]
@@ -175,7 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
         Command::Init => init(g),
-        Command::Daemon { config } => daemon(g, config.as_deref()).await,
+        Command::Daemon(args) => daemon(g, args).await,
         Command::Id => {
             let dir = data_dir(g)?;
             let path = dir.join(KEY_FILE);
@@ -220,6 +244,45 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topics => {
             let t: TopicsResponse = Client::new(&socket(g)?).get("/v1/topics").await?;
             output::topics(&t, g.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Peers => {
+            let p: murmur_daemon::api::PeersResponse =
+                Client::new(&socket(g)?).get("/v1/peers").await?;
+            output::peers(&p, g.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dial { addr } => {
+            let mut c = Client::new(&socket(g)?);
+            let body = serde_json::to_vec(&murmur_daemon::api::DialRequest { addr: addr.clone() })?;
+            c.call(
+                Method::POST,
+                "/v1/dial",
+                Some("application/json"),
+                Bytes::from(body),
+            )
+            .await?;
+            if !g.json {
+                println!("dialing {addr}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync { peer } => {
+            let mut c = Client::new(&socket(g)?);
+            let body = serde_json::to_vec(&murmur_daemon::api::SyncRequest { peer: peer.clone() })?;
+            c.call(
+                Method::POST,
+                "/v1/sync",
+                Some("application/json"),
+                Bytes::from(body),
+            )
+            .await?;
+            if !g.json {
+                println!(
+                    "sync round started with {}",
+                    peer.as_deref().unwrap_or("every connected peer")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify => verify(g).await,
@@ -279,9 +342,9 @@ fn init_tracing(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn daemon(g: &Global, config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
+async fn daemon(g: &Global, args: DaemonArgs) -> anyhow::Result<ExitCode> {
     // The config file may name the data dir, and the data dir may hold the config file.
-    let explicit = config_file.map(Config::load).transpose()?;
+    let explicit = args.config.as_deref().map(Config::load).transpose()?;
     let dir = config::resolve_data_dir(g.data_dir.as_deref(), explicit.as_ref())?;
     let mut cfg = match explicit {
         Some(c) => c,
@@ -290,6 +353,14 @@ async fn daemon(g: &Global, config_file: Option<&Path>) -> anyhow::Result<ExitCo
     if let Some(s) = &g.socket {
         cfg.api.socket = Some(s.clone());
     }
+    if args.no_mdns {
+        cfg.p2p.mdns = false;
+    }
+    if !args.listen.is_empty() {
+        cfg.p2p.listen = args.listen;
+    }
+    cfg.p2p.bootstrap.extend(args.bootstrap);
+    cfg.validate()?;
     init_tracing(&cfg)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));

@@ -3,7 +3,9 @@
 use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
-use murmur_daemon::api::{EventJson, EventsPage, Published, Status, TimeJson, TopicsResponse};
+use murmur_daemon::api::{
+    EventJson, EventsPage, PeersResponse, Published, Status, TimeJson, TopicsResponse,
+};
 use murmur_store::check::Report;
 
 fn time(t: TimeJson) -> String {
@@ -58,6 +60,13 @@ pub fn status(s: &Status, json: bool) -> anyhow::Result<()> {
         s.ingest.queued, s.ingest.capacity
     );
     println!("followers   {}", s.followers);
+    match &s.peer_id {
+        Some(p) => println!(
+            "peer id     {p}\npeers       {} connected, {} sync sessions",
+            s.peers, s.sync_sessions
+        ),
+        None => println!("peers       replication off"),
+    }
     println!(
         "disk        {:.1} MiB",
         s.disk_bytes as f64 / (1 << 20) as f64
@@ -187,6 +196,32 @@ pub fn report(r: &Report, json: bool) -> anyhow::Result<()> {
                 r.problem_count as usize - r.problems.len()
             );
         }
+    }
+    Ok(())
+}
+
+pub fn peers(p: &PeersResponse, json: bool) -> anyhow::Result<()> {
+    if json {
+        return json_line(p);
+    }
+    println!("this node {}", p.peer_id);
+    for a in &p.listen {
+        println!("listening {a}");
+    }
+    if p.peers.is_empty() {
+        println!("(no peers connected)");
+        return Ok(());
+    }
+    println!("{:52}  {:8}  {:>8}  ADDRESS", "PEER", "FOUND BY", "RTT");
+    for peer in &p.peers {
+        let rtt = peer
+            .rtt_ms
+            .map(|r| format!("{r:.2} ms"))
+            .unwrap_or_default();
+        println!(
+            "{:52}  {:8}  {:>8}  {}",
+            peer.peer, peer.how, rtt, peer.addr
+        );
     }
     Ok(())
 }

@@ -73,6 +73,7 @@ struct Running {
 async fn start(dir: &Path, sync: SyncPolicy) -> Running {
     let mut cfg = Config::default();
     cfg.store.sync = sync;
+    cfg.p2p.enabled = false; // a single-node benchmark: no network at all
     let socket = cfg.socket_path(dir);
     let token = CancellationToken::new();
     let task = tokio::spawn(murmur_daemon::node::run(

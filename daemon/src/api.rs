@@ -231,6 +231,57 @@ pub struct Status {
     pub disk_bytes: u64,
     /// Resident memory of the daemon, bytes.
     pub resident_bytes: u64,
+    /// libp2p peer id (absent when replication is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<String>,
+    /// Connected peers.
+    #[serde(default)]
+    pub peers: u64,
+    /// Sync sessions in progress.
+    #[serde(default)]
+    pub sync_sessions: u64,
+}
+
+/// One connected peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerJson {
+    /// libp2p peer id.
+    pub peer: String,
+    /// Address of the connection.
+    pub addr: String,
+    /// How it was found: `dial`, `inbound`, `mdns`.
+    pub how: String,
+    /// Last ping round trip, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+}
+
+/// `GET /v1/peers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeersResponse {
+    /// Our peer id.
+    pub peer_id: String,
+    /// Our listen addresses.
+    pub listen: Vec<String>,
+    /// Connected peers.
+    pub peers: Vec<PeerJson>,
+}
+
+/// `POST /v1/dial`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialRequest {
+    /// A multiaddr, e.g. `/ip4/192.0.2.1/tcp/7470/p2p/12D3…`.
+    pub addr: String,
+}
+
+/// `POST /v1/sync`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    /// Sync with this peer only (default: every connected peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 /// Every error response: `{"error": "...", "code": "..."}`.

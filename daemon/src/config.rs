@@ -63,6 +63,43 @@ pub struct Config {
     pub clock: ClockConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Peer-to-peer replication.
+    pub p2p: P2pConfig,
+}
+
+/// Peer-to-peer replication settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct P2pConfig {
+    /// Replicate with other nodes at all.
+    pub enabled: bool,
+    /// libp2p listen addresses.
+    pub listen: Vec<String>,
+    /// Peers to dial at start and bootstrap Kademlia with (`/ip4/…/tcp/…/p2p/<peer id>`).
+    pub bootstrap: Vec<String>,
+    /// Find peers on the local network by mDNS.
+    pub mdns: bool,
+    /// Topic patterns this node replicates (MQTT-style).
+    pub topics: Vec<String>,
+    /// Interval between periodic anti-entropy rounds, e.g. `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub anti_entropy_interval: Duration,
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/7470".into(),
+                "/ip4/0.0.0.0/udp/7470/quic-v1".into(),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            topics: vec!["#".into()],
+            anti_entropy_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Local control API settings.
@@ -262,6 +299,18 @@ impl Config {
         if self.ingest.queue_bytes < self.api.max_request_bytes {
             return bad("ingest.queue_bytes must be at least api.max_request_bytes".into());
         }
+        for a in self.p2p.listen.iter().chain(&self.p2p.bootstrap) {
+            if a.parse::<murmur_p2p::Multiaddr>().is_err() {
+                return bad(format!(
+                    "p2p: {a:?} is not a multiaddr (e.g. /ip4/192.0.2.1/tcp/7470/p2p/<peer id>)"
+                ));
+            }
+        }
+        for t in &self.p2p.topics {
+            if let Err(e) = murmur_core::Pattern::new(t.as_str()) {
+                return bad(format!("p2p.topics: {t:?}: {e}"));
+            }
+        }
         if self.store.block_cache_mb == 0 || self.store.write_buffer_mb < 2 {
             return bad(
                 "store.block_cache_mb must be at least 1 and store.write_buffer_mb at least 2"
@@ -298,7 +347,7 @@ pub fn resolve_data_dir(
 }
 
 /// A commented config file with every option at its default, written by `murmur init`.
-pub const EXAMPLE: &str = r#"# murmur configuration. Every option is shown with its default.
+pub const EXAMPLE: &str = r##"# murmur configuration. Every option is shown with its default.
 # Unknown keys are errors, so a typo cannot silently leave a default in force.
 
 # Data directory (node key, database, control socket). --data-dir and MURMUR_DATA_DIR
@@ -342,12 +391,26 @@ max_open_files = 256
 # Remote timestamps further ahead of our wall clock than this are refused.
 max_drift = "1m"
 
+[p2p]
+# Replicate with other nodes.
+enabled = true
+# libp2p listen addresses (TCP and QUIC).
+listen = ["/ip4/0.0.0.0/tcp/7470", "/ip4/0.0.0.0/udp/7470/quic-v1"]
+# Peers to dial at start and to join a wider fleet through (Kademlia); never public nodes.
+bootstrap = []
+# Find peers on the local network by mDNS.
+mdns = true
+# Topic patterns this node replicates ("#": everything).
+topics = ["#"]
+# Interval between periodic anti-entropy rounds with the next peer in turn.
+anti_entropy_interval = "10s"
+
 [log]
 # "text" or "json".
 format = "text"
 # Filter in RUST_LOG syntax; RUST_LOG takes precedence.
 level = "info"
-"#;
+"##;
 
 #[cfg(test)]
 mod tests {

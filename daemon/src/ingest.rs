@@ -146,7 +146,7 @@ impl Handle {
     }
 }
 
-/// Settings of the writer.
+/// Settings of the writer thread.
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
     /// Queue length in requests.
@@ -167,7 +167,8 @@ struct Writer {
     durability: Durability,
     max_commit: usize,
     metrics: Metrics,
-    notify: watch::Sender<Offset>,
+    notify: Arc<watch::Sender<Offset>>,
+    published: Option<mpsc::Sender<crate::replicate::Input>>,
 }
 
 /// Starts the writer thread. It runs until every [`Handle`] is dropped, finishing the
@@ -178,7 +179,8 @@ pub fn spawn(
     clock: Clock,
     config: &WriterConfig,
     metrics: Metrics,
-    notify: watch::Sender<Offset>,
+    notify: Arc<watch::Sender<Offset>>,
+    published: Option<mpsc::Sender<crate::replicate::Input>>,
 ) -> std::io::Result<(Handle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(config.queue_requests);
     let handle = Handle {
@@ -196,6 +198,7 @@ pub fn spawn(
         max_commit: config.max_commit_events,
         metrics,
         notify,
+        published,
     };
     let thread = std::thread::Builder::new()
         .name("murmur-writer".into())
@@ -304,6 +307,11 @@ impl Writer {
         };
         self.metrics.commits.inc();
         self.metrics.commit_events.observe(n as f64);
+        // Durable now: only now may the events be gossiped. Dropped when the replicator
+        // is behind (anti-entropy delivers them instead).
+        if let Some(tx) = &self.published {
+            let _ = tx.try_send(crate::replicate::Input::Published(events.clone()));
+        }
         let mut it = events.into_iter().zip(outcomes);
         for job in jobs {
             let mut done = Vec::with_capacity(job.items.len());

@@ -21,6 +21,7 @@ pub mod ingest;
 pub mod keyfile;
 pub mod metrics;
 pub mod node;
+pub mod replicate;
 pub mod server;
 
 pub use config::Config;

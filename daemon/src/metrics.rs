@@ -21,6 +21,20 @@ pub struct Kind {
     pub kind: String,
 }
 
+/// Label for how an event arrived.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Path {
+    /// `gossip` or `sync`.
+    pub path: String,
+}
+
+/// Label for sync round outcomes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoundOutcome {
+    /// `done` or `failed`.
+    pub outcome: String,
+}
+
 /// All metric handles. Cheap to clone (each is an `Arc` inside).
 #[derive(Clone)]
 pub struct Metrics {
@@ -52,6 +66,18 @@ pub struct Metrics {
     pub store_memory_bytes: Gauge,
     /// Resident set size of the daemon, bytes.
     pub resident_bytes: Gauge,
+    /// Remote events stored, by path (gossip, sync).
+    pub events_received: Family<Path, Counter>,
+    /// Remote input refused, by reason.
+    pub rejected: Family<Reason, Counter>,
+    /// Gossiped events we already held.
+    pub duplicates: Counter,
+    /// Sync rounds finished, by outcome.
+    pub sync_rounds: Family<RoundOutcome, Counter>,
+    /// Sync sessions in progress.
+    pub sync_sessions: Gauge,
+    /// Connected peers.
+    pub peers: Gauge,
 }
 
 impl Metrics {
@@ -72,6 +98,12 @@ impl Metrics {
             store_disk_bytes: Gauge::default(),
             store_memory_bytes: Gauge::default(),
             resident_bytes: Gauge::default(),
+            events_received: Family::default(),
+            rejected: Family::default(),
+            duplicates: Counter::default(),
+            sync_rounds: Family::default(),
+            sync_sessions: Gauge::default(),
+            peers: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("murmur");
         r.register(
@@ -136,7 +168,60 @@ impl Metrics {
             "Resident memory of the daemon",
             m.resident_bytes.clone(),
         );
+        r.register(
+            "events_received",
+            "Remote events stored, by path",
+            m.events_received.clone(),
+        );
+        r.register(
+            "rejected",
+            "Remote input refused, by reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "duplicates",
+            "Gossiped events already held",
+            m.duplicates.clone(),
+        );
+        r.register(
+            "sync_rounds",
+            "Sync rounds finished, by outcome",
+            m.sync_rounds.clone(),
+        );
+        r.register(
+            "sync_sessions",
+            "Sync sessions in progress",
+            m.sync_sessions.clone(),
+        );
+        r.register("peers", "Connected peers", m.peers.clone());
         m
+    }
+
+    /// Counts remote events stored via `path`.
+    pub fn received(&self, path: &str, n: u64) {
+        self.events_received
+            .get_or_create(&Path {
+                path: path.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts refused remote input.
+    pub fn rejected(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a finished sync round.
+    pub fn session(&self, outcome: &str) {
+        self.sync_rounds
+            .get_or_create(&RoundOutcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a refusal.

@@ -15,15 +15,20 @@ use murmur_core::{Clock, Durability, Store};
 use murmur_store::{RocksConfig, RocksStore, StoreError};
 use prometheus_client::registry::Registry;
 use tokio::net::UnixListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DB_DIR, KEY_FILE, SyncPolicy};
 use crate::ingest::{self, WriterConfig};
 use crate::keyfile;
 use crate::metrics::Metrics;
+use crate::replicate;
 use crate::server::{self, AppState, Limits};
 
+/// Replicator inbox: network events, published batches, ticks.
+const REPLICATOR_QUEUE: usize = 4096;
+/// How often the replicator checks deadlines and periodic rounds.
+const TICK: Duration = Duration::from_millis(250);
 /// How long shutdown waits for open connections before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest Unix socket path (sun_path is 108 bytes including the NUL).
@@ -86,6 +91,115 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// The running network side: swarm task, replicator thread and their helpers.
+struct Network {
+    handle: murmur_p2p::Handle,
+    inputs: mpsc::Sender<replicate::Input>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    swarm: tokio::task::JoinHandle<()>,
+    replicator: std::thread::JoinHandle<()>,
+}
+
+impl Network {
+    /// Stops the replicator (after the writer, so every local event was handed over),
+    /// then the swarm.
+    async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        // Explicit stops: an API connection still open may hold senders and handles.
+        let _ = self.inputs.send(replicate::Input::Stop).await;
+        drop(self.inputs);
+        let replicator = self.replicator;
+        if tokio::task::spawn_blocking(move || replicator.join())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the replicator thread panicked");
+        }
+        let _ = self.handle.send(murmur_p2p::Command::Shutdown).await;
+        drop(self.handle);
+        if tokio::time::timeout(Duration::from_secs(5), self.swarm)
+            .await
+            .is_err()
+        {
+            tracing::warn!("network task did not stop in time");
+        }
+    }
+}
+
+fn parse_addrs(list: &[String]) -> anyhow::Result<Vec<murmur_p2p::Multiaddr>> {
+    list.iter()
+        .map(|a| a.parse().with_context(|| format!("bad multiaddr {a:?}")))
+        .collect()
+}
+
+fn start_network(
+    config: &Config,
+    key: &murmur_core::Keypair,
+    store: Arc<RocksStore>,
+    offsets: Arc<watch::Sender<murmur_core::Offset>>,
+    metrics: Metrics,
+) -> anyhow::Result<Network> {
+    let p2p = murmur_p2p::Config {
+        listen: parse_addrs(&config.p2p.listen)?,
+        bootstrap: parse_addrs(&config.p2p.bootstrap)?,
+        mdns: config.p2p.mdns,
+        ..murmur_p2p::Config::default()
+    };
+    let (handle, mut events, event_loop) =
+        murmur_p2p::spawn(key.seed(), &p2p).context("cannot start the network")?;
+    tracing::info!(peer_id = %handle.peer_id(), mdns = p2p.mdns, "network started");
+    let swarm = tokio::spawn(event_loop.run());
+    let (inputs, inbox) = mpsc::channel(REPLICATOR_QUEUE);
+    let forward = {
+        let inputs = inputs.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                if inputs.send(replicate::Input::Net(ev)).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let ticker = {
+        let inputs = inputs.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(TICK);
+            loop {
+                every.tick().await;
+                let _ = inputs.try_send(replicate::Input::Tick);
+            }
+        })
+    };
+    let topics = config
+        .p2p
+        .topics
+        .iter()
+        .map(|t| murmur_core::Pattern::new(t.as_str()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let replicator = replicate::spawn(
+        store,
+        handle.clone(),
+        replicate::Config {
+            topics,
+            anti_entropy_interval: config.p2p.anti_entropy_interval,
+            sync: murmur_core::sync::Config::default(),
+        },
+        offsets,
+        metrics,
+        inbox,
+    )
+    .context("cannot start the replicator thread")?;
+    Ok(Network {
+        handle,
+        inputs,
+        tasks: vec![forward, ticker],
+        swarm,
+        replicator,
+    })
+}
+
 /// Runs a node until `shutdown` fires.
 pub async fn run(
     data_dir: PathBuf,
@@ -109,6 +223,18 @@ pub async fn run(
     let metrics = Metrics::new(&mut registry);
     metrics.stored_events.set(store.next_offset().0 as i64);
     let (offsets_tx, offsets_rx) = watch::channel(store.next_offset());
+    let offsets_tx = Arc::new(offsets_tx);
+    let net = if config.p2p.enabled {
+        Some(start_network(
+            &config,
+            &key,
+            store.clone(),
+            offsets_tx.clone(),
+            metrics.clone(),
+        )?)
+    } else {
+        None
+    };
     let durability = match config.store.sync {
         SyncPolicy::Fsync => Durability::Sync,
         SyncPolicy::Os => Durability::Buffered,
@@ -125,6 +251,7 @@ pub async fn run(
         },
         metrics.clone(),
         offsets_tx,
+        net.as_ref().map(|n| n.inputs.clone()),
     )
     .context("cannot start the writer thread")?;
 
@@ -152,6 +279,7 @@ pub async fn run(
             SyncPolicy::Os => "os",
         },
         started: Instant::now(),
+        net: net.as_ref().map(|n| (n.handle.clone(), n.inputs.clone())),
     });
     tracing::info!(
         author = %key.author(),
@@ -190,6 +318,9 @@ pub async fn run(
     tokio::task::spawn_blocking(move || writer.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    if let Some(net) = net {
+        net.stop().await;
+    }
     let flush_store = store.clone();
     tokio::task::spawn_blocking(move || flush_store.flush()).await??;
     if let Err(e) = std::fs::remove_file(&socket) {

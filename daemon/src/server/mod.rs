@@ -25,6 +25,7 @@ use crate::api::{
     BatchRequest, BatchResponse, EventJson, EventsPage, LogJson, PublishRequest, Published,
     QueueJson, Status, TopicJson, TopicsResponse,
 };
+use crate::api::{DialRequest, PeerJson, PeersResponse, SyncRequest};
 use crate::follow;
 
 mod error;
@@ -72,6 +73,11 @@ pub struct AppState {
     pub sync: &'static str,
     /// For status.
     pub started: Instant,
+    /// The network and the replicator's inbox, when replication is on.
+    pub net: Option<(
+        murmur_p2p::Handle,
+        tokio::sync::mpsc::Sender<crate::replicate::Input>,
+    )>,
 }
 
 type Shared = Arc<AppState>;
@@ -97,6 +103,9 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/log", get(read_log))
         .route("/v1/follow", get(follow_stream))
         .route("/v1/forks", get(forks))
+        .route("/v1/peers", get(peers))
+        .route("/v1/dial", post(dial))
+        .route("/v1/sync", post(sync_now))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(single_body))
@@ -456,6 +465,9 @@ async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
         followers: st.metrics.followers.get().max(0) as u64,
         disk_bytes: disk,
         resident_bytes: metrics::resident_bytes(),
+        peer_id: st.net.as_ref().map(|(n, _)| n.peer_id().to_string()),
+        peers: st.metrics.peers.get().max(0) as u64,
+        sync_sessions: st.metrics.sync_sessions.get().max(0) as u64,
     }))
 }
 
@@ -558,4 +570,80 @@ async fn follow_stream(
         body,
     )
         .into_response())
+}
+
+fn network(
+    st: &AppState,
+) -> ApiResult<&(
+    murmur_p2p::Handle,
+    tokio::sync::mpsc::Sender<crate::replicate::Input>,
+)> {
+    st.net.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "p2p_disabled",
+            "replication is off (p2p.enabled = false)",
+        )
+    })
+}
+
+async fn peers(State(st): State<Shared>) -> ApiResult<Json<PeersResponse>> {
+    let (net, _) = network(&st)?;
+    let peers = net.peers().await;
+    let listen = net.addresses().await;
+    Ok(Json(PeersResponse {
+        peer_id: net.peer_id().to_string(),
+        listen: listen.iter().map(ToString::to_string).collect(),
+        peers: peers
+            .into_iter()
+            .map(|p| PeerJson {
+                peer: p.peer.to_string(),
+                addr: p.addr.to_string(),
+                how: p.how.into(),
+                rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            })
+            .collect(),
+    }))
+}
+
+async fn dial(
+    State(st): State<Shared>,
+    body: Result<JsonBody<DialRequest>, ApiError>,
+) -> ApiResult<StatusCode> {
+    let JsonBody(req) = body?;
+    let (net, _) = network(&st)?;
+    let addr: murmur_p2p::Multiaddr = req.addr.parse().map_err(|e| {
+        ApiError::bad(
+            "invalid_addr",
+            format!("{:?} is not a multiaddr: {e}", req.addr),
+        )
+    })?;
+    net.dial(addr)
+        .await
+        .map_err(|e| ApiError::bad("dial_failed", e))?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn sync_now(
+    State(st): State<Shared>,
+    body: Result<JsonBody<SyncRequest>, ApiError>,
+) -> ApiResult<StatusCode> {
+    let JsonBody(req) = body?;
+    let (_, inputs) = network(&st)?;
+    let peer = req
+        .peer
+        .map(|p| p.parse::<murmur_p2p::PeerId>())
+        .transpose()
+        .map_err(|e| ApiError::bad("invalid_peer", format!("peer id: {e}")))?;
+    inputs
+        .send(crate::replicate::Input::SyncNow(peer))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the node is shutting down",
+            )
+        })?;
+    Ok(StatusCode::ACCEPTED)
 }

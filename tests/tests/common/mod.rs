@@ -29,6 +29,9 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// libp2p on loopback, mDNS off.
+pub const LOOPBACK_P2P: &str = "\n[p2p]\nmdns = false\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n";
+
 /// A running daemon in its own temp data dir. SIGKILLed on drop if still running.
 pub struct Node {
     pub dir: PathBuf,
@@ -37,12 +40,18 @@ pub struct Node {
 }
 
 impl Node {
-    /// A fresh data dir with `config` (TOML) written as its murmur.toml.
+    /// A fresh data dir with `config` (TOML) written as its murmur.toml. Unless the
+    /// config has its own `[p2p]` section, libp2p listens on loopback only and mDNS is
+    /// off: tests never send traffic beyond this machine's loopback.
     pub fn start(config: &str) -> Node {
         let tmp = tempfile::Builder::new()
             .prefix("murmur-test")
             .tempdir_in("/tmp")
             .unwrap();
+        let mut config = config.to_owned();
+        if !config.contains("[p2p]") {
+            config.push_str(LOOPBACK_P2P);
+        }
         std::fs::write(tmp.path().join("murmur.toml"), config).unwrap();
         let mut n = Node {
             dir: tmp.path().to_path_buf(),
@@ -78,7 +87,11 @@ impl Node {
                 return;
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("daemon exited during startup ({st}):\n{}", self.log());
+                let cfg = std::fs::read_to_string(self.dir.join("murmur.toml")).unwrap_or_default();
+                panic!(
+                    "daemon exited during startup ({st}):\n{}\nconfig:\n{cfg}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,

@@ -1,0 +1,107 @@
+//! The composed libp2p behaviour and its settings.
+
+use std::time::Duration;
+
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{Multiaddr, PeerId, gossipsub, identify, kad, mdns, ping, request_response};
+use murmur_core::{EventId, MAX_EVENT_BYTES};
+
+use crate::Error;
+use crate::codec::{PROTOCOL, SyncCodec};
+
+/// Network settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start and to bootstrap Kademlia with (`/ip4/…/tcp/…/p2p/<id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Close connections idle for this long.
+    pub idle_timeout: Duration,
+    /// Deadline for one sync message to be delivered.
+    pub request_timeout: Duration,
+    /// Capacity of the command and event channels.
+    pub channel_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0"
+                    .parse()
+                    .unwrap_or_else(|_| Multiaddr::empty()),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .unwrap_or_else(|_| Multiaddr::empty()),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            idle_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(30),
+            channel_capacity: 1024,
+        }
+    }
+}
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) sync: request_response::Behaviour<SyncCodec>,
+    pub(crate) gossip: gossipsub::Behaviour,
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// The gossipsub settings murmur relies on. Messages are anonymous (each event carries
+/// its own ed25519 signature; a second gossipsub signature would halve throughput), the
+/// message id is the event id so duplicates are recognised across paths, and every
+/// message waits for the daemon's verdict before it is forwarded.
+pub(crate) fn gossip_config() -> Result<gossipsub::Config, Error> {
+    gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
+        .validate_messages()
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::from(EventId::hash(&m.data).0.to_vec())
+        })
+        .max_transmit_size(MAX_EVENT_BYTES + 1024)
+        .heartbeat_interval(Duration::from_millis(700))
+        .build()
+        .map_err(|e| Error::Setup(format!("gossipsub: {e}")))
+}
+
+pub(crate) fn build(key: &libp2p::identity::Keypair, config: &Config) -> Result<Behaviour, Error> {
+    let peer = PeerId::from(key.public());
+    let gossip =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config()?)
+            .map_err(|e| Error::Setup(format!("gossipsub: {e}")))?;
+    let sync = request_response::Behaviour::with_codec(
+        SyncCodec,
+        [(PROTOCOL, request_response::ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(config.request_timeout)
+            .with_max_concurrent_streams(256),
+    );
+    let mut kad = kad::Behaviour::new(peer, kad::store::MemoryStore::new(peer));
+    kad.set_mode(Some(kad::Mode::Server));
+    let mdns = if config.mdns {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), peer)
+                .map_err(|e| Error::Setup(format!("mdns: {e}")))?,
+        )
+    } else {
+        None
+    };
+    Ok(Behaviour {
+        identify: identify::Behaviour::new(identify::Config::new("/murmur/1".into(), key.public())),
+        ping: ping::Behaviour::new(ping::Config::new()),
+        sync,
+        gossip,
+        kad,
+        mdns: mdns.into(),
+    })
+}

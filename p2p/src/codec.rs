@@ -1,0 +1,70 @@
+//! The sync protocol over libp2p request-response: each protocol message is one request
+//! (a length-prefixed frame, length checked before allocation), answered by a one-byte
+//! acknowledgement. Messages are one-way notifications to the sans-IO machine; the
+//! request-response layer gives us per-message substreams, timeouts and stream limits.
+
+use std::io;
+
+use futures_util::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use murmur_core::sync::Message;
+
+/// The protocol name.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/murmur/sync/1");
+
+/// Codec for [`Message`] frames.
+#[derive(Debug, Clone, Default)]
+pub struct SyncCodec;
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl libp2p::request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = Message;
+    type Response = ();
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Message>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut prefix = [0u8; 4];
+        io.read_exact(&mut prefix).await?;
+        let len = Message::frame_len(prefix).map_err(invalid)?;
+        let mut body = vec![0u8; len];
+        io.read_exact(&mut body).await?;
+        Message::from_body(&body).map_err(invalid)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<()>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut ack = [0u8; 1];
+        io.read_exact(&mut ack).await?;
+        Ok(())
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        msg: Message,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let frame = msg.to_frame().map_err(invalid)?;
+        io.write_all(&frame).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, (): ()) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&[1]).await?;
+        io.close().await
+    }
+}

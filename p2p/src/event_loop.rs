@@ -1,0 +1,428 @@
+//! The task that owns the swarm, and the handle that talks to it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns, ping, request_response};
+use murmur_core::sync::Message;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Error;
+use crate::behaviour::{self, Behaviour, BehaviourEvent, Config};
+
+/// The daemon's verdict on a gossiped event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid and new: forward it.
+    Accept,
+    /// Invalid (bad signature, malformed): do not forward, penalise the sender.
+    Reject,
+    /// Valid but not useful (duplicate, not interested): do not forward, no penalty.
+    Ignore,
+}
+
+/// What the daemon asks of the network.
+#[derive(Debug)]
+pub enum Command {
+    /// Dial an address.
+    Dial(Multiaddr, oneshot::Sender<Result<(), String>>),
+    /// Send a sync message to a connected peer.
+    Sync {
+        /// The peer.
+        peer: PeerId,
+        /// The message.
+        msg: Message,
+    },
+    /// Gossip an event (its canonical bytes) on a topic.
+    Publish {
+        /// The murmur topic.
+        topic: String,
+        /// The event's bytes.
+        data: Vec<u8>,
+    },
+    /// Receive gossip for a topic.
+    Subscribe(String),
+    /// Report the verdict on a gossiped message.
+    Validate {
+        /// Its id.
+        id: gossipsub::MessageId,
+        /// The peer that forwarded it.
+        source: PeerId,
+        /// The verdict.
+        verdict: Verdict,
+    },
+    /// Connected peers.
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    /// Our listen addresses.
+    Addresses(oneshot::Sender<Vec<Multiaddr>>),
+    /// Stop the event loop (at shutdown; other handles may still be alive).
+    Shutdown,
+}
+
+/// What the network tells the daemon.
+#[derive(Debug)]
+pub enum Event {
+    /// First connection to a peer.
+    Connected(PeerId),
+    /// Last connection to a peer closed.
+    Disconnected(PeerId),
+    /// A sync message from a peer.
+    Sync {
+        /// The peer.
+        peer: PeerId,
+        /// The message.
+        msg: Message,
+    },
+    /// A gossiped event, awaiting a verdict.
+    Gossip {
+        /// The peer that forwarded it.
+        source: PeerId,
+        /// Its gossipsub id (the event id).
+        id: gossipsub::MessageId,
+        /// The murmur topic it was gossiped on.
+        topic: String,
+        /// The event's bytes.
+        data: Vec<u8>,
+    },
+}
+
+/// A connected peer.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// Its id.
+    pub peer: PeerId,
+    /// The address of the connection.
+    pub addr: Multiaddr,
+    /// How we found it: `dial`, `inbound`, `mdns`.
+    pub how: &'static str,
+    /// Last ping round trip.
+    pub rtt: Option<Duration>,
+}
+
+/// Cloneable access to the network task.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    peer: PeerId,
+}
+
+impl Handle {
+    /// Our peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer
+    }
+
+    /// Queues a command; fails when the queue is full or the task is gone (callers
+    /// treat sync and gossip as droppable: anti-entropy repairs).
+    pub fn try_send(&self, cmd: Command) -> bool {
+        self.tx.try_send(cmd).is_ok()
+    }
+
+    /// Queues a command, waiting for room.
+    pub async fn send(&self, cmd: Command) -> bool {
+        self.tx.send(cmd).await.is_ok()
+    }
+
+    /// Dials `addr` and waits for the dial to be started.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(Command::Dial(addr, tx)).await {
+            return Err("network stopped".into());
+        }
+        rx.await.map_err(|_| "network stopped".to_string())?
+    }
+
+    /// Connected peers.
+    pub async fn peers(&self) -> Vec<PeerInfo> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(Command::Peers(tx)).await {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Our listen addresses.
+    pub async fn addresses(&self) -> Vec<Multiaddr> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(Command::Addresses(tx)).await {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// The task owning the swarm.
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    peers: BTreeMap<PeerId, PeerInfo>,
+    dropped_events: u64,
+}
+
+/// Builds the swarm for the node key `seed`, starts listening and dialing the bootstrap
+/// peers, and returns the handle, the event stream and the loop to spawn.
+pub fn spawn(
+    seed: [u8; 32],
+    config: &Config,
+) -> Result<(Handle, mpsc::Receiver<Event>, EventLoop), Error> {
+    let key = libp2p::identity::Keypair::ed25519_from_bytes(seed)
+        .map_err(|e| Error::Key(e.to_string()))?;
+    let behaviour = behaviour::build(&key, config)?;
+    let idle = config.idle_timeout;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .map_err(|e| Error::Setup(format!("tcp: {e}")))?
+        .with_quic()
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| Error::Setup(format!("behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build();
+    for addr in &config.listen {
+        swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    for addr in &config.bootstrap {
+        if let Some(peer) = peer_of(addr) {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+    if !config.bootstrap.is_empty() {
+        let _ = swarm.behaviour_mut().kad.bootstrap();
+    }
+    let peer = *swarm.local_peer_id();
+    let (cmd_tx, cmd_rx) = mpsc::channel(config.channel_capacity);
+    let (ev_tx, ev_rx) = mpsc::channel(config.channel_capacity);
+    let handle = Handle { tx: cmd_tx, peer };
+    let lp = EventLoop {
+        swarm,
+        commands: cmd_rx,
+        events: ev_tx,
+        peers: BTreeMap::new(),
+        dropped_events: 0,
+    };
+    Ok((handle, ev_rx, lp))
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+impl EventLoop {
+    /// Runs until every [`Handle`] is dropped.
+    pub async fn run(mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Shutdown) | None => break,
+                    Some(cmd) => self.command(cmd),
+                },
+                ev = self.swarm.select_next_some() => self.swarm_event(ev),
+            }
+        }
+        tracing::debug!(dropped = self.dropped_events, "network loop stopped");
+    }
+
+    fn emit(&mut self, ev: Event) {
+        if self.events.try_send(ev).is_err() {
+            // Overload policy: drop and count; anti-entropy repairs what was lost.
+            self.dropped_events += 1;
+            if self.dropped_events.is_power_of_two() {
+                tracing::warn!(
+                    dropped = self.dropped_events,
+                    "daemon is not keeping up with the network; dropping events"
+                );
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let b = self.swarm.behaviour_mut();
+        match cmd {
+            Command::Dial(addr, reply) => {
+                let r = self.swarm.dial(addr).map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
+            Command::Sync { peer, msg } => {
+                b.sync.send_request(&peer, msg);
+            }
+            Command::Publish { topic, data } => {
+                match b.gossip.publish(gossipsub::IdentTopic::new(topic), data) {
+                    Ok(_)
+                    | Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+                    | Err(gossipsub::PublishError::Duplicate) => {}
+                    Err(e) => tracing::debug!(error = %e, "gossip publish failed"),
+                }
+            }
+            Command::Subscribe(topic) => {
+                if let Err(e) = b.gossip.subscribe(&gossipsub::IdentTopic::new(topic)) {
+                    tracing::warn!(error = %e, "gossip subscribe failed");
+                }
+            }
+            Command::Validate {
+                id,
+                source,
+                verdict,
+            } => {
+                let acceptance = match verdict {
+                    Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+                    Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+                    Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                };
+                b.gossip
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.peers.values().cloned().collect());
+            }
+            Command::Addresses(reply) => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let how = if endpoint.is_dialer() {
+                    "dial"
+                } else {
+                    "inbound"
+                };
+                let addr = endpoint.get_remote_address().clone();
+                if num_established.get() == 1 {
+                    tracing::info!(peer = %peer_id, %addr, how, "connected");
+                    let how = self.peers.get(&peer_id).map_or(how, |p| p.how);
+                    self.peers.insert(
+                        peer_id,
+                        PeerInfo {
+                            peer: peer_id,
+                            addr,
+                            how,
+                            rtt: None,
+                        },
+                    );
+                    self.emit(Event::Connected(peer_id));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                cause,
+                ..
+            } => {
+                tracing::info!(peer = %peer_id, ?cause, "disconnected");
+                self.peers.remove(&peer_id);
+                self.emit(Event::Disconnected(peer_id));
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(?peer_id, %error, "dial failed");
+            }
+            SwarmEvent::Behaviour(ev) => self.behaviour_event(ev),
+            _ => {}
+        }
+    }
+
+    fn behaviour_event(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        let _ = self.swarm.behaviour_mut().sync.send_response(channel, ());
+                        self.emit(Event::Sync { peer, msg: request });
+                    }
+                    request_response::Message::Response { .. } => {}
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::OutboundFailure {
+                peer, error, ..
+            }) => {
+                tracing::debug!(%peer, %error, "sync message not delivered");
+            }
+            BehaviourEvent::Sync(request_response::Event::InboundFailure {
+                peer, error, ..
+            }) => {
+                tracing::debug!(%peer, %error, "bad inbound sync message");
+            }
+            BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                self.emit(Event::Gossip {
+                    source: propagation_source,
+                    id: message_id,
+                    topic: message.topic.as_str().to_owned(),
+                    data: message.data,
+                });
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if !self.swarm.is_connected(&peer) {
+                        tracing::debug!(%peer, %addr, "found by mDNS");
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer, addr.clone());
+                        if self.swarm.dial(addr).is_ok() {
+                            self.peers.entry(peer).or_insert(PeerInfo {
+                                peer,
+                                addr: Multiaddr::empty(),
+                                how: "mdns",
+                                rtt: None,
+                            });
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.rtt = Some(rtt);
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
+                if !self.swarm.is_connected(&peer) =>
+            {
+                // A peer learned through the DHT: connect, so gossip and sync reach it.
+                let _ = self.swarm.dial(peer);
+            }
+            _ => {}
+        }
+    }
+}

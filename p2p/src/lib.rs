@@ -1,0 +1,41 @@
+//! # murmur-p2p
+//!
+//! The libp2p layer of murmur: TCP and QUIC with Noise and Yamux, identify, ping,
+//! gossipsub for live push (one gossipsub topic per murmur topic, anonymous messages,
+//! message id = event id, manual validation), the sync protocol over request-response
+//! substreams, mDNS and Kademlia for discovery.
+//!
+//! One task ([`EventLoop`]) owns the `Swarm`. Everyone else holds a cloneable
+//! [`Handle`] that sends [`Command`]s over a bounded channel, and receives [`Event`]s
+//! from another bounded channel. No replication logic lives here: sync messages are
+//! handed to the core state machine as they are, gossip payloads to the daemon for
+//! verification, whose verdict comes back as a [`Command::Validate`].
+
+mod behaviour;
+mod codec;
+mod event_loop;
+
+pub use behaviour::Config;
+pub use codec::{PROTOCOL, SyncCodec};
+pub use event_loop::{Command, Event, EventLoop, Handle, PeerInfo, Verdict, spawn};
+pub use libp2p::{Multiaddr, PeerId};
+
+/// Errors starting the network.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The node key could not be turned into a libp2p identity.
+    #[error("node key: {0}")]
+    Key(String),
+    /// Building the transport or behaviour failed.
+    #[error("network setup: {0}")]
+    Setup(String),
+    /// A listen address could not be used.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+}
