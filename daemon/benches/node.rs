@@ -184,8 +184,15 @@ fn idle_rss_mb() -> Option<f64> {
         return None;
     }
     let dir = tempfile::tempdir_in("/tmp").ok()?;
+    // libp2p on loopback only, mDNS off: the benchmark sends nothing beyond loopback.
     let mut child = std::process::Command::new(&bin)
-        .args(["daemon", "--data-dir"])
+        .args([
+            "daemon",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -349,7 +356,9 @@ fn main() {
         f.events, o.events, f.disk_per_event, o.disk_per_event
     );
     match idle_rss_mb() {
-        Some(mb) => println!("| idle daemon resident memory, empty store (MiB) | {mb:.1} | |"),
+        Some(mb) => println!(
+            "| idle daemon resident memory, empty store, replication on (MiB) | {mb:.1} | |"
+        ),
         None => println!("| idle daemon resident memory | not measured | |"),
     }
     println!();

@@ -203,6 +203,17 @@ impl Replicator {
                 let outs = self.sync.handle(peer, msg, now, &*self.store);
                 self.outputs(outs);
             }
+            murmur_p2p::Event::PeerSubscribed { peer, topic } => {
+                // Topic discovery: a peer announces a topic; if we replicate it, join its
+                // gossip and reconcile it with that peer now.
+                if let Ok(topic) = Topic::new(topic)
+                    && self.interested(&topic)
+                {
+                    self.subscribe(&topic);
+                    let outs = self.sync.start(peer, topic, now, &*self.store);
+                    self.outputs(outs);
+                }
+            }
             murmur_p2p::Event::Gossip {
                 source,
                 id,

@@ -75,6 +75,13 @@ pub enum Event {
         /// The message.
         msg: Message,
     },
+    /// A peer subscribed to a gossip topic: it holds or publishes that murmur topic.
+    PeerSubscribed {
+        /// The peer.
+        peer: PeerId,
+        /// The murmur topic.
+        topic: String,
+    },
     /// A gossiped event, awaiting a verdict.
     Gossip {
         /// The peer that forwarded it.
@@ -381,6 +388,12 @@ impl EventLoop {
                     id: message_id,
                     topic: message.topic.as_str().to_owned(),
                     data: message.data,
+                });
+            }
+            BehaviourEvent::Gossip(gossipsub::Event::Subscribed { peer_id, topic, .. }) => {
+                self.emit(Event::PeerSubscribed {
+                    peer: peer_id,
+                    topic: topic.as_str().to_owned(),
                 });
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {

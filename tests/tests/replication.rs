@@ -76,10 +76,18 @@ fn two_nodes_replicate_both_ways_and_catch_up() {
         );
         assert_eq!(r.status, 200);
     }
+    let t0 = Instant::now();
     publish_batch(&b, "fleet/b", 0, 100);
+    // A has never heard of fleet/b: it learns it from B's gossipsub subscription, well
+    // before the periodic round (10 s) would bring it.
     wait_for("A to receive B's events", 20, || {
         topic_events(&a, "fleet/b") == 100
     });
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "new topic took {:?}",
+        t0.elapsed()
+    );
     let out = follower.wait_with_output().unwrap();
     let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
