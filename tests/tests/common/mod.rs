@@ -1,6 +1,8 @@
 //! Harness for tests that run the real `murmur` binary.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -36,6 +38,8 @@ pub const LOOPBACK_P2P: &str = "\n[p2p]\nmdns = false\nlisten = [\"/ip4/127.0.0.
 pub struct Node {
     pub dir: PathBuf,
     pub child: Option<Child>,
+    /// Network namespace the daemon runs in (`ip netns exec`), if any.
+    pub netns: Option<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -56,6 +60,24 @@ impl Node {
         let mut n = Node {
             dir: tmp.path().to_path_buf(),
             child: None,
+            netns: None,
+            _tmp: Some(tmp),
+        };
+        n.spawn();
+        n
+    }
+
+    /// A daemon inside network namespace `ns`, with `config` used as is.
+    pub fn start_in(ns: &str, config: &str) -> Node {
+        let tmp = tempfile::Builder::new()
+            .prefix("murmur-test")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::write(tmp.path().join("murmur.toml"), config).unwrap();
+        let mut n = Node {
+            dir: tmp.path().to_path_buf(),
+            child: None,
+            netns: Some(ns.to_owned()),
             _tmp: Some(tmp),
         };
         n.spawn();
@@ -70,7 +92,16 @@ impl Node {
             .append(true)
             .open(self.dir.join("daemon.log"))
             .unwrap();
-        let child = Command::new(binary())
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs the daemon in place: the child pid is the daemon's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let child = cmd
             .args(["daemon", "--data-dir"])
             .arg(&self.dir)
             .env("RUST_LOG", "info")

@@ -1,0 +1,187 @@
+//! Multi-host test networks in Linux network namespaces.
+//!
+//! A [`Lab`] is a private "switch" namespace holding a bridge, and one namespace per host,
+//! each joined to the bridge by a veth pair and given an address in 10.77.0.0/24. Nothing
+//! is created in the machine's own namespace: the bridge has no address, no namespace has
+//! a default route, so all traffic (mDNS included) stays inside the lab. Everything is
+//! torn down on drop, also when a test fails.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::Node;
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `ip ARGS`, panicking with its stderr on failure.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("the ip command (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Namespaces need root. Without it the test fails, unless MURMUR_NO_NETNS=1 asks to skip
+/// explicitly (and says so).
+pub fn root_or_skip(test: &str) -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("MURMUR_NO_NETNS").is_some() {
+        eprintln!("SKIPPED {test}: needs root for network namespaces (MURMUR_NO_NETNS set)");
+        return false;
+    }
+    panic!(
+        "{test} needs root (ip netns); run as root, or set MURMUR_NO_NETNS=1 to skip it explicitly"
+    );
+}
+
+/// One host of a lab.
+pub struct Host {
+    /// Its namespace.
+    pub ns: String,
+    /// Its address.
+    pub addr: String,
+    /// The bridge-side end of its link (cut, heal and netem act here).
+    pub port: String,
+    /// Its daemon.
+    pub node: Option<Node>,
+}
+
+/// A switch and its hosts.
+pub struct Lab {
+    switch: String,
+    pub hosts: Vec<Host>,
+}
+
+impl Lab {
+    /// A lab of `n` hosts, each running a daemon with `config(i)`.
+    pub fn new(n: usize, config: impl Fn(usize) -> String) -> Lab {
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            LABS.fetch_add(1, Ordering::Relaxed)
+        );
+        let switch = format!("mm{id}sw");
+        ip(&["netns", "add", &switch]);
+        let mut lab = Lab {
+            switch: switch.clone(),
+            hosts: Vec::new(),
+        };
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &switch, "link", "set", "br0", "up"]);
+        for i in 0..n {
+            let ns = format!("mm{id}h{i}");
+            ip(&["netns", "add", &ns]);
+            let port = format!("p{i}");
+            let addr = format!("10.77.0.{}", i + 1);
+            lab.hosts.push(Host {
+                ns: ns.clone(),
+                addr: addr.clone(),
+                port: port.clone(),
+                node: None,
+            });
+            ip(&[
+                "-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ]);
+            ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        for i in 0..n {
+            let node = Node::start_in(&lab.hosts[i].ns, &config(i));
+            lab.hosts[i].node = Some(node);
+        }
+        lab
+    }
+
+    /// The daemon of host `i`.
+    pub fn node(&self, i: usize) -> &Node {
+        self.hosts[i].node.as_ref().expect("host has a daemon")
+    }
+
+    /// The daemon of host `i`, mutably (to stop, kill, restart).
+    pub fn node_mut(&mut self, i: usize) -> &mut Node {
+        self.hosts[i].node.as_mut().expect("host has a daemon")
+    }
+
+    /// Cuts host `i` off the switch.
+    pub fn cut(&self, i: usize) {
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &self.hosts[i].port,
+            "down",
+        ]);
+    }
+
+    /// Reconnects host `i`.
+    pub fn heal(&self, i: usize) {
+        ip(&["-n", &self.switch, "link", "set", &self.hosts[i].port, "up"]);
+    }
+
+    /// Applies `tc netem` arguments (e.g. `delay 100ms loss 10%`) to host `i`'s link.
+    pub fn netem(&self, i: usize, args: &str) {
+        let mut a = vec![
+            "netns",
+            "exec",
+            &self.switch,
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            &self.hosts[i].port,
+            "root",
+            "netem",
+        ];
+        a.extend(args.split_whitespace());
+        run("ip", &a);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for h in &mut self.hosts {
+            if let Some(mut n) = h.node.take() {
+                n.kill();
+            }
+        }
+        for h in &self.hosts {
+            let _ = Command::new("ip").args(["netns", "del", &h.ns]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.switch])
+            .status();
+    }
+}
