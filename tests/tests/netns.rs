@@ -101,3 +101,133 @@ fn a_partition_heals_and_both_sides_converge() {
         t0.elapsed()
     );
 }
+
+fn connected_to(n: &Node, peer_id: &str) -> bool {
+    n.get("/v1/peers")["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["peer"] == peer_id)
+}
+
+#[test]
+fn five_hosts_in_a_kademlia_chain_meet_through_discovery() {
+    if !root_or_skip("five_hosts_in_a_kademlia_chain_meet_through_discovery") {
+        return;
+    }
+    // mDNS off: host i knows only host i-1's address.
+    let mut lab = Lab::empty(5);
+    for i in 0..5 {
+        let boot = if i == 0 {
+            String::new()
+        } else {
+            format!("\"{}\"", lab.multiaddr(i - 1))
+        };
+        let cfg = format!(
+            "[p2p]\nmdns = false\nlisten = [\"/ip4/0.0.0.0/tcp/7470\"]\nbootstrap = [{boot}]\nanti_entropy_interval = \"2s\"\n"
+        );
+        lab.start(i, &cfg);
+    }
+    let first = lab.node(0).get("/v1/peers")["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The ends of the chain were never told about each other.
+    wait_for("host 4 to meet host 0 through Kademlia", 60, || {
+        connected_to(lab.node(4), &first)
+    });
+    for i in 0..5 {
+        publish(lab.node(i), &format!("chain/h{i}"), 200);
+    }
+    wait_for("every host to hold all 1,000 events", 60, || {
+        all_equal(&lab, 1000)
+    });
+}
+
+#[test]
+fn a_killed_host_catches_up_100k_events_after_restart() {
+    if !root_or_skip("a_killed_host_catches_up_100k_events_after_restart") {
+        return;
+    }
+    let mut lab = Lab::new(3, config);
+    wait_for("a connected lab", 60, || {
+        (0..3).all(|i| lab.node(i).get("/v1/status")["peers"] == 2)
+    });
+    publish(lab.node(0), "fleet/before", 500);
+    wait_for("host 2 to have the first events", 30, || {
+        lab.node(2).events() == 500
+    });
+    lab.node_mut(2).kill();
+    publish(lab.node(0), "fleet/a", 50_000);
+    publish(lab.node(1), "fleet/b", 50_000);
+    wait_for("hosts 0 and 1 to agree", 60, || {
+        lab.node(0).events() == 100_500 && lab.node(1).events() == 100_500
+    });
+    let t0 = Instant::now();
+    lab.node_mut(2).spawn();
+    wait_for("the restarted host to catch up 100,000 events", 120, || {
+        lab.node(2).events() == 100_500
+    });
+    let took = t0.elapsed();
+    assert_eq!(heads(lab.node(2)), heads(lab.node(0)));
+    eprintln!(
+        "restarted host caught up 100,000 events in {took:?} ({:.0} events/s)",
+        100_000.0 / took.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_lossy_slow_link_still_delivers_every_event_exactly_once() {
+    if !root_or_skip("a_lossy_slow_link_still_delivers_every_event_exactly_once") {
+        return;
+    }
+    let lab = Lab::new(3, config);
+    wait_for("a connected lab", 60, || {
+        (0..3).all(|i| lab.node(i).get("/v1/status")["peers"] == 2)
+    });
+    // Host 2's link: 10% loss each way, 1 Mbit/s each way.
+    lab.impair(2, 10, "1mbit");
+    let follower = std::process::Command::new(common::binary())
+        .arg("--data-dir")
+        .arg(&lab.node(2).dir)
+        .args(["sub", "lossy/#", "-n", "400", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the follower", 10, || {
+        lab.node(2).get("/v1/status")["followers"] == 1
+    });
+    // Continuous publishing on two hosts: 20 events/s each for 10 s.
+    for k in 0..200 {
+        for h in 0..2 {
+            let r = lab.node(h).post(
+                "/v1/events",
+                &json!({"topic": format!("lossy/h{h}"), "data": format!("h{h}-{k}")}),
+            );
+            assert_eq!(r.status, 200);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = follower.wait_with_output().unwrap();
+    let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["data"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(got.len(), 400);
+    let unique: std::collections::BTreeSet<&String> = got.iter().collect();
+    assert_eq!(unique.len(), 400, "every event exactly once");
+    for h in 0..2 {
+        let mine: Vec<&String> = got
+            .iter()
+            .filter(|d| d.starts_with(&format!("h{h}-")))
+            .collect();
+        for (k, d) in mine.iter().enumerate() {
+            assert_eq!(**d, format!("h{h}-{k}"), "each author's events in order");
+        }
+    }
+}

@@ -76,6 +76,21 @@ pub struct Lab {
 impl Lab {
     /// A lab of `n` hosts, each running a daemon with `config(i)`.
     pub fn new(n: usize, config: impl Fn(usize) -> String) -> Lab {
+        let mut lab = Lab::empty(n);
+        for i in 0..n {
+            lab.start(i, &config(i));
+        }
+        lab
+    }
+
+    /// Starts (or restarts with a new config) the daemon of host `i`.
+    pub fn start(&mut self, i: usize, config: &str) {
+        let node = Node::start_in(&self.hosts[i].ns, config);
+        self.hosts[i].node = Some(node);
+    }
+
+    /// A lab of `n` hosts with no daemons yet.
+    pub fn empty(n: usize) -> Lab {
         let id = format!(
             "{}{}",
             std::process::id() % 100_000,
@@ -117,11 +132,16 @@ impl Lab {
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
         }
-        for i in 0..n {
-            let node = Node::start_in(&lab.hosts[i].ns, &config(i));
-            lab.hosts[i].node = Some(node);
-        }
         lab
+    }
+
+    /// `/ip4/<addr>/tcp/7470/p2p/<peer id>` of host `i`'s daemon.
+    pub fn multiaddr(&self, i: usize) -> String {
+        let id = self.node(i).get("/v1/peers")["peer_id"]
+            .as_str()
+            .expect("peer id")
+            .to_owned();
+        format!("/ip4/{}/tcp/7470/p2p/{id}", self.hosts[i].addr)
     }
 
     /// The daemon of host `i`.
@@ -151,22 +171,46 @@ impl Lab {
         ip(&["-n", &self.switch, "link", "set", &self.hosts[i].port, "up"]);
     }
 
-    /// Applies `tc netem` arguments (e.g. `delay 100ms loss 10%`) to host `i`'s link.
-    pub fn netem(&self, i: usize, args: &str) {
-        let mut a = vec![
-            "netns",
-            "exec",
-            &self.switch,
-            "tc",
-            "qdisc",
-            "replace",
-            "dev",
-            &self.hosts[i].port,
-            "root",
-            "netem",
-        ];
-        a.extend(args.split_whitespace());
-        run("ip", &a);
+    /// Makes host `i`'s link lossy and slow: `loss_pct` % of packets dropped at random in
+    /// each direction (nftables `numgen random`), and a token bucket of `rate` (e.g.
+    /// `1mbit`) each way, whose queue adds delay under load. (`tc netem` would add fixed
+    /// delay and reordering, but this machine's kernel has no `sch_netem`.)
+    pub fn impair(&self, i: usize, loss_pct: u32, rate: &str) {
+        let h = &self.hosts[i];
+        let keep = 100 / loss_pct.max(1);
+        run(
+            "ip",
+            &[
+                "netns", "exec", &h.ns, "nft", "add", "table", "inet", "impair",
+            ],
+        );
+        for hook in ["input", "output"] {
+            let chain = format!("{{ type filter hook {hook} priority 0; }}");
+            run(
+                "ip",
+                &[
+                    "netns", "exec", &h.ns, "nft", "add", "chain", "inet", "impair", hook, &chain,
+                ],
+            );
+            let rule = format!("numgen random mod {keep} 0 drop");
+            let mut a = vec![
+                "netns", "exec", &h.ns, "nft", "add", "rule", "inet", "impair", hook,
+            ];
+            a.extend(rule.split_whitespace());
+            run("ip", &a);
+        }
+        for (ns, dev) in [
+            (h.ns.as_str(), "eth0"),
+            (self.switch.as_str(), h.port.as_str()),
+        ] {
+            let args = [
+                "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate",
+                rate,
+            ];
+            let mut a = args.to_vec();
+            a.extend(["burst", "16kbit", "latency", "400ms"]);
+            run("ip", &a);
+        }
     }
 }
 
