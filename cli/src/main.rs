@@ -87,6 +87,8 @@ enum Command {
     },
     /// Check every chain, signature and index of a stopped node's data directory
     Verify,
+    /// Print a new pre-shared fleet key (for p2p.psk_file) to stdout
+    Genpsk,
     /// Print shell completions
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -286,6 +288,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify => verify(g).await,
+        Command::Genpsk => {
+            print!("{}", murmur_daemon::psk_file(&keyfile::random_bytes()?));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "murmur", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -81,6 +81,9 @@ pub struct P2pConfig {
     pub mdns: bool,
     /// Topic patterns this node replicates (MQTT-style).
     pub topics: Vec<String>,
+    /// Private fleet: a pre-shared key file (`murmur genpsk`); peers without the same key
+    /// cannot connect. Turns QUIC off (pnet works over TCP only).
+    pub psk_file: Option<PathBuf>,
     /// Interval between periodic anti-entropy rounds, e.g. `"10s"`.
     #[serde(with = "humantime_serde")]
     pub anti_entropy_interval: Duration,
@@ -97,6 +100,7 @@ impl Default for P2pConfig {
             bootstrap: Vec::new(),
             mdns: true,
             topics: vec!["#".into()],
+            psk_file: None,
             anti_entropy_interval: Duration::from_secs(10),
         }
     }
@@ -402,6 +406,9 @@ bootstrap = []
 mdns = true
 # Topic patterns this node replicates ("#": everything).
 topics = ["#"]
+# Private fleet: a pre-shared key file made by `murmur genpsk`. Peers without the same
+# key cannot connect. QUIC is off when a key is set (pnet works over TCP only).
+# psk_file = "/etc/murmur/fleet.key"
 # Interval between periodic anti-entropy rounds with the next peer in turn.
 anti_entropy_interval = "10s"
 

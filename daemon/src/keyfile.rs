@@ -69,6 +69,13 @@ pub fn load(path: &Path) -> Result<Keypair, KeyFileError> {
     Ok(Keypair::from_seed(&seed))
 }
 
+/// 32 random bytes from the OS.
+pub fn random_bytes() -> Result<[u8; 32], KeyFileError> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| KeyFileError::Random(e.to_string()))?;
+    Ok(b)
+}
+
 /// Creates a new key at `path` (mode 0600, never overwriting) and returns it.
 pub fn create(path: &Path) -> Result<Keypair, KeyFileError> {
     let mut seed = [0u8; 32];

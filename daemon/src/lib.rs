@@ -25,3 +25,4 @@ pub mod replicate;
 pub mod server;
 
 pub use config::Config;
+pub use murmur_p2p::psk::to_file as psk_file;

@@ -141,10 +141,22 @@ fn start_network(
     offsets: Arc<watch::Sender<murmur_core::Offset>>,
     metrics: Metrics,
 ) -> anyhow::Result<Network> {
+    let psk = match &config.p2p.psk_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the fleet key {}", path.display()))?;
+            let key = murmur_p2p::psk::parse(&text)
+                .map_err(|e| anyhow::anyhow!("fleet key {}: {e}", path.display()))?;
+            tracing::info!(file = %path.display(), "private fleet: only peers with this key can connect");
+            Some(key)
+        }
+        None => None,
+    };
     let p2p = murmur_p2p::Config {
         listen: parse_addrs(&config.p2p.listen)?,
         bootstrap: parse_addrs(&config.p2p.bootstrap)?,
         mdns: config.p2p.mdns,
+        psk,
         ..murmur_p2p::Config::default()
     };
     let (handle, mut events, event_loop) =

@@ -25,6 +25,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Capacity of the command and event channels.
     pub channel_capacity: usize,
+    /// Private fleet: only peers with this pre-shared key can connect (libp2p pnet).
+    /// pnet works over TCP only, so QUIC is off when a key is set.
+    pub psk: Option<[u8; 32]>,
 }
 
 impl Default for Config {
@@ -43,6 +46,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
             channel_capacity: 1024,
+            psk: None,
         }
     }
 }

@@ -179,20 +179,45 @@ pub fn spawn(
         .map_err(|e| Error::Key(e.to_string()))?;
     let behaviour = behaviour::build(&key, config)?;
     let idle = config.idle_timeout;
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default().nodelay(true),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .map_err(|e| Error::Setup(format!("tcp: {e}")))?
-        .with_quic()
-        .with_behaviour(|_| behaviour)
-        .map_err(|e| Error::Setup(format!("behaviour: {e}")))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-        .build();
-    for addr in &config.listen {
+    let mut swarm = match config.psk {
+        None => libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default().nodelay(true),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .map_err(|e| Error::Setup(format!("tcp: {e}")))?
+            .with_quic()
+            .with_behaviour(|_| behaviour)
+            .map_err(|e| Error::Setup(format!("behaviour: {e}")))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+        Some(psk) => libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_other_transport(|key| {
+                private_transport(key, psk)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            })
+            .map_err(|e| Error::Setup(format!("private transport: {e}")))?
+            .with_behaviour(|_| behaviour)
+            .map_err(|e| Error::Setup(format!("behaviour: {e}")))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+    };
+    let quic = |a: &Multiaddr| {
+        a.iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+    };
+    if config.psk.is_some() && config.listen.iter().any(quic) {
+        tracing::warn!("a pre-shared key is set: QUIC is off (libp2p pnet works over TCP only)");
+    }
+    let listen: Vec<&Multiaddr> = config
+        .listen
+        .iter()
+        .filter(|a| config.psk.is_none() || !quic(a))
+        .collect();
+    for addr in listen {
         swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
             addr: addr.clone(),
             reason: e.to_string(),
@@ -221,6 +246,27 @@ pub fn spawn(
         dropped_events: 0,
     };
     Ok((handle, ev_rx, lp))
+}
+
+/// TCP, then the pnet handshake (XSalsa20 with the fleet key), then Noise and Yamux.
+fn private_transport(
+    key: &libp2p::identity::Keypair,
+    psk: [u8; 32],
+) -> Result<
+    libp2p::core::transport::Boxed<(PeerId, libp2p::core::muxing::StreamMuxerBox)>,
+    libp2p::noise::Error,
+> {
+    use libp2p::Transport as _;
+    let noise = libp2p::noise::Config::new(key)?;
+    let psk = libp2p::pnet::PreSharedKey::new(psk);
+    Ok(
+        libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true))
+            .and_then(move |socket, _| libp2p::pnet::PnetConfig::new(psk).handshake(socket))
+            .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(libp2p::yamux::Config::default())
+            .boxed(),
+    )
 }
 
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {

@@ -14,6 +14,7 @@
 mod behaviour;
 mod codec;
 mod event_loop;
+pub mod psk;
 
 pub use behaviour::Config;
 pub use codec::{PROTOCOL, SyncCodec};

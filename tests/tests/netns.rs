@@ -231,3 +231,53 @@ fn a_lossy_slow_link_still_delivers_every_event_exactly_once() {
         }
     }
 }
+
+#[test]
+fn a_non_member_without_the_fleet_key_cannot_connect() {
+    if !root_or_skip("a_non_member_without_the_fleet_key_cannot_connect") {
+        return;
+    }
+    let key = tempfile::NamedTempFile::new_in("/tmp").unwrap();
+    let out = std::process::Command::new(common::binary())
+        .arg("genpsk")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(key.path(), &out.stdout).unwrap();
+    let path = key.path().display().to_string();
+    let lab = Lab::new(3, |i| {
+        let psk = if i < 2 {
+            format!("psk_file = \"{path}\"\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "[p2p]\nmdns = true\nlisten = [\"/ip4/0.0.0.0/tcp/7470\"]\nanti_entropy_interval = \"2s\"\n{psk}"
+        )
+    });
+    wait_for("the two members to connect", 60, || {
+        lab.node(0).get("/v1/status")["peers"] == 1
+    });
+    publish(lab.node(0), "fleet/private", 50);
+    publish(lab.node(2), "fleet/outsider", 50);
+    wait_for("the members to replicate", 30, || {
+        lab.node(1).events() == 50
+    });
+    // The outsider finds them by mDNS and dials, but never gets through the handshake.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(lab.node(2).get("/v1/status")["peers"], 0);
+    assert_eq!(
+        lab.node(2).events(),
+        50,
+        "the outsider holds only its own events"
+    );
+    assert_eq!(
+        lab.node(0).events(),
+        50,
+        "the members hold none of the outsider's"
+    );
+    assert!(
+        lab.node(0).log().contains("private fleet"),
+        "the daemon says so"
+    );
+}
