@@ -11,15 +11,16 @@
 //! - A round of anti-entropy runs with every peer that connects, and periodically with
 //!   the next connected peer in turn, for every topic we hold.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use murmur_core::sync::{self as proto, Output, Sync};
-use murmur_core::{Event, MAX_EVENT_BYTES, Offset, Outcome, Pattern, Store, Topic};
-use murmur_p2p::{Command, PeerId, Verdict};
+use murmur_core::verify::verify_batch;
+use murmur_core::{AuthorId, Event, MAX_EVENT_BYTES, Offset, Outcome, Pattern, Seq, Store, Topic};
+use murmur_p2p::{Command, MessageId, PeerId, Verdict};
 use murmur_store::RocksStore;
 use tokio::sync::{mpsc, watch};
 
@@ -51,6 +52,27 @@ pub struct Config {
     pub sync: proto::Config,
 }
 
+/// Most gossiped events held while waiting for a gap to fill (overflow is dropped: the
+/// pull that follows fetches them).
+const PENDING_MAX: usize = 16_384;
+/// Most gossiped events verified and stored together.
+const GOSSIP_BATCH: usize = 256;
+
+/// A gossiped message: forwarding peer, gossipsub id, murmur topic, bytes.
+type Gossiped = (PeerId, MessageId, String, Vec<u8>);
+/// How long a gap may stay open before its range is pulled from a peer.
+const GAP_WAIT: Duration = Duration::from_millis(300);
+
+/// When a log's gap was seen, who sent the event past it, and the held events by seq.
+type HeldLog = (Instant, PeerId, BTreeMap<Seq, Event>);
+
+/// Verified events that arrived ahead of a gap in their log, and when the gap was seen.
+#[derive(Default)]
+struct Pending {
+    logs: BTreeMap<(Topic, AuthorId), HeldLog>,
+    len: usize,
+}
+
 struct Replicator {
     store: Arc<RocksStore>,
     net: murmur_p2p::Handle,
@@ -58,6 +80,7 @@ struct Replicator {
     config: Config,
     peers: BTreeSet<PeerId>,
     subscribed: BTreeSet<Topic>,
+    pending: Pending,
     next_peer: usize,
     last_round: Instant,
     notify: Arc<watch::Sender<Offset>>,
@@ -80,6 +103,7 @@ pub fn spawn(
         config,
         peers: BTreeSet::new(),
         subscribed: BTreeSet::new(),
+        pending: Pending::default(),
         next_peer: 0,
         last_round: Instant::now(),
         notify,
@@ -93,9 +117,44 @@ pub fn spawn(
 impl Replicator {
     fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
         self.subscribe_known();
-        while let Some(input) = inputs.blocking_recv() {
+        let mut next: Option<Input> = None;
+        loop {
+            let input = match next.take() {
+                Some(i) => i,
+                None => match inputs.blocking_recv() {
+                    Some(i) => i,
+                    None => break,
+                },
+            };
             let now = Instant::now();
             match input {
+                // Gossip that queued up is verified as a batch and stored in one write.
+                Input::Net(murmur_p2p::Event::Gossip {
+                    source,
+                    id,
+                    topic,
+                    data,
+                }) => {
+                    let mut batch = vec![(source, id, topic, data)];
+                    while batch.len() < GOSSIP_BATCH {
+                        match inputs.try_recv() {
+                            Ok(Input::Net(murmur_p2p::Event::Gossip {
+                                source,
+                                id,
+                                topic,
+                                data,
+                            })) => {
+                                batch.push((source, id, topic, data));
+                            }
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.gossiped(batch, now);
+                }
                 Input::Net(ev) => self.net_event(ev, now),
                 Input::Published(events) => self.gossip(events),
                 Input::Tick => self.tick(now),
@@ -157,6 +216,25 @@ impl Replicator {
     fn tick(&mut self, now: Instant) {
         let outs = self.sync.tick(now);
         self.outputs(outs);
+        // Gaps still open after GAP_WAIT: pull them from the peer that sent the event
+        // past the gap.
+        let due: Vec<(Topic, AuthorId, PeerId, Seq)> = self
+            .pending
+            .logs
+            .iter_mut()
+            .filter(|(_, (since, _, evs))| {
+                now.duration_since(*since) >= GAP_WAIT && !evs.is_empty()
+            })
+            .map(|((t, a), (since, peer, evs))| {
+                *since = now; // at most one pull per GAP_WAIT per log
+                let last = evs.keys().next_back().copied().unwrap_or_default();
+                (t.clone(), *a, *peer, last)
+            })
+            .collect();
+        for (topic, author, peer, to) in due {
+            let outs = self.sync.pull(peer, topic, author, to, now, &*self.store);
+            self.outputs(outs);
+        }
         if now.duration_since(self.last_round) >= self.config.anti_entropy_interval
             && !self.peers.is_empty()
         {
@@ -220,80 +298,186 @@ impl Replicator {
                 topic,
                 data,
             } => {
-                let verdict = self.gossiped(source, &topic, data, now);
-                self.net.try_send(Command::Validate {
-                    id,
-                    source,
-                    verdict,
-                });
+                self.gossiped(vec![(source, id, topic, data)], now);
             }
         }
     }
 
-    fn gossiped(&mut self, source: PeerId, topic: &str, data: Vec<u8>, now: Instant) -> Verdict {
-        let ev = match Event::decode(Bytes::from(data), MAX_EVENT_BYTES) {
-            Ok(ev) => ev,
+    /// Decodes, checks and batch-verifies gossiped events, stores the valid ones in one
+    /// write, and reports a verdict for each to gossipsub.
+    fn gossiped(&mut self, batch: Vec<Gossiped>, now: Instant) {
+        let mut valid: Vec<(PeerId, MessageId, Event)> = Vec::with_capacity(batch.len());
+        for (source, id, topic, data) in batch {
+            let verdict = match Event::decode(Bytes::from(data), MAX_EVENT_BYTES) {
+                Err(e) => {
+                    tracing::debug!(peer = %source, error = %e, "rejected gossip: malformed event");
+                    self.metrics.rejected("malformed");
+                    Verdict::Reject
+                }
+                Ok(ev) if ev.topic().as_str() != topic => {
+                    self.metrics.rejected("wrong_topic");
+                    Verdict::Reject
+                }
+                Ok(ev) if !self.interested(ev.topic()) => Verdict::Ignore,
+                Ok(ev) => {
+                    valid.push((source, id, ev));
+                    continue;
+                }
+            };
+            self.net.try_send(Command::Validate {
+                id,
+                source,
+                verdict,
+            });
+        }
+        let events: Vec<Event> = valid.iter().map(|(_, _, e)| e.clone()).collect();
+        let checks = verify_batch(&events);
+        let mut good = Vec::with_capacity(valid.len());
+        for ((source, id, ev), check) in valid.into_iter().zip(checks) {
+            match check {
+                Ok(()) => good.push((source, id, ev)),
+                Err(e) => {
+                    tracing::debug!(peer = %source, error = %e, "rejected gossip: bad signature");
+                    self.metrics.rejected("bad_signature");
+                    self.net.try_send(Command::Validate {
+                        id,
+                        source,
+                        verdict: Verdict::Reject,
+                    });
+                }
+            }
+        }
+        if good.is_empty() {
+            return;
+        }
+        let events: Vec<Event> = good.iter().map(|(_, _, e)| e.clone()).collect();
+        let outcomes = match self.store.insert(&events, self.config.sync.durability) {
+            Ok(o) => o,
             Err(e) => {
-                self.metrics.rejected("malformed");
-                tracing::debug!(peer = %source, error = %e, "rejected gossip: malformed event");
-                return Verdict::Reject;
+                tracing::error!(error = %e, "cannot store gossiped events");
+                for (source, id, _) in good {
+                    self.net.try_send(Command::Validate {
+                        id,
+                        source,
+                        verdict: Verdict::Ignore,
+                    });
+                }
+                return;
             }
         };
-        if ev.topic().as_str() != topic {
-            self.metrics.rejected("wrong_topic");
-            return Verdict::Reject;
+        let mut appended: BTreeSet<(Topic, AuthorId)> = BTreeSet::new();
+        for ((source, id, ev), outcome) in good.into_iter().zip(outcomes) {
+            let verdict = match outcome {
+                Outcome::Appended(_) => {
+                    self.metrics.received("gossip", 1);
+                    appended.insert((ev.topic().clone(), ev.author()));
+                    Verdict::Accept
+                }
+                Outcome::Gap { .. } => self.hold(source, ev, now),
+                Outcome::PrevMismatch => {
+                    // The author forked at our head: a round with the sender proves it.
+                    let outs = self
+                        .sync
+                        .start(source, ev.topic().clone(), now, &*self.store);
+                    self.outputs(outs);
+                    Verdict::Ignore
+                }
+                Outcome::Duplicate => {
+                    self.metrics.duplicates.inc();
+                    Verdict::Ignore
+                }
+                _ => Verdict::Ignore,
+            };
+            self.net.try_send(Command::Validate {
+                id,
+                source,
+                verdict,
+            });
         }
-        if !self.interested(ev.topic()) {
+        for (topic, author) in appended {
+            self.drain(&topic, author);
+        }
+        self.notify.send_replace(self.store.next_offset());
+    }
+
+    /// Holds a valid event that arrived ahead of a gap (gossip took another path for the
+    /// events before it) until the gap fills; `tick` pulls gaps that stay open.
+    fn hold(&mut self, source: PeerId, ev: Event, now: Instant) -> Verdict {
+        if self.pending.len >= PENDING_MAX {
+            self.metrics.rejected("pending_full");
+            let outs = self.sync.pull(
+                source,
+                ev.topic().clone(),
+                ev.author(),
+                ev.seq(),
+                now,
+                &*self.store,
+            );
+            self.outputs(outs);
             return Verdict::Ignore;
         }
-        if let Err(e) = ev.verify() {
-            self.metrics.rejected("bad_signature");
-            tracing::debug!(peer = %source, error = %e, "rejected gossip: bad signature");
-            return Verdict::Reject;
+        let key = (ev.topic().clone(), ev.author());
+        let entry = self
+            .pending
+            .logs
+            .entry(key)
+            .or_insert_with(|| (now, source, BTreeMap::new()));
+        if entry.2.insert(ev.seq(), ev).is_none() {
+            self.pending.len += 1;
         }
-        let outcome = match self
-            .store
-            .insert(std::slice::from_ref(&ev), self.config.sync.durability)
-        {
-            Ok(mut o) => o.pop(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot store a gossiped event");
-                return Verdict::Ignore;
+        Verdict::Accept
+    }
+
+    /// Inserts the held events of a log that now continue its head, in one batch.
+    fn drain(&mut self, topic: &Topic, author: AuthorId) {
+        let key = (topic.clone(), author);
+        loop {
+            let head = match self.store.log_state(&author, topic) {
+                Ok(st) => st.head.map(|h| h.seq),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read a log head");
+                    return;
+                }
+            };
+            let Some((_, _, held)) = self.pending.logs.get_mut(&key) else {
+                return;
+            };
+            // Forget what the log already holds.
+            let stale: Vec<Seq> = held
+                .keys()
+                .copied()
+                .take_while(|s| head.is_some_and(|h| *s <= h))
+                .collect();
+            for s in stale {
+                held.remove(&s);
+                self.pending.len -= 1;
             }
-        };
-        match outcome {
-            Some(Outcome::Appended(_)) => {
-                self.metrics.received("gossip", 1);
-                self.notify.send_replace(self.store.next_offset());
-                Verdict::Accept
+            let mut next = head.map_or(Seq(0), |h| Seq(h.0 + 1));
+            let mut run = Vec::new();
+            while let Some(ev) = held.remove(&next) {
+                self.pending.len -= 1;
+                run.push(ev);
+                next = Seq(next.0 + 1);
             }
-            Some(Outcome::Gap { .. }) => {
-                // Fetch the missing range (and this event) from the peer that has it.
-                let to = ev.seq();
-                let outs = self.sync.pull(
-                    source,
-                    ev.topic().clone(),
-                    ev.author(),
-                    to,
-                    now,
-                    &*self.store,
-                );
-                self.outputs(outs);
-                Verdict::Ignore
+            if held.is_empty() {
+                self.pending.logs.remove(&key);
             }
-            Some(Outcome::PrevMismatch) => {
-                // The author forked at our head: a round with the sender proves it.
-                let outs = self
-                    .sync
-                    .start(source, ev.topic().clone(), now, &*self.store);
-                self.outputs(outs);
-                Verdict::Ignore
+            if run.is_empty() {
+                return;
             }
-            Some(Outcome::Duplicate) => {
-                self.metrics.duplicates.inc();
-                Verdict::Ignore
+            match self.store.insert(&run, self.config.sync.durability) {
+                Ok(outcomes) => {
+                    let n = outcomes
+                        .iter()
+                        .filter(|o| matches!(o, Outcome::Appended(_)))
+                        .count();
+                    self.metrics.received("gossip", n as u64);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot store held events");
+                    return;
+                }
             }
-            _ => Verdict::Ignore,
         }
     }
 
@@ -307,6 +491,13 @@ impl Replicator {
                 }
                 Output::Stored { events, .. } => {
                     self.metrics.received("sync", events.len() as u64);
+                    let logs: BTreeSet<(Topic, AuthorId)> = events
+                        .iter()
+                        .map(|(_, e)| (e.topic().clone(), e.author()))
+                        .collect();
+                    for (topic, author) in logs {
+                        self.drain(&topic, author);
+                    }
                     self.notify.send_replace(self.store.next_offset());
                 }
                 Output::Done {

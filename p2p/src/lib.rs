@@ -19,6 +19,7 @@ pub mod psk;
 pub use behaviour::Config;
 pub use codec::{PROTOCOL, SyncCodec};
 pub use event_loop::{Command, Event, EventLoop, Handle, PeerInfo, Verdict, spawn};
+pub use libp2p::gossipsub::MessageId;
 pub use libp2p::{Multiaddr, PeerId};
 
 /// Errors starting the network.

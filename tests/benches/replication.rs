@@ -1,0 +1,280 @@
+//! Replication benchmark, on real daemons in network namespaces (needs root; all traffic
+//! stays inside the namespaces). Prints, in one run: live latency publish → follower on
+//! another host (2 and 5 hosts), sustained throughput from one publisher to 4 followers,
+//! catch-up of 100,000 and 1,000,000 events beside this machine's one-by-one verification
+//! rate, and bytes on the wire per delivered event (received, and received + forwarded).
+//!
+//! Run: `scripts/bench` (or `cargo bench -p murmur-tests --bench replication` after
+//! `cargo build --release --bins`). `MURMUR_BENCH_QUICK=1` skips the 1,000,000 run.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Node;
+use common::netns::Lab;
+use serde_json::{Value, json};
+
+const PAYLOAD: usize = 256;
+
+fn config(_: usize) -> String {
+    "[p2p]\nmdns = true\nlisten = [\"/ip4/0.0.0.0/tcp/7470\"]\nanti_entropy_interval = \"2s\"\n[store]\nsync = \"fsync\"\n".into()
+}
+
+fn payload(tag: &str, i: usize) -> String {
+    let mut s = format!("{tag}#{i}#");
+    while s.len() < PAYLOAD {
+        s.push(char::from(b'a' + ((s.len() * 7 + i) % 26) as u8));
+    }
+    s
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn publish_batches(n: &Node, topic: &str, count: usize) {
+    for start in (0..count).step_by(1000) {
+        let evs: Vec<Value> = (start..(start + 1000).min(count))
+            .map(|i| json!({"topic": topic, "data": payload(topic, i)}))
+            .collect();
+        let r = n.post("/v1/events/batch", &json!({ "events": evs }));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}
+
+fn connected(lab: &Lab, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(0..n).all(|i| lab.node(i).get("/v1/status")["peers"] == (n - 1) as u64) {
+        if Instant::now() > deadline {
+            for i in 0..n {
+                let log = lab.node(i).log();
+                let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                eprintln!(
+                    "host {i}: {}\n{}",
+                    lab.node(i).get("/v1/peers"),
+                    tail.join("\n")
+                );
+            }
+            panic!("timed out waiting for a fully connected lab");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Follows `pattern` on `node`, recording when each event (by data) arrived.
+fn follower(node: &Node, pattern: &str) -> Arc<Mutex<HashMap<String, Instant>>> {
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut s = UnixStream::connect(node.socket()).expect("socket");
+    write!(
+        s,
+        "GET /v1/follow?pattern={pattern} HTTP/1.1\r\nHost: m\r\n\r\n"
+    )
+    .expect("request");
+    let out = seen.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(s).lines() {
+            let Ok(line) = line else { break };
+            if let Some(start) = line.find("{\"offset\"")
+                && let Ok(v) = serde_json::from_str::<Value>(&line[start..])
+                && let Some(d) = v["data"].as_str()
+            {
+                out.lock()
+                    .expect("lock")
+                    .insert(d.to_owned(), Instant::now());
+            }
+        }
+    });
+    seen
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+/// Live latency: single events published on host 0, seen by a follower on the last host.
+fn live_latency(hosts: usize, count: usize) -> (f64, f64) {
+    let lab = Lab::new(hosts, config);
+    connected(&lab, hosts);
+    let topic = format!("live/{hosts}");
+    // Warm up the mesh for this topic.
+    publish_batches(lab.node(0), &topic, 10);
+    wait_for("warm-up", 30, || lab.node(hosts - 1).events() == 10);
+    let seen = follower(lab.node(hosts - 1), &format!("live/{hosts}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut sent = Vec::with_capacity(count);
+    for i in 0..count {
+        let data = payload(&format!("lat{hosts}"), i);
+        let t = Instant::now();
+        let r = lab
+            .node(0)
+            .post("/v1/events", &json!({"topic": topic, "data": data}));
+        assert_eq!(r.status, 200);
+        sent.push((data, t));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    wait_for("all live events at the follower", 30, || {
+        seen.lock().expect("lock").len() >= count
+    });
+    let seen = seen.lock().expect("lock");
+    let mut lat: Vec<f64> = sent
+        .iter()
+        .map(|(d, t)| {
+            seen.get(d)
+                .map_or(f64::MAX, |r| r.duration_since(*t).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    (pct(&mut lat, 0.5), pct(&mut lat, 0.99))
+}
+
+/// (rx, tx) bytes of host `ns`'s link.
+fn net_bytes(ns: &str) -> (u64, u64) {
+    let read = |what: &str| {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "cat",
+                &format!("/sys/class/net/eth0/statistics/{what}"),
+            ])
+            .output()
+            .expect("ip netns exec");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    (read("rx_bytes"), read("tx_bytes"))
+}
+
+/// One publisher, 4 followers: events/s until every follower holds everything, and
+/// bytes per event per follower: received, and received + sent (forwarding).
+fn fan_out(count: usize) -> (f64, f64, f64) {
+    let lab = Lab::new(5, config);
+    connected(&lab, 5);
+    let before: Vec<(u64, u64)> = (1..5).map(|i| net_bytes(&lab.hosts[i].ns)).collect();
+    let t0 = Instant::now();
+    publish_batches(lab.node(0), "fan/out", count);
+    wait_for("every follower to hold every event", 300, || {
+        (1..5).all(|i| lab.node(i).events() == count as u64)
+    });
+    let rate = count as f64 / t0.elapsed().as_secs_f64();
+    let after: Vec<(u64, u64)> = (1..5).map(|i| net_bytes(&lab.hosts[i].ns)).collect();
+    let rx: u64 = after.iter().zip(&before).map(|(a, b)| a.0 - b.0).sum();
+    let tx: u64 = after.iter().zip(&before).map(|(a, b)| a.1 - b.1).sum();
+    let m = lab.node(4).req("GET", "/metrics", None).body;
+    let metric = |name: &str| {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    println!(
+        "(fan-out, one follower: {} events by gossip, {} by sync, {} gossip duplicates, {} sync rounds)",
+        metric("murmur_events_received_total{path=\"gossip\"}"),
+        metric("murmur_events_received_total{path=\"sync\"}"),
+        metric("murmur_duplicates_total"),
+        metric("murmur_sync_rounds_total{outcome=\"done\"}")
+    );
+    let per = |b: u64| b as f64 / 4.0 / count as f64;
+    (rate, per(rx), per(rx + tx))
+}
+
+/// A node that was away pulls `count` events: (events/s, MB/s of encoded events).
+fn catch_up(count: usize) -> (f64, f64) {
+    let mut lab = Lab::new(2, config);
+    connected(&lab, 2);
+    lab.node_mut(1).kill();
+    publish_batches(lab.node(0), "catch/up", count);
+    let encoded: u64 = lab.node(0).get("/v1/status")["disk_bytes"]
+        .as_u64()
+        .unwrap_or(0);
+    let _ = encoded;
+    let t0 = Instant::now();
+    lab.node_mut(1).spawn();
+    wait_for("catch-up", 600, || lab.node(1).events() == count as u64);
+    let secs = t0.elapsed().as_secs_f64();
+    // Encoded size of one event of this benchmark (signed encoding on the wire).
+    let one = murmur_core::testing::chain_with(&murmur_core::testing::key(1), "catch/up", 1, |_| {
+        bytes::Bytes::from(payload("catch/up", 0))
+    })[0]
+        .bytes()
+        .len() as f64;
+    (count as f64 / secs, count as f64 * one / secs / 1e6)
+}
+
+/// This machine's one-by-one signature verification rate, for comparison.
+fn verify_one_by_one() -> f64 {
+    let evs = murmur_core::testing::chain_with(&murmur_core::testing::key(2), "v/v", 5000, |i| {
+        bytes::Bytes::from(payload("v", i as usize))
+    });
+    let t0 = Instant::now();
+    for e in &evs {
+        e.verify().expect("valid");
+    }
+    evs.len() as f64 / t0.elapsed().as_secs_f64()
+}
+
+fn main() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the replication benchmark needs root (network namespaces); skipped");
+        return;
+    }
+    let quick = std::env::var_os("MURMUR_BENCH_QUICK").is_some();
+    let started = Instant::now();
+    println!(
+        "murmur replication benchmark: {PAYLOAD}-byte payloads, real daemons in network namespaces, fsync"
+    );
+    println!();
+    let (p50_2, p99_2) = live_latency(2, 400);
+    let (p50_5, p99_5) = live_latency(5, 400);
+    let (fan_rate, wire, wire_both) = fan_out(100_000);
+    let (cu100k, mb100k) = catch_up(100_000);
+    let big = if quick {
+        None
+    } else {
+        Some(catch_up(1_000_000))
+    };
+    let verify = verify_one_by_one();
+    println!("| measurement | value |");
+    println!("|---|---:|");
+    println!(
+        "| live latency publish→follower, 2 hosts, p50 / p99 (ms) | {p50_2:.2} / {p99_2:.2} |"
+    );
+    println!(
+        "| live latency publish→follower, 5 hosts, p50 / p99 (ms) | {p50_5:.2} / {p99_5:.2} |"
+    );
+    println!("| sustained replication, 1 publisher → 4 followers (events/s) | {fan_rate:.0} |");
+    println!(
+        "| bytes received per event per follower (payload {PAYLOAD} B) | {wire:.0} ({:.2}× payload) |",
+        wire / PAYLOAD as f64
+    );
+    println!(
+        "| bytes received + sent (forwarding) per event per follower | {wire_both:.0} ({:.2}× payload) |",
+        wire_both / PAYLOAD as f64
+    );
+    println!("| catch-up of 100,000 events (events/s, MB/s) | {cu100k:.0}, {mb100k:.1} |");
+    match big {
+        Some((r, mb)) => {
+            println!("| catch-up of 1,000,000 events (events/s, MB/s) | {r:.0}, {mb:.1} |")
+        }
+        None => println!("| catch-up of 1,000,000 events | skipped (MURMUR_BENCH_QUICK) |"),
+    }
+    println!(
+        "| one-by-one signature verification, same machine, 1 core (events/s) | {verify:.0} |"
+    );
+    println!();
+    println!("finished in {:.0} s", started.elapsed().as_secs_f64());
+}
