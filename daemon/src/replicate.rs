@@ -57,6 +57,11 @@ pub struct Config {
 const PENDING_MAX: usize = 16_384;
 /// Most gossiped events verified and stored together.
 const GOSSIP_BATCH: usize = 256;
+/// Invalid gossiped events a peer may forward before it is banned (a few can be honest
+/// forwarding of someone else's garbage before scoring catches up).
+const REJECTS_BEFORE_BAN: u32 = 3;
+/// How long a misbehaving peer is kept out.
+const BAN: Duration = Duration::from_secs(600);
 
 /// A gossiped message: forwarding peer, gossipsub id, murmur topic, bytes.
 type Gossiped = (PeerId, MessageId, String, Vec<u8>);
@@ -81,6 +86,7 @@ struct Replicator {
     peers: BTreeSet<PeerId>,
     subscribed: BTreeSet<Topic>,
     pending: Pending,
+    rejects: BTreeMap<PeerId, u32>,
     next_peer: usize,
     last_round: Instant,
     notify: Arc<watch::Sender<Offset>>,
@@ -104,6 +110,7 @@ pub fn spawn(
         peers: BTreeSet::new(),
         subscribed: BTreeSet::new(),
         pending: Pending::default(),
+        rejects: BTreeMap::new(),
         next_peer: 0,
         last_round: Instant::now(),
         notify,
@@ -324,11 +331,7 @@ impl Replicator {
                     continue;
                 }
             };
-            self.net.try_send(Command::Validate {
-                id,
-                source,
-                verdict,
-            });
+            self.validate(id, source, verdict);
         }
         let events: Vec<Event> = valid.iter().map(|(_, _, e)| e.clone()).collect();
         let checks = verify_batch(&events);
@@ -339,11 +342,7 @@ impl Replicator {
                 Err(e) => {
                     tracing::debug!(peer = %source, error = %e, "rejected gossip: bad signature");
                     self.metrics.rejected("bad_signature");
-                    self.net.try_send(Command::Validate {
-                        id,
-                        source,
-                        verdict: Verdict::Reject,
-                    });
+                    self.validate(id, source, Verdict::Reject);
                 }
             }
         }
@@ -356,11 +355,7 @@ impl Replicator {
             Err(e) => {
                 tracing::error!(error = %e, "cannot store gossiped events");
                 for (source, id, _) in good {
-                    self.net.try_send(Command::Validate {
-                        id,
-                        source,
-                        verdict: Verdict::Ignore,
-                    });
+                    self.validate(id, source, Verdict::Ignore);
                 }
                 return;
             }
@@ -388,16 +383,37 @@ impl Replicator {
                 }
                 _ => Verdict::Ignore,
             };
-            self.net.try_send(Command::Validate {
-                id,
-                source,
-                verdict,
-            });
+            self.validate(id, source, verdict);
         }
         for (topic, author) in appended {
             self.drain(&topic, author);
         }
         self.notify.send_replace(self.store.next_offset());
+    }
+
+    /// Reports a verdict to gossipsub; bans a peer that keeps forwarding invalid events.
+    fn validate(&mut self, id: MessageId, source: PeerId, verdict: Verdict) {
+        self.net.try_send(Command::Validate {
+            id,
+            source,
+            verdict,
+        });
+        if verdict == Verdict::Reject {
+            let n = self.rejects.entry(source).or_insert(0);
+            *n += 1;
+            if *n >= REJECTS_BEFORE_BAN {
+                self.rejects.remove(&source);
+                self.ban(source, "forwarded invalid events");
+            }
+        }
+    }
+
+    fn ban(&mut self, peer: PeerId, why: &str) {
+        tracing::warn!(%peer, why, "disconnecting a misbehaving peer for {BAN:?}");
+        self.metrics.refused("peer_banned");
+        self.net.try_send(Command::Ban { peer, for_: BAN });
+        let outs = self.sync.peer_gone(&peer);
+        self.outputs(outs);
     }
 
     /// Holds a valid event that arrived ahead of a gap (gossip took another path for the
@@ -521,6 +537,7 @@ impl Replicator {
                 Output::Misbehaved { peer, violation } => {
                     self.metrics.rejected("sync_violation");
                     tracing::warn!(%peer, ?violation, "peer broke the sync protocol");
+                    self.ban(peer, "broke the sync protocol");
                 }
                 Output::Fork(proof) => {
                     tracing::warn!(author = %proof.author(), topic = %proof.topic(), seq = %proof.seq(), "fork proven: log frozen");

@@ -59,6 +59,13 @@ pub enum Command {
     Addresses(oneshot::Sender<Vec<Multiaddr>>),
     /// Stop the event loop (at shutdown; other handles may still be alive).
     Shutdown,
+    /// Disconnect a misbehaving peer and refuse it for `for_`.
+    Ban {
+        /// The peer.
+        peer: PeerId,
+        /// How long.
+        for_: Duration,
+    },
 }
 
 /// What the network tells the daemon.
@@ -167,6 +174,7 @@ pub struct EventLoop {
     events: mpsc::Sender<Event>,
     peers: BTreeMap<PeerId, PeerInfo>,
     dropped_events: u64,
+    banned: BTreeMap<PeerId, std::time::Instant>,
 }
 
 /// Builds the swarm for the node key `seed`, starts listening and dialing the bootstrap
@@ -244,6 +252,7 @@ pub fn spawn(
         events: ev_tx,
         peers: BTreeMap::new(),
         dropped_events: 0,
+        banned: BTreeMap::new(),
     };
     Ok((handle, ev_rx, lp))
 }
@@ -290,6 +299,17 @@ impl EventLoop {
             }
         }
         tracing::debug!(dropped = self.dropped_events, "network loop stopped");
+    }
+
+    fn is_banned(&mut self, peer: &PeerId) -> bool {
+        match self.banned.get(peer) {
+            Some(until) if *until > std::time::Instant::now() => true,
+            Some(_) => {
+                self.banned.remove(peer);
+                false
+            }
+            None => false,
+        }
     }
 
     fn emit(&mut self, ev: Event) {
@@ -348,6 +368,11 @@ impl EventLoop {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
             Command::Shutdown => {}
+            Command::Ban { peer, for_ } => {
+                tracing::warn!(%peer, ?for_, "banning peer");
+                self.banned.insert(peer, std::time::Instant::now() + for_);
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
         }
     }
 
@@ -355,6 +380,10 @@ impl EventLoop {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } if self.is_banned(&peer_id) => {
+                tracing::debug!(peer = %peer_id, "refusing a banned peer");
+                let _ = self.swarm.disconnect_peer_id(peer_id);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,

@@ -1,0 +1,228 @@
+//! A hostile peer on loopback (built from murmur-p2p itself) sends forged events by
+//! gossip, and a broken chain in answer to a sync round. Nothing of it is stored, and the
+//! daemon disconnects the peer and refuses it.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::Node;
+use murmur_core::sync::Message;
+use murmur_core::testing::{chain, key};
+use murmur_core::{Seq, VersionVector, vv};
+use murmur_p2p::{Command, Event};
+use serde_json::json;
+
+fn tcp_addr(n: &Node) -> String {
+    let p = n.get("/v1/peers");
+    let id = p["peer_id"].as_str().unwrap();
+    let addr = p["listen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
+        .expect("a loopback tcp listener");
+    format!("{addr}/p2p/{id}")
+}
+
+/// Runs a hostile peer against `victim` until the victim hangs up (or `secs` pass).
+/// Returns whether the victim disconnected it.
+fn attack(
+    victim: &Node,
+    seed: u8,
+    secs: u64,
+    mut on: impl FnMut(&Event) -> Vec<Command>,
+    opening: Vec<Command>,
+) -> bool {
+    let addr = tcp_addr(victim);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let cfg = murmur_p2p::Config {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: vec![addr.parse().unwrap()],
+            mdns: false,
+            ..murmur_p2p::Config::default()
+        };
+        let (net, mut events, lp) = murmur_p2p::spawn([seed; 32], &cfg).unwrap();
+        tokio::spawn(lp.run());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let mut opened = false;
+        loop {
+            let ev = match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(ev)) => ev,
+                _ => return false,
+            };
+            if matches!(ev, Event::Connected(_)) && !opened {
+                opened = true;
+                for c in std::mem::take(&mut Vec::from_iter(opening.iter().map(clone_cmd))) {
+                    net.send(c).await;
+                }
+            }
+            if matches!(ev, Event::Disconnected(_)) {
+                return true;
+            }
+            for c in on(&ev) {
+                net.send(c).await;
+            }
+        }
+    })
+}
+
+fn clone_cmd(c: &Command) -> Command {
+    match c {
+        Command::Subscribe(t) => Command::Subscribe(t.clone()),
+        Command::Publish { topic, data } => Command::Publish {
+            topic: topic.clone(),
+            data: data.clone(),
+        },
+        _ => unreachable!("only subscribe and publish are used as openings"),
+    }
+}
+
+fn topic_events(n: &Node, topic: &str) -> u64 {
+    n.get("/v1/topics")["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == topic)
+        .map_or(0, |t| t["events"].as_u64().unwrap())
+}
+
+#[test]
+fn forged_gossip_is_rejected_and_the_sender_banned() {
+    let victim = Node::start("");
+    let k = key(66);
+    let forged: Vec<Vec<u8>> = chain(&k, "evil/gossip", 6, "x")
+        .iter()
+        .map(|e| {
+            let mut b = e.bytes().to_vec();
+            let n = b.len();
+            b[n - 7] ^= 0x20; // break the signature
+            b
+        })
+        .collect();
+    let mut sent = false;
+    let banned = attack(
+        &victim,
+        42,
+        30,
+        |ev| match ev {
+            // Once the victim joins the topic (it learns it from our subscription), send.
+            Event::PeerSubscribed { topic, .. } if topic == "evil/gossip" && !sent => {
+                sent = true;
+                forged
+                    .iter()
+                    .map(|d| Command::Publish {
+                        topic: "evil/gossip".into(),
+                        data: d.clone(),
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        },
+        vec![Command::Subscribe("evil/gossip".into())],
+    );
+    assert!(
+        banned,
+        "the victim disconnected the peer:\n{}",
+        victim.log()
+    );
+    assert_eq!(
+        topic_events(&victim, "evil/gossip"),
+        0,
+        "nothing forged is stored"
+    );
+    let m = victim.req("GET", "/metrics", None).body;
+    assert!(
+        m.contains("murmur_rejected_total{reason=\"bad_signature\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("murmur_api_refused_total{reason=\"peer_banned\"}"),
+        "{m}"
+    );
+    assert!(
+        victim.log().contains("forwarded invalid events"),
+        "{}",
+        victim.log()
+    );
+    // The banned peer may redial, but is hung up on at once and never counted as a peer.
+    assert!(
+        attack(&victim, 42, 10, |_| Vec::new(), Vec::new()),
+        "a banned peer was kept"
+    );
+    assert_eq!(victim.get("/v1/status")["peers"], 0);
+}
+
+#[test]
+fn a_broken_chain_in_sync_is_refused_and_the_sender_banned() {
+    let victim = Node::start("");
+    // The victim holds the topic, so it starts a round for it when we connect.
+    assert_eq!(
+        victim
+            .post("/v1/events", &json!({"topic": "evil/sync", "data": "real"}))
+            .status,
+        200
+    );
+    let k = key(67);
+    let mut evs = chain(&k, "evil/sync", 5, "x");
+    evs[2] = chain(&k, "evil/sync", 5, "y").remove(2); // validly signed, but breaks the links
+    let mut theirs = VersionVector::new();
+    theirs.insert(
+        k.author(),
+        vv::Entry {
+            seq: Seq(4),
+            id: evs[4].id(),
+        },
+    );
+    let banned = attack(
+        &victim,
+        43,
+        30,
+        |ev| match ev {
+            Event::Sync {
+                peer,
+                msg: Message::Hello { topic, .. },
+            } => vec![Command::Sync {
+                peer: *peer,
+                msg: Message::Vector {
+                    topic: topic.clone(),
+                    vv: theirs.clone(),
+                },
+            }],
+            Event::Sync {
+                peer,
+                msg: Message::Want {
+                    req, topic, author, ..
+                },
+            } => vec![Command::Sync {
+                peer: *peer,
+                msg: Message::Events {
+                    req: *req,
+                    topic: topic.clone(),
+                    author: *author,
+                    events: evs.iter().map(|e| Bytes::clone(e.bytes())).collect(),
+                },
+            }],
+            _ => Vec::new(),
+        },
+        Vec::new(),
+    );
+    assert!(
+        banned,
+        "the victim disconnected the peer:\n{}",
+        victim.log()
+    );
+    assert_eq!(
+        topic_events(&victim, "evil/sync"),
+        1,
+        "only the victim's own event"
+    );
+    assert!(
+        victim.log().contains("broke the sync protocol"),
+        "{}",
+        victim.log()
+    );
+}
