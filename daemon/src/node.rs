@@ -18,7 +18,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, DB_DIR, KEY_FILE, SyncPolicy};
+use crate::config::{Config, DB_DIR, KEY_FILE, PEERS_FILE, SyncPolicy};
 use crate::ingest::{self, WriterConfig};
 use crate::keyfile;
 use crate::metrics::Metrics;
@@ -135,6 +135,7 @@ fn parse_addrs(list: &[String]) -> anyhow::Result<Vec<murmur_p2p::Multiaddr>> {
 }
 
 fn start_network(
+    data_dir: &Path,
     config: &Config,
     key: &murmur_core::Keypair,
     store: Arc<RocksStore>,
@@ -152,9 +153,23 @@ fn start_network(
         }
         None => None,
     };
+    // Peers met before (data dir `peers` file) are dialed like bootstrap peers, so a
+    // restarted node reconnects without discovery.
+    let peers_file = data_dir.join(PEERS_FILE);
+    let mut bootstrap = parse_addrs(&config.p2p.bootstrap)?;
+    if let Ok(text) = std::fs::read_to_string(&peers_file) {
+        let known: Vec<murmur_p2p::Multiaddr> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.trim().parse().ok())
+            .take(replicate::KNOWN_PEERS_MAX * 8)
+            .collect();
+        tracing::info!(count = known.len(), "dialing known peers from the last run");
+        bootstrap.extend(known);
+    }
     let p2p = murmur_p2p::Config {
         listen: parse_addrs(&config.p2p.listen)?,
-        bootstrap: parse_addrs(&config.p2p.bootstrap)?,
+        bootstrap,
         mdns: config.p2p.mdns,
         psk,
         ..murmur_p2p::Config::default()
@@ -197,6 +212,7 @@ fn start_network(
             topics,
             anti_entropy_interval: config.p2p.anti_entropy_interval,
             sync: murmur_core::sync::Config::default(),
+            peers_file,
         },
         offsets,
         metrics,
@@ -238,6 +254,7 @@ pub async fn run(
     let offsets_tx = Arc::new(offsets_tx);
     let net = if config.p2p.enabled {
         Some(start_network(
+            &data_dir,
             &config,
             &key,
             store.clone(),

@@ -50,6 +50,8 @@ pub struct Config {
     pub anti_entropy_interval: Duration,
     /// Sync machine settings.
     pub sync: proto::Config,
+    /// Where known peer addresses are kept across restarts.
+    pub peers_file: std::path::PathBuf,
 }
 
 /// Most gossiped events held while waiting for a gap to fill (overflow is dropped: the
@@ -60,6 +62,8 @@ const GOSSIP_BATCH: usize = 256;
 /// Invalid gossiped events a peer may forward before it is banned (a few can be honest
 /// forwarding of someone else's garbage before scoring catches up).
 const REJECTS_BEFORE_BAN: u32 = 3;
+/// Most peers remembered in the peers file.
+pub const KNOWN_PEERS_MAX: usize = 256;
 /// How long a misbehaving peer is kept out.
 const BAN: Duration = Duration::from_secs(600);
 
@@ -87,6 +91,8 @@ struct Replicator {
     subscribed: BTreeSet<Topic>,
     pending: Pending,
     rejects: BTreeMap<PeerId, u32>,
+    known: BTreeMap<PeerId, Vec<murmur_p2p::Multiaddr>>,
+    known_dirty: bool,
     next_peer: usize,
     last_round: Instant,
     notify: Arc<watch::Sender<Offset>>,
@@ -111,6 +117,8 @@ pub fn spawn(
         subscribed: BTreeSet::new(),
         pending: Pending::default(),
         rejects: BTreeMap::new(),
+        known: BTreeMap::new(),
+        known_dirty: false,
         next_peer: 0,
         last_round: Instant::now(),
         notify,
@@ -223,6 +231,7 @@ impl Replicator {
     fn tick(&mut self, now: Instant) {
         let outs = self.sync.tick(now);
         self.outputs(outs);
+        self.save_known();
         // Gaps still open after GAP_WAIT: pull them from the peer that sent the event
         // past the gap.
         let due: Vec<(Topic, AuthorId, PeerId, Seq)> = self
@@ -288,6 +297,7 @@ impl Replicator {
                 let outs = self.sync.handle(peer, msg, now, &*self.store);
                 self.outputs(outs);
             }
+            murmur_p2p::Event::Identified { peer, addrs } => self.remember(peer, addrs),
             murmur_p2p::Event::PeerSubscribed { peer, topic } => {
                 // Topic discovery: a peer announces a topic; if we replicate it, join its
                 // gossip and reconcile it with that peer now.
@@ -408,7 +418,46 @@ impl Replicator {
         }
     }
 
+    /// Remembers where `peer` listens (bounded: [`KNOWN_PEERS_MAX`] peers, 8 addresses
+    /// each); written to the peers file at the next tick.
+    fn remember(&mut self, peer: PeerId, mut addrs: Vec<murmur_p2p::Multiaddr>) {
+        addrs.truncate(8);
+        if self.known.get(&peer) == Some(&addrs) {
+            return;
+        }
+        if !self.known.contains_key(&peer) && self.known.len() >= KNOWN_PEERS_MAX {
+            return;
+        }
+        self.known.insert(peer, addrs);
+        self.known_dirty = true;
+    }
+
+    /// Writes the known peers atomically (temp file + rename), one dialable address per
+    /// line.
+    fn save_known(&mut self) {
+        if !self.known_dirty {
+            return;
+        }
+        self.known_dirty = false;
+        let mut text =
+            String::from("# peers this node has met; dialed at start (murmur writes this file)\n");
+        for (peer, addrs) in &self.known {
+            for a in addrs {
+                text.push_str(&format!("{a}/p2p/{peer}\n"));
+            }
+        }
+        let tmp = self.config.peers_file.with_extension("tmp");
+        let r = std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &self.config.peers_file));
+        if let Err(e) = r {
+            tracing::warn!(error = %e, file = %self.config.peers_file.display(), "cannot save known peers");
+        }
+    }
+
     fn ban(&mut self, peer: PeerId, why: &str) {
+        if self.known.remove(&peer).is_some() {
+            self.known_dirty = true;
+        }
         tracing::warn!(%peer, why, "disconnecting a misbehaving peer for {BAN:?}");
         self.metrics.refused("peer_banned");
         self.net.try_send(Command::Ban { peer, for_: BAN });

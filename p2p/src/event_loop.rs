@@ -82,6 +82,13 @@ pub enum Event {
         /// The message.
         msg: Message,
     },
+    /// A peer told us (identify) where it listens: worth remembering across restarts.
+    Identified {
+        /// The peer.
+        peer: PeerId,
+        /// Its listen addresses.
+        addrs: Vec<Multiaddr>,
+    },
     /// A peer subscribed to a gossip topic: it holds or publishes that murmur topic.
     PeerSubscribed {
         /// The peer.
@@ -491,9 +498,16 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                for addr in &info.listen_addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, addr.clone());
                 }
+                self.emit(Event::Identified {
+                    peer: peer_id,
+                    addrs: info.listen_addrs,
+                });
             }
             BehaviourEvent::Ping(ping::Event {
                 peer,
