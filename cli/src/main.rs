@@ -223,8 +223,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status => {
-            let st: Status = Client::new(&socket(g)?).get("/v1/status").await?;
-            output::status(&st, g.json)?;
+            let mut c = Client::new(&socket(g)?);
+            let st: Status = c.get("/v1/status").await?;
+            let repl: Option<murmur_daemon::api::ReplicationJson> = if st.peer_id.is_some() {
+                c.get("/v1/replication").await.ok()
+            } else {
+                None
+            };
+            output::status(&st, repl.as_ref(), g.json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Pub(args) => publish(g, args).await,

@@ -4,7 +4,8 @@ use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
 use murmur_daemon::api::{
-    EventJson, EventsPage, PeersResponse, Published, Status, TimeJson, TopicsResponse,
+    EventJson, EventsPage, PeersResponse, Published, ReplicationJson, Status, TimeJson,
+    TopicsResponse,
 };
 use murmur_store::check::Report;
 
@@ -40,9 +41,9 @@ fn json_line<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn status(s: &Status, json: bool) -> anyhow::Result<()> {
+pub fn status(s: &Status, repl: Option<&ReplicationJson>, json: bool) -> anyhow::Result<()> {
     if json {
-        return json_line(s);
+        return json_line(&serde_json::json!({ "node": s, "replication": repl }));
     }
     println!("node id     {}", s.author);
     println!("version     {}", s.version);
@@ -75,7 +76,40 @@ pub fn status(s: &Status, json: bool) -> anyhow::Result<()> {
         "memory      {:.1} MiB resident",
         s.resident_bytes as f64 / (1 << 20) as f64
     );
+    if let Some(r) = repl {
+        replication(r);
+    }
     Ok(())
+}
+
+fn replication(r: &ReplicationJson) {
+    if r.held_out_of_order > 0 {
+        println!(
+            "held        {} gossiped events waiting for a gap to fill",
+            r.held_out_of_order
+        );
+    }
+    if r.topics.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:30}  {:16}  {:>8}  {:>8}  LAST ROUND",
+        "TOPIC", "PEER", "BEHIND", "AHEAD"
+    );
+    for t in &r.topics {
+        for p in &t.peers {
+            let peer = p
+                .peer
+                .get(p.peer.len().saturating_sub(12)..)
+                .unwrap_or(&p.peer);
+            let gone = if p.connected { "" } else { " (disconnected)" };
+            println!(
+                "{:30}  …{:15}  {:>8}  {:>8}  {}s ago{gone}",
+                t.topic, peer, p.behind, p.ahead, p.seen_secs_ago
+            );
+        }
+    }
 }
 
 pub fn published(ps: &[Published], json: bool) -> anyhow::Result<()> {

@@ -292,3 +292,40 @@ pub struct ErrorBody {
     /// Stable machine-readable code.
     pub code: String,
 }
+
+/// How far this node and one peer differ on one topic, as of their last round.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerLagJson {
+    /// The peer.
+    pub peer: String,
+    /// Whether it is connected now.
+    pub connected: bool,
+    /// Events the peer showed that this node lacked then (and may since have pulled).
+    pub behind: u64,
+    /// Events this node holds beyond what the peer showed.
+    pub ahead: u64,
+    /// Seconds since that round.
+    pub seen_secs_ago: u64,
+}
+
+/// One topic's replication state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopicLagJson {
+    /// The topic.
+    pub topic: String,
+    /// Per peer.
+    pub peers: Vec<PeerLagJson>,
+}
+
+/// `GET /v1/replication`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicationJson {
+    /// Connected peers.
+    pub peers: u64,
+    /// Sync sessions in progress.
+    pub sync_sessions: u64,
+    /// Gossiped events held while a gap in their log fills.
+    pub held_out_of_order: u64,
+    /// Per topic.
+    pub topics: Vec<TopicLagJson>,
+}

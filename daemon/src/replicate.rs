@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use murmur_core::VersionVector;
 use murmur_core::sync::{self as proto, Output, Sync};
 use murmur_core::verify::verify_batch;
 use murmur_core::{AuthorId, Event, MAX_EVENT_BYTES, Offset, Outcome, Pattern, Seq, Store, Topic};
@@ -39,6 +40,8 @@ pub enum Input {
     SyncNow(Option<PeerId>),
     /// Stop (at shutdown; other senders may still be alive).
     Stop,
+    /// Report the replication state.
+    Status(tokio::sync::oneshot::Sender<crate::api::ReplicationJson>),
 }
 
 /// Settings of the replicator.
@@ -62,6 +65,26 @@ const GOSSIP_BATCH: usize = 256;
 /// Invalid gossiped events a peer may forward before it is banned (a few can be honest
 /// forwarding of someone else's garbage before scoring catches up).
 const REJECTS_BEFORE_BAN: u32 = 3;
+/// Most (topic, peer) views kept for the replication status.
+const REMOTE_VIEWS_MAX: usize = 4096;
+
+/// What a peer showed of a topic in its last round with us.
+#[derive(Debug, Clone)]
+enum RemoteView {
+    /// Its version vector (the digests differed).
+    Vector(VersionVector),
+    /// Same digest as ours at that time.
+    InSync,
+}
+
+/// Events `theirs` holds beyond `ours` (sum over authors).
+fn lag(ours: &VersionVector, theirs: &VersionVector) -> u64 {
+    ours.wants_from(theirs)
+        .iter()
+        .map(|w| w.to.0 + 1 - w.from.0)
+        .sum()
+}
+
 /// Most peers remembered in the peers file.
 pub const KNOWN_PEERS_MAX: usize = 256;
 /// How long a misbehaving peer is kept out.
@@ -92,6 +115,8 @@ struct Replicator {
     pending: Pending,
     rejects: BTreeMap<PeerId, u32>,
     known: BTreeMap<PeerId, Vec<murmur_p2p::Multiaddr>>,
+    /// The last version vector each peer showed for each topic, and when.
+    remote: BTreeMap<(Topic, PeerId), (Instant, RemoteView)>,
     known_dirty: bool,
     next_peer: usize,
     last_round: Instant,
@@ -118,6 +143,7 @@ pub fn spawn(
         pending: Pending::default(),
         rejects: BTreeMap::new(),
         known: BTreeMap::new(),
+        remote: BTreeMap::new(),
         known_dirty: false,
         next_peer: 0,
         last_round: Instant::now(),
@@ -174,6 +200,9 @@ impl Replicator {
                 Input::Published(events) => self.gossip(events),
                 Input::Tick => self.tick(now),
                 Input::Stop => break,
+                Input::Status(reply) => {
+                    let _ = reply.send(self.status(now));
+                }
                 Input::SyncNow(peer) => {
                     let peers: Vec<PeerId> = match peer {
                         Some(p) => vec![p],
@@ -294,6 +323,7 @@ impl Replicator {
                 if let Some(t) = msg.topic().cloned() {
                     self.subscribe(&t);
                 }
+                self.observe(peer, &msg, now);
                 let outs = self.sync.handle(peer, msg, now, &*self.store);
                 self.outputs(outs);
             }
@@ -454,6 +484,58 @@ impl Replicator {
         }
     }
 
+    /// Notes what a peer shows of a topic in a round.
+    fn observe(&mut self, peer: PeerId, msg: &proto::Message, now: Instant) {
+        let view = match msg {
+            proto::Message::Vector { vv, .. } => RemoteView::Vector(vv.clone()),
+            proto::Message::InSync { .. } => RemoteView::InSync,
+            _ => return,
+        };
+        let Some(topic) = msg.topic() else { return };
+        if self.remote.len() >= REMOTE_VIEWS_MAX
+            && !self.remote.contains_key(&(topic.clone(), peer))
+        {
+            return;
+        }
+        self.remote.insert((topic.clone(), peer), (now, view));
+    }
+
+    /// Per topic and peer: events they showed that we lack, and that we hold beyond them.
+    fn status(&self, now: Instant) -> crate::api::ReplicationJson {
+        let mut topics: BTreeMap<Topic, Vec<crate::api::PeerLagJson>> = BTreeMap::new();
+        for ((topic, peer), (at, view)) in &self.remote {
+            let Ok(ours) = self.store.version_vector(topic) else {
+                continue;
+            };
+            let (behind, ahead) = match view {
+                RemoteView::InSync => (0, 0),
+                RemoteView::Vector(theirs) => (lag(&ours, theirs), lag(theirs, &ours)),
+            };
+            topics
+                .entry(topic.clone())
+                .or_default()
+                .push(crate::api::PeerLagJson {
+                    peer: peer.to_string(),
+                    connected: self.peers.contains(peer),
+                    behind,
+                    ahead,
+                    seen_secs_ago: now.duration_since(*at).as_secs(),
+                });
+        }
+        crate::api::ReplicationJson {
+            peers: self.peers.len() as u64,
+            sync_sessions: self.sync.sessions() as u64,
+            held_out_of_order: self.pending.len as u64,
+            topics: topics
+                .into_iter()
+                .map(|(topic, peers)| crate::api::TopicLagJson {
+                    topic: topic.to_string(),
+                    peers,
+                })
+                .collect(),
+        }
+    }
+
     fn ban(&mut self, peer: PeerId, why: &str) {
         if self.known.remove(&peer).is_some() {
             self.known_dirty = true;
@@ -593,5 +675,29 @@ impl Replicator {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use murmur_core::{EventId, vv::Entry};
+
+    #[test]
+    fn lag_counts_the_events_one_side_lacks() {
+        let a = AuthorId([1; 32]);
+        let b = AuthorId([2; 32]);
+        let e = |seq: u64| Entry {
+            seq: Seq(seq),
+            id: EventId([seq as u8; 32]),
+        };
+        let mut ours = VersionVector::new();
+        ours.insert(a, e(9)); // 10 events
+        let mut theirs = VersionVector::new();
+        theirs.insert(a, e(14)); // 15 events: we lack 5
+        theirs.insert(b, e(2)); // 3 events of an author we do not have
+        assert_eq!(lag(&ours, &theirs), 5 + 3);
+        assert_eq!(lag(&theirs, &ours), 0);
+        assert_eq!(lag(&ours, &ours), 0);
     }
 }

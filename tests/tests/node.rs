@@ -279,7 +279,7 @@ fn cli_round_trip() {
         "{status}"
     );
     let sj: Value = serde_json::from_str(stdout(&n.cli(&["status", "--json"])).trim()).unwrap();
-    assert_eq!(sj["events"], 5);
+    assert_eq!(sj["node"]["events"], 5);
     let comp = n.cli(&["completions", "bash"]);
     assert!(stdout(&comp).contains("murmur"));
 }

@@ -128,6 +128,24 @@ fn two_nodes_replicate_both_ways_and_catch_up() {
     // Identical logs: same heads on both nodes.
     let heads = |n: &Node| n.get("/v1/topics")["topics"].clone();
     wait_for("identical heads", 20, || heads(&a) == heads(&b));
+    // Operators see the replication state per topic and peer.
+    b.cli(&["sync"]);
+    wait_for("a round for fleet/a in the replication view", 20, || {
+        let r = b.get("/v1/replication");
+        r["topics"].as_array().unwrap().iter().any(|t| {
+            t["topic"] == "fleet/a"
+                && t["peers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["behind"] == 0 && p["connected"] == true)
+        })
+    });
+    let status = String::from_utf8_lossy(&b.cli(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains("BEHIND") && status.contains("fleet/a"),
+        "{status}"
+    );
     let m = b.req("GET", "/metrics", None).body;
     assert!(
         m.contains("murmur_events_received_total{path=\"sync\"}"),

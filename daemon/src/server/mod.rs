@@ -106,6 +106,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/dial", post(dial))
         .route("/v1/sync", post(sync_now))
+        .route("/v1/replication", get(replication))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(single_body))
@@ -646,4 +647,21 @@ async fn sync_now(
             )
         })?;
     Ok(StatusCode::ACCEPTED)
+}
+
+async fn replication(State(st): State<Shared>) -> ApiResult<Json<crate::api::ReplicationJson>> {
+    let (_, inputs) = network(&st)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let gone = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the node is shutting down",
+        )
+    };
+    inputs
+        .send(crate::replicate::Input::Status(tx))
+        .await
+        .map_err(|_| gone())?;
+    Ok(Json(rx.await.map_err(|_| gone())?))
 }
