@@ -83,6 +83,10 @@ pub struct P2pConfig {
     pub mdns: bool,
     /// Topic patterns this node replicates (MQTT-style).
     pub topics: Vec<String>,
+    /// Most connections in total (beyond it new ones are refused).
+    pub max_connections: u32,
+    /// Most connections with one peer.
+    pub max_connections_per_peer: u32,
     /// Private fleet: a pre-shared key file (`murmur genpsk`); peers without the same key
     /// cannot connect. Turns QUIC off (pnet works over TCP only).
     pub psk_file: Option<PathBuf>,
@@ -103,6 +107,8 @@ impl Default for P2pConfig {
             mdns: true,
             topics: vec!["#".into()],
             psk_file: None,
+            max_connections: 256,
+            max_connections_per_peer: 2,
             anti_entropy_interval: Duration::from_secs(10),
         }
     }
@@ -317,6 +323,11 @@ impl Config {
                 return bad(format!("p2p.topics: {t:?}: {e}"));
             }
         }
+        if self.p2p.max_connections == 0 || self.p2p.max_connections_per_peer == 0 {
+            return bad(
+                "p2p.max_connections and p2p.max_connections_per_peer must be at least 1".into(),
+            );
+        }
         if self.store.block_cache_mb == 0 || self.store.write_buffer_mb < 2 {
             return bad(
                 "store.block_cache_mb must be at least 1 and store.write_buffer_mb at least 2"
@@ -408,6 +419,9 @@ bootstrap = []
 mdns = true
 # Topic patterns this node replicates ("#": everything).
 topics = ["#"]
+# Most connections in total, and with one peer; beyond them new ones are refused.
+max_connections = 256
+max_connections_per_peer = 2
 # Private fleet: a pre-shared key file made by `murmur genpsk`. Peers without the same
 # key cannot connect. QUIC is off when a key is set (pnet works over TCP only).
 # psk_file = "/etc/murmur/fleet.key"

@@ -172,6 +172,8 @@ fn start_network(
         bootstrap,
         mdns: config.p2p.mdns,
         psk,
+        max_connections: config.p2p.max_connections,
+        max_connections_per_peer: config.p2p.max_connections_per_peer,
         ..murmur_p2p::Config::default()
     };
     let (handle, mut events, event_loop) =

@@ -25,6 +25,10 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Capacity of the command and event channels.
     pub channel_capacity: usize,
+    /// Most established connections in total.
+    pub max_connections: u32,
+    /// Most established connections with one peer.
+    pub max_connections_per_peer: u32,
     /// Private fleet: only peers with this pre-shared key can connect (libp2p pnet).
     /// pnet works over TCP only, so QUIC is off when a key is set.
     pub psk: Option<[u8; 32]>,
@@ -47,12 +51,15 @@ impl Default for Config {
             request_timeout: Duration::from_secs(30),
             channel_capacity: 1024,
             psk: None,
+            max_connections: 256,
+            max_connections_per_peer: 2,
         }
     }
 }
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    pub(crate) limits: libp2p::connection_limits::Behaviour,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) sync: request_response::Behaviour<SyncCodec>,
@@ -108,7 +115,12 @@ pub(crate) fn build(key: &libp2p::identity::Keypair, config: &Config) -> Result<
     } else {
         None
     };
+    let limits = libp2p::connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(config.max_connections))
+        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+        .with_max_pending_incoming(Some(config.max_connections.min(64)));
     Ok(Behaviour {
+        limits: libp2p::connection_limits::Behaviour::new(limits),
         identify: identify::Behaviour::new(identify::Config::new("/murmur/1".into(), key.public())),
         ping: ping::Behaviour::new(ping::Config::new()),
         sync,

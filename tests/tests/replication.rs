@@ -154,3 +154,23 @@ fn two_nodes_replicate_both_ways_and_catch_up() {
     let peers = b.get("/v1/peers");
     assert_eq!(peers["peers"].as_array().unwrap().len(), 1, "{peers}");
 }
+
+#[test]
+fn connection_limits_are_enforced() {
+    let limited = Node::start(
+        "[p2p]\nmdns = false\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmax_connections = 1\n",
+    );
+    let first = Node::start("");
+    let second = Node::start("");
+    let addr = tcp_addr(&limited);
+    assert!(first.cli(&["dial", &addr]).status.success());
+    wait_for("the first peer", 20, || {
+        limited.get("/v1/status")["peers"] == 1
+    });
+    // The second dial reaches the socket but the connection is refused by the limit.
+    assert!(second.cli(&["dial", &addr]).status.success());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(limited.get("/v1/status")["peers"], 1);
+    assert_eq!(second.get("/v1/status")["peers"], 0);
+    assert_eq!(first.get("/v1/status")["peers"], 1);
+}
