@@ -71,8 +71,11 @@ enum Command {
     Sub(SubArgs),
     /// Read one log (an author's events in a topic)
     Log(LogArgs),
-    /// List topics with their logs and heads
-    Topics,
+    /// List topics with their logs and heads; add or remove replicated topic patterns
+    Topics {
+        #[command(subcommand)]
+        action: Option<TopicsAction>,
+    },
     /// Connected peers: id, address, how found, latency
     Peers,
     /// Connect to a peer (a multiaddr such as /ip4/192.0.2.7/tcp/7470/p2p/12D3…)
@@ -93,6 +96,20 @@ enum Command {
     Completions {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsAction {
+    /// Replicate topics matching PATTERN (kept across restarts)
+    Add {
+        /// MQTT-style pattern, e.g. fleet/#
+        pattern: String,
+    },
+    /// Stop replicating PATTERN (events already stored stay)
+    Remove {
+        /// A pattern added before
+        pattern: String,
     },
 }
 
@@ -249,9 +266,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output::log(&page, g.json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Topics => {
-            let t: TopicsResponse = Client::new(&socket(g)?).get("/v1/topics").await?;
+        Command::Topics { action } => {
+            let mut c = Client::new(&socket(g)?);
+            let req = match action {
+                None => None,
+                Some(TopicsAction::Add { pattern }) => Some(murmur_daemon::api::InterestRequest {
+                    add: Some(pattern),
+                    remove: None,
+                }),
+                Some(TopicsAction::Remove { pattern }) => {
+                    Some(murmur_daemon::api::InterestRequest {
+                        add: None,
+                        remove: Some(pattern),
+                    })
+                }
+            };
+            if let Some(req) = req {
+                let r: murmur_daemon::api::InterestResponse = c.post("/v1/interest", &req).await?;
+                if g.json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!("replicating: {}", r.patterns.join(", "));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let t: TopicsResponse = c.get("/v1/topics").await?;
+            let interest: Option<murmur_daemon::api::InterestResponse> =
+                c.get("/v1/interest").await.ok();
             output::topics(&t, g.json)?;
+            if let (Some(i), false) = (interest, g.json) {
+                println!("\nreplicating: {}", i.patterns.join(", "));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Peers => {

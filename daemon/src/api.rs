@@ -329,3 +329,22 @@ pub struct ReplicationJson {
     /// Per topic.
     pub topics: Vec<TopicLagJson>,
 }
+
+/// `POST /v1/interest`: add or remove one topic pattern this node replicates.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterestRequest {
+    /// Pattern to add.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add: Option<String>,
+    /// Pattern to remove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove: Option<String>,
+}
+
+/// `GET`/`POST /v1/interest`: the patterns in force.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InterestResponse {
+    /// Topic patterns this node replicates.
+    pub patterns: Vec<String>,
+}

@@ -16,6 +16,8 @@ pub const CONFIG_FILE: &str = "murmur.toml";
 pub const KEY_FILE: &str = "node.key";
 /// Name of the control socket in the data directory.
 pub const SOCKET_FILE: &str = "murmur.sock";
+/// Name of the interest file (patterns set with `murmur topics add/remove`).
+pub const INTEREST_FILE: &str = "interest";
 /// Name of the known-peers file in the data directory.
 pub const PEERS_FILE: &str = "peers";
 /// Name of the RocksDB directory in the data directory.

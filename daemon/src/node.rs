@@ -18,7 +18,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, DB_DIR, KEY_FILE, PEERS_FILE, SyncPolicy};
+use crate::config::{Config, DB_DIR, INTEREST_FILE, KEY_FILE, PEERS_FILE, SyncPolicy};
 use crate::ingest::{self, WriterConfig};
 use crate::keyfile;
 use crate::metrics::Metrics;
@@ -201,9 +201,20 @@ fn start_network(
             }
         })
     };
-    let topics = config
-        .p2p
-        .topics
+    // Interest set at runtime (`murmur topics add/remove`) overrides the config file.
+    let interest_file = data_dir.join(INTEREST_FILE);
+    let patterns: Vec<String> = match std::fs::read_to_string(&interest_file) {
+        Ok(text) => {
+            tracing::info!(file = %interest_file.display(), "topic interest from the last `murmur topics add/remove`");
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        }
+        Err(_) => config.p2p.topics.clone(),
+    };
+    let topics = patterns
         .iter()
         .map(|t| murmur_core::Pattern::new(t.as_str()))
         .collect::<Result<Vec<_>, _>>()?;
@@ -215,6 +226,7 @@ fn start_network(
             anti_entropy_interval: config.p2p.anti_entropy_interval,
             sync: murmur_core::sync::Config::default(),
             peers_file,
+            interest_file,
         },
         offsets,
         metrics,

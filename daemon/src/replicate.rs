@@ -42,6 +42,15 @@ pub enum Input {
     Stop,
     /// Report the replication state.
     Status(tokio::sync::oneshot::Sender<crate::api::ReplicationJson>),
+    /// Add or remove an interest pattern; answers with the patterns now in force.
+    Interest {
+        /// Pattern to add.
+        add: Option<Pattern>,
+        /// Pattern to remove.
+        remove: Option<Pattern>,
+        /// The patterns in force afterwards.
+        reply: tokio::sync::oneshot::Sender<Vec<String>>,
+    },
 }
 
 /// Settings of the replicator.
@@ -55,6 +64,8 @@ pub struct Config {
     pub sync: proto::Config,
     /// Where known peer addresses are kept across restarts.
     pub peers_file: std::path::PathBuf,
+    /// Where interest changes made at runtime are kept (overrides `topics` when present).
+    pub interest_file: std::path::PathBuf,
 }
 
 /// Most gossiped events held while waiting for a gap to fill (overflow is dropped: the
@@ -200,6 +211,11 @@ impl Replicator {
                 Input::Published(events) => self.gossip(events),
                 Input::Tick => self.tick(now),
                 Input::Stop => break,
+                Input::Interest { add, remove, reply } => {
+                    self.change_interest(add, remove, now);
+                    let _ =
+                        reply.send(self.config.topics.iter().map(ToString::to_string).collect());
+                }
                 Input::Status(reply) => {
                     let _ = reply.send(self.status(now));
                 }
@@ -482,6 +498,47 @@ impl Replicator {
         if let Err(e) = r {
             tracing::warn!(error = %e, file = %self.config.peers_file.display(), "cannot save known peers");
         }
+    }
+
+    fn change_interest(&mut self, add: Option<Pattern>, remove: Option<Pattern>, now: Instant) {
+        if let Some(p) = remove {
+            self.config.topics.retain(|t| *t != p);
+            let gone: Vec<Topic> = self
+                .subscribed
+                .iter()
+                .filter(|t| !self.interested(t))
+                .cloned()
+                .collect();
+            for t in gone {
+                self.subscribed.remove(&t);
+                self.net.try_send(Command::Unsubscribe(t.to_string()));
+            }
+        }
+        if let Some(p) = add
+            && !self.config.topics.contains(&p)
+        {
+            self.config.topics.push(p);
+            self.subscribe_known();
+            // Topics peers announced before we cared about them: hear them again.
+            self.net.try_send(Command::ReplaySubscriptions);
+            let peers: Vec<PeerId> = self.peers.iter().copied().collect();
+            for peer in peers {
+                self.round(peer, now);
+            }
+        }
+        let text: String = self
+            .config
+            .topics
+            .iter()
+            .map(|p| format!("{p}\n"))
+            .collect();
+        let tmp = self.config.interest_file.with_extension("tmp");
+        let r = std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &self.config.interest_file));
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot save the interest list");
+        }
+        tracing::info!(patterns = ?self.config.topics.iter().map(ToString::to_string).collect::<Vec<_>>(), "interest changed");
     }
 
     /// Notes what a peer shows of a topic in a round.

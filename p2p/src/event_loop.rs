@@ -44,6 +44,11 @@ pub enum Command {
     },
     /// Receive gossip for a topic.
     Subscribe(String),
+    /// Stop receiving gossip for a topic.
+    Unsubscribe(String),
+    /// Emit [`Event::PeerSubscribed`] again for every known peer subscription (after the
+    /// daemon's interest changed).
+    ReplaySubscriptions,
     /// Report the verdict on a gossiped message.
     Validate {
         /// Its id.
@@ -348,6 +353,21 @@ impl EventLoop {
                     | Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
                     | Err(gossipsub::PublishError::Duplicate) => {}
                     Err(e) => tracing::debug!(error = %e, "gossip publish failed"),
+                }
+            }
+            Command::Unsubscribe(topic) => {
+                b.gossip.unsubscribe(&gossipsub::IdentTopic::new(topic));
+            }
+            Command::ReplaySubscriptions => {
+                let subs: Vec<(PeerId, String)> = b
+                    .gossip
+                    .all_peers()
+                    .flat_map(|(p, topics)| {
+                        topics.into_iter().map(move |t| (*p, t.as_str().to_owned()))
+                    })
+                    .collect();
+                for (peer, topic) in subs {
+                    self.emit(Event::PeerSubscribed { peer, topic });
                 }
             }
             Command::Subscribe(topic) => {

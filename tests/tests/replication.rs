@@ -174,3 +174,47 @@ fn connection_limits_are_enforced() {
     assert_eq!(second.get("/v1/status")["peers"], 0);
     assert_eq!(first.get("/v1/status")["peers"], 1);
 }
+
+#[test]
+fn interest_can_be_changed_at_runtime_and_is_kept() {
+    let a = Node::start("");
+    let mut b = Node::start(
+        "[p2p]\nmdns = false\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\ntopics = [\"other/#\"]\n",
+    );
+    publish_batch(&a, "fleet/x", 0, 100);
+    assert!(b.cli(&["dial", &tcp_addr(&a)]).status.success());
+    wait_for("a connection", 20, || b.get("/v1/status")["peers"] == 1);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        topic_events(&b, "fleet/x"),
+        0,
+        "not replicated: no interest"
+    );
+
+    let add = b.cli(&["topics", "add", "fleet/#"]);
+    assert!(add.status.success(), "{}", common::stderr(&add));
+    assert!(common::stdout(&add).contains("fleet/#"));
+    wait_for("B to pull fleet/x after adding interest", 20, || {
+        topic_events(&b, "fleet/x") == 100
+    });
+    publish_batch(&a, "fleet/x", 100, 10);
+    wait_for("live events too", 20, || topic_events(&b, "fleet/x") == 110);
+
+    let rm = b.cli(&["topics", "remove", "fleet/#"]);
+    assert!(rm.status.success(), "{}", common::stderr(&rm));
+    publish_batch(&a, "fleet/x", 110, 10);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        topic_events(&b, "fleet/x"),
+        110,
+        "no longer replicated; stored events stay"
+    );
+
+    b.stop();
+    b.spawn();
+    let listing = common::stdout(&b.cli(&["topics"]));
+    assert!(
+        listing.contains("replicating: other/#") && !listing.contains("fleet/#"),
+        "{listing}"
+    );
+}

@@ -107,6 +107,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/dial", post(dial))
         .route("/v1/sync", post(sync_now))
         .route("/v1/replication", get(replication))
+        .route("/v1/interest", get(interest_list).post(interest_change))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(single_body))
@@ -664,4 +665,44 @@ async fn replication(State(st): State<Shared>) -> ApiResult<Json<crate::api::Rep
         .await
         .map_err(|_| gone())?;
     Ok(Json(rx.await.map_err(|_| gone())?))
+}
+
+async fn interest(
+    st: &AppState,
+    add: Option<Pattern>,
+    remove: Option<Pattern>,
+) -> ApiResult<Json<crate::api::InterestResponse>> {
+    let (_, inputs) = network(st)?;
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let gone = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the node is shutting down",
+        )
+    };
+    inputs
+        .send(crate::replicate::Input::Interest { add, remove, reply })
+        .await
+        .map_err(|_| gone())?;
+    Ok(Json(crate::api::InterestResponse {
+        patterns: rx.await.map_err(|_| gone())?,
+    }))
+}
+
+async fn interest_list(State(st): State<Shared>) -> ApiResult<Json<crate::api::InterestResponse>> {
+    interest(&st, None, None).await
+}
+
+async fn interest_change(
+    State(st): State<Shared>,
+    body: Result<JsonBody<crate::api::InterestRequest>, ApiError>,
+) -> ApiResult<Json<crate::api::InterestResponse>> {
+    let JsonBody(req) = body?;
+    if req.add.is_none() && req.remove.is_none() {
+        return Err(ApiError::bad("bad_request", "give add or remove"));
+    }
+    let add = req.add.as_deref().map(parse_pattern).transpose()?;
+    let remove = req.remove.as_deref().map(parse_pattern).transpose()?;
+    interest(&st, add, remove).await
 }
