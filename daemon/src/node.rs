@@ -141,6 +141,7 @@ fn start_network(
     store: Arc<RocksStore>,
     offsets: Arc<watch::Sender<murmur_core::Offset>>,
     metrics: Metrics,
+    registry: &mut Registry,
 ) -> anyhow::Result<Network> {
     let psk = match &config.p2p.psk_file {
         Some(path) => {
@@ -177,7 +178,7 @@ fn start_network(
         ..murmur_p2p::Config::default()
     };
     let (handle, mut events, event_loop) =
-        murmur_p2p::spawn(key.seed(), &p2p).context("cannot start the network")?;
+        murmur_p2p::spawn(key.seed(), &p2p, registry).context("cannot start the network")?;
     tracing::info!(peer_id = %handle.peer_id(), mdns = p2p.mdns, "network started");
     let swarm = tokio::spawn(event_loop.run());
     let (inputs, inbox) = mpsc::channel(REPLICATOR_QUEUE);
@@ -274,6 +275,7 @@ pub async fn run(
             store.clone(),
             offsets_tx.clone(),
             metrics.clone(),
+            &mut registry,
         )?)
     } else {
         None

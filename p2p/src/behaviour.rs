@@ -85,13 +85,17 @@ pub(crate) fn gossip_config() -> Result<gossipsub::Config, Error> {
         .map_err(|e| Error::Setup(format!("gossipsub: {e}")))
 }
 
-pub(crate) fn build(key: &libp2p::identity::Keypair, config: &Config) -> Result<Behaviour, Error> {
+pub(crate) fn build(
+    key: &libp2p::identity::Keypair,
+    config: &Config,
+    sync_bytes: crate::Traffic,
+) -> Result<Behaviour, Error> {
     let peer = PeerId::from(key.public());
     let gossip =
         gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config()?)
             .map_err(|e| Error::Setup(format!("gossipsub: {e}")))?;
     let sync = request_response::Behaviour::with_codec(
-        SyncCodec,
+        SyncCodec { bytes: sync_bytes },
         [(PROTOCOL, request_response::ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(config.request_timeout)

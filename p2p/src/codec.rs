@@ -12,9 +12,11 @@ use murmur_core::sync::Message;
 /// The protocol name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/murmur/sync/1");
 
-/// Codec for [`Message`] frames.
+/// Codec for [`Message`] frames; counts frame bytes in and out.
 #[derive(Debug, Clone, Default)]
-pub struct SyncCodec;
+pub struct SyncCodec {
+    pub(crate) bytes: crate::Traffic,
+}
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
@@ -34,6 +36,7 @@ impl libp2p::request_response::Codec for SyncCodec {
         let len = Message::frame_len(prefix).map_err(invalid)?;
         let mut body = vec![0u8; len];
         io.read_exact(&mut body).await?;
+        self.bytes.add("in", 4 + len);
         Message::from_body(&body).map_err(invalid)
     }
 
@@ -57,6 +60,7 @@ impl libp2p::request_response::Codec for SyncCodec {
     {
         let frame = msg.to_frame().map_err(invalid)?;
         io.write_all(&frame).await?;
+        self.bytes.add("out", frame.len());
         io.close().await
     }
 

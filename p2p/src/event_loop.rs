@@ -187,17 +187,35 @@ pub struct EventLoop {
     peers: BTreeMap<PeerId, PeerInfo>,
     dropped_events: u64,
     banned: BTreeMap<PeerId, std::time::Instant>,
+    gossip_bytes: crate::Traffic,
 }
 
 /// Builds the swarm for the node key `seed`, starts listening and dialing the bootstrap
 /// peers, and returns the handle, the event stream and the loop to spawn.
+///
+/// Wire bytes by transport (libp2p bandwidth metrics) and the bytes of the sync and
+/// gossip protocols are registered in `registry` under `murmur_p2p`.
 pub fn spawn(
     seed: [u8; 32],
     config: &Config,
+    registry: &mut crate::Registry,
 ) -> Result<(Handle, mpsc::Receiver<Event>, EventLoop), Error> {
+    let registry = registry.sub_registry_with_prefix("murmur_p2p");
+    let sync_bytes = crate::Traffic::default();
+    let gossip_bytes = crate::Traffic::default();
+    registry.register(
+        "sync_bytes",
+        "Bytes of sync protocol frames",
+        sync_bytes.0.clone(),
+    );
+    registry.register(
+        "gossip_bytes",
+        "Bytes of events received by gossip, and published (forwarding not counted)",
+        gossip_bytes.0.clone(),
+    );
     let key = libp2p::identity::Keypair::ed25519_from_bytes(seed)
         .map_err(|e| Error::Key(e.to_string()))?;
-    let behaviour = behaviour::build(&key, config)?;
+    let behaviour = behaviour::build(&key, config, sync_bytes)?;
     let idle = config.idle_timeout;
     let mut swarm = match config.psk {
         None => libp2p::SwarmBuilder::with_existing_identity(key)
@@ -209,6 +227,7 @@ pub fn spawn(
             )
             .map_err(|e| Error::Setup(format!("tcp: {e}")))?
             .with_quic()
+            .with_bandwidth_metrics(registry)
             .with_behaviour(|_| behaviour)
             .map_err(|e| Error::Setup(format!("behaviour: {e}")))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
@@ -220,6 +239,7 @@ pub fn spawn(
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| Error::Setup(format!("private transport: {e}")))?
+            .with_bandwidth_metrics(registry)
             .with_behaviour(|_| behaviour)
             .map_err(|e| Error::Setup(format!("behaviour: {e}")))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
@@ -265,6 +285,7 @@ pub fn spawn(
         peers: BTreeMap::new(),
         dropped_events: 0,
         banned: BTreeMap::new(),
+        gossip_bytes,
     };
     Ok((handle, ev_rx, lp))
 }
@@ -348,6 +369,7 @@ impl EventLoop {
                 b.sync.send_request(&peer, msg);
             }
             Command::Publish { topic, data } => {
+                self.gossip_bytes.add("out", data.len());
                 match b.gossip.publish(gossipsub::IdentTopic::new(topic), data) {
                     Ok(_)
                     | Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
@@ -485,6 +507,7 @@ impl EventLoop {
                 message_id,
                 message,
             }) => {
+                self.gossip_bytes.add("in", message.data.len());
                 self.emit(Event::Gossip {
                     source: propagation_source,
                     id: message_id,

@@ -20,6 +20,7 @@ pub use behaviour::Config;
 pub use codec::{PROTOCOL, SyncCodec};
 pub use event_loop::{Command, Event, EventLoop, Handle, PeerInfo, Verdict, spawn};
 pub use libp2p::gossipsub::MessageId;
+pub use libp2p::metrics::Registry;
 pub use libp2p::{Multiaddr, PeerId};
 
 /// Errors starting the network.
@@ -40,4 +41,28 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+}
+
+/// Bytes of one application protocol, by direction (`in`, `out`).
+#[derive(Debug, Clone, Default)]
+pub struct Traffic(
+    prometheus_client::metrics::family::Family<
+        Direction,
+        prometheus_client::metrics::counter::Counter,
+    >,
+);
+
+/// Label: `in` or `out`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct Direction {
+    /// `in` or `out`.
+    pub direction: &'static str,
+}
+
+impl Traffic {
+    pub(crate) fn add(&self, direction: &'static str, n: usize) {
+        self.0
+            .get_or_create(&Direction { direction })
+            .inc_by(n as u64);
+    }
 }

@@ -45,7 +45,8 @@ fn attack(
             mdns: false,
             ..murmur_p2p::Config::default()
         };
-        let (net, mut events, lp) = murmur_p2p::spawn([seed; 32], &cfg).unwrap();
+        let (net, mut events, lp) =
+            murmur_p2p::spawn([seed; 32], &cfg, &mut murmur_p2p::Registry::default()).unwrap();
         tokio::spawn(lp.run());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         let mut opened = false;

@@ -116,6 +116,12 @@ fn two_nodes_replicate_both_ways_and_catch_up() {
 
     // B goes away; A publishes; B comes back and reconnects by itself: it remembers
     // where A listens (no bootstrap in its config, mDNS off).
+    // B received A's live events by gossip: counted per protocol.
+    let mb = b.req("GET", "/metrics", None).body;
+    assert!(
+        mb.contains("murmur_p2p_gossip_bytes_total{direction=\"in\"}"),
+        "{mb}"
+    );
     b.stop();
     let known = std::fs::read_to_string(b.dir.join("peers")).expect("B saved its known peers");
     let a_id = a.get("/v1/peers")["peer_id"].as_str().unwrap().to_owned();
@@ -151,6 +157,13 @@ fn two_nodes_replicate_both_ways_and_catch_up() {
         m.contains("murmur_events_received_total{path=\"sync\"}"),
         "{m}"
     );
+    // Bytes per protocol: sync frames, gossip payloads, and wire bytes by transport.
+    for name in [
+        "murmur_p2p_sync_bytes_total{direction=\"in\"}",
+        "murmur_p2p_libp2p_bandwidth_bytes_total",
+    ] {
+        assert!(m.contains(name), "{name} missing from\n{m}");
+    }
     let peers = b.get("/v1/peers");
     assert_eq!(peers["peers"].as_array().unwrap().len(), 1, "{peers}");
 }
