@@ -14,19 +14,6 @@ use murmur_core::{Seq, VersionVector, vv};
 use murmur_p2p::{Command, Event};
 use serde_json::json;
 
-fn tcp_addr(n: &Node) -> String {
-    let p = n.get("/v1/peers");
-    let id = p["peer_id"].as_str().unwrap();
-    let addr = p["listen"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
-        .expect("a loopback tcp listener");
-    format!("{addr}/p2p/{id}")
-}
-
 /// Runs a hostile peer against `victim` until the victim hangs up (or `secs` pass).
 /// Returns whether the victim disconnected it.
 fn attack(
@@ -36,7 +23,7 @@ fn attack(
     mut on: impl FnMut(&Event) -> Vec<Command>,
     opening: Vec<Command>,
 ) -> bool {
-    let addr = tcp_addr(victim);
+    let addr = victim.tcp_addr();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let cfg = murmur_p2p::Config {
@@ -82,15 +69,6 @@ fn clone_cmd(c: &Command) -> Command {
     }
 }
 
-fn topic_events(n: &Node, topic: &str) -> u64 {
-    n.get("/v1/topics")["topics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["topic"] == topic)
-        .map_or(0, |t| t["events"].as_u64().unwrap())
-}
-
 #[test]
 fn forged_gossip_is_rejected_and_the_sender_banned() {
     let victim = Node::start("");
@@ -131,7 +109,7 @@ fn forged_gossip_is_rejected_and_the_sender_banned() {
         victim.log()
     );
     assert_eq!(
-        topic_events(&victim, "evil/gossip"),
+        victim.topic_events("evil/gossip"),
         0,
         "nothing forged is stored"
     );
@@ -217,7 +195,7 @@ fn a_broken_chain_in_sync_is_refused_and_the_sender_banned() {
         victim.log()
     );
     assert_eq!(
-        topic_events(&victim, "evil/sync"),
+        victim.topic_events("evil/sync"),
         1,
         "only the victim's own event"
     );

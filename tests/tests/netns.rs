@@ -5,25 +5,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Node;
 use common::netns::{Lab, root_or_skip};
+use common::{Node, wait_for};
 use serde_json::{Value, json};
 
 /// mDNS on, libp2p on the host's own interfaces (inside its namespace), quick rounds.
 fn config(_: usize) -> String {
     "[p2p]\nmdns = true\nlisten = [\"/ip4/0.0.0.0/tcp/7470\"]\nanti_entropy_interval = \"2s\"\n"
         .into()
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn publish(n: &Node, topic: &str, count: usize) {
@@ -209,15 +198,7 @@ fn a_lossy_slow_link_still_delivers_every_event_exactly_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = follower.wait_with_output().unwrap();
-    let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["data"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let got: Vec<String> = common::payloads(&out.stdout);
     assert_eq!(got.len(), 400);
     let unique: std::collections::BTreeSet<&String> = got.iter().collect();
     assert_eq!(unique.len(), 400, "every event exactly once");

@@ -257,15 +257,7 @@ fn cli_round_trip() {
 
     let sub = n.cli(&["sub", "fleet/+/temp", "--from-start", "-n", "4", "--json"]);
     assert!(sub.status.success(), "{}", stderr(&sub));
-    let data: Vec<String> = stdout(&sub)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["data"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let data: Vec<String> = common::payloads(&sub.stdout);
     assert_eq!(data, vec!["20.5", "1", "2", "3"]);
 
     let topics = stdout(&n.cli(&["topics"]));

@@ -5,21 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Node;
+use common::{Node, wait_for};
 use serde_json::{Value, json};
-
-fn tcp_addr(n: &Node) -> String {
-    let p = n.get("/v1/peers");
-    let id = p["peer_id"].as_str().unwrap();
-    let addr = p["listen"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
-        .expect("a loopback tcp listener");
-    format!("{addr}/p2p/{id}")
-}
 
 fn publish_batch(n: &Node, topic: &str, from: usize, count: usize) {
     let evs: Vec<Value> = (from..from + count)
@@ -27,23 +14,6 @@ fn publish_batch(n: &Node, topic: &str, from: usize, count: usize) {
         .collect();
     let r = n.post("/v1/events/batch", &json!({ "events": evs }));
     assert_eq!(r.status, 200, "{}", r.body);
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn topic_events(n: &Node, topic: &str) -> u64 {
-    n.get("/v1/topics")["topics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["topic"] == topic)
-        .map_or(0, |t| t["events"].as_u64().unwrap())
 }
 
 #[test]
@@ -54,10 +24,10 @@ fn two_nodes_replicate_both_ways_and_catch_up() {
     for k in 0..5 {
         publish_batch(&a, "fleet/a", k * 1000, 1000);
     }
-    let dial = b.cli(&["dial", &tcp_addr(&a)]);
+    let dial = b.cli(&["dial", &a.tcp_addr()]);
     assert!(dial.status.success(), "{}", common::stderr(&dial));
     wait_for("B to catch up 5,000 events", 30, || {
-        topic_events(&b, "fleet/a") == 5000
+        b.topic_events("fleet/a") == 5000
     });
 
     // Live, both ways; a follower on B sees each of A's new events exactly once.
@@ -81,7 +51,7 @@ fn two_nodes_replicate_both_ways_and_catch_up() {
     // A has never heard of fleet/b: it learns it from B's gossipsub subscription, well
     // before the periodic round (10 s) would bring it.
     wait_for("A to receive B's events", 20, || {
-        topic_events(&a, "fleet/b") == 100
+        a.topic_events("fleet/b") == 100
     });
     assert!(
         t0.elapsed() < Duration::from_secs(5),
@@ -89,15 +59,7 @@ fn two_nodes_replicate_both_ways_and_catch_up() {
         t0.elapsed()
     );
     let out = follower.wait_with_output().unwrap();
-    let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["data"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let got: Vec<String> = common::payloads(&out.stdout);
     let live: Vec<&String> = got.iter().filter(|d| d.starts_with("live")).collect();
     assert_eq!(
         live.len(),
@@ -129,7 +91,7 @@ fn two_nodes_replicate_both_ways_and_catch_up() {
     publish_batch(&a, "fleet/a", 10_000, 1000);
     b.spawn();
     wait_for("B to catch up after restart", 30, || {
-        topic_events(&b, "fleet/a") == 6200
+        b.topic_events("fleet/a") == 6200
     });
     // Identical logs: same heads on both nodes.
     let heads = |n: &Node| n.get("/v1/topics")["topics"].clone();
@@ -175,7 +137,7 @@ fn connection_limits_are_enforced() {
     );
     let first = Node::start("");
     let second = Node::start("");
-    let addr = tcp_addr(&limited);
+    let addr = limited.tcp_addr();
     assert!(first.cli(&["dial", &addr]).status.success());
     wait_for("the first peer", 20, || {
         limited.get("/v1/status")["peers"] == 1
@@ -195,30 +157,26 @@ fn interest_can_be_changed_at_runtime_and_is_kept() {
         "[p2p]\nmdns = false\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\ntopics = [\"other/#\"]\n",
     );
     publish_batch(&a, "fleet/x", 0, 100);
-    assert!(b.cli(&["dial", &tcp_addr(&a)]).status.success());
+    assert!(b.cli(&["dial", &a.tcp_addr()]).status.success());
     wait_for("a connection", 20, || b.get("/v1/status")["peers"] == 1);
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        topic_events(&b, "fleet/x"),
-        0,
-        "not replicated: no interest"
-    );
+    assert_eq!(b.topic_events("fleet/x"), 0, "not replicated: no interest");
 
     let add = b.cli(&["topics", "add", "fleet/#"]);
     assert!(add.status.success(), "{}", common::stderr(&add));
     assert!(common::stdout(&add).contains("fleet/#"));
     wait_for("B to pull fleet/x after adding interest", 20, || {
-        topic_events(&b, "fleet/x") == 100
+        b.topic_events("fleet/x") == 100
     });
     publish_batch(&a, "fleet/x", 100, 10);
-    wait_for("live events too", 20, || topic_events(&b, "fleet/x") == 110);
+    wait_for("live events too", 20, || b.topic_events("fleet/x") == 110);
 
     let rm = b.cli(&["topics", "remove", "fleet/#"]);
     assert!(rm.status.success(), "{}", common::stderr(&rm));
     publish_batch(&a, "fleet/x", 110, 10);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        topic_events(&b, "fleet/x"),
+        b.topic_events("fleet/x"),
         110,
         "no longer replicated; stored events stay"
     );

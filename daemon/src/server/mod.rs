@@ -650,28 +650,11 @@ async fn sync_now(
     Ok(StatusCode::ACCEPTED)
 }
 
-async fn replication(State(st): State<Shared>) -> ApiResult<Json<crate::api::ReplicationJson>> {
-    let (_, inputs) = network(&st)?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let gone = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the node is shutting down",
-        )
-    };
-    inputs
-        .send(crate::replicate::Input::Status(tx))
-        .await
-        .map_err(|_| gone())?;
-    Ok(Json(rx.await.map_err(|_| gone())?))
-}
-
-async fn interest(
+/// Sends the replicator a request carrying a reply channel and waits for the answer.
+async fn ask<T>(
     st: &AppState,
-    add: Option<Pattern>,
-    remove: Option<Pattern>,
-) -> ApiResult<Json<crate::api::InterestResponse>> {
+    input: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> crate::replicate::Input,
+) -> ApiResult<T> {
     let (_, inputs) = network(st)?;
     let (reply, rx) = tokio::sync::oneshot::channel();
     let gone = || {
@@ -681,13 +664,26 @@ async fn interest(
             "the node is shutting down",
         )
     };
-    inputs
-        .send(crate::replicate::Input::Interest { add, remove, reply })
-        .await
-        .map_err(|_| gone())?;
-    Ok(Json(crate::api::InterestResponse {
-        patterns: rx.await.map_err(|_| gone())?,
-    }))
+    inputs.send(input(reply)).await.map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())
+}
+
+async fn replication(State(st): State<Shared>) -> ApiResult<Json<crate::api::ReplicationJson>> {
+    Ok(Json(ask(&st, crate::replicate::Input::Status).await?))
+}
+
+async fn interest(
+    st: &AppState,
+    add: Option<Pattern>,
+    remove: Option<Pattern>,
+) -> ApiResult<Json<crate::api::InterestResponse>> {
+    let patterns = ask(st, |reply| crate::replicate::Input::Interest {
+        add,
+        remove,
+        reply,
+    })
+    .await?;
+    Ok(Json(crate::api::InterestResponse { patterns }))
 }
 
 async fn interest_list(State(st): State<Shared>) -> ApiResult<Json<crate::api::InterestResponse>> {

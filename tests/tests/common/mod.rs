@@ -31,6 +31,18 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// Polls `f` every 50 ms until it holds, failing the test after `secs` seconds.
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// libp2p on loopback, mDNS off.
 pub const LOOPBACK_P2P: &str = "\n[p2p]\nmdns = false\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n";
 
@@ -202,6 +214,30 @@ impl Node {
             .unwrap()
     }
 
+    /// Events held in `topic` (all logs).
+    pub fn topic_events(&self, topic: &str) -> u64 {
+        self.get("/v1/topics")["topics"]
+            .as_array()
+            .expect("topics")
+            .iter()
+            .find(|t| t["topic"] == topic)
+            .map_or(0, |t| t["events"].as_u64().unwrap_or(0))
+    }
+
+    /// This daemon's loopback TCP multiaddr with its peer id (for dialing it).
+    pub fn tcp_addr(&self) -> String {
+        let p = self.get("/v1/peers");
+        let id = p["peer_id"].as_str().expect("peer id");
+        let addr = p["listen"]
+            .as_array()
+            .expect("listen addresses")
+            .iter()
+            .filter_map(|a| a.as_str())
+            .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
+            .expect("a loopback tcp listener");
+        format!("{addr}/p2p/{id}")
+    }
+
     pub fn events(&self) -> u64 {
         self.get("/v1/status")["events"].as_u64().unwrap()
     }
@@ -293,6 +329,18 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
     }
     out
+}
+
+/// The `data` of each line of `murmur sub --json` output.
+pub fn payloads(stdout: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| {
+            let v: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not an event ({e}): {l}"));
+            v["data"].as_str().expect("data").to_owned()
+        })
+        .collect()
 }
 
 pub fn stdout(o: &Output) -> String {
