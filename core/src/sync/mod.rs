@@ -81,6 +81,8 @@ impl Default for Config {
 pub enum Failure {
     /// No answer before the deadline.
     Timeout,
+    /// The peer disconnected.
+    Disconnected,
     /// The peer broke the protocol (see the accompanying [`Output::Misbehaved`]).
     Violation,
     /// The local store failed.
@@ -353,17 +355,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             .filter(|(_, s)| s.deadline <= now)
             .map(|(k, _)| k.clone())
             .collect();
-        expired
-            .into_iter()
-            .map(|key| {
-                self.sessions.remove(&key);
-                Output::Failed {
-                    peer: key.0,
-                    topic: key.1,
-                    reason: Failure::Timeout,
-                }
-            })
-            .collect()
+        self.fail(expired, &Failure::Timeout)
     }
 
     /// Drops every session with `peer` (it disconnected); returns their failures.
@@ -374,13 +366,18 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             .filter(|(p, _)| p == peer)
             .cloned()
             .collect();
+        self.fail(keys, &Failure::Disconnected)
+    }
+
+    /// Ends the sessions `keys`, reporting `reason` for each.
+    fn fail(&mut self, keys: Vec<(P, Topic)>, reason: &Failure) -> Outs<P> {
         keys.into_iter()
             .map(|key| {
                 self.sessions.remove(&key);
                 Output::Failed {
                     peer: key.0,
                     topic: key.1,
-                    reason: Failure::Timeout,
+                    reason: reason.clone(),
                 }
             })
             .collect()
