@@ -1,0 +1,191 @@
+//! Gossip in: batch verification, verdicts, bans, events held past a gap.
+
+use super::*;
+
+impl Replicator {
+    /// Decodes, checks and batch-verifies gossiped events, stores the valid ones in one
+    /// write, and reports a verdict for each to gossipsub.
+    pub(super) fn gossiped(&mut self, batch: Vec<Gossiped>, now: Instant) {
+        let mut valid: Vec<(PeerId, MessageId, Event)> = Vec::with_capacity(batch.len());
+        for (source, id, topic, data) in batch {
+            let verdict = match Event::decode(Bytes::from(data), MAX_EVENT_BYTES) {
+                Err(e) => {
+                    tracing::debug!(peer = %source, error = %e, "rejected gossip: malformed event");
+                    self.metrics.rejected("malformed");
+                    Verdict::Reject
+                }
+                Ok(ev) if ev.topic().as_str() != topic => {
+                    self.metrics.rejected("wrong_topic");
+                    Verdict::Reject
+                }
+                Ok(ev) if !self.interested(ev.topic()) => Verdict::Ignore,
+                Ok(ev) => {
+                    valid.push((source, id, ev));
+                    continue;
+                }
+            };
+            self.validate(id, source, verdict);
+        }
+        let events: Vec<Event> = valid.iter().map(|(_, _, e)| e.clone()).collect();
+        let checks = verify_batch(&events);
+        let mut good = Vec::with_capacity(valid.len());
+        for ((source, id, ev), check) in valid.into_iter().zip(checks) {
+            match check {
+                Ok(()) => good.push((source, id, ev)),
+                Err(e) => {
+                    tracing::debug!(peer = %source, error = %e, "rejected gossip: bad signature");
+                    self.metrics.rejected("bad_signature");
+                    self.validate(id, source, Verdict::Reject);
+                }
+            }
+        }
+        if good.is_empty() {
+            return;
+        }
+        let events: Vec<Event> = good.iter().map(|(_, _, e)| e.clone()).collect();
+        let outcomes = match self.store.insert(&events, self.config.sync.durability) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store gossiped events");
+                for (source, id, _) in good {
+                    self.validate(id, source, Verdict::Ignore);
+                }
+                return;
+            }
+        };
+        let mut appended: BTreeSet<(Topic, AuthorId)> = BTreeSet::new();
+        for ((source, id, ev), outcome) in good.into_iter().zip(outcomes) {
+            let verdict = match outcome {
+                Outcome::Appended(_) => {
+                    self.metrics.received("gossip", 1);
+                    appended.insert((ev.topic().clone(), ev.author()));
+                    Verdict::Accept
+                }
+                Outcome::Gap { .. } => self.hold(source, ev, now),
+                Outcome::PrevMismatch => {
+                    // The author forked at our head: a round with the sender proves it.
+                    let outs = self
+                        .sync
+                        .start(source, ev.topic().clone(), now, &*self.store);
+                    self.outputs(outs);
+                    Verdict::Ignore
+                }
+                Outcome::Duplicate => {
+                    self.metrics.duplicates.inc();
+                    Verdict::Ignore
+                }
+                _ => Verdict::Ignore,
+            };
+            self.validate(id, source, verdict);
+        }
+        for (topic, author) in appended {
+            self.drain(&topic, author);
+        }
+        self.notify.send_replace(self.store.next_offset());
+    }
+    /// Reports a verdict to gossipsub; bans a peer that keeps forwarding invalid events.
+    pub(super) fn validate(&mut self, id: MessageId, source: PeerId, verdict: Verdict) {
+        self.net.try_send(Command::Validate {
+            id,
+            source,
+            verdict,
+        });
+        if verdict == Verdict::Reject {
+            let n = self.rejects.entry(source).or_insert(0);
+            *n += 1;
+            if *n >= REJECTS_BEFORE_BAN {
+                self.rejects.remove(&source);
+                self.ban(source, "forwarded invalid events");
+            }
+        }
+    }
+    pub(super) fn ban(&mut self, peer: PeerId, why: &str) {
+        if self.known.remove(&peer).is_some() {
+            self.known_dirty = true;
+        }
+        tracing::warn!(%peer, why, "disconnecting a misbehaving peer for {BAN:?}");
+        self.metrics.refused("peer_banned");
+        self.net.try_send(Command::Ban { peer, for_: BAN });
+        let outs = self.sync.peer_gone(&peer);
+        self.outputs(outs);
+    }
+    /// Holds a valid event that arrived ahead of a gap (gossip took another path for the
+    /// events before it) until the gap fills; `tick` pulls gaps that stay open.
+    pub(super) fn hold(&mut self, source: PeerId, ev: Event, now: Instant) -> Verdict {
+        if self.pending.len >= PENDING_MAX {
+            self.metrics.rejected("pending_full");
+            let outs = self.sync.pull(
+                source,
+                ev.topic().clone(),
+                ev.author(),
+                ev.seq(),
+                now,
+                &*self.store,
+            );
+            self.outputs(outs);
+            return Verdict::Ignore;
+        }
+        let key = (ev.topic().clone(), ev.author());
+        let entry = self
+            .pending
+            .logs
+            .entry(key)
+            .or_insert_with(|| (now, source, BTreeMap::new()));
+        if entry.2.insert(ev.seq(), ev).is_none() {
+            self.pending.len += 1;
+        }
+        Verdict::Accept
+    }
+    /// Inserts the held events of a log that now continue its head, in one batch.
+    pub(super) fn drain(&mut self, topic: &Topic, author: AuthorId) {
+        let key = (topic.clone(), author);
+        loop {
+            let head = match self.store.log_state(&author, topic) {
+                Ok(st) => st.head.map(|h| h.seq),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read a log head");
+                    return;
+                }
+            };
+            let Some((_, _, held)) = self.pending.logs.get_mut(&key) else {
+                return;
+            };
+            // Forget what the log already holds.
+            let stale: Vec<Seq> = held
+                .keys()
+                .copied()
+                .take_while(|s| head.is_some_and(|h| *s <= h))
+                .collect();
+            for s in stale {
+                held.remove(&s);
+                self.pending.len -= 1;
+            }
+            let mut next = head.map_or(Seq(0), |h| Seq(h.0 + 1));
+            let mut run = Vec::new();
+            while let Some(ev) = held.remove(&next) {
+                self.pending.len -= 1;
+                run.push(ev);
+                next = Seq(next.0 + 1);
+            }
+            if held.is_empty() {
+                self.pending.logs.remove(&key);
+            }
+            if run.is_empty() {
+                return;
+            }
+            match self.store.insert(&run, self.config.sync.durability) {
+                Ok(outcomes) => {
+                    let n = outcomes
+                        .iter()
+                        .filter(|o| matches!(o, Outcome::Appended(_)))
+                        .count();
+                    self.metrics.received("gossip", n as u64);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot store held events");
+                    return;
+                }
+            }
+        }
+    }
+}
