@@ -117,13 +117,14 @@ impl Client {
         let req = req
             .body(Full::new(body))
             .map_err(|e| ClientError::Decode(e.to_string()))?;
-        let sender = self.connect().await?;
-        sender.ready().await.map_err(|e| ClientError::Transport {
-            socket: PathBuf::new(),
+        let socket = self.socket.clone();
+        let transport = |e: hyper::Error| ClientError::Transport {
+            socket: socket.clone(),
             message: e.to_string(),
-        })?;
-        let resp = sender.send_request(req).await;
-        resp.map_err(|e| self.transport(e))
+        };
+        let sender = self.connect().await?;
+        sender.ready().await.map_err(transport)?;
+        sender.send_request(req).await.map_err(transport)
     }
 
     /// Sends a request and collects the whole body; non-2xx answers become [`ClientError::Api`].

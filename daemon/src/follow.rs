@@ -66,8 +66,10 @@ async fn next_chunk(f: &mut Follow) -> Option<Bytes> {
         if f.shutdown.is_cancelled() {
             return None;
         }
-        let newest = *f.offsets.borrow_and_update();
-        if f.cursor < newest.max(f.store.next_offset()) {
+        // The store says what can be read; the watch is only the wake-up (marked seen
+        // here, so a commit after this point wakes the wait below).
+        f.offsets.borrow_and_update();
+        if f.cursor < f.store.next_offset() {
             let (store, pattern, cursor) = (f.store.clone(), f.pattern.clone(), f.cursor);
             let page = tokio::task::spawn_blocking(move || {
                 store.arrivals(cursor, pattern.as_ref(), PAGE_EVENTS, PAGE_SCAN)

@@ -188,7 +188,12 @@ pub struct EventLoop {
     dropped_events: u64,
     banned: BTreeMap<PeerId, std::time::Instant>,
     gossip_bytes: crate::Traffic,
+    /// How a peer we are dialing was found, until its connection is established.
+    found_by: BTreeMap<PeerId, &'static str>,
 }
+
+/// Most entries in `found_by` (pending dials of discovered peers).
+const FOUND_BY_MAX: usize = 1024;
 
 /// Builds the swarm for the node key `seed`, starts listening and dialing the bootstrap
 /// peers, and returns the handle, the event stream and the loop to spawn.
@@ -286,6 +291,7 @@ pub fn spawn(
         dropped_events: 0,
         banned: BTreeMap::new(),
         gossip_bytes,
+        found_by: BTreeMap::new(),
     };
     Ok((handle, ev_rx, lp))
 }
@@ -448,7 +454,7 @@ impl EventLoop {
                 let addr = endpoint.get_remote_address().clone();
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, %addr, how, "connected");
-                    let how = self.peers.get(&peer_id).map_or(how, |p| p.how);
+                    let how = self.found_by.remove(&peer_id).unwrap_or(how);
                     self.peers.insert(
                         peer_id,
                         PeerInfo {
@@ -472,6 +478,9 @@ impl EventLoop {
                 self.emit(Event::Disconnected(peer_id));
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                if let Some(p) = peer_id {
+                    self.found_by.remove(&p);
+                }
                 tracing::debug!(?peer_id, %error, "dial failed");
             }
             SwarmEvent::Behaviour(ev) => self.behaviour_event(ev),
@@ -529,13 +538,8 @@ impl EventLoop {
                             .behaviour_mut()
                             .kad
                             .add_address(&peer, addr.clone());
-                        if self.swarm.dial(addr).is_ok() {
-                            self.peers.entry(peer).or_insert(PeerInfo {
-                                peer,
-                                addr: Multiaddr::empty(),
-                                how: "mdns",
-                                rtt: None,
-                            });
+                        if self.swarm.dial(addr).is_ok() && self.found_by.len() < FOUND_BY_MAX {
+                            self.found_by.insert(peer, "mdns");
                         }
                     }
                 }

@@ -205,11 +205,6 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         self.sessions.len()
     }
 
-    /// True when a round with `peer` for `topic` is in progress.
-    pub fn in_progress(&self, peer: &P, topic: &Topic) -> bool {
-        self.sessions.contains_key(&(peer.clone(), topic.clone()))
-    }
-
     /// Starts a round with `peer` for `topic` (no-op if one is running).
     pub fn start<S: Store>(&mut self, peer: P, topic: Topic, now: Instant, store: &S) -> Outs<P> {
         let key = (peer.clone(), topic.clone());
