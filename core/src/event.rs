@@ -191,7 +191,7 @@ pub struct Draft {
 /// Bytes that serialize as one postcard byte string (varint length + bytes), not as a
 /// sequence of u8 elements.
 #[derive(Clone, Copy)]
-struct Raw<'a>(&'a [u8]);
+pub(crate) struct Raw<'a>(pub(crate) &'a [u8]);
 
 impl Serialize for Raw<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -206,20 +206,20 @@ impl<'de: 'a, 'a> Deserialize<'de> for Raw<'a> {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Wire<'a> {
-    version: u8,
-    author: [u8; 32],
-    topic: &'a str,
-    seq: u64,
-    prev: Option<[u8; 32]>,
-    time_ms: u64,
-    time_logical: u32,
+pub(crate) struct Wire<'a> {
+    pub(crate) version: u8,
+    pub(crate) author: [u8; 32],
+    pub(crate) topic: &'a str,
+    pub(crate) seq: u64,
+    pub(crate) prev: Option<[u8; 32]>,
+    pub(crate) time_ms: u64,
+    pub(crate) time_logical: u32,
     #[serde(borrow)]
-    body: WireBody<'a>,
+    pub(crate) body: WireBody<'a>,
 }
 
 #[derive(Serialize, Deserialize)]
-enum WireBody<'a> {
+pub(crate) enum WireBody<'a> {
     Data {
         content_type: Option<&'a str>,
         #[serde(borrow)]
@@ -445,6 +445,19 @@ impl Event {
             Kind::Doc { doc } => Body::Doc {
                 doc,
                 change: payload,
+            },
+        }
+    }
+    /// The body in its wire form (for re-encoding, e.g. in a [`crate::run`]).
+    pub(crate) fn wire_body(&self) -> WireBody<'_> {
+        match self.body() {
+            Body::Data { content_type, data } => WireBody::Data {
+                content_type,
+                data: Raw(data),
+            },
+            Body::Doc { doc, change } => WireBody::Doc {
+                doc,
+                change: Raw(change),
             },
         }
     }

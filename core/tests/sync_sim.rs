@@ -448,25 +448,24 @@ fn a_peer_sending_a_forged_range_is_flagged_and_nothing_is_stored() {
                 req,
                 topic: t,
                 author,
-                mut events,
+                run,
             },
         ..
     } = answer[0].clone()
     else {
         panic!("{answer:?}")
     };
-    assert_eq!(events.len(), 10);
-    let mut forged = events[9].to_vec();
+    assert_eq!(murmur_core::run::header(&run).unwrap().count, 10);
+    let mut forged = run.to_vec();
     let n = forged.len();
     forged[n - 5] ^= 1; // break the newest event's signature: it vouches for the range
-    events[9] = Bytes::from(forged);
     let outs = victim.sync.handle(
         1,
         Message::Events {
             req,
             topic: t,
             author,
-            events,
+            run: Bytes::from(forged),
         },
         now,
         &victim.store,
@@ -491,7 +490,7 @@ fn stray_events_are_never_stored() {
         req: 1,
         topic: evs[0].topic().clone(),
         author: evs[0].author(),
-        events: evs.iter().map(|e| e.bytes().clone()).collect(),
+        run: Bytes::from(murmur_core::run::encode(&evs).unwrap()),
     };
     let mut n = n;
     let outs = n.sync.handle(1, msg, Instant::now(), &n.store);

@@ -68,10 +68,16 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
-/// The gossipsub settings murmur relies on. Messages are anonymous (each event carries
-/// its own ed25519 signature; a second gossipsub signature would halve throughput), the
-/// message id is the event id so duplicates are recognised across paths, and every
-/// message waits for the daemon's verdict before it is forwarded.
+/// The gossipsub settings murmur relies on. A message is a run of events of one log
+/// (`murmur_core::run`). Messages are anonymous (each event carries its own ed25519
+/// signature; a second gossipsub signature would halve throughput), the message id is
+/// the blake3 hash of the run so the same run is recognised across paths, and every
+/// message waits for the daemon's verdict before it is forwarded — which also gives the
+/// IDONTWANT notices (sent on receipt, for messages over 1,000 bytes) time to arrive
+/// before a peer would forward a copy we already hold.
+/// Largest gossip message: one event of the maximum size as a run, plus framing.
+pub const MAX_GOSSIP_BYTES: usize = MAX_EVENT_BYTES + 4096;
+
 pub(crate) fn gossip_config() -> Result<gossipsub::Config, Error> {
     gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Anonymous)
@@ -79,7 +85,7 @@ pub(crate) fn gossip_config() -> Result<gossipsub::Config, Error> {
         .message_id_fn(|m: &gossipsub::Message| {
             gossipsub::MessageId::from(EventId::hash(&m.data).0.to_vec())
         })
-        .max_transmit_size(MAX_EVENT_BYTES + 1024)
+        .max_transmit_size(MAX_GOSSIP_BYTES)
         .heartbeat_interval(Duration::from_millis(700))
         .build()
         .map_err(|e| Error::Setup(format!("gossipsub: {e}")))
@@ -89,11 +95,13 @@ pub(crate) fn build(
     key: &libp2p::identity::Keypair,
     config: &Config,
     sync_bytes: crate::Traffic,
+    gossip_metrics: &mut crate::Registry,
 ) -> Result<Behaviour, Error> {
     let peer = PeerId::from(key.public());
     let gossip =
         gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config()?)
-            .map_err(|e| Error::Setup(format!("gossipsub: {e}")))?;
+            .map_err(|e| Error::Setup(format!("gossipsub: {e}")))?
+            .with_metrics(gossip_metrics, gossipsub::MetricsConfig::default());
     let sync = request_response::Behaviour::with_codec(
         SyncCodec { bytes: sync_bytes },
         [(PROTOCOL, request_response::ProtocolSupport::Full)],

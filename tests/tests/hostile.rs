@@ -76,9 +76,10 @@ fn forged_gossip_is_rejected_and_the_sender_banned() {
     let forged: Vec<Vec<u8>> = chain(&k, "evil/gossip", 6, "x")
         .iter()
         .map(|e| {
-            let mut b = e.bytes().to_vec();
+            // Gossip carries runs; one event per run here, each with a broken signature.
+            let mut b = murmur_core::run::encode(std::slice::from_ref(e)).expect("a run");
             let n = b.len();
-            b[n - 7] ^= 0x20; // break the signature
+            b[n - 7] ^= 0x20;
             b
         })
         .collect();
@@ -182,7 +183,7 @@ fn a_broken_chain_in_sync_is_refused_and_the_sender_banned() {
                     req: *req,
                     topic: topic.clone(),
                     author: *author,
-                    events: evs.iter().map(|e| Bytes::clone(e.bytes())).collect(),
+                    run: Bytes::from(murmur_core::run::encode(&evs).expect("a run")),
                 },
             }],
             _ => Vec::new(),

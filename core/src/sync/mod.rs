@@ -8,7 +8,7 @@
 //!                       ◀─────────────  Vector{vv_B}
 //!  Vector{vv_A}         ─────────────▶
 //!  Want{author, from, limit} ────────▶  (both sides pull what they lack, independently)
-//!                       ◀─────────────  Events{up to limit encoded events}
+//!                       ◀─────────────  Events{a run of up to limit events}
 //!  verify range (1 signature), insert, next Want from the new head ... until caught up
 //! ```
 //!
@@ -46,7 +46,7 @@ use crate::topic::Topic;
 use crate::verify::{Anchor, RangeError, verify_range};
 use crate::vv::VersionVector;
 
-pub use msg::{FrameError, Message};
+pub use msg::{FrameError, MAX_FRAME_BYTES, Message};
 
 /// Settings of the sync machine.
 #[derive(Debug, Clone)]
@@ -320,15 +320,23 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             } => {
                 let limit = limit.min(self.config.window) as usize;
                 match store.log_range(&author, &topic, seq, limit) {
-                    Ok(evs) => vec![Output::Send {
-                        to: from,
-                        msg: Message::Events {
-                            req,
-                            topic,
-                            author,
-                            events: evs.iter().map(|e| e.bytes().clone()).collect(),
-                        },
-                    }],
+                    Ok(evs) => {
+                        // A store's log range is a run by its laws; if it somehow is
+                        // not, send what forms one from the start.
+                        let run = crate::run::split(&evs, usize::MAX)
+                            .first()
+                            .and_then(|r| crate::run::encode(r).ok())
+                            .unwrap_or_default();
+                        vec![Output::Send {
+                            to: from,
+                            msg: Message::Events {
+                                req,
+                                topic,
+                                author,
+                                run: Bytes::from(run),
+                            },
+                        }]
+                    }
                     Err(e) => vec![failed_store(from, topic, e)],
                 }
             }
@@ -336,8 +344,8 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                 req,
                 topic,
                 author,
-                events,
-            } => self.on_events(from, req, topic, author, events, now, store),
+                run,
+            } => self.on_events(from, req, topic, author, run, now, store),
             Message::Fork { a, b } => self.on_fork(from, a, b, store),
         }
     }
@@ -549,7 +557,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         req: u64,
         topic: Topic,
         author: AuthorId,
-        raw: Vec<Bytes>,
+        run: Bytes,
         now: Instant,
         store: &S,
     ) -> Outs<P> {
@@ -572,16 +580,22 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         if let Some(s) = self.sessions.get_mut(&key) {
             s.deadline = now + self.config.request_timeout;
         }
-        if raw.len() > limit as usize {
-            return self.violation(key, Violation::TooMany);
-        }
-        let mut events = Vec::with_capacity(raw.len());
-        for b in raw {
-            match Event::decode(b, MAX_EVENT_BYTES) {
-                Ok(e) => events.push(e),
+        let events = if run.is_empty() {
+            Vec::new()
+        } else {
+            match crate::run::header(&run) {
+                Ok(h) if h.count > limit => return self.violation(key, Violation::TooMany),
+                Ok(h) if h.author != author || h.topic != topic || h.first != want_from => {
+                    return self.violation(key, Violation::Unrequested);
+                }
+                Ok(_) => {}
                 Err(e) => return self.violation(key, Violation::BadEvent(e.to_string())),
             }
-        }
+            match crate::run::decode(&run, MAX_FRAME_BYTES) {
+                Ok(evs) => evs,
+                Err(e) => return self.violation(key, Violation::BadEvent(e.to_string())),
+            }
+        };
         let Some(first) = events.first() else {
             // The peer has nothing more for this log (it may have lost data, or is
             // frozen): stop pulling it in this round.

@@ -54,8 +54,9 @@ pub enum Message {
         /// Most events to send.
         limit: u32,
     },
-    /// Answer to `Want`: consecutive events from the wanted seq, oldest first, as their
-    /// canonical encodings. Fewer than asked means the sender has no more.
+    /// Answer to `Want`: consecutive events from the wanted seq, oldest first, as one
+    /// [`crate::run`]. Fewer than asked means the sender has no more; an empty `run`
+    /// means it has none.
     Events {
         /// The `req` of the `Want` this answers.
         req: u64,
@@ -63,8 +64,9 @@ pub enum Message {
         topic: Topic,
         /// The log's author.
         author: AuthorId,
-        /// Encoded events.
-        events: Vec<Bytes>,
+        /// The events as a run (compact: author, topic and links are sent once), or
+        /// empty.
+        run: Bytes,
     },
     /// Two validly signed events at one position of a log.
     Fork {

@@ -1,37 +1,43 @@
-//! Gossip in: batch verification, verdicts, bans, events held past a gap.
+//! Gossip in: runs decoded and verified in batches, verdicts, bans, events held past a
+//! gap.
 
 use super::*;
 
 impl Replicator {
-    /// Decodes, checks and batch-verifies gossiped events, stores the valid ones in one
-    /// write, and reports a verdict for each to gossipsub.
+    /// Decodes and checks gossiped runs, verifies them (one signature per run, the runs'
+    /// newest events batch-verified together), stores the valid ones in one write, and
+    /// reports a verdict for each message to gossipsub.
     pub(super) fn gossiped(&mut self, batch: Vec<Gossiped>, now: Instant) {
-        let mut valid: Vec<(PeerId, MessageId, Event)> = Vec::with_capacity(batch.len());
+        let mut valid: Vec<(PeerId, MessageId, Vec<Event>)> = Vec::with_capacity(batch.len());
         for (source, id, topic, data) in batch {
-            let verdict = match Event::decode(Bytes::from(data), MAX_EVENT_BYTES) {
+            let verdict = match run::decode(&data, GOSSIP_MAX_BYTES) {
                 Err(e) => {
-                    tracing::debug!(peer = %source, error = %e, "rejected gossip: malformed event");
+                    tracing::debug!(peer = %source, error = %e, "rejected gossip: malformed run");
                     self.metrics.rejected("malformed");
                     Verdict::Reject
                 }
-                Ok(ev) if ev.topic().as_str() != topic => {
+                Ok(evs) if evs[0].topic().as_str() != topic => {
                     self.metrics.rejected("wrong_topic");
                     Verdict::Reject
                 }
-                Ok(ev) if !self.interested(ev.topic()) => Verdict::Ignore,
-                Ok(ev) => {
-                    valid.push((source, id, ev));
+                Ok(evs) if !self.interested(evs[0].topic()) => Verdict::Ignore,
+                Ok(evs) => {
+                    valid.push((source, id, evs));
                     continue;
                 }
             };
             self.validate(id, source, verdict);
         }
-        let events: Vec<Event> = valid.iter().map(|(_, _, e)| e.clone()).collect();
-        let checks = verify_batch(&events);
+        // A decoded run is hash-linked by construction: its newest event vouches for it.
+        let newest: Vec<Event> = valid
+            .iter()
+            .filter_map(|(_, _, evs)| evs.last().cloned())
+            .collect();
+        let checks = verify_batch(&newest);
         let mut good = Vec::with_capacity(valid.len());
-        for ((source, id, ev), check) in valid.into_iter().zip(checks) {
+        for ((source, id, evs), check) in valid.into_iter().zip(checks) {
             match check {
-                Ok(()) => good.push((source, id, ev)),
+                Ok(()) => good.push((source, id, evs)),
                 Err(e) => {
                     tracing::debug!(peer = %source, error = %e, "rejected gossip: bad signature");
                     self.metrics.rejected("bad_signature");
@@ -42,7 +48,7 @@ impl Replicator {
         if good.is_empty() {
             return;
         }
-        let events: Vec<Event> = good.iter().map(|(_, _, e)| e.clone()).collect();
+        let events: Vec<Event> = good.iter().flat_map(|(_, _, evs)| evs.clone()).collect();
         let outcomes = match self.store.insert(&events, self.config.sync.durability) {
             Ok(o) => o,
             Err(e) => {
@@ -53,29 +59,40 @@ impl Replicator {
                 return;
             }
         };
+        let mut outcomes = outcomes.into_iter();
         let mut appended: BTreeSet<(Topic, AuthorId)> = BTreeSet::new();
-        for ((source, id, ev), outcome) in good.into_iter().zip(outcomes) {
-            let verdict = match outcome {
-                Outcome::Appended(_) => {
-                    self.metrics.received("gossip", 1);
-                    appended.insert((ev.topic().clone(), ev.author()));
-                    Verdict::Accept
-                }
-                Outcome::Gap { .. } => self.hold(source, ev, now),
-                Outcome::PrevMismatch => {
+        for (source, id, evs) in good {
+            // Accept (and so forward) a run that brought anything new; ignore one that
+            // brought nothing.
+            let mut verdict = Verdict::Ignore;
+            let mut round = false;
+            for ev in evs {
+                match outcomes.next() {
+                    Some(Outcome::Appended(_)) => {
+                        self.metrics.received("gossip", 1);
+                        appended.insert((ev.topic().clone(), ev.author()));
+                        verdict = Verdict::Accept;
+                    }
+                    Some(Outcome::Gap { .. }) => {
+                        let held = self.hold(source, ev, now);
+                        if held == Verdict::Accept {
+                            verdict = Verdict::Accept;
+                        }
+                    }
                     // The author forked at our head: a round with the sender proves it.
-                    let outs = self
-                        .sync
-                        .start(source, ev.topic().clone(), now, &*self.store);
-                    self.outputs(outs);
-                    Verdict::Ignore
+                    Some(Outcome::PrevMismatch) if !round => {
+                        round = true;
+                        let outs = self
+                            .sync
+                            .start(source, ev.topic().clone(), now, &*self.store);
+                        self.outputs(outs);
+                    }
+                    Some(Outcome::Duplicate) => {
+                        self.metrics.duplicates.inc();
+                    }
+                    _ => {}
                 }
-                Outcome::Duplicate => {
-                    self.metrics.duplicates.inc();
-                    Verdict::Ignore
-                }
-                _ => Verdict::Ignore,
-            };
+            }
             self.validate(id, source, verdict);
         }
         for (topic, author) in appended {

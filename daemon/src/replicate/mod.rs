@@ -21,11 +21,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use murmur_core::VersionVector;
+use murmur_core::run;
 use murmur_core::sync::{self as proto, Output, Sync};
 use murmur_core::verify::verify_batch;
-use murmur_core::{AuthorId, Event, MAX_EVENT_BYTES, Offset, Outcome, Pattern, Seq, Store, Topic};
+use murmur_core::{AuthorId, Event, Offset, Outcome, Pattern, Seq, Store, Topic};
 use murmur_p2p::{Command, MessageId, PeerId, Verdict};
 use murmur_store::RocksStore;
 use tokio::sync::{mpsc, watch};
@@ -86,7 +86,15 @@ pub const KNOWN_PEERS_MAX: usize = 256;
 /// How long a misbehaving peer is kept out.
 const BAN: Duration = Duration::from_secs(600);
 
-/// A gossiped message: forwarding peer, gossipsub id, murmur topic, bytes.
+/// Most encoded event bytes in one gossiped run (a single larger event is a run of its
+/// own). Large enough to amortise framing, small enough to keep latency and the memory
+/// of a message in flight low.
+const RUN_MAX_BYTES: usize = 64 * 1024;
+/// Largest gossip message accepted: one event of the maximum size, as a run.
+pub(crate) const GOSSIP_MAX_BYTES: usize = murmur_p2p::MAX_GOSSIP_BYTES;
+/// Most durable events gathered from queued batches into one round of gossip.
+const PUBLISH_COALESCE: usize = 8192;
+/// A gossiped message: forwarding peer, gossipsub id, murmur topic, bytes (a run).
 type Gossiped = (PeerId, MessageId, String, Vec<u8>);
 /// How long a gap may stay open before its range is pulled from a peer.
 const GAP_WAIT: Duration = Duration::from_millis(300);
@@ -193,7 +201,24 @@ impl Replicator {
                     self.gossiped(batch, now);
                 }
                 Input::Net(ev) => self.net_event(ev, now),
-                Input::Published(events) => self.gossip(events),
+                // Durable batches that queued up are gossiped together, so a log's
+                // consecutive events leave as few, large runs.
+                Input::Published(mut events) => {
+                    while events.len() < PUBLISH_COALESCE {
+                        match inputs.try_recv() {
+                            Ok(Input::Published(more)) => events.extend(more),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    events.sort_by(|a, b| {
+                        (a.topic(), a.author(), a.seq()).cmp(&(b.topic(), b.author(), b.seq()))
+                    });
+                    self.gossip(events);
+                }
                 Input::Tick => self.tick(now),
                 Input::Stop => break,
                 Input::Interest { add, remove, reply } => {
@@ -294,13 +319,26 @@ impl Replicator {
         self.metrics.peers.set(self.peers.len() as i64);
     }
 
+    /// Gossips durable events as runs: consecutive events of one log travel as one
+    /// message, so framing, message ids and IDONTWANT notices are paid per run.
     fn gossip(&mut self, events: Vec<Event>) {
-        for ev in events {
-            self.subscribe(ev.topic());
-            self.net.try_send(Command::Publish {
-                topic: ev.topic().to_string(),
-                data: ev.bytes().to_vec(),
+        for r in run::split(&events, RUN_MAX_BYTES) {
+            self.subscribe(r[0].topic());
+            let data = match run::encode(r) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a run to gossip");
+                    continue;
+                }
+            };
+            let sent = self.net.try_send(Command::Publish {
+                topic: r[0].topic().to_string(),
+                data,
             });
+            if !sent {
+                // Anti-entropy delivers what live gossip dropped.
+                self.metrics.refused("network_queue_full");
+            }
         }
     }
 
