@@ -192,14 +192,18 @@ pub struct EventLoop {
     found_by: BTreeMap<PeerId, &'static str>,
 }
 
+/// How often peers announced by mDNS but not connected are dialed again.
+const REDIAL_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Most entries in `found_by` (pending dials of discovered peers).
 const FOUND_BY_MAX: usize = 1024;
 
 /// Builds the swarm for the node key `seed`, starts listening and dialing the bootstrap
 /// peers, and returns the handle, the event stream and the loop to spawn.
 ///
-/// Wire bytes by transport (libp2p bandwidth metrics) and the bytes of the sync and
-/// gossip protocols are registered in `registry` under `murmur_p2p`.
+/// Wire bytes by transport (libp2p bandwidth metrics), the bytes of the sync and gossip
+/// protocols, and gossipsub's own metrics (messages received with and without
+/// duplicates, mesh sizes, scores; bounded to 300 topics) are registered in `registry`
+/// under `murmur_p2p`.
 pub fn spawn(
     seed: [u8; 32],
     config: &Config,
@@ -220,7 +224,12 @@ pub fn spawn(
     );
     let key = libp2p::identity::Keypair::ed25519_from_bytes(seed)
         .map_err(|e| Error::Key(e.to_string()))?;
-    let behaviour = behaviour::build(&key, config, sync_bytes)?;
+    let behaviour = behaviour::build(
+        &key,
+        config,
+        sync_bytes,
+        registry.sub_registry_with_prefix("gossipsub"),
+    )?;
     let idle = config.idle_timeout;
     let mut swarm = match config.psk {
         None => libp2p::SwarmBuilder::with_existing_identity(key)
@@ -327,6 +336,9 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
 impl EventLoop {
     /// Runs until every [`Handle`] is dropped.
     pub async fn run(mut self) {
+        let start = tokio::time::Instant::now() + REDIAL_EVERY;
+        let mut redial = tokio::time::interval_at(start, REDIAL_EVERY);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -335,9 +347,31 @@ impl EventLoop {
                     Some(cmd) => self.command(cmd),
                 },
                 ev = self.swarm.select_next_some() => self.swarm_event(ev),
+                _ = redial.tick() => self.redial(),
             }
         }
         tracing::debug!(dropped = self.dropped_events, "network loop stopped");
+    }
+
+    /// Dials peers that mDNS still announces but that we are not connected to: mDNS
+    /// reports a peer once, so a first dial that failed (a peer still starting, a
+    /// collision of simultaneous dials) must not leave two neighbours apart until the
+    /// record expires.
+    fn redial(&mut self) {
+        let Some(mdns) = self.swarm.behaviour().mdns.as_ref() else {
+            return;
+        };
+        let mut apart: Vec<PeerId> = mdns.discovered_nodes().copied().collect();
+        apart.sort();
+        apart.dedup();
+        for peer in apart {
+            if !self.swarm.is_connected(&peer) && !self.is_banned(&peer) {
+                tracing::debug!(%peer, "redialing a peer mDNS still announces");
+                if self.swarm.dial(peer).is_ok() && self.found_by.len() < FOUND_BY_MAX {
+                    self.found_by.insert(peer, "mdns");
+                }
+            }
+        }
     }
 
     fn is_banned(&mut self, peer: &PeerId) -> bool {
@@ -478,10 +512,14 @@ impl EventLoop {
                 self.emit(Event::Disconnected(peer_id));
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                if let Some(p) = peer_id {
-                    self.found_by.remove(&p);
+                let found_by_mdns = peer_id
+                    .and_then(|p| self.found_by.remove(&p))
+                    .is_some_and(|how| how == "mdns");
+                if found_by_mdns {
+                    tracing::info!(?peer_id, %error, "dial of a peer found by mDNS failed; retrying in {REDIAL_EVERY:?}");
+                } else {
+                    tracing::debug!(?peer_id, %error, "dial failed");
                 }
-                tracing::debug!(?peer_id, %error, "dial failed");
             }
             SwarmEvent::Behaviour(ev) => self.behaviour_event(ev),
             _ => {}

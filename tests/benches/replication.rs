@@ -174,19 +174,23 @@ fn fan_out(count: usize) -> (f64, f64, f64) {
     let rx: u64 = after.iter().zip(&before).map(|(a, b)| a.0 - b.0).sum();
     let tx: u64 = after.iter().zip(&before).map(|(a, b)| a.1 - b.1).sum();
     let m = lab.node(4).req("GET", "/metrics", None).body;
-    let metric = |name: &str| {
+    // Sum of every series of a metric (all label sets).
+    let metric = |name: &str| -> f64 {
         m.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
     println!(
-        "(fan-out, one follower: {} events by gossip, {} by sync, {} gossip duplicates, {} sync rounds)",
+        "(fan-out, one follower: {} events by gossip, {} by sync, {} sync rounds; gossip messages received {} with duplicates, {} without)",
         metric("murmur_events_received_total{path=\"gossip\"}"),
         metric("murmur_events_received_total{path=\"sync\"}"),
-        metric("murmur_duplicates_total"),
-        metric("murmur_sync_rounds_total{outcome=\"done\"}")
+        metric("murmur_sync_rounds_total{outcome=\"done\"}"),
+        metric("murmur_p2p_gossipsub_topic_msg_recv_counts_unfiltered_total"),
+        metric("murmur_p2p_gossipsub_topic_msg_recv_counts_total"),
     );
     let per = |b: u64| b as f64 / 4.0 / count as f64;
     (rate, per(rx), per(rx + tx))
