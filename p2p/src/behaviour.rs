@@ -73,8 +73,13 @@ pub(crate) struct Behaviour {
 /// signature; a second gossipsub signature would halve throughput), the message id is
 /// the blake3 hash of the run so the same run is recognised across paths, and every
 /// message waits for the daemon's verdict before it is forwarded — which also gives the
-/// IDONTWANT notices (sent on receipt, for messages over 1,000 bytes) time to arrive
-/// before a peer would forward a copy we already hold.
+/// IDONTWANT notices (sent on receipt, see [`IDONTWANT_ABOVE`]) time to arrive before a
+/// peer would forward a copy we already hold.
+/// Messages larger than this are announced with IDONTWANT to mesh peers on receipt
+/// (gossipsub 1.2), so peers do not forward us a copy we hold. gossipsub's default is
+/// 1,000 bytes; a run of one 256-byte event is about 370 bytes and a redundant copy of
+/// it costs more than the ~130-byte notice, so murmur announces from 256 bytes.
+pub const IDONTWANT_ABOVE: usize = 256;
 /// Largest gossip message: one event of the maximum size as a run, plus framing.
 pub const MAX_GOSSIP_BYTES: usize = MAX_EVENT_BYTES + 4096;
 
@@ -86,6 +91,7 @@ pub(crate) fn gossip_config() -> Result<gossipsub::Config, Error> {
             gossipsub::MessageId::from(EventId::hash(&m.data).0.to_vec())
         })
         .max_transmit_size(MAX_GOSSIP_BYTES)
+        .idontwant_message_size_threshold(IDONTWANT_ABOVE)
         .heartbeat_interval(Duration::from_millis(700))
         .build()
         .map_err(|e| Error::Setup(format!("gossipsub: {e}")))

@@ -103,7 +103,9 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// Live latency: single events published on host 0, seen by a follower on the last host.
-fn live_latency(hosts: usize, count: usize) -> (f64, f64) {
+/// Returns p50, p99 (ms) and the bytes that host received per event (everything on its
+/// link while the events trickled in: gossip, heartbeats, pings, anti-entropy).
+fn live_latency(hosts: usize, count: usize) -> (f64, f64, f64) {
     let lab = Lab::new(hosts, config);
     connected(&lab, hosts);
     let topic = format!("live/{hosts}");
@@ -112,6 +114,7 @@ fn live_latency(hosts: usize, count: usize) -> (f64, f64) {
     wait_for("warm-up", 30, || lab.node(hosts - 1).events() == 10);
     let seen = follower(lab.node(hosts - 1), &format!("live/{hosts}"));
     std::thread::sleep(Duration::from_millis(300));
+    let rx0 = net_bytes(&lab.hosts[hosts - 1].ns).0;
     let mut sent = Vec::with_capacity(count);
     for i in 0..count {
         let data = payload(&format!("lat{hosts}"), i);
@@ -126,6 +129,7 @@ fn live_latency(hosts: usize, count: usize) -> (f64, f64) {
     wait_for("all live events at the follower", 30, || {
         seen.lock().expect("lock").len() >= count
     });
+    let rx = net_bytes(&lab.hosts[hosts - 1].ns).0 - rx0;
     let seen = seen.lock().expect("lock");
     let mut lat: Vec<f64> = sent
         .iter()
@@ -134,7 +138,11 @@ fn live_latency(hosts: usize, count: usize) -> (f64, f64) {
                 .map_or(f64::MAX, |r| r.duration_since(*t).as_secs_f64() * 1000.0)
         })
         .collect();
-    (pct(&mut lat, 0.5), pct(&mut lat, 0.99))
+    (
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99),
+        rx as f64 / count as f64,
+    )
 }
 
 /// (rx, tx) bytes of host `ns`'s link.
@@ -242,8 +250,8 @@ fn main() {
         "murmur replication benchmark: {PAYLOAD}-byte payloads, real daemons in network namespaces, fsync"
     );
     println!();
-    let (p50_2, p99_2) = live_latency(2, 400);
-    let (p50_5, p99_5) = live_latency(5, 400);
+    let (p50_2, p99_2, _) = live_latency(2, 400);
+    let (p50_5, p99_5, trickle) = live_latency(5, 400);
     let (fan_rate, wire, wire_both) = fan_out(100_000);
     let (cu100k, mb100k) = catch_up(100_000);
     let big = if quick {
@@ -268,6 +276,10 @@ fn main() {
     println!(
         "| bytes received + sent (forwarding) per event per follower | {wire_both:.0} ({:.2}× payload) |",
         wire_both / PAYLOAD as f64
+    );
+    println!(
+        "| bytes received per event, one event every 5 ms, 5 hosts (last host) | {trickle:.0} ({:.2}× payload) |",
+        trickle / PAYLOAD as f64
     );
     println!("| catch-up of 100,000 events (events/s, MB/s) | {cu100k:.0}, {mb100k:.1} |");
     match big {
