@@ -4,6 +4,7 @@
 //! its control socket, except `init`, `id` and `verify`, which work offline on the data
 //! directory.
 
+mod doc;
 mod output;
 
 use std::io::Read;
@@ -75,6 +76,11 @@ enum Command {
     Topics {
         #[command(subcommand)]
         action: Option<TopicsAction>,
+    },
+    /// Shared documents (automerge): get, set, delete, counters, lists, text, history
+    Doc {
+        #[command(subcommand)]
+        action: doc::DocAction,
     },
     /// Connected peers: id, address, how found, latency
     Peers,
@@ -251,6 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Pub(args) => publish(g, args).await,
+        Command::Doc { action } => doc::run(&socket(g)?, g.json, action).await,
         Command::Sub(args) => subscribe(g, args).await,
         Command::Log(args) => {
             let mut path = format!(

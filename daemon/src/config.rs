@@ -69,6 +69,51 @@ pub struct Config {
     pub log: LogConfig,
     /// Peer-to-peer replication.
     pub p2p: P2pConfig,
+    /// Shared documents (automerge).
+    pub docs: DocsConfig,
+}
+
+/// Shared document settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DocsConfig {
+    /// Snapshot a document every this many changes (and when evicted, and at shutdown).
+    pub snapshot_every: u64,
+    /// Largest document change, bytes; larger changes from peers are refused.
+    pub max_change_bytes: usize,
+    /// Largest document a local write may grow, bytes (snapshot plus changes since).
+    pub max_doc_bytes: u64,
+    /// Cap on the estimated memory of documents held in memory, MiB.
+    pub max_memory_mb: u64,
+    /// Documents untouched this long are snapshotted and dropped from memory.
+    #[serde(with = "humantime_serde")]
+    pub idle_evict: Duration,
+}
+
+impl Default for DocsConfig {
+    fn default() -> Self {
+        let d = crate::docs::DocsConfig::default();
+        Self {
+            snapshot_every: d.snapshot_every,
+            max_change_bytes: d.max_change_bytes,
+            max_doc_bytes: d.max_doc_bytes,
+            max_memory_mb: d.max_memory_bytes >> 20,
+            idle_evict: d.idle_evict,
+        }
+    }
+}
+
+impl DocsConfig {
+    /// The document manager's settings.
+    pub fn manager(&self) -> crate::docs::DocsConfig {
+        crate::docs::DocsConfig {
+            snapshot_every: self.snapshot_every,
+            max_change_bytes: self.max_change_bytes,
+            max_doc_bytes: self.max_doc_bytes,
+            max_memory_bytes: self.max_memory_mb << 20,
+            idle_evict: self.idle_evict,
+        }
+    }
 }
 
 /// Peer-to-peer replication settings.
@@ -310,6 +355,9 @@ impl Config {
                 "ingest.queue_requests and ingest.max_commit_events must be at least 1".into(),
             );
         }
+        if self.docs.snapshot_every == 0 || self.docs.max_change_bytes == 0 {
+            return bad("docs.snapshot_every and docs.max_change_bytes must be at least 1".into());
+        }
         if self.ingest.queue_bytes < self.api.max_request_bytes {
             return bad("ingest.queue_bytes must be at least api.max_request_bytes".into());
         }
@@ -394,6 +442,18 @@ queue_requests = 1024
 queue_bytes = 67108864
 # Most events per group commit (one RocksDB WriteBatch, one WAL sync).
 max_commit_events = 4096
+
+[docs]
+# Snapshot a document every this many changes (and when evicted, and at shutdown).
+snapshot_every = 1000
+# Largest document change, bytes; larger changes from peers are refused.
+max_change_bytes = 1048576
+# Largest document a local write may grow, bytes (snapshot plus changes since).
+max_doc_bytes = 67108864
+# Cap on the estimated memory of documents held in memory, MiB.
+max_memory_mb = 256
+# Documents untouched this long are snapshotted and dropped from memory.
+idle_evict = "10m"
 
 [store]
 # "fsync": acknowledge a publish after the WAL is fsynced (survives power loss).

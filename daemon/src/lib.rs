@@ -16,6 +16,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod docs;
 pub mod follow;
 pub mod ingest;
 pub mod keyfile;

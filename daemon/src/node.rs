@@ -134,6 +134,13 @@ fn parse_addrs(list: &[String]) -> anyhow::Result<Vec<murmur_p2p::Multiaddr>> {
         .collect()
 }
 
+/// The check every event from a peer passes before it is stored (document changes
+/// must parse, fit the limit and be their author's).
+fn body_check(config: &Config) -> murmur_core::sync::BodyCheck {
+    let max = config.docs.max_change_bytes;
+    murmur_core::sync::BodyCheck(Arc::new(move |ev| crate::docs::check_body(ev, max)))
+}
+
 fn start_network(
     data_dir: &Path,
     config: &Config,
@@ -225,7 +232,10 @@ fn start_network(
         replicate::Config {
             topics,
             anti_entropy_interval: config.p2p.anti_entropy_interval,
-            sync: murmur_core::sync::Config::default(),
+            sync: murmur_core::sync::Config {
+                check: Some(body_check(config)),
+                ..murmur_core::sync::Config::default()
+            },
             peers_file,
             interest_file,
         },
@@ -300,6 +310,15 @@ pub async fn run(
     )
     .context("cannot start the writer thread")?;
 
+    let (docs, docs_thread) = crate::docs::spawn(
+        store.clone(),
+        ingest.clone(),
+        key.author(),
+        config.docs.manager(),
+        offsets_rx.clone(),
+    )
+    .context("cannot start the document thread")?;
+
     let socket = config.socket_path(&data_dir);
     let listener = bind_socket(&socket)?;
     let writer_handle = ingest.clone();
@@ -325,6 +344,7 @@ pub async fn run(
         },
         started: Instant::now(),
         net: net.as_ref().map(|n| (n.handle.clone(), n.inputs.clone())),
+        docs: docs.clone(),
     });
     tracing::info!(
         author = %key.author(),
@@ -358,6 +378,11 @@ pub async fn run(
             }
         }
     }
+    // Documents in memory are snapshotted; then the writer finishes what is queued.
+    docs.stop().await;
+    tokio::task::spawn_blocking(move || docs_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the document thread panicked"))?;
     // Publishes queued before this point are committed and answered; later ones get 503.
     writer_handle.stop().await;
     tokio::task::spawn_blocking(move || writer.join())

@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod check;
+mod docs;
 mod keys;
 mod memory;
 mod rocks;
@@ -25,5 +26,6 @@ mod rocks;
 #[cfg(test)]
 mod conformance;
 
+pub use docs::Snapshot;
 pub use memory::MemoryStore;
 pub use rocks::{RocksConfig, RocksStore, SCHEMA_VERSION, StoreError};

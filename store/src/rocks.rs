@@ -10,6 +10,7 @@
 //! | `arrivals` | offset (8, big-endian) | event key |
 //! | `forks` | log key | len of first event (4) · first event · second event |
 //! | `meta` | name | value (`schema` → version) |
+//! | `docs` | see [`crate::docs`] | document indexes and snapshots |
 //!
 //! Every `insert` is one `WriteBatch` covering the events and all their index entries;
 //! with [`Durability::Sync`] it is written with one WAL fsync, however many events it
@@ -44,7 +45,8 @@ const CF_BY_ID: &str = "by_id";
 const CF_ARRIVALS: &str = "arrivals";
 const CF_FORKS: &str = "forks";
 const CF_META: &str = "meta";
-const FAMILIES: [&str; 6] = [
+const FAMILIES: [&str; 7] = [
+    crate::docs::CF_DOCS,
     CF_EVENTS,
     CF_HEADS,
     CF_BY_ID,
@@ -125,7 +127,7 @@ impl std::fmt::Debug for RocksStore {
     }
 }
 
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
@@ -188,7 +190,7 @@ impl RocksStore {
         &self.path
     }
 
-    fn cf(&self, name: &str) -> &ColumnFamily {
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
         // The families are created at open; a missing one is a bug, not an input error.
         self.db
             .cf_handle(name)
@@ -287,6 +289,10 @@ impl RocksStore {
             None => None,
         };
         Ok(LogState { head, frozen_at })
+    }
+
+    pub(crate) fn event_at(&self, key: &[u8]) -> Result<Option<Event>> {
+        self.get_event(key)
     }
 
     fn get_event(&self, key: &[u8]) -> Result<Option<Event>> {
@@ -422,6 +428,7 @@ impl Store for RocksStore {
                     batch.put_cf(cf_heads, &lk, encode_head(&head));
                     batch.put_cf(cf_by_id, ev.id().0, &ek);
                     batch.put_cf(cf_arrivals, offset.to_be_bytes(), &ek);
+                    crate::docs::index(&mut batch, self, ev, offset, &ek);
                     staged.insert(ek, ev.clone());
                     next_state.head = Some(head);
                     offset += 1;

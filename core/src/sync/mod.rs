@@ -61,6 +61,22 @@ pub struct Config {
     pub durability: Durability,
     /// Most sessions at once (per node); more `start`s are refused.
     pub max_sessions: usize,
+    /// An application check of each pulled event's body (e.g. that a document change
+    /// parses); an event that fails it is a protocol violation by the sender.
+    pub check: Option<BodyCheck>,
+}
+
+/// The function behind a [`BodyCheck`].
+pub type CheckFn = dyn Fn(&Event) -> Result<(), String> + Send + std::marker::Sync;
+
+/// An application check on event bodies: `Err(reason)` refuses the event.
+#[derive(Clone)]
+pub struct BodyCheck(pub std::sync::Arc<CheckFn>);
+
+impl std::fmt::Debug for BodyCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BodyCheck")
+    }
 }
 
 impl Default for Config {
@@ -71,6 +87,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             durability: Durability::Buffered,
             max_sessions: 256,
+            check: None,
         }
     }
 }
@@ -657,6 +674,11 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         };
         if let Err(e) = verified {
             return self.violation(key, Violation::BadRange(e.to_string()));
+        }
+        if let Some(check) = &self.config.check
+            && let Some(Err(e)) = events.iter().map(|ev| (check.0)(ev)).find(Result::is_err)
+        {
+            return self.violation(key, Violation::BadEvent(e));
         }
         let outcomes = match store.insert(&events, self.config.durability) {
             Ok(o) => o,

@@ -21,6 +21,11 @@ impl Replicator {
                     Verdict::Reject
                 }
                 Ok(evs) if !self.interested(evs[0].topic()) => Verdict::Ignore,
+                Ok(evs) if let Some(Err(e)) = self.check_bodies(&evs) => {
+                    tracing::debug!(peer = %source, error = %e, "rejected gossip: bad body");
+                    self.metrics.rejected("bad_body");
+                    Verdict::Reject
+                }
                 Ok(evs) => {
                     valid.push((source, id, evs));
                     continue;
@@ -99,6 +104,11 @@ impl Replicator {
             self.drain(&topic, author);
         }
         self.notify.send_replace(self.store.next_offset());
+    }
+    /// The application's check of every event's body (first failure), if configured.
+    fn check_bodies(&self, evs: &[Event]) -> Option<Result<(), String>> {
+        let check = self.config.sync.check.as_ref()?;
+        evs.iter().map(|e| (check.0)(e)).find(Result::is_err)
     }
     /// Reports a verdict to gossipsub; bans a peer that keeps forwarding invalid events.
     pub(super) fn validate(&mut self, id: MessageId, source: PeerId, verdict: Verdict) {

@@ -28,9 +28,11 @@ use crate::api::{
 use crate::api::{DialRequest, PeerJson, PeersResponse, SyncRequest};
 use crate::follow;
 
+mod docs;
 mod error;
 use crate::ingest::{self, PublishItem};
 use crate::metrics::{self, Kind, Metrics};
+pub use docs::{ChangeJson, DocJson, DocUpdate, DocsList, History, HistoryEntry};
 use error::body_error;
 pub use error::{ApiError, ApiResult, JsonBody};
 
@@ -78,6 +80,8 @@ pub struct AppState {
         murmur_p2p::Handle,
         tokio::sync::mpsc::Sender<crate::replicate::Input>,
     )>,
+    /// The document manager.
+    pub docs: crate::docs::Docs,
 }
 
 type Shared = Arc<AppState>;
@@ -108,6 +112,10 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/sync", post(sync_now))
         .route("/v1/replication", get(replication))
         .route("/v1/interest", get(interest_list).post(interest_change))
+        .route("/v1/docs", get(docs::list))
+        .route("/v1/doc", get(docs::get_doc).post(docs::change))
+        .route("/v1/doc/history", get(docs::history))
+        .route("/v1/doc/follow", get(docs::follow))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(single_body))
