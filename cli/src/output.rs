@@ -76,6 +76,15 @@ pub fn status(s: &Status, repl: Option<&ReplicationJson>, json: bool) -> anyhow:
         "memory      {:.1} MiB resident",
         s.resident_bytes as f64 / (1 << 20) as f64
     );
+    if let Some(d) = &s.docs {
+        println!(
+            "documents   {} in memory (~{:.1} MiB), {} changes applied, {} snapshots written",
+            d.loaded,
+            d.memory_bytes as f64 / (1 << 20) as f64,
+            d.applied,
+            d.snapshots
+        );
+    }
     if let Some(r) = repl {
         replication(r);
     }

@@ -240,6 +240,9 @@ pub struct Status {
     /// Sync sessions in progress.
     #[serde(default)]
     pub sync_sessions: u64,
+    /// Shared documents: held in memory, estimated memory, snapshots, changes applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docs: Option<crate::docs::DocsStats>,
 }
 
 /// One connected peer.

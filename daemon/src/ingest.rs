@@ -88,6 +88,9 @@ struct Job {
     _permit: OwnedSemaphorePermit,
 }
 
+/// The answer to a submitted publish.
+pub type Pending = oneshot::Receiver<Result<Vec<Published>, IngestError>>;
+
 /// The cloneable side of the ingest pipeline.
 #[derive(Clone)]
 pub struct Handle {
@@ -103,6 +106,15 @@ impl Handle {
     /// Not cancel-safe in the sense that matters: if the caller goes away after the job
     /// was queued, the events are still written, just not acknowledged.
     pub async fn publish(&self, items: Vec<PublishItem>) -> Result<Vec<Published>, IngestError> {
+        self.submit(items)?
+            .await
+            .map_err(|_| IngestError::ShuttingDown)?
+    }
+
+    /// Queues `items` (atomically, all or none) without waiting: refusals (queue full,
+    /// too large, shutting down) come back at once; the receiver answers once the
+    /// events are durable or the write failed. Jobs are written in submission order.
+    pub fn submit(&self, items: Vec<PublishItem>) -> Result<Pending, IngestError> {
         let cost: usize = items.iter().map(PublishItem::cost).sum();
         if cost > self.bytes_total {
             return Err(IngestError::TooLarge(cost));
@@ -127,7 +139,7 @@ impl Handle {
         self.metrics
             .ingest_queue
             .set((self.tx.max_capacity() - self.tx.capacity()) as i64);
-        rx.await.map_err(|_| IngestError::ShuttingDown)?
+        Ok(rx)
     }
 
     /// Stops the writer: jobs already queued are committed and answered, later ones

@@ -413,14 +413,15 @@ pub fn apply<T: Transactable>(tx: &mut T, op: &Op) -> Result<(), OpError> {
         }
         Op::Increment { path, by } => {
             let p = place(tx, path)?;
-            match current(tx, &p, path)? {
-                Value::Scalar(s) if matches!(s.as_ref(), ScalarValue::Counter(_)) => {
-                    tx.increment(&p.obj, p.prop, *by).map_err(am(path))
-                }
-                other => Err(OpError::WrongType {
-                    path: path.clone(),
-                    expected: "a counter",
-                    found: kind(&other),
+            // Reading a counter folds all its increments: try first, explain on failure.
+            match tx.increment(&p.obj, p.prop.clone(), *by) {
+                Ok(()) => Ok(()),
+                Err(_) => Err(match current(tx, &p, path)? {
+                    other => OpError::WrongType {
+                        path: path.clone(),
+                        expected: "a counter",
+                        found: kind(&other),
+                    },
                 }),
             }
         }

@@ -461,6 +461,7 @@ async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
         }
     }
     let (queued, capacity) = st.ingest.queue();
+    let docs = st.docs.stats().await.ok();
     Ok(Json(Status {
         version: env!("CARGO_PKG_VERSION").into(),
         author: st.author.to_string(),
@@ -478,6 +479,7 @@ async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
         peer_id: st.net.as_ref().map(|(n, _)| n.peer_id().to_string()),
         peers: st.metrics.peers.get().max(0) as u64,
         sync_sessions: st.metrics.sync_sessions.get().max(0) as u64,
+        docs,
     }))
 }
 
