@@ -26,9 +26,14 @@ const DOC: &str = "inventory";
 /// One change of a realistic mix: set one of 100 inventory items (a record with a
 /// distinct serial number), bump a counter, append to a text.
 fn op(i: usize) -> Value {
-    let serial = format!("{:016x}", (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let serial = format!(
+        "{:016x}",
+        (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    );
     match i % 4 {
-        0 | 1 => json!([{"op": "set", "path": format!("items/k{}", i % 100), "value": {"n": i, "serial": serial}}]),
+        0 | 1 => {
+            json!([{"op": "set", "path": format!("items/k{}", i % 100), "value": {"n": i, "serial": serial}}])
+        }
         2 => json!([{"op": "increment", "path": "count", "by": 1}]),
         _ => json!([{"op": "splice", "path": "log", "index": 0, "delete": 0, "insert": "x"}]),
     }
@@ -40,13 +45,20 @@ fn change(n: &Node, ops: Value) {
 }
 
 fn rss_mib(n: &Node) -> f64 {
-    n.get("/v1/status")["resident_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64
+    n.get("/v1/status")["resident_bytes"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / (1 << 20) as f64
 }
 
 /// This process's resident memory, bytes.
 fn own_rss() -> f64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: f64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0.0);
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
     pages * 4096.0
 }
 
@@ -59,7 +71,10 @@ fn main() {
     // Snapshot often enough that a restart replays little, rarely enough to be cheap.
     let mut n = Node::start("[docs]\nsnapshot_every = 5000\n");
     let rss_empty = rss_mib(&n);
-    change(&n, json!([{"op": "set", "path": "items", "value": {}}, {"op": "counter", "path": "count"}, {"op": "text", "path": "log"}]));
+    change(
+        &n,
+        json!([{"op": "set", "path": "items", "value": {}}, {"op": "counter", "path": "count"}, {"op": "text", "path": "log"}]),
+    );
 
     // Local changes: CLIENTS concurrent clients, one change per request.
     // automerge 0.12 extracts a new change by walking the whole document, so the rate
@@ -106,7 +121,10 @@ fn main() {
     // 4,096, as the daemon applies changes that arrive from peers).
     let store = RocksStore::open(&n.dir.join("db"), &RocksConfig::default()).expect("open store");
     let (topic, doc_id) = (Topic::new(TOPIC).unwrap(), DocId::new(DOC).unwrap());
-    let snap = store.load_snapshot(&topic, &doc_id).unwrap().expect("a snapshot");
+    let snap = store
+        .load_snapshot(&topic, &doc_id)
+        .unwrap()
+        .expect("a snapshot");
     let rss_before = own_rss();
     let t2 = Instant::now();
     let loaded = Automerge::load(&snap.bytes).expect("load");
@@ -140,14 +158,32 @@ fn main() {
     let mb = |b: usize| b as f64 / 1e6;
     println!("| measurement | value |");
     println!("|---|---:|");
-    println!("| local changes through the API, {CLIENTS} clients, fsync, first {first} (changes/s) | {early_rate:.0} |");
-    println!("| local changes through the API, {CLIENTS} clients, fsync, all {total} (changes/s) | {local_rate:.0} |");
+    println!(
+        "| local changes through the API, {CLIENTS} clients, fsync, first {first} (changes/s) | {early_rate:.0} |"
+    );
+    println!(
+        "| local changes through the API, {CLIENTS} clients, fsync, all {total} (changes/s) | {local_rate:.0} |"
+    );
     println!("| remote changes applied, batches of 4,096 (changes/s) | {apply_rate:.0} |");
-    println!("| snapshot of {total} changes on disk (MB) | {:.2} |", mb(snap.bytes.len()));
-    println!("| snapshot save / load, in process (ms) | {:.0} / {:.0} |", save_secs * 1e3, load_secs * 1e3);
-    println!("| first read after restart, end to end (ms) | {:.0} (changes replayed: {applied_after_restart}) |", load_e2e * 1e3);
-    println!("| daemon RSS: empty / holding the document (MiB) | {rss_empty:.1} / {rss_loaded:.1} |");
-    println!("| daemon RSS after restart: before / after loading it (MiB) | {rss_restarted:.1} / {rss_reloaded:.1} |");
+    println!(
+        "| snapshot of {total} changes on disk (MB) | {:.2} |",
+        mb(snap.bytes.len())
+    );
+    println!(
+        "| snapshot save / load, in process (ms) | {:.0} / {:.0} |",
+        save_secs * 1e3,
+        load_secs * 1e3
+    );
+    println!(
+        "| first read after restart, end to end (ms) | {:.0} (changes replayed: {applied_after_restart}) |",
+        load_e2e * 1e3
+    );
+    println!(
+        "| daemon RSS: empty / holding the document (MiB) | {rss_empty:.1} / {rss_loaded:.1} |"
+    );
+    println!(
+        "| daemon RSS after restart: before / after loading it (MiB) | {rss_restarted:.1} / {rss_reloaded:.1} |"
+    );
     println!(
         "| memory for the document / snapshot size | {:.1}× |",
         (rss_reloaded - rss_restarted) * (1 << 20) as f64 / snap.bytes.len() as f64

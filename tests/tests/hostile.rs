@@ -206,3 +206,94 @@ fn a_broken_chain_in_sync_is_refused_and_the_sender_banned() {
         victim.log()
     );
 }
+
+/// A validly signed event of `key`'s log whose body is a document change `change`.
+fn doc_event(
+    k: &murmur_core::Keypair,
+    seq: u64,
+    prev: Option<&murmur_core::Event>,
+    change: Vec<u8>,
+) -> murmur_core::Event {
+    murmur_core::Event::sign(
+        &murmur_core::Draft {
+            topic: murmur_core::Topic::new("evil/doc").unwrap(),
+            seq: Seq(seq),
+            prev: prev.map(murmur_core::Event::id),
+            time: murmur_core::Timestamp {
+                ms: 1_700_000_000_000,
+                logical: 0,
+            },
+            body: murmur_core::Payload::Doc {
+                doc: murmur_core::DocId::new("plan").unwrap(),
+                change: Bytes::from(change),
+            },
+        },
+        k,
+    )
+    .unwrap()
+}
+
+#[test]
+fn hostile_document_changes_are_refused_and_the_sender_banned() {
+    use automerge::transaction::Transactable;
+    let victim = Node::start("");
+    let k = key(68);
+    // Signed by their author, but: garbage instead of an automerge change; a real change
+    // made under another actor (impersonating someone else's edits); a real change whose
+    // bytes were cut short.
+    let garbage = doc_event(&k, 0, None, b"not an automerge change".to_vec());
+    let mut other =
+        automerge::AutoCommit::new().with_actor(automerge::ActorId::from([9u8; 32].as_slice()));
+    other.put(automerge::ROOT, "owner", "mallory").unwrap();
+    let foreign = doc_event(
+        &k,
+        0,
+        None,
+        other.get_last_local_change().unwrap().raw_bytes().to_vec(),
+    );
+    let mut mine =
+        automerge::AutoCommit::new().with_actor(automerge::ActorId::from(k.author().0.as_slice()));
+    mine.put(automerge::ROOT, "owner", "me").unwrap();
+    let full = mine.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let cut = doc_event(&k, 0, None, full[..full.len() - 3].to_vec());
+    let runs: Vec<Vec<u8>> = [garbage, foreign, cut]
+        .iter()
+        .map(|e| murmur_core::run::encode(std::slice::from_ref(e)).expect("a run"))
+        .collect();
+    let mut sent = false;
+    let banned = attack(
+        &victim,
+        44,
+        30,
+        |ev| match ev {
+            Event::PeerSubscribed { topic, .. } if topic == "evil/doc" && !sent => {
+                sent = true;
+                runs.iter()
+                    .map(|d| Command::Publish {
+                        topic: "evil/doc".into(),
+                        data: d.clone(),
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        },
+        vec![Command::Subscribe("evil/doc".into())],
+    );
+    assert!(
+        banned,
+        "the victim disconnected the peer:\n{}",
+        victim.log()
+    );
+    assert_eq!(
+        victim.topic_events("evil/doc"),
+        0,
+        "nothing of it is stored"
+    );
+    let m = victim.req("GET", "/metrics", None).body;
+    assert!(
+        m.contains("murmur_rejected_total{reason=\"bad_body\"} 3"),
+        "{m}"
+    );
+    let r = victim.req("GET", "/v1/doc?topic=evil/doc&doc=plan", None);
+    assert_eq!(r.status, 404, "{}", r.body);
+}

@@ -262,3 +262,102 @@ fn a_non_member_without_the_fleet_key_cannot_connect() {
         "the daemon says so"
     );
 }
+
+#[test]
+fn a_shared_document_converges_after_conflicting_edits_across_a_partition() {
+    if !root_or_skip("a_shared_document_converges_after_conflicting_edits_across_a_partition") {
+        return;
+    }
+    let lab = Lab::new(3, config);
+    wait_for("a connected lab", 60, || {
+        (0..3).all(|i| lab.node(i).get("/v1/status")["peers"] == 2)
+    });
+    let edit = |i: usize, ops: Value| {
+        let r = lab.node(i).post(
+            "/v1/doc",
+            &json!({"topic": "site/plan", "doc": "floor1", "ops": ops}),
+        );
+        assert_eq!(r.status, 200, "host {i}: {}", r.body);
+    };
+    let doc = |i: usize| {
+        let r = lab
+            .node(i)
+            .req("GET", "/v1/doc?topic=site/plan&doc=floor1", None);
+        (r.status == 200).then(|| r.json()["value"].clone())
+    };
+    let history = |i: usize| {
+        lab.node(i)
+            .get("/v1/doc/history?topic=site/plan&doc=floor1")["changes"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    edit(
+        0,
+        json!([
+            {"op": "set", "path": "sensors", "value": {"t1": "north", "t2": "south"}},
+            {"op": "set", "path": "order", "value": ["a", "b"]},
+            {"op": "text", "path": "note", "value": "floor plan"},
+            {"op": "counter", "path": "visits"}
+        ]),
+    );
+    wait_for("the base document on every host", 60, || {
+        (0..3).all(|i| doc(i) == doc(0))
+    });
+    lab.cut(2);
+    // Both sides write the same keys, insert at the same list position, edit the same
+    // text and count visits; 20 more changes each while apart.
+    for i in 0..3 {
+        edit(
+            i,
+            json!([
+                {"op": "set", "path": "sensors/t1", "value": format!("moved by {i}")},
+                {"op": "insert", "path": "order", "index": 1, "value": format!("h{i}")},
+                {"op": "splice", "path": "note", "index": 5, "delete": 0, "insert": format!("[{i}]")},
+                {"op": "increment", "path": "visits"}
+            ]),
+        );
+        for k in 0..20 {
+            edit(
+                i,
+                json!([{"op": "set", "path": format!("h{i}k{k}"), "value": k}]),
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_ne!(
+        doc(2),
+        doc(0),
+        "the partitioned host has not seen the others' edits"
+    );
+    lab.heal(2);
+    let total = 1 + 3 * 21;
+    wait_for(
+        "identical documents and full histories everywhere",
+        120,
+        || {
+            let first = doc(0).map(|v| v.to_string());
+            (0..3).all(|i| doc(i).map(|v| v.to_string()) == first && history(i) == total)
+        },
+    );
+    let v = doc(0).unwrap();
+    assert_eq!(v["visits"], 3, "concurrent increments add up: {v}");
+    let order: Vec<&str> = v["order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(order.len(), 5, "every insert kept: {order:?}");
+    for i in 0..3 {
+        assert!(order.contains(&format!("h{i}").as_str()), "{order:?}");
+        assert!(
+            v["note"].as_str().unwrap().contains(&format!("[{i}]")),
+            "{v}"
+        );
+    }
+    assert!(
+        v["sensors"]["t1"].as_str().unwrap().starts_with("moved by"),
+        "{v}"
+    );
+    assert_eq!(v["sensors"]["t2"], "south");
+}

@@ -608,7 +608,13 @@ impl Manager {
     #[allow(clippy::type_complexity)]
     fn changes(
         &mut self,
-        batch: Vec<(Topic, DocId, Vec<Op>, Option<String>, oneshot::Sender<Result<ChangeDone, DocError>>)>,
+        batch: Vec<(
+            Topic,
+            DocId,
+            Vec<Op>,
+            Option<String>,
+            oneshot::Sender<Result<ChangeDone, DocError>>,
+        )>,
     ) {
         // Heads of each document before the batch, and the changes made, in order.
         let mut before: HashMap<(Topic, DocId), Vec<automerge::ChangeHash>> = HashMap::new();
@@ -637,7 +643,9 @@ impl Manager {
         let mut bytes: HashMap<automerge::ChangeHash, Vec<u8>> = HashMap::new();
         let mut oversized: BTreeSet<(Topic, DocId)> = BTreeSet::new();
         for (key, heads) in &before {
-            let Some(l) = self.loaded.get_mut(key) else { continue };
+            let Some(l) = self.loaded.get_mut(key) else {
+                continue;
+            };
             for c in l.doc.get_changes(heads) {
                 if c.raw_bytes().len() > self.config.max_change_bytes {
                     oversized.insert(key.clone());

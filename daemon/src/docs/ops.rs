@@ -416,13 +416,14 @@ pub fn apply<T: Transactable>(tx: &mut T, op: &Op) -> Result<(), OpError> {
             // Reading a counter folds all its increments: try first, explain on failure.
             match tx.increment(&p.obj, p.prop.clone(), *by) {
                 Ok(()) => Ok(()),
-                Err(_) => Err(match current(tx, &p, path)? {
-                    other => OpError::WrongType {
+                Err(_) => {
+                    let other = current(tx, &p, path)?;
+                    Err(OpError::WrongType {
                         path: path.clone(),
                         expected: "a counter",
                         found: kind(&other),
-                    },
-                }),
+                    })
+                }
             }
         }
         Op::Text { path, value } => {
