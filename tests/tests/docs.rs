@@ -234,3 +234,23 @@ fn a_large_document_reopens_from_its_snapshot_after_a_crash() {
     assert_eq!(value(&n, "big", ""), before);
     assert_eq!(n.get("/v1/status")["docs"]["applied"], 0);
 }
+
+#[test]
+fn idle_and_over_budget_documents_leave_memory_and_come_back() {
+    // A zero budget keeps at most one document in memory; idle ones leave after 1 s.
+    let n = Node::start("[docs]\nmax_memory_mb = 0\nidle_evict = \"1s\"\n");
+    for d in ["a", "b", "c"] {
+        change(&n, d, json!([{"op": "set", "path": "name", "value": d}]));
+    }
+    let docs = || n.get("/v1/status")["docs"].clone();
+    assert!(docs()["loaded"].as_u64().unwrap() <= 1, "{}", docs());
+    assert!(docs()["evicted"].as_u64().unwrap() >= 2, "{}", docs());
+    common::wait_for("idle documents to leave memory", 15, || {
+        docs()["loaded"] == 0
+    });
+    // Evicted documents were snapshotted and read back intact.
+    for d in ["a", "b", "c"] {
+        assert_eq!(value(&n, d, ""), json!({"name": d}));
+    }
+    assert!(docs()["snapshots"].as_u64().unwrap() >= 3, "{}", docs());
+}

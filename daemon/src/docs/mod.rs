@@ -77,6 +77,33 @@ const CHANGE_BATCH: usize = 256;
 /// memory (it reloads when asked for; the changes stay in the store).
 const MAX_PENDING: u64 = 10_000;
 
+/// Most rebuilds of one document while skipping changes that crash automerge.
+const MAX_REBUILDS: usize = 64;
+
+/// How a catch-up ended.
+enum CatchUp {
+    Done,
+    /// The document was dropped from memory and must be rebuilt.
+    Rebuild,
+    /// The document waits for too many changes with missing dependencies.
+    Waiting,
+}
+
+/// automerge panicked while applying changes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Panicked;
+
+/// Applies changes, turning a panic inside automerge into an error: a hostile peer can
+/// craft a change that parses but makes automerge 0.12 panic (found by the fuzz test
+/// in `tests.rs`), and one bad change must not take the node down.
+pub fn apply_guarded(
+    doc: &mut Automerge,
+    changes: Vec<Change>,
+) -> Result<Result<(), automerge::AutomergeError>, Panicked> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.apply_changes(changes)))
+        .map_err(|_| Panicked)
+}
+
 /// A point in a document's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Point {
@@ -112,6 +139,10 @@ pub enum DocError {
     /// Publishing failed.
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    /// The document cannot be read now: it waits for changes it depends on, or it
+    /// holds changes that crash automerge (they are skipped once found).
+    #[error("{0}")]
+    Unavailable(String),
     /// The document manager is overloaded or stopping.
     #[error("the document manager is busy; retry shortly")]
     Busy,
@@ -153,8 +184,12 @@ pub struct DocsStats {
     pub snapshots: u64,
     /// Documents evicted since start.
     pub evicted: u64,
-    /// Changes applied since start (local and remote).
+    /// Changes applied from the store since start: from peers, and from snapshots'
+    /// tails when loading (changes made here are applied as they are made).
     pub applied: u64,
+    /// Changes skipped because they crash automerge.
+    #[serde(default)]
+    pub poisoned: u64,
 }
 
 enum Cmd {
@@ -298,6 +333,10 @@ struct Manager {
     stats: DocsStats,
     /// Our own inbox, for answers that arrive on the runtime.
     inbox: mpsc::Sender<Cmd>,
+    /// Changes that made automerge panic, per document: never applied again.
+    poison: HashMap<(Topic, DocId), std::collections::HashSet<automerge::ChangeHash>>,
+    /// Documents being rebuilt one change per apply call, to find a poisonous change.
+    careful: BTreeSet<(Topic, DocId)>,
 }
 
 /// Starts the document manager thread, and a task that tells it when events were
@@ -320,6 +359,8 @@ pub fn spawn(
         loaded: HashMap::new(),
         stats: DocsStats::default(),
         inbox: tx.clone(),
+        poison: HashMap::new(),
+        careful: BTreeSet::new(),
     };
     let thread = std::thread::Builder::new()
         .name("murmur-docs".into())
@@ -423,61 +464,90 @@ impl Manager {
     /// Loads a document (snapshot + indexed changes after it) if it is not in memory,
     /// and applies any changes stored since.
     fn load(&mut self, key: &(Topic, DocId)) -> Result<&mut Loaded, DocError> {
-        let store_err = |e: murmur_store::StoreError| DocError::Store(e.to_string());
-        if !self.loaded.contains_key(key) {
-            let (doc, through, size) = match self
-                .store
-                .load_snapshot(&key.0, &key.1)
-                .map_err(store_err)?
-            {
-                Some(Snapshot { through, bytes }) => {
-                    let doc = Automerge::load(&bytes)
-                        .map_err(|e| DocError::Store(format!("snapshot of {}: {e}", key.1)))?;
-                    (doc, through, bytes.len() as u64)
+        for _ in 0..MAX_REBUILDS {
+            self.open(key)?;
+            match self.catch_up(key)? {
+                CatchUp::Done => {
+                    let l = self
+                        .loaded
+                        .get_mut(key)
+                        .ok_or_else(|| DocError::Store("document vanished".into()))?;
+                    l.last_used = Instant::now();
+                    return Ok(l);
                 }
-                None => (Automerge::new(), Offset(0), 0),
-            };
-            self.loaded.insert(
-                key.clone(),
-                Loaded {
-                    doc: doc.with_actor(actor(&self.author)),
-                    through,
-                    unsaved: 0,
-                    size,
-                    pending: 0,
-                    own: Default::default(),
-                    last_used: Instant::now(),
-                },
-            );
+                CatchUp::Rebuild => continue,
+                CatchUp::Waiting => {
+                    return Err(DocError::Unavailable(format!(
+                        "document {} waits for more than {MAX_PENDING} changes whose dependencies have not arrived",
+                        key.1
+                    )));
+                }
+            }
         }
-        self.catch_up(key)?;
-        let l = self
-            .loaded
-            .get_mut(key)
-            .ok_or_else(|| DocError::Store("document vanished".into()))?;
-        l.last_used = Instant::now();
-        Ok(l)
+        Err(DocError::Unavailable(format!(
+            "document {} holds too many changes that automerge cannot apply",
+            key.1
+        )))
     }
 
-    /// Applies the changes of a loaded document stored since its `through`, in batches.
-    fn catch_up(&mut self, key: &(Topic, DocId)) -> Result<(), DocError> {
+    /// Puts a document in memory from its snapshot, if it is not there.
+    fn open(&mut self, key: &(Topic, DocId)) -> Result<(), DocError> {
+        if self.loaded.contains_key(key) {
+            return Ok(());
+        }
+        let store_err = |e: murmur_store::StoreError| DocError::Store(e.to_string());
+        let (doc, through, size) = match self
+            .store
+            .load_snapshot(&key.0, &key.1)
+            .map_err(store_err)?
+        {
+            Some(Snapshot { through, bytes }) => {
+                let doc = Automerge::load(&bytes)
+                    .map_err(|e| DocError::Store(format!("snapshot of {}: {e}", key.1)))?;
+                (doc, through, bytes.len() as u64)
+            }
+            None => (Automerge::new(), Offset(0), 0),
+        };
+        self.loaded.insert(
+            key.clone(),
+            Loaded {
+                doc: doc.with_actor(actor(&self.author)),
+                through,
+                unsaved: 0,
+                size,
+                pending: 0,
+                own: Default::default(),
+                last_used: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Applies the changes of a loaded document stored since its `through`, in batches
+    /// (one change per call while hunting a change that crashes automerge).
+    fn catch_up(&mut self, key: &(Topic, DocId)) -> Result<CatchUp, DocError> {
+        let careful = self.careful.contains(key);
+        let batch = if careful { 1 } else { APPLY_BATCH };
         loop {
             let Some(l) = self.loaded.get_mut(key) else {
-                return Ok(());
+                return Ok(CatchUp::Done);
             };
             let tail = self
                 .store
-                .doc_changes(&key.0, &key.1, l.through, APPLY_BATCH)
+                .doc_changes(&key.0, &key.1, l.through, batch)
                 .map_err(|e| DocError::Store(e.to_string()))?;
             let Some((last, _)) = tail.last() else {
-                return Ok(());
+                self.careful.remove(key);
+                return Ok(CatchUp::Done);
             };
             l.through = Offset(last.0 + 1);
             let n = tail.len();
+            let poison = self.poison.get(key);
             let mut changes = Vec::with_capacity(n);
             for (off, ev) in &tail {
                 if let Body::Doc { change, .. } = ev.body() {
                     match Change::from_bytes(change.to_vec()) {
+                        Ok(c) if poison.is_some_and(|p| p.contains(&c.hash())) => {}
                         // Made here: already applied and counted.
                         Ok(c) if l.own.remove(&c.hash()) => {}
                         Ok(c) => {
@@ -491,11 +561,34 @@ impl Manager {
                     }
                 }
             }
-            if let Err(e) = l.doc.apply_changes(changes) {
-                tracing::warn!(doc = %key.1, topic = %key.0, error = %e, "a change did not apply");
+            let single = (changes.len() == 1).then(|| changes[0].hash());
+            let fresh = changes.len() as u64;
+            match apply_guarded(&mut l.doc, changes) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(doc = %key.1, topic = %key.0, error = %e, "a change did not apply")
+                }
+                Err(Panicked) => {
+                    // automerge's state may be half-updated: drop it, and rebuild from
+                    // the snapshot; the second time one change at a time, which names
+                    // the culprit so it is skipped from then on.
+                    self.loaded.remove(key);
+                    self.stats.poisoned += u64::from(single.is_some());
+                    match single {
+                        Some(h) => {
+                            tracing::error!(doc = %key.1, topic = %key.0, change = %h, "a change crashed automerge; it is skipped from now on");
+                            self.poison.entry(key.clone()).or_default().insert(h);
+                        }
+                        None => {
+                            tracing::error!(doc = %key.1, topic = %key.0, "a batch of changes crashed automerge; rebuilding one change at a time");
+                            self.careful.insert(key.clone());
+                        }
+                    }
+                    return Ok(CatchUp::Rebuild);
+                }
             }
-            l.unsaved += n as u64;
-            self.stats.applied += n as u64;
+            l.unsaved += fresh;
+            self.stats.applied += fresh;
             if l.doc.get_missing_deps(&[]).is_empty() {
                 l.pending = 0;
             } else {
@@ -505,13 +598,14 @@ impl Manager {
                 tracing::warn!(doc = %key.1, topic = %key.0, "document waits for missing changes; dropped from memory until asked for");
                 self.loaded.remove(key);
                 self.stats.evicted += 1;
-                return Ok(());
+                return Ok(CatchUp::Waiting);
             }
             if l.unsaved >= self.config.snapshot_every {
                 self.snapshot(key);
             }
-            if n < APPLY_BATCH {
-                return Ok(());
+            if n < batch {
+                self.careful.remove(key);
+                return Ok(CatchUp::Done);
             }
         }
     }
@@ -592,6 +686,7 @@ impl Manager {
             }
         }
         for key in touched {
+            // A document dropped for a rebuild is rebuilt when next asked for.
             if let Err(e) = self.catch_up(&key) {
                 tracing::error!(doc = %key.1, error = %e, "cannot apply document changes");
             }
@@ -651,6 +746,7 @@ impl Manager {
                     oversized.insert(key.clone());
                 }
                 l.size += c.raw_bytes().len() as u64;
+                l.unsaved += 1;
                 l.own.insert(c.hash());
                 bytes.insert(c.hash(), c.raw_bytes().to_vec());
             }
@@ -802,6 +898,7 @@ impl Manager {
         path: &str,
         point: &Point,
     ) -> Result<DocState, DocError> {
+        let poison = self.poison.get(key).cloned().unwrap_or_default();
         let mut doc = Automerge::new();
         let mut from = Offset(0);
         let mut found = false;
@@ -833,6 +930,7 @@ impl Manager {
                 if include
                     && let Body::Doc { change, .. } = ev.body()
                     && let Ok(c) = Change::from_bytes(change.to_vec())
+                    && !poison.contains(&c.hash())
                 {
                     changes.push(c);
                 }
@@ -840,8 +938,16 @@ impl Manager {
                     break;
                 }
             }
-            if let Err(e) = doc.apply_changes(changes) {
-                tracing::warn!(error = %e, "a change did not apply");
+            match apply_guarded(&mut doc, changes) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "a change did not apply"),
+                Err(Panicked) => {
+                    // Find and skip the culprit in the live document, then answer.
+                    return Err(DocError::Unavailable(format!(
+                        "document {} holds a change that crashes automerge; read it once without a point in time to isolate it, then retry",
+                        key.1
+                    )));
+                }
             }
             if stop || n < APPLY_BATCH {
                 break 'outer;

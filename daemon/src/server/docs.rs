@@ -47,6 +47,11 @@ impl From<DocError> for ApiError {
             }
             DocError::Ingest(i) => i.into(),
             DocError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()),
+            DocError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
             DocError::Store(_) => ApiError::internal(e),
         }
     }
