@@ -65,10 +65,12 @@ impl Default for DocsConfig {
     }
 }
 
-/// Estimated memory of a loaded document per byte of its saved (compressed) form. Measured
-/// with the docs benchmark (`cargo bench -p murmur-daemon --bench docs`): a 100,000-change
-/// document of 3.3 MB saved raised the daemon's RSS by ~40 MB.
-const MEMORY_PER_SAVED_BYTE: u64 = 12;
+/// Estimated memory of a loaded document per byte of its saved (compressed) form.
+/// automerge does not report its memory; measured with the docs benchmark
+/// (`cargo bench -p murmur-tests --bench docs`): a 100,000-change document of 0.91 MB
+/// saved takes ~61 MiB loaded (70×). Documents of short, repetitive changes compress
+/// best and cost the most per saved byte.
+const MEMORY_PER_SAVED_BYTE: u64 = 70;
 /// Changes read from the store per apply call.
 const APPLY_BATCH: usize = 4096;
 /// Local changes gathered into one group commit.
