@@ -145,6 +145,66 @@ fn live_latency(hosts: usize, count: usize) -> (f64, f64, f64) {
     )
 }
 
+/// The model check (see `simulations/scenarios/model-check.toml`): `hosts` daemons all
+/// connected, one event every 5 ms from host 0, followed on every other host. Returns,
+/// over events, the p50 of the time until 50%, 99% and 100% of the followers hold it,
+/// the p99 of the last, and the bytes each follower received per event.
+fn fleet_trickle(hosts: usize, count: usize) -> (f64, f64, f64, f64, f64) {
+    let lab = Lab::new(hosts, config);
+    connected(&lab, hosts);
+    let topic = "model/check";
+    publish_batches(lab.node(0), topic, 10);
+    wait_for("warm-up", 30, || {
+        (1..hosts).all(|i| lab.node(i).events() == 10)
+    });
+    let seen: Vec<_> = (1..hosts).map(|i| follower(lab.node(i), topic)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let rx0: Vec<u64> = (1..hosts).map(|i| net_bytes(&lab.hosts[i].ns).0).collect();
+    let mut sent = Vec::with_capacity(count);
+    for i in 0..count {
+        let data = payload("model", i);
+        let t = Instant::now();
+        let r = lab
+            .node(0)
+            .post("/v1/events", &json!({"topic": topic, "data": data}));
+        assert_eq!(r.status, 200);
+        sent.push((data, t));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    wait_for("every follower holds every event", 60, || {
+        seen.iter().all(|s| s.lock().expect("lock").len() >= count)
+    });
+    let rx: u64 = (1..hosts)
+        .zip(&rx0)
+        .map(|(i, r0)| net_bytes(&lab.hosts[i].ns).0 - r0)
+        .sum();
+    let seen: Vec<_> = seen
+        .iter()
+        .map(|s| s.lock().expect("lock").clone())
+        .collect();
+    let (mut t50, mut t99, mut t100) = (Vec::new(), Vec::new(), Vec::new());
+    for (d, t) in &sent {
+        let mut lat: Vec<f64> = seen
+            .iter()
+            .map(|s| {
+                s.get(d)
+                    .map_or(f64::MAX, |r| r.duration_since(*t).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        t50.push(pct(&mut lat, 0.5));
+        t99.push(pct(&mut lat, 0.99));
+        t100.push(pct(&mut lat, 1.0));
+    }
+    let p100 = pct(&mut t100.clone(), 0.99);
+    (
+        pct(&mut t50, 0.5),
+        pct(&mut t99, 0.5),
+        pct(&mut t100, 0.5),
+        p100,
+        rx as f64 / (hosts - 1) as f64 / count as f64,
+    )
+}
+
 /// (rx, tx) bytes of host `ns`'s link.
 fn net_bytes(ns: &str) -> (u64, u64) {
     let read = |what: &str| {
@@ -259,6 +319,7 @@ fn main() {
     } else {
         Some(catch_up(1_000_000))
     };
+    let model = fleet_trickle(10, 200);
     let verify = verify_one_by_one();
     println!("| measurement | value |");
     println!("|---|---:|");
@@ -280,6 +341,16 @@ fn main() {
     println!(
         "| bytes received per event, one event every 5 ms, 5 hosts (last host) | {trickle:.0} ({:.2}× payload) |",
         trickle / PAYLOAD as f64
+    );
+    println!(
+        "| 10 hosts, one event every 5 ms: time until 50% / 99% / 100% of followers hold it, p50 over events (ms) | {:.2} / {:.2} / {:.2} |",
+        model.0, model.1, model.2
+    );
+    println!(
+        "| 10 hosts: time until every follower holds it, p99 over events (ms); bytes per event per follower | {:.2}; {:.0} ({:.2}× payload) |",
+        model.3,
+        model.4,
+        model.4 / PAYLOAD as f64
     );
     println!("| catch-up of 100,000 events (events/s, MB/s) | {cu100k:.0}, {mb100k:.1} |");
     match big {

@@ -1,0 +1,945 @@
+//! # murmur-sim
+//!
+//! murmur's replication over a virtual network of up to 10,000 nodes in one process,
+//! deterministic from a seed. What runs is the project's own code: events are signed
+//! and encoded by `murmur-core`, pushed as real runs (`core::run`), checked by the real
+//! acceptance rules in the real in-memory store, and reconciled by the real sans-IO sync
+//! machine (`core::sync`), every sync message crossing the real frame codec.
+//!
+//! What is a **model** (see `simulations/README.md` for what it leaves out):
+//! - live push follows gossipsub's mesh: each node keeps a mesh of `mesh_n` neighbours
+//!   (repaired at each heartbeat between `mesh_lo` and `mesh_hi`), forwards a new run
+//!   to its mesh peers once it has stored it, and every heartbeat announces the ids of
+//!   the last `history` heartbeats' messages (IHAVE) to `lazy` non-mesh neighbours, who
+//!   ask for what they lack (IWANT). A node forwards after `validate_ms` (verify and
+//!   durable write) and not to peers that sent it the message or announced IDONTWANT,
+//!   which it sends to its mesh on receipt (gossipsub 1.2). Mesh changes are local (no
+//!   GRAFT/PRUNE messages); peer scoring is not modelled;
+//! - the network: a latency per link drawn uniformly from `latency_ms`, independent
+//!   loss and duplication, partitions, churn; bandwidth is not limited; every message
+//!   costs its encoded size plus [`FRAMING`] bytes;
+//! - a signature is verified once per distinct run or event across the whole
+//!   simulation (the result is the same on every node), so 10,000 nodes do not spend
+//!   10,000 verifications each; sync ranges are verified by the sync machine itself.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use murmur_core::sync::{self, Message, Output, Sync};
+use murmur_core::{
+    Clock, Draft, Durability, Event, EventId, Keypair, Outcome, Payload, Seq, Store, Topic, run,
+    verify,
+};
+use murmur_store::MemoryStore;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use serde::Deserialize;
+
+/// Bytes added to every message for transport framing (TCP/IP, Noise, Yamux, protocol
+/// headers), as measured on loopback for small messages.
+pub const FRAMING: u64 = 100;
+
+/// A scenario: the fleet, the network and the workload. Every field has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Scenario {
+    /// A name for the report.
+    pub name: String,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Nodes.
+    pub nodes: usize,
+    /// Connections per node (random graph, as discovery would give).
+    pub degree: usize,
+    /// Mesh degree (gossipsub D), bounds D_lo and D_hi.
+    pub mesh_n: usize,
+    /// Mesh lower bound.
+    pub mesh_lo: usize,
+    /// Mesh upper bound.
+    pub mesh_hi: usize,
+    /// Non-mesh neighbours that get IHAVE at each heartbeat (gossipsub D_lazy).
+    pub lazy: usize,
+    /// Heartbeat interval, ms (murmur's p2p layer uses 700).
+    pub heartbeat_ms: u64,
+    /// Heartbeats of message ids announced by IHAVE (message cache window).
+    pub history: usize,
+    /// Messages larger than this are announced with IDONTWANT to mesh peers on
+    /// receipt (gossipsub 1.2; murmur uses 256). `None` turns IDONTWANT off.
+    pub idontwant_above: Option<u64>,
+    /// Time from receiving a run to forwarding it (verify + durable write), ms.
+    pub validate_ms: f64,
+    /// Link latency range, ms (fractions allowed: 0.05 is a LAN).
+    pub latency_ms: (f64, f64),
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Nodes that publish.
+    pub publishers: usize,
+    /// Events per second per publisher.
+    pub rate: f64,
+    /// Seconds of publishing.
+    pub publish_s: f64,
+    /// Seconds simulated after publishing stops (healing, catch-up).
+    pub settle_s: f64,
+    /// Anti-entropy interval, s (murmur's default is 10).
+    pub anti_entropy_s: f64,
+    /// Fraction of nodes interested in the topic (the others hold nothing).
+    pub interested: f64,
+    /// A partition: this fraction of nodes is cut from the rest from `at` to `heal` (s).
+    pub partition: Option<Partition>,
+    /// Fraction of nodes that leave per minute (each for `churn_offline_s`), while
+    /// publishing lasts.
+    pub churn_per_min: f64,
+    /// How long a churned node stays away, s.
+    pub churn_offline_s: f64,
+}
+
+/// A partition of the fleet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partition {
+    /// Fraction of nodes on the small side.
+    pub fraction: f64,
+    /// When it starts, s.
+    pub at: f64,
+    /// When it heals, s.
+    pub heal: f64,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            name: "default".into(),
+            seed: 1,
+            nodes: 50,
+            degree: 8,
+            mesh_n: 6,
+            mesh_lo: 5,
+            mesh_hi: 12,
+            lazy: 6,
+            heartbeat_ms: 700,
+            history: 3,
+            idontwant_above: Some(256),
+            validate_ms: 1.0,
+            latency_ms: (20.0, 100.0),
+            loss: 0.0,
+            duplicate: 0.0,
+            publishers: 5,
+            rate: 2.0,
+            publish_s: 20.0,
+            settle_s: 30.0,
+            anti_entropy_s: 10.0,
+            interested: 1.0,
+            partition: None,
+            churn_per_min: 0.0,
+            churn_offline_s: 20.0,
+        }
+    }
+}
+
+type MsgId = [u8; 32];
+
+#[derive(Clone)]
+enum Msg {
+    /// A gossip message: a run of events.
+    Push {
+        id: MsgId,
+        run: Arc<Vec<u8>>,
+    },
+    IHave(Vec<MsgId>),
+    IWant(Vec<MsgId>),
+    IDontWant(MsgId),
+    /// A sync protocol frame (length prefix included).
+    Sync(Arc<Vec<u8>>),
+}
+
+impl Msg {
+    fn wire_bytes(&self) -> u64 {
+        FRAMING
+            + match self {
+                Msg::Push { run, .. } => run.len() as u64,
+                Msg::IHave(ids) | Msg::IWant(ids) => 32 * ids.len() as u64,
+                Msg::IDontWant(_) => 32,
+                Msg::Sync(f) => f.len() as u64,
+            }
+    }
+}
+
+enum Ev {
+    Deliver {
+        to: usize,
+        from: usize,
+        msg: Msg,
+    },
+    Heartbeat(usize),
+    /// A validated run leaves node `node` for its mesh peers.
+    Forward {
+        node: usize,
+        from: usize,
+        id: MsgId,
+    },
+    Tick(usize),
+    Publish(usize),
+    PartitionStart,
+    Heal,
+    ChurnStep,
+    Rejoin(usize),
+}
+
+struct Queued {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+struct Node {
+    store: MemoryStore,
+    sync: Sync<usize>,
+    neighbors: Vec<usize>,
+    mesh: BTreeSet<usize>,
+    seen: BTreeSet<MsgId>,
+    /// Message ids of the last `history` heartbeats.
+    mcache: VecDeque<Vec<MsgId>>,
+    /// Peers that have a recent message (they sent it, or announced IDONTWANT): it is
+    /// not forwarded to them. Pruned with the message cache.
+    has: HashMap<MsgId, Vec<usize>>,
+    online: bool,
+    side: bool,
+    interested: bool,
+    /// Publisher state: key, clock, head.
+    author: Option<(Keypair, Clock, Option<Event>)>,
+    bytes_push: u64,
+    bytes_sync: u64,
+    duplicates: u64,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Events published.
+    pub events: usize,
+    /// Interested nodes.
+    pub interested: usize,
+    /// Over events: ms until 50% of interested nodes held it (p50 and p99 over events).
+    pub t50_ms: (f64, f64),
+    /// Over events: ms until 99% of interested nodes held it.
+    pub t99_ms: (f64, f64),
+    /// Over events: ms until every interested node held it.
+    pub t100_ms: (f64, f64),
+    /// Bytes received per event per interested node, push path.
+    pub push_bytes_per_event: f64,
+    /// Bytes received per event per interested node, sync path.
+    pub sync_bytes_per_event: f64,
+    /// Mean encoded event size (to compare the above with).
+    pub event_bytes: f64,
+    /// Push messages received that were already seen, per event per node.
+    pub redundancy: f64,
+    /// Most bytes queued towards one node at once (in flight on its links).
+    pub peak_queued_bytes: u64,
+    /// Time from the heal until every interested node held every event, ms.
+    pub converged_after_heal_ms: Option<f64>,
+    /// Every interested node holds every event at the end.
+    pub complete: bool,
+    /// Hash of every node's final state (version vectors): equal for equal seeds.
+    pub state_hash: String,
+    /// Simulated seconds.
+    pub simulated_s: f64,
+    /// Scheduler events processed.
+    pub steps: u64,
+}
+
+/// The simulation.
+pub struct Sim {
+    sc: Scenario,
+    rng: SmallRng,
+    now: u64,
+    seq: u64,
+    base: Instant,
+    queue: BinaryHeap<Reverse<Queued>>,
+    nodes: Vec<Node>,
+    topic: Topic,
+    partitioned: bool,
+    /// Pushed runs decoded and verified once: the events, or `None` if invalid.
+    decoded: HashMap<MsgId, Option<Arc<Vec<Event>>>>,
+    /// Every run pushed, by message id.
+    runs: HashMap<MsgId, Arc<Vec<u8>>>,
+    /// Publish time (µs) of every event, and when each interested node first held it.
+    published: BTreeMap<EventId, (u64, Vec<u64>)>,
+    event_bytes: u64,
+    inflight: Vec<u64>,
+    peak_inflight: u64,
+    heal_at: Option<u64>,
+    converged_at: Option<u64>,
+    steps: u64,
+}
+
+const US: u64 = 1_000_000;
+
+impl Sim {
+    /// Builds the fleet: keys, a random connection graph, meshes, timers.
+    pub fn new(sc: Scenario) -> anyhow::Result<Sim> {
+        anyhow::ensure!(sc.nodes >= 2, "a fleet needs at least 2 nodes");
+        anyhow::ensure!(sc.publishers <= sc.nodes, "more publishers than nodes");
+        let mut rng = SmallRng::seed_from_u64(sc.seed);
+        let n = sc.nodes;
+        let mut neighbors: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+        // A ring keeps the graph connected; random links add the rest of the degree.
+        for i in 0..n {
+            let j = (i + 1) % n;
+            neighbors[i].insert(j);
+            neighbors[j].insert(i);
+        }
+        for i in 0..n {
+            while neighbors[i].len() < sc.degree.min(n - 1) {
+                let j = rng.random_range(0..n);
+                if j != i {
+                    neighbors[i].insert(j);
+                    neighbors[j].insert(i);
+                }
+            }
+        }
+        let small_side = sc
+            .partition
+            .as_ref()
+            .map_or(0, |p| (p.fraction * n as f64) as usize);
+        let mut nodes = Vec::with_capacity(n);
+        for (i, nb) in neighbors.into_iter().enumerate() {
+            let nb: Vec<usize> = nb.into_iter().collect();
+            let mut mesh = BTreeSet::new();
+            let mut pool = nb.clone();
+            while mesh.len() < sc.mesh_n.min(pool.len() + mesh.len()) && !pool.is_empty() {
+                let k = rng.random_range(0..pool.len());
+                mesh.insert(pool.swap_remove(k));
+            }
+            let author = (i < sc.publishers).then(|| {
+                let mut seed = [0u8; 32];
+                seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+                seed[8..16].copy_from_slice(&sc.seed.to_le_bytes());
+                (Keypair::from_seed(&seed), Clock::default(), None)
+            });
+            nodes.push(Node {
+                store: MemoryStore::new(),
+                sync: Sync::new(sync::Config {
+                    durability: Durability::Buffered,
+                    ..sync::Config::default()
+                }),
+                neighbors: nb,
+                mesh,
+                seen: BTreeSet::new(),
+                mcache: VecDeque::new(),
+                has: HashMap::new(),
+                online: true,
+                side: i >= n - small_side,
+                interested: i < sc.publishers || rng.random_range(0.0..1.0) < sc.interested,
+                author,
+                bytes_push: 0,
+                bytes_sync: 0,
+                duplicates: 0,
+            });
+        }
+        let mut sim = Sim {
+            rng,
+            now: 0,
+            seq: 0,
+            base: Instant::now(),
+            queue: BinaryHeap::new(),
+            topic: Topic::new("sim/events")?,
+            partitioned: false,
+            decoded: HashMap::new(),
+            runs: HashMap::new(),
+            published: BTreeMap::new(),
+            event_bytes: 0,
+            inflight: vec![0; n],
+            peak_inflight: 0,
+            heal_at: None,
+            converged_at: None,
+            steps: 0,
+            nodes,
+            sc,
+        };
+        for i in 0..n {
+            let hb = sim.rng.random_range(0..sim.sc.heartbeat_ms * 1000);
+            sim.at(hb, Ev::Heartbeat(i));
+            let t = sim.rng.random_range(0..US);
+            sim.at(t, Ev::Tick(i));
+        }
+        let gap = ((US as f64 / sim.sc.rate.max(1e-6)) as u64).clamp(1, US);
+        for p in 0..sim.sc.publishers {
+            let t = sim.rng.random_range(0..gap);
+            sim.at(t, Ev::Publish(p));
+        }
+        if let Some(p) = sim.sc.partition.clone() {
+            sim.at((p.at * US as f64) as u64, Ev::PartitionStart);
+            sim.at((p.heal * US as f64) as u64, Ev::Heal);
+        }
+        if sim.sc.churn_per_min > 0.0 {
+            sim.at(US, Ev::ChurnStep);
+        }
+        Ok(sim)
+    }
+
+    fn at(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Queued {
+            at: t,
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + Duration::from_micros(self.now)
+    }
+
+    fn end(&self) -> u64 {
+        ((self.sc.publish_s + self.sc.settle_s) * US as f64) as u64
+    }
+
+    fn connected(&self, a: usize, b: usize) -> bool {
+        self.nodes[a].online
+            && self.nodes[b].online
+            && !(self.partitioned && self.nodes[a].side != self.nodes[b].side)
+    }
+
+    /// Sends a message over the link a → b (lost, duplicated, delayed as configured).
+    fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        if !self.connected(from, to) || self.rng.random_range(0.0..1.0) < self.sc.loss {
+            return;
+        }
+        let copies = if self.rng.random_range(0.0..1.0) < self.sc.duplicate {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let (lo, hi) = self.sc.latency_ms;
+            let (lo, hi) = ((lo * 1000.0) as u64, (hi.max(lo) * 1000.0) as u64);
+            let lat = self.rng.random_range(lo..=hi).max(1);
+            let bytes = msg.wire_bytes();
+            self.inflight[to] += bytes;
+            self.peak_inflight = self.peak_inflight.max(self.inflight[to]);
+            self.at(
+                self.now + lat,
+                Ev::Deliver {
+                    to,
+                    from,
+                    msg: msg.clone(),
+                },
+            );
+        }
+    }
+
+    /// Runs to the end; returns the report.
+    pub fn run(mut self) -> anyhow::Result<Report> {
+        let end = self.end();
+        while let Some(Reverse(q)) = self.queue.pop() {
+            if q.at > end {
+                break;
+            }
+            self.now = q.at;
+            self.steps += 1;
+            self.step(q.ev)?;
+        }
+        Ok(self.report())
+    }
+
+    fn step(&mut self, ev: Ev) -> anyhow::Result<()> {
+        match ev {
+            Ev::Deliver { to, from, msg } => {
+                self.inflight[to] = self.inflight[to].saturating_sub(msg.wire_bytes());
+                if !self.connected(from, to) {
+                    return Ok(()); // cut while in flight
+                }
+                self.deliver(to, from, msg)?;
+            }
+            Ev::Forward { node, from, id } => {
+                if let Some(run) = self.runs.get(&id).cloned() {
+                    let msg = Msg::Push { id, run };
+                    let skip = self.nodes[node].has.get(&id).cloned().unwrap_or_default();
+                    for peer in self.nodes[node].mesh.clone() {
+                        if peer != from && !skip.contains(&peer) {
+                            self.send(node, peer, msg.clone());
+                        }
+                    }
+                }
+            }
+            Ev::Heartbeat(i) => {
+                self.heartbeat(i);
+                let next = self.now + self.sc.heartbeat_ms * 1000;
+                self.at(next, Ev::Heartbeat(i));
+            }
+            Ev::Tick(i) => {
+                self.tick(i);
+                self.at(self.now + US, Ev::Tick(i));
+            }
+            Ev::Publish(p) => {
+                if (self.now as f64) < self.sc.publish_s * US as f64 {
+                    self.publish(p)?;
+                    let gap = (US as f64 / self.sc.rate.max(1e-6)) as u64;
+                    self.at(self.now + gap.max(1), Ev::Publish(p));
+                }
+            }
+            Ev::PartitionStart => self.partitioned = true,
+            Ev::Heal => {
+                self.partitioned = false;
+                self.heal_at = Some(self.now);
+            }
+            Ev::ChurnStep => {
+                let per_s = self.sc.churn_per_min / 60.0 * self.sc.nodes as f64;
+                let mut k = per_s.floor() as usize;
+                if self.rng.random_range(0.0..1.0) < per_s.fract() {
+                    k += 1;
+                }
+                for _ in 0..k {
+                    let i = self.rng.random_range(
+                        self.sc.publishers..self.sc.nodes.max(self.sc.publishers + 1),
+                    );
+                    if i < self.sc.nodes && self.nodes[i].online {
+                        self.nodes[i].online = false;
+                        let back = self.now + (self.sc.churn_offline_s * US as f64) as u64;
+                        self.at(back, Ev::Rejoin(i));
+                    }
+                }
+                // Churn stops with publishing, so the settle phase shows the fleet heal.
+                if (self.now as f64) < self.sc.publish_s * US as f64 {
+                    self.at(self.now + US, Ev::ChurnStep);
+                }
+            }
+            Ev::Rejoin(i) => {
+                self.nodes[i].online = true;
+                // A node that comes back runs a round with a neighbour at once.
+                self.round(i);
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, p: usize) -> anyhow::Result<()> {
+        let wall_ms = 1_700_000_000_000 + self.now / 1000;
+        let topic = self.topic.clone();
+        let Some((key, clock, head)) = self.nodes[p].author.as_mut() else {
+            return Ok(());
+        };
+        let seq = head.as_ref().map_or(Seq(0), |h| Seq(h.seq().0 + 1));
+        let ev = Event::sign(
+            &Draft {
+                topic,
+                seq,
+                prev: head.as_ref().map(Event::id),
+                time: clock.tick(wall_ms),
+                body: Payload::data(Bytes::from(vec![b'x'; 256])),
+            },
+            key,
+        )?;
+        *head = Some(ev.clone());
+        self.event_bytes += ev.bytes().len() as u64;
+        self.published.insert(ev.id(), (self.now, Vec::new()));
+        self.store(p, std::slice::from_ref(&ev));
+        let bytes = run::encode(std::slice::from_ref(&ev))?;
+        let id = *blake3::hash(&bytes).as_bytes();
+        self.nodes[p].seen.insert(id);
+        self.remember(p, id);
+        let bytes = Arc::new(bytes);
+        self.runs.insert(id, bytes.clone());
+        let msg = Msg::Push { id, run: bytes };
+        // Flood publish: the author sends to every neighbour.
+        for to in self.nodes[p].neighbors.clone() {
+            self.send(p, to, msg.clone());
+        }
+        Ok(())
+    }
+
+    fn remember(&mut self, i: usize, id: MsgId) {
+        let m = &mut self.nodes[i].mcache;
+        if m.is_empty() {
+            m.push_back(Vec::new());
+        }
+        if let Some(w) = m.back_mut() {
+            w.push(id);
+        }
+    }
+
+    /// Stores events at node `i`, recording first arrivals.
+    fn store(&mut self, i: usize, events: &[Event]) -> Vec<Outcome> {
+        let outcomes = match self.nodes[i].store.insert(events, Durability::Buffered) {
+            Ok(o) => o,
+            Err(e) => match e {},
+        };
+        for (ev, o) in events.iter().zip(&outcomes) {
+            if matches!(o, Outcome::Appended(_)) {
+                self.arrived(i, ev.id());
+            }
+        }
+        outcomes
+    }
+
+    fn arrived(&mut self, i: usize, id: EventId) {
+        if let Some((_, times)) = self.published.get_mut(&id)
+            && self.nodes[i].interested
+        {
+            times.push(self.now);
+        }
+    }
+
+    fn deliver(&mut self, to: usize, from: usize, msg: Msg) -> anyhow::Result<()> {
+        let size = msg.wire_bytes();
+        match msg {
+            Msg::Push { id, run: bytes } => {
+                self.nodes[to].bytes_push += size;
+                if !self.nodes[to].interested {
+                    return Ok(());
+                }
+                self.nodes[to].has.entry(id).or_default().push(from);
+                if !self.nodes[to].seen.insert(id) {
+                    self.nodes[to].duplicates += 1;
+                    return Ok(());
+                }
+                if self
+                    .sc
+                    .idontwant_above
+                    .is_some_and(|t| bytes.len() as u64 > t)
+                {
+                    for peer in self.nodes[to].mesh.clone() {
+                        if peer != from {
+                            self.send(to, peer, Msg::IDontWant(id));
+                        }
+                    }
+                }
+                // Decoding and verifying the same bytes gives the same result on every
+                // node: done once per message, shared (the events' bytes too).
+                let decoded = match self.decoded.get(&id) {
+                    Some(d) => d.clone(),
+                    None => {
+                        let d = run::decode(&bytes, usize::MAX)
+                            .ok()
+                            .filter(|evs| verify::verify_range(evs, None).is_ok())
+                            .map(Arc::new);
+                        self.decoded.insert(id, d.clone());
+                        d
+                    }
+                };
+                // A real node rejects a bad run and scores the sender down.
+                let Some(events) = decoded else {
+                    return Ok(());
+                };
+                let outcomes = self.store(to, &events);
+                if outcomes.iter().any(|o| matches!(o, Outcome::Gap { .. })) {
+                    // The daemon holds it and pulls the gap; here: pull from the sender.
+                    let ev = &events[events.len() - 1];
+                    let (topic, author, seq) = (ev.topic().clone(), ev.author(), ev.seq());
+                    let now = self.instant();
+                    let node = &mut self.nodes[to];
+                    let outs = node.sync.pull(from, topic, author, seq, now, &node.store);
+                    self.outputs(to, outs);
+                }
+                if outcomes
+                    .iter()
+                    .any(|o| matches!(o, Outcome::Appended(_) | Outcome::Gap { .. }))
+                {
+                    self.remember(to, id);
+                    let delay = (self.sc.validate_ms * 1000.0) as u64;
+                    self.at(self.now + delay, Ev::Forward { node: to, from, id });
+                }
+            }
+            Msg::IHave(ids) => {
+                self.nodes[to].bytes_push += size;
+                if !self.nodes[to].interested {
+                    return Ok(());
+                }
+                let want: Vec<MsgId> = ids
+                    .into_iter()
+                    .filter(|id| !self.nodes[to].seen.contains(id))
+                    .collect();
+                if !want.is_empty() {
+                    self.send(to, from, Msg::IWant(want));
+                }
+            }
+            Msg::IDontWant(id) => {
+                self.nodes[to].bytes_push += size;
+                self.nodes[to].has.entry(id).or_default().push(from);
+            }
+            Msg::IWant(ids) => {
+                self.nodes[to].bytes_push += size;
+                // Serve what we still cache (we re-encode from the store by id).
+                for id in ids {
+                    if let Some(run) = self.cached_run(to, &id) {
+                        self.send(to, from, Msg::Push { id, run });
+                    }
+                }
+            }
+            Msg::Sync(frame) => {
+                self.nodes[to].bytes_sync += size;
+                let Ok(m) = Message::from_body(&frame[4..]) else {
+                    return Ok(());
+                };
+                if !self.nodes[to].interested {
+                    return Ok(());
+                }
+                let now = self.instant();
+                let node = &mut self.nodes[to];
+                let outs = node.sync.handle(from, m, now, &node.store);
+                self.outputs(to, outs);
+            }
+        }
+        Ok(())
+    }
+
+    /// The run behind a message id, if node `i` still caches it (message ids are
+    /// content hashes, so one table serves every node).
+    fn cached_run(&self, i: usize, id: &MsgId) -> Option<Arc<Vec<u8>>> {
+        if !self.nodes[i].mcache.iter().any(|w| w.contains(id)) {
+            return None;
+        }
+        self.runs.get(id).cloned()
+    }
+
+    fn outputs(&mut self, i: usize, outs: Vec<Output<usize>>) {
+        for o in outs {
+            match o {
+                Output::Send { to, msg } => {
+                    if let Ok(frame) = msg.to_frame() {
+                        self.send(i, to, Msg::Sync(Arc::new(frame)));
+                    }
+                }
+                Output::Stored { events, .. } => {
+                    for (_, ev) in events {
+                        self.arrived(i, ev.id());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn heartbeat(&mut self, i: usize) {
+        if !self.nodes[i].online {
+            return;
+        }
+        // Mesh repair: drop unreachable peers, top up from neighbours, trim the excess.
+        let reachable: Vec<usize> = self.nodes[i]
+            .neighbors
+            .iter()
+            .copied()
+            .filter(|&p| self.connected(i, p))
+            .collect();
+        let mesh: BTreeSet<usize> = self.nodes[i]
+            .mesh
+            .iter()
+            .copied()
+            .filter(|p| reachable.contains(p))
+            .collect();
+        let mut mesh = mesh;
+        if mesh.len() < self.sc.mesh_lo {
+            let mut pool: Vec<usize> = reachable
+                .iter()
+                .copied()
+                .filter(|p| !mesh.contains(p))
+                .collect();
+            while mesh.len() < self.sc.mesh_n && !pool.is_empty() {
+                let k = self.rng.random_range(0..pool.len());
+                mesh.insert(pool.swap_remove(k));
+            }
+        }
+        while mesh.len() > self.sc.mesh_hi {
+            let k = self.rng.random_range(0..mesh.len());
+            if let Some(p) = mesh.iter().nth(k).copied() {
+                mesh.remove(&p);
+            }
+        }
+        self.nodes[i].mesh = mesh;
+        // IHAVE: the last `history` windows, to `lazy` non-mesh neighbours.
+        let ids: Vec<MsgId> = self.nodes[i].mcache.iter().flatten().copied().collect();
+        if !ids.is_empty() {
+            let mut pool: Vec<usize> = reachable
+                .into_iter()
+                .filter(|p| !self.nodes[i].mesh.contains(p))
+                .collect();
+            for _ in 0..self.sc.lazy.min(pool.len()) {
+                let k = self.rng.random_range(0..pool.len());
+                let p = pool.swap_remove(k);
+                self.send(i, p, Msg::IHave(ids.clone()));
+            }
+        }
+        let node = &mut self.nodes[i];
+        node.mcache.push_back(Vec::new());
+        while node.mcache.len() > self.sc.history {
+            node.mcache.pop_front();
+        }
+        let recent: BTreeSet<MsgId> = node.mcache.iter().flatten().copied().collect();
+        node.has.retain(|id, _| recent.contains(id));
+    }
+
+    fn tick(&mut self, i: usize) {
+        if !self.nodes[i].online {
+            return;
+        }
+        let now = self.instant();
+        let node = &mut self.nodes[i];
+        let outs = node.sync.tick(now);
+        self.outputs(i, outs);
+        // Periodic anti-entropy: a node starts a round every anti_entropy_s on average.
+        if self.rng.random_range(0.0..self.sc.anti_entropy_s.max(1.0)) < 1.0 {
+            self.round(i);
+        }
+        self.check_converged();
+    }
+
+    fn round(&mut self, i: usize) {
+        if !self.nodes[i].interested || self.nodes[i].neighbors.is_empty() {
+            return;
+        }
+        let k = self.rng.random_range(0..self.nodes[i].neighbors.len());
+        let peer = self.nodes[i].neighbors[k];
+        let now = self.instant();
+        let node = &mut self.nodes[i];
+        let outs = node.sync.start(peer, self.topic.clone(), now, &node.store);
+        self.outputs(i, outs);
+    }
+
+    fn check_converged(&mut self) {
+        if let (Some(h), None) = (self.heal_at, self.converged_at)
+            && self.now >= h
+            && self.complete()
+        {
+            self.converged_at = Some(self.now);
+        }
+    }
+
+    fn complete(&self) -> bool {
+        let want = self.published.len();
+        self.published
+            .values()
+            .all(|(_, t)| t.len() == self.interested_count())
+            && want > 0
+    }
+
+    fn interested_count(&self) -> usize {
+        self.nodes.iter().filter(|n| n.interested).count()
+    }
+
+    fn report(&self) -> Report {
+        let interested = self.interested_count();
+        let mut t50 = Vec::new();
+        let mut t99 = Vec::new();
+        let mut t100 = Vec::new();
+        for (t0, times) in self.published.values() {
+            let mut times = times.clone();
+            times.sort_unstable();
+            let at = |frac: f64| {
+                let need = ((interested as f64) * frac).ceil() as usize;
+                times
+                    .get(need.saturating_sub(1))
+                    .filter(|_| times.len() >= need)
+                    .map_or(f64::INFINITY, |t| (t - t0) as f64 / 1000.0)
+            };
+            t50.push(at(0.5));
+            t99.push(at(0.99));
+            t100.push(at(1.0));
+        }
+        let pct = |v: &mut Vec<f64>, p: f64| {
+            if v.is_empty() {
+                return f64::NAN;
+            }
+            v.sort_by(f64::total_cmp);
+            v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+        };
+        let events = self.published.len().max(1) as f64;
+        let per = |f: fn(&Node) -> u64| {
+            self.nodes
+                .iter()
+                .filter(|n| n.interested)
+                .map(f)
+                .sum::<u64>() as f64
+                / interested.max(1) as f64
+                / events
+        };
+        let mut h = blake3::Hasher::new();
+        for n in &self.nodes {
+            let Ok(vv) = n.store.version_vector(&self.topic);
+            h.update(&vv.digest().0);
+        }
+        Report {
+            events: self.published.len(),
+            interested,
+            t50_ms: (pct(&mut t50.clone(), 0.5), pct(&mut t50, 0.99)),
+            t99_ms: (pct(&mut t99.clone(), 0.5), pct(&mut t99, 0.99)),
+            t100_ms: (pct(&mut t100.clone(), 0.5), pct(&mut t100, 0.99)),
+            push_bytes_per_event: per(|n| n.bytes_push),
+            sync_bytes_per_event: per(|n| n.bytes_sync),
+            event_bytes: self.event_bytes as f64 / events,
+            redundancy: per(|n| n.duplicates),
+            peak_queued_bytes: self.peak_inflight,
+            converged_after_heal_ms: match (self.heal_at, self.converged_at) {
+                (Some(h), Some(c)) => Some((c - h) as f64 / 1000.0),
+                _ => None,
+            },
+            complete: self.complete(),
+            state_hash: h.finalize().to_hex().to_string(),
+            simulated_s: self.now as f64 / US as f64,
+            steps: self.steps,
+        }
+    }
+}
+
+impl Report {
+    /// The report as a Markdown table.
+    pub fn table(&self) -> String {
+        let heal = self
+            .converged_after_heal_ms
+            .map_or("n/a".to_string(), |ms| format!("{:.1} s", ms / 1000.0));
+        format!(
+            "| measurement | value |\n|---|---:|\n\
+             | events published / interested nodes | {} / {} |\n\
+             | time until 50% hold an event, p50 / p99 over events (ms) | {:.2} / {:.2} |\n\
+             | time until 99% hold an event, p50 / p99 (ms) | {:.2} / {:.2} |\n\
+             | time until 100% hold an event, p50 / p99 (ms) | {:.2} / {:.2} |\n\
+             | bytes per event per node, push (event size {:.0} B) | {:.0} ({:.2}×) |\n\
+             | bytes per event per node, sync | {:.0} |\n\
+             | redundant push receipts per event per node | {:.2} |\n\
+             | peak bytes in flight towards one node | {} |\n\
+             | convergence after heal | {} |\n\
+             | every interested node holds every event | {} |\n\
+             | simulated time / scheduler steps | {:.0} s / {} |\n\
+             | final state hash | {}… |\n",
+            self.events,
+            self.interested,
+            self.t50_ms.0,
+            self.t50_ms.1,
+            self.t99_ms.0,
+            self.t99_ms.1,
+            self.t100_ms.0,
+            self.t100_ms.1,
+            self.event_bytes,
+            self.push_bytes_per_event,
+            self.push_bytes_per_event / self.event_bytes.max(1.0),
+            self.sync_bytes_per_event,
+            self.redundancy,
+            self.peak_queued_bytes,
+            heal,
+            self.complete,
+            self.simulated_s,
+            self.steps,
+            &self.state_hash[..16],
+        )
+    }
+}
