@@ -4,10 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use clap::Subcommand;
-use http_body_util::BodyExt;
-use hyper::Method;
 use murmur_daemon::client::{Client, encode_query};
 use murmur_daemon::server::{ChangeJson, DocJson, DocUpdate, DocsList, History};
 use serde_json::{Value, json};
@@ -258,38 +255,16 @@ pub async fn run(socket: &Path, json_out: bool, action: DocAction) -> anyhow::Re
         }
         DocAction::Follow { topic, doc, path } => {
             let q = format!("/v1/doc/follow?topic={}&doc={}&path={}", encode_query(&topic), encode_query(&doc), encode_query(&path));
-            let resp = c.send(Method::GET, &q, None, Bytes::new()).await?;
-            if !resp.status().is_success() {
-                let status = resp.status();
-                let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                let msg = serde_json::from_slice::<murmur_daemon::api::ErrorBody>(&body)
-                    .map(|e| e.error)
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-                bail!("{msg} (HTTP {status})");
-            }
-            let mut body = resp.into_body();
-            let mut buf: Vec<u8> = Vec::new();
-            while let Some(frame) = body.frame().await {
-                let Ok(data) = frame.context("reading the follow stream")?.into_data() else {
-                    continue;
-                };
-                buf.extend_from_slice(&data);
-                while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=nl).collect();
-                    let line = &line[..line.len() - 1];
-                    if line.is_empty() {
-                        continue;
-                    }
-                    let u: DocUpdate = serde_json::from_slice(line).context("bad line in the follow stream")?;
-                    if json_out {
-                        println!("{}", serde_json::to_string(&u)?);
-                    } else {
-                        println!("{}", serde_json::to_string(&u.value)?);
-                    }
+            crate::stream::lines(&mut c, &q, |line| {
+                let u: DocUpdate = serde_json::from_slice(line).context("bad line in the follow stream")?;
+                if json_out {
+                    println!("{}", serde_json::to_string(&u)?);
+                } else {
+                    println!("{}", serde_json::to_string(&u.value)?);
                 }
-            }
-            eprintln!("murmur: the daemon closed the stream");
-            Ok(ExitCode::FAILURE)
+                Ok(crate::stream::Next::More)
+            })
+            .await
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod doc;
 mod output;
+mod stream;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -14,7 +15,6 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use http_body_util::BodyExt;
 use hyper::Method;
 use murmur_daemon::api::{
     BatchRequest, BatchResponse, EventJson, EventsPage, PublishRequest, Published, Status,
@@ -528,50 +528,23 @@ async fn subscribe(g: &Global, args: SubArgs) -> anyhow::Result<ExitCode> {
     } else if let Some(f) = args.from {
         path.push_str(&format!("&from={f}"));
     }
-    let resp = client.send(Method::GET, &path, None, Bytes::new()).await?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let msg = serde_json::from_slice::<murmur_daemon::api::ErrorBody>(&body)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-        bail!("{msg} (HTTP {status})");
-    }
-    let mut body = resp.into_body();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut seen = 0u64;
     let limit = args.count.unwrap_or(u64::MAX);
-    while seen < limit {
-        let Some(frame) = body.frame().await else {
-            eprintln!("murmur: the daemon closed the stream");
-            return Ok(ExitCode::FAILURE);
-        };
-        let frame = frame.context("reading the follow stream")?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        buf.extend_from_slice(&data);
-        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            let line = &line[..line.len() - 1];
-            if line.is_empty() {
-                continue;
-            }
-            let ev: EventJson =
-                serde_json::from_slice(line).context("bad event in the follow stream")?;
-            output::event_line(&ev, g.json)?;
-            seen += 1;
-            if seen >= limit {
-                break;
-            }
-        }
+    if limit == 0 {
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(ExitCode::SUCCESS)
+    let mut seen = 0u64;
+    stream::lines(&mut client, &path, |line| {
+        let ev: EventJson =
+            serde_json::from_slice(line).context("bad event in the follow stream")?;
+        output::event_line(&ev, g.json)?;
+        seen += 1;
+        Ok(if seen >= limit {
+            stream::Next::Done
+        } else {
+            stream::Next::More
+        })
+    })
+    .await
 }
 
 async fn verify(g: &Global) -> anyhow::Result<ExitCode> {

@@ -36,110 +36,16 @@ use murmur_core::{
 use murmur_store::MemoryStore;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use serde::Deserialize;
+
+mod report;
+mod scenario;
+
+pub use report::Report;
+pub use scenario::{Partition, Scenario};
 
 /// Bytes added to every message for transport framing (TCP/IP, Noise, Yamux, protocol
 /// headers), as measured on loopback for small messages.
 pub const FRAMING: u64 = 100;
-
-/// A scenario: the fleet, the network and the workload. Every field has a default.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Scenario {
-    /// A name for the report.
-    pub name: String,
-    /// Seed of every random choice.
-    pub seed: u64,
-    /// Nodes.
-    pub nodes: usize,
-    /// Connections per node (random graph, as discovery would give).
-    pub degree: usize,
-    /// Mesh degree (gossipsub D), bounds D_lo and D_hi.
-    pub mesh_n: usize,
-    /// Mesh lower bound.
-    pub mesh_lo: usize,
-    /// Mesh upper bound.
-    pub mesh_hi: usize,
-    /// Non-mesh neighbours that get IHAVE at each heartbeat (gossipsub D_lazy).
-    pub lazy: usize,
-    /// Heartbeat interval, ms (murmur's p2p layer uses 700).
-    pub heartbeat_ms: u64,
-    /// Heartbeats of message ids announced by IHAVE (message cache window).
-    pub history: usize,
-    /// Messages larger than this are announced with IDONTWANT to mesh peers on
-    /// receipt (gossipsub 1.2; murmur uses 256). `None` turns IDONTWANT off.
-    pub idontwant_above: Option<u64>,
-    /// Time from receiving a run to forwarding it (verify + durable write), ms.
-    pub validate_ms: f64,
-    /// Link latency range, ms (fractions allowed: 0.05 is a LAN).
-    pub latency_ms: (f64, f64),
-    /// Probability that a message is lost.
-    pub loss: f64,
-    /// Probability that a message is delivered twice.
-    pub duplicate: f64,
-    /// Nodes that publish.
-    pub publishers: usize,
-    /// Events per second per publisher.
-    pub rate: f64,
-    /// Seconds of publishing.
-    pub publish_s: f64,
-    /// Seconds simulated after publishing stops (healing, catch-up).
-    pub settle_s: f64,
-    /// Anti-entropy interval, s (murmur's default is 10).
-    pub anti_entropy_s: f64,
-    /// Fraction of nodes interested in the topic (the others hold nothing).
-    pub interested: f64,
-    /// A partition: this fraction of nodes is cut from the rest from `at` to `heal` (s).
-    pub partition: Option<Partition>,
-    /// Fraction of nodes that leave per minute (each for `churn_offline_s`), while
-    /// publishing lasts.
-    pub churn_per_min: f64,
-    /// How long a churned node stays away, s.
-    pub churn_offline_s: f64,
-}
-
-/// A partition of the fleet.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Partition {
-    /// Fraction of nodes on the small side.
-    pub fraction: f64,
-    /// When it starts, s.
-    pub at: f64,
-    /// When it heals, s.
-    pub heal: f64,
-}
-
-impl Default for Scenario {
-    fn default() -> Self {
-        Scenario {
-            name: "default".into(),
-            seed: 1,
-            nodes: 50,
-            degree: 8,
-            mesh_n: 6,
-            mesh_lo: 5,
-            mesh_hi: 12,
-            lazy: 6,
-            heartbeat_ms: 700,
-            history: 3,
-            idontwant_above: Some(256),
-            validate_ms: 1.0,
-            latency_ms: (20.0, 100.0),
-            loss: 0.0,
-            duplicate: 0.0,
-            publishers: 5,
-            rate: 2.0,
-            publish_s: 20.0,
-            settle_s: 30.0,
-            anti_entropy_s: 10.0,
-            interested: 1.0,
-            partition: None,
-            churn_per_min: 0.0,
-            churn_offline_s: 20.0,
-        }
-    }
-}
 
 type MsgId = [u8; 32];
 
@@ -231,41 +137,6 @@ struct Node {
     bytes_push: u64,
     bytes_sync: u64,
     duplicates: u64,
-}
-
-/// What a run measured.
-#[derive(Debug, Clone, Default)]
-pub struct Report {
-    /// Events published.
-    pub events: usize,
-    /// Interested nodes.
-    pub interested: usize,
-    /// Over events: ms until 50% of interested nodes held it (p50 and p99 over events).
-    pub t50_ms: (f64, f64),
-    /// Over events: ms until 99% of interested nodes held it.
-    pub t99_ms: (f64, f64),
-    /// Over events: ms until every interested node held it.
-    pub t100_ms: (f64, f64),
-    /// Bytes received per event per interested node, push path.
-    pub push_bytes_per_event: f64,
-    /// Bytes received per event per interested node, sync path.
-    pub sync_bytes_per_event: f64,
-    /// Mean encoded event size (to compare the above with).
-    pub event_bytes: f64,
-    /// Push messages received that were already seen, per event per node.
-    pub redundancy: f64,
-    /// Most bytes queued towards one node at once (in flight on its links).
-    pub peak_queued_bytes: u64,
-    /// Time from the heal until every interested node held every event, ms.
-    pub converged_after_heal_ms: Option<f64>,
-    /// Every interested node holds every event at the end.
-    pub complete: bool,
-    /// Hash of every node's final state (version vectors): equal for equal seeds.
-    pub state_hash: String,
-    /// Simulated seconds.
-    pub simulated_s: f64,
-    /// Scheduler events processed.
-    pub steps: u64,
 }
 
 /// The simulation.
@@ -898,48 +769,5 @@ impl Sim {
             simulated_s: self.now as f64 / US as f64,
             steps: self.steps,
         }
-    }
-}
-
-impl Report {
-    /// The report as a Markdown table.
-    pub fn table(&self) -> String {
-        let heal = self
-            .converged_after_heal_ms
-            .map_or("n/a".to_string(), |ms| format!("{:.1} s", ms / 1000.0));
-        format!(
-            "| measurement | value |\n|---|---:|\n\
-             | events published / interested nodes | {} / {} |\n\
-             | time until 50% hold an event, p50 / p99 over events (ms) | {:.2} / {:.2} |\n\
-             | time until 99% hold an event, p50 / p99 (ms) | {:.2} / {:.2} |\n\
-             | time until 100% hold an event, p50 / p99 (ms) | {:.2} / {:.2} |\n\
-             | bytes per event per node, push (event size {:.0} B) | {:.0} ({:.2}×) |\n\
-             | bytes per event per node, sync | {:.0} |\n\
-             | redundant push receipts per event per node | {:.2} |\n\
-             | peak bytes in flight towards one node | {} |\n\
-             | convergence after heal | {} |\n\
-             | every interested node holds every event | {} |\n\
-             | simulated time / scheduler steps | {:.0} s / {} |\n\
-             | final state hash | {}… |\n",
-            self.events,
-            self.interested,
-            self.t50_ms.0,
-            self.t50_ms.1,
-            self.t99_ms.0,
-            self.t99_ms.1,
-            self.t100_ms.0,
-            self.t100_ms.1,
-            self.event_bytes,
-            self.push_bytes_per_event,
-            self.push_bytes_per_event / self.event_bytes.max(1.0),
-            self.sync_bytes_per_event,
-            self.redundancy,
-            self.peak_queued_bytes,
-            heal,
-            self.complete,
-            self.simulated_s,
-            self.steps,
-            &self.state_hash[..16],
-        )
     }
 }

@@ -1,0 +1,711 @@
+//! The document thread: materialised documents, batched application of stored changes,
+//! local changes and their group commit, snapshots, eviction.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use automerge::{Automerge, Change, ReadDoc};
+use murmur_core::{AuthorId, Body, DocId, Offset, Payload, Topic};
+use murmur_store::{RocksStore, Snapshot};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+use super::ops::{self, Op, OpError};
+use super::{
+    ChangeDone, Cmd, DocError, DocState, DocsConfig, DocsStats, Panicked, Point, actor,
+    apply_guarded, hex,
+};
+use crate::ingest::{self, IngestError, PublishItem};
+
+/// Estimated memory of a loaded document per byte of its saved (compressed) form.
+/// automerge does not report its memory; measured with the docs benchmark
+/// (`cargo bench -p murmur-tests --bench docs`): a 100,000-change document of 0.91 MB
+/// saved raises the daemon's RSS by ~27 MiB once loaded (31×; 34× in a bare process).
+/// Documents of short, repetitive changes compress best and cost the most per saved
+/// byte.
+const MEMORY_PER_SAVED_BYTE: u64 = 35;
+/// Changes read from the store per apply call.
+const APPLY_BATCH: usize = 4096;
+/// Local changes gathered into one group commit.
+const CHANGE_BATCH: usize = 256;
+/// Changes with missing dependencies a document may hold before it is dropped from
+/// memory (it reloads when asked for; the changes stay in the store).
+const MAX_PENDING: u64 = 10_000;
+
+/// Most rebuilds of one document while skipping changes that crash automerge.
+const MAX_REBUILDS: usize = 64;
+
+/// How a catch-up ended.
+enum CatchUp {
+    Done,
+    /// The document was dropped from memory and must be rebuilt.
+    Rebuild,
+    /// The document waits for too many changes with missing dependencies.
+    Waiting,
+}
+
+/// Returns freed heap memory to the OS. Loading and saving a document allocate large
+/// temporaries that glibc keeps in its arenas otherwise: measured, a freshly loaded
+/// document's footprint halves (14.7 → 7.8 MiB at 20,000 changes).
+fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory held by the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// One document in memory.
+struct Loaded {
+    doc: Automerge,
+    /// Every change of the document stored below this offset is applied.
+    through: Offset,
+    /// Changes applied since the last snapshot.
+    unsaved: u64,
+    /// Bytes of the last snapshot (or load) plus the changes applied since.
+    size: u64,
+    /// Changes applied while dependencies were missing.
+    pending: u64,
+    /// Local changes made here and not yet read back from the store (skipped then).
+    own: std::collections::HashSet<automerge::ChangeHash>,
+    last_used: Instant,
+}
+
+pub(super) struct Manager {
+    store: Arc<RocksStore>,
+    ingest: ingest::Handle,
+    author: AuthorId,
+    config: DocsConfig,
+    rt: tokio::runtime::Handle,
+    loaded: HashMap<(Topic, DocId), Loaded>,
+    cursor: Offset,
+    stats: DocsStats,
+    /// Our own inbox, for answers that arrive on the runtime.
+    inbox: mpsc::Sender<Cmd>,
+    /// Changes that made automerge panic, per document: never applied again.
+    poison: HashMap<(Topic, DocId), std::collections::HashSet<automerge::ChangeHash>>,
+    /// Documents being rebuilt one change per apply call, to find a poisonous change.
+    careful: BTreeSet<(Topic, DocId)>,
+}
+
+impl Manager {
+    pub(super) fn new(
+        store: Arc<RocksStore>,
+        ingest: ingest::Handle,
+        author: AuthorId,
+        config: DocsConfig,
+        inbox: mpsc::Sender<Cmd>,
+    ) -> Manager {
+        Manager {
+            cursor: murmur_core::Store::next_offset(&*store),
+            store,
+            ingest,
+            author,
+            config,
+            rt: tokio::runtime::Handle::current(),
+            loaded: HashMap::new(),
+            stats: DocsStats::default(),
+            inbox,
+            poison: HashMap::new(),
+            careful: BTreeSet::new(),
+        }
+    }
+
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let mut next: Option<Cmd> = None;
+        loop {
+            let cmd = match next.take() {
+                Some(c) => c,
+                None => match rx.blocking_recv() {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            match cmd {
+                Cmd::Change {
+                    topic,
+                    doc,
+                    ops,
+                    message,
+                    reply,
+                } => {
+                    let mut batch = vec![(topic, doc, ops, message, reply)];
+                    while batch.len() < CHANGE_BATCH {
+                        match rx.try_recv() {
+                            Ok(Cmd::Change {
+                                topic,
+                                doc,
+                                ops,
+                                message,
+                                reply,
+                            }) => batch.push((topic, doc, ops, message, reply)),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.changes(batch);
+                }
+                Cmd::Get {
+                    topic,
+                    doc,
+                    path,
+                    at,
+                    reply,
+                } => {
+                    let _ = reply.send(self.get(topic, doc, &path, at));
+                }
+                Cmd::Stats(reply) => {
+                    self.stats.loaded = self.loaded.len();
+                    self.stats.memory_bytes = self.memory();
+                    let _ = reply.send(self.stats.clone());
+                }
+                Cmd::Arrived => self.arrived(),
+                Cmd::Tick => self.evict(Instant::now()),
+                Cmd::Forget(keys) => {
+                    for k in keys {
+                        self.loaded.remove(&k);
+                    }
+                }
+                Cmd::Stop => break,
+            }
+        }
+        let keys: Vec<(Topic, DocId)> = self.loaded.keys().cloned().collect();
+        for key in keys {
+            self.snapshot(&key);
+        }
+        tracing::debug!("document manager stopped");
+    }
+
+    fn memory(&self) -> u64 {
+        self.loaded
+            .values()
+            .map(|l| l.size * MEMORY_PER_SAVED_BYTE)
+            .sum()
+    }
+
+    /// Loads a document (snapshot + indexed changes after it) if it is not in memory,
+    /// and applies any changes stored since.
+    fn load(&mut self, key: &(Topic, DocId)) -> Result<&mut Loaded, DocError> {
+        for _ in 0..MAX_REBUILDS {
+            let opened = !self.loaded.contains_key(key);
+            self.open(key)?;
+            match self.catch_up(key)? {
+                CatchUp::Done => {
+                    if opened {
+                        trim();
+                    }
+                    let l = self
+                        .loaded
+                        .get_mut(key)
+                        .ok_or_else(|| DocError::Store("document vanished".into()))?;
+                    l.last_used = Instant::now();
+                    return Ok(l);
+                }
+                CatchUp::Rebuild => continue,
+                CatchUp::Waiting => {
+                    return Err(DocError::Unavailable(format!(
+                        "document {} waits for more than {MAX_PENDING} changes whose dependencies have not arrived",
+                        key.1
+                    )));
+                }
+            }
+        }
+        Err(DocError::Unavailable(format!(
+            "document {} holds too many changes that automerge cannot apply",
+            key.1
+        )))
+    }
+
+    /// Puts a document in memory from its snapshot, if it is not there.
+    fn open(&mut self, key: &(Topic, DocId)) -> Result<(), DocError> {
+        if self.loaded.contains_key(key) {
+            return Ok(());
+        }
+        let store_err = |e: murmur_store::StoreError| DocError::Store(e.to_string());
+        let (doc, through, size) = match self
+            .store
+            .load_snapshot(&key.0, &key.1)
+            .map_err(store_err)?
+        {
+            Some(Snapshot { through, bytes }) => {
+                let doc = Automerge::load(&bytes)
+                    .map_err(|e| DocError::Store(format!("snapshot of {}: {e}", key.1)))?;
+                (doc, through, bytes.len() as u64)
+            }
+            None => (Automerge::new(), Offset(0), 0),
+        };
+        self.loaded.insert(
+            key.clone(),
+            Loaded {
+                doc: doc.with_actor(actor(&self.author)),
+                through,
+                unsaved: 0,
+                size,
+                pending: 0,
+                own: Default::default(),
+                last_used: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Applies the changes of a loaded document stored since its `through`, in batches
+    /// (one change per call while hunting a change that crashes automerge).
+    fn catch_up(&mut self, key: &(Topic, DocId)) -> Result<CatchUp, DocError> {
+        let careful = self.careful.contains(key);
+        let batch = if careful { 1 } else { APPLY_BATCH };
+        loop {
+            let Some(l) = self.loaded.get_mut(key) else {
+                return Ok(CatchUp::Done);
+            };
+            let tail = self
+                .store
+                .doc_changes(&key.0, &key.1, l.through, batch)
+                .map_err(|e| DocError::Store(e.to_string()))?;
+            let Some((last, _)) = tail.last() else {
+                self.careful.remove(key);
+                return Ok(CatchUp::Done);
+            };
+            l.through = Offset(last.0 + 1);
+            let n = tail.len();
+            let poison = self.poison.get(key);
+            let mut changes = Vec::with_capacity(n);
+            for (off, ev) in &tail {
+                if let Body::Doc { change, .. } = ev.body() {
+                    match Change::from_bytes(change.to_vec()) {
+                        Ok(c) if poison.is_some_and(|p| p.contains(&c.hash())) => {}
+                        // Made here: already applied and counted.
+                        Ok(c) if l.own.remove(&c.hash()) => {}
+                        Ok(c) => {
+                            l.size += change.len() as u64;
+                            changes.push(c);
+                        }
+                        // Checked before storing; a bad one here is old or local damage.
+                        Err(e) => {
+                            tracing::warn!(offset = %off, error = %e, "skipping a change that does not parse")
+                        }
+                    }
+                }
+            }
+            let single = (changes.len() == 1).then(|| changes[0].hash());
+            let fresh = changes.len() as u64;
+            match apply_guarded(&mut l.doc, changes) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(doc = %key.1, topic = %key.0, error = %e, "a change did not apply")
+                }
+                Err(Panicked) => {
+                    // automerge's state may be half-updated: drop it, and rebuild from
+                    // the snapshot; the second time one change at a time, which names
+                    // the culprit so it is skipped from then on.
+                    self.loaded.remove(key);
+                    self.stats.poisoned += u64::from(single.is_some());
+                    match single {
+                        Some(h) => {
+                            tracing::error!(doc = %key.1, topic = %key.0, change = %h, "a change crashed automerge; it is skipped from now on");
+                            self.poison.entry(key.clone()).or_default().insert(h);
+                        }
+                        None => {
+                            tracing::error!(doc = %key.1, topic = %key.0, "a batch of changes crashed automerge; rebuilding one change at a time");
+                            self.careful.insert(key.clone());
+                        }
+                    }
+                    return Ok(CatchUp::Rebuild);
+                }
+            }
+            l.unsaved += fresh;
+            self.stats.applied += fresh;
+            if l.doc.get_missing_deps(&[]).is_empty() {
+                l.pending = 0;
+            } else {
+                l.pending += n as u64;
+            }
+            if l.pending > MAX_PENDING {
+                tracing::warn!(doc = %key.1, topic = %key.0, "document waits for missing changes; dropped from memory until asked for");
+                self.loaded.remove(key);
+                self.stats.evicted += 1;
+                return Ok(CatchUp::Waiting);
+            }
+            if l.unsaved >= self.config.snapshot_every {
+                self.snapshot(key);
+            }
+            if n < batch {
+                self.careful.remove(key);
+                return Ok(CatchUp::Done);
+            }
+        }
+    }
+
+    /// Writes a document's snapshot if it changed since the last one.
+    fn snapshot(&mut self, key: &(Topic, DocId)) {
+        let Some(l) = self.loaded.get_mut(key) else {
+            return;
+        };
+        if l.unsaved == 0 {
+            return;
+        }
+        let snap = Snapshot {
+            through: l.through,
+            bytes: l.doc.save(),
+        };
+        match self.store.save_snapshot(&key.0, &key.1, &snap) {
+            Ok(()) => {
+                l.unsaved = 0;
+                l.size = snap.bytes.len() as u64;
+                self.stats.snapshots += 1;
+                drop(snap);
+                trim();
+            }
+            Err(e) => tracing::error!(doc = %key.1, error = %e, "cannot write a document snapshot"),
+        }
+    }
+
+    fn evict(&mut self, now: Instant) {
+        let idle: Vec<(Topic, DocId)> = self
+            .loaded
+            .iter()
+            .filter(|(_, l)| now.duration_since(l.last_used) >= self.config.idle_evict)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in idle {
+            self.drop_doc(&key);
+        }
+        while self.memory() > self.config.max_memory_bytes && self.loaded.len() > 1 {
+            let Some(oldest) = self
+                .loaded
+                .iter()
+                .min_by_key(|(_, l)| l.last_used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.drop_doc(&oldest);
+        }
+    }
+
+    fn drop_doc(&mut self, key: &(Topic, DocId)) {
+        self.snapshot(key);
+        self.loaded.remove(key);
+        self.stats.evicted += 1;
+    }
+
+    /// Applies newly stored changes to the documents in memory.
+    fn arrived(&mut self) {
+        let mut touched: BTreeSet<(Topic, DocId)> = BTreeSet::new();
+        loop {
+            match self.store.doc_arrivals(self.cursor, APPLY_BATCH) {
+                Ok((changed, next)) => {
+                    let n = changed.len();
+                    for (_, topic, doc) in changed {
+                        let key = (topic, doc);
+                        if self.loaded.contains_key(&key) {
+                            touched.insert(key);
+                        }
+                    }
+                    self.cursor = next.max(self.cursor);
+                    if n < APPLY_BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the document index");
+                    return;
+                }
+            }
+        }
+        for key in touched {
+            // A document dropped for a rebuild is rebuilt when next asked for.
+            if let Err(e) = self.catch_up(&key) {
+                tracing::error!(doc = %key.1, error = %e, "cannot apply document changes");
+            }
+        }
+        self.evict(Instant::now());
+    }
+
+    /// Applies a batch of local operations, one change each, and publishes all the
+    /// changes in one group commit.
+    ///
+    /// automerge 0.12 keeps no list of changes: extracting a change's bytes walks the
+    /// whole document (0.5 ms at 100,000 changes). So the batch's changes to a document
+    /// are made first and extracted together, in one walk per document.
+    #[allow(clippy::type_complexity)]
+    fn changes(
+        &mut self,
+        batch: Vec<(
+            Topic,
+            DocId,
+            Vec<Op>,
+            Option<String>,
+            oneshot::Sender<Result<ChangeDone, DocError>>,
+        )>,
+    ) {
+        // Heads of each document before the batch, and the changes made, in order.
+        let mut before: HashMap<(Topic, DocId), Vec<automerge::ChangeHash>> = HashMap::new();
+        let mut made = Vec::new();
+        for (topic, doc, ops, message, reply) in batch {
+            let key = (topic, doc);
+            if !before.contains_key(&key) {
+                match self.load(&key) {
+                    Ok(l) => {
+                        before.insert(key.clone(), l.doc.get_heads());
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
+                }
+            }
+            match self.local_change(&key, &ops, message) {
+                Ok(hash) => made.push((key, hash, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        // One walk per document collects the bytes of all its new changes.
+        let mut bytes: HashMap<automerge::ChangeHash, Vec<u8>> = HashMap::new();
+        let mut oversized: BTreeSet<(Topic, DocId)> = BTreeSet::new();
+        for (key, heads) in &before {
+            let Some(l) = self.loaded.get_mut(key) else {
+                continue;
+            };
+            for c in l.doc.get_changes(heads) {
+                if c.raw_bytes().len() > self.config.max_change_bytes {
+                    oversized.insert(key.clone());
+                }
+                l.size += c.raw_bytes().len() as u64;
+                l.unsaved += 1;
+                l.own.insert(c.hash());
+                bytes.insert(c.hash(), c.raw_bytes().to_vec());
+            }
+        }
+        let mut items = Vec::new();
+        let mut waiting = Vec::new();
+        let mut touched: BTreeSet<(Topic, DocId)> = BTreeSet::new();
+        for (key, hash, reply) in made {
+            let change = bytes.remove(&hash);
+            if oversized.contains(&key) || change.is_none() {
+                // Later changes in the batch may build on the oversized one: refuse the
+                // document's whole batch and reload it from the store.
+                let _ = reply.send(Err(DocError::TooLarge(format!(
+                    "a change to {} in this batch exceeds the limit of {} bytes",
+                    key.1, self.config.max_change_bytes
+                ))));
+                continue;
+            }
+            touched.insert(key.clone());
+            items.push(PublishItem {
+                topic: key.0,
+                payload: Payload::Doc {
+                    doc: key.1,
+                    change: bytes::Bytes::from(change.unwrap_or_default()),
+                },
+            });
+            waiting.push((reply, hex(&hash)));
+        }
+        for key in &oversized {
+            self.loaded.remove(key);
+        }
+        if items.is_empty() {
+            return;
+        }
+        // Submit without waiting for the disk: the next batch is built while this one
+        // is written (the writer keeps submission order). A refusal comes back at once
+        // and undoes the in-memory changes before anything builds on them.
+        match self.ingest.submit(items) {
+            Ok(pending) => {
+                let inbox = self.inbox.clone();
+                self.rt.spawn(async move {
+                    match pending.await {
+                        Ok(Ok(done)) => {
+                            for ((reply, hash), p) in waiting.into_iter().zip(done) {
+                                let _ = reply.send(Ok(ChangeDone {
+                                    event: p.event,
+                                    offset: p.offset,
+                                    hash,
+                                }));
+                            }
+                        }
+                        failed => {
+                            let e = match failed {
+                                Ok(Err(e)) => e,
+                                _ => IngestError::ShuttingDown,
+                            };
+                            // A write failed (disk trouble): reload the documents from
+                            // what is stored.
+                            let _ = inbox.send(Cmd::Forget(touched.into_iter().collect())).await;
+                            for (reply, _) in waiting {
+                                let _ = reply.send(Err(DocError::Ingest(e.clone())));
+                            }
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                for key in touched {
+                    self.loaded.remove(&key);
+                }
+                for (reply, _) in waiting {
+                    let _ = reply.send(Err(DocError::Ingest(e.clone())));
+                }
+            }
+        }
+        self.evict(Instant::now());
+    }
+
+    /// Makes one change to a loaded document; its bytes are collected by the caller.
+    fn local_change(
+        &mut self,
+        key: &(Topic, DocId),
+        ops: &[Op],
+        message: Option<String>,
+    ) -> Result<automerge::ChangeHash, DocError> {
+        if ops.is_empty() {
+            return Err(OpError::Empty.into());
+        }
+        let max_doc = self.config.max_doc_bytes;
+        let l = self.load(key)?;
+        if l.size > max_doc {
+            return Err(DocError::TooLarge(format!(
+                "document {} is {} bytes, over the limit of {max_doc}",
+                key.1, l.size
+            )));
+        }
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let result = l.doc.transact_with::<_, _, OpError, _>(
+            |_| {
+                let o = automerge::transaction::CommitOptions::default().with_time(time);
+                match &message {
+                    Some(m) => o.with_message(m.clone()),
+                    None => o,
+                }
+            },
+            |tx| {
+                for op in ops {
+                    ops::apply(tx, op)?;
+                }
+                Ok(())
+            },
+        );
+        match result {
+            Ok(s) => s.hash.ok_or_else(|| OpError::Empty.into()),
+            Err(f) => Err(f.error.into()),
+        }
+    }
+
+    fn get(
+        &mut self,
+        topic: Topic,
+        doc: DocId,
+        path: &str,
+        at: Option<Point>,
+    ) -> Result<DocState, DocError> {
+        let key = (topic, doc);
+        match at {
+            None => {
+                let l = self.load(&key)?;
+                if l.doc.get_heads().is_empty() {
+                    return Err(DocError::NotFound {
+                        topic: key.0,
+                        doc: key.1,
+                    });
+                }
+                state(&l.doc, path)
+            }
+            Some(point) => self.get_at(&key, path, &point),
+        }
+    }
+
+    /// Rebuilds a document from its changes up to a point (an audit query: it reads the
+    /// document's whole history up to there).
+    fn get_at(
+        &mut self,
+        key: &(Topic, DocId),
+        path: &str,
+        point: &Point,
+    ) -> Result<DocState, DocError> {
+        let poison = self.poison.get(key).cloned().unwrap_or_default();
+        let mut doc = Automerge::new();
+        let mut from = Offset(0);
+        let mut found = false;
+        'outer: loop {
+            let page = self
+                .store
+                .doc_changes(&key.0, &key.1, from, APPLY_BATCH)
+                .map_err(|e| DocError::Store(e.to_string()))?;
+            let n = page.len();
+            let mut changes = Vec::with_capacity(n);
+            let mut stop = false;
+            for (off, ev) in &page {
+                from = Offset(off.0 + 1);
+                let include = match point {
+                    Point::Offset(o) => off <= o,
+                    Point::Event(id) => {
+                        if ev.id() == *id {
+                            found = true;
+                            stop = true;
+                        }
+                        true
+                    }
+                    Point::Time(ms) => ev.time().ms <= *ms,
+                };
+                if matches!(point, Point::Offset(o) if off > o) {
+                    stop = true;
+                    break;
+                }
+                if include
+                    && let Body::Doc { change, .. } = ev.body()
+                    && let Ok(c) = Change::from_bytes(change.to_vec())
+                    && !poison.contains(&c.hash())
+                {
+                    changes.push(c);
+                }
+                if stop {
+                    break;
+                }
+            }
+            match apply_guarded(&mut doc, changes) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "a change did not apply"),
+                Err(Panicked) => {
+                    // Find and skip the culprit in the live document, then answer.
+                    return Err(DocError::Unavailable(format!(
+                        "document {} holds a change that crashes automerge; read it once without a point in time to isolate it, then retry",
+                        key.1
+                    )));
+                }
+            }
+            if stop || n < APPLY_BATCH {
+                break 'outer;
+            }
+        }
+        if let Point::Event(id) = point
+            && !found
+        {
+            return Err(DocError::NoSuchPoint(format!(
+                "event {id} is not a change of document {} in {}",
+                key.1, key.0
+            )));
+        }
+        if doc.get_heads().is_empty() && from == Offset(0) {
+            return Err(DocError::NotFound {
+                topic: key.0.clone(),
+                doc: key.1.clone(),
+            });
+        }
+        state(&doc, path)
+    }
+}
+
+fn state(doc: &Automerge, path: &str) -> Result<DocState, DocError> {
+    Ok(DocState {
+        json: ops::to_json(doc, path)?,
+        heads: doc.get_heads().iter().map(hex).collect(),
+        missing: doc.get_missing_deps(&[]).len(),
+    })
+}

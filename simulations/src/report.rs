@@ -1,0 +1,79 @@
+//! What a run measured, and its table.
+
+/// What a run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Events published.
+    pub events: usize,
+    /// Interested nodes.
+    pub interested: usize,
+    /// Over events: ms until 50% of interested nodes held it (p50 and p99 over events).
+    pub t50_ms: (f64, f64),
+    /// Over events: ms until 99% of interested nodes held it.
+    pub t99_ms: (f64, f64),
+    /// Over events: ms until every interested node held it.
+    pub t100_ms: (f64, f64),
+    /// Bytes received per event per interested node, push path.
+    pub push_bytes_per_event: f64,
+    /// Bytes received per event per interested node, sync path.
+    pub sync_bytes_per_event: f64,
+    /// Mean encoded event size (to compare the above with).
+    pub event_bytes: f64,
+    /// Push messages received that were already seen, per event per node.
+    pub redundancy: f64,
+    /// Most bytes queued towards one node at once (in flight on its links).
+    pub peak_queued_bytes: u64,
+    /// Time from the heal until every interested node held every event, ms.
+    pub converged_after_heal_ms: Option<f64>,
+    /// Every interested node holds every event at the end.
+    pub complete: bool,
+    /// Hash of every node's final state (version vectors): equal for equal seeds.
+    pub state_hash: String,
+    /// Simulated seconds.
+    pub simulated_s: f64,
+    /// Scheduler events processed.
+    pub steps: u64,
+}
+
+impl Report {
+    /// The report as a Markdown table.
+    pub fn table(&self) -> String {
+        let heal = self
+            .converged_after_heal_ms
+            .map_or("n/a".to_string(), |ms| format!("{:.1} s", ms / 1000.0));
+        format!(
+            "| measurement | value |\n|---|---:|\n\
+             | events published / interested nodes | {} / {} |\n\
+             | time until 50% hold an event, p50 / p99 over events (ms) | {:.2} / {:.2} |\n\
+             | time until 99% hold an event, p50 / p99 (ms) | {:.2} / {:.2} |\n\
+             | time until 100% hold an event, p50 / p99 (ms) | {:.2} / {:.2} |\n\
+             | bytes per event per node, push (event size {:.0} B) | {:.0} ({:.2}×) |\n\
+             | bytes per event per node, sync | {:.0} |\n\
+             | redundant push receipts per event per node | {:.2} |\n\
+             | peak bytes in flight towards one node | {} |\n\
+             | convergence after heal | {} |\n\
+             | every interested node holds every event | {} |\n\
+             | simulated time / scheduler steps | {:.0} s / {} |\n\
+             | final state hash | {}… |\n",
+            self.events,
+            self.interested,
+            self.t50_ms.0,
+            self.t50_ms.1,
+            self.t99_ms.0,
+            self.t99_ms.1,
+            self.t100_ms.0,
+            self.t100_ms.1,
+            self.event_bytes,
+            self.push_bytes_per_event,
+            self.push_bytes_per_event / self.event_bytes.max(1.0),
+            self.sync_bytes_per_event,
+            self.redundancy,
+            self.peak_queued_bytes,
+            heal,
+            self.complete,
+            self.simulated_s,
+            self.steps,
+            &self.state_hash[..16],
+        )
+    }
+}
