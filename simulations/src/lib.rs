@@ -11,8 +11,9 @@
 //!   (repaired at each heartbeat between `mesh_lo` and `mesh_hi`), forwards a new run
 //!   to its mesh peers once it has stored it, and every heartbeat announces the ids of
 //!   the last `history` heartbeats' messages (IHAVE) to `lazy` non-mesh neighbours, who
-//!   ask for what they lack (IWANT). A node forwards after `validate_ms` (verify and
-//!   durable write) and not to peers that sent it the message or announced IDONTWANT,
+//!   ask for what they lack (IWANT). An author sends `publish_ms` after publishing; a
+//!   receiver holds and forwards a run `validate_ms` after receipt (verify and durable
+//!   write) and not to peers that sent it the message or announced IDONTWANT,
 //!   which it sends to its mesh on receipt (gossipsub 1.2). Mesh changes are local (no
 //!   GRAFT/PRUNE messages); peer scoring is not modelled;
 //! - the network: a latency per link drawn uniformly from `latency_ms`, independent
@@ -82,11 +83,12 @@ enum Ev {
         msg: Msg,
     },
     Heartbeat(usize),
-    /// A validated run leaves node `node` for its mesh peers.
-    Forward {
+    /// A received run has been verified and stored at `node`.
+    Validated {
         node: usize,
         from: usize,
         id: MsgId,
+        run: Arc<Vec<u8>>,
     },
     Tick(usize),
     Publish(usize),
@@ -294,6 +296,11 @@ impl Sim {
 
     /// Sends a message over the link a → b (lost, duplicated, delayed as configured).
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        self.send_after(0, from, to, msg);
+    }
+
+    /// Sends a message `extra` µs from now.
+    fn send_after(&mut self, extra: u64, from: usize, to: usize, msg: Msg) {
         if !self.connected(from, to) || self.rng.random_range(0.0..1.0) < self.sc.loss {
             return;
         }
@@ -310,7 +317,7 @@ impl Sim {
             self.inflight[to] += bytes;
             self.peak_inflight = self.peak_inflight.max(self.inflight[to]);
             self.at(
-                self.now + lat,
+                self.now + extra + lat,
                 Ev::Deliver {
                     to,
                     from,
@@ -343,15 +350,14 @@ impl Sim {
                 }
                 self.deliver(to, from, msg)?;
             }
-            Ev::Forward { node, from, id } => {
-                if let Some(run) = self.runs.get(&id).cloned() {
-                    let msg = Msg::Push { id, run };
-                    let skip = self.nodes[node].has.get(&id).cloned().unwrap_or_default();
-                    for peer in self.nodes[node].mesh.clone() {
-                        if peer != from && !skip.contains(&peer) {
-                            self.send(node, peer, msg.clone());
-                        }
-                    }
+            Ev::Validated {
+                node,
+                from,
+                id,
+                run,
+            } => {
+                if self.nodes[node].online {
+                    self.validated(node, from, id, run);
                 }
             }
             Ev::Heartbeat(i) => {
@@ -433,9 +439,10 @@ impl Sim {
         let bytes = Arc::new(bytes);
         self.runs.insert(id, bytes.clone());
         let msg = Msg::Push { id, run: bytes };
-        // Flood publish: the author sends to every neighbour.
+        // Flood publish: the author sends to every neighbour once the event is durable.
+        let durable = (self.sc.publish_ms * 1000.0) as u64;
         for to in self.nodes[p].neighbors.clone() {
-            self.send(p, to, msg.clone());
+            self.send_after(durable, p, to, msg.clone());
         }
         Ok(())
     }
@@ -496,41 +503,17 @@ impl Sim {
                         }
                     }
                 }
-                // Decoding and verifying the same bytes gives the same result on every
-                // node: done once per message, shared (the events' bytes too).
-                let decoded = match self.decoded.get(&id) {
-                    Some(d) => d.clone(),
-                    None => {
-                        let d = run::decode(&bytes, usize::MAX)
-                            .ok()
-                            .filter(|evs| verify::verify_range(evs, None).is_ok())
-                            .map(Arc::new);
-                        self.decoded.insert(id, d.clone());
-                        d
-                    }
-                };
-                // A real node rejects a bad run and scores the sender down.
-                let Some(events) = decoded else {
-                    return Ok(());
-                };
-                let outcomes = self.store(to, &events);
-                if outcomes.iter().any(|o| matches!(o, Outcome::Gap { .. })) {
-                    // The daemon holds it and pulls the gap; here: pull from the sender.
-                    let ev = &events[events.len() - 1];
-                    let (topic, author, seq) = (ev.topic().clone(), ev.author(), ev.seq());
-                    let now = self.instant();
-                    let node = &mut self.nodes[to];
-                    let outs = node.sync.pull(from, topic, author, seq, now, &node.store);
-                    self.outputs(to, outs);
-                }
-                if outcomes
-                    .iter()
-                    .any(|o| matches!(o, Outcome::Appended(_) | Outcome::Gap { .. }))
-                {
-                    self.remember(to, id);
-                    let delay = (self.sc.validate_ms * 1000.0) as u64;
-                    self.at(self.now + delay, Ev::Forward { node: to, from, id });
-                }
+                // Verify and store take `validate_ms`; the node holds the run after that.
+                let delay = (self.sc.validate_ms * 1000.0) as u64;
+                self.at(
+                    self.now + delay,
+                    Ev::Validated {
+                        node: to,
+                        from,
+                        id,
+                        run: bytes,
+                    },
+                );
             }
             Msg::IHave(ids) => {
                 self.nodes[to].bytes_push += size;
@@ -573,6 +556,58 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// A received run, verified and stored (after `validate_ms`): the node holds it,
+    /// pulls any gap from the sender, and forwards it to its mesh.
+    fn validated(&mut self, node: usize, from: usize, id: MsgId, run: Arc<Vec<u8>>) {
+        // Decoding and verifying the same bytes gives the same result on every
+        // node: done once per message, shared (the events' bytes too).
+        let decoded = match self.decoded.get(&id) {
+            Some(d) => d.clone(),
+            None => {
+                let d = run::decode(&run, usize::MAX)
+                    .ok()
+                    .filter(|evs| verify::verify_range(evs, None).is_ok())
+                    .map(Arc::new);
+                self.decoded.insert(id, d.clone());
+                d
+            }
+        };
+        // A real node rejects a bad run and scores the sender down.
+        let Some(events) = decoded else {
+            return;
+        };
+        let outcomes = self.store(node, &events);
+        if outcomes.iter().any(|o| matches!(o, Outcome::Gap { .. })) {
+            // The daemon holds it and pulls the gap; here: pull from the sender.
+            let ev = &events[events.len() - 1];
+            let (topic, author, seq) = (ev.topic().clone(), ev.author(), ev.seq());
+            let now = self.instant();
+            let n = &mut self.nodes[node];
+            let outs = n.sync.pull(from, topic, author, seq, now, &n.store);
+            self.outputs(node, outs);
+        }
+        if outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Appended(_) | Outcome::Gap { .. }))
+        {
+            self.remember(node, id);
+            self.forward(node, from, id);
+        }
+    }
+
+    /// Sends a held run to the mesh peers that do not have it.
+    fn forward(&mut self, node: usize, from: usize, id: MsgId) {
+        if let Some(run) = self.runs.get(&id).cloned() {
+            let msg = Msg::Push { id, run };
+            let skip = self.nodes[node].has.get(&id).cloned().unwrap_or_default();
+            for peer in self.nodes[node].mesh.clone() {
+                if peer != from && !skip.contains(&peer) {
+                    self.send(node, peer, msg.clone());
+                }
+            }
+        }
     }
 
     /// The run behind a message id, if node `i` still caches it (message ids are

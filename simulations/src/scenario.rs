@@ -29,8 +29,11 @@ pub struct Scenario {
     /// Messages larger than this are announced with IDONTWANT to mesh peers on
     /// receipt (gossipsub 1.2; murmur uses 256). `None` turns IDONTWANT off.
     pub idontwant_above: Option<u64>,
-    /// Time from receiving a run to forwarding it (verify + durable write), ms.
+    /// Time from receiving a run to holding and forwarding it (verify + durable write),
+    /// ms.
     pub validate_ms: f64,
+    /// Time from publishing to the first send (the author's durable write), ms.
+    pub publish_ms: f64,
     /// Link latency range, ms (fractions allowed: 0.05 is a LAN).
     pub latency_ms: (f64, f64),
     /// Probability that a message is lost.
@@ -85,6 +88,7 @@ impl Default for Scenario {
             history: 3,
             idontwant_above: Some(256),
             validate_ms: 1.0,
+            publish_ms: 1.0,
             latency_ms: (20.0, 100.0),
             loss: 0.0,
             duplicate: 0.0,
