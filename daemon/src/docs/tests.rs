@@ -154,3 +154,141 @@ proptest! {
         prop_assert!(ops::to_json(&doc, "").is_ok());
     }
 }
+
+/// The merge rules the README states, checked.
+#[test]
+fn merge_rules_are_as_documented() {
+    let mut base = Automerge::new().with_actor(ActorId::from([0u8; 32].as_slice()));
+    base.transact::<_, _, ops::OpError>(|tx| {
+        ops::apply(
+            tx,
+            &Op::Set {
+                path: "k".into(),
+                value: json!(1),
+            },
+        )?;
+        ops::apply(
+            tx,
+            &Op::Set {
+                path: "list".into(),
+                value: json!(["a"]),
+            },
+        )?;
+        ops::apply(
+            tx,
+            &Op::Counter {
+                path: "n".into(),
+                value: 0,
+            },
+        )?;
+        ops::apply(
+            tx,
+            &Op::Text {
+                path: "t".into(),
+                value: "ab".into(),
+            },
+        )
+    })
+    .unwrap();
+    let mut a = base.fork().with_actor(ActorId::from([1u8; 32].as_slice()));
+    let mut b = base.fork().with_actor(ActorId::from([2u8; 32].as_slice()));
+    a.transact::<_, _, ops::OpError>(|tx| {
+        ops::apply(tx, &Op::Delete { path: "k".into() })?;
+        ops::apply(
+            tx,
+            &Op::Insert {
+                path: "list".into(),
+                index: 1,
+                value: json!("from-a"),
+            },
+        )?;
+        ops::apply(
+            tx,
+            &Op::Increment {
+                path: "n".into(),
+                by: 1,
+            },
+        )?;
+        ops::apply(
+            tx,
+            &Op::Splice {
+                path: "t".into(),
+                index: 0,
+                delete: 0,
+                insert: "X".into(),
+            },
+        )?;
+        ops::apply(
+            tx,
+            &Op::Set {
+                path: "same".into(),
+                value: json!("a"),
+            },
+        )
+    })
+    .unwrap();
+    b.transact::<_, _, ops::OpError>(|tx| {
+        ops::apply(
+            tx,
+            &Op::Set {
+                path: "k".into(),
+                value: json!(2),
+            },
+        )?;
+        ops::apply(
+            tx,
+            &Op::Insert {
+                path: "list".into(),
+                index: 1,
+                value: json!("from-b"),
+            },
+        )?;
+        ops::apply(
+            tx,
+            &Op::Increment {
+                path: "n".into(),
+                by: 1,
+            },
+        )?;
+        ops::apply(
+            tx,
+            &Op::Splice {
+                path: "t".into(),
+                index: 2,
+                delete: 0,
+                insert: "Y".into(),
+            },
+        )?;
+        ops::apply(
+            tx,
+            &Op::Set {
+                path: "same".into(),
+                value: json!("b"),
+            },
+        )
+    })
+    .unwrap();
+    let mut ab = a.fork();
+    ab.merge(&mut b.clone()).unwrap();
+    let mut ba = b.fork();
+    ba.merge(&mut a.clone()).unwrap();
+    let v = ops::to_json(&ab, "").unwrap();
+    assert_eq!(v, ops::to_json(&ba, "").unwrap(), "same on every replica");
+    assert_eq!(
+        v["k"],
+        json!(2),
+        "an update concurrent with a delete wins: {v}"
+    );
+    assert_eq!(v["n"], json!(2), "concurrent increments add up");
+    let list = v["list"].as_array().unwrap();
+    assert_eq!(list.len(), 3, "both inserts at one position are kept: {v}");
+    assert_eq!(
+        v["t"],
+        json!("XabY"),
+        "edits to different parts of a text both apply"
+    );
+    assert!(
+        v["same"] == json!("a") || v["same"] == json!("b"),
+        "one value wins: {v}"
+    );
+}
