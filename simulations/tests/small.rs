@@ -4,10 +4,9 @@
 use murmur_sim::{Scenario, Sim};
 
 fn small() -> Scenario {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/small.toml"))
-            .expect("scenario file");
-    toml::from_str(&text).expect("valid scenario")
+    // Embedded at build time: a test binary reused from another clone of the repo (the
+    // target directory is shared) must not read a path that may be gone.
+    toml::from_str(include_str!("../scenarios/small.toml")).expect("valid scenario")
 }
 
 #[test]

@@ -567,7 +567,11 @@ impl Manager {
             return Err(OpError::Empty.into());
         }
         let max_doc = self.config.max_doc_bytes;
-        let l = self.load(key)?;
+        // The batch loaded (and caught up) the document before its first change.
+        let l = self
+            .loaded
+            .get_mut(key)
+            .ok_or_else(|| DocError::Store("document vanished".into()))?;
         if l.size > max_doc {
             return Err(DocError::TooLarge(format!(
                 "document {} is {} bytes, over the limit of {max_doc}",

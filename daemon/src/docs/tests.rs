@@ -44,28 +44,32 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn base() -> Automerge {
-    let mut doc = Automerge::new().with_actor(ActorId::from([0u8; 32].as_slice()));
+/// Applies `ops` (JSON, as the API takes them) to `doc` as one change.
+fn edit(doc: &mut Automerge, ops: serde_json::Value) {
+    let ops: Vec<Op> = serde_json::from_value(ops).unwrap();
     doc.transact::<_, _, ops::OpError>(|tx| {
-        for o in [
-            Op::Set {
-                path: "list".into(),
-                value: json!([1, 2]),
-            },
-            Op::Text {
-                path: "text".into(),
-                value: "hello".into(),
-            },
-            Op::Counter {
-                path: "hits".into(),
-                value: 0,
-            },
-        ] {
-            ops::apply(tx, &o)?;
+        for o in &ops {
+            ops::apply(tx, o)?;
         }
         Ok(())
     })
     .unwrap();
+}
+
+fn fork(doc: &Automerge, actor: u8) -> Automerge {
+    doc.fork().with_actor(ActorId::from([actor; 32].as_slice()))
+}
+
+fn base() -> Automerge {
+    let mut doc = Automerge::new().with_actor(ActorId::from([0u8; 32].as_slice()));
+    edit(
+        &mut doc,
+        json!([
+            {"op": "set", "path": "list", "value": [1, 2]},
+            {"op": "text", "path": "text", "value": "hello"},
+            {"op": "counter", "path": "hits"}
+        ]),
+    );
     doc
 }
 
@@ -81,7 +85,7 @@ proptest! {
         // their whole change, as through the API.
         let base = base();
         let mut writers: Vec<Automerge> = (1..=3u8)
-            .map(|i| base.fork().with_actor(ActorId::from([i; 32].as_slice())))
+            .map(|i| fork(&base, i))
             .collect();
         let mut changes: Vec<Change> = base.get_changes(&[]).into_iter().collect();
         for (w, batch) in &writes {
@@ -129,11 +133,11 @@ proptest! {
     #[test]
     fn hostile_change_bytes_never_panic(flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6), cut in any::<prop::sample::Index>()) {
         let doc = base();
-        let mut writer = doc.fork().with_actor(ActorId::from([7u8; 32].as_slice()));
-        writer.transact::<_, _, ops::OpError>(|tx| {
-            ops::apply(tx, &Op::Set { path: "a".into(), value: json!({"x": [1, 2, 3]}) })?;
-            ops::apply(tx, &Op::Splice { path: "text".into(), index: 2, delete: 1, insert: "zz".into() })
-        }).unwrap();
+        let mut writer = fork(&doc, 7);
+        edit(&mut writer, json!([
+            {"op": "set", "path": "a", "value": {"x": [1, 2, 3]}},
+            {"op": "splice", "path": "text", "index": 2, "delete": 1, "insert": "zz"}
+        ]));
         let good = writer.get_last_local_change().unwrap().raw_bytes().to_vec();
         let mut bad = good.clone();
         for (i, b) in &flips {
@@ -159,115 +163,36 @@ proptest! {
 #[test]
 fn merge_rules_are_as_documented() {
     let mut base = Automerge::new().with_actor(ActorId::from([0u8; 32].as_slice()));
-    base.transact::<_, _, ops::OpError>(|tx| {
-        ops::apply(
-            tx,
-            &Op::Set {
-                path: "k".into(),
-                value: json!(1),
-            },
-        )?;
-        ops::apply(
-            tx,
-            &Op::Set {
-                path: "list".into(),
-                value: json!(["a"]),
-            },
-        )?;
-        ops::apply(
-            tx,
-            &Op::Counter {
-                path: "n".into(),
-                value: 0,
-            },
-        )?;
-        ops::apply(
-            tx,
-            &Op::Text {
-                path: "t".into(),
-                value: "ab".into(),
-            },
-        )
-    })
-    .unwrap();
-    let mut a = base.fork().with_actor(ActorId::from([1u8; 32].as_slice()));
-    let mut b = base.fork().with_actor(ActorId::from([2u8; 32].as_slice()));
-    a.transact::<_, _, ops::OpError>(|tx| {
-        ops::apply(tx, &Op::Delete { path: "k".into() })?;
-        ops::apply(
-            tx,
-            &Op::Insert {
-                path: "list".into(),
-                index: 1,
-                value: json!("from-a"),
-            },
-        )?;
-        ops::apply(
-            tx,
-            &Op::Increment {
-                path: "n".into(),
-                by: 1,
-            },
-        )?;
-        ops::apply(
-            tx,
-            &Op::Splice {
-                path: "t".into(),
-                index: 0,
-                delete: 0,
-                insert: "X".into(),
-            },
-        )?;
-        ops::apply(
-            tx,
-            &Op::Set {
-                path: "same".into(),
-                value: json!("a"),
-            },
-        )
-    })
-    .unwrap();
-    b.transact::<_, _, ops::OpError>(|tx| {
-        ops::apply(
-            tx,
-            &Op::Set {
-                path: "k".into(),
-                value: json!(2),
-            },
-        )?;
-        ops::apply(
-            tx,
-            &Op::Insert {
-                path: "list".into(),
-                index: 1,
-                value: json!("from-b"),
-            },
-        )?;
-        ops::apply(
-            tx,
-            &Op::Increment {
-                path: "n".into(),
-                by: 1,
-            },
-        )?;
-        ops::apply(
-            tx,
-            &Op::Splice {
-                path: "t".into(),
-                index: 2,
-                delete: 0,
-                insert: "Y".into(),
-            },
-        )?;
-        ops::apply(
-            tx,
-            &Op::Set {
-                path: "same".into(),
-                value: json!("b"),
-            },
-        )
-    })
-    .unwrap();
+    edit(
+        &mut base,
+        json!([
+            {"op": "set", "path": "k", "value": 1},
+            {"op": "set", "path": "list", "value": ["a"]},
+            {"op": "counter", "path": "n"},
+            {"op": "text", "path": "t", "value": "ab"}
+        ]),
+    );
+    let (mut a, mut b) = (fork(&base, 1), fork(&base, 2));
+    edit(
+        &mut a,
+        json!([
+            {"op": "delete", "path": "k"},
+            {"op": "insert", "path": "list", "index": 1, "value": "from-a"},
+            {"op": "increment", "path": "n"},
+            {"op": "splice", "path": "t", "index": 0, "insert": "X"},
+            {"op": "set", "path": "same", "value": "a"}
+        ]),
+    );
+    edit(
+        &mut b,
+        json!([
+            {"op": "set", "path": "k", "value": 2},
+            {"op": "insert", "path": "list", "index": 1, "value": "from-b"},
+            {"op": "increment", "path": "n"},
+            {"op": "splice", "path": "t", "index": 2, "insert": "Y"},
+            {"op": "set", "path": "same", "value": "b"}
+        ]),
+    );
     let mut ab = a.fork();
     ab.merge(&mut b.clone()).unwrap();
     let mut ba = b.fork();
