@@ -428,9 +428,9 @@ impl Manager {
     /// Applies a batch of local operations, one change each, and publishes all the
     /// changes in one group commit.
     ///
-    /// automerge 0.12 keeps no list of changes: extracting a change's bytes walks the
-    /// whole document (0.5 ms at 100,000 changes). So the batch's changes to a document
-    /// are made first and extracted together, in one walk per document.
+    /// Each change is taken from its transaction as it commits (`take_last_commit`, our
+    /// patch to automerge 0.12, which otherwise rebuilds a change by walking the whole
+    /// document: 2.4 ms at 100,000 changes).
     #[allow(clippy::type_complexity)]
     fn changes(
         &mut self,
@@ -442,52 +442,37 @@ impl Manager {
             oneshot::Sender<Result<ChangeDone, DocError>>,
         )>,
     ) {
-        // Heads of each document before the batch, and the changes made, in order.
-        let mut before: HashMap<(Topic, DocId), Vec<automerge::ChangeHash>> = HashMap::new();
+        // The changes made, in order.
         let mut made = Vec::new();
+        let mut oversized: BTreeSet<(Topic, DocId)> = BTreeSet::new();
+        // Each document is loaded and caught up once per batch (that reads the store).
+        let mut ready: BTreeSet<(Topic, DocId)> = BTreeSet::new();
         for (topic, doc, ops, message, reply) in batch {
             let key = (topic, doc);
-            if !before.contains_key(&key) {
-                match self.load(&key) {
-                    Ok(l) => {
-                        before.insert(key.clone(), l.doc.get_heads());
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        continue;
-                    }
+            if !ready.contains(&key) {
+                if let Err(e) = self.load(&key) {
+                    let _ = reply.send(Err(e));
+                    continue;
                 }
+                ready.insert(key.clone());
             }
             match self.local_change(&key, &ops, message) {
-                Ok(hash) => made.push((key, hash, reply)),
+                Ok(change) => {
+                    if change.raw_bytes().len() > self.config.max_change_bytes {
+                        oversized.insert(key.clone());
+                    }
+                    made.push((key, change, reply));
+                }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             }
         }
-        // One walk per document collects the bytes of all its new changes.
-        let mut bytes: HashMap<automerge::ChangeHash, Vec<u8>> = HashMap::new();
-        let mut oversized: BTreeSet<(Topic, DocId)> = BTreeSet::new();
-        for (key, heads) in &before {
-            let Some(l) = self.loaded.get_mut(key) else {
-                continue;
-            };
-            for c in l.doc.get_changes(heads) {
-                if c.raw_bytes().len() > self.config.max_change_bytes {
-                    oversized.insert(key.clone());
-                }
-                l.size += c.raw_bytes().len() as u64;
-                l.unsaved += 1;
-                l.own.insert(c.hash());
-                bytes.insert(c.hash(), c.raw_bytes().to_vec());
-            }
-        }
         let mut items = Vec::new();
         let mut waiting = Vec::new();
         let mut touched: BTreeSet<(Topic, DocId)> = BTreeSet::new();
-        for (key, hash, reply) in made {
-            let change = bytes.remove(&hash);
-            if oversized.contains(&key) || change.is_none() {
+        for (key, change, reply) in made {
+            if oversized.contains(&key) {
                 // Later changes in the batch may build on the oversized one: refuse the
                 // document's whole batch and reload it from the store.
                 let _ = reply.send(Err(DocError::TooLarge(format!(
@@ -496,15 +481,20 @@ impl Manager {
                 ))));
                 continue;
             }
+            if let Some(l) = self.loaded.get_mut(&key) {
+                l.size += change.raw_bytes().len() as u64;
+                l.unsaved += 1;
+                l.own.insert(change.hash());
+            }
             touched.insert(key.clone());
+            waiting.push((reply, hex(&change.hash())));
             items.push(PublishItem {
                 topic: key.0,
                 payload: Payload::Doc {
                     doc: key.1,
-                    change: bytes::Bytes::from(change.unwrap_or_default()),
+                    change: bytes::Bytes::copy_from_slice(change.raw_bytes()),
                 },
             });
-            waiting.push((reply, hex(&hash)));
         }
         for key in &oversized {
             self.loaded.remove(key);
@@ -556,13 +546,13 @@ impl Manager {
         self.evict(Instant::now());
     }
 
-    /// Makes one change to a loaded document; its bytes are collected by the caller.
+    /// Makes one change to a loaded document and returns it.
     fn local_change(
         &mut self,
         key: &(Topic, DocId),
         ops: &[Op],
         message: Option<String>,
-    ) -> Result<automerge::ChangeHash, DocError> {
+    ) -> Result<Change, DocError> {
         if ops.is_empty() {
             return Err(OpError::Empty.into());
         }
@@ -581,6 +571,7 @@ impl Manager {
         let time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
+        l.doc.take_last_commit();
         let result = l.doc.transact_with::<_, _, OpError, _>(
             |_| {
                 let o = automerge::transaction::CommitOptions::default().with_time(time);
@@ -597,7 +588,7 @@ impl Manager {
             },
         );
         match result {
-            Ok(s) => s.hash.ok_or_else(|| OpError::Empty.into()),
+            Ok(_) => l.doc.take_last_commit().ok_or_else(|| OpError::Empty.into()),
             Err(f) => Err(f.error.into()),
         }
     }

@@ -260,6 +260,8 @@ pub struct Automerge {
     actor: Actor,
     /// The current author.
     author: Option<Author<'static>>,
+    /// murmur patch: the change the last committed transaction made, until taken.
+    last_commit: Option<Change>,
 }
 
 impl Automerge {
@@ -273,6 +275,7 @@ impl Automerge {
             deps: Default::default(),
             actor: Actor::Unused(ActorId::random()),
             author: None,
+            last_commit: None,
         }
     }
 
@@ -313,6 +316,7 @@ impl Automerge {
             deps: Default::default(),
             actor: Actor::Unused(ActorId::random()),
             author: None,
+            last_commit: None,
         }
     }
 
@@ -328,6 +332,7 @@ impl Automerge {
             deps,
             actor: Actor::Unused(ActorId::random()),
             author: None,
+            last_commit: None,
         };
         doc.remove_unused_actors(false);
         doc
@@ -1219,6 +1224,16 @@ impl Automerge {
         Ok(())
     }
 
+    /// Takes the change made by the most recently committed transaction, if it has
+    /// not been taken yet (murmur patch).
+    ///
+    /// Unlike [`Self::get_last_local_change`], this does not rebuild the change from the
+    /// operation set: the transaction hands over the change it built, so the cost does
+    /// not grow with the document.
+    pub fn take_last_commit(&mut self) -> Option<Change> {
+        self.last_commit.take()
+    }
+
     /// Get the last change this actor made to the document.
     pub fn get_last_local_change(&self) -> Option<Change> {
         let actor = self.get_actor_index()?;
@@ -1282,6 +1297,10 @@ impl Automerge {
 
     fn get_hash(&self, actor: usize, seq: u64) -> Result<ChangeHash, AutomergeError> {
         self.change_graph.get_hash_for_actor_seq(actor, seq)
+    }
+
+    pub(crate) fn set_last_commit(&mut self, change: Change) {
+        self.last_commit = Some(change);
     }
 
     pub(crate) fn update_history(&mut self, change: &Change) {

@@ -229,6 +229,9 @@
     unused_parens,
     while_true
 )]
+// murmur patch: silence upstream's own warnings (it builds as a path dependency here,
+// so they are not capped as a registry crate's would be).
+#![allow(unused_imports, unused_assignments)]
 
 #[doc(hidden)]
 #[macro_export]

@@ -168,6 +168,7 @@ impl TransactionInner {
         }
         doc.update_history(&change);
         doc.remove_unused_actors(true);
+        doc.set_last_commit(change);
         hash
     }
 
