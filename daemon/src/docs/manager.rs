@@ -588,7 +588,10 @@ impl Manager {
             },
         );
         match result {
-            Ok(_) => l.doc.take_last_commit().ok_or_else(|| OpError::Empty.into()),
+            Ok(_) => l
+                .doc
+                .take_last_commit()
+                .ok_or_else(|| OpError::Empty.into()),
             Err(f) => Err(f.error.into()),
         }
     }
