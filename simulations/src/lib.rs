@@ -13,12 +13,16 @@
 //!   the last `history` heartbeats' messages (IHAVE) to `lazy` non-mesh neighbours, who
 //!   ask for what they lack (IWANT). An author sends `publish_ms` after publishing; a
 //!   receiver holds and forwards a run `validate_ms` after receipt (verify and durable
-//!   write) and not to peers that sent it the message or announced IDONTWANT,
-//!   which it sends to its mesh on receipt (gossipsub 1.2). Mesh changes are local (no
-//!   GRAFT/PRUNE messages); peer scoring is not modelled;
-//! - the network: a latency per link drawn uniformly from `latency_ms`, independent
-//!   loss and duplication, partitions, churn; bandwidth is not limited; every message
-//!   costs its encoded size plus [`FRAMING`] bytes;
+//!   write), forwards it `hold_ms` later, and not to peers that sent it the message
+//!   or announced IDONTWANT, which it sends to its mesh on receipt (gossipsub 1.2).
+//!   Mesh links are symmetric (both ends graft and prune together, without sending
+//!   GRAFT/PRUNE); peer scoring is not modelled;
+//! - or, as an experiment ([`Push::Plumtree`]), Plumtree's eager tree and lazy
+//!   announcements;
+//! - the network: a latency per link drawn uniformly from `latency_ms` with a
+//!   per-message jitter, independent loss and duplication, partitions, churn;
+//!   bandwidth is not limited; every message costs its encoded size plus [`FRAMING`]
+//!   bytes;
 //! - a signature is verified once per distinct run or event across the whole
 //!   simulation (the result is the same on every node), so 10,000 nodes do not spend
 //!   10,000 verifications each; sync ranges are verified by the sync machine itself.
@@ -42,7 +46,7 @@ mod report;
 mod scenario;
 
 pub use report::Report;
-pub use scenario::{Partition, Scenario};
+pub use scenario::{Partition, Push, Scenario};
 
 /// Bytes added to every message for transport framing (TCP/IP, Noise, Yamux, protocol
 /// headers), as measured on loopback for small messages.
@@ -60,6 +64,10 @@ enum Msg {
     IHave(Vec<MsgId>),
     IWant(Vec<MsgId>),
     IDontWant(MsgId),
+    /// Plumtree: make this link eager again and send these messages.
+    Graft(Vec<MsgId>),
+    /// Plumtree: make this link lazy (a duplicate came over it).
+    Prune,
     /// A sync protocol frame (length prefix included).
     Sync(Arc<Vec<u8>>),
 }
@@ -71,6 +79,8 @@ impl Msg {
                 Msg::Push { run, .. } => run.len() as u64,
                 Msg::IHave(ids) | Msg::IWant(ids) => 32 * ids.len() as u64,
                 Msg::IDontWant(_) => 32,
+                Msg::Graft(ids) => 32 * ids.len() as u64,
+                Msg::Prune => 0,
                 Msg::Sync(f) => f.len() as u64,
             }
     }
@@ -89,6 +99,19 @@ enum Ev {
         from: usize,
         id: MsgId,
         run: Arc<Vec<u8>>,
+    },
+    /// A stored run's forward hold is over: send it to the mesh peers still lacking it.
+    Forward {
+        node: usize,
+        from: usize,
+        id: MsgId,
+    },
+    /// Plumtree: announce the ids gathered since the last flush to lazy neighbours.
+    LazyFlush(usize),
+    /// Plumtree: an announced message is overdue at `node`.
+    GraftTimer {
+        node: usize,
+        id: MsgId,
     },
     Tick(usize),
     Publish(usize),
@@ -131,6 +154,10 @@ struct Node {
     /// Peers that have a recent message (they sent it, or announced IDONTWANT): it is
     /// not forwarded to them. Pruned with the message cache.
     has: HashMap<MsgId, Vec<usize>>,
+    /// Plumtree: ids to announce to lazy neighbours at the next flush.
+    announce: Vec<MsgId>,
+    /// Plumtree: neighbours that announced a message this node lacks, in order.
+    announced: HashMap<MsgId, VecDeque<usize>>,
     online: bool,
     side: bool,
     interested: bool,
@@ -198,12 +225,6 @@ impl Sim {
         let mut nodes = Vec::with_capacity(n);
         for (i, nb) in neighbors.into_iter().enumerate() {
             let nb: Vec<usize> = nb.into_iter().collect();
-            let mut mesh = BTreeSet::new();
-            let mut pool = nb.clone();
-            while mesh.len() < sc.mesh_n.min(pool.len() + mesh.len()) && !pool.is_empty() {
-                let k = rng.random_range(0..pool.len());
-                mesh.insert(pool.swap_remove(k));
-            }
             let author = (i < sc.publishers).then(|| {
                 let mut seed = [0u8; 32];
                 seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
@@ -217,10 +238,12 @@ impl Sim {
                     ..sync::Config::default()
                 }),
                 neighbors: nb,
-                mesh,
+                mesh: BTreeSet::new(),
                 seen: BTreeSet::new(),
                 mcache: VecDeque::new(),
                 has: HashMap::new(),
+                announce: Vec::new(),
+                announced: HashMap::new(),
                 online: true,
                 side: i >= n - small_side,
                 interested: i < sc.publishers || rng.random_range(0.0..1.0) < sc.interested,
@@ -250,6 +273,17 @@ impl Sim {
             nodes,
             sc,
         };
+        for i in 0..n {
+            match sim.sc.push {
+                Push::Gossipsub => sim.graft(i),
+                // Plumtree starts with every link eager; duplicates prune it to a tree.
+                Push::Plumtree => {
+                    sim.nodes[i].mesh = sim.nodes[i].neighbors.iter().copied().collect();
+                    let t = sim.rng.random_range(0..sim.sc.lazy_ms.max(1) * 1000);
+                    sim.at(t, Ev::LazyFlush(i));
+                }
+            }
+        }
         for i in 0..n {
             let hb = sim.rng.random_range(0..sim.sc.heartbeat_ms * 1000);
             sim.at(hb, Ev::Heartbeat(i));
@@ -309,10 +343,10 @@ impl Sim {
         } else {
             1
         };
+        let base = self.link_latency(from, to);
         for _ in 0..copies {
-            let (lo, hi) = self.sc.latency_ms;
-            let (lo, hi) = ((lo * 1000.0) as u64, (hi.max(lo) * 1000.0) as u64);
-            let lat = self.rng.random_range(lo..=hi).max(1);
+            let j = self.sc.jitter.max(0.0);
+            let lat = ((base * self.rng.random_range(1.0 - j..=1.0 + j)) as u64).max(1);
             let bytes = msg.wire_bytes();
             self.inflight[to] += bytes;
             self.peak_inflight = self.peak_inflight.max(self.inflight[to]);
@@ -325,6 +359,20 @@ impl Sim {
                 },
             );
         }
+    }
+
+    /// The latency of the link between `a` and `b` (either way), µs: drawn from
+    /// `latency_ms` by a hash of the seed and the pair, so no table is kept.
+    fn link_latency(&self, a: usize, b: usize) -> f64 {
+        let (x, y) = (a.min(b) as u64, a.max(b) as u64);
+        let mut z = self.sc.seed ^ (x << 32 | y).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // splitmix64
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let u = (z >> 11) as f64 / (1u64 << 53) as f64;
+        let (lo, hi) = self.sc.latency_ms;
+        (lo + u * (hi.max(lo) - lo)) * 1000.0
     }
 
     /// Runs to the end; returns the report.
@@ -358,6 +406,20 @@ impl Sim {
             } => {
                 if self.nodes[node].online {
                     self.validated(node, from, id, run);
+                }
+            }
+            Ev::Forward { node, from, id } => {
+                if self.nodes[node].online {
+                    self.forward(node, from, id);
+                }
+            }
+            Ev::LazyFlush(i) => {
+                self.lazy_flush(i);
+                self.at(self.now + self.sc.lazy_ms.max(1) * 1000, Ev::LazyFlush(i));
+            }
+            Ev::GraftTimer { node, id } => {
+                if self.nodes[node].online {
+                    self.graft_timer(node, id);
                 }
             }
             Ev::Heartbeat(i) => {
@@ -439,9 +501,17 @@ impl Sim {
         let bytes = Arc::new(bytes);
         self.runs.insert(id, bytes.clone());
         let msg = Msg::Push { id, run: bytes };
-        // Flood publish: the author sends to every neighbour once the event is durable.
+        // gossipsub: flood publish, to every neighbour, once the event is durable.
+        // Plumtree: to the eager neighbours; the others get the id in the next batch.
         let durable = (self.sc.publish_ms * 1000.0) as u64;
-        for to in self.nodes[p].neighbors.clone() {
+        let to = match self.sc.push {
+            Push::Gossipsub => self.nodes[p].neighbors.clone(),
+            Push::Plumtree => {
+                self.nodes[p].announce.push(id);
+                self.nodes[p].mesh.iter().copied().collect()
+            }
+        };
+        for to in to {
             self.send_after(durable, p, to, msg.clone());
         }
         Ok(())
@@ -490,12 +560,24 @@ impl Sim {
                 self.nodes[to].has.entry(id).or_default().push(from);
                 if !self.nodes[to].seen.insert(id) {
                     self.nodes[to].duplicates += 1;
+                    if self.sc.push == Push::Plumtree
+                        && self.nodes[to].mesh.len() > self.sc.eager_min
+                        && self.nodes[to].mesh.remove(&from)
+                    {
+                        self.send(to, from, Msg::Prune);
+                    }
                     return Ok(());
                 }
-                if self
-                    .sc
-                    .idontwant_above
-                    .is_some_and(|t| bytes.len() as u64 > t)
+                if self.sc.push == Push::Plumtree {
+                    // The link it came over is (again) a tree link.
+                    self.nodes[to].announced.remove(&id);
+                    self.nodes[to].mesh.insert(from);
+                }
+                if self.sc.push == Push::Gossipsub
+                    && self
+                        .sc
+                        .idontwant_above
+                        .is_some_and(|t| bytes.len() as u64 > t)
                 {
                     for peer in self.nodes[to].mesh.clone() {
                         if peer != from {
@@ -514,6 +596,40 @@ impl Sim {
                         run: bytes,
                     },
                 );
+            }
+            Msg::IHave(ids) if self.sc.push == Push::Plumtree => {
+                self.nodes[to].bytes_push += size;
+                if !self.nodes[to].interested {
+                    return Ok(());
+                }
+                for id in ids {
+                    if self.nodes[to].seen.contains(&id) {
+                        continue;
+                    }
+                    let first = !self.nodes[to].announced.contains_key(&id);
+                    self.nodes[to]
+                        .announced
+                        .entry(id)
+                        .or_default()
+                        .push_back(from);
+                    if first {
+                        let t = self.now + self.sc.graft_ms * 1000;
+                        self.at(t, Ev::GraftTimer { node: to, id });
+                    }
+                }
+            }
+            Msg::Graft(ids) => {
+                self.nodes[to].bytes_push += size;
+                self.nodes[to].mesh.insert(from);
+                for id in ids {
+                    if let Some(run) = self.cached_run(to, &id) {
+                        self.send(to, from, Msg::Push { id, run });
+                    }
+                }
+            }
+            Msg::Prune => {
+                self.nodes[to].bytes_push += size;
+                self.nodes[to].mesh.remove(&from);
             }
             Msg::IHave(ids) => {
                 self.nodes[to].bytes_push += size;
@@ -593,7 +709,15 @@ impl Sim {
             .any(|o| matches!(o, Outcome::Appended(_) | Outcome::Gap { .. }))
         {
             self.remember(node, id);
-            self.forward(node, from, id);
+            if self.sc.push == Push::Plumtree {
+                self.nodes[node].announce.push(id);
+            }
+            let hold = (self.sc.hold_ms * 1000.0) as u64;
+            if hold == 0 {
+                self.forward(node, from, id);
+            } else {
+                self.at(self.now + hold, Ev::Forward { node, from, id });
+            }
         }
     }
 
@@ -641,38 +765,37 @@ impl Sim {
         if !self.nodes[i].online {
             return;
         }
+        if self.sc.push == Push::Plumtree {
+            self.rotate_cache(i);
+            return;
+        }
         // Mesh repair: drop unreachable peers, top up from neighbours, trim the excess.
+        // Both ends of a mesh link change together (GRAFT and PRUNE are not sent as
+        // messages: they are rare and small).
         let reachable: Vec<usize> = self.nodes[i]
             .neighbors
             .iter()
             .copied()
             .filter(|&p| self.connected(i, p))
             .collect();
-        let mesh: BTreeSet<usize> = self.nodes[i]
+        let gone: Vec<usize> = self.nodes[i]
             .mesh
             .iter()
             .copied()
-            .filter(|p| reachable.contains(p))
+            .filter(|p| !reachable.contains(p))
             .collect();
-        let mut mesh = mesh;
-        if mesh.len() < self.sc.mesh_lo {
-            let mut pool: Vec<usize> = reachable
-                .iter()
-                .copied()
-                .filter(|p| !mesh.contains(p))
-                .collect();
-            while mesh.len() < self.sc.mesh_n && !pool.is_empty() {
-                let k = self.rng.random_range(0..pool.len());
-                mesh.insert(pool.swap_remove(k));
+        for p in gone {
+            self.prune(i, p);
+        }
+        if self.nodes[i].mesh.len() < self.sc.mesh_lo {
+            self.graft(i);
+        }
+        while self.nodes[i].mesh.len() > self.sc.mesh_hi {
+            let k = self.rng.random_range(0..self.nodes[i].mesh.len());
+            if let Some(p) = self.nodes[i].mesh.iter().nth(k).copied() {
+                self.prune(i, p);
             }
         }
-        while mesh.len() > self.sc.mesh_hi {
-            let k = self.rng.random_range(0..mesh.len());
-            if let Some(p) = mesh.iter().nth(k).copied() {
-                mesh.remove(&p);
-            }
-        }
-        self.nodes[i].mesh = mesh;
         // IHAVE: the last `history` windows, to `lazy` non-mesh neighbours.
         let ids: Vec<MsgId> = self.nodes[i].mcache.iter().flatten().copied().collect();
         if !ids.is_empty() {
@@ -686,6 +809,11 @@ impl Sim {
                 self.send(i, p, Msg::IHave(ids.clone()));
             }
         }
+        self.rotate_cache(i);
+    }
+
+    /// Starts a new message cache window and forgets what fell out of the last one.
+    fn rotate_cache(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         node.mcache.push_back(Vec::new());
         while node.mcache.len() > self.sc.history {
@@ -693,6 +821,71 @@ impl Sim {
         }
         let recent: BTreeSet<MsgId> = node.mcache.iter().flatten().copied().collect();
         node.has.retain(|id, _| recent.contains(id));
+    }
+
+    /// Plumtree: one batch of ids to every lazy neighbour (not on a tree link).
+    fn lazy_flush(&mut self, i: usize) {
+        if !self.nodes[i].online || self.nodes[i].announce.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.nodes[i].announce);
+        let lazy: Vec<usize> = self.nodes[i]
+            .neighbors
+            .iter()
+            .copied()
+            .filter(|p| !self.nodes[i].mesh.contains(p))
+            .collect();
+        for p in lazy {
+            self.send(i, p, Msg::IHave(ids.clone()));
+        }
+    }
+
+    /// Plumtree: an announced message has not arrived; graft the next announcer's link
+    /// and ask it for the message, and try the one after if that fails too.
+    fn graft_timer(&mut self, node: usize, id: MsgId) {
+        if self.nodes[node].seen.contains(&id) {
+            self.nodes[node].announced.remove(&id);
+            return;
+        }
+        let Some(peer) = self.nodes[node]
+            .announced
+            .get_mut(&id)
+            .and_then(VecDeque::pop_front)
+        else {
+            self.nodes[node].announced.remove(&id);
+            return;
+        };
+        self.nodes[node].mesh.insert(peer);
+        self.send(node, peer, Msg::Graft(vec![id]));
+        let t = self.now + self.sc.graft_ms * 1000;
+        self.at(t, Ev::GraftTimer { node, id });
+    }
+
+    /// Grafts reachable neighbours with room (under `mesh_hi`) into node `i`'s mesh,
+    /// up to `mesh_n`; both ends add the link.
+    fn graft(&mut self, i: usize) {
+        let mut pool: Vec<usize> = self.nodes[i]
+            .neighbors
+            .iter()
+            .copied()
+            .filter(|&p| {
+                self.connected(i, p)
+                    && !self.nodes[i].mesh.contains(&p)
+                    && self.nodes[p].mesh.len() < self.sc.mesh_hi
+            })
+            .collect();
+        while self.nodes[i].mesh.len() < self.sc.mesh_n && !pool.is_empty() {
+            let k = self.rng.random_range(0..pool.len());
+            let p = pool.swap_remove(k);
+            self.nodes[i].mesh.insert(p);
+            self.nodes[p].mesh.insert(i);
+        }
+    }
+
+    /// Removes the mesh link between `i` and `p`, at both ends.
+    fn prune(&mut self, i: usize, p: usize) {
+        self.nodes[i].mesh.remove(&p);
+        self.nodes[p].mesh.remove(&i);
     }
 
     fn tick(&mut self, i: usize) {

@@ -25,6 +25,9 @@ struct Args {
     /// Override: fraction of nodes leaving per minute
     #[arg(long)]
     churn: Option<f64>,
+    /// Override any scenario field, as TOML: `--set hold_ms=120 --set mesh_n=4`
+    #[arg(long = "set", value_name = "FIELD=VALUE")]
+    set: Vec<String>,
 }
 
 /// Peak resident memory of this process, MiB.
@@ -43,7 +46,15 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let text = std::fs::read_to_string(&args.scenario)
         .with_context(|| format!("cannot read {}", args.scenario.display()))?;
-    let mut sc: Scenario = toml::from_str(&text)
+    let mut table: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("invalid scenario {}", args.scenario.display()))?;
+    for kv in &args.set {
+        let one: toml::Table =
+            toml::from_str(kv).with_context(|| format!("--set {kv}: expected FIELD=VALUE"))?;
+        table.extend(one);
+    }
+    let mut sc: Scenario = table
+        .try_into()
         .with_context(|| format!("invalid scenario {}", args.scenario.display()))?;
     if let Some(n) = args.nodes {
         sc.nodes = n;

@@ -2,6 +2,19 @@
 
 use serde::Deserialize;
 
+/// How live events are pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Push {
+    /// gossipsub's mesh, as murmur's p2p layer runs it today.
+    Gossipsub,
+    /// Plumtree (Leitão et al., 2007): eager push along a tree that forms from first
+    /// arrivals (a duplicate prunes its link to lazy), lazy announcements of ids to the
+    /// other neighbours in batches, and a graft when an announced message does not
+    /// arrive in time. A candidate for the daemon, not what it runs yet.
+    Plumtree,
+}
+
 /// A scenario: the fleet, the network and the workload. Every field has a default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -14,6 +27,17 @@ pub struct Scenario {
     pub nodes: usize,
     /// Connections per node (random graph, as discovery would give).
     pub degree: usize,
+    /// Push protocol.
+    pub push: Push,
+    /// Plumtree: interval of the batched id announcements to lazy neighbours, ms.
+    pub lazy_ms: u64,
+    /// Plumtree: how long an announced message may take to arrive before the node
+    /// grafts the link it was announced on, ms.
+    pub graft_ms: u64,
+    /// Plumtree: a duplicate does not prune a node's tree links below this many (a
+    /// shared tree cut by concurrent prunes from several publishers falls apart into
+    /// pieces that only grafts join again).
+    pub eager_min: usize,
     /// Mesh degree (gossipsub D), bounds D_lo and D_hi.
     pub mesh_n: usize,
     /// Mesh lower bound.
@@ -34,8 +58,16 @@ pub struct Scenario {
     pub validate_ms: f64,
     /// Time from publishing to the first send (the author's durable write), ms.
     pub publish_ms: f64,
-    /// Link latency range, ms (fractions allowed: 0.05 is a LAN).
+    /// Time a receiver waits after storing a run before it forwards it to its mesh, ms,
+    /// so that IDONTWANT notices from mesh peers that already hold it arrive first
+    /// (murmur: the forward hold). The run is held and delivered locally at once.
+    pub hold_ms: f64,
+    /// Link latency range, ms (fractions allowed: 0.05 is a LAN). Each link gets a
+    /// latency from this range, fixed for the run.
     pub latency_ms: (f64, f64),
+    /// Per-message jitter on top of a link's latency, as a fraction of it (messages on
+    /// one link can overtake each other).
+    pub jitter: f64,
     /// Probability that a message is lost.
     pub loss: f64,
     /// Probability that a message is delivered twice.
@@ -80,6 +112,10 @@ impl Default for Scenario {
             seed: 1,
             nodes: 50,
             degree: 8,
+            push: Push::Gossipsub,
+            lazy_ms: 250,
+            graft_ms: 250,
+            eager_min: 1,
             mesh_n: 6,
             mesh_lo: 5,
             mesh_hi: 12,
@@ -89,7 +125,9 @@ impl Default for Scenario {
             idontwant_above: Some(256),
             validate_ms: 1.0,
             publish_ms: 1.0,
+            hold_ms: 0.0,
             latency_ms: (20.0, 100.0),
+            jitter: 0.1,
             loss: 0.0,
             duplicate: 0.0,
             publishers: 5,

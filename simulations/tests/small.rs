@@ -1,7 +1,7 @@
 //! The small scenario runs in the test suite: ~50 nodes, a third cut away for 30 s
 //! while publishing continues, then healed. Checks the end state and determinism.
 
-use murmur_sim::{Scenario, Sim};
+use murmur_sim::{Push, Scenario, Sim};
 
 fn small() -> Scenario {
     // Embedded at build time: a test binary reused from another clone of the repo (the
@@ -46,4 +46,30 @@ fn churn_and_loss_still_end_complete() {
     sc.duplicate = 0.02;
     let r = Sim::new(sc).unwrap().run().unwrap();
     assert!(r.complete, "{r:?}");
+}
+
+#[test]
+fn plumtree_forms_a_tree_and_still_heals_a_partition() {
+    // One publisher: the eager links prune down to a tree, so a node gets each event
+    // about once, where gossipsub's mesh delivers it several times.
+    let mut one = small();
+    one.partition = None;
+    one.publishers = 1;
+    one.rate = 10.0;
+    let gossip = Sim::new(one.clone()).unwrap().run().unwrap();
+    one.push = Push::Plumtree;
+    let tree = Sim::new(one).unwrap().run().unwrap();
+    assert!(tree.complete && gossip.complete, "{tree:?} {gossip:?}");
+    assert!(tree.redundancy < 0.3, "{tree:?}");
+    assert!(gossip.redundancy > 1.0, "{gossip:?}");
+    assert!(tree.push_bytes_per_event < gossip.push_bytes_per_event / 2.0);
+    // The default scenario (five publishers, a third cut away) ends complete too.
+    let mut sc = small();
+    sc.push = Push::Plumtree;
+    let r = Sim::new(sc).unwrap().run().unwrap();
+    assert!(r.complete, "{r:?}");
+    assert!(
+        r.converged_after_heal_ms.is_some_and(|ms| ms < 30_000.0),
+        "{r:?}"
+    );
 }
