@@ -185,6 +185,10 @@ struct LogArgs {
     limit: usize,
 }
 
+/// jemalloc, for the reason in `murmur_daemon::alloc`.
+#[global_allocator]
+static ALLOC: murmur_daemon::alloc::Jemalloc = murmur_daemon::alloc::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()

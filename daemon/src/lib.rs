@@ -13,6 +13,7 @@
 
 #![deny(missing_docs)]
 
+pub mod alloc;
 pub mod api;
 pub mod client;
 pub mod config;
