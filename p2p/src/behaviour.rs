@@ -68,21 +68,47 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
+pub mod gossip {
+    //! The push mesh's parameters, chosen with murmur-sim at 1,000 and 10,000 nodes on
+    //! links of 20–100 ms (simulations/README.md, "The push goal"). murmur-sim's
+    //! scenario defaults are these values; a test there checks it.
+    //!
+    //! gossipsub's defaults (D 6, 5..12, 6 lazy peers, 3 windows of IHAVE, IDONTWANT
+    //! from 256 bytes in earlier murmur) cost 10.5× the event size per node per event:
+    //! every node got about six copies, and each id was announced three times to six
+    //! peers. A mesh of 2..3 brings the copies down to about two, and ids announced
+    //! twice to two peers still reach a node that no full mesh would take.
+
+    /// Mesh degree (gossipsub D).
+    pub const MESH_N: usize = 3;
+    /// Fewest mesh peers before the heartbeat grafts more (D_low).
+    pub const MESH_N_LOW: usize = 2;
+    /// Most mesh peers; a GRAFT beyond this is refused (D_high).
+    pub const MESH_N_HIGH: usize = 3;
+    /// Peers outside the mesh that get the IHAVE ids at each heartbeat (D_lazy).
+    pub const GOSSIP_LAZY: usize = 1;
+    /// Heartbeat windows of message ids announced by IHAVE.
+    pub const HISTORY_GOSSIP: usize = 2;
+    /// Heartbeat interval, ms.
+    pub const HEARTBEAT_MS: u64 = 700;
+    /// Messages larger than this are announced with IDONTWANT to mesh peers on receipt
+    /// (gossipsub 1.2; its default). Below it a notice to each mesh peer costs about
+    /// what the redundant copy it may stop does, and on links of tens of ms the copy is
+    /// usually on its way before the notice arrives. Large runs (under load, up to
+    /// 64 KiB) are announced, which is where it pays.
+    pub const IDONTWANT_ABOVE: usize = 1000;
+}
+
+/// Largest gossip message: one event of the maximum size as a run, plus framing.
+pub const MAX_GOSSIP_BYTES: usize = MAX_EVENT_BYTES + 4096;
+
 /// The gossipsub settings murmur relies on. A message is a run of events of one log
 /// (`murmur_core::run`). Messages are anonymous (each event carries its own ed25519
 /// signature; a second gossipsub signature would halve throughput), the message id is
 /// the blake3 hash of the run so the same run is recognised across paths, and every
 /// message waits for the daemon's verdict before it is forwarded — which also gives the
-/// IDONTWANT notices (sent on receipt, see [`IDONTWANT_ABOVE`]) time to arrive before a
-/// peer would forward a copy we already hold.
-/// Messages larger than this are announced with IDONTWANT to mesh peers on receipt
-/// (gossipsub 1.2), so peers do not forward us a copy we hold. gossipsub's default is
-/// 1,000 bytes; a run of one 256-byte event is about 370 bytes and a redundant copy of
-/// it costs more than the ~130-byte notice, so murmur announces from 256 bytes.
-pub const IDONTWANT_ABOVE: usize = 256;
-/// Largest gossip message: one event of the maximum size as a run, plus framing.
-pub const MAX_GOSSIP_BYTES: usize = MAX_EVENT_BYTES + 4096;
-
+/// IDONTWANT notices (sent on receipt, see [`gossip::IDONTWANT_ABOVE`]) time to arrive
+/// before a peer would forward a copy we already hold.
 pub(crate) fn gossip_config() -> Result<gossipsub::Config, Error> {
     gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Anonymous)
@@ -91,8 +117,14 @@ pub(crate) fn gossip_config() -> Result<gossipsub::Config, Error> {
             gossipsub::MessageId::from(EventId::hash(&m.data).0.to_vec())
         })
         .max_transmit_size(MAX_GOSSIP_BYTES)
-        .idontwant_message_size_threshold(IDONTWANT_ABOVE)
-        .heartbeat_interval(Duration::from_millis(700))
+        .mesh_n(gossip::MESH_N)
+        .mesh_n_low(gossip::MESH_N_LOW)
+        .mesh_n_high(gossip::MESH_N_HIGH)
+        .mesh_outbound_min(1)
+        .gossip_lazy(gossip::GOSSIP_LAZY)
+        .history_gossip(gossip::HISTORY_GOSSIP)
+        .idontwant_message_size_threshold(gossip::IDONTWANT_ABOVE)
+        .heartbeat_interval(Duration::from_millis(gossip::HEARTBEAT_MS))
         .build()
         .map_err(|e| Error::Setup(format!("gossipsub: {e}")))
 }
@@ -146,4 +178,19 @@ pub(crate) fn build(
         kad,
         mdns: mdns.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{gossip, gossip_config};
+
+    #[test]
+    fn gossipsub_accepts_the_push_settings() {
+        let c = gossip_config().expect("gossipsub accepts the settings");
+        assert_eq!(c.mesh_n(), gossip::MESH_N);
+        assert_eq!(c.mesh_n_low(), gossip::MESH_N_LOW);
+        assert_eq!(c.mesh_n_high(), gossip::MESH_N_HIGH);
+        assert_eq!(c.gossip_lazy(), gossip::GOSSIP_LAZY);
+        assert_eq!(c.history_gossip(), gossip::HISTORY_GOSSIP);
+    }
 }

@@ -38,7 +38,8 @@ pub struct Scenario {
     /// shared tree cut by concurrent prunes from several publishers falls apart into
     /// pieces that only grafts join again).
     pub eager_min: usize,
-    /// Mesh degree (gossipsub D), bounds D_lo and D_hi.
+    /// Mesh degree (gossipsub D), bounds D_lo and D_hi. The push defaults below are the
+    /// p2p layer's (`murmur_p2p::gossip`; a test checks it).
     pub mesh_n: usize,
     /// Mesh lower bound.
     pub mesh_lo: usize,
@@ -46,12 +47,12 @@ pub struct Scenario {
     pub mesh_hi: usize,
     /// Non-mesh neighbours that get IHAVE at each heartbeat (gossipsub D_lazy).
     pub lazy: usize,
-    /// Heartbeat interval, ms (murmur's p2p layer uses 700).
+    /// Heartbeat interval, ms.
     pub heartbeat_ms: u64,
     /// Heartbeats of message ids announced by IHAVE (message cache window).
     pub history: usize,
     /// Messages larger than this are announced with IDONTWANT to mesh peers on
-    /// receipt (gossipsub 1.2; murmur uses 256). `None` turns IDONTWANT off.
+    /// receipt (gossipsub 1.2). `None` turns IDONTWANT off.
     pub idontwant_above: Option<u64>,
     /// Time from receiving a run to holding and forwarding it (verify + durable write),
     /// ms.
@@ -116,13 +117,13 @@ impl Default for Scenario {
             lazy_ms: 250,
             graft_ms: 250,
             eager_min: 1,
-            mesh_n: 6,
-            mesh_lo: 5,
-            mesh_hi: 12,
-            lazy: 6,
+            mesh_n: 3,
+            mesh_lo: 2,
+            mesh_hi: 3,
+            lazy: 1,
             heartbeat_ms: 700,
-            history: 3,
-            idontwant_above: Some(256),
+            history: 2,
+            idontwant_above: Some(1000),
             validate_ms: 1.0,
             publish_ms: 1.0,
             hold_ms: 0.0,

@@ -22,6 +22,32 @@ fn a_partitioned_fleet_heals_and_every_node_holds_every_event() {
 }
 
 #[test]
+fn the_push_defaults_are_the_p2p_layers() {
+    use murmur_p2p::gossip;
+    let d = Scenario::default();
+    assert_eq!(d.push, Push::Gossipsub);
+    assert_eq!(
+        (
+            d.mesh_n,
+            d.mesh_lo,
+            d.mesh_hi,
+            d.lazy,
+            d.history,
+            d.heartbeat_ms
+        ),
+        (
+            gossip::MESH_N,
+            gossip::MESH_N_LOW,
+            gossip::MESH_N_HIGH,
+            gossip::GOSSIP_LAZY,
+            gossip::HISTORY_GOSSIP,
+            gossip::HEARTBEAT_MS
+        )
+    );
+    assert_eq!(d.idontwant_above, Some(gossip::IDONTWANT_ABOVE as u64));
+}
+
+#[test]
 fn the_same_seed_gives_the_same_run() {
     let a = Sim::new(small()).unwrap().run().unwrap();
     let b = Sim::new(small()).unwrap().run().unwrap();
@@ -44,6 +70,10 @@ fn churn_and_loss_still_end_complete() {
     sc.churn_per_min = 0.2;
     sc.loss = 0.05;
     sc.duplicate = 0.02;
+    // Nodes that leave just before publishing stops return 20 s later, 10 s before the
+    // small scenario's 30 s of settling end; a sync message lost on the way stalls a
+    // round for the 10 s request timeout. Give the last returners two more rounds.
+    sc.settle_s = 60.0;
     let r = Sim::new(sc).unwrap().run().unwrap();
     assert!(r.complete, "{r:?}");
 }
@@ -51,12 +81,21 @@ fn churn_and_loss_still_end_complete() {
 #[test]
 fn plumtree_forms_a_tree_and_still_heals_a_partition() {
     // One publisher: the eager links prune down to a tree, so a node gets each event
-    // about once, where gossipsub's mesh delivers it several times.
+    // about once, where a mesh of gossipsub's default size (D 6) delivers it several
+    // times.
     let mut one = small();
     one.partition = None;
     one.publishers = 1;
     one.rate = 10.0;
-    let gossip = Sim::new(one.clone()).unwrap().run().unwrap();
+    let mut wide = one.clone();
+    (
+        wide.mesh_n,
+        wide.mesh_lo,
+        wide.mesh_hi,
+        wide.lazy,
+        wide.history,
+    ) = (6, 5, 12, 6, 3);
+    let gossip = Sim::new(wide).unwrap().run().unwrap();
     one.push = Push::Plumtree;
     let tree = Sim::new(one).unwrap().run().unwrap();
     assert!(tree.complete && gossip.complete, "{tree:?} {gossip:?}");
