@@ -20,10 +20,10 @@ use crate::ingest::{self, IngestError, PublishItem};
 /// Estimated memory of a loaded document per byte of its saved (compressed) form.
 /// automerge does not report its memory; measured with the docs benchmark
 /// (`cargo bench -p murmur-tests --bench docs`): a 100,000-change document of 0.91 MB
-/// saved raises the daemon's RSS by ~27 MiB once loaded (31×; 34× in a bare process).
-/// Documents of short, repetitive changes compress best and cost the most per saved
-/// byte.
-const MEMORY_PER_SAVED_BYTE: u64 = 35;
+/// saved raises the daemon's RSS by ~16 MiB once loaded (18.5×; 20.5× in a bare
+/// process on the same allocator). Documents of short, repetitive changes compress best
+/// and cost the most per saved byte.
+const MEMORY_PER_SAVED_BYTE: u64 = 22;
 /// Changes read from the store per apply call.
 const APPLY_BATCH: usize = 4096;
 /// Local changes gathered into one group commit.
