@@ -16,6 +16,10 @@ use murmur_daemon::config::{Config, SyncPolicy};
 use murmur_store::{RocksConfig, RocksStore};
 use tokio_util::sync::CancellationToken;
 
+// The `murmur` binary's allocator, so the in-process daemon runs as it does there.
+#[global_allocator]
+static ALLOC: murmur_daemon::alloc::Jemalloc = murmur_daemon::alloc::Jemalloc;
+
 const PAYLOAD: usize = 256;
 const BATCH: usize = 1000;
 const BATCH_EVENTS: usize = 100_000;
