@@ -114,6 +114,8 @@ enum Ev {
         id: MsgId,
     },
     Tick(usize),
+    /// A node's anti-entropy timer.
+    Round(usize),
     Publish(usize),
     PartitionStart,
     Heal,
@@ -158,6 +160,8 @@ struct Node {
     announce: Vec<MsgId>,
     /// Plumtree: neighbours that announced a message this node lacks, in order.
     announced: HashMap<MsgId, VecDeque<usize>>,
+    /// Anti-entropy: index of the last peer rounded with, among the reachable ones.
+    next_peer: usize,
     online: bool,
     side: bool,
     interested: bool,
@@ -244,6 +248,7 @@ impl Sim {
                 has: HashMap::new(),
                 announce: Vec::new(),
                 announced: HashMap::new(),
+                next_peer: 0,
                 online: true,
                 side: i >= n - small_side,
                 interested: i < sc.publishers || rng.random_range(0.0..1.0) < sc.interested,
@@ -289,6 +294,8 @@ impl Sim {
             sim.at(hb, Ev::Heartbeat(i));
             let t = sim.rng.random_range(0..US);
             sim.at(t, Ev::Tick(i));
+            let t = sim.rng.random_range(0..sim.round_every().max(1));
+            sim.at(t, Ev::Round(i));
         }
         let gap = ((US as f64 / sim.sc.rate.max(1e-6)) as u64).clamp(1, US);
         for p in 0..sim.sc.publishers {
@@ -430,6 +437,14 @@ impl Sim {
             Ev::Tick(i) => {
                 self.tick(i);
                 self.at(self.now + US, Ev::Tick(i));
+            }
+            Ev::Round(i) => {
+                // The daemon's timer runs while it is cut off, too; a round then finds
+                // no reachable peer.
+                if self.nodes[i].online {
+                    self.round(i);
+                }
+                self.at(self.now + self.round_every().max(1), Ev::Round(i));
             }
             Ev::Publish(p) => {
                 if (self.now as f64) < self.sc.publish_s * US as f64 {
@@ -896,19 +911,33 @@ impl Sim {
         let node = &mut self.nodes[i];
         let outs = node.sync.tick(now);
         self.outputs(i, outs);
-        // Periodic anti-entropy: a node starts a round every anti_entropy_s on average.
-        if self.rng.random_range(0.0..self.sc.anti_entropy_s.max(1.0)) < 1.0 {
-            self.round(i);
-        }
         self.check_converged();
     }
 
+    /// The anti-entropy interval, µs.
+    fn round_every(&self) -> u64 {
+        (self.sc.anti_entropy_s * US as f64) as u64
+    }
+
+    /// An anti-entropy round with the next reachable neighbour in turn, as the daemon
+    /// rounds with its next connected peer. (The model takes a lost or restored
+    /// connection as known at once; the daemon learns it from pings and redials.)
     fn round(&mut self, i: usize) {
-        if !self.nodes[i].interested || self.nodes[i].neighbors.is_empty() {
+        if !self.nodes[i].interested {
             return;
         }
-        let k = self.rng.random_range(0..self.nodes[i].neighbors.len());
-        let peer = self.nodes[i].neighbors[k];
+        let reachable: Vec<usize> = self.nodes[i]
+            .neighbors
+            .iter()
+            .copied()
+            .filter(|&p| self.connected(i, p))
+            .collect();
+        if reachable.is_empty() {
+            return;
+        }
+        let k = (self.nodes[i].next_peer + 1) % reachable.len();
+        self.nodes[i].next_peer = k;
+        let peer = reachable[k];
         let now = self.instant();
         let node = &mut self.nodes[i];
         let outs = node.sync.start(peer, self.topic.clone(), now, &node.store);
