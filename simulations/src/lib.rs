@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use murmur_core::sync::{self, Message, Output, Sync};
 use murmur_core::{
-    Clock, Draft, Durability, Event, EventId, Keypair, Outcome, Payload, Seq, Store, Topic, run,
-    verify,
+    AuthorId, Clock, Draft, Durability, Event, EventId, Keypair, Outcome, Payload, Seq, Store,
+    Topic, run, verify,
 };
 use murmur_store::MemoryStore;
 use rand::rngs::SmallRng;
@@ -55,7 +55,7 @@ mod report;
 mod scenario;
 
 pub use report::Report;
-pub use scenario::{Partition, Push, Scenario};
+pub use scenario::{Partition, Push, Scenario, Swizzle};
 
 /// Bytes added to every message for transport framing (TCP/IP, Noise, Yamux, protocol
 /// headers), as measured on loopback for small messages.
@@ -129,7 +129,15 @@ enum Ev {
     PartitionStart,
     Heal,
     ChurnStep,
-    Rejoin(usize),
+    /// A churned node returns (without its store if `wiped`).
+    Rejoin {
+        node: usize,
+        wiped: bool,
+    },
+    /// Swizzle-clog: cut the next node, or restore a random cut one.
+    Swizzle {
+        cut: bool,
+    },
 }
 
 struct Queued {
@@ -173,6 +181,16 @@ struct Node {
     next_peer: usize,
     online: bool,
     side: bool,
+    /// Cut off by swizzle-clog.
+    cut: bool,
+    /// Byzantine: publishes forged events (see `Scenario::forgers`).
+    forger: bool,
+    /// When its uplink is free again (bandwidth limit), µs.
+    uplink_free: u64,
+    /// The highest head seq seen per log, for the "heads only grow" check.
+    heads: HashMap<AuthorId, u64>,
+    /// Events this node held before it lost its store and has not got back.
+    lost: BTreeSet<EventId>,
     interested: bool,
     /// Publisher state: key, clock, head.
     author: Option<(Keypair, Clock, Option<Event>)>,
@@ -204,6 +222,19 @@ pub struct Sim {
     heal_at: Option<u64>,
     converged_at: Option<u64>,
     steps: u64,
+    /// Invariant violations seen during the run (see [`Report::violations`]), and the
+    /// first few described.
+    violations: u64,
+    violation_examples: Vec<String>,
+    /// Forged events published.
+    forged: usize,
+    /// Events lost with a store and not yet held again, over all nodes; and those got
+    /// again.
+    lost_total: usize,
+    refetched: usize,
+    /// Swizzle-clog: the nodes to cut, in order, and those cut now.
+    swizzle_order: Vec<usize>,
+    swizzle_cut: Vec<usize>,
 }
 
 const US: u64 = 1_000_000;
@@ -212,7 +243,10 @@ impl Sim {
     /// Builds the fleet: keys, a random connection graph, meshes, timers.
     pub fn new(sc: Scenario) -> anyhow::Result<Sim> {
         anyhow::ensure!(sc.nodes >= 2, "a fleet needs at least 2 nodes");
-        anyhow::ensure!(sc.publishers <= sc.nodes, "more publishers than nodes");
+        anyhow::ensure!(
+            sc.publishers + sc.forgers <= sc.nodes,
+            "more publishers and forgers than nodes"
+        );
         let mut rng = SmallRng::seed_from_u64(sc.seed);
         let n = sc.nodes;
         let mut neighbors: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
@@ -238,7 +272,8 @@ impl Sim {
         let mut nodes = Vec::with_capacity(n);
         for (i, nb) in neighbors.into_iter().enumerate() {
             let nb: Vec<usize> = nb.into_iter().collect();
-            let author = (i < sc.publishers).then(|| {
+            let forger = i >= sc.publishers && i < sc.publishers + sc.forgers;
+            let author = (i < sc.publishers || forger).then(|| {
                 let mut seed = [0u8; 32];
                 seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
                 seed[8..16].copy_from_slice(&sc.seed.to_le_bytes());
@@ -246,10 +281,7 @@ impl Sim {
             });
             nodes.push(Node {
                 store: MemoryStore::new(),
-                sync: Sync::new(sync::Config {
-                    durability: Durability::Buffered,
-                    ..sync::Config::default()
-                }),
+                sync: Sync::new(replication::sync_config()),
                 neighbors: nb,
                 mesh: BTreeSet::new(),
                 seen: BTreeSet::new(),
@@ -260,6 +292,11 @@ impl Sim {
                 next_peer: 0,
                 online: true,
                 side: i >= n - small_side,
+                cut: false,
+                forger,
+                uplink_free: 0,
+                heads: HashMap::new(),
+                lost: BTreeSet::new(),
                 interested: i < sc.publishers || rng.random_range(0.0..1.0) < sc.interested,
                 author,
                 bytes_push: 0,
@@ -284,6 +321,13 @@ impl Sim {
             heal_at: None,
             converged_at: None,
             steps: 0,
+            violations: 0,
+            violation_examples: Vec::new(),
+            forged: 0,
+            lost_total: 0,
+            refetched: 0,
+            swizzle_order: Vec::new(),
+            swizzle_cut: Vec::new(),
             nodes,
             sc,
         };
@@ -307,9 +351,27 @@ impl Sim {
             sim.at(t, Ev::Round(i));
         }
         let gap = ((US as f64 / sim.sc.rate.max(1e-6)) as u64).clamp(1, US);
-        for p in 0..sim.sc.publishers {
+        for p in 0..sim.sc.publishers + sim.sc.forgers {
             let t = sim.rng.random_range(0..gap);
             sim.at(t, Ev::Publish(p));
+        }
+        if let Some(s) = sim.sc.swizzle.clone() {
+            let first = sim.sc.publishers + sim.sc.forgers;
+            anyhow::ensure!(
+                first + s.k <= n,
+                "swizzle: more nodes to cut than bystanders"
+            );
+            let mut pool: Vec<usize> = (first..n).collect();
+            for _ in 0..s.k {
+                let k = sim.rng.random_range(0..pool.len());
+                sim.swizzle_order.push(pool.swap_remove(k));
+            }
+            let step = (s.step_s * US as f64) as u64;
+            let at = (s.at * US as f64) as u64;
+            for c in 0..s.k as u64 {
+                sim.at(at + c * step, Ev::Swizzle { cut: true });
+                sim.at(at + (s.k as u64 + c) * step, Ev::Swizzle { cut: false });
+            }
         }
         if let Some(p) = sim.sc.partition.clone() {
             sim.at((p.at * US as f64) as u64, Ev::PartitionStart);
@@ -407,10 +469,13 @@ impl Sim {
                     let i = self.rng.random_range(
                         self.sc.publishers..self.sc.nodes.max(self.sc.publishers + 1),
                     );
-                    if i < self.sc.nodes && self.nodes[i].online {
+                    if i < self.sc.nodes && self.nodes[i].online && !self.nodes[i].forger {
                         self.nodes[i].online = false;
                         let back = self.now + (self.sc.churn_offline_s * US as f64) as u64;
-                        self.at(back, Ev::Rejoin(i));
+                        // (No draw without wipes, so runs without them stay as they were.)
+                        let wiped = self.sc.churn_wipe > 0.0
+                            && self.rng.random_range(0.0..1.0) < self.sc.churn_wipe;
+                        self.at(back, Ev::Rejoin { node: i, wiped });
                     }
                 }
                 // Churn stops with publishing, so the settle phase shows the fleet heal.
@@ -418,10 +483,29 @@ impl Sim {
                     self.at(self.now + US, Ev::ChurnStep);
                 }
             }
-            Ev::Rejoin(i) => {
+            Ev::Rejoin { node: i, wiped } => {
+                if wiped {
+                    self.wipe(i);
+                }
                 self.nodes[i].online = true;
                 // A node that comes back runs a round with a neighbour at once.
                 self.round(i);
+            }
+            Ev::Swizzle { cut: true } => {
+                if let Some(&i) = self.swizzle_order.get(self.swizzle_cut.len()) {
+                    self.nodes[i].cut = true;
+                    self.swizzle_cut.push(i);
+                }
+            }
+            Ev::Swizzle { cut: false } => {
+                if !self.swizzle_cut.is_empty() {
+                    let k = self.rng.random_range(0..self.swizzle_cut.len());
+                    let i = self.swizzle_cut.swap_remove(k);
+                    self.nodes[i].cut = false;
+                    if self.swizzle_cut.is_empty() {
+                        self.heal_at = Some(self.now);
+                    }
+                }
             }
         }
         Ok(())
@@ -582,7 +666,7 @@ impl Sim {
         let per = |f: fn(&Node) -> u64| {
             self.nodes
                 .iter()
-                .filter(|n| n.interested)
+                .filter(|n| n.interested && !n.forger)
                 .map(f)
                 .sum::<u64>() as f64
                 / interested.max(1) as f64
@@ -612,6 +696,10 @@ impl Sim {
             state_hash: h.finalize().to_hex().to_string(),
             simulated_s: self.now as f64 / US as f64,
             steps: self.steps,
+            forged: self.forged,
+            refetched: self.refetched,
+            violations: self.violations,
+            violation_examples: self.violation_examples.clone(),
         }
     }
 }

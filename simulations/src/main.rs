@@ -83,5 +83,13 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64(),
         peak_rss_mib()
     );
+    for v in &report.violation_examples {
+        eprintln!("invariant violated: {v}");
+    }
+    anyhow::ensure!(
+        report.violations == 0,
+        "{} invariant violations",
+        report.violations
+    );
     Ok(())
 }

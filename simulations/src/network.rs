@@ -1,5 +1,5 @@
 //! The virtual clock and network: the event queue, links with their latency and
-//! jitter, loss, duplication and partitions.
+//! jitter, loss, duplication, upload bandwidth, partitions and swizzle-clog.
 
 use super::*;
 
@@ -24,6 +24,8 @@ impl Sim {
     pub(crate) fn connected(&self, a: usize, b: usize) -> bool {
         self.nodes[a].online
             && self.nodes[b].online
+            && !self.nodes[a].cut
+            && !self.nodes[b].cut
             && !(self.partitioned && self.nodes[a].side != self.nodes[b].side)
     }
 
@@ -43,6 +45,14 @@ impl Sim {
             1
         };
         let base = self.link_latency(from, to);
+        // The sender's uplink: messages leave one after another at `bandwidth`.
+        let mut extra = extra;
+        if let Some(bw) = self.sc.bandwidth.filter(|b| *b > 0.0) {
+            let start = (self.now + extra).max(self.nodes[from].uplink_free);
+            let done = start + (msg.wire_bytes() as f64 * US as f64 / bw) as u64;
+            self.nodes[from].uplink_free = done;
+            extra = done - self.now;
+        }
         for _ in 0..copies {
             let j = self.sc.jitter.max(0.0);
             let lat = ((base * self.rng.random_range(1.0 - j..=1.0 + j)) as u64).max(1);

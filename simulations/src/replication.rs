@@ -1,6 +1,6 @@
 //! What runs murmur's own code: publishing signed events, storing them with the real
 //! acceptance rules, the sans-IO sync machine's timers and outputs, anti-entropy
-//! rounds, and the end-state checks.
+//! rounds; the invariant checks at every write, and the end-state checks.
 
 use super::*;
 
@@ -22,9 +22,17 @@ impl Sim {
             },
             key,
         )?;
-        *head = Some(ev.clone());
-        self.event_bytes += ev.bytes().len() as u64;
-        self.published.insert(ev.id(), (self.now, Vec::new()));
+        let forger = self.nodes[p].forger;
+        let ev = if forger { forge(&ev)? } else { ev };
+        if let Some((_, _, head)) = self.nodes[p].author.as_mut() {
+            *head = Some(ev.clone());
+        }
+        if forger {
+            self.forged += 1;
+        } else {
+            self.event_bytes += ev.bytes().len() as u64;
+            self.published.insert(ev.id(), (self.now, Vec::new()));
+        }
         self.store(p, std::slice::from_ref(&ev));
         let bytes = run::encode(std::slice::from_ref(&ev))?;
         let id = *blake3::hash(&bytes).as_bytes();
@@ -49,26 +57,106 @@ impl Sim {
         Ok(())
     }
 
-    /// Stores events at node `i`, recording first arrivals.
+    /// Stores events at node `i`, recording first arrivals and checking the invariants.
     pub(crate) fn store(&mut self, i: usize, events: &[Event]) -> Vec<Outcome> {
         let outcomes = match self.nodes[i].store.insert(events, Durability::Buffered) {
             Ok(o) => o,
             Err(e) => match e {},
         };
-        for (ev, o) in events.iter().zip(&outcomes) {
-            if matches!(o, Outcome::Appended(_)) {
-                self.arrived(i, ev.id());
-            }
+        let appended: Vec<&Event> = events
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, Outcome::Appended(_)))
+            .map(|(ev, _)| ev)
+            .collect();
+        for ev in &appended {
+            self.arrived(i, ev.id());
         }
+        self.check_stored(i, &appended);
         outcomes
     }
 
+    /// Invariants at every write of an honest node, by push or by sync: it stores only
+    /// events an honest author published (anything else got past verification), and a
+    /// log's head never goes back.
+    pub(crate) fn check_stored(&mut self, i: usize, events: &[&Event]) {
+        if self.nodes[i].forger || events.is_empty() {
+            return;
+        }
+        let mut authors: Vec<AuthorId> = Vec::new();
+        for ev in events {
+            if !self.published.contains_key(&ev.id()) {
+                self.violation(format!(
+                    "node {i} stored event {:?} (seq {}), which no honest author published",
+                    ev.id(),
+                    ev.seq().0
+                ));
+            }
+            if !authors.contains(&ev.author()) {
+                authors.push(ev.author());
+            }
+        }
+        for author in authors {
+            let state = match self.nodes[i].store.log_state(&author, &self.topic) {
+                Ok(s) => s,
+                Err(e) => match e {},
+            };
+            let Some(seq) = state.head.map(|h| h.seq.0) else {
+                self.violation(format!("node {i} stored events of a log that has no head"));
+                continue;
+            };
+            if let Some(before) = self.nodes[i].heads.insert(author, seq)
+                && before > seq
+            {
+                self.violation(format!(
+                    "node {i}: a log's head went back from seq {before} to {seq}"
+                ));
+            }
+        }
+    }
+
+    fn violation(&mut self, what: String) {
+        self.violations += 1;
+        if self.violation_examples.len() < 5 {
+            self.violation_examples.push(what);
+        }
+    }
+
     pub(crate) fn arrived(&mut self, i: usize, id: EventId) {
+        // Got back an event lost with the store: not a first arrival.
+        if self.nodes[i].lost.remove(&id) {
+            self.lost_total -= 1;
+            self.refetched += 1;
+            return;
+        }
         if let Some((_, times)) = self.published.get_mut(&id)
             && self.nodes[i].interested
+            && !self.nodes[i].forger
         {
             times.push(self.now);
         }
+    }
+
+    /// Node `i` comes back without its store (a reset or replaced device): an empty
+    /// store and a fresh sync machine; what it held must come again.
+    pub(crate) fn wipe(&mut self, i: usize) {
+        let held: Vec<EventId> = self
+            .published
+            .keys()
+            .copied()
+            .filter(|id| matches!(self.nodes[i].store.event(id), Ok(Some(_))))
+            .collect();
+        self.lost_total += held.len();
+        let node = &mut self.nodes[i];
+        node.lost.extend(held);
+        node.store = MemoryStore::new();
+        node.sync = Sync::new(sync_config());
+        node.seen.clear();
+        node.mcache.clear();
+        node.has.clear();
+        node.announce.clear();
+        node.announced.clear();
+        node.heads.clear();
     }
 
     pub(crate) fn outputs(&mut self, i: usize, outs: Vec<Output<usize>>) {
@@ -80,9 +168,11 @@ impl Sim {
                     }
                 }
                 Output::Stored { events, .. } => {
-                    for (_, ev) in events {
+                    for (_, ev) in &events {
                         self.arrived(i, ev.id());
                     }
+                    let refs: Vec<&Event> = events.iter().map(|(_, ev)| ev).collect();
+                    self.check_stored(i, &refs);
                 }
                 _ => {}
             }
@@ -141,13 +231,45 @@ impl Sim {
 
     pub(crate) fn complete(&self) -> bool {
         let want = self.published.len();
-        self.published
-            .values()
-            .all(|(_, t)| t.len() == self.interested_count())
+        self.lost_total == 0
+            && self
+                .published
+                .values()
+                .all(|(_, t)| t.len() == self.interested_count())
             && want > 0
     }
 
+    /// Honest nodes that want the topic (forgers take part but are not counted).
     pub(crate) fn interested_count(&self) -> usize {
-        self.nodes.iter().filter(|n| n.interested).count()
+        self.nodes
+            .iter()
+            .filter(|n| n.interested && !n.forger)
+            .count()
     }
+}
+
+/// Every node's sync machine settings.
+pub(crate) fn sync_config() -> sync::Config {
+    sync::Config {
+        durability: Durability::Buffered,
+        ..sync::Config::default()
+    }
+}
+
+/// The event with one bit of its signature flipped: well-formed, but it fails
+/// verification.
+fn forge(ev: &Event) -> anyhow::Result<Event> {
+    let sig = ev.signature();
+    let mut bytes = ev.bytes().to_vec();
+    let at = bytes
+        .windows(sig.len())
+        .position(|w| w == sig)
+        .ok_or_else(|| anyhow::anyhow!("no signature in the event's encoding"))?;
+    bytes[at] ^= 1;
+    let forged = Event::decode(Bytes::from(bytes), usize::MAX)?;
+    anyhow::ensure!(
+        forged.verify().is_err(),
+        "a forged event must fail verification"
+    );
+    Ok(forged)
 }

@@ -33,6 +33,15 @@ pub struct Report {
     pub simulated_s: f64,
     /// Scheduler events processed.
     pub steps: u64,
+    /// Forged events (bad signatures) that byzantine nodes published.
+    pub forged: usize,
+    /// Events that nodes returning without their store held before and got again.
+    pub refetched: usize,
+    /// Invariant violations seen at the writes of honest nodes during the run: an event
+    /// stored that no honest author published, or a log head that went back.
+    pub violations: u64,
+    /// The first few violations, described.
+    pub violation_examples: Vec<String>,
 }
 
 impl Report {
@@ -53,6 +62,8 @@ impl Report {
              | peak bytes in flight towards one node | {} |\n\
              | convergence after heal | {} |\n\
              | every interested node holds every event | {} |\n\
+             | events got again after a lost store | {} |\n\
+             | forged events published / invariant violations | {} / {} |\n\
              | simulated time / scheduler steps | {:.0} s / {} |\n\
              | final state hash | {}… |\n",
             self.events,
@@ -71,6 +82,9 @@ impl Report {
             self.peak_queued_bytes,
             heal,
             self.complete,
+            self.refetched,
+            self.forged,
+            self.violations,
             self.simulated_s,
             self.steps,
             &self.state_hash[..16],

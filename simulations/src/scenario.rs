@@ -73,10 +73,20 @@ pub struct Scenario {
     pub loss: f64,
     /// Probability that a message is delivered twice.
     pub duplicate: f64,
+    /// Upload bandwidth of every node, bytes/s: a node's messages leave one after
+    /// another at this rate, then travel their link's latency. `None`: unlimited.
+    pub bandwidth: Option<f64>,
     /// Nodes that publish.
     pub publishers: usize,
     /// Events per second per publisher.
     pub rate: f64,
+    /// Byzantine nodes (after the publishers) that publish events with bad signatures at
+    /// `rate`: pushed to every neighbour and served to anti-entropy from their own
+    /// store. No honest node may ever store one (checked during the run).
+    pub forgers: usize,
+    /// Verify pushed runs before storing them. Only for showing that the run's
+    /// invariant checks catch a node that does not: `false` lets forged events in.
+    pub verify_push: bool,
     /// Seconds of publishing.
     pub publish_s: f64,
     /// Seconds simulated after publishing stops (healing, catch-up).
@@ -92,6 +102,25 @@ pub struct Scenario {
     pub churn_per_min: f64,
     /// How long a churned node stays away, s.
     pub churn_offline_s: f64,
+    /// Fraction of churned nodes that return without their store (a replaced or reset
+    /// device): they start empty and must get everything again.
+    pub churn_wipe: f64,
+    /// Swizzle-clog: nodes cut off one by one, then restored in random order.
+    pub swizzle: Option<Swizzle>,
+}
+
+/// Swizzle-clog: from `at`, one more of `k` random nodes loses every link each
+/// `step_s`; once all `k` are cut, they come back one at a time, in random order, one
+/// each `step_s`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Swizzle {
+    /// Nodes cut.
+    pub k: usize,
+    /// When the first is cut, s.
+    pub at: f64,
+    /// Interval between cuts and between restores, s.
+    pub step_s: f64,
 }
 
 /// A partition of the fleet.
@@ -131,8 +160,11 @@ impl Default for Scenario {
             jitter: 0.1,
             loss: 0.0,
             duplicate: 0.0,
+            bandwidth: None,
             publishers: 5,
             rate: 2.0,
+            forgers: 0,
+            verify_push: true,
             publish_s: 20.0,
             settle_s: 30.0,
             anti_entropy_s: 10.0,
@@ -140,6 +172,8 @@ impl Default for Scenario {
             partition: None,
             churn_per_min: 0.0,
             churn_offline_s: 20.0,
+            churn_wipe: 0.0,
+            swizzle: None,
         }
     }
 }

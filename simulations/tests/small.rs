@@ -1,7 +1,7 @@
 //! The small scenario runs in the test suite: ~50 nodes, a third cut away for 30 s
 //! while publishing continues, then healed. Checks the end state and determinism.
 
-use murmur_sim::{Push, Scenario, Sim};
+use murmur_sim::{Push, Scenario, Sim, Swizzle};
 
 fn small() -> Scenario {
     // Embedded at build time: a test binary reused from another clone of the repo (the
@@ -110,5 +110,77 @@ fn plumtree_forms_a_tree_and_still_heals_a_partition() {
     assert!(
         r.converged_after_heal_ms.is_some_and(|ms| ms < 30_000.0),
         "{r:?}"
+    );
+}
+
+fn calm() -> Scenario {
+    let mut sc = small();
+    sc.partition = None;
+    sc
+}
+
+#[test]
+fn forged_events_never_get_in_and_the_check_would_see_them() {
+    // Three byzantine nodes publish events with bad signatures, by push and from their
+    // own stores to anti-entropy.
+    let mut sc = calm();
+    sc.forgers = 3;
+    let r = Sim::new(sc.clone()).unwrap().run().unwrap();
+    assert!(r.forged > 100, "{r:?}");
+    assert_eq!(r.violations, 0, "{:?}", r.violation_examples);
+    assert!(r.complete, "{r:?}");
+    // The same run with push verification turned off: the check catches it.
+    sc.verify_push = false;
+    let broken = Sim::new(sc).unwrap().run().unwrap();
+    assert!(broken.violations > 0, "{broken:?}");
+}
+
+#[test]
+fn nodes_that_return_without_their_store_get_everything_again() {
+    let mut sc = calm();
+    sc.churn_per_min = 0.2;
+    sc.settle_s = 60.0;
+    let kept = Sim::new(sc.clone()).unwrap().run().unwrap();
+    sc.churn_wipe = 1.0;
+    let wiped = Sim::new(sc).unwrap().run().unwrap();
+    assert!(kept.complete && wiped.complete, "{wiped:?}");
+    assert_eq!(wiped.violations, 0, "{:?}", wiped.violation_examples);
+    // Nodes did lose their stores, and `complete` includes that every event a wiped
+    // node held came back to it.
+    assert_eq!(kept.refetched, 0);
+    assert!(wiped.refetched > 500, "{wiped:?}");
+    assert!(wiped.sync_bytes_per_event > kept.sync_bytes_per_event);
+}
+
+#[test]
+fn swizzle_clog_heals() {
+    // Ten nodes cut one by one every 2 s from 10 s, then restored in random order.
+    let mut sc = calm();
+    sc.swizzle = Some(Swizzle {
+        k: 10,
+        at: 10.0,
+        step_s: 2.0,
+    });
+    let r = Sim::new(sc).unwrap().run().unwrap();
+    assert!(r.complete, "{r:?}");
+    let heal = r
+        .converged_after_heal_ms
+        .expect("converged after the last restore");
+    assert!(heal < 30_000.0, "{heal} ms");
+}
+
+#[test]
+fn a_slow_uplink_delays_events_but_loses_none() {
+    let fast = Sim::new(calm()).unwrap().run().unwrap();
+    let mut sc = calm();
+    // 20 kB/s: an author's flood of one event to 8 neighbours takes ~0.2 s.
+    sc.bandwidth = Some(20_000.0);
+    let slow = Sim::new(sc).unwrap().run().unwrap();
+    assert!(slow.complete, "{slow:?}");
+    assert!(
+        slow.t99_ms.0 > 3.0 * fast.t99_ms.0,
+        "{:?} vs {:?}",
+        slow.t99_ms,
+        fast.t99_ms
     );
 }
