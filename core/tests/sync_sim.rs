@@ -545,3 +545,46 @@ fn a_fork_is_proven_frozen_and_passed_on() {
     let outs = n2.sync.handle(0, fake, now, &n2.store);
     assert!(outs.iter().any(|o| matches!(o, Output::Misbehaved { .. })));
 }
+
+#[test]
+fn a_round_passes_a_known_fork_on_to_a_node_that_saw_one_side() {
+    // Nodes 0 and 1 proved a fork between them; node 2 only ever saw one side (and more
+    // of it past the fork). An ordinary round between 2 and 0 must freeze 2's log too.
+    let mut nodes: Vec<Node> = (1..=3).map(node).collect();
+    let cloned = key(78);
+    let a = murmur_core::testing::chain(&cloned, "fork", 6, "a");
+    let b = murmur_core::testing::chain(&cloned, "fork", 6, "b");
+    nodes[0].store.insert(&a[..4], Durability::Sync).unwrap();
+    nodes[1].store.insert(&b[..4], Durability::Sync).unwrap();
+    nodes[2].store.insert(&a, Durability::Sync).unwrap();
+    let topic = a[0].topic().clone();
+    let now = Instant::now();
+    let n0 = &mut nodes[0];
+    let outs = n0.sync.start(1, topic.clone(), now, &n0.store);
+    let Output::Send { msg, .. } = &outs[0] else {
+        panic!()
+    };
+    pump(&mut nodes, vec![(0, 1, msg.clone())]);
+    assert_eq!(
+        nodes[0].store.forks().unwrap().len(),
+        1,
+        "0 and 1 proved it"
+    );
+    assert!(nodes[2].store.forks().unwrap().is_empty());
+    // The round: node 2 starts it with node 0.
+    let n2 = &mut nodes[2];
+    let outs = n2.sync.start(0, topic.clone(), now, &n2.store);
+    let Output::Send { msg, .. } = &outs[0] else {
+        panic!()
+    };
+    let trace = pump(&mut nodes, vec![(2, 0, msg.clone())]);
+    assert!(
+        trace
+            .iter()
+            .any(|(n, o)| *n == 2 && matches!(o, Output::Fork(_))),
+        "{trace:?}"
+    );
+    let st = nodes[2].store.log_state(&cloned.author(), &topic).unwrap();
+    assert!(st.frozen_at.is_some(), "frozen on node 2 too");
+    nodes[2].store.forks().unwrap()[0].check().unwrap();
+}

@@ -465,6 +465,22 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             });
             p.to = p.to.max(want.to);
         }
+        // Pass on the proof of every fork we know in a log the peer holds up to the fork
+        // (a node that only ever sees one side of a cloned key would not learn of the
+        // fork otherwise). Receiving it freezes that log there too; it costs one message
+        // per forked log in the rounds between nodes that differ.
+        for (author, e) in theirs.iter() {
+            let frozen = match store.log_state(author, &topic) {
+                Ok(st) => st.frozen_at,
+                Err(e) => return vec![failed_store(from, topic, e)],
+            };
+            if let Some(at) = frozen
+                && e.seq.0 + 1 >= at.0
+                && let Some(send) = fork_message(&from, author, &topic, at, store)
+            {
+                out.push(send);
+            }
+        }
         // Same seq, different head id: a fork. Fetch their head event to prove it.
         for author in ours.diverged(&theirs) {
             if let Some(e) = ours.get(&author) {
@@ -724,27 +740,17 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         seq: Seq,
         store: &S,
     ) -> Outs<P> {
-        let Ok(forks) = store.forks() else {
+        let Some(send) = fork_message(to, author, topic, seq, store) else {
             return Vec::new();
         };
-        forks
-            .into_iter()
-            .filter(|f| f.author() == *author && f.topic() == topic && f.seq() == seq)
-            .take(1)
-            .flat_map(|f| {
-                let msg = Message::Fork {
-                    a: f.ours.bytes().clone(),
-                    b: f.theirs.bytes().clone(),
-                };
-                [
-                    Output::Send {
-                        to: to.clone(),
-                        msg,
-                    },
-                    Output::Fork(Box::new(f)),
-                ]
-            })
-            .collect()
+        let proof = store.forks().ok().and_then(|forks| {
+            forks
+                .into_iter()
+                .find(|f| f.author() == *author && f.topic() == topic && f.seq() == seq)
+        });
+        let mut out = vec![send];
+        out.extend(proof.map(|f| Output::Fork(Box::new(f))));
+        out
     }
 
     fn on_fork<S: Store>(&mut self, from: P, a: Bytes, b: Bytes, store: &S) -> Outs<P> {
@@ -806,4 +812,26 @@ fn failed_store<P>(peer: P, topic: Topic, e: impl std::fmt::Display) -> Output<P
         topic,
         reason: Failure::Store(e.to_string()),
     }
+}
+
+/// The message that passes on our proof of the fork of `author`'s log at `seq`, if we
+/// hold one.
+fn fork_message<P: Clone, S: Store>(
+    to: &P,
+    author: &AuthorId,
+    topic: &Topic,
+    seq: Seq,
+    store: &S,
+) -> Option<Output<P>> {
+    let forks = store.forks().ok()?;
+    let f = forks
+        .into_iter()
+        .find(|f| f.author() == *author && f.topic() == topic && f.seq() == seq)?;
+    Some(Output::Send {
+        to: to.clone(),
+        msg: Message::Fork {
+            a: f.ours.bytes().clone(),
+            b: f.theirs.bytes().clone(),
+        },
+    })
 }
