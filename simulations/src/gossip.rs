@@ -36,6 +36,14 @@ impl Sim {
             return;
         };
         let outcomes = self.store(node, &events);
+        if outcomes.iter().any(|o| matches!(o, Outcome::PrevMismatch)) {
+            // The author signed another event at our head's seq: as the daemon does, a
+            // round with the sender proves the fork.
+            let now = self.instant();
+            let n = &mut self.nodes[node];
+            let outs = n.sync.start(from, self.topic.clone(), now, &n.store);
+            self.outputs(node, outs);
+        }
         if outcomes.iter().any(|o| matches!(o, Outcome::Gap { .. })) {
             // The daemon holds it and pulls the gap; here: pull from the sender.
             let ev = &events[events.len() - 1];

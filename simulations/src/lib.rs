@@ -20,9 +20,11 @@
 //! - or, as an experiment ([`Push::Plumtree`]), Plumtree's eager tree and lazy
 //!   announcements;
 //! - the network: a latency per link drawn uniformly from `latency_ms` with a
-//!   per-message jitter, independent loss and duplication, partitions, churn;
-//!   bandwidth is not limited; every message costs its encoded size plus [`FRAMING`]
-//!   bytes;
+//!   per-message jitter, independent loss and duplication, an upload bandwidth per
+//!   node, partitions, swizzle-clog, churn with or without the returning node's store;
+//!   every message costs its encoded size plus [`FRAMING`] bytes;
+//! - byzantine nodes that publish forged events; invariants checked at every write of
+//!   an honest node (only events an honest author published; heads never go back);
 //! - a signature is verified once per distinct run or event across the whole
 //!   simulation (the result is the same on every node), so 10,000 nodes do not spend
 //!   10,000 verifications each; sync ranges are verified by the sync machine itself.
@@ -134,6 +136,8 @@ enum Ev {
         node: usize,
         wiped: bool,
     },
+    /// Cloned devices get their publisher's key and head.
+    CloneKeys,
     /// Swizzle-clog: cut the next node, or restore a random cut one.
     Swizzle {
         cut: bool,
@@ -185,6 +189,8 @@ struct Node {
     cut: bool,
     /// Byzantine: publishes forged events (see `Scenario::forgers`).
     forger: bool,
+    /// A cloned device: gets this publisher's key at `clone_at`.
+    clone_of: Option<usize>,
     /// When its uplink is free again (bandwidth limit), µs.
     uplink_free: u64,
     /// The highest head seq seen per log, for the "heads only grow" check.
@@ -228,6 +234,12 @@ pub struct Sim {
     violation_examples: Vec<String>,
     /// Forged events published.
     forged: usize,
+    /// Cloned logs: the author and the seq where it forks.
+    fork_at: Vec<(AuthorId, u64)>,
+    /// Events at or past a fork, from either device: allowed, not required.
+    past_fork: BTreeSet<EventId>,
+    /// Fork outcomes at honest nodes' writes.
+    forks_met: u64,
     /// Events lost with a store and not yet held again, over all nodes; and those got
     /// again.
     lost_total: usize,
@@ -244,9 +256,10 @@ impl Sim {
     pub fn new(sc: Scenario) -> anyhow::Result<Sim> {
         anyhow::ensure!(sc.nodes >= 2, "a fleet needs at least 2 nodes");
         anyhow::ensure!(
-            sc.publishers + sc.forgers <= sc.nodes,
-            "more publishers and forgers than nodes"
+            sc.publishers + sc.forgers + sc.clones <= sc.nodes,
+            "more publishers, forgers and clones than nodes"
         );
+        anyhow::ensure!(sc.clones <= sc.publishers, "more clones than publishers");
         let mut rng = SmallRng::seed_from_u64(sc.seed);
         let n = sc.nodes;
         let mut neighbors: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
@@ -273,12 +286,11 @@ impl Sim {
         for (i, nb) in neighbors.into_iter().enumerate() {
             let nb: Vec<usize> = nb.into_iter().collect();
             let forger = i >= sc.publishers && i < sc.publishers + sc.forgers;
-            let author = (i < sc.publishers || forger).then(|| {
-                let mut seed = [0u8; 32];
-                seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-                seed[8..16].copy_from_slice(&sc.seed.to_le_bytes());
-                (Keypair::from_seed(&seed), Clock::default(), None)
-            });
+            let clone_of = (i >= sc.publishers + sc.forgers)
+                .then(|| i - sc.publishers - sc.forgers)
+                .filter(|&k| k < sc.clones);
+            let author = (i < sc.publishers || forger)
+                .then(|| (author_key(i, sc.seed), Clock::default(), None));
             nodes.push(Node {
                 store: MemoryStore::new(),
                 sync: Sync::new(replication::sync_config()),
@@ -294,6 +306,7 @@ impl Sim {
                 side: i >= n - small_side,
                 cut: false,
                 forger,
+                clone_of,
                 uplink_free: 0,
                 heads: HashMap::new(),
                 lost: BTreeSet::new(),
@@ -324,6 +337,9 @@ impl Sim {
             violations: 0,
             violation_examples: Vec::new(),
             forged: 0,
+            fork_at: Vec::new(),
+            past_fork: BTreeSet::new(),
+            forks_met: 0,
             lost_total: 0,
             refetched: 0,
             swizzle_order: Vec::new(),
@@ -355,8 +371,11 @@ impl Sim {
             let t = sim.rng.random_range(0..gap);
             sim.at(t, Ev::Publish(p));
         }
+        if sim.sc.clones > 0 {
+            sim.at((sim.sc.clone_at * US as f64) as u64, Ev::CloneKeys);
+        }
         if let Some(s) = sim.sc.swizzle.clone() {
-            let first = sim.sc.publishers + sim.sc.forgers;
+            let first = sim.sc.publishers + sim.sc.forgers + sim.sc.clones;
             anyhow::ensure!(
                 first + s.k <= n,
                 "swizzle: more nodes to cut than bystanders"
@@ -490,6 +509,19 @@ impl Sim {
                 self.nodes[i].online = true;
                 // A node that comes back runs a round with a neighbour at once.
                 self.round(i);
+            }
+            Ev::CloneKeys => {
+                for c in 0..self.nodes.len() {
+                    let Some(src) = self.nodes[c].clone_of else {
+                        continue;
+                    };
+                    let head = self.nodes[src].author.as_ref().and_then(|a| a.2.clone());
+                    let key = author_key(src, self.sc.seed);
+                    let seq = head.as_ref().map_or(0, |h| h.seq().0 + 1);
+                    self.fork_at.push((key.author(), seq));
+                    self.nodes[c].author = Some((key, Clock::default(), head));
+                    self.at(self.now, Ev::Publish(c));
+                }
             }
             Ev::Swizzle { cut: true } => {
                 if let Some(&i) = self.swizzle_order.get(self.swizzle_cut.len()) {
@@ -698,8 +730,29 @@ impl Sim {
             steps: self.steps,
             forged: self.forged,
             refetched: self.refetched,
+            forks_met: self.forks_met,
+            fork_proven_at: (!self.fork_at.is_empty()).then(|| {
+                self.nodes
+                    .iter()
+                    .filter(|n| n.interested && !n.forger)
+                    .filter(|n| {
+                        let Ok(proofs) = n.store.forks();
+                        self.fork_at
+                            .iter()
+                            .all(|(a, _)| proofs.iter().any(|p| p.author() == *a))
+                    })
+                    .count()
+            }),
             violations: self.violations,
             violation_examples: self.violation_examples.clone(),
         }
     }
+}
+
+/// The key of publisher (or forger) `i`, from the scenario's seed.
+fn author_key(i: usize, seed: u64) -> Keypair {
+    let mut s = [0u8; 32];
+    s[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+    s[8..16].copy_from_slice(&seed.to_le_bytes());
+    Keypair::from_seed(&s)
 }

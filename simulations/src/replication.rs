@@ -27,8 +27,14 @@ impl Sim {
         if let Some((_, _, head)) = self.nodes[p].author.as_mut() {
             *head = Some(ev.clone());
         }
+        let past_fork = self
+            .fork_at
+            .iter()
+            .any(|(a, s)| *a == ev.author() && ev.seq().0 >= *s);
         if forger {
             self.forged += 1;
+        } else if past_fork {
+            self.past_fork.insert(ev.id());
         } else {
             self.event_bytes += ev.bytes().len() as u64;
             self.published.insert(ev.id(), (self.now, Vec::new()));
@@ -73,19 +79,35 @@ impl Sim {
             self.arrived(i, ev.id());
         }
         self.check_stored(i, &appended);
+        // A fork met here must leave its proof in the store.
+        for (ev, o) in events.iter().zip(&outcomes) {
+            if matches!(o, Outcome::Fork(_)) && !self.nodes[i].forger {
+                self.forks_met += 1;
+                let proven = match self.nodes[i].store.forks() {
+                    Ok(f) => f.iter().any(|p| p.author() == ev.author()),
+                    Err(e) => match e {},
+                };
+                if !proven {
+                    self.violation(format!(
+                        "node {i} met a fork at seq {} but holds no proof",
+                        ev.seq().0
+                    ));
+                }
+            }
+        }
         outcomes
     }
 
     /// Invariants at every write of an honest node, by push or by sync: it stores only
-    /// events an honest author published (anything else got past verification), and a
-    /// log's head never goes back.
+    /// events an honest author (or a cloned device) published (anything else got past
+    /// verification), and a log's head never goes back.
     pub(crate) fn check_stored(&mut self, i: usize, events: &[&Event]) {
         if self.nodes[i].forger || events.is_empty() {
             return;
         }
         let mut authors: Vec<AuthorId> = Vec::new();
         for ev in events {
-            if !self.published.contains_key(&ev.id()) {
+            if !self.published.contains_key(&ev.id()) && !self.past_fork.contains(&ev.id()) {
                 self.violation(format!(
                     "node {i} stored event {:?} (seq {}), which no honest author published",
                     ev.id(),

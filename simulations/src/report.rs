@@ -37,6 +37,11 @@ pub struct Report {
     pub forged: usize,
     /// Events that nodes returning without their store held before and got again.
     pub refetched: usize,
+    /// Forks met at honest nodes' writes (each left a proof, or it is a violation).
+    pub forks_met: u64,
+    /// With cloned devices: honest interested nodes that hold a proof of every forked
+    /// log at the end (the rest hold one side and have not heard of the fork yet).
+    pub fork_proven_at: Option<usize>,
     /// Invariant violations seen at the writes of honest nodes during the run: an event
     /// stored that no honest author published, or a log head that went back.
     pub violations: u64,
@@ -63,6 +68,7 @@ impl Report {
              | convergence after heal | {} |\n\
              | every interested node holds every event | {} |\n\
              | events got again after a lost store | {} |\n\
+             | forks met / nodes holding every fork proof at the end | {} / {} |\n\
              | forged events published / invariant violations | {} / {} |\n\
              | simulated time / scheduler steps | {:.0} s / {} |\n\
              | final state hash | {}… |\n",
@@ -83,6 +89,9 @@ impl Report {
             heal,
             self.complete,
             self.refetched,
+            self.forks_met,
+            self.fork_proven_at
+                .map_or("n/a".to_string(), |n| format!("{n} of {}", self.interested)),
             self.forged,
             self.violations,
             self.simulated_s,

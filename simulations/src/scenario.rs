@@ -84,6 +84,14 @@ pub struct Scenario {
     /// `rate`: pushed to every neighbour and served to anti-entropy from their own
     /// store. No honest node may ever store one (checked during the run).
     pub forgers: usize,
+    /// Cloned devices: for each of the first `clones` publishers, another node gets a
+    /// copy of its key and of its log's head at `clone_at` s and publishes its own
+    /// events at `rate` from there, so the log forks at the next seq. A node that meets
+    /// both sides must prove the fork and freeze the log; events past the fork are not
+    /// required to reach everyone.
+    pub clones: usize,
+    /// When the keys are cloned, s.
+    pub clone_at: f64,
     /// Verify pushed runs before storing them. Only for showing that the run's
     /// invariant checks catch a node that does not: `false` lets forged events in.
     pub verify_push: bool,
@@ -164,6 +172,8 @@ impl Default for Scenario {
             publishers: 5,
             rate: 2.0,
             forgers: 0,
+            clones: 0,
+            clone_at: 20.0,
             verify_push: true,
             publish_s: 20.0,
             settle_s: 30.0,

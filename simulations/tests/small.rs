@@ -184,3 +184,17 @@ fn a_slow_uplink_delays_events_but_loses_none() {
         fast.t99_ms
     );
 }
+
+#[test]
+fn a_cloned_key_is_proven_to_every_node() {
+    // Two publishers' keys are copied onto other devices at 20 s, which publish their
+    // own events from the same heads: both logs fork.
+    let mut sc = calm();
+    sc.clones = 2;
+    let r = Sim::new(sc).unwrap().run().unwrap();
+    assert_eq!(r.violations, 0, "{:?}", r.violation_examples);
+    assert!(r.forks_met > 0, "{r:?}");
+    assert!(r.complete, "{r:?}");
+    // Every node ends up holding both proofs, not only those that met both sides.
+    assert_eq!(r.fork_proven_at, Some(r.interested), "{r:?}");
+}
