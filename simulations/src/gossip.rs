@@ -132,7 +132,7 @@ impl Sim {
         if !ids.is_empty() {
             let mut pool: Vec<usize> = reachable
                 .into_iter()
-                .filter(|p| !self.nodes[i].mesh.contains(p))
+                .filter(|&p| self.nodes[p].interested && !self.nodes[i].mesh.contains(&p))
                 .collect();
             for _ in 0..self.sc.lazy.min(pool.len()) {
                 let k = self.rng.random_range(0..pool.len());
@@ -157,12 +157,17 @@ impl Sim {
     /// Grafts reachable neighbours with room (under `mesh_hi`) into node `i`'s mesh,
     /// up to `mesh_n`; both ends add the link.
     pub(crate) fn graft(&mut self, i: usize) {
+        // A topic's mesh is made of nodes subscribed to it.
+        if !self.nodes[i].interested {
+            return;
+        }
         let mut pool: Vec<usize> = self.nodes[i]
             .neighbors
             .iter()
             .copied()
             .filter(|&p| {
                 self.connected(i, p)
+                    && self.nodes[p].interested
                     && !self.nodes[i].mesh.contains(&p)
                     && self.nodes[p].mesh.len() < self.sc.mesh_hi
             })

@@ -347,6 +347,28 @@ impl Sim {
             nodes,
             sc,
         };
+        // Topic-aware discovery: interested nodes dial other interested nodes.
+        let want: Vec<usize> = (0..n).filter(|&i| sim.nodes[i].interested).collect();
+        if sim.sc.topic_links > 0 && want.len() > sim.sc.topic_links {
+            for &i in &want {
+                let mut tries = 0;
+                while tries < 100
+                    && sim.nodes[i]
+                        .neighbors
+                        .iter()
+                        .filter(|&&p| sim.nodes[p].interested)
+                        .count()
+                        < sim.sc.topic_links
+                {
+                    tries += 1;
+                    let j = want[sim.rng.random_range(0..want.len())];
+                    if j != i && !sim.nodes[i].neighbors.contains(&j) {
+                        sim.nodes[i].neighbors.push(j);
+                        sim.nodes[j].neighbors.push(i);
+                    }
+                }
+            }
+        }
         for i in 0..n {
             match sim.sc.push {
                 Push::Gossipsub => sim.graft(i),

@@ -50,8 +50,14 @@ impl Sim {
         // gossipsub: flood publish, to every neighbour, once the event is durable.
         // Plumtree: to the eager neighbours; the others get the id in the next batch.
         let durable = (self.sc.publish_ms * 1000.0) as u64;
-        let to = match self.sc.push {
-            Push::Gossipsub => self.nodes[p].neighbors.clone(),
+        let to: Vec<usize> = match self.sc.push {
+            // To every neighbour subscribed to the topic.
+            Push::Gossipsub => self.nodes[p]
+                .neighbors
+                .iter()
+                .copied()
+                .filter(|&q| self.nodes[q].interested)
+                .collect(),
             Push::Plumtree => {
                 self.nodes[p].announce.push(id);
                 self.nodes[p].mesh.iter().copied().collect()
@@ -228,6 +234,8 @@ impl Sim {
             .neighbors
             .iter()
             .copied()
+            // Any peer, as the daemon rounds with its next connected peer whatever that
+            // peer replicates (a round with one that does not want the topic is empty).
             .filter(|&p| self.connected(i, p))
             .collect();
         if reachable.is_empty() {

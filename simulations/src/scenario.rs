@@ -101,8 +101,14 @@ pub struct Scenario {
     pub settle_s: f64,
     /// Anti-entropy interval, s (murmur's default is 10).
     pub anti_entropy_s: f64,
-    /// Fraction of nodes interested in the topic (the others hold nothing).
+    /// Fraction of nodes interested in the topic (the others hold nothing and forward
+    /// nothing, as a daemon whose `p2p.topics` does not match).
     pub interested: f64,
+    /// Extra connections each interested node makes to other interested nodes, as
+    /// topic-aware discovery (a DHT lookup of the topic's providers) would give. The
+    /// daemon does not do this yet: with partial interest, a topic's nodes are only
+    /// connected through the links discovery happens to give.
+    pub topic_links: usize,
     /// A partition: this fraction of nodes is cut from the rest from `at` to `heal` (s).
     pub partition: Option<Partition>,
     /// Fraction of nodes that leave per minute (each for `churn_offline_s`), while
@@ -179,6 +185,7 @@ impl Default for Scenario {
             settle_s: 30.0,
             anti_entropy_s: 10.0,
             interested: 1.0,
+            topic_links: 0,
             partition: None,
             churn_per_min: 0.0,
             churn_offline_s: 20.0,
