@@ -403,6 +403,16 @@ fn pump(nodes: &mut [Node], first: Vec<(usize, usize, Message)>) -> Vec<(usize, 
     seen
 }
 
+/// Node `from` starts a round of `topic` with node `to`; runs it to the end.
+fn round(nodes: &mut [Node], from: usize, to: usize, topic: &Topic) -> Vec<(usize, Output<usize>)> {
+    let n = &mut nodes[from];
+    let outs = n.sync.start(to, topic.clone(), Instant::now(), &n.store);
+    let Some(Output::Send { msg, .. }) = outs.into_iter().next() else {
+        panic!("a round starts with a message")
+    };
+    pump(nodes, vec![(from, to, msg)])
+}
+
 fn node(n: u8) -> Node {
     Node {
         store: MemoryStore::new(),
@@ -510,12 +520,7 @@ fn a_fork_is_proven_frozen_and_passed_on() {
     nodes[1].store.insert(&b[..3], Durability::Sync).unwrap();
     let topic = a[0].topic().clone();
     let now = Instant::now();
-    let n0 = &mut nodes[0];
-    let outs = n0.sync.start(1, topic.clone(), now, &n0.store);
-    let Output::Send { msg, .. } = &outs[0] else {
-        panic!()
-    };
-    let trace = pump(&mut nodes, vec![(0, 1, msg.clone())]);
+    let trace = round(&mut nodes, 0, 1, &topic);
     assert!(
         trace.iter().any(|(_, o)| matches!(o, Output::Fork(_))),
         "{trace:?}"
@@ -558,13 +563,7 @@ fn a_round_passes_a_known_fork_on_to_a_node_that_saw_one_side() {
     nodes[1].store.insert(&b[..4], Durability::Sync).unwrap();
     nodes[2].store.insert(&a, Durability::Sync).unwrap();
     let topic = a[0].topic().clone();
-    let now = Instant::now();
-    let n0 = &mut nodes[0];
-    let outs = n0.sync.start(1, topic.clone(), now, &n0.store);
-    let Output::Send { msg, .. } = &outs[0] else {
-        panic!()
-    };
-    pump(&mut nodes, vec![(0, 1, msg.clone())]);
+    round(&mut nodes, 0, 1, &topic);
     assert_eq!(
         nodes[0].store.forks().unwrap().len(),
         1,
@@ -572,12 +571,7 @@ fn a_round_passes_a_known_fork_on_to_a_node_that_saw_one_side() {
     );
     assert!(nodes[2].store.forks().unwrap().is_empty());
     // The round: node 2 starts it with node 0.
-    let n2 = &mut nodes[2];
-    let outs = n2.sync.start(0, topic.clone(), now, &n2.store);
-    let Output::Send { msg, .. } = &outs[0] else {
-        panic!()
-    };
-    let trace = pump(&mut nodes, vec![(2, 0, msg.clone())]);
+    let trace = round(&mut nodes, 2, 0, &topic);
     assert!(
         trace
             .iter()

@@ -103,12 +103,7 @@ impl Sim {
         // Mesh repair: drop unreachable peers, top up from neighbours, trim the excess.
         // Both ends of a mesh link change together (GRAFT and PRUNE are not sent as
         // messages: they are rare and small).
-        let reachable: Vec<usize> = self.nodes[i]
-            .neighbors
-            .iter()
-            .copied()
-            .filter(|&p| self.connected(i, p))
-            .collect();
+        let reachable = self.reachable(i);
         let gone: Vec<usize> = self.nodes[i]
             .mesh
             .iter()

@@ -29,6 +29,16 @@ impl Sim {
             && !(self.partitioned && self.nodes[a].side != self.nodes[b].side)
     }
 
+    /// Node `i`'s neighbours it can reach now.
+    pub(crate) fn reachable(&self, i: usize) -> Vec<usize> {
+        self.nodes[i]
+            .neighbors
+            .iter()
+            .copied()
+            .filter(|&p| self.connected(i, p))
+            .collect()
+    }
+
     /// Sends a message over the link a → b (lost, duplicated, delayed as configured).
     pub(crate) fn send(&mut self, from: usize, to: usize, msg: Msg) {
         self.send_after(0, from, to, msg);

@@ -230,14 +230,9 @@ impl Sim {
         if !self.nodes[i].interested {
             return;
         }
-        let reachable: Vec<usize> = self.nodes[i]
-            .neighbors
-            .iter()
-            .copied()
-            // Any peer, as the daemon rounds with its next connected peer whatever that
-            // peer replicates (a round with one that does not want the topic is empty).
-            .filter(|&p| self.connected(i, p))
-            .collect();
+        // Any peer, as the daemon rounds with its next connected peer whatever that peer
+        // replicates (a round with one that does not want the topic is empty).
+        let reachable = self.reachable(i);
         if reachable.is_empty() {
             return;
         }
