@@ -202,6 +202,8 @@ struct Node {
     author: Option<(Keypair, Clock, Option<Event>)>,
     bytes_push: u64,
     bytes_sync: u64,
+    msgs_push: u64,
+    msgs_sync: u64,
     duplicates: u64,
 }
 
@@ -314,6 +316,8 @@ impl Sim {
                 author,
                 bytes_push: 0,
                 bytes_sync: 0,
+                msgs_push: 0,
+                msgs_sync: 0,
                 duplicates: 0,
             });
         }
@@ -567,6 +571,11 @@ impl Sim {
 
     fn deliver(&mut self, to: usize, from: usize, msg: Msg) -> anyhow::Result<()> {
         let size = msg.wire_bytes();
+        if matches!(msg, Msg::Sync(_)) {
+            self.nodes[to].msgs_sync += 1;
+        } else {
+            self.nodes[to].msgs_push += 1;
+        }
         match msg {
             Msg::Push { id, run: bytes } => {
                 self.nodes[to].bytes_push += size;
@@ -739,6 +748,8 @@ impl Sim {
             t100_ms: (pct(&mut t100.clone(), 0.5), pct(&mut t100, 0.99)),
             push_bytes_per_event: per(|n| n.bytes_push),
             sync_bytes_per_event: per(|n| n.bytes_sync),
+            push_msgs_per_event: per(|n| n.msgs_push),
+            sync_msgs_per_event: per(|n| n.msgs_sync),
             event_bytes: self.event_bytes as f64 / events,
             redundancy: per(|n| n.duplicates),
             peak_queued_bytes: self.peak_inflight,

@@ -17,6 +17,11 @@ pub struct Report {
     pub push_bytes_per_event: f64,
     /// Bytes received per event per interested node, sync path.
     pub sync_bytes_per_event: f64,
+    /// Messages received per event per interested node, push path (runs, IHAVE, IWANT,
+    /// IDONTWANT, Plumtree's control messages).
+    pub push_msgs_per_event: f64,
+    /// Messages received per event per interested node, sync path.
+    pub sync_msgs_per_event: f64,
     /// Mean encoded event size (to compare the above with).
     pub event_bytes: f64,
     /// Push messages received that were already seen, per event per node.
@@ -63,6 +68,7 @@ impl Report {
              | time until 100% hold an event, p50 / p99 (ms) | {:.2} / {:.2} |\n\
              | bytes per event per node, push (event size {:.0} B) | {:.0} ({:.2}×) |\n\
              | bytes per event per node, sync | {:.0} |\n\
+             | messages per event per node, push / sync | {:.2} / {:.3} |\n\
              | redundant push receipts per event per node | {:.2} |\n\
              | peak bytes in flight towards one node | {} |\n\
              | convergence after heal | {} |\n\
@@ -84,6 +90,8 @@ impl Report {
             self.push_bytes_per_event,
             self.push_bytes_per_event / self.event_bytes.max(1.0),
             self.sync_bytes_per_event,
+            self.push_msgs_per_event,
+            self.sync_msgs_per_event,
             self.redundancy,
             self.peak_queued_bytes,
             heal,
