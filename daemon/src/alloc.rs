@@ -4,10 +4,10 @@
 //! allocates in between as many short-lived temporaries. glibc's malloc keeps the
 //! freed temporaries' pages resident wherever a surviving slab shares them, even after
 //! `malloc_trim`. jemalloc keeps each size class in its own runs, so what loading frees
-//! comes back as whole pages. Measured on a document of 100,000 changes (snapshot
-//! 0.92 MB, live heap 13.9 MiB): resident 26.2 MiB on glibc after `malloc_trim`,
-//! 17.9 MiB on jemalloc after a purge (`cargo bench -p murmur-tests --bench docs`
-//! reports the daemon's figure).
+//! comes back as whole pages. Measured with a one-off probe (automerge alone, not in
+//! the repo) on a document of 100,000 changes (snapshot 0.92 MB, live heap 13.9 MiB):
+//! resident 26.2 MiB on glibc after `malloc_trim`, 17.9 MiB on jemalloc after a purge.
+//! `cargo bench -p murmur-tests --bench docs` reports the daemon's figure.
 //!
 //! The `murmur` binary installs [`Jemalloc`] as its global allocator; a program that
 //! embeds the daemon's library chooses its own.
