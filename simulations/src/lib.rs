@@ -32,7 +32,8 @@
 //! Layout: this file builds the fleet, runs the event loop and delivers messages;
 //! `network` is the clock and the links, `gossip` the gossipsub mesh, `plumtree` the
 //! experimental tree push, `replication` publishing, storing, sync and anti-entropy,
-//! `report` the figures, `scenario` the parameters.
+//! `faults` churn, cloned keys and swizzle-clog, `report` the figures, `scenario` the
+//! parameters.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
@@ -49,6 +50,7 @@ use murmur_store::MemoryStore;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
+mod faults;
 mod gossip;
 mod network;
 mod plumtree;
@@ -504,67 +506,10 @@ impl Sim {
                 self.partitioned = false;
                 self.heal_at = Some(self.now);
             }
-            Ev::ChurnStep => {
-                let per_s = self.sc.churn_per_min / 60.0 * self.sc.nodes as f64;
-                let mut k = per_s.floor() as usize;
-                if self.rng.random_range(0.0..1.0) < per_s.fract() {
-                    k += 1;
-                }
-                for _ in 0..k {
-                    let i = self.rng.random_range(
-                        self.sc.publishers..self.sc.nodes.max(self.sc.publishers + 1),
-                    );
-                    if i < self.sc.nodes && self.nodes[i].online && !self.nodes[i].forger {
-                        self.nodes[i].online = false;
-                        let back = self.now + (self.sc.churn_offline_s * US as f64) as u64;
-                        // (No draw without wipes, so runs without them stay as they were.)
-                        let wiped = self.sc.churn_wipe > 0.0
-                            && self.rng.random_range(0.0..1.0) < self.sc.churn_wipe;
-                        self.at(back, Ev::Rejoin { node: i, wiped });
-                    }
-                }
-                // Churn stops with publishing, so the settle phase shows the fleet heal.
-                if (self.now as f64) < self.sc.publish_s * US as f64 {
-                    self.at(self.now + US, Ev::ChurnStep);
-                }
-            }
-            Ev::Rejoin { node: i, wiped } => {
-                if wiped {
-                    self.wipe(i);
-                }
-                self.nodes[i].online = true;
-                // A node that comes back runs a round with a neighbour at once.
-                self.round(i);
-            }
-            Ev::CloneKeys => {
-                for c in 0..self.nodes.len() {
-                    let Some(src) = self.nodes[c].clone_of else {
-                        continue;
-                    };
-                    let head = self.nodes[src].author.as_ref().and_then(|a| a.2.clone());
-                    let key = author_key(src, self.sc.seed);
-                    let seq = head.as_ref().map_or(0, |h| h.seq().0 + 1);
-                    self.fork_at.push((key.author(), seq));
-                    self.nodes[c].author = Some((key, Clock::default(), head));
-                    self.at(self.now, Ev::Publish(c));
-                }
-            }
-            Ev::Swizzle { cut: true } => {
-                if let Some(&i) = self.swizzle_order.get(self.swizzle_cut.len()) {
-                    self.nodes[i].cut = true;
-                    self.swizzle_cut.push(i);
-                }
-            }
-            Ev::Swizzle { cut: false } => {
-                if !self.swizzle_cut.is_empty() {
-                    let k = self.rng.random_range(0..self.swizzle_cut.len());
-                    let i = self.swizzle_cut.swap_remove(k);
-                    self.nodes[i].cut = false;
-                    if self.swizzle_cut.is_empty() {
-                        self.heal_at = Some(self.now);
-                    }
-                }
-            }
+            Ev::ChurnStep => self.churn_step(),
+            Ev::Rejoin { node, wiped } => self.rejoin(node, wiped),
+            Ev::CloneKeys => self.clone_keys(),
+            Ev::Swizzle { cut } => self.swizzle(cut),
         }
         Ok(())
     }

@@ -165,28 +165,6 @@ impl Sim {
         }
     }
 
-    /// Node `i` comes back without its store (a reset or replaced device): an empty
-    /// store and a fresh sync machine; what it held must come again.
-    pub(crate) fn wipe(&mut self, i: usize) {
-        let held: Vec<EventId> = self
-            .published
-            .keys()
-            .copied()
-            .filter(|id| matches!(self.nodes[i].store.event(id), Ok(Some(_))))
-            .collect();
-        self.lost_total += held.len();
-        let node = &mut self.nodes[i];
-        node.lost.extend(held);
-        node.store = MemoryStore::new();
-        node.sync = Sync::new(sync_config());
-        node.seen.clear();
-        node.mcache.clear();
-        node.has.clear();
-        node.announce.clear();
-        node.announced.clear();
-        node.heads.clear();
-    }
-
     pub(crate) fn outputs(&mut self, i: usize, outs: Vec<Output<usize>>) {
         for o in outs {
             match o {
