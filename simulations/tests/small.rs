@@ -9,6 +9,13 @@ fn small() -> Scenario {
     toml::from_str(include_str!("../scenarios/small.toml")).expect("valid scenario")
 }
 
+/// The small scenario without its partition.
+fn calm() -> Scenario {
+    let mut sc = small();
+    sc.partition = None;
+    sc
+}
+
 #[test]
 fn a_partitioned_fleet_heals_and_every_node_holds_every_event() {
     let r = Sim::new(small()).unwrap().run().unwrap();
@@ -65,8 +72,7 @@ fn the_same_seed_gives_the_same_run() {
 
 #[test]
 fn churn_and_loss_still_end_complete() {
-    let mut sc = small();
-    sc.partition = None;
+    let mut sc = calm();
     sc.churn_per_min = 0.2;
     sc.loss = 0.05;
     sc.duplicate = 0.02;
@@ -83,8 +89,7 @@ fn plumtree_forms_a_tree_and_still_heals_a_partition() {
     // One publisher: the eager links prune down to a tree, so a node gets each event
     // about once, where a mesh of gossipsub's default size (D 6) delivers it several
     // times.
-    let mut one = small();
-    one.partition = None;
+    let mut one = calm();
     one.publishers = 1;
     one.rate = 10.0;
     let mut wide = one.clone();
@@ -111,12 +116,6 @@ fn plumtree_forms_a_tree_and_still_heals_a_partition() {
         r.converged_after_heal_ms.is_some_and(|ms| ms < 30_000.0),
         "{r:?}"
     );
-}
-
-fn calm() -> Scenario {
-    let mut sc = small();
-    sc.partition = None;
-    sc
 }
 
 #[test]
