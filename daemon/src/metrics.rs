@@ -1,5 +1,9 @@
 //! Prometheus metrics of the node, served at `/metrics`.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -34,6 +38,40 @@ pub struct RoundOutcome {
     /// `done` or `failed`.
     pub outcome: String,
 }
+
+/// Why the replicator banned a peer: `bad_gossip` (it forwarded invalid gossip
+/// repeatedly) or `sync_violation` (it broke the sync protocol).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BanReason {
+    /// One of [`BAN_REASONS`].
+    pub reason: &'static str,
+}
+
+/// The label values of `murmur_peer_bans_total` (each series exists from the start).
+pub const BAN_REASONS: [&str; 2] = ["bad_gossip", "sync_violation"];
+
+/// Labels of one replication lag series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicPeer {
+    /// The murmur topic.
+    pub topic: String,
+    /// The peer id.
+    pub peer: String,
+}
+
+/// Label for whose document changes were applied: `local` or `remote`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Origin {
+    /// `local` (this node's key) or `remote` (another node's).
+    pub origin: &'static str,
+}
+
+/// Most (topic, peer) series of `murmur_replication_lag_events`; a new pair beyond it
+/// gets no series until another one is removed (its peer disconnects).
+pub const LAG_SERIES_MAX: usize = 256;
+/// Most bans tracked for `murmur_peers_banned`; beyond it the ban ending first is
+/// forgotten (the gauge then undercounts, it never grows without bound).
+const BANS_TRACKED_MAX: usize = 4096;
 
 /// All metric handles. Cheap to clone (each is an `Arc` inside).
 #[derive(Clone)]
@@ -78,6 +116,25 @@ pub struct Metrics {
     pub sync_sessions: Gauge,
     /// Connected peers.
     pub peers: Gauge,
+    /// Peers banned by the replicator, by reason.
+    pub peer_bans: Family<BanReason, Counter>,
+    /// Peers banned now (their ban has not ended).
+    pub peers_banned: Gauge,
+    /// When each banned peer's ban ends, by peer id: what `peers_banned` counts.
+    bans: Arc<Mutex<BTreeMap<String, Instant>>>,
+    /// Per topic and connected peer, events the peer held that we lacked when its last
+    /// round on the topic began (at most [`LAG_SERIES_MAX`] series).
+    pub replication_lag: Family<TopicPeer, Gauge>,
+    /// The (topic, peer) series of `replication_lag` (a `Family` cannot count its own).
+    lag_series: Arc<Mutex<BTreeSet<(String, String)>>>,
+    /// Documents in memory.
+    pub docs_loaded: Gauge,
+    /// Estimated memory of the documents in memory, bytes.
+    pub docs_memory_bytes: Gauge,
+    /// Document changes applied to documents in memory, by origin.
+    pub docs_changes: Family<Origin, Counter>,
+    /// Document changes found to crash automerge (skipped from then on).
+    pub docs_poisoned: Counter,
 }
 
 impl Metrics {
@@ -104,7 +161,23 @@ impl Metrics {
             sync_rounds: Family::default(),
             sync_sessions: Gauge::default(),
             peers: Gauge::default(),
+            peer_bans: Family::default(),
+            peers_banned: Gauge::default(),
+            bans: Arc::default(),
+            replication_lag: Family::default(),
+            lag_series: Arc::default(),
+            docs_loaded: Gauge::default(),
+            docs_memory_bytes: Gauge::default(),
+            docs_changes: Family::default(),
+            docs_poisoned: Counter::default(),
         };
+        // Series that exist from the start, so rates and alerts see them at 0.
+        for reason in BAN_REASONS {
+            m.peer_bans.get_or_create_owned(&BanReason { reason });
+        }
+        for origin in ["local", "remote"] {
+            m.docs_changes.get_or_create_owned(&Origin { origin });
+        }
         let r = registry.sub_registry_with_prefix("murmur");
         r.register(
             "events_published",
@@ -194,7 +267,119 @@ impl Metrics {
             m.sync_sessions.clone(),
         );
         r.register("peers", "Connected peers", m.peers.clone());
+        r.register(
+            "peer_bans",
+            "Peers the replicator banned (disconnected and refused for 10 minutes), by reason: \
+             bad_gossip (forwarded invalid gossip 3 times), sync_violation (broke the sync \
+             protocol once)",
+            m.peer_bans.clone(),
+        );
+        r.register(
+            "peers_banned",
+            "Peers the replicator has banned now (a ban lasts 10 minutes)",
+            m.peers_banned.clone(),
+        );
+        r.register(
+            "replication_lag_events",
+            "Per topic and connected peer: events the peer held that this node lacked when \
+             their last sync round on the topic began, from the version vector the peer sent \
+             (0 when the digests were equal). The round then pulls them: this is how far \
+             behind the node was, not is. At most 256 series; a peer's series go when it \
+             disconnects",
+            m.replication_lag.clone(),
+        );
+        r.register("docs_loaded", "Documents in memory", m.docs_loaded.clone());
+        r.register(
+            "docs_memory_bytes",
+            "Estimated memory of the documents in memory (22 bytes per byte of their saved \
+             form)",
+            m.docs_memory_bytes.clone(),
+        );
+        r.register(
+            "docs_changes_applied",
+            "Document changes applied to documents in memory, by origin: local (made with this \
+             node's key: through the API, or replayed from the store when a document loads), \
+             remote (made by other nodes, applied from the store as they arrive or when a \
+             document loads)",
+            m.docs_changes.clone(),
+        );
+        r.register(
+            "docs_poisoned_changes",
+            "Document changes found to crash automerge, skipped from then on",
+            m.docs_poisoned.clone(),
+        );
         m
+    }
+
+    /// Counts a ban of `peer` for `reason` (one of [`BAN_REASONS`]) lasting until
+    /// `until`, and updates the gauge of peers banned now.
+    pub fn banned(&self, reason: &'static str, peer: &str, until: Instant) {
+        self.peer_bans.get_or_create(&BanReason { reason }).inc();
+        let mut bans = self.bans.lock().unwrap_or_else(PoisonError::into_inner);
+        if bans.len() >= BANS_TRACKED_MAX
+            && !bans.contains_key(peer)
+            && let Some(first) = bans
+                .iter()
+                .min_by_key(|(_, end)| **end)
+                .map(|(p, _)| p.clone())
+        {
+            bans.remove(&first);
+        }
+        bans.insert(peer.to_owned(), until);
+        self.peers_banned.set(bans.len() as i64);
+    }
+
+    /// Drops the bans that ended by `now` from the gauge of peers banned now (the
+    /// network layer lets a peer back in from then on).
+    pub fn expire_bans(&self, now: Instant) {
+        let mut bans = self.bans.lock().unwrap_or_else(PoisonError::into_inner);
+        if bans.is_empty() {
+            return;
+        }
+        bans.retain(|_, end| *end > now);
+        self.peers_banned.set(bans.len() as i64);
+    }
+
+    /// Sets how many events `peer` held on `topic` that we lacked at the start of their
+    /// last round. A new (topic, peer) pair gets no series once [`LAG_SERIES_MAX`] exist.
+    pub fn set_lag(&self, topic: &str, peer: &str, events: u64) {
+        let key = (topic.to_owned(), peer.to_owned());
+        let mut series = self
+            .lag_series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !series.contains(&key) {
+            if series.len() >= LAG_SERIES_MAX {
+                return;
+            }
+            series.insert(key.clone());
+        }
+        let (topic, peer) = key;
+        self.replication_lag
+            .get_or_create(&TopicPeer { topic, peer })
+            .set(i64::try_from(events).unwrap_or(i64::MAX));
+    }
+
+    /// Removes the lag series of `peer` on `topic` (when the peer disconnects).
+    pub fn forget_lag(&self, topic: &str, peer: &str) {
+        let key = (topic.to_owned(), peer.to_owned());
+        let mut series = self
+            .lag_series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if series.remove(&key) {
+            let (topic, peer) = key;
+            self.replication_lag.remove(&TopicPeer { topic, peer });
+        }
+    }
+
+    /// Counts document changes applied, by `origin` (`local` or `remote`).
+    pub fn doc_changes(&self, origin: &'static str, n: u64) {
+        if n > 0 {
+            self.docs_changes
+                .get_or_create(&Origin { origin })
+                .inc_by(n);
+        }
     }
 
     /// Counts remote events stored via `path`.
@@ -245,4 +430,122 @@ pub fn resident_bytes() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn text(registry: &Registry) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, registry).expect("encodes");
+        s
+    }
+
+    fn has(text: &str, line: &str) -> bool {
+        text.lines().any(|l| l == line)
+    }
+
+    #[test]
+    fn bans_are_counted_by_reason_and_the_gauge_follows_their_end() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let t = text(&registry);
+        assert!(
+            has(&t, "murmur_peer_bans_total{reason=\"bad_gossip\"} 0"),
+            "{t}"
+        );
+        assert!(has(&t, "murmur_peers_banned 0"), "{t}");
+        let now = Instant::now();
+        m.banned("bad_gossip", "peer-a", now + Duration::from_secs(600));
+        m.banned("sync_violation", "peer-b", now + Duration::from_secs(1));
+        m.banned("bad_gossip", "peer-a", now + Duration::from_secs(600));
+        let t = text(&registry);
+        assert!(
+            has(&t, "murmur_peer_bans_total{reason=\"bad_gossip\"} 2"),
+            "{t}"
+        );
+        assert!(
+            has(&t, "murmur_peer_bans_total{reason=\"sync_violation\"} 1"),
+            "{t}"
+        );
+        assert!(has(&t, "murmur_peers_banned 2"), "{t}");
+        m.expire_bans(now + Duration::from_secs(2));
+        assert!(has(&text(&registry), "murmur_peers_banned 1"));
+        m.expire_bans(now + Duration::from_secs(600));
+        assert!(has(&text(&registry), "murmur_peers_banned 0"));
+    }
+
+    #[test]
+    fn the_ban_gauge_is_bounded() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let now = Instant::now();
+        for i in 0..BANS_TRACKED_MAX + 10 {
+            m.banned(
+                "bad_gossip",
+                &format!("p{i}"),
+                now + Duration::from_secs(i as u64),
+            );
+        }
+        assert_eq!(m.peers_banned.get(), BANS_TRACKED_MAX as i64);
+    }
+
+    #[test]
+    fn lag_series_are_capped_and_removed() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let series = |r: &Registry| {
+            text(r)
+                .lines()
+                .filter(|l| l.starts_with("murmur_replication_lag_events{"))
+                .count()
+        };
+        for i in 0..LAG_SERIES_MAX + 10 {
+            m.set_lag("site/7", &format!("p{i}"), i as u64);
+        }
+        assert_eq!(series(&registry), LAG_SERIES_MAX);
+        m.set_lag("site/7", "p0", 7);
+        assert!(has(
+            &text(&registry),
+            "murmur_replication_lag_events{topic=\"site/7\",peer=\"p0\"} 7"
+        ));
+        m.forget_lag("site/7", "p0");
+        assert_eq!(series(&registry), LAG_SERIES_MAX - 1);
+        m.set_lag("site/7", "new", u64::MAX);
+        let t = text(&registry);
+        assert!(
+            has(
+                &t,
+                &format!(
+                    "murmur_replication_lag_events{{topic=\"site/7\",peer=\"new\"}} {}",
+                    i64::MAX
+                )
+            ),
+            "{t}"
+        );
+        assert_eq!(series(&registry), LAG_SERIES_MAX);
+    }
+
+    #[test]
+    fn document_metrics_are_exported() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        m.docs_loaded.set(3);
+        m.docs_memory_bytes.set(4096);
+        m.doc_changes("local", 5);
+        m.doc_changes("remote", 2);
+        m.docs_poisoned.inc();
+        let t = text(&registry);
+        for line in [
+            "murmur_docs_loaded 3",
+            "murmur_docs_memory_bytes 4096",
+            "murmur_docs_changes_applied_total{origin=\"local\"} 5",
+            "murmur_docs_changes_applied_total{origin=\"remote\"} 2",
+            "murmur_docs_poisoned_changes_total 1",
+        ] {
+            assert!(has(&t, line), "{line} missing from\n{t}");
+        }
+    }
 }

@@ -122,17 +122,25 @@ impl Replicator {
             *n += 1;
             if *n >= REJECTS_BEFORE_BAN {
                 self.rejects.remove(&source);
-                self.ban(source, "forwarded invalid events");
+                self.ban(source, "bad_gossip", "forwarded invalid events");
             }
         }
     }
-    pub(super) fn ban(&mut self, peer: PeerId, why: &str) {
+    /// Disconnects `peer` and refuses it for `BAN`; `reason` is the metric's label
+    /// (`bad_gossip`, `sync_violation`), `why` the log's words.
+    pub(super) fn ban(&mut self, peer: PeerId, reason: &'static str, why: &str) {
         if self.known.remove(&peer).is_some() {
             self.known_dirty = true;
         }
         tracing::warn!(%peer, why, "disconnecting a misbehaving peer for {BAN:?}");
         self.metrics.refused("peer_banned");
-        self.net.try_send(Command::Ban { peer, for_: BAN });
+        if self.net.try_send(Command::Ban { peer, for_: BAN }) {
+            let until = Instant::now() + BAN;
+            self.metrics.banned(reason, &peer.to_string(), until);
+        } else {
+            // Not banned: the peer stays until it misbehaves again.
+            self.metrics.refused("network_queue_full");
+        }
         let outs = self.sync.peer_gone(&peer);
         self.outputs(outs);
     }

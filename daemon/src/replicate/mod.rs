@@ -317,6 +317,7 @@ impl Replicator {
         }
         self.metrics.sync_sessions.set(self.sync.sessions() as i64);
         self.metrics.peers.set(self.peers.len() as i64);
+        self.metrics.expire_bans(now);
     }
 
     /// Gossips durable events as runs: consecutive events of one log travel as one
@@ -350,6 +351,7 @@ impl Replicator {
             }
             murmur_p2p::Event::Disconnected(peer) => {
                 self.peers.remove(&peer);
+                self.forget_lag(&peer);
                 let outs = self.sync.peer_gone(&peer);
                 self.outputs(outs);
             }
@@ -429,7 +431,7 @@ impl Replicator {
                 Output::Misbehaved { peer, violation } => {
                     self.metrics.rejected("sync_violation");
                     tracing::warn!(%peer, ?violation, "peer broke the sync protocol");
-                    self.ban(peer, "broke the sync protocol");
+                    self.ban(peer, "sync_violation", "broke the sync protocol");
                 }
                 Output::Fork(proof) => {
                     tracing::warn!(author = %proof.author(), topic = %proof.topic(), seq = %proof.seq(), "fork proven: log frozen");

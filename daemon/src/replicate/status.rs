@@ -14,29 +14,55 @@ pub(super) enum RemoteView {
     InSync,
 }
 
-/// Events `theirs` holds beyond `ours` (sum over authors).
+/// Events `theirs` holds beyond `ours` (sum over authors). Saturating: a peer's vector
+/// may claim any seq, up to `u64::MAX`.
 fn lag(ours: &VersionVector, theirs: &VersionVector) -> u64 {
     ours.wants_from(theirs)
         .iter()
-        .map(|w| w.to.0 + 1 - w.from.0)
-        .sum()
+        .map(|w| w.to.0.saturating_sub(w.from.0).saturating_add(1))
+        .fold(0, u64::saturating_add)
 }
 
 impl Replicator {
-    /// Notes what a peer shows of a topic in a round.
+    /// Notes what a peer shows of a topic in a round, and how many events it held
+    /// that we lacked as the round began (the `murmur_replication_lag_events` gauge).
     pub(super) fn observe(&mut self, peer: PeerId, msg: &proto::Message, now: Instant) {
-        let view = match msg {
-            proto::Message::Vector { vv, .. } => RemoteView::Vector(vv.clone()),
-            proto::Message::InSync { .. } => RemoteView::InSync,
+        let Some(topic) = msg.topic() else { return };
+        let (view, behind) = match msg {
+            proto::Message::Vector { vv, .. } => {
+                let behind = self.store.version_vector(topic).ok();
+                let behind = behind.map(|ours| lag(&ours, vv));
+                (RemoteView::Vector(vv.clone()), behind)
+            }
+            proto::Message::InSync { .. } => (RemoteView::InSync, Some(0)),
+            // The peer opened a round holding what we hold: nothing to pull.
+            proto::Message::Hello { digest, .. } => match self.store.version_vector(topic) {
+                Ok(ours) if ours.digest() == *digest => (RemoteView::InSync, Some(0)),
+                _ => return,
+            },
             _ => return,
         };
-        let Some(topic) = msg.topic() else { return };
         if self.remote.len() >= REMOTE_VIEWS_MAX
             && !self.remote.contains_key(&(topic.clone(), peer))
         {
             return;
         }
         self.remote.insert((topic.clone(), peer), (now, view));
+        // Only connected peers have series: `forget_lag` removes them on disconnect.
+        if let Some(behind) = behind
+            && self.peers.contains(&peer)
+        {
+            self.metrics
+                .set_lag(topic.as_str(), &peer.to_string(), behind);
+        }
+    }
+    /// Removes the lag series of a peer that disconnected (each series has an entry in
+    /// `remote`, which is bounded).
+    pub(super) fn forget_lag(&self, peer: &PeerId) {
+        let name = peer.to_string();
+        for (topic, _) in self.remote.keys().filter(|(_, p)| p == peer) {
+            self.metrics.forget_lag(topic.as_str(), &name);
+        }
     }
     /// Per topic and peer: events they showed that we lack, and that we hold beyond them.
     pub(super) fn status(&self, now: Instant) -> crate::api::ReplicationJson {
@@ -96,5 +122,17 @@ mod tests {
         assert_eq!(lag(&ours, &theirs), 5 + 3);
         assert_eq!(lag(&theirs, &ours), 0);
         assert_eq!(lag(&ours, &ours), 0);
+    }
+
+    #[test]
+    fn lag_saturates_on_a_vector_claiming_huge_seqs() {
+        let e = Entry {
+            seq: Seq(u64::MAX),
+            id: EventId([0; 32]),
+        };
+        let mut theirs = VersionVector::new();
+        theirs.insert(AuthorId([1; 32]), e);
+        theirs.insert(AuthorId([2; 32]), e);
+        assert_eq!(lag(&VersionVector::new(), &theirs), u64::MAX);
     }
 }
