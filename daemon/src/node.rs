@@ -316,6 +316,7 @@ pub async fn run(
         key.author(),
         config.docs.manager(),
         offsets_rx.clone(),
+        metrics.clone(),
     )
     .context("cannot start the document thread")?;
 

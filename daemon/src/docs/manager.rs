@@ -16,6 +16,7 @@ use super::{
     apply_guarded, hex,
 };
 use crate::ingest::{self, IngestError, PublishItem};
+use crate::metrics::Metrics;
 
 /// Estimated memory of a loaded document per byte of its saved (compressed) form.
 /// automerge does not report its memory; measured with the docs benchmark
@@ -82,6 +83,7 @@ pub(super) struct Manager {
     poison: HashMap<(Topic, DocId), std::collections::HashSet<automerge::ChangeHash>>,
     /// Documents being rebuilt one change per apply call, to find a poisonous change.
     careful: BTreeSet<(Topic, DocId)>,
+    metrics: Metrics,
 }
 
 impl Manager {
@@ -91,6 +93,7 @@ impl Manager {
         author: AuthorId,
         config: DocsConfig,
         inbox: mpsc::Sender<Cmd>,
+        metrics: Metrics,
     ) -> Manager {
         Manager {
             cursor: murmur_core::Store::next_offset(&*store),
@@ -104,6 +107,7 @@ impl Manager {
             inbox,
             poison: HashMap::new(),
             careful: BTreeSet::new(),
+            metrics,
         }
     }
 
@@ -167,6 +171,9 @@ impl Manager {
                 }
                 Cmd::Stop => break,
             }
+            self.metrics.docs_loaded.set(self.loaded.len() as i64);
+            let memory = i64::try_from(self.memory()).unwrap_or(i64::MAX);
+            self.metrics.docs_memory_bytes.set(memory);
         }
         let keys: Vec<(Topic, DocId)> = self.loaded.keys().cloned().collect();
         for key in keys {
@@ -178,8 +185,8 @@ impl Manager {
     fn memory(&self) -> u64 {
         self.loaded
             .values()
-            .map(|l| l.size * MEMORY_PER_SAVED_BYTE)
-            .sum()
+            .map(|l| l.size.saturating_mul(MEMORY_PER_SAVED_BYTE))
+            .fold(0, u64::saturating_add)
     }
 
     /// Loads a document (snapshot + indexed changes after it) if it is not in memory,
@@ -269,6 +276,8 @@ impl Manager {
             let n = tail.len();
             let poison = self.poison.get(key);
             let mut changes = Vec::with_capacity(n);
+            // Changes by this node's key (replayed from the store) and by others.
+            let (mut own, mut others) = (0u64, 0u64);
             for (off, ev) in &tail {
                 if let Body::Doc { change, .. } = ev.body() {
                     match Change::from_bytes(change.to_vec()) {
@@ -278,6 +287,11 @@ impl Manager {
                         Ok(c) => {
                             l.size += change.len() as u64;
                             changes.push(c);
+                            if ev.author() == self.author {
+                                own += 1;
+                            } else {
+                                others += 1;
+                            }
                         }
                         // Checked before storing; a bad one here is old or local damage.
                         Err(e) => {
@@ -302,6 +316,7 @@ impl Manager {
                     match single {
                         Some(h) => {
                             tracing::error!(doc = %key.1, topic = %key.0, change = %h, "a change crashed automerge; it is skipped from now on");
+                            self.metrics.docs_poisoned.inc();
                             self.poison.entry(key.clone()).or_default().insert(h);
                         }
                         None => {
@@ -314,6 +329,8 @@ impl Manager {
             }
             l.unsaved += fresh;
             self.stats.applied += fresh;
+            self.metrics.doc_changes("local", own);
+            self.metrics.doc_changes("remote", others);
             if l.doc.get_missing_deps(&[]).is_empty() {
                 l.pending = 0;
             } else {
@@ -504,9 +521,12 @@ impl Manager {
         match self.ingest.submit(items) {
             Ok(pending) => {
                 let inbox = self.inbox.clone();
+                let metrics = self.metrics.clone();
                 self.rt.spawn(async move {
                     match pending.await {
                         Ok(Ok(done)) => {
+                            // Applied as they were made; counted once durable.
+                            metrics.doc_changes("local", done.len() as u64);
                             for ((reply, hash), p) in waiting.into_iter().zip(done) {
                                 let _ = reply.send(Ok(ChangeDone {
                                     event: p.event,

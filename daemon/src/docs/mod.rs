@@ -285,16 +285,18 @@ fn hex(h: &automerge::ChangeHash) -> String {
 }
 
 /// Starts the document manager thread, and a task that tells it when events were
-/// stored (from `offsets`) and when time passed.
+/// stored (from `offsets`) and when time passed. The thread keeps the `murmur_docs_*`
+/// metrics.
 pub fn spawn(
     store: Arc<RocksStore>,
     ingest: ingest::Handle,
     author: AuthorId,
     config: DocsConfig,
     mut offsets: watch::Receiver<Offset>,
+    metrics: crate::metrics::Metrics,
 ) -> std::io::Result<(Docs, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(1024);
-    let m = Manager::new(store, ingest, author, config, tx.clone());
+    let m = Manager::new(store, ingest, author, config, tx.clone(), metrics);
     let thread = std::thread::Builder::new()
         .name("murmur-docs".into())
         .spawn(move || m.run(rx))?;
