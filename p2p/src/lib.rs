@@ -1,9 +1,9 @@
 //! # murmur-p2p
 //!
 //! The libp2p layer of murmur: TCP and QUIC with Noise and Yamux, identify, ping,
-//! gossipsub for live push (one gossipsub topic per murmur topic, anonymous messages,
-//! message id = event id, manual validation), the sync protocol over request-response
-//! substreams, mDNS and Kademlia for discovery.
+//! gossipsub for live push (one gossipsub topic per murmur topic, a message is a run of
+//! events, anonymous messages, message id = blake3 hash of the run, manual validation),
+//! the sync protocol over request-response substreams, mDNS and Kademlia for discovery.
 //!
 //! One task ([`EventLoop`]) owns the `Swarm`. Everyone else holds a cloneable
 //! [`Handle`] that sends [`Command`]s over a bounded channel, and receives [`Event`]s

@@ -6,8 +6,10 @@
 //!
 //! - Locally published events arrive here only after they are durable, and are gossiped.
 //! - Gossiped events are decoded (bounded), checked for topic and signature, and inserted;
-//!   the verdict goes back to gossipsub (Accept / Reject / Ignore) so peer scoring learns
-//!   who sends garbage. An event past a gap triggers a targeted pull from its sender.
+//!   the verdict goes back to gossipsub (Accept / Reject / Ignore), so only accepted runs
+//!   are forwarded, and a peer that forwards invalid runs 3 times (`REJECTS_BEFORE_BAN`) is
+//!   banned (as is one that breaks the sync protocol once). gossipsub peer scoring is not
+//!   enabled. An event past a gap triggers a targeted pull from its sender.
 //! - A round of anti-entropy runs with every peer that connects, and periodically with
 //!   the next connected peer in turn, for every topic we hold.
 
@@ -78,8 +80,8 @@ pub struct Config {
 const PENDING_MAX: usize = 16_384;
 /// Most gossiped events verified and stored together.
 const GOSSIP_BATCH: usize = 256;
-/// Invalid gossiped events a peer may forward before it is banned (a few can be honest
-/// forwarding of someone else's garbage before scoring catches up).
+/// Invalid gossiped runs a peer may forward before it is banned (a few may be honest: a
+/// peer's checks can differ from ours, e.g. a larger `docs.max_change_bytes`).
 const REJECTS_BEFORE_BAN: u32 = 3;
 /// Most peers remembered in the peers file.
 pub const KNOWN_PEERS_MAX: usize = 256;
