@@ -45,7 +45,20 @@ impl Replicator {
         if self.remote.len() >= REMOTE_VIEWS_MAX
             && !self.remote.contains_key(&(topic.clone(), peer))
         {
-            return;
+            // Full: make room by forgetting the oldest view of a peer that is gone, so
+            // peers met later are still reported (and get lag series).
+            let gone = self
+                .remote
+                .iter()
+                .filter(|((_, p), _)| !self.peers.contains(p))
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone());
+            match gone {
+                Some(k) => {
+                    self.remote.remove(&k);
+                }
+                None => return,
+            }
         }
         self.remote.insert((topic.clone(), peer), (now, view));
         // Only connected peers have series: `forget_lag` removes them on disconnect.
