@@ -85,10 +85,34 @@ pub fn status(s: &Status, repl: Option<&ReplicationJson>, json: bool) -> anyhow:
             d.snapshots
         );
     }
+    if let Some(c) = &s.clock {
+        clock(c);
+    }
     if let Some(r) = repl {
         replication(r);
     }
     Ok(())
+}
+
+fn clock(c: &murmur_daemon::clock::ClockStatus) {
+    let drift = humantime::format_duration(Duration::from_millis(c.max_drift_ms));
+    match &c.worst {
+        None => println!("clock       no remote clock beyond the {drift} drift limit"),
+        Some(w) => {
+            let secs = |ms: u64| humantime::format_duration(Duration::from_secs(ms / 1000));
+            println!(
+                "clock       {} events from clocks more than {drift} ahead (kept, not followed)",
+                c.ahead_events
+            );
+            let ago = c.wall_ms.saturating_sub(w.seen_ms);
+            println!(
+                "            worst: {} was {} ahead, {} ago",
+                w.author,
+                secs(w.ahead_ms),
+                secs(ago)
+            );
+        }
+    }
 }
 
 fn replication(r: &ReplicationJson) {

@@ -2,8 +2,16 @@
 //!
 //! A [`Timestamp`] is wall-clock milliseconds plus a logical counter. The [`Clock`] never
 //! goes backwards, even when the wall clock does (NTP step, a device that booted without
-//! an RTC), and a remote timestamp far in the future (a peer with a broken clock) is
-//! refused instead of dragging every later local timestamp along.
+//! an RTC).
+//!
+//! Remote times merge into the clock ([`Clock::observe_events`]), so an event published
+//! after a remote event was received is stamped after it: `--at TIME`, document history
+//! and "latest time" keep causal order. A remote time further ahead of our wall clock
+//! than `max_drift` (a peer with a broken clock) does **not** move the clock: the event
+//! itself is still accepted, because it is signed history and refusing it would stall
+//! its author's log for every node, but it is reported as [`Ahead`] so the daemon can
+//! count it and name the author. So a wrong clock never stops replication, and never
+//! drags the local clock beyond the drift limit.
 //!
 //! The clock does no I/O: the caller passes the current wall time in.
 
@@ -11,6 +19,8 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::AuthorId;
 
 /// A hybrid logical clock reading. Ordered by `(ms, logical)`.
 #[derive(
@@ -117,6 +127,57 @@ impl Clock {
     }
 }
 
+/// A remote event whose time was too far ahead of our wall clock to merge into the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ahead {
+    /// Whose clock it is.
+    pub author: AuthorId,
+    /// The event's time.
+    pub time: Timestamp,
+    /// How far ahead of our wall clock it was when we received it.
+    pub by: Duration,
+}
+
+impl Clock {
+    /// Merges the times of remote events that were just stored, given the wall clock in
+    /// ms. Times within `max_drift` of the wall clock move the clock past them; the
+    /// others leave it alone and are returned, one per event, for the caller to count
+    /// and report. Events are never refused here: see the module docs.
+    /// Takes each event's author and time (`(ev.author(), ev.time())`).
+    pub fn observe_events(
+        &mut self,
+        events: impl IntoIterator<Item = (AuthorId, Timestamp)>,
+        wall_ms: u64,
+    ) -> Vec<Ahead> {
+        let mut ahead = Vec::new();
+        let mut newest: Option<Timestamp> = None;
+        let limit = wall_ms.saturating_add(duration_ms(self.max_drift));
+        for (author, t) in events {
+            if t.ms > limit {
+                ahead.push(Ahead {
+                    author,
+                    time: t,
+                    by: Duration::from_millis(t.ms - wall_ms),
+                });
+            } else {
+                newest = newest.max(Some(t));
+            }
+        }
+        // Observing only the newest time is the same as observing each: the clock ends
+        // past all of them.
+        if let Some(t) = newest {
+            // Within the limit by construction, so this cannot fail.
+            let _ = self.observe(t, wall_ms);
+        }
+        ahead
+    }
+
+    /// The largest drift a remote time may have and still move this clock.
+    pub fn max_drift(&self) -> Duration {
+        self.max_drift
+    }
+}
+
 impl Default for Clock {
     fn default() -> Self {
         Self::new(Self::DEFAULT_MAX_DRIFT)
@@ -177,6 +238,50 @@ mod tests {
                 logical: 8
             }
         );
+    }
+
+    fn event_at(seed: u8, ms: u64) -> crate::Event {
+        let k = crate::testing::key(seed);
+        let draft = crate::Draft {
+            topic: crate::Topic::new("t").unwrap(),
+            seq: crate::Seq(0),
+            prev: None,
+            time: Timestamp::from_ms(ms),
+            body: crate::Payload::data(&b"x"[..]),
+        };
+        crate::Event::sign(&draft, &k).unwrap()
+    }
+
+    #[test]
+    fn remote_times_within_drift_order_later_local_events() {
+        let mut c = Clock::new(Duration::from_secs(60));
+        c.tick(1_000_000);
+        // A peer whose clock is 30 s ahead: its event must come before our next one.
+        let remote = event_at(2, 1_030_000);
+        assert!(
+            c.observe_events([(remote.author(), remote.time())], 1_000_100)
+                .is_empty()
+        );
+        let next = c.tick(1_000_200);
+        assert!(next > remote.time(), "{next} must follow {}", remote.time());
+    }
+
+    #[test]
+    fn remote_times_beyond_drift_are_reported_and_leave_the_clock() {
+        let day = 86_400_000;
+        let mut c = Clock::new(Duration::from_secs(60));
+        let before = c.tick(1_000_000);
+        let ahead = event_at(3, 1_000_000 + day);
+        let fine = event_at(4, 1_000_500);
+        let out = c.observe_events([&ahead, &fine].map(|e| (e.author(), e.time())), 1_000_000);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].author, ahead.author());
+        assert_eq!(out[0].by, Duration::from_millis(day));
+        // The clock took the sane remote time, not the one a day ahead.
+        assert!(c.last() > fine.time() && c.last() > before);
+        assert!(c.last().ms <= 1_000_000 + 60_000);
+        let next = c.tick(1_000_001);
+        assert!(next.ms < 1_000_000 + 60_000);
     }
 
     #[test]

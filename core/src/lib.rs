@@ -106,7 +106,7 @@ pub mod vv;
 
 pub use accept::{ForkProof, Head, LogState, Verdict};
 pub use event::{Body, DocId, Draft, Event, EventError, MAX_EVENT_BYTES, Payload, SIGNING_CONTEXT};
-pub use hlc::{Clock, ClockError, Timestamp};
+pub use hlc::{Ahead, Clock, ClockError, Timestamp};
 pub use id::{AuthorId, EventId, Offset, Seq};
 pub use keys::{KeyError, Keypair};
 pub use storage::{ArrivalPage, Durability, LogSummary, Outcome, Store};

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use murmur_core::sync::{Config, Message, Output, Sync};
 use murmur_core::testing::key;
 use murmur_core::{
-    Draft, Durability, Event, Keypair, Payload, Seq, Store, Timestamp, Topic, VersionVector,
+    Clock, Draft, Durability, Event, Keypair, Payload, Seq, Store, Topic, VersionVector,
 };
 use murmur_store::MemoryStore;
 use proptest::prelude::*;
@@ -37,7 +37,32 @@ struct Node {
     store: MemoryStore,
     sync: Sync<usize>,
     key: Keypair,
+    /// The node's hybrid logical clock, driven as the daemon drives it: local events
+    /// tick it, stored remote events are observed.
+    clock: Clock,
+    /// How far this node's wall clock is ahead of true time.
+    skew_ms: u64,
+    /// Remote events whose time was beyond the drift limit.
+    ahead: usize,
 }
+
+impl Node {
+    fn new(key: Keypair, config: Config) -> Node {
+        Node {
+            store: MemoryStore::new(),
+            sync: Sync::new(config),
+            key,
+            clock: Clock::new(MAX_DRIFT),
+            skew_ms: 0,
+            ahead: 0,
+        }
+    }
+}
+
+/// True time at the start of a run, ms since the epoch.
+const EPOCH_MS: u64 = 1_700_000_000_000;
+/// The drift limit of every simulated clock.
+const MAX_DRIFT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 struct Faults {
@@ -72,11 +97,7 @@ impl Sim {
         };
         Sim {
             nodes: (0..n)
-                .map(|i| Node {
-                    store: MemoryStore::new(),
-                    sync: Sync::new(config.clone()),
-                    key: key(i as u8 + 1),
-                })
+                .map(|i| Node::new(key(i as u8 + 1), config.clone()))
                 .collect(),
             topics: (0..topics)
                 .map(|t| Topic::new(format!("sim/t{t}")).unwrap())
@@ -96,7 +117,14 @@ impl Sim {
         self.base + Duration::from_millis(self.now_ms)
     }
 
+    /// `node`'s wall clock.
+    fn wall(&self, node: usize) -> u64 {
+        EPOCH_MS + self.now_ms + self.nodes[node].skew_ms
+    }
+
     fn publish(&mut self, node: usize, topic: usize) {
+        let wall = self.wall(node);
+        let time = self.nodes[node].clock.tick(wall);
         let n = &self.nodes[node];
         let topic = self.topics[topic].clone();
         let head = n.store.log_state(&n.key.author(), &topic).unwrap().head;
@@ -104,7 +132,7 @@ impl Sim {
             topic,
             seq: head.map_or(Seq(0), |h| Seq(h.seq.0 + 1)),
             prev: head.map(|h| h.id),
-            time: Timestamp::from_ms(self.now_ms),
+            time,
             body: Payload::data(Bytes::from(format!("n{node}@{}", self.now_ms))),
         };
         let ev = Event::sign(&d, &n.key).unwrap();
@@ -116,6 +144,18 @@ impl Sim {
             match o {
                 Output::Send { to, msg } => self.send(from, to, &msg),
                 Output::Misbehaved { .. } => self.violations += 1,
+                Output::Stored { events, .. } => {
+                    let wall = self.wall(from);
+                    let node = &mut self.nodes[from];
+                    let times = events.iter().map(|(_, e)| (e.author(), e.time()));
+                    node.ahead += node.clock.observe_events(times, wall).len();
+                    let limit = wall + MAX_DRIFT.as_millis() as u64;
+                    assert!(
+                        node.clock.last().ms <= limit,
+                        "node {from}: a remote clock dragged ours to {} (wall {wall})",
+                        node.clock.last()
+                    );
+                }
                 _ => {}
             }
         }
@@ -322,6 +362,41 @@ fn three_nodes_converge_after_a_partition() {
 }
 
 #[test]
+fn a_clock_a_day_ahead_neither_stops_replication_nor_drags_the_others() {
+    let mut sim = Sim::new(4, 2, 11);
+    sim.nodes[0].skew_ms = 86_400_000;
+    let all = Faults {
+        loss: 0.0,
+        dup: 0.0,
+        groups: vec![0; 4],
+    };
+    run(&mut sim, all, 3_000, 0.5);
+    // Its events reached everyone (complete() held), and each honest node saw them
+    // beyond the drift limit without following them.
+    let skewed = sim.nodes[0].key.author();
+    let from_skewed: u64 = sim
+        .topics
+        .iter()
+        .map(|t| {
+            let vv = sim.nodes[1].store.version_vector(t).unwrap();
+            vv.get(&skewed).map_or(0, |e| e.seq.0 + 1)
+        })
+        .sum();
+    assert!(from_skewed > 10, "{from_skewed} events of the skewed node");
+    for i in 1..4 {
+        let wall = sim.wall(i);
+        let n = &sim.nodes[i];
+        assert!(n.ahead > 0, "node {i} never saw a time beyond the limit");
+        assert!(
+            n.clock.last().ms <= wall + MAX_DRIFT.as_millis() as u64,
+            "node {i}: clock {} vs wall {wall}",
+            n.clock.last()
+        );
+    }
+    assert_eq!(sim.violations, 0);
+}
+
+#[test]
 fn same_seed_same_run() {
     let go = || {
         let mut sim = Sim::new(5, 2, 42);
@@ -414,11 +489,7 @@ fn round(nodes: &mut [Node], from: usize, to: usize, topic: &Topic) -> Vec<(usiz
 }
 
 fn node(n: u8) -> Node {
-    Node {
-        store: MemoryStore::new(),
-        sync: Sync::new(Config::default()),
-        key: key(n),
-    }
+    Node::new(key(n), Config::default())
 }
 
 #[test]

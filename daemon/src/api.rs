@@ -243,6 +243,9 @@ pub struct Status {
     /// Shared documents: held in memory, estimated memory, snapshots, changes applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docs: Option<crate::docs::DocsStats>,
+    /// The clock: its last time, the drift limit, and remote clocks found ahead of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<crate::clock::ClockStatus>,
 }
 
 /// One connected peer.

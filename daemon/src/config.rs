@@ -255,17 +255,41 @@ impl Default for StoreConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClockConfig {
-    /// How far ahead of our wall clock a remote timestamp may be before it is refused,
-    /// e.g. `"60s"`.
+    /// How far ahead of our wall clock a remote timestamp may be and still move our
+    /// clock, e.g. `"60s"`. Events with times further ahead are kept (they are signed
+    /// history) but do not move the clock; they are counted and shown in status.
     #[serde(with = "humantime_serde")]
     pub max_drift: Duration,
+    /// Shifts this node's wall clock, e.g. `"24h"` or `"-5m"`: for labs and tests that
+    /// need a host with a wrong clock. Leave it at `"0s"` on a real device.
+    pub offset: String,
 }
 
 impl Default for ClockConfig {
     fn default() -> Self {
         Self {
             max_drift: murmur_core::Clock::DEFAULT_MAX_DRIFT,
+            offset: "0s".into(),
         }
+    }
+}
+
+impl ClockConfig {
+    /// `offset` in ms: a humantime duration with an optional leading `-`.
+    pub fn offset_ms(&self) -> Result<i64, ConfigError> {
+        let s = self.offset.trim();
+        let (neg, abs) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s.strip_prefix('+').unwrap_or(s)),
+        };
+        let d = humantime::parse_duration(abs.trim()).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "clock.offset {s:?}: {e} (write e.g. \"24h\" or \"-5m\")"
+            ))
+        })?;
+        let ms = i64::try_from(d.as_millis())
+            .map_err(|_| ConfigError::Invalid(format!("clock.offset {s:?} is too large")))?;
+        Ok(if neg { -ms } else { ms })
     }
 }
 
@@ -358,6 +382,7 @@ impl Config {
         if self.docs.snapshot_every == 0 || self.docs.max_change_bytes == 0 {
             return bad("docs.snapshot_every and docs.max_change_bytes must be at least 1".into());
         }
+        self.clock.offset_ms()?;
         if self.ingest.queue_bytes < self.api.max_request_bytes {
             return bad("ingest.queue_bytes must be at least api.max_request_bytes".into());
         }
@@ -467,8 +492,13 @@ write_buffer_mb = 16
 max_open_files = 256
 
 [clock]
-# Remote timestamps further ahead of our wall clock than this are refused.
+# Remote times up to this far ahead of our wall clock move our clock, so later local
+# events are ordered after them. Events further ahead are kept but do not move the
+# clock; they are counted (murmur_clock_ahead_events_total) and the worst author is
+# shown by `murmur status`.
 max_drift = "1m"
+# Shift this node's wall clock ("24h", "-5m"): for labs and tests only.
+offset = "0s"
 
 [p2p]
 # Replicate with other nodes.
@@ -525,5 +555,18 @@ mod tests {
         .unwrap();
         assert_eq!(c.store.sync, SyncPolicy::Os);
         assert_eq!(c.clock.max_drift, Duration::from_secs(5));
+        assert_eq!(c.clock.offset_ms().unwrap(), 0);
+    }
+
+    #[test]
+    fn clock_offset_takes_a_sign() {
+        let at = |o: &str| {
+            Config::from_toml(&format!("[clock]\noffset = \"{o}\"\n"), Path::new("x"))
+                .and_then(|c| c.clock.offset_ms())
+        };
+        assert_eq!(at("24h").unwrap(), 86_400_000);
+        assert_eq!(at("-5m").unwrap(), -300_000);
+        assert_eq!(at("+1s").unwrap(), 1_000);
+        assert!(matches!(at("tomorrow"), Err(ConfigError::Invalid(_))));
     }
 }

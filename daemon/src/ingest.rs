@@ -14,15 +14,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use murmur_core::{
-    Clock, Draft, Durability, Event, Head, Keypair, Offset, Outcome, Payload, Seq, Store,
-    Timestamp, Topic,
+    Draft, Durability, Event, Head, Keypair, Offset, Outcome, Payload, Seq, Store, Timestamp, Topic,
 };
 use murmur_store::RocksStore;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
+use crate::clock::NodeClock;
 use crate::metrics::Metrics;
 
 /// Most own-log heads cached by the writer before the cache is reset (it refills from
@@ -174,7 +174,7 @@ pub struct WriterConfig {
 struct Writer {
     store: Arc<RocksStore>,
     key: Keypair,
-    clock: Clock,
+    clock: Arc<NodeClock>,
     heads: HashMap<Topic, Head>,
     durability: Durability,
     max_commit: usize,
@@ -188,7 +188,7 @@ struct Writer {
 pub fn spawn(
     store: Arc<RocksStore>,
     key: Keypair,
-    clock: Clock,
+    clock: Arc<NodeClock>,
     config: &WriterConfig,
     metrics: Metrics,
     notify: Arc<watch::Sender<Offset>>,
@@ -216,12 +216,6 @@ pub fn spawn(
         .name("murmur-writer".into())
         .spawn(move || writer.run(rx))?;
     Ok((handle, thread))
-}
-
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Writer {
@@ -273,15 +267,15 @@ impl Writer {
     }
 
     fn sign_all(&mut self, jobs: &[Job], n: usize) -> Result<Vec<Event>, String> {
-        let wall = wall_ms();
+        let times = self.clock.ticks(n);
         let mut events = Vec::with_capacity(n);
-        for item in jobs.iter().flat_map(|j| &j.items) {
+        for (item, time) in jobs.iter().flat_map(|j| &j.items).zip(times) {
             let head = self.head(&item.topic)?;
             let draft = Draft {
                 topic: item.topic.clone(),
                 seq: head.map_or(Seq(0), |h| Seq(h.seq.0 + 1)),
                 prev: head.map(|h| h.id),
-                time: self.clock.tick(wall),
+                time,
                 body: item.payload.clone(),
             };
             let ev = Event::sign(&draft, &self.key).map_err(|e| e.to_string())?;

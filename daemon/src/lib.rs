@@ -16,6 +16,7 @@
 pub mod alloc;
 pub mod api;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod docs;
 pub mod follow;

@@ -18,6 +18,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::NodeClock;
 use crate::config::{Config, DB_DIR, INTEREST_FILE, KEY_FILE, PEERS_FILE, SyncPolicy};
 use crate::ingest::{self, WriterConfig};
 use crate::keyfile;
@@ -141,15 +142,26 @@ fn body_check(config: &Config) -> murmur_core::sync::BodyCheck {
     murmur_core::sync::BodyCheck(Arc::new(move |ev| crate::docs::check_body(ev, max)))
 }
 
+/// What the network's parts share with the rest of the node.
+struct Shared {
+    offsets: Arc<watch::Sender<murmur_core::Offset>>,
+    metrics: Metrics,
+    clock: Arc<NodeClock>,
+}
+
 fn start_network(
     data_dir: &Path,
     config: &Config,
     key: &murmur_core::Keypair,
     store: Arc<RocksStore>,
-    offsets: Arc<watch::Sender<murmur_core::Offset>>,
-    metrics: Metrics,
+    shared: Shared,
     registry: &mut Registry,
 ) -> anyhow::Result<Network> {
+    let Shared {
+        offsets,
+        metrics,
+        clock,
+    } = shared;
     let psk = match &config.p2p.psk_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -238,6 +250,7 @@ fn start_network(
             },
             peers_file,
             interest_file,
+            clock,
         },
         offsets,
         metrics,
@@ -269,10 +282,14 @@ pub async fn run(
         let (dir, cfg) = (data_dir.clone(), config.clone());
         Arc::new(tokio::task::spawn_blocking(move || open_store(&dir, &cfg)).await??)
     };
-    let mut clock = Clock::new(config.clock.max_drift);
+    let mut registry = Registry::default();
+    let clock = Arc::new(NodeClock::new(
+        Clock::new(config.clock.max_drift),
+        config.clock.offset_ms()?,
+        &mut registry,
+    ));
     clock.resume_after(ingest::last_own_time(&store, &key.author())?);
 
-    let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     metrics.stored_events.set(store.next_offset().0 as i64);
     let (offsets_tx, offsets_rx) = watch::channel(store.next_offset());
@@ -283,8 +300,11 @@ pub async fn run(
             &config,
             &key,
             store.clone(),
-            offsets_tx.clone(),
-            metrics.clone(),
+            Shared {
+                offsets: offsets_tx.clone(),
+                metrics: metrics.clone(),
+                clock: clock.clone(),
+            },
             &mut registry,
         )?)
     } else {
@@ -297,7 +317,7 @@ pub async fn run(
     let (ingest, writer) = ingest::spawn(
         store.clone(),
         key.clone(),
-        clock,
+        clock.clone(),
         &WriterConfig {
             queue_requests: config.ingest.queue_requests,
             queue_bytes: config.ingest.queue_bytes,
@@ -346,6 +366,7 @@ pub async fn run(
         started: Instant::now(),
         net: net.as_ref().map(|n| (n.handle.clone(), n.inputs.clone())),
         docs: docs.clone(),
+        clock,
     });
     tracing::info!(
         author = %key.author(),

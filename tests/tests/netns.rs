@@ -361,3 +361,67 @@ fn a_shared_document_converges_after_conflicting_edits_across_a_partition() {
     );
     assert_eq!(v["sensors"]["t2"], "south");
 }
+
+#[test]
+fn a_host_whose_clock_runs_a_day_ahead_neither_stops_nor_drags_the_fleet() {
+    if !root_or_skip("a_host_whose_clock_runs_a_day_ahead_neither_stops_nor_drags_the_fleet") {
+        return;
+    }
+    let day_ms = 86_400_000u64;
+    let lab = Lab::new(3, |i| {
+        let mut c = config(i);
+        if i == 0 {
+            c.push_str("[clock]\noffset = \"24h\"\n");
+        }
+        c
+    });
+    wait_for("a connected lab", 60, || {
+        (0..3).all(|i| lab.node(i).get("/v1/status")["peers"] == 2)
+    });
+    for i in 0..3 {
+        publish(lab.node(i), &format!("fleet/h{i}"), 100);
+    }
+    // Its events replicate like anyone's: a wrong clock stops nobody.
+    wait_for("all 300 events on every host", 60, || all_equal(&lab, 300));
+    // The others publish after receiving them: their clocks stayed on their own walls.
+    for i in 1..3 {
+        publish(lab.node(i), &format!("fleet/h{i}"), 10);
+    }
+    wait_for("all 320 events on every host", 60, || all_equal(&lab, 320));
+    let skewed = lab.node(0).get("/v1/status")["author"].clone();
+    for i in 1..3 {
+        let st = lab.node(i).get("/v1/status");
+        let clock = &st["clock"];
+        let wall = clock["wall_ms"].as_u64().unwrap();
+        let last = clock["last_ms"].as_u64().unwrap();
+        assert!(
+            last <= wall + 60_000,
+            "host {i}: clock dragged to {last}, wall {wall}"
+        );
+        assert!(clock["ahead_events"].as_u64().unwrap() >= 100, "{clock}");
+        assert_eq!(clock["worst"]["author"], skewed, "{clock}");
+        let ahead = clock["worst"]["ahead_ms"].as_u64().unwrap();
+        assert!(
+            ahead > day_ms - 120_000 && ahead < day_ms + 120_000,
+            "{clock}"
+        );
+        let out = common::stdout(&lab.node(i).cli(&["status"]));
+        assert!(out.contains("worst:"), "{out}");
+        // Its newest own event carries a sane time.
+        let log = lab
+            .node(i)
+            .get(&format!("/v1/log?topic=fleet/h{i}&from=100&limit=100"));
+        let newest = log["events"]
+            .as_array()
+            .and_then(|e| e.last())
+            .and_then(|e| e["time"]["ms"].as_u64())
+            .unwrap_or_else(|| panic!("no events: {log}"));
+        assert!(
+            newest <= wall + 60_000,
+            "host {i}: stamped {newest}, wall {wall}"
+        );
+    }
+    // The metric says the same.
+    let m = lab.node(1).req("GET", "/metrics", None).body;
+    assert!(m.contains("murmur_clock_ahead_events_total"), "{m}");
+}

@@ -66,6 +66,7 @@ impl Replicator {
         };
         let mut outcomes = outcomes.into_iter();
         let mut appended: BTreeSet<(Topic, AuthorId)> = BTreeSet::new();
+        let mut times = Vec::new();
         for (source, id, evs) in good {
             // Accept (and so forward) a run that brought anything new; ignore one that
             // brought nothing.
@@ -76,6 +77,7 @@ impl Replicator {
                     Some(Outcome::Appended(_)) => {
                         self.metrics.received("gossip", 1);
                         appended.insert((ev.topic().clone(), ev.author()));
+                        times.push((ev.author(), ev.time()));
                         verdict = Verdict::Accept;
                     }
                     Some(Outcome::Gap { .. }) => {
@@ -100,6 +102,7 @@ impl Replicator {
             }
             self.validate(id, source, verdict);
         }
+        self.config.clock.observe(times);
         for (topic, author) in appended {
             self.drain(&topic, author);
         }
@@ -210,11 +213,14 @@ impl Replicator {
             }
             match self.store.insert(&run, self.config.sync.durability) {
                 Ok(outcomes) => {
-                    let n = outcomes
+                    let times: Vec<_> = run
                         .iter()
-                        .filter(|o| matches!(o, Outcome::Appended(_)))
-                        .count();
-                    self.metrics.received("gossip", n as u64);
+                        .zip(&outcomes)
+                        .filter(|(_, o)| matches!(o, Outcome::Appended(_)))
+                        .map(|(ev, _)| (ev.author(), ev.time()))
+                        .collect();
+                    self.metrics.received("gossip", times.len() as u64);
+                    self.config.clock.observe(times);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot store held events");

@@ -73,6 +73,8 @@ pub struct Config {
     pub peers_file: std::path::PathBuf,
     /// Where interest changes made at runtime are kept (overrides `topics` when present).
     pub interest_file: std::path::PathBuf,
+    /// The node's clock: remote events' times move it (within the drift limit).
+    pub clock: Arc<crate::clock::NodeClock>,
 }
 
 /// Most gossiped events held while waiting for a gap to fill (overflow is dropped: the
@@ -403,6 +405,9 @@ impl Replicator {
                 }
                 Output::Stored { events, .. } => {
                     self.metrics.received("sync", events.len() as u64);
+                    self.config
+                        .clock
+                        .observe(events.iter().map(|(_, e)| (e.author(), e.time())));
                     let logs: BTreeSet<(Topic, AuthorId)> = events
                         .iter()
                         .map(|(_, e)| (e.topic().clone(), e.author()))

@@ -82,6 +82,8 @@ pub struct AppState {
     )>,
     /// The document manager.
     pub docs: crate::docs::Docs,
+    /// The node's clock.
+    pub clock: Arc<crate::clock::NodeClock>,
 }
 
 type Shared = Arc<AppState>;
@@ -480,6 +482,7 @@ async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
         peers: st.metrics.peers.get().max(0) as u64,
         sync_sessions: st.metrics.sync_sessions.get().max(0) as u64,
         docs,
+        clock: Some(st.clock.status()),
     }))
 }
 
