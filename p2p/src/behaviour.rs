@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{Multiaddr, PeerId, gossipsub, identify, kad, mdns, ping, request_response};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, gossipsub, identify, kad, mdns, ping, request_response,
+};
 use murmur_core::{EventId, MAX_EVENT_BYTES};
 
 use crate::Error;
@@ -101,6 +103,15 @@ pub mod gossip {
     pub const IDONTWANT_ABOVE: usize = 1000;
 }
 
+/// murmur's own Kademlia protocol. The libp2p default, `/ipfs/kad/1.0.0`, would make a
+/// murmur node reachable without a fleet key a member of any IPFS DHT that touched it:
+/// learning and dialing strangers, and being learned by them.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/murmur/kad/1.0.0");
+
+/// identify's protocol version. A peer that shows another is not a murmur node: it is
+/// disconnected, kept out for a while, and never enters the routing table.
+pub const IDENTIFY_PROTOCOL: &str = "/murmur/1";
+
 /// Largest gossip message: one event of the maximum size as a run, plus framing.
 pub const MAX_GOSSIP_BYTES: usize = MAX_EVENT_BYTES + 4096;
 
@@ -149,7 +160,11 @@ pub(crate) fn build(
             .with_request_timeout(config.request_timeout)
             .with_max_concurrent_streams(256),
     );
-    let mut kad = kad::Behaviour::new(peer, kad::store::MemoryStore::new(peer));
+    let mut kad = kad::Behaviour::with_config(
+        peer,
+        kad::store::MemoryStore::new(peer),
+        kad::Config::new(KAD_PROTOCOL),
+    );
     kad.set_mode(Some(kad::Mode::Server));
     let mdns = if config.mdns {
         Some(
@@ -173,7 +188,10 @@ pub(crate) fn build(
         .with_max_pending_incoming(Some(config.max_connections.min(64)));
     Ok(Behaviour {
         limits: libp2p::connection_limits::Behaviour::new(limits),
-        identify: identify::Behaviour::new(identify::Config::new("/murmur/1".into(), key.public())),
+        identify: identify::Behaviour::new(identify::Config::new(
+            IDENTIFY_PROTOCOL.into(),
+            key.public(),
+        )),
         ping: ping::Behaviour::new(ping::Config::new()),
         sync,
         gossip,

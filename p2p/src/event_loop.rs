@@ -62,6 +62,8 @@ pub enum Command {
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     /// Our listen addresses.
     Addresses(oneshot::Sender<Vec<Multiaddr>>),
+    /// The peers in the Kademlia routing table.
+    RoutingTable(oneshot::Sender<Vec<PeerId>>),
     /// Stop the event loop (at shutdown; other handles may still be alive).
     Shutdown,
     /// Disconnect a misbehaving peer and refuse it for `for_`.
@@ -169,6 +171,15 @@ impl Handle {
         rx.await.unwrap_or_default()
     }
 
+    /// The peers in the Kademlia routing table.
+    pub async fn routing_table(&self) -> Vec<PeerId> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(Command::RoutingTable(tx)).await {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
     /// Our listen addresses.
     pub async fn addresses(&self) -> Vec<Multiaddr> {
         let (tx, rx) = oneshot::channel();
@@ -190,12 +201,18 @@ pub struct EventLoop {
     gossip_bytes: crate::Traffic,
     /// How a peer we are dialing was found, until its connection is established.
     found_by: BTreeMap<PeerId, &'static str>,
+    /// Peers disconnected because identify showed another libp2p network.
+    strangers: prometheus_client::metrics::counter::Counter,
 }
 
 /// How often peers announced by mDNS but not connected are dialed again.
 const REDIAL_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Most entries in `found_by` (pending dials of discovered peers).
 const FOUND_BY_MAX: usize = 1024;
+/// Most peers kept out at once (bans and strangers).
+const BANNED_MAX: usize = 4096;
+/// How long a peer of another libp2p network is kept out after identify showed it.
+const STRANGER_KEPT_OUT: Duration = Duration::from_secs(600);
 
 /// Builds the swarm for the node key `seed`, starts listening and dialing the bootstrap
 /// peers, and returns the handle, the event stream and the loop to spawn.
@@ -221,6 +238,12 @@ pub fn spawn(
         "gossip_bytes",
         "Bytes of events received by gossip, and published (forwarding not counted)",
         gossip_bytes.0.clone(),
+    );
+    let strangers = prometheus_client::metrics::counter::Counter::default();
+    registry.register(
+        "strangers",
+        "Peers disconnected because identify showed they are not murmur nodes (another libp2p network)",
+        strangers.clone(),
     );
     let key = libp2p::identity::Keypair::ed25519_from_bytes(seed)
         .map_err(|e| Error::Key(e.to_string()))?;
@@ -301,6 +324,7 @@ pub fn spawn(
         banned: BTreeMap::new(),
         gossip_bytes,
         found_by: BTreeMap::new(),
+        strangers,
     };
     Ok((handle, ev_rx, lp))
 }
@@ -371,6 +395,18 @@ impl EventLoop {
                     self.found_by.insert(peer, "mdns");
                 }
             }
+        }
+    }
+
+    /// Refuses `peer` for `for_` (bounded: when the list is full of live bans, the
+    /// peer is only disconnected).
+    fn keep_out(&mut self, peer: PeerId, for_: Duration) {
+        let now = std::time::Instant::now();
+        if self.banned.len() >= BANNED_MAX {
+            self.banned.retain(|_, until| *until > now);
+        }
+        if self.banned.len() < BANNED_MAX || self.banned.contains_key(&peer) {
+            self.banned.insert(peer, now + for_);
         }
     }
 
@@ -459,8 +495,18 @@ impl EventLoop {
             Command::Shutdown => {}
             Command::Ban { peer, for_ } => {
                 tracing::warn!(%peer, ?for_, "banning peer");
-                self.banned.insert(peer, std::time::Instant::now() + for_);
+                self.keep_out(peer, for_);
                 let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::RoutingTable(reply) => {
+                let peers = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .kbuckets()
+                    .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+                    .collect();
+                let _ = reply.send(peers);
             }
         }
     }
@@ -570,12 +616,10 @@ impl EventLoop {
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
-                    if !self.swarm.is_connected(&peer) {
+                    // Any libp2p node on the LAN answers mDNS: dial, but leave the
+                    // routing table to identify, which tells murmur nodes apart.
+                    if !self.swarm.is_connected(&peer) && !self.is_banned(&peer) {
                         tracing::debug!(%peer, %addr, "found by mDNS");
-                        self.swarm
-                            .behaviour_mut()
-                            .kad
-                            .add_address(&peer, addr.clone());
                         if self.swarm.dial(addr).is_ok() && self.found_by.len() < FOUND_BY_MAX {
                             self.found_by.insert(peer, "mdns");
                         }
@@ -583,11 +627,24 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                for addr in &info.listen_addrs {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer_id, addr.clone());
+                if info.protocol_version != behaviour::IDENTIFY_PROTOCOL {
+                    // Another libp2p network (an IPFS node on the LAN, a stranger that
+                    // dialed us): never route it, never keep it, do not redial it soon.
+                    tracing::info!(peer = %peer_id, protocol = %info.protocol_version, "not a murmur node; disconnecting");
+                    self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
+                    self.strangers.inc();
+                    self.keep_out(peer_id, STRANGER_KEPT_OUT);
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                // Only peers that speak murmur's own Kademlia go into the routing table.
+                if info.protocols.contains(&behaviour::KAD_PROTOCOL) {
+                    for addr in &info.listen_addrs {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, addr.clone());
+                    }
                 }
                 self.emit(Event::Identified {
                     peer: peer_id,

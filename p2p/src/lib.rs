@@ -16,7 +16,7 @@ mod codec;
 mod event_loop;
 pub mod psk;
 
-pub use behaviour::{Config, MAX_GOSSIP_BYTES, gossip};
+pub use behaviour::{Config, IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_GOSSIP_BYTES, gossip};
 pub use codec::{PROTOCOL, SyncCodec};
 pub use event_loop::{Command, Event, EventLoop, Handle, PeerInfo, Verdict, spawn};
 pub use libp2p::gossipsub::MessageId;
