@@ -189,3 +189,31 @@ fn interest_can_be_changed_at_runtime_and_is_kept() {
         "{listing}"
     );
 }
+
+#[test]
+fn reading_the_interest_changes_nothing() {
+    let cfg = |topic: &str| {
+        format!(
+            "[p2p]\nmdns = false\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\ntopics = [\"{topic}\"]\n"
+        )
+    };
+    let mut n = Node::start(&cfg("first/#"));
+    let listing = common::stdout(&n.cli(&["topics"]));
+    assert!(listing.contains("replicating: first/#"), "{listing}");
+    let _ = n.get("/v1/interest");
+    assert!(
+        !n.dir.join("interest").exists(),
+        "a read wrote the interest file, which would pin it over the config"
+    );
+    assert!(!n.log().contains("interest changed"), "{}", n.log());
+
+    // The operator edits the config; the next start must use it.
+    n.stop();
+    std::fs::write(n.dir.join("murmur.toml"), cfg("second/#")).unwrap();
+    n.spawn();
+    let listing = common::stdout(&n.cli(&["topics"]));
+    assert!(
+        listing.contains("replicating: second/#") && !listing.contains("first/#"),
+        "{listing}"
+    );
+}

@@ -43,6 +43,11 @@ impl Replicator {
         remove: Option<Pattern>,
         now: Instant,
     ) {
+        // A read (neither add nor remove) changes nothing: no file write, no log. The
+        // file pins the interest over the config's p2p.topics, so writing it on a read
+        // would silently freeze later config edits.
+        let before = self.config.topics.len();
+        let mut added = false;
         if let Some(p) = remove {
             self.config.topics.retain(|t| *t != p);
             let gone: Vec<Topic> = self
@@ -60,6 +65,7 @@ impl Replicator {
             && !self.config.topics.contains(&p)
         {
             self.config.topics.push(p);
+            added = true;
             self.subscribe_known();
             // Topics peers announced before we cared about them: hear them again.
             self.net.try_send(Command::ReplaySubscriptions);
@@ -67,6 +73,9 @@ impl Replicator {
             for peer in peers {
                 self.round(peer, now);
             }
+        }
+        if !added && self.config.topics.len() == before {
+            return;
         }
         let text: String = self
             .config
