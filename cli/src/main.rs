@@ -1,7 +1,7 @@
 //! `murmur`: the daemon and its command-line client.
 //!
 //! `murmur daemon` runs the node; every other subcommand talks to a running daemon over
-//! its control socket, except `init`, `id` and `verify`, which work offline on the data
+//! its control socket, except `init`, `id`, `verify` and `repair`, which work offline on the data
 //! directory.
 
 mod doc;
@@ -96,6 +96,9 @@ enum Command {
     },
     /// Check every chain, signature and index of a stopped node's data directory
     Verify,
+    /// Salvage a stopped node's damaged database: keep a copy, rebuild it from every
+    /// event that verifies, check it (peers send back what was lost)
+    Repair,
     /// Print a new pre-shared fleet key (for p2p.psk_file) to stdout
     Genpsk,
     /// Print shell completions
@@ -350,6 +353,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify => verify(g).await,
+        Command::Repair => repair(g).await,
         Command::Genpsk => {
             print!("{}", murmur_daemon::psk_file(&keyfile::random_bytes()?));
             Ok(ExitCode::SUCCESS)
@@ -564,6 +568,121 @@ async fn verify(g: &Global) -> anyhow::Result<ExitCode> {
     .await??;
     output::report(&report, g.json)?;
     Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `murmur repair`: offline, like `verify`. Copies the database aside as it is, runs
+/// RocksDB's repair, rebuilds the store from every event that verifies and links, and
+/// verifies the result. Nothing is deleted: the copy stays until the operator removes it.
+async fn repair(g: &Global) -> anyhow::Result<ExitCode> {
+    use murmur_store::StoreError;
+    use murmur_store::repair::{RepairReport, rebuild, set_aside};
+
+    let dir = data_dir(g)?;
+    let db = dir.join(config::DB_DIR);
+    // (`db.repair-old` alone: a repair interrupted between its renames; it resumes.)
+    if !db.exists() && !dir.join(format!("{}.repair-old", config::DB_DIR)).exists() {
+        bail!("no murmur database in {}", dir.display());
+    }
+    let cfg = Config::discover(None, &dir)?;
+    let rc = murmur_store::RocksConfig {
+        block_cache_bytes: cfg.store.block_cache_mb << 20,
+        write_buffer_bytes: cfg.store.write_buffer_mb << 20,
+        max_open_files: cfg.store.max_open_files,
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let json = g.json;
+    let (backup, r): (PathBuf, RepairReport) = {
+        let (dir, db) = (dir.clone(), db.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let backup = set_aside(&db, &rc, stamp).map_err(|e| match e {
+                StoreError::Locked(_) => anyhow::anyhow!(
+                    "a murmur daemon is running on {} (the database lock is held); stop it first",
+                    dir.display()
+                ),
+                other => anyhow::Error::new(other)
+                    .context(format!("cannot set the database in {} aside", db.display())),
+            })?;
+            if !json {
+                println!("kept the database as it was in {}", backup.display());
+            }
+            let r = rebuild(&db, &rc, stamp).with_context(|| {
+                format!(
+                    "the repair did not finish; the database as it was is in {} \
+                     (running `murmur repair` again is safe)",
+                    backup.display()
+                )
+            })?;
+            Ok((backup, r))
+        })
+        .await??
+    };
+
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "clean": r.verify.is_clean(),
+                "damaged_copy": backup,
+                "unreadable_tables": r.unreadable_tables,
+                "kept": r.kept,
+                "unverified": r.unverified,
+                "unlinked": r.unlinked,
+                "dangling_arrivals": r.dangling,
+                "forks": r.forks,
+                "bad_forks": r.bad_forks,
+                "snapshots_dropped": r.snapshots_dropped,
+                "offsets_changed_from": r.offsets_changed_from,
+                "notes": r.problems,
+                "logs": r.verify.logs,
+                "events": r.verify.events,
+                "problem_count": r.verify.problem_count,
+                "problems": r.verify.problems,
+            })
+        );
+    } else {
+        if !r.unreadable_tables.is_empty() {
+            println!(
+                "RocksDB could not read, and left out: {}",
+                r.unreadable_tables.join(", ")
+            );
+        }
+        println!(
+            "kept {} events that verify and link to their log, {} fork proof(s)",
+            r.kept, r.forks
+        );
+        println!(
+            "dropped {} that do not verify, {} after a missing event of their log, \
+             {} index entries naming a lost event, {} fork proof(s) that prove nothing, \
+             {} document snapshot(s) (rebuilt from the changes)",
+            r.unverified, r.unlinked, r.dangling, r.bad_forks, r.snapshots_dropped
+        );
+        if let Some(from) = r.offsets_changed_from {
+            println!(
+                "local offsets from {from} on changed: followers resuming from offset {from} or later should start over"
+            );
+        }
+        for note in &r.problems {
+            println!("note: {note}");
+        }
+        output::report(&r.verify, false)?;
+        println!(
+            "next: start the daemon. It fetches from its peers what this node lost \
+             (logs are signed and hash-linked, so what they send is checked). Let it \
+             catch up before applications publish on it again (`murmur status` shows \
+             the rounds): a publish on a log whose lost tail has not come back yet \
+             would sign a second event at a seq already published, which peers record \
+             as a fork and freeze. When the node has caught up, delete {}.",
+            backup.display()
+        );
+    }
+    Ok(if r.verify.is_clean() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -4,7 +4,14 @@
 //! - [`RocksStore`]: RocksDB, one atomic `WriteBatch` per insert with all indexes, one
 //!   WAL sync per batch (group commit), bounded caches;
 //! - [`MemoryStore`]: the same laws in memory, for tests and simulation;
-//! - [`check::verify`]: the offline integrity check behind `murmur verify`.
+//! - [`check::verify`]: the offline integrity check behind `murmur verify`;
+//! - [`repair`]: `murmur repair`, which keeps a copy of a damaged database and rebuilds
+//!   it from every event that still verifies.
+//!
+//! Damage is never a quiet loss: RocksDB's WAL recovery refuses a bad record (see
+//! `db_options` in `rocks.rs`), its errors are classified by kind into
+//! [`StoreError::Damaged`] and [`StoreError::Locked`], and a database that comes back
+//! with fewer events than it had made durable is refused ([`MARK_FILE`]).
 //!
 //! Open a store, insert verified events, read them back:
 //!
@@ -21,11 +28,14 @@ pub mod check;
 mod docs;
 mod keys;
 mod memory;
+pub mod repair;
 mod rocks;
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+mod damage_tests;
 
 pub use docs::Snapshot;
 pub use memory::MemoryStore;
-pub use rocks::{RocksConfig, RocksStore, SCHEMA_VERSION, StoreError};
+pub use rocks::{MARK_FILE, RocksConfig, RocksStore, SCHEMA_VERSION, StoreError};

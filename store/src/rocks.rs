@@ -9,18 +9,24 @@
 //! | `by_id` | event id (32) | event key |
 //! | `arrivals` | offset (8, big-endian) | event key |
 //! | `forks` | log key | len of first event (4) · first event · second event |
-//! | `meta` | name | value (`schema` → version) |
+//! | `meta` | name | value (`schema` → version, `own_logs_unconfirmed` → unix time) |
 //! | `docs` | see [`crate::docs`] | document indexes and snapshots |
 //!
 //! Every `insert` is one `WriteBatch` covering the events and all their index entries;
 //! with [`Durability::Sync`] it is written with one WAL fsync, however many events it
 //! holds (this is the group commit). Writes are serialised by one mutex; reads go
 //! straight to RocksDB from any thread.
+//!
+//! Damage is an error, never a quiet loss: see [`db_options`] for the WAL recovery mode,
+//! [`StoreError::Damaged`] for how RocksDB's errors are classified (by kind, not by
+//! text), and the durability mark ([`MARK_FILE`]) that catches a database that comes
+//! back with fewer events than it had made durable.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use murmur_core::accept::{self, ForkProof, Head, LogState, Verdict};
@@ -30,8 +36,8 @@ use murmur_core::{
     AuthorId, Event, EventId, MAX_EVENT_BYTES, Offset, Pattern, Seq, Timestamp, Topic,
 };
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
-    WriteBatch, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
+    DBRecoveryMode, ErrorKind, Options, WriteBatch, WriteOptions,
 };
 
 use crate::keys::{event_key, log_key, split_log_key, topic_of, topic_prefix};
@@ -39,12 +45,12 @@ use crate::keys::{event_key, log_key, split_log_key, topic_of, topic_prefix};
 /// Schema version written to `meta`; a store with a newer one is refused.
 pub const SCHEMA_VERSION: u32 = 1;
 
-const CF_EVENTS: &str = "events";
-const CF_HEADS: &str = "heads";
-const CF_BY_ID: &str = "by_id";
-const CF_ARRIVALS: &str = "arrivals";
-const CF_FORKS: &str = "forks";
-const CF_META: &str = "meta";
+pub(crate) const CF_EVENTS: &str = "events";
+pub(crate) const CF_HEADS: &str = "heads";
+pub(crate) const CF_BY_ID: &str = "by_id";
+pub(crate) const CF_ARRIVALS: &str = "arrivals";
+pub(crate) const CF_FORKS: &str = "forks";
+pub(crate) const CF_META: &str = "meta";
 const FAMILIES: [&str; 7] = [
     crate::docs::CF_DOCS,
     CF_EVENTS,
@@ -55,9 +61,28 @@ const FAMILIES: [&str; 7] = [
     CF_META,
 ];
 
+/// `meta` key set by `murmur repair`: this node may have lost events of its own logs
+/// that it had already published (value: unix seconds, 8 bytes big-endian).
+const META_OWN_UNCONFIRMED: &[u8] = b"own_logs_unconfirmed";
+
 /// Most log states cached in memory; the cache is dropped whole when it grows past this
 /// (it refills from the `heads` family on demand).
 const STATE_CACHE_MAX: usize = 65_536;
+
+/// The durability mark: a small file in the database directory holding an offset below
+/// which every event was durable (fsynced) when it was written. RocksDB ignores files
+/// whose names it does not know, and `murmur repair` copies it with the rest.
+///
+/// At open, a database whose next offset is below the mark has lost durable events
+/// (RocksDB dropped part of its data: a WAL record whose damaged length looked like a
+/// torn tail, a MANIFEST that lost its tail, a torn copy) and is refused as damaged.
+/// Written at most once a second after a synced commit, and at [`Store::flush`]
+/// (clean shutdown), so it costs at most one small fsynced file a second.
+pub const MARK_FILE: &str = "MURMUR-DURABLE";
+/// XORed into the mark to detect a damaged mark file (which is then ignored, with a
+/// warning: a damaged mark must not stop a node whose data is fine).
+const MARK_CHECK: u64 = 0x6d75_726d_7572_0001;
+const MARK_EVERY: Duration = Duration::from_secs(1);
 
 /// Errors of the RocksDB store.
 #[derive(Debug, thiserror::Error)]
@@ -68,11 +93,26 @@ pub enum StoreError {
         "the data directory {0} is in use by another process (the RocksDB lock is held); stop the other murmur daemon first"
     )]
     Locked(PathBuf),
-    /// RocksDB reported an error.
+    /// The database is damaged: RocksDB reported corruption (a checksum mismatch in a
+    /// WAL record, an SST block, the MANIFEST; an unreadable CURRENT), a file the
+    /// database needs is missing, or it holds fewer events than it had made durable.
+    #[error("{}", damaged_text(.dir, .file, .detail))]
+    Damaged {
+        /// The database directory, when known (errors met at open).
+        dir: Option<PathBuf>,
+        /// The damaged or missing file, when RocksDB's message (or its info LOG) names
+        /// one.
+        file: Option<PathBuf>,
+        /// What RocksDB (or the startup check) reported.
+        detail: String,
+    },
+    /// RocksDB reported an error that is neither damage nor the lock.
     #[error("RocksDB: {0}")]
-    Db(#[from] rocksdb::Error),
+    Db(rocksdb::Error),
     /// Stored data does not decode or contradicts itself.
-    #[error("corrupt store: {0}")]
+    #[error(
+        "corrupt store: {0} (with the node stopped, `murmur verify` lists every problem and `murmur repair` rebuilds the store)"
+    )]
     Corrupt(String),
     /// Written by a newer murmur.
     #[error(
@@ -82,6 +122,266 @@ pub enum StoreError {
         /// The version found on disk.
         found: u32,
     },
+    /// A file operation of `murmur repair` failed.
+    #[error("cannot {} {}: {}", .what, .path.display(), .err)]
+    Io {
+        /// What was being done ("copy", "rename", ...).
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        err: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// True for damaged or inconsistent data ([`StoreError::Damaged`],
+    /// [`StoreError::Corrupt`]), where the operator's path is `murmur verify` and
+    /// `murmur repair`; never for the lock or other I/O errors.
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, Self::Damaged { .. } | Self::Corrupt(_))
+    }
+
+    /// The damaged file named by RocksDB, if any.
+    pub fn damaged_file(&self) -> Option<&Path> {
+        match self {
+            Self::Damaged { file, .. } => file.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Fills in the database directory of a [`StoreError::Damaged`] met at open.
+    fn in_dir(self, dir: &Path) -> Self {
+        match self {
+            Self::Damaged {
+                dir: None,
+                file,
+                detail,
+            } => Self::Damaged {
+                dir: Some(dir.to_path_buf()),
+                file,
+                detail,
+            },
+            other => other,
+        }
+    }
+}
+
+fn damaged_text(dir: &Option<PathBuf>, file: &Option<PathBuf>, detail: &str) -> String {
+    let mut s = match dir {
+        Some(d) => format!("the database in {} is damaged", d.display()),
+        None => "the database is damaged".to_owned(),
+    };
+    if let Some(f) = file {
+        s.push_str(&format!(" (file {})", f.display()));
+    }
+    s.push_str(&format!(
+        ": {}. murmur does not run on a database that may be missing acknowledged events. \
+         Stop murmur and run `murmur repair`: it keeps a copy of the damaged database, \
+         salvages every event that still verifies, and the node then fetches what is \
+         missing from its peers (logs are signed and hash-linked). \
+         Or restore the data directory from a backup",
+        detail.trim_end_matches('.')
+    ));
+    s
+}
+
+/// RocksDB errors met outside open (reads, writes): corruption becomes
+/// [`StoreError::Damaged`] (RocksDB names the SST in a block checksum mismatch),
+/// everything else [`StoreError::Db`].
+impl From<rocksdb::Error> for StoreError {
+    fn from(e: rocksdb::Error) -> Self {
+        if e.kind() == ErrorKind::Corruption {
+            let detail = e.into_string();
+            let file = named_file(None, &detail);
+            StoreError::Damaged {
+                dir: None,
+                file,
+                detail,
+            }
+        } else {
+            StoreError::Db(e)
+        }
+    }
+}
+
+/// What an error at open means for the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpenFailure {
+    Locked,
+    Damaged,
+    Other,
+}
+
+/// Classifies a RocksDB error by its kind (`rocksdb::Error::kind`, which reads the
+/// status code RocksDB puts first: "Corruption: ...", "IO error: ...").
+///
+/// - `Corruption`: damage, whatever the text ("block checksum mismatch" used to be taken
+///   for a lock because it contains "lock").
+/// - `IOError` from taking the lock: RocksDB's `PosixFileSystem::LockFile`
+///   (env/fs_posix.cc) fails with "While lock file: <db>/LOCK: <strerror>" when
+///   `fcntl(F_SETLK)` finds another process's lock, and with "lock hold by current
+///   process, acquire time .. acquiring thread ..: <db>/LOCK: No locks available" when
+///   this process holds it already. Both name the LOCK file. Other I/O errors about
+///   LOCK (it cannot be created: permissions, read-only file system) are not a
+///   conflict and stay [`StoreError::Db`].
+/// - `IOError` "No such file or directory" naming a database file (a MANIFEST that
+///   CURRENT points to, an SST the MANIFEST lists): damage.
+pub(crate) fn classify(kind: ErrorKind, msg: &str) -> OpenFailure {
+    match kind {
+        ErrorKind::Corruption => OpenFailure::Damaged,
+        ErrorKind::IOError if is_lock_conflict(msg) => OpenFailure::Locked,
+        ErrorKind::IOError
+            if msg.contains("No such file or directory") && named_file(None, msg).is_some() =>
+        {
+            OpenFailure::Damaged
+        }
+        _ => OpenFailure::Other,
+    }
+}
+
+fn is_lock_conflict(msg: &str) -> bool {
+    msg.contains("/LOCK: ")
+        && (msg.contains("While lock file: ") || msg.contains("lock hold by current process"))
+}
+
+/// Maps an error from opening (or repairing) the database in `db`.
+pub(crate) fn open_error(db: &Path, e: rocksdb::Error) -> StoreError {
+    let class = classify(e.kind(), e.as_ref());
+    match class {
+        OpenFailure::Locked => StoreError::Locked(db.to_path_buf()),
+        OpenFailure::Damaged => {
+            let detail = e.into_string();
+            let file = named_file(Some(db), &detail).or_else(|| file_from_info_log(db));
+            StoreError::Damaged {
+                dir: Some(db.to_path_buf()),
+                file,
+                detail,
+            }
+        }
+        OpenFailure::Other => StoreError::Db(e),
+    }
+}
+
+/// A RocksDB file name that holds data: SSTs, WALs, blob files. (`LOG` and
+/// `LOG.old.*` are RocksDB's info logs, not WALs.)
+pub(crate) fn is_data_file(name: &str) -> bool {
+    name.ends_with(".sst") || name.ends_with(".log") || name.ends_with(".blob")
+}
+
+fn is_db_file(name: &str) -> bool {
+    is_data_file(name)
+        || name.starts_with("MANIFEST-")
+        || name.starts_with("OPTIONS-")
+        || name == "CURRENT"
+}
+
+/// The database file a RocksDB message names: a path token whose file name is one of
+/// RocksDB's (block checksum mismatches end "in <db>/000012.sst offset .."); else
+/// `CURRENT` for "CURRENT file ..." errors; else the WAL of "log number: N" (the
+/// MANIFEST's WAL tracking).
+pub(crate) fn named_file(dir: Option<&Path>, msg: &str) -> Option<PathBuf> {
+    for raw in msg.split_whitespace() {
+        let tok = raw
+            .trim_start_matches(['(', '\'', '"'])
+            .trim_end_matches([':', ',', ';', ')', '\'', '"']);
+        let tok = tok.strip_suffix('.').unwrap_or(tok);
+        if tok.contains('/') && is_db_file(tok.rsplit('/').next().unwrap_or_default()) {
+            return Some(PathBuf::from(tok));
+        }
+    }
+    let dir = dir?;
+    if msg.contains("CURRENT file") {
+        return Some(dir.join("CURRENT"));
+    }
+    let at = msg.find("log number: ")? + "log number: ".len();
+    let digits: String = msg[at..].chars().take_while(char::is_ascii_digit).collect();
+    let n: u64 = digits.parse().ok()?;
+    Some(dir.join(format!("{n:06}.log")))
+}
+
+/// RocksDB reports a bad WAL or MANIFEST record without the file's name, but its info
+/// log (`LOG` in the database directory, started by the failed open) has it: WAL
+/// recovery logs "<wal>: dropping N bytes; Corruption: ..." (db_impl_open.cc), and
+/// MANIFEST recovery logs "Recovering from manifest file: <path>" before reading it and
+/// "Recovered from manifest file:..." after. Only used to name the file in the message.
+fn file_from_info_log(dir: &Path) -> Option<PathBuf> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 1 << 20;
+    let mut f = std::fs::File::open(dir.join("LOG")).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+    let mut buf = Vec::new();
+    f.take(TAIL).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let mut wal: Option<&str> = None;
+    let mut manifest: Option<&str> = None;
+    for line in text.lines() {
+        if let Some(i) = line.find(": dropping ")
+            && line.contains("Corruption")
+            && let Some(tok) = line[..i].split_whitespace().last()
+            && tok.contains('/')
+        {
+            wal = Some(tok);
+        }
+        const READING: &str = "Recovering from manifest file: ";
+        if let Some(i) = line.find(READING) {
+            manifest = Some(line[i + READING.len()..].trim());
+        } else if line.contains("Recovered from manifest file:") {
+            manifest = None;
+        }
+    }
+    wal.or(manifest)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Refuses to let RocksDB create a database where one is expected: with
+/// `create_if_missing`, RocksDB takes a missing CURRENT for a new database
+/// (db_impl_open.cc `DBImpl::Recover` → `NewDB`), writes a fresh MANIFEST and later
+/// deletes the SSTs it does not list — every stored event, without an error.
+fn check_creatable(path: &Path) -> Result<()> {
+    if path.join("CURRENT").try_exists().unwrap_or(true) {
+        return Ok(());
+    }
+    if let Some(old) = crate::repair::sibling(path, crate::repair::OLD_SUFFIX)
+        && old.try_exists().unwrap_or(false)
+    {
+        return Err(StoreError::Damaged {
+            dir: Some(path.to_path_buf()),
+            file: None,
+            detail: format!(
+                "a `murmur repair` was interrupted: the database is in {}",
+                old.display()
+            ),
+        });
+    }
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => {
+            return Err(StoreError::Io {
+                what: "read",
+                path: path.to_path_buf(),
+                err,
+            });
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if let Some(name) = name.to_str()
+            && is_data_file(name)
+        {
+            return Err(StoreError::Damaged {
+                dir: Some(path.to_path_buf()),
+                file: Some(path.join("CURRENT")),
+                detail: format!(
+                    "CURRENT is missing, but the directory holds database files such as {name}"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -107,8 +407,82 @@ impl Default for RocksConfig {
     }
 }
 
+/// RocksDB's options and the column families, for open and for `murmur repair`.
+///
+/// WAL recovery mode, from RocksDB 11.8's sources (`log::Reader::ReadRecord` in
+/// db/log_reader.cc, `DBImpl::HandleNonOkStatusOrOldLogRecord` in
+/// db/db_impl/db_impl_open.cc):
+/// - `PointInTime`, RocksDB's default, stops replaying at the first bad record and
+///   opens without an error: every later record, fsynced and acknowledged or not, is
+///   dropped. That was finding 1 of issue 12 (a flipped WAL byte lost 2,000 events).
+/// - `AbsoluteConsistency` also fails on an incomplete record at the end of the WAL
+///   ("truncated header", "truncated record body", "error reading trailing data"). A
+///   crash or power cut in the middle of an append leaves exactly that, for a write
+///   whose fsync never returned and that was never acknowledged; a node would then
+///   refuse to start after an ordinary crash (or SIGKILL between two `write`s of one
+///   record).
+/// - `TolerateCorruptedTailRecords` (chosen) ignores only an incomplete record at the
+///   end of a WAL file (a truncated header or body at end of file, zero padding) and
+///   fails the open with `Corruption` on a checksum mismatch or a malformed record
+///   anywhere, the last complete one included. An acknowledged record was fsynced, so
+///   it is complete on disk and can only go bad by damage — which is an error.
+///   Known limit (log_reader.cc, `kBadRecordLen` when `eof_`): a damaged *length*
+///   field in a record header within the last 32 KiB block of a WAL reads like a
+///   truncated tail and is ignored; the durability mark ([`MARK_FILE`]) turns that
+///   loss into an error when the lost events are older than the mark (always after a
+///   clean shutdown).
+///
+/// `paranoid_checks` must stay on (it is RocksDB's default): without it the WAL
+/// reporter's status is dropped (db_impl_open.cc) and corruption is ignored in every
+/// mode. `track_and_verify_wals_in_manifest` records the synced size of each closed
+/// WAL in the MANIFEST, so a missing or shortened older WAL (a torn copy, a lost
+/// file) is a `Corruption` at open instead of a silent hole. WAL recycling stays off
+/// (RocksDB disables it with this recovery mode anyway).
+pub(crate) fn db_options(
+    config: &RocksConfig,
+    create: bool,
+) -> (Options, Vec<ColumnFamilyDescriptor>) {
+    let cache = Cache::new_lru_cache(config.block_cache_bytes);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+
+    let mut opts = Options::default();
+    opts.create_if_missing(create);
+    opts.create_missing_column_families(true);
+    opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+    opts.set_paranoid_checks(true);
+    opts.set_track_and_verify_wals_in_manifest(true);
+    opts.set_db_write_buffer_size(config.write_buffer_bytes);
+    opts.set_max_open_files(config.max_open_files);
+    opts.set_max_background_jobs(2);
+    opts.set_keep_log_file_num(2);
+    opts.set_max_log_file_size(1 << 20);
+    opts.set_max_total_wal_size(64 << 20);
+
+    let families = FAMILIES
+        .iter()
+        .map(|name| {
+            let mut cf = Options::default();
+            cf.set_block_based_table_factory(&table);
+            cf.set_write_buffer_size((config.write_buffer_bytes / 4).max(1 << 20));
+            cf.set_max_write_buffer_number(2);
+            if *name == CF_EVENTS {
+                cf.set_compression_type(DBCompressionType::Lz4);
+            }
+            ColumnFamilyDescriptor::new(*name, cf)
+        })
+        .collect();
+    (opts, families)
+}
+
 struct Writer {
     states: HashMap<Vec<u8>, LogState>,
+    /// The offset in the durability mark file.
+    marked: u64,
+    /// When the mark was last written (or attempted).
+    mark_at: Option<Instant>,
 }
 
 /// The RocksDB-backed [`Store`].
@@ -117,6 +491,8 @@ pub struct RocksStore {
     path: PathBuf,
     writer: Mutex<Writer>,
     next_offset: AtomicU64,
+    /// This open created the database (there was none).
+    created: bool,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -131,58 +507,116 @@ pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
+/// Reads the durability mark; `None` when there is none or it is unreadable (a damaged
+/// mark is reported and ignored).
+fn read_mark(dir: &Path) -> Option<u64> {
+    let path = dir.join(MARK_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, file = %path.display(), "cannot read the durability mark; not checking it");
+            return None;
+        }
+    };
+    let mut parts = text.split_whitespace();
+    let mark = match (
+        parts.next().map(str::parse::<u64>),
+        parts.next().map(str::parse::<u64>),
+        parts.next(),
+    ) {
+        (Some(Ok(n)), Some(Ok(check)), None) if check == n ^ MARK_CHECK => Some(n),
+        _ => None,
+    };
+    if mark.is_none() {
+        tracing::warn!(file = %path.display(), "the durability mark is damaged; not checking it");
+    }
+    mark
+}
+
+/// Writes the durability mark durably: temp file, fsync, rename, fsync of the directory.
+pub(crate) fn write_mark_file(dir: &Path, next: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{MARK_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(format!("{next} {}\n", next ^ MARK_CHECK).as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(MARK_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 impl RocksStore {
     /// Opens (creating if needed) the store at `path` and checks its integrity: schema
-    /// version, every head against its log, the newest arrival.
+    /// version, every head against its log, the newest arrival, the durability mark.
+    ///
+    /// Damage is [`StoreError::Damaged`] (naming the file when RocksDB does), another
+    /// process holding the database is [`StoreError::Locked`].
     pub fn open(path: &Path, config: &RocksConfig) -> Result<Self> {
-        let cache = Cache::new_lru_cache(config.block_cache_bytes);
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&cache);
-        table.set_bloom_filter(10.0, false);
-        table.set_cache_index_and_filter_blocks(true);
+        check_creatable(path)?;
+        let created = !path.join("CURRENT").try_exists().unwrap_or(true);
+        let mut store = Self::open_db(path, config, true)?;
+        store.created = created;
+        store.startup_checks().map_err(|e| e.in_dir(path))?;
+        Ok(store)
+    }
 
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_db_write_buffer_size(config.write_buffer_bytes);
-        opts.set_max_open_files(config.max_open_files);
-        opts.set_max_background_jobs(2);
-        opts.set_keep_log_file_num(2);
-        opts.set_max_log_file_size(1 << 20);
-        opts.set_max_total_wal_size(64 << 20);
+    /// True when this open created the database: there was none. A node whose key
+    /// already existed then has no record of what it published before (a wiped or
+    /// replaced disk), the same situation as after `murmur repair`; see
+    /// [`Self::own_logs_unconfirmed`].
+    pub fn created(&self) -> bool {
+        self.created
+    }
 
-        let families = FAMILIES.iter().map(|name| {
-            let mut cf = Options::default();
-            cf.set_block_based_table_factory(&table);
-            cf.set_write_buffer_size((config.write_buffer_bytes / 4).max(1 << 20));
-            cf.set_max_write_buffer_number(2);
-            if *name == CF_EVENTS {
-                cf.set_compression_type(DBCompressionType::Lz4);
-            }
-            ColumnFamilyDescriptor::new(*name, cf)
-        });
-        let db = DB::open_cf_descriptors(&opts, path, families).map_err(|e| {
-            let msg = e.to_string();
-            if msg.contains("lock") || msg.contains("LOCK") {
-                StoreError::Locked(path.to_path_buf())
-            } else {
-                StoreError::Db(e)
-            }
-        })?;
-        let store = RocksStore {
+    /// Opens an existing database without the startup checks, for `murmur repair`,
+    /// which reads a database that may not pass them. Never creates one.
+    pub(crate) fn open_unchecked(path: &Path, config: &RocksConfig) -> Result<Self> {
+        Self::open_db(path, config, false)
+    }
+
+    /// Opens an existing database for `murmur repair`'s first step, skipping every bad
+    /// WAL record (`SkipAnyCorruptedRecords`: RocksDB goes on with the records after
+    /// it). Recovery then writes each column family's data to SST files; RocksDB's
+    /// repair needs that, as it learns column families only from SST files and drops
+    /// the WAL records of any other (db/repair.cc).
+    pub(crate) fn open_salvaging(path: &Path, config: &RocksConfig) -> Result<Self> {
+        let (mut opts, families) = db_options(config, false);
+        opts.set_wal_recovery_mode(DBRecoveryMode::SkipAnyCorruptedRecord);
+        opts.set_paranoid_checks(false);
+        Self::with_options(path, &opts, families)
+    }
+
+    fn open_db(path: &Path, config: &RocksConfig, create: bool) -> Result<Self> {
+        let (opts, families) = db_options(config, create);
+        Self::with_options(path, &opts, families)
+    }
+
+    fn with_options(
+        path: &Path,
+        opts: &Options,
+        families: Vec<ColumnFamilyDescriptor>,
+    ) -> Result<Self> {
+        let db = DB::open_cf_descriptors(opts, path, families).map_err(|e| open_error(path, e))?;
+        Ok(RocksStore {
             db,
             path: path.to_path_buf(),
             writer: Mutex::new(Writer {
                 states: HashMap::new(),
+                marked: 0,
+                mark_at: None,
             }),
             next_offset: AtomicU64::new(0),
-        };
-        store.check_schema()?;
-        store
-            .next_offset
-            .store(store.load_next_offset()?, Ordering::Release);
-        store.check_heads()?;
-        Ok(store)
+            created: false,
+        })
+    }
+
+    fn startup_checks(&self) -> Result<()> {
+        self.check_schema()?;
+        self.next_offset
+            .store(self.load_next_offset()?, Ordering::Release);
+        self.check_heads()?;
+        self.check_mark()
     }
 
     /// The directory of the database.
@@ -197,7 +631,98 @@ impl RocksStore {
             .unwrap_or_else(|| unreachable!("column family {name} is created at open"))
     }
 
-    fn check_schema(&self) -> Result<()> {
+    /// A database that comes back with fewer events than its durability mark lost
+    /// durable (acknowledged) events somewhere below RocksDB's own checks.
+    fn check_mark(&self) -> Result<()> {
+        let Some(mark) = read_mark(&self.path) else {
+            return Ok(());
+        };
+        let next = self.next_offset.load(Ordering::Acquire);
+        if next < mark {
+            return Err(StoreError::Damaged {
+                dir: Some(self.path.clone()),
+                file: None,
+                detail: format!(
+                    "it holds {next} events, but {mark} had been written durably \
+                     ({MARK_FILE}): RocksDB dropped data while opening it"
+                ),
+            });
+        }
+        if let Ok(mut w) = self.writer.lock() {
+            w.marked = mark;
+        }
+        Ok(())
+    }
+
+    /// Records that every event below `next` is durable (see [`MARK_FILE`]). A failure
+    /// is logged, not returned: the events are durable either way, only the check at
+    /// the next open is weaker.
+    fn write_mark(&self, writer: &mut Writer, next: u64) {
+        match write_mark_file(&self.path, next) {
+            Ok(()) => writer.marked = next,
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %self.path.display(), "cannot write the durability mark")
+            }
+        }
+        writer.mark_at = Some(Instant::now());
+    }
+
+    /// Set by `murmur repair` (unix seconds): the node may have lost events of its own
+    /// logs that peers already hold. Until it is cleared, the daemon must not sign new
+    /// events on its own logs (a different event at a seq it already published is a
+    /// fork of its own log): it first fetches its own logs back from peers.
+    pub fn own_logs_unconfirmed(&self) -> Result<Option<u64>> {
+        match self.db.get_cf(self.cf(CF_META), META_OWN_UNCONFIRMED)? {
+            None => Ok(None),
+            Some(v) => {
+                Ok(Some(u64::from_be_bytes(v.as_slice().try_into().map_err(
+                    |_| corrupt("own_logs_unconfirmed is not 8 bytes"),
+                )?)))
+            }
+        }
+    }
+
+    /// Marks the node's own logs unconfirmed (see [`Self::own_logs_unconfirmed`]),
+    /// durably.
+    pub fn set_own_logs_unconfirmed(&self, since_unix_secs: u64) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_cf_opt(
+            self.cf(CF_META),
+            META_OWN_UNCONFIRMED,
+            since_unix_secs.to_be_bytes(),
+            &wo,
+        )?;
+        Ok(())
+    }
+
+    /// Clears the mark of [`Self::own_logs_unconfirmed`], durably.
+    pub fn confirm_own_logs(&self) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .delete_cf_opt(self.cf(CF_META), META_OWN_UNCONFIRMED, &wo)?;
+        Ok(())
+    }
+
+    /// Stores a fork proof as found in another store (`murmur repair`), freezing its
+    /// log at the proof's seq. The caller has checked the proof.
+    pub(crate) fn restore_fork(&self, proof: &ForkProof) -> Result<()> {
+        let mut writer = self
+            .writer
+            .lock()
+            .map_err(|_| corrupt("writer lock poisoned"))?;
+        let lk = log_key(proof.topic(), &proof.author());
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_FORKS), &lk, encode_fork(proof));
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        writer.states.remove(&lk);
+        Ok(())
+    }
+
+    pub(crate) fn check_schema(&self) -> Result<()> {
         let meta = self.cf(CF_META);
         match self.db.get_cf(meta, b"schema")? {
             None => self
@@ -367,7 +892,7 @@ fn encode_fork(p: &ForkProof) -> Vec<u8> {
     v
 }
 
-fn decode_fork(v: &[u8]) -> Result<ForkProof> {
+pub(crate) fn decode_fork(v: &[u8]) -> Result<ForkProof> {
     let bad = || corrupt("fork record");
     let len =
         u32::from_be_bytes(v.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
@@ -456,6 +981,12 @@ impl Store for RocksStore {
             let mut wo = WriteOptions::default();
             wo.set_sync(durability == Durability::Sync);
             self.db.write_opt(batch, &wo)?;
+        }
+        if durability == Durability::Sync
+            && offset > writer.marked
+            && writer.mark_at.is_none_or(|t| t.elapsed() >= MARK_EVERY)
+        {
+            self.write_mark(&mut writer, offset);
         }
         if writer.states.len() + overlay.len() > STATE_CACHE_MAX {
             writer.states.clear();
@@ -609,8 +1140,18 @@ impl Store for RocksStore {
         Ok(out)
     }
 
+    /// Syncs the WAL and writes the durability mark. Holds the writer lock, so no
+    /// insert is half done: everything below the next offset is durable after this.
     fn flush(&self) -> Result<()> {
+        let mut writer = self
+            .writer
+            .lock()
+            .map_err(|_| corrupt("writer lock poisoned"))?;
         self.db.flush_wal(true)?;
+        let next = self.next_offset.load(Ordering::Acquire);
+        if next > writer.marked {
+            self.write_mark(&mut writer, next);
+        }
         Ok(())
     }
 }
