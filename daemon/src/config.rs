@@ -323,6 +323,27 @@ impl Default for LogConfig {
     }
 }
 
+/// Checks `log.level` for words tracing would take as a target rather than a level:
+/// `"warning"` is valid `RUST_LOG` syntax meaning "trace for a target named warning",
+/// which turns every other log line off, errors included. Each comma-separated
+/// directive must be a level or `target=level` (span filters `[..]` are left to
+/// tracing).
+fn check_log_level(filter: &str) -> Result<(), ConfigError> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if d.contains('[') {
+            continue;
+        }
+        let level = d.rsplit_once('=').map_or(d, |(_, l)| l).trim();
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            return Err(ConfigError::Invalid(format!(
+                "log.level: {d:?} is not a level; write one of trace, debug, info, warn, error, off, or target=level (e.g. \"info,murmur_daemon=debug\")"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// Parses TOML text; `path` is for error messages.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
@@ -383,6 +404,7 @@ impl Config {
             return bad("docs.snapshot_every and docs.max_change_bytes must be at least 1".into());
         }
         self.clock.offset_ms()?;
+        check_log_level(&self.log.level)?;
         if self.ingest.queue_bytes < self.api.max_request_bytes {
             return bad("ingest.queue_bytes must be at least api.max_request_bytes".into());
         }
@@ -556,6 +578,25 @@ mod tests {
         assert_eq!(c.store.sync, SyncPolicy::Os);
         assert_eq!(c.clock.max_drift, Duration::from_secs(5));
         assert_eq!(c.clock.offset_ms().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_log_level_that_is_not_a_level_is_refused() {
+        let at = |l: &str| Config::from_toml(&format!("[log]\nlevel = \"{l}\"\n"), Path::new("x"));
+        for ok in [
+            "info",
+            "WARN",
+            "info,murmur_daemon=debug",
+            "off",
+            "libp2p_gossipsub=error",
+        ] {
+            assert!(at(ok).is_ok(), "{ok}");
+        }
+        for bad in ["warning", "information", "info,murmur_daemon=verbose"] {
+            let e = at(bad).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid(_)), "{bad}: {e}");
+            assert!(e.to_string().contains("not a level"), "{e}");
+        }
     }
 
     #[test]
