@@ -383,9 +383,16 @@ pub async fn run(
     let mut served = tokio::spawn(async move { serve.await });
     tokio::select! {
         result = &mut served => {
-            // The server never stops by itself; if it does, shut the node down cleanly.
-            tracing::error!(?result, "the API server stopped unexpectedly; shutting down");
-            shutdown.cancel();
+            // With graceful shutdown the server can finish draining before this select
+            // sees the cancellation (both branches ready; select picks one at random):
+            // that is a clean stop, not a failure.
+            if shutdown.is_cancelled() {
+                tracing::info!("shutting down: the API server has drained");
+            } else {
+                // The server never stops by itself; if it does, shut the node down cleanly.
+                tracing::error!(?result, "the API server stopped unexpectedly; shutting down");
+                shutdown.cancel();
+            }
         }
         () = shutdown.cancelled() => {
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
