@@ -98,7 +98,12 @@ enum Command {
     Verify,
     /// Salvage a stopped node's damaged database: keep a copy, rebuild it from every
     /// event that verifies, check it (peers send back what was lost)
-    Repair,
+    Repair {
+        /// Only lift the publishing hold a repair leaves (for a node none of whose peers
+        /// will ever come back); rebuilds nothing
+        #[arg(long)]
+        confirm_own_logs: bool,
+    },
     /// Print a new pre-shared fleet key (for p2p.psk_file) to stdout
     Genpsk,
     /// Print shell completions
@@ -353,7 +358,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify => verify(g).await,
-        Command::Repair => repair(g).await,
+        Command::Repair { confirm_own_logs } => repair(g, confirm_own_logs).await,
         Command::Genpsk => {
             print!("{}", murmur_daemon::psk_file(&keyfile::random_bytes()?));
             Ok(ExitCode::SUCCESS)
@@ -577,7 +582,7 @@ async fn verify(g: &Global) -> anyhow::Result<ExitCode> {
 /// `murmur repair`: offline, like `verify`. Copies the database aside as it is, runs
 /// RocksDB's repair, rebuilds the store from every event that verifies and links, and
 /// verifies the result. Nothing is deleted: the copy stays until the operator removes it.
-async fn repair(g: &Global) -> anyhow::Result<ExitCode> {
+async fn repair(g: &Global, confirm_own_logs: bool) -> anyhow::Result<ExitCode> {
     use murmur_store::StoreError;
     use murmur_store::repair::{RepairReport, rebuild, set_aside};
 
@@ -593,6 +598,17 @@ async fn repair(g: &Global) -> anyhow::Result<ExitCode> {
         write_buffer_bytes: cfg.store.write_buffer_mb << 20,
         max_open_files: cfg.store.max_open_files,
     };
+    if confirm_own_logs {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let store = murmur_store::RocksStore::open(&db, &rc)?;
+            store.confirm_own_logs()?;
+            Ok(())
+        })
+        .await??;
+        println!("publishing is no longer held: the node signs new events after what it holds now");
+        return Ok(ExitCode::SUCCESS);
+    }
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -674,11 +690,10 @@ async fn repair(g: &Global) -> anyhow::Result<ExitCode> {
         output::report(&r.verify, false)?;
         println!(
             "next: start the daemon. It fetches from its peers what this node lost \
-             (logs are signed and hash-linked, so what they send is checked). Let it \
-             catch up before applications publish on it again (`murmur status` shows \
-             the rounds): a publish on a log whose lost tail has not come back yet \
-             would sign a second event at a seq already published, which peers record \
-             as a fork and freeze. When the node has caught up, delete {}.",
+             (logs are signed and hash-linked, so what they send is checked). Until a \
+             sync round with a peer has finished on every topic, it holds publishing \
+             (503 own_logs_unconfirmed), so it never signs a second event at a seq it \
+             already published. When the node has caught up, delete {}.",
             backup.display()
         );
     }

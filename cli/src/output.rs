@@ -85,6 +85,11 @@ pub fn status(s: &Status, repl: Option<&ReplicationJson>, json: bool) -> anyhow:
             d.snapshots
         );
     }
+    if s.publishing_held {
+        println!(
+            "publishing  HELD: repaired; waiting for a sync round with a peer on every topic to bring this node's own logs back"
+        );
+    }
     if let Some(c) = &s.clock {
         clock(c);
     }

@@ -243,6 +243,10 @@ pub struct Status {
     /// Shared documents: held in memory, estimated memory, snapshots, changes applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docs: Option<crate::docs::DocsStats>,
+    /// Publishing is held after `murmur repair` until a sync round with a peer on every
+    /// topic has brought the node's own logs back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub publishing_held: bool,
     /// The clock: its last time, the drift limit, and remote clocks found ahead of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<crate::clock::ClockStatus>,

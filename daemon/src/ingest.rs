@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -73,6 +74,39 @@ pub enum IngestError {
     /// Writing failed; nothing of the request was stored.
     #[error("storage error: {0}")]
     Store(String),
+    /// The node was repaired and may have lost the tail of its own logs: it signs
+    /// nothing until a sync round with a peer has brought them back (see [`Hold`]).
+    #[error(
+        "this node was repaired and is fetching its own logs back from its peers; publishing resumes once a sync round has confirmed them (murmur status)"
+    )]
+    OwnLogsUnconfirmed,
+}
+
+/// Publishing held after `murmur repair`. A repaired node may have lost the tail of its
+/// own logs, and peers may hold it: signing a new event at a seq it already published
+/// would fork its own log (peers would freeze it). So the writer refuses every publish
+/// while the hold is on, and the replicator releases it once a sync round on every
+/// topic the node holds has finished with a peer (which brings the lost tail back, if
+/// any peer has it). Cloneable; all clones share one flag.
+#[derive(Debug, Clone, Default)]
+pub struct Hold(Arc<AtomicBool>);
+
+impl Hold {
+    /// A hold, on or off.
+    pub fn new(on: bool) -> Self {
+        Hold(Arc::new(AtomicBool::new(on)))
+    }
+
+    /// Whether publishing is held.
+    pub fn is_on(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Lets publishing resume. Whoever releases it has moved the clock past the node's
+    /// own newest event first.
+    pub fn release(&self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 enum Msg {
@@ -95,6 +129,7 @@ pub type Pending = oneshot::Receiver<Result<Vec<Published>, IngestError>>;
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Msg>,
+    hold: Hold,
     bytes: Arc<Semaphore>,
     bytes_total: usize,
     metrics: Metrics,
@@ -149,6 +184,11 @@ impl Handle {
         let _ = self.tx.send(Msg::Stop).await;
     }
 
+    /// Whether publishing is held after a repair (see [`Hold`]).
+    pub fn held(&self) -> bool {
+        self.hold.is_on()
+    }
+
     /// Requests waiting in the queue, and its capacity.
     pub fn queue(&self) -> (usize, usize) {
         (
@@ -169,6 +209,8 @@ pub struct WriterConfig {
     pub max_commit_events: usize,
     /// Durability of each commit.
     pub durability: Durability,
+    /// Publishing held after a repair.
+    pub hold: Hold,
 }
 
 struct Writer {
@@ -177,6 +219,7 @@ struct Writer {
     clock: Arc<NodeClock>,
     heads: HashMap<Topic, Head>,
     durability: Durability,
+    hold: Hold,
     max_commit: usize,
     metrics: Metrics,
     notify: Arc<watch::Sender<Offset>>,
@@ -197,6 +240,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(config.queue_requests);
     let handle = Handle {
         tx,
+        hold: config.hold.clone(),
         bytes: Arc::new(Semaphore::new(config.queue_bytes)),
         bytes_total: config.queue_bytes,
         metrics: metrics.clone(),
@@ -207,6 +251,7 @@ pub fn spawn(
         clock,
         heads: HashMap::new(),
         durability: config.durability,
+        hold: config.hold.clone(),
         max_commit: config.max_commit_events,
         metrics,
         notify,
@@ -289,6 +334,12 @@ impl Writer {
     }
 
     fn commit(&mut self, jobs: Vec<Job>, n: usize) {
+        if self.hold.is_on() {
+            for job in jobs {
+                let _ = job.reply.send(Err(IngestError::OwnLogsUnconfirmed));
+            }
+            return;
+        }
         let result = self.sign_all(&jobs, n).and_then(|events| {
             let t0 = Instant::now();
             let outcomes = self

@@ -147,6 +147,7 @@ struct Shared {
     offsets: Arc<watch::Sender<murmur_core::Offset>>,
     metrics: Metrics,
     clock: Arc<NodeClock>,
+    hold: ingest::Hold,
 }
 
 fn start_network(
@@ -161,6 +162,7 @@ fn start_network(
         offsets,
         metrics,
         clock,
+        hold,
     } = shared;
     let psk = match &config.p2p.psk_file {
         Some(path) => {
@@ -251,6 +253,7 @@ fn start_network(
             peers_file,
             interest_file,
             clock,
+            own: (key.author(), hold),
         },
         offsets,
         metrics,
@@ -282,6 +285,22 @@ pub async fn run(
         let (dir, cfg) = (data_dir.clone(), config.clone());
         Arc::new(tokio::task::spawn_blocking(move || open_store(&dir, &cfg)).await??)
     };
+    // After `murmur repair`, the node's own logs may have lost a tail its peers hold:
+    // it signs nothing until a round with a peer on every topic has brought it back.
+    let hold = ingest::Hold::new(store.own_logs_unconfirmed()?.is_some());
+    if hold.is_on() {
+        if config.p2p.enabled {
+            tracing::warn!(
+                "this node was repaired: publishing is held until a sync round with a peer on every topic has brought its own logs back (no peer ever? run `murmur repair --confirm-own-logs` with the node stopped)"
+            );
+        } else {
+            tracing::warn!(
+                "this node was repaired and replication is off: no peer can bring its own logs back; publishing resumes on what it holds"
+            );
+            store.confirm_own_logs()?;
+            hold.release();
+        }
+    }
     let mut registry = Registry::default();
     let clock = Arc::new(NodeClock::new(
         Clock::new(config.clock.max_drift),
@@ -304,6 +323,7 @@ pub async fn run(
                 offsets: offsets_tx.clone(),
                 metrics: metrics.clone(),
                 clock: clock.clone(),
+                hold: hold.clone(),
             },
             &mut registry,
         )?)
@@ -323,6 +343,7 @@ pub async fn run(
             queue_bytes: config.ingest.queue_bytes,
             max_commit_events: config.ingest.max_commit_events,
             durability,
+            hold: hold.clone(),
         },
         metrics.clone(),
         offsets_tx,

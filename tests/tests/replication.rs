@@ -217,3 +217,79 @@ fn reading_the_interest_changes_nothing() {
         "{listing}"
     );
 }
+
+#[test]
+fn a_repaired_node_fetches_its_own_logs_back_and_never_forks_itself() {
+    let mut a = Node::start("");
+    let mut b = Node::start("");
+    publish_batch(&a, "own/x", 0, 1000);
+    publish_batch(&a, "own/x", 1000, 1000);
+    assert!(b.cli(&["dial", &a.tcp_addr()]).status.success());
+    wait_for("B to hold A's 2,000 events", 30, || {
+        b.topic_events("own/x") == 2000
+    });
+
+    // SIGKILL: the events are acknowledged but only in A's WAL. Flip one byte in it.
+    a.kill();
+    let wal = std::fs::read_dir(a.dir.join("db"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a WAL file");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&wal, bytes).unwrap();
+
+    // A refuses to start, naming the damaged file, rather than dropping events quietly.
+    let out = std::process::Command::new(common::binary())
+        .arg("daemon")
+        .arg("--data-dir")
+        .arg(&a.dir)
+        .output()
+        .unwrap();
+    let err = common::stderr(&out);
+    assert!(
+        !out.status.success(),
+        "a damaged store must not start: {err}"
+    );
+    let name = wal.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        err.contains("damaged") && err.contains(&name) && err.contains("murmur repair"),
+        "{err}"
+    );
+
+    // Repair salvages what verifies; A then holds less than it acknowledged.
+    let r = a.cli(&["repair"]);
+    assert!(r.status.success(), "{}", common::stderr(&r));
+    b.stop();
+    a.spawn();
+    assert!(a.topic_events("own/x") < 2000);
+    // With no peer to bring its own log back, A must not sign at a seq it published.
+    assert_eq!(a.get("/v1/status")["publishing_held"], true);
+    let r = a.post(
+        "/v1/events",
+        &json!({"topic": "own/x", "data": "too early"}),
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("own_logs_unconfirmed"), "{}", r.body);
+
+    // B comes back: A fetches its own 2,000 events from B, then publishes after them.
+    b.spawn();
+    assert!(b.cli(&["dial", &a.tcp_addr()]).status.success());
+    wait_for(
+        "A to hold its own 2,000 events again, and publish again",
+        30,
+        || a.topic_events("own/x") == 2000 && a.get("/v1/status").get("publishing_held").is_none(),
+    );
+    let r = a.post("/v1/events", &json!({"topic": "own/x", "data": "after"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["seq"], 2000, "{}", r.body);
+    wait_for("B to get the new event", 20, || {
+        b.topic_events("own/x") == 2001
+    });
+    assert_eq!(b.get("/v1/status")["forks"], 0);
+    assert_eq!(a.get("/v1/status")["forks"], 0);
+}

@@ -75,6 +75,9 @@ pub struct Config {
     pub interest_file: std::path::PathBuf,
     /// The node's clock: remote events' times move it (within the drift limit).
     pub clock: Arc<crate::clock::NodeClock>,
+    /// This node's author, and the publishing hold to release once its own logs are
+    /// confirmed by a round with a peer on every topic (after `murmur repair`).
+    pub own: (AuthorId, crate::ingest::Hold),
 }
 
 /// Most gossiped events held while waiting for a gap to fill (overflow is dropped: the
@@ -114,6 +117,8 @@ struct Pending {
 }
 
 struct Replicator {
+    /// While publishing is held: the topics still waiting for a finished round.
+    unconfirmed: Option<BTreeSet<Topic>>,
     store: Arc<RocksStore>,
     net: murmur_p2p::Handle,
     sync: Sync<PeerId>,
@@ -141,7 +146,14 @@ pub fn spawn(
     metrics: Metrics,
     inputs: mpsc::Receiver<Input>,
 ) -> std::io::Result<JoinHandle<()>> {
+    let unconfirmed = config.own.1.is_on().then(|| {
+        store
+            .logs()
+            .map(|logs| logs.into_iter().map(|l| l.topic).collect())
+            .unwrap_or_default()
+    });
     let r = Replicator {
+        unconfirmed,
         store,
         net,
         sync: Sync::new(config.sync.clone()),
@@ -426,6 +438,7 @@ impl Replicator {
                     if pulled > 0 {
                         tracing::info!(%peer, %topic, pulled, "caught up");
                     }
+                    self.confirm_own(&topic);
                 }
                 Output::Failed {
                     peer,

@@ -92,3 +92,34 @@ impl Replicator {
         tracing::info!(patterns = ?self.config.topics.iter().map(ToString::to_string).collect::<Vec<_>>(), "interest changed");
     }
 }
+
+impl Replicator {
+    /// A round on `topic` finished with a peer. While publishing is held after a
+    /// repair, counts it; once every topic the node held at start has had one, the
+    /// node's own logs are as complete as its peers can make them: the hold is lifted
+    /// (durably), after the clock has moved past the newest own event fetched back.
+    pub(super) fn confirm_own(&mut self, topic: &Topic) {
+        let Some(waiting) = &mut self.unconfirmed else {
+            return;
+        };
+        waiting.remove(topic);
+        if !waiting.is_empty() {
+            return;
+        }
+        let (author, hold) = &self.config.own;
+        match crate::ingest::last_own_time(&self.store, author) {
+            Ok(t) => self.config.clock.resume_after(t),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the own logs after catching up; publishing stays held");
+                return;
+            }
+        }
+        if let Err(e) = self.store.confirm_own_logs() {
+            tracing::error!(error = %e, "cannot record that the own logs are confirmed; publishing stays held");
+            return;
+        }
+        self.unconfirmed = None;
+        hold.release();
+        tracing::info!("own logs confirmed by a sync round on every topic: publishing resumes");
+    }
+}

@@ -483,6 +483,7 @@ async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
         sync_sessions: st.metrics.sync_sessions.get().max(0) as u64,
         docs,
         clock: Some(st.clock.status()),
+        publishing_held: st.ingest.held(),
     }))
 }
 
