@@ -18,8 +18,15 @@ use tokio_util::sync::CancellationToken;
 use crate::api::EventJson;
 use crate::metrics::Metrics;
 
-/// Events per page read from the store.
+/// Most events per page read from the store.
 const PAGE_EVENTS: usize = 256;
+/// Events in a follower's first page, before it knows how large events are.
+const FIRST_PAGE_EVENTS: usize = 1;
+/// Aim of a page's rendered size. Pages are sized from the events seen so far, so a
+/// follower holds about this much (at least one event) whatever the event size: with
+/// 1 MiB events, 256 to a page made 350 MiB pages, and 64 followers that did not read
+/// took the daemon past 3 GiB.
+const PAGE_BYTES: usize = 1 << 20;
 /// Offsets examined per page for sparse patterns.
 const PAGE_SCAN: usize = 8192;
 /// SSE comment interval, so proxies and clients see a live connection.
@@ -54,14 +61,16 @@ impl Drop for Follow {
 /// The response body for a follow request.
 pub fn stream(f: Follow) -> Body {
     f.metrics.followers.inc();
-    let s = futures_util::stream::unfold(f, |mut f| async move {
-        let chunk = next_chunk(&mut f).await?;
-        Some((Ok::<Bytes, std::io::Error>(chunk), f))
+    let s = futures_util::stream::unfold((f, FIRST_PAGE_EVENTS), |(mut f, mut page)| async move {
+        let chunk = next_chunk(&mut f, &mut page).await?;
+        Some((Ok::<Bytes, std::io::Error>(chunk), (f, page)))
     });
     Body::from_stream(s)
 }
 
-async fn next_chunk(f: &mut Follow) -> Option<Bytes> {
+/// The next page for the follower; `page` is how many events to read, adapted after
+/// each page so that one is about [`PAGE_BYTES`].
+async fn next_chunk(f: &mut Follow, page: &mut usize) -> Option<Bytes> {
     loop {
         if f.shutdown.is_cancelled() {
             return None;
@@ -71,11 +80,12 @@ async fn next_chunk(f: &mut Follow) -> Option<Bytes> {
         f.offsets.borrow_and_update();
         if f.cursor < f.store.next_offset() {
             let (store, pattern, cursor) = (f.store.clone(), f.pattern.clone(), f.cursor);
-            let page = tokio::task::spawn_blocking(move || {
-                store.arrivals(cursor, pattern.as_ref(), PAGE_EVENTS, PAGE_SCAN)
+            let limit = *page;
+            let read = tokio::task::spawn_blocking(move || {
+                store.arrivals(cursor, pattern.as_ref(), limit, PAGE_SCAN)
             })
             .await;
-            let page = match page {
+            let read = match read {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "follow: store read failed; closing stream");
@@ -86,11 +96,14 @@ async fn next_chunk(f: &mut Follow) -> Option<Bytes> {
                     return None;
                 }
             };
-            f.cursor = page.next;
-            if page.events.is_empty() {
+            f.cursor = read.next;
+            if read.events.is_empty() {
                 continue;
             }
-            return Some(render(&page.events, f.sse));
+            let chunk = render(&read.events, f.sse);
+            let per_event = (chunk.len() / read.events.len()).max(1);
+            *page = (PAGE_BYTES / per_event).clamp(1, PAGE_EVENTS);
+            return Some(chunk);
         }
         tokio::select! {
             changed = f.offsets.changed() => {

@@ -579,3 +579,52 @@ fn clean_shutdowns_log_no_false_error() {
     assert!(!log.contains("ERROR"), "{log}");
     assert_eq!(log.matches("stopped cleanly").count(), 30, "{log}");
 }
+
+/// The daemon's resident memory, MiB.
+fn rss_mib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+#[test]
+fn stalled_followers_of_large_events_stay_bounded_in_memory() {
+    use std::io::Write as _;
+    // 32 events of 1 MiB, and 64 followers (the default cap) that ask for everything
+    // and never read. Pages are sized in bytes, so each holds about one event.
+    let n = Node::start("[p2p]\nenabled = false\n");
+    let big = "x".repeat(1_000_000);
+    for _ in 0..32 {
+        let r = n.post("/v1/events", &json!({"topic": "big/t", "data": big}));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let before = rss_mib(n.pid());
+    let mut conns = Vec::new();
+    for _ in 0..64 {
+        let mut s = std::os::unix::net::UnixStream::connect(n.socket()).unwrap();
+        write!(
+            s,
+            "GET /v1/follow?pattern=big/%23&from=0 HTTP/1.1\r\nHost: m\r\n\r\n"
+        )
+        .unwrap();
+        conns.push(s);
+    }
+    let mut peak = before;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(4) {
+        peak = peak.max(rss_mib(n.pid()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(n.get("/v1/status")["followers"], 64);
+    eprintln!("stalled followers: RSS {before} MiB before, peak {peak} MiB with 64 stalled");
+    // Was 3,120 MiB with 256-event pages. About two pages of ~1 MiB per follower.
+    assert!(
+        peak < before + 256,
+        "RSS grew from {before} to {peak} MiB with 64 stalled followers"
+    );
+    drop(conns);
+}
