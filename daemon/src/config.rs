@@ -177,6 +177,9 @@ pub struct ApiConfig {
     pub max_followers: usize,
     /// Most events returned by one read request.
     pub max_read_events: usize,
+    /// Most open API connections; more wait until one closes. Lowered at start when the
+    /// open-files limit leaves less room beside RocksDB and libp2p.
+    pub max_connections: usize,
 }
 
 impl Default for ApiConfig {
@@ -188,6 +191,7 @@ impl Default for ApiConfig {
             max_request_bytes: 16 << 20,
             max_followers: 64,
             max_read_events: 10_000,
+            max_connections: 256,
         }
     }
 }
@@ -392,6 +396,9 @@ impl Config {
         if self.api.max_request_bytes < self.api.max_payload_bytes {
             return bad("api.max_request_bytes must be at least api.max_payload_bytes".into());
         }
+        if self.api.max_connections <= self.api.max_followers {
+            return bad("api.max_connections must be larger than api.max_followers".into());
+        }
         if self.api.max_read_events == 0 || self.api.max_followers == 0 {
             return bad("api.max_read_events and api.max_followers must be at least 1".into());
         }
@@ -481,6 +488,9 @@ max_request_bytes = 16777216
 max_followers = 64
 # Most events returned by one read request.
 max_read_events = 10000
+# Most open API connections; more wait until one closes (lowered at start when the
+# open-files limit leaves less room beside RocksDB and libp2p).
+max_connections = 256
 
 [ingest]
 # Publish requests waiting for the writer; beyond this the API answers 503 + Retry-After.

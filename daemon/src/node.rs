@@ -276,6 +276,25 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    // Descriptors: raise the soft limit, keep room for RocksDB's files, libp2p's
+    // connections and the daemon's own, and cap API connections to what is left.
+    let nofile = server::listener::raise_nofile();
+    let reserved = u64::try_from(config.store.max_open_files).unwrap_or(0)
+        + 64
+        + if config.p2p.enabled {
+            u64::from(config.p2p.max_connections) + 16
+        } else {
+            0
+        };
+    let api_slots = server::listener::connection_cap(config.api.max_connections, nofile, reserved);
+    if api_slots < config.api.max_connections {
+        tracing::warn!(
+            nofile,
+            reserved,
+            api_slots,
+            "the open-files limit is low: API connections are capped lower than api.max_connections"
+        );
+    }
     ensure_data_dir(&data_dir)?;
     let (key, created) = keyfile::load_or_create(&data_dir.join(KEY_FILE))?;
     if created {
@@ -399,8 +418,8 @@ pub async fn run(
     );
 
     let app = server::router(state);
-    let serve =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let serve = axum::serve(server::listener::Capped::new(listener, api_slots), app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut served = tokio::spawn(async move { serve.await });
     tokio::select! {
         result = &mut served => {

@@ -628,3 +628,96 @@ fn stalled_followers_of_large_events_stay_bounded_in_memory() {
     );
     drop(conns);
 }
+
+/// A non-blocking connection to a Unix socket: `None` when the listener's backlog is
+/// full (a blocking connect would wait for room).
+fn connect_nonblocking(path: &std::path::Path) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: plain socket calls on a zeroed sockaddr_un filled within its bounds; the
+    // descriptor is owned (and closed) by the OwnedFd or closed here on failure.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        if fd < 0 {
+            return None;
+        }
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let bytes = path.as_os_str().as_bytes();
+        for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        if libc::connect(fd, (&raw const addr).cast(), len) != 0 {
+            libc::close(fd);
+            return None;
+        }
+        Some(std::os::fd::OwnedFd::from_raw_fd(fd))
+    }
+}
+
+#[test]
+fn idle_connections_cannot_use_up_descriptors_and_publishing_resumes() {
+    // The daemon runs with 512 open files; 1,100 idle local clients used to take them
+    // all, and publishing failed on the WAL until a restart.
+    let mut n = Node::start("[p2p]\nenabled = false\n[store]\nmax_open_files = 64\n");
+    n.stop();
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(n.dir.join("daemon.log"))
+        .unwrap();
+    let child = Command::new("prlimit")
+        .arg("--nofile=512:512")
+        .arg(binary())
+        .args(["daemon", "--data-dir"])
+        .arg(&n.dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("prlimit (util-linux)");
+    n.child = Some(child);
+    common::wait_for("the daemon under 512 open files", 30, || {
+        n.try_request("GET", "/v1/status", None)
+            .is_ok_and(|r| r.status == 200)
+    });
+    // This test process needs more than 1,100 descriptors of its own.
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max.min(65_536);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    let idle: Vec<_> = (0..1100)
+        .filter_map(|_| connect_nonblocking(&n.socket()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", n.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    eprintln!(
+        "{} idle connections made; the daemon holds {fds} descriptors",
+        idle.len()
+    );
+    assert!(fds < 500, "{fds} descriptors held under a limit of 512");
+    drop(idle);
+    common::wait_for("publishing to work again", 20, || {
+        n.try_request(
+            "POST",
+            "/v1/events",
+            Some(&json!({"topic": "fd/t", "data": "after"}).to_string()),
+        )
+        .is_ok_and(|r| r.status == 200)
+    });
+    for i in 0..20 {
+        let r = n.post(
+            "/v1/events",
+            &json!({"topic": "fd/t", "data": format!("e{i}")}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert!(!n.log().contains("Too many open files"), "{}", n.log());
+}

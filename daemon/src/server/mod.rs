@@ -30,6 +30,7 @@ use crate::follow;
 
 mod docs;
 mod error;
+pub mod listener;
 use crate::ingest::{self, PublishItem};
 use crate::metrics::{self, Kind, Metrics};
 pub use docs::{ChangeJson, DocJson, DocUpdate, DocsList, History, HistoryEntry};

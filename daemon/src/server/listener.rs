@@ -1,0 +1,165 @@
+//! The control socket's listener: a bounded number of open connections.
+//!
+//! Every accepted connection holds a slot until it closes. When all slots are taken the
+//! listener stops accepting: further clients wait in the kernel's backlog and take no
+//! descriptor of ours, so idle or abandoned local clients can never use up the
+//! descriptors RocksDB needs to write (1,100 idle connections under the common limit of
+//! 1,024 open files used to make every publish fail until a restart).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A Unix listener that holds at most `slots` connections open.
+pub struct Capped {
+    inner: UnixListener,
+    slots: Arc<Semaphore>,
+}
+
+impl Capped {
+    /// Caps `inner` at `max` open connections.
+    pub fn new(inner: UnixListener, max: usize) -> Self {
+        Capped {
+            inner,
+            slots: Arc::new(Semaphore::new(max.max(1))),
+        }
+    }
+}
+
+/// An accepted connection; its slot is freed when it is dropped.
+pub struct Conn {
+    stream: UnixStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for Capped {
+    type Io = Conn;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> (Conn, Self::Addr) {
+        // A slot first: without one, the next client stays in the backlog.
+        let slot = match self.slots.clone().acquire_owned().await {
+            Ok(s) => s,
+            // The semaphore is never closed; if it were, accept nothing more.
+            Err(_) => std::future::pending().await,
+        };
+        let mut failures = 0u64;
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    return (
+                        Conn {
+                            stream,
+                            _slot: slot,
+                        },
+                        addr,
+                    );
+                }
+                Err(e) => {
+                    // EMFILE and the like: wait for descriptors to come back, and say so
+                    // (once, then rarely).
+                    failures += 1;
+                    if failures.is_power_of_two() {
+                        tracing::warn!(error = %e, failures, "cannot accept an API connection; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit (at most 65,536) and returns
+/// the soft limit in force afterwards.
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass; no other memory is touched.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    let want = lim.rlim_max.min(65_536);
+    if lim.rlim_cur < want {
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return want;
+        }
+    }
+    lim.rlim_cur
+}
+
+/// The connection cap that leaves `reserved` descriptors for RocksDB, libp2p and the
+/// daemon's own files under a limit of `nofile`: `configured`, or less when the limit
+/// is low (at least 8).
+pub fn connection_cap(configured: usize, nofile: u64, reserved: u64) -> usize {
+    let room = usize::try_from(nofile.saturating_sub(reserved)).unwrap_or(usize::MAX);
+    configured.min(room).max(8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_cap;
+
+    #[test]
+    fn the_cap_leaves_the_reserve() {
+        assert_eq!(connection_cap(256, 65_536, 700), 256);
+        assert_eq!(connection_cap(256, 1024, 900), 124);
+        assert_eq!(connection_cap(256, 300, 900), 8);
+    }
+}
