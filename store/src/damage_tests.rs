@@ -13,7 +13,8 @@ use murmur_core::testing::{chain_with, key};
 use murmur_core::{Event, Offset, Seq, Topic};
 use rocksdb::ErrorKind;
 
-use crate::rocks::{OpenFailure, classify, named_file, write_mark_file};
+use crate::error::{OpenFailure, classify, named_file};
+use crate::rocks::write_mark_file;
 use crate::{RocksConfig, RocksStore, StoreError, check, repair};
 
 const FAMILIES: [&str; 7] = [

@@ -26,6 +26,7 @@
 
 pub mod check;
 mod docs;
+mod error;
 mod keys;
 mod memory;
 pub mod repair;
