@@ -161,6 +161,13 @@ fn bad_input_gets_a_clear_error_and_stores_nothing() {
         ),
         ("POST", "/v1/raw/a", "x".repeat(1001), 413, "too_large"),
         ("GET", "/v1/nothing-here", String::new(), 404, "not_found"),
+        (
+            "DELETE",
+            "/v1/status",
+            String::new(),
+            405,
+            "method_not_allowed",
+        ),
         ("GET", "/v1/events/zz", String::new(), 400, "invalid_id"),
         (
             "GET",
