@@ -74,6 +74,9 @@ pub enum IngestError {
     /// Writing failed; nothing of the request was stored.
     #[error("storage error: {0}")]
     Store(String),
+    /// The disk is full; nothing of the request was stored.
+    #[error("{0}")]
+    DiskFull(String),
     /// The node was repaired and may have lost the tail of its own logs: it signs
     /// nothing until a sync round with a peer has brought them back (see [`Hold`]).
     #[error(
@@ -340,24 +343,32 @@ impl Writer {
             }
             return;
         }
-        let result = self.sign_all(&jobs, n).and_then(|events| {
-            let t0 = Instant::now();
-            let outcomes = self
-                .store
-                .insert(&events, self.durability)
-                .map_err(|e| e.to_string())?;
-            self.metrics
-                .commit_seconds
-                .observe(t0.elapsed().as_secs_f64());
-            Ok((events, outcomes))
-        });
+        let result = self
+            .sign_all(&jobs, n)
+            .map_err(IngestError::Store)
+            .and_then(|events| {
+                let t0 = Instant::now();
+                let outcomes =
+                    self.store
+                        .insert(&events, self.durability)
+                        .map_err(|e| match e {
+                            murmur_store::StoreError::NoSpace(_) => {
+                                IngestError::DiskFull(e.to_string())
+                            }
+                            e => IngestError::Store(e.to_string()),
+                        })?;
+                self.metrics
+                    .commit_seconds
+                    .observe(t0.elapsed().as_secs_f64());
+                Ok((events, outcomes))
+            });
         let (events, outcomes) = match result {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, events = n, "commit failed; nothing of it was stored");
                 self.heads.clear();
                 for job in jobs {
-                    let _ = job.reply.send(Err(IngestError::Store(e.clone())));
+                    let _ = job.reply.send(Err(e.clone()));
                 }
                 return;
             }

@@ -461,7 +461,11 @@ pub async fn run(
         net.stop().await;
     }
     let flush_store = store.clone();
-    tokio::task::spawn_blocking(move || flush_store.flush()).await??;
+    tokio::task::spawn_blocking(move || flush_store.flush())
+        .await?
+        .context(
+            "cannot flush the store at shutdown (a full disk?); every acknowledged event is in the synced WAL and is replayed at the next start",
+        )?;
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(error = %e, socket = %socket.display(), "cannot remove the socket");
     }

@@ -33,6 +33,9 @@ pub enum StoreError {
     /// RocksDB reported an error that is neither damage nor the lock.
     #[error("RocksDB: {0}")]
     Db(rocksdb::Error),
+    /// The file system is full: nothing of the write was stored.
+    #[error("the disk is full ({0}); nothing of this write was stored")]
+    NoSpace(String),
     /// Stored data does not decode or contradicts itself.
     #[error(
         "corrupt store: {0} (with the node stopped, `murmur verify` lists every problem and `murmur repair` rebuilds the store)"
@@ -123,6 +126,10 @@ impl From<rocksdb::Error> for StoreError {
                 file,
                 detail,
             }
+        } else if e.kind() == ErrorKind::IOError && e.as_ref().contains("No space left on device") {
+            // RocksDB's status has a NoSpace subcode, but the C API gives only the kind
+            // and the message, which carries strerror(ENOSPC).
+            StoreError::NoSpace(e.into_string())
         } else {
             StoreError::Db(e)
         }

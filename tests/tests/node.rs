@@ -728,3 +728,58 @@ fn idle_connections_cannot_use_up_descriptors_and_publishing_resumes() {
     }
     assert!(!n.log().contains("Too many open files"), "{}", n.log());
 }
+
+/// Unmounts on drop, also when the test fails.
+struct Mounted(std::path::PathBuf);
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_answers_507_and_loses_no_acknowledged_event() {
+    if !common::netns::root_or_skip("a_full_disk_answers_507_and_loses_no_acknowledged_event") {
+        return;
+    }
+    // A 48 MiB file system of our own (tmpfs), filled with 1 MiB events.
+    let tmp = tempfile::Builder::new()
+        .prefix("murmur-full")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(tmp.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    let _mounted = Mounted(tmp.path().to_path_buf());
+    let mut n = Node::start_at(tmp.path(), "[p2p]\nenabled = false\n");
+    let big = "x".repeat(1_000_000);
+    let mut acked = 0u64;
+    let mut full = None;
+    for _ in 0..200 {
+        let r = n.post("/v1/events", &json!({"topic": "big/t", "data": big}));
+        if r.status == 200 {
+            acked += 1;
+        } else {
+            full = Some(r);
+            break;
+        }
+    }
+    let r = full.expect("the 48 MiB disk never filled");
+    assert_eq!(r.status, 507, "{}", r.body);
+    assert_eq!(r.json()["code"], "disk_full", "{}", r.body);
+    assert!(acked > 10, "{acked}");
+    // Still serving, and everything acknowledged is there.
+    assert_eq!(n.get("/v1/status")["events"], acked);
+    assert_eq!(n.topic_events("big/t"), acked);
+    // The memtable cannot be flushed to a full disk: the daemon says why and exits (the
+    // events are in the synced WAL).
+    let st = n.stop();
+    assert!(
+        st.success() || n.log().contains("acknowledged event is in the synced WAL"),
+        "{st}\n{}",
+        n.log()
+    );
+}

@@ -72,6 +72,9 @@ impl From<IngestError> for ApiError {
             IngestError::TooLarge(_) => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
             }
+            IngestError::DiskFull(_) => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", e.to_string())
+            }
             IngestError::OwnLogsUnconfirmed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "own_logs_unconfirmed",

@@ -79,6 +79,19 @@ impl Node {
         n
     }
 
+    /// A daemon on the data dir `dir` (which the caller owns), with `config` as is.
+    pub fn start_at(dir: &std::path::Path, config: &str) -> Node {
+        std::fs::write(dir.join("murmur.toml"), config).unwrap();
+        let mut n = Node {
+            dir: dir.to_path_buf(),
+            child: None,
+            netns: None,
+            _tmp: None,
+        };
+        n.spawn();
+        n
+    }
+
     /// A daemon inside network namespace `ns`, with `config` used as is.
     pub fn start_in(ns: &str, config: &str) -> Node {
         let tmp = tempfile::Builder::new()
