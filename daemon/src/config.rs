@@ -180,6 +180,10 @@ pub struct ApiConfig {
     /// Most open API connections; more wait until one closes. Lowered at start when the
     /// open-files limit leaves less room beside RocksDB and libp2p.
     pub max_connections: usize,
+    /// A connection whose client has not read for this long while the daemon has data
+    /// for it (a stalled follower, a dead client) is closed, e.g. `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub write_stall: Duration,
 }
 
 impl Default for ApiConfig {
@@ -192,6 +196,7 @@ impl Default for ApiConfig {
             max_followers: 64,
             max_read_events: 10_000,
             max_connections: 256,
+            write_stall: Duration::from_secs(30),
         }
     }
 }
@@ -396,6 +401,9 @@ impl Config {
         if self.api.max_request_bytes < self.api.max_payload_bytes {
             return bad("api.max_request_bytes must be at least api.max_payload_bytes".into());
         }
+        if self.api.write_stall.is_zero() {
+            return bad("api.write_stall must be more than 0".into());
+        }
         if self.api.max_connections <= self.api.max_followers {
             return bad("api.max_connections must be larger than api.max_followers".into());
         }
@@ -491,6 +499,9 @@ max_read_events = 10000
 # Most open API connections; more wait until one closes (lowered at start when the
 # open-files limit leaves less room beside RocksDB and libp2p).
 max_connections = 256
+# Close a connection whose client has not read for this long while data waits for it
+# (a stalled follower, a dead client): its slots come back.
+write_stall = "30s"
 
 [ingest]
 # Publish requests waiting for the writer; beyond this the API answers 503 + Retry-After.
@@ -545,6 +556,9 @@ mdns = true
 topics = ["#"]
 # Most connections in total, and with one peer; beyond them new ones are refused.
 max_connections = 256
+# Close a connection whose client has not read for this long while data waits for it
+# (a stalled follower, a dead client): its slots come back.
+write_stall = "30s"
 max_connections_per_peer = 2
 # Private fleet: a pre-shared key file made by `murmur genpsk`. Peers without the same
 # key cannot connect. QUIC is off when a key is set (pnet works over TCP only).

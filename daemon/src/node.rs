@@ -418,8 +418,11 @@ pub async fn run(
     );
 
     let app = server::router(state);
-    let serve = axum::serve(server::listener::Capped::new(listener, api_slots), app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let serve = axum::serve(
+        server::listener::Capped::new(listener, api_slots, config.api.write_stall),
+        app,
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut served = tokio::spawn(async move { serve.await });
     tokio::select! {
         result = &mut served => {

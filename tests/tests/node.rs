@@ -783,3 +783,35 @@ fn a_full_disk_answers_507_and_loses_no_acknowledged_event() {
         n.log()
     );
 }
+
+#[test]
+fn followers_that_stop_reading_are_closed_and_give_their_slots_back() {
+    use std::io::Write as _;
+    let n = Node::start("[api]\nwrite_stall = \"2s\"\n[p2p]\nenabled = false\n");
+    let big = "x".repeat(1_000_000);
+    for _ in 0..16 {
+        let r = n.post("/v1/events", &json!({"topic": "big/t", "data": big}));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut s = std::os::unix::net::UnixStream::connect(n.socket()).unwrap();
+        write!(
+            s,
+            "GET /v1/follow?pattern=big/%23&from=0 HTTP/1.1\r\nHost: m\r\n\r\n"
+        )
+        .unwrap();
+        stalled.push(s);
+    }
+    common::wait_for("three followers", 10, || {
+        n.get("/v1/status")["followers"] == 3
+    });
+    // They never read: after api.write_stall the daemon closes them.
+    let t0 = Instant::now();
+    common::wait_for("the stalled followers to be closed", 20, || {
+        n.get("/v1/status")["followers"] == 0
+    });
+    eprintln!("stalled followers closed after {:?}", t0.elapsed());
+    assert!(t0.elapsed() >= Duration::from_secs(1), "closed too early");
+    drop(stalled);
+}

@@ -1,11 +1,17 @@
-//! The control socket's listener: a bounded number of open connections.
+//! The control socket's listener: a bounded number of open connections, and a deadline
+//! on clients that stop reading.
 //!
 //! Every accepted connection holds a slot until it closes. When all slots are taken the
 //! listener stops accepting: further clients wait in the kernel's backlog and take no
 //! descriptor of ours, so idle or abandoned local clients can never use up the
 //! descriptors RocksDB needs to write (1,100 idle connections under the common limit of
 //! 1,024 open files used to make every publish fail until a restart).
+//!
+//! A connection whose client stops reading (a follower that stalled, a dead peer whose
+//! socket buffer is full) is closed once a write has waited `stall` without progress,
+//! so it gives its slot, and its follower slot, back.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,14 +26,17 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct Capped {
     inner: UnixListener,
     slots: Arc<Semaphore>,
+    stall: Duration,
 }
 
 impl Capped {
-    /// Caps `inner` at `max` open connections.
-    pub fn new(inner: UnixListener, max: usize) -> Self {
+    /// Caps `inner` at `max` open connections; a write that waits `stall` for the
+    /// client fails and closes its connection.
+    pub fn new(inner: UnixListener, max: usize, stall: Duration) -> Self {
         Capped {
             inner,
             slots: Arc::new(Semaphore::new(max.max(1))),
+            stall,
         }
     }
 }
@@ -36,6 +45,36 @@ impl Capped {
 pub struct Conn {
     stream: UnixStream,
     _slot: OwnedSemaphorePermit,
+    stall: Duration,
+    /// Armed when a write finds the client not reading; cleared by any progress.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Conn {
+    /// A write could not proceed: wait, unless the client has not read for `stall`.
+    fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let stall = self.stall;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<T>(&mut self, p: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match p {
+            Poll::Pending => self.stalled(cx),
+            ready => {
+                self.deadline = None;
+                ready
+            }
+        }
+    }
 }
 
 impl axum::serve::Listener for Capped {
@@ -57,6 +96,8 @@ impl axum::serve::Listener for Capped {
                         Conn {
                             stream,
                             _slot: slot,
+                            stall: self.stall,
+                            deadline: None,
                         },
                         addr,
                     );
@@ -95,7 +136,9 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let p = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.progress(p, cx)
     }
 
     fn poll_write_vectored(
@@ -103,7 +146,9 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let p = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.progress(p, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -111,7 +156,9 @@ impl AsyncWrite for Conn {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        let p = Pin::new(&mut this.stream).poll_flush(cx);
+        this.progress(p, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
