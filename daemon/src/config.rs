@@ -556,9 +556,6 @@ mdns = true
 topics = ["#"]
 # Most connections in total, and with one peer; beyond them new ones are refused.
 max_connections = 256
-# Close a connection whose client has not read for this long while data waits for it
-# (a stalled follower, a dead client): its slots come back.
-write_stall = "30s"
 max_connections_per_peer = 2
 # Private fleet: a pre-shared key file made by `murmur genpsk`. Peers without the same
 # key cannot connect. QUIC is off when a key is set (pnet works over TCP only).
