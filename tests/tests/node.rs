@@ -598,28 +598,35 @@ fn rss_mib(pid: i32) -> u64 {
         .map_or(0, |kb| kb / 1024)
 }
 
-#[test]
-fn stalled_followers_of_large_events_stay_bounded_in_memory() {
-    use std::io::Write as _;
-    // 32 events of 1 MiB, and 64 followers (the default cap) that ask for everything
-    // and never read. Pages are sized in bytes, so each holds about one event.
-    let n = Node::start("[p2p]\nenabled = false\n");
+/// Publishes `count` events of 1 MB each to `big/t`.
+fn publish_big(n: &Node, count: usize) {
     let big = "x".repeat(1_000_000);
-    for _ in 0..32 {
+    for _ in 0..count {
         let r = n.post("/v1/events", &json!({"topic": "big/t", "data": big}));
         assert_eq!(r.status, 200, "{}", r.body);
     }
+}
+
+/// A follower of `big/#` from offset 0 that sends its request and never reads.
+fn stalled_follower(n: &Node) -> std::os::unix::net::UnixStream {
+    use std::io::Write as _;
+    let mut s = std::os::unix::net::UnixStream::connect(n.socket()).unwrap();
+    write!(
+        s,
+        "GET /v1/follow?pattern=big/%23&from=0 HTTP/1.1\r\nHost: m\r\n\r\n"
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn stalled_followers_of_large_events_stay_bounded_in_memory() {
+    // 32 events of 1 MiB, and 64 followers (the default cap) that ask for everything
+    // and never read. Pages are sized in bytes, so each holds about one event.
+    let n = Node::start("[p2p]\nenabled = false\n");
+    publish_big(&n, 32);
     let before = rss_mib(n.pid());
-    let mut conns = Vec::new();
-    for _ in 0..64 {
-        let mut s = std::os::unix::net::UnixStream::connect(n.socket()).unwrap();
-        write!(
-            s,
-            "GET /v1/follow?pattern=big/%23&from=0 HTTP/1.1\r\nHost: m\r\n\r\n"
-        )
-        .unwrap();
-        conns.push(s);
-    }
+    let conns: Vec<_> = (0..64).map(|_| stalled_follower(&n)).collect();
     let mut peak = before;
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(4) {
@@ -786,23 +793,9 @@ fn a_full_disk_answers_507_and_loses_no_acknowledged_event() {
 
 #[test]
 fn followers_that_stop_reading_are_closed_and_give_their_slots_back() {
-    use std::io::Write as _;
     let n = Node::start("[api]\nwrite_stall = \"2s\"\n[p2p]\nenabled = false\n");
-    let big = "x".repeat(1_000_000);
-    for _ in 0..16 {
-        let r = n.post("/v1/events", &json!({"topic": "big/t", "data": big}));
-        assert_eq!(r.status, 200, "{}", r.body);
-    }
-    let mut stalled = Vec::new();
-    for _ in 0..3 {
-        let mut s = std::os::unix::net::UnixStream::connect(n.socket()).unwrap();
-        write!(
-            s,
-            "GET /v1/follow?pattern=big/%23&from=0 HTTP/1.1\r\nHost: m\r\n\r\n"
-        )
-        .unwrap();
-        stalled.push(s);
-    }
+    publish_big(&n, 16);
+    let stalled: Vec<_> = (0..3).map(|_| stalled_follower(&n)).collect();
     common::wait_for("three followers", 10, || {
         n.get("/v1/status")["followers"] == 3
     });
