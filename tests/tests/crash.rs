@@ -31,7 +31,8 @@ fn crash_loop(config: &str, rounds: usize) {
     let socket = node.socket();
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Bounded whatever happens: a round is at most ~0.6 s of publishing plus a restart.
+    let deadline = Instant::now() + Duration::from_secs(30 + 3 * rounds as u64);
     let mut publishers = Vec::new();
     for t in 0..3 {
         let (socket, acked, stop) = (socket.clone(), acked.clone(), stop.clone());
@@ -73,8 +74,13 @@ fn crash_loop(config: &str, rounds: usize) {
         }));
     }
     let mut last = 0;
+    // Kill at varied moments (100–600 ms into each run), the same ones on every run.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
     for round in 0..rounds {
-        std::thread::sleep(Duration::from_millis(150 + 70 * round as u64));
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        std::thread::sleep(Duration::from_millis(100 + x % 500));
         node.kill();
         let n = acked.lock().unwrap().len();
         assert!(
@@ -104,6 +110,7 @@ fn crash_loop(config: &str, rounds: usize) {
             .or_default()
             .push((*seq, id.clone()));
     }
+    let mut lost = Vec::new();
     for (topic, want) in &by_topic {
         let mut stored: Vec<String> = Vec::new();
         loop {
@@ -117,14 +124,21 @@ fn crash_loop(config: &str, rounds: usize) {
             }
             stored.extend(evs.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
         }
-        for (seq, id) in want {
-            assert_eq!(
-                stored.get(*seq as usize),
-                Some(id),
-                "{topic} seq {seq}: acknowledged event lost or replaced"
-            );
-        }
+        lost.extend(
+            want.iter()
+                .filter(|(seq, id)| stored.get(*seq as usize) != Some(id))
+                .map(|(seq, _)| format!("{topic}#{seq}")),
+        );
     }
+    eprintln!(
+        "{rounds} SIGKILLs under 3 publishers: {} acknowledged, {} lost",
+        acked.len(),
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged events lost or replaced: {lost:?}"
+    );
     // The whole store verifies offline: chains, signatures, indexes.
     assert!(node.stop().success());
     let v = node.cli(&["verify", "--json"]);
@@ -138,12 +152,12 @@ fn crash_loop(config: &str, rounds: usize) {
 }
 
 #[test]
-fn sigkill_loses_no_acknowledged_event_with_fsync() {
-    crash_loop("", 6);
+fn fifty_sigkills_lose_no_acknowledged_event_with_fsync() {
+    crash_loop("", 50);
 }
 
 #[test]
 fn sigkill_loses_no_acknowledged_event_with_os_sync() {
     // `os` hands writes to the kernel before acknowledging: a process crash loses nothing.
-    crash_loop("[store]\nsync = \"os\"\n", 4);
+    crash_loop("[store]\nsync = \"os\"\n", 10);
 }
