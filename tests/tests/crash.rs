@@ -5,15 +5,18 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Node, request, stdout};
+use common::{Node, netns, request, stdout};
 use serde_json::{Value, json};
 
 /// (topic, seq) → id, as acknowledged to publishers.
-type Acked = Arc<Mutex<HashMap<(String, u64), String>>>;
+type Acks = HashMap<(String, u64), String>;
+type Acked = Arc<Mutex<Acks>>;
 
 fn record(acked: &Acked, p: &Value) {
     let key = (
@@ -26,85 +29,62 @@ fn record(acked: &Acked, p: &Value) {
     }
 }
 
-fn crash_loop(config: &str, rounds: usize) {
-    let mut node = Node::start(config);
-    let socket = node.socket();
-    let acked: Acked = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    // Bounded whatever happens: a round is at most ~0.6 s of publishing plus a restart.
-    let deadline = Instant::now() + Duration::from_secs(30 + 3 * rounds as u64);
-    let mut publishers = Vec::new();
-    for t in 0..3 {
-        let (socket, acked, stop) = (socket.clone(), acked.clone(), stop.clone());
-        publishers.push(std::thread::spawn(move || {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                i += 1;
-                let r = if t == 2 {
-                    let evs: Vec<Value> = (0..50)
-                        .map(|k| json!({"topic": "crash/batch", "data": format!("{i}-{k}")}))
-                        .collect();
-                    request(
-                        &socket,
-                        "POST",
-                        "/v1/events/batch",
-                        Some(&json!({ "events": evs }).to_string()),
-                    )
-                } else {
-                    let body =
-                        json!({"topic": format!("crash/{t}"), "data": format!("{i}")}).to_string();
-                    request(&socket, "POST", "/v1/events", Some(&body))
-                };
-                match r {
-                    Ok(r) if r.status == 200 => {
-                        let j = r.json();
-                        match j.get("events") {
-                            Some(evs) => evs
-                                .as_array()
-                                .unwrap()
-                                .iter()
-                                .for_each(|e| record(&acked, e)),
-                            None => record(&acked, &j),
+/// Three publishers (two single-event, one in batches of 50) until `stop` or `deadline`,
+/// recording every acknowledgement in `acked`.
+fn publishers(
+    socket: &Path,
+    acked: &Acked,
+    stop: &Arc<AtomicBool>,
+    deadline: Instant,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..3)
+        .map(|t| {
+            let (socket, acked, stop) = (socket.to_path_buf(), acked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    i += 1;
+                    let r = if t == 2 {
+                        let evs: Vec<Value> = (0..50)
+                            .map(|k| json!({"topic": "crash/batch", "data": format!("{i}-{k}")}))
+                            .collect();
+                        request(
+                            &socket,
+                            "POST",
+                            "/v1/events/batch",
+                            Some(&json!({ "events": evs }).to_string()),
+                        )
+                    } else {
+                        let body = json!({"topic": format!("crash/{t}"), "data": format!("{i}")})
+                            .to_string();
+                        request(&socket, "POST", "/v1/events", Some(&body))
+                    };
+                    match r {
+                        Ok(r) if r.status == 200 => {
+                            let j = r.json();
+                            match j.get("events") {
+                                Some(evs) => evs
+                                    .as_array()
+                                    .unwrap()
+                                    .iter()
+                                    .for_each(|e| record(&acked, e)),
+                                None => record(&acked, &j),
+                            }
                         }
+                        // Killed mid-request, frozen, restarting: not acknowledged.
+                        _ => std::thread::sleep(Duration::from_millis(5)),
                     }
-                    // Killed mid-request, restarting, or shutting down: not acknowledged.
-                    _ => std::thread::sleep(Duration::from_millis(5)),
                 }
-            }
-        }));
-    }
-    let mut last = 0;
-    // Kill at varied moments (100–600 ms into each run), the same ones on every run.
-    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-    for round in 0..rounds {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        std::thread::sleep(Duration::from_millis(100 + x % 500));
-        node.kill();
-        let n = acked.lock().unwrap().len();
-        assert!(
-            n > last,
-            "round {round}: publishers made progress ({n} acknowledged)"
-        );
-        last = n;
-        node.spawn();
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::Relaxed);
-    for p in publishers {
-        p.join().unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() > 500,
-        "only {} events acknowledged",
-        acked.len()
-    );
+            })
+        })
+        .collect()
+}
 
-    // Every acknowledged (topic, seq) holds exactly the acknowledged event.
+/// The acknowledged events that `node` does not hold under the acknowledged (topic,
+/// seq), as `topic#seq`.
+fn lost(node: &Node, acked: &Acks) -> Vec<String> {
     let mut by_topic: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
-    for ((topic, seq), id) in &acked {
+    for ((topic, seq), id) in acked {
         by_topic
             .entry(topic.clone())
             .or_default()
@@ -130,6 +110,60 @@ fn crash_loop(config: &str, rounds: usize) {
                 .map(|(seq, _)| format!("{topic}#{seq}")),
         );
     }
+    lost
+}
+
+/// Stops `node` and runs `murmur verify` on its store: chains, signatures, indexes.
+fn verify_offline(node: &mut Node) -> Value {
+    assert!(node.stop().success(), "{}", node.log());
+    let v = node.cli(&["verify", "--json"]);
+    let report: Value = serde_json::from_str(stdout(&v).trim()).unwrap();
+    assert_eq!(report["clean"], true, "{report}");
+    report
+}
+
+/// A sleep of 100–600 ms, different each time and the same on every run.
+fn varied_pause(x: &mut u64) {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    std::thread::sleep(Duration::from_millis(100 + *x % 500));
+}
+
+fn crash_loop(config: &str, rounds: usize) {
+    let mut node = Node::start(config);
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Bounded whatever happens: a round is at most ~0.6 s of publishing plus a restart.
+    let deadline = Instant::now() + Duration::from_secs(30 + 3 * rounds as u64);
+    let publishers = publishers(&node.socket(), &acked, &stop, deadline);
+    let mut last = 0;
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    for round in 0..rounds {
+        varied_pause(&mut x);
+        node.kill();
+        let n = acked.lock().unwrap().len();
+        assert!(
+            n > last,
+            "round {round}: publishers made progress ({n} acknowledged)"
+        );
+        last = n;
+        node.spawn();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    for p in publishers {
+        p.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 500,
+        "only {} events acknowledged",
+        acked.len()
+    );
+
+    // Every acknowledged (topic, seq) holds exactly the acknowledged event.
+    let lost = lost(&node, &acked);
     eprintln!(
         "{rounds} SIGKILLs under 3 publishers: {} acknowledged, {} lost",
         acked.len(),
@@ -137,18 +171,12 @@ fn crash_loop(config: &str, rounds: usize) {
     );
     assert!(
         lost.is_empty(),
-        "acknowledged events lost or replaced: {lost:?}"
+        "{} acknowledged events lost or replaced, first {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
     );
-    // The whole store verifies offline: chains, signatures, indexes.
-    assert!(node.stop().success());
-    let v = node.cli(&["verify", "--json"]);
-    let report: Value = serde_json::from_str(stdout(&v).trim()).unwrap();
-    assert_eq!(report["clean"], true, "{report}");
+    let report = verify_offline(&mut node);
     assert!(report["events"].as_u64().unwrap() >= acked.len() as u64);
-    eprintln!(
-        "{} acknowledged events survived {rounds} SIGKILLs; store verifies: {report}",
-        acked.len()
-    );
 }
 
 #[test]
@@ -160,4 +188,145 @@ fn fifty_sigkills_lose_no_acknowledged_event_with_fsync() {
 fn sigkill_loses_no_acknowledged_event_with_os_sync() {
     // `os` hands writes to the kernel before acknowledging: a process crash loses nothing.
     crash_loop("[store]\nsync = \"os\"\n", 10);
+}
+
+/// A loop-mounted ext4 filesystem in an image file.
+struct LoopFs {
+    image: PathBuf,
+    mnt: PathBuf,
+    dev: String,
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+impl LoopFs {
+    /// A new, empty ext4 of `mib` MiB (sparse) in `image`, mounted at `mnt`.
+    fn create(image: &Path, mnt: &Path, mib: u64) -> LoopFs {
+        std::fs::File::create(image)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        run("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()]);
+        LoopFs::mount(image, mnt)
+    }
+
+    /// Mounts the ext4 in `image` at `mnt` after the boot-time check (`e2fsck -p`, which
+    /// replays the journal as mounting would).
+    fn mount(image: &Path, mnt: &Path) -> LoopFs {
+        let st = Command::new("e2fsck")
+            .args(["-p", image.to_str().unwrap()])
+            .output()
+            .unwrap();
+        // 0: clean; 1: errors corrected (a replayed journal counts as one).
+        assert!(matches!(st.status.code(), Some(0 | 1)), "e2fsck -p: {st:?}");
+        std::fs::create_dir_all(mnt).unwrap();
+        let dev = run("losetup", &["--find", "--show", image.to_str().unwrap()]);
+        run("mount", &["-t", "ext4", &dev, mnt.to_str().unwrap()]);
+        LoopFs {
+            image: image.to_path_buf(),
+            mnt: mnt.to_path_buf(),
+            dev,
+        }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+/// A power cut at block level: the daemon runs on a loop-mounted ext4 while 3 clients
+/// publish; at varied moments it is frozen (SIGSTOP) and the filesystem's image file is
+/// copied, which holds exactly what reached the block device, as a power cut would leave
+/// it (the page cache of the mounted filesystem is not in it). Each copy is then checked
+/// and mounted as at boot, a daemon started on it, and every event acknowledged before
+/// the freeze must be there.
+#[test]
+fn a_power_cut_at_block_level_loses_no_acknowledged_event() {
+    if !netns::root_or_skip("a_power_cut_at_block_level_loses_no_acknowledged_event") {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("murmur-powercut")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let config = common::LOOPBACK_P2P;
+    const CUTS: usize = 6;
+    let mut cuts: Vec<(PathBuf, Acks)> = Vec::new();
+    {
+        let fs = LoopFs::create(&tmp.path().join("disk.img"), &tmp.path().join("mnt"), 1024);
+        let data = fs.mnt.join("node");
+        std::fs::create_dir(&data).unwrap();
+        let mut node = Node::start_at(&data, config);
+        let acked: Acked = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let publishers = publishers(&node.socket(), &acked, &stop, deadline);
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        for cut in 0..CUTS {
+            varied_pause(&mut x);
+            unsafe { libc::kill(node.pid(), libc::SIGSTOP) };
+            // Every event acknowledged so far was answered before the freeze.
+            let before = acked.lock().unwrap().clone();
+            let copy = tmp.path().join(format!("cut{cut}.img"));
+            run(
+                "cp",
+                &[
+                    "--sparse=always",
+                    fs.image.to_str().unwrap(),
+                    copy.to_str().unwrap(),
+                ],
+            );
+            unsafe { libc::kill(node.pid(), libc::SIGCONT) };
+            cuts.push((copy, before));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for p in publishers {
+            p.join().unwrap();
+        }
+        assert!(node.stop().success());
+    }
+
+    let mut total = (0, 0);
+    for (i, (image, acked)) in cuts.iter().enumerate() {
+        let fs = LoopFs::mount(image, &tmp.path().join(format!("mnt{i}")));
+        let mut node = Node::start_at(&fs.mnt.join("node"), config);
+        let lost = lost(&node, acked);
+        eprintln!(
+            "power cut {i}: {} acknowledged before it, {} lost",
+            acked.len(),
+            lost.len()
+        );
+        assert!(
+            lost.is_empty(),
+            "power cut {i}: lost {} acknowledged events, first {:?}",
+            lost.len(),
+            &lost[..lost.len().min(20)]
+        );
+        verify_offline(&mut node);
+        total.0 += acked.len();
+        total.1 += lost.len();
+        drop(fs);
+        std::fs::remove_file(image).unwrap();
+    }
+    let first = cuts.first().map_or(0, |c| c.1.len());
+    assert!(first > 100, "only {first} events before the first cut");
+    eprintln!(
+        "{CUTS} power cuts: {} acknowledged events checked, {} lost",
+        total.0, total.1
+    );
 }
