@@ -441,7 +441,11 @@ async fn daemon(g: &Global, args: DaemonArgs) -> anyhow::Result<ExitCode> {
     init_tracing(&cfg)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
-    node::run(dir, cfg, shutdown).await?;
+    // The node runs again on the same data directory when its store must be reopened
+    // (RocksDB stays stopped after a full disk until then).
+    while node::run(dir.clone(), cfg.clone(), shutdown.clone()).await? == node::Exit::Reopen {
+        tracing::info!("reopening the store");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

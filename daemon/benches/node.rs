@@ -71,7 +71,7 @@ fn raw_ceiling(dir: &Path, durability: Durability) -> f64 {
 struct Running {
     socket: std::path::PathBuf,
     token: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<murmur_daemon::node::Exit>>,
 }
 
 async fn start(dir: &Path, sync: SyncPolicy) -> Running {

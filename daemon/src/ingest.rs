@@ -201,6 +201,24 @@ impl Handle {
     }
 }
 
+/// Set while the store refuses writes for a reason outside the data (a full disk, no
+/// descriptors left: [`murmur_store::StoreError::is_environmental`]), cleared by the
+/// next commit that succeeds. The node's store watchdog reads it. Cloneable; all clones
+/// share one flag.
+#[derive(Debug, Clone, Default)]
+pub struct WriteFailing(Arc<AtomicBool>);
+
+impl WriteFailing {
+    /// True while the last commit failed for an environmental reason.
+    pub fn is_on(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self, on: bool) {
+        self.0.store(on, Ordering::Release);
+    }
+}
+
 /// Settings of the writer thread.
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -214,6 +232,8 @@ pub struct WriterConfig {
     pub durability: Durability,
     /// Publishing held after a repair.
     pub hold: Hold,
+    /// Raised while commits fail for environmental reasons.
+    pub failing: WriteFailing,
 }
 
 struct Writer {
@@ -223,6 +243,7 @@ struct Writer {
     heads: HashMap<Topic, Head>,
     durability: Durability,
     hold: Hold,
+    failing: WriteFailing,
     max_commit: usize,
     metrics: Metrics,
     notify: Arc<watch::Sender<Offset>>,
@@ -255,6 +276,7 @@ pub fn spawn(
         heads: HashMap::new(),
         durability: config.durability,
         hold: config.hold.clone(),
+        failing: config.failing.clone(),
         max_commit: config.max_commit_events,
         metrics,
         notify,
@@ -348,15 +370,16 @@ impl Writer {
             .map_err(IngestError::Store)
             .and_then(|events| {
                 let t0 = Instant::now();
-                let outcomes =
-                    self.store
-                        .insert(&events, self.durability)
-                        .map_err(|e| match e {
-                            murmur_store::StoreError::NoSpace(_) => {
-                                IngestError::DiskFull(e.to_string())
-                            }
-                            e => IngestError::Store(e.to_string()),
-                        })?;
+                let outcomes = self.store.insert(&events, self.durability).map_err(|e| {
+                    self.failing.set(e.is_environmental());
+                    match e {
+                        murmur_store::StoreError::NoSpace(_) => {
+                            IngestError::DiskFull(e.to_string())
+                        }
+                        e => IngestError::Store(e.to_string()),
+                    }
+                })?;
+                self.failing.set(false);
                 self.metrics
                     .commit_seconds
                     .observe(t0.elapsed().as_secs_f64());

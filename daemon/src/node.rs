@@ -269,12 +269,101 @@ fn start_network(
     })
 }
 
-/// Runs a node until `shutdown` fires.
+/// Why [`run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `shutdown` fired: the node stopped cleanly.
+    Stopped,
+    /// The store refused writes after a full disk or a lack of descriptors, and the
+    /// cause is gone: RocksDB stays stopped until it is reopened, so the node shut down
+    /// cleanly to be run again on the same data directory (see [`store_watchdog`]).
+    Reopen,
+}
+
+/// How often the store watchdog looks at a failing store.
+const WATCHDOG_EVERY: Duration = Duration::from_secs(2);
+/// Bytes the watchdog writes to see whether the disk has room again.
+const PROBE_BYTES: usize = 8 << 20;
+/// Descriptors the watchdog opens at once to see whether some are free again.
+const PROBE_FILES: usize = 32;
+
+/// Can the data directory take writes again: room for [`PROBE_BYTES`] written and synced,
+/// and [`PROBE_FILES`] descriptors?
+fn disk_takes_writes(data_dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = data_dir.join("MURMUR-PROBE");
+    let result = (|| {
+        let mut f = std::fs::File::create(&path)?;
+        let held: Vec<std::fs::File> = (0..PROBE_FILES)
+            .map(|_| std::fs::File::open(&path))
+            .collect::<std::io::Result<_>>()?;
+        f.write_all(&vec![0u8; PROBE_BYTES])?;
+        f.sync_all()?;
+        drop(held);
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+/// Watches a store whose writes fail for environmental reasons ([`ingest::WriteFailing`]).
+/// When a synced probe write works again (RocksDB recovered by itself), nothing is
+/// needed. When it still fails but the disk takes writes and descriptors are free
+/// again, RocksDB is stuck in its background error, which only a reopen clears: the
+/// watchdog asks for one by setting `reopen` and firing `stop`.
+async fn store_watchdog(
+    store: Arc<RocksStore>,
+    data_dir: PathBuf,
+    failing: ingest::WriteFailing,
+    reopen: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut every = tokio::time::interval(WATCHDOG_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if !failing.is_on() {
+            continue;
+        }
+        let (s, dir) = (store.clone(), data_dir.clone());
+        let probe = tokio::task::spawn_blocking(move || match s.probe_write() {
+            Ok(()) => Ok(true),
+            Err(e) => disk_takes_writes(&dir)
+                .map(|()| false)
+                .map_err(|io| (e, io)),
+        })
+        .await;
+        match probe {
+            Ok(Ok(true)) => tracing::info!("the store takes writes again"),
+            Ok(Ok(false)) => {
+                tracing::warn!(
+                    "the disk has room and descriptors again, but RocksDB stays stopped after its write error: restarting the node to reopen the store (every acknowledged event is in the synced WAL)"
+                );
+                reopen.store(true, std::sync::atomic::Ordering::Release);
+                stop.cancel();
+                return;
+            }
+            Ok(Err((store_err, io))) => {
+                tracing::debug!(store = %store_err, disk = %io, "the store still cannot write")
+            }
+            Err(e) => tracing::warn!(error = %e, "the store probe failed"),
+        }
+    }
+}
+
+/// Runs a node until `shutdown` fires, or until the store must be reopened
+/// ([`Exit::Reopen`]; the caller runs it again).
 pub async fn run(
     data_dir: PathBuf,
     config: Config,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+    shutdown_all: CancellationToken,
+) -> anyhow::Result<Exit> {
+    // Stops this run: the caller's shutdown, or the store watchdog asking for a reopen.
+    let shutdown = shutdown_all.child_token();
+    let reopen = Arc::new(std::sync::atomic::AtomicBool::new(false));
     config.validate()?;
     // Descriptors: raise the soft limit, keep room for RocksDB's files, libp2p's
     // connections and the daemon's own, and cap API connections to what is left.
@@ -353,6 +442,14 @@ pub async fn run(
         SyncPolicy::Fsync => Durability::Sync,
         SyncPolicy::Os => Durability::Buffered,
     };
+    let failing = ingest::WriteFailing::default();
+    tokio::spawn(store_watchdog(
+        store.clone(),
+        data_dir.clone(),
+        failing.clone(),
+        reopen.clone(),
+        shutdown.clone(),
+    ));
     let (ingest, writer) = ingest::spawn(
         store.clone(),
         key.clone(),
@@ -363,6 +460,7 @@ pub async fn run(
             max_commit_events: config.ingest.max_commit_events,
             durability,
             hold: hold.clone(),
+            failing: failing.clone(),
         },
         metrics.clone(),
         offsets_tx,
@@ -463,15 +561,37 @@ pub async fn run(
     if let Some(net) = net {
         net.stop().await;
     }
+    let reopening =
+        reopen.load(std::sync::atomic::Ordering::Acquire) && !shutdown_all.is_cancelled();
     let flush_store = store.clone();
-    tokio::task::spawn_blocking(move || flush_store.flush())
-        .await?
-        .context(
-            "cannot flush the store at shutdown (a full disk?); every acknowledged event is in the synced WAL and is replayed at the next start",
-        )?;
+    let flushed = tokio::task::spawn_blocking(move || flush_store.flush()).await?;
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(error = %e, socket = %socket.display(), "cannot remove the socket");
     }
+    if reopening {
+        if let Err(e) = flushed {
+            tracing::warn!(error = %e, "cannot flush the store before reopening it; the WAL holds every acknowledged event");
+        }
+        // RocksDB's lock is per process: every user of the store must be gone before it
+        // can be opened again (the last follow streams and the watchdog end just now).
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while Arc::strong_count(&store) > 1 {
+            if Instant::now() > deadline {
+                bail!(
+                    "cannot reopen the store: it is still in use after {DRAIN_TIMEOUT:?}; restart murmur"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(
+            events = store.next_offset().0,
+            "stopped to reopen the store"
+        );
+        return Ok(Exit::Reopen);
+    }
+    flushed.context(
+        "cannot flush the store at shutdown (a full disk?); every acknowledged event is in the synced WAL and is replayed at the next start",
+    )?;
     tracing::info!(events = store.next_offset().0, "stopped cleanly");
-    Ok(())
+    Ok(Exit::Stopped)
 }

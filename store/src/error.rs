@@ -69,6 +69,18 @@ impl StoreError {
         matches!(self, Self::Damaged { .. } | Self::Corrupt(_))
     }
 
+    /// True for a failed write caused by the machine rather than the data: a full disk,
+    /// no descriptors left, another I/O error. RocksDB then stops taking writes (its
+    /// "background error") and stays stopped after the cause is gone; the daemon
+    /// reopens the store once the disk takes writes again.
+    pub fn is_environmental(&self) -> bool {
+        match self {
+            Self::NoSpace(_) | Self::Io { .. } => true,
+            Self::Db(e) => e.kind() == ErrorKind::IOError,
+            _ => false,
+        }
+    }
+
     /// The damaged file named by RocksDB, if any.
     pub fn damaged_file(&self) -> Option<&Path> {
         match self {

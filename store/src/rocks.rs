@@ -66,6 +66,8 @@ const FAMILIES: [&str; 7] = [
 /// `meta` key set by `murmur repair`: this node may have lost events of its own logs
 /// that it had already published (value: unix seconds, 8 bytes big-endian).
 const META_OWN_UNCONFIRMED: &[u8] = b"own_logs_unconfirmed";
+/// Written by [`RocksStore::probe_write`] (unix seconds of the last probe).
+const META_WRITE_PROBE: &[u8] = b"write_probe";
 
 /// Most log states cached in memory; the cache is dropped whole when it grows past this
 /// (it refills from the `heads` family on demand).
@@ -443,6 +445,20 @@ impl RocksStore {
             since_unix_secs.to_be_bytes(),
             &wo,
         )?;
+        Ok(())
+    }
+
+    /// One small synced write: does the store take writes? After a failed write RocksDB
+    /// may refuse every later one until it is reopened; see
+    /// [`StoreError::is_environmental`].
+    pub fn probe_write(&self) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.db
+            .put_cf_opt(self.cf(CF_META), META_WRITE_PROBE, now.to_be_bytes(), &wo)?;
         Ok(())
     }
 

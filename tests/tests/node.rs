@@ -745,8 +745,10 @@ impl Drop for Mounted {
 }
 
 #[test]
-fn a_full_disk_answers_507_and_loses_no_acknowledged_event() {
-    if !common::netns::root_or_skip("a_full_disk_answers_507_and_loses_no_acknowledged_event") {
+fn a_full_disk_answers_507_loses_nothing_and_publishing_resumes_once_space_is_freed() {
+    if !common::netns::root_or_skip(
+        "a_full_disk_answers_507_loses_nothing_and_publishing_resumes_once_space_is_freed",
+    ) {
         return;
     }
     // A 48 MiB file system of our own (tmpfs), filled with 1 MiB events.
@@ -761,7 +763,12 @@ fn a_full_disk_answers_507_and_loses_no_acknowledged_event() {
         .unwrap();
     assert!(st.success(), "mount tmpfs");
     let _mounted = Mounted(tmp.path().to_path_buf());
-    let mut n = Node::start_at(tmp.path(), "[p2p]\nenabled = false\n");
+    // Something else on the same disk, which the operator deletes to make room.
+    let ballast = tmp.path().join("ballast");
+    std::fs::write(&ballast, vec![7u8; 12 << 20]).unwrap();
+    let data = tmp.path().join("node");
+    std::fs::create_dir(&data).unwrap();
+    let mut n = Node::start_at(&data, "[p2p]\nenabled = false\n");
     let big = "x".repeat(1_000_000);
     let mut acked = 0u64;
     let mut full = None;
@@ -781,6 +788,16 @@ fn a_full_disk_answers_507_and_loses_no_acknowledged_event() {
     // Still serving, and everything acknowledged is there.
     assert_eq!(n.get("/v1/status")["events"], acked);
     assert_eq!(n.topic_events("big/t"), acked);
+
+    // Room is made: publishing comes back by itself, and nothing acknowledged is lost.
+    std::fs::remove_file(&ballast).unwrap();
+    let small = json!({"topic": "big/t", "data": "after"}).to_string();
+    common::wait_for("publishing to resume after space was freed", 60, || {
+        n.try_request("POST", "/v1/events", Some(&small))
+            .is_ok_and(|r| r.status == 200)
+    });
+    assert!(n.log().contains("reopen the store"), "{}", n.log());
+    assert_eq!(n.topic_events("big/t"), acked + 1);
     // The memtable cannot be flushed to a full disk: the daemon says why and exits (the
     // events are in the synced WAL).
     let st = n.stop();
