@@ -85,6 +85,9 @@ pub fn status(s: &Status, repl: Option<&ReplicationJson>, json: bool) -> anyhow:
             d.snapshots
         );
     }
+    if let Some(p) = &s.store_problem {
+        println!("store       DAMAGED: {p}");
+    }
     if s.publishing_held {
         println!(
             "publishing  HELD: repaired; waiting for a sync round with a peer on every topic to bring this node's own logs back"

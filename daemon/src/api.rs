@@ -247,6 +247,10 @@ pub struct Status {
     /// topic has brought the node's own logs back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub publishing_held: bool,
+    /// What the scan after start found wrong with the store (damage or indexes that
+    /// disagree), with what to do; absent while the scan runs and when all is well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_problem: Option<String>,
     /// The clock: its last time, the drift limit, and remote clocks found ahead of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<crate::clock::ClockStatus>,

@@ -94,6 +94,8 @@ pub struct Metrics {
     pub ingest_queue: Gauge,
     /// Open follow streams.
     pub followers: Gauge,
+    /// 1 when the background scan after start found the store damaged or inconsistent.
+    pub store_damaged: Gauge,
     /// Events stored (next local offset).
     pub stored_events: Gauge,
     /// Logs frozen by a fork proof.
@@ -150,6 +152,7 @@ impl Metrics {
             publish_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             ingest_queue: Gauge::default(),
             followers: Gauge::default(),
+            store_damaged: Gauge::default(),
             stored_events: Gauge::default(),
             forks: Gauge::default(),
             store_disk_bytes: Gauge::default(),
@@ -220,6 +223,11 @@ impl Metrics {
             m.ingest_queue.clone(),
         );
         r.register("followers", "Open follow streams", m.followers.clone());
+        r.register(
+            "store_damaged",
+            "1 when the scan after start found the store damaged or inconsistent (see murmur status)",
+            m.store_damaged.clone(),
+        );
         r.register(
             "stored_events",
             "Events stored on this node",

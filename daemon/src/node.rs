@@ -354,6 +354,57 @@ async fn store_watchdog(
     }
 }
 
+/// The store scan after start ([`murmur_store::check::scan`]): reads every event and
+/// index entry once, in the background, and reports damage or indexes that disagree in
+/// the log, `/v1/status` (`store_problem`) and the `murmur_store_damaged` metric. The
+/// startup checks before it look only at heads, the newest arrival and the durability
+/// mark; this catches what they cannot (a damaged SST block, a torn copy).
+async fn scan_store(
+    store: Arc<RocksStore>,
+    problem: Arc<std::sync::OnceLock<String>>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    let t0 = Instant::now();
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = cancel.clone();
+    let mut scan = tokio::task::spawn_blocking(move || murmur_store::check::scan(&store, &flag));
+    let result = tokio::select! {
+        r = &mut scan => r,
+        () = stop.cancelled() => {
+            // Ends within 4,096 entries; the store must be free before a reopen.
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = scan.await;
+            return;
+        }
+    };
+    let found = match result {
+        Ok(Ok(Some(s))) => match s.problem() {
+            None => {
+                tracing::info!(events = s.events, took = ?t0.elapsed(), "store scan: every event and index entry read back, all consistent");
+                return;
+            }
+            Some(p) => format!(
+                "{p}. Events are served as they are; some may be missing from reads and replication. Stop murmur, run `murmur verify` to list the problems, then `murmur repair`"
+            ),
+        },
+        Ok(Ok(None)) => return,
+        // Damage names the file and says what to do.
+        Ok(Err(e)) if e.is_corruption() => e.to_string(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "the store scan could not read the store");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the store scan failed to run");
+            return;
+        }
+    };
+    tracing::error!("store scan: {found}");
+    metrics.store_damaged.set(1);
+    let _ = problem.set(found);
+}
+
 /// Runs a node until `shutdown` fires, or until the store must be reopened
 /// ([`Exit::Reopen`]; the caller runs it again).
 pub async fn run(
@@ -478,6 +529,13 @@ pub async fn run(
     )
     .context("cannot start the document thread")?;
 
+    let store_problem = Arc::new(std::sync::OnceLock::new());
+    tokio::spawn(scan_store(
+        store.clone(),
+        store_problem.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let socket = config.socket_path(&data_dir);
     let listener = bind_socket(&socket)?;
     let writer_handle = ingest.clone();
@@ -505,6 +563,7 @@ pub async fn run(
         net: net.as_ref().map(|n| (n.handle.clone(), n.inputs.clone())),
         docs: docs.clone(),
         clock,
+        store_problem: store_problem.clone(),
     });
     tracing::info!(
         author = %key.author(),

@@ -529,8 +529,9 @@ fn a_damaged_store_is_refused_repaired_and_refilled_from_a_peer() {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
 
         // The daemon refuses to start, naming the file; or, for an SST block that no
-        // startup check reads, `murmur verify` names it.
-        let out = std::process::Command::new("ip")
+        // startup check reads, it starts and its scan after start names the file (in
+        // the status and the metric), and so does `murmur verify`.
+        let mut child = std::process::Command::new("ip")
             .args(["netns", "exec", &lab.hosts[0].ns])
             .arg(common::binary())
             .args(["daemon", "--data-dir"])
@@ -539,39 +540,79 @@ fn a_damaged_store_is_refused_repaired_and_refilled_from_a_peer() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let pid = out.id() as i32;
-        // A daemon that does start runs until stopped: give it 5 s, then SIGTERM.
-        let stopper = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(5));
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        });
-        let out = out.wait_with_output().unwrap();
-        let err = common::stderr(&out);
-        let refused = !out.status.success();
+        let socket = dir.join("murmur.sock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut problem = None;
+        let refused = loop {
+            assert!(
+                Instant::now() < deadline,
+                "{what:?}: neither refused nor flagged"
+            );
+            if child.try_wait().unwrap().is_some() {
+                break true;
+            }
+            if let Ok(r) = common::request(&socket, "GET", "/v1/status", None)
+                && let Some(p) = r.json()["store_problem"].as_str()
+            {
+                problem = Some(p.to_owned());
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         if refused {
+            let out = child.wait_with_output().unwrap();
+            let err = common::stderr(&out);
+            assert!(!out.status.success(), "{what:?}: {err}");
             assert!(
                 err.contains("damaged") && err.contains(&name) && err.contains("murmur repair"),
                 "{what:?}: {err}"
             );
         } else {
+            let problem = problem.unwrap();
+            assert!(
+                problem.contains(&name) && problem.contains("murmur repair"),
+                "{what:?}: {problem}"
+            );
+            let m = common::request(&socket, "GET", "/metrics", None)
+                .unwrap()
+                .body;
+            assert!(m.contains("murmur_store_damaged 1"), "{m}");
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            child.wait().unwrap();
             let v = lab.node(0).cli(&["verify"]);
             let report = format!("{}{}", common::stdout(&v), common::stderr(&v));
             assert!(
                 !v.status.success() && report.contains(&name),
-                "{what:?}: a damaged store started and verify did not name {name}: {report}"
+                "{what:?}: verify did not name {name}: {report}"
             );
         }
-        stopper.join().unwrap();
 
         let r = lab.node(0).cli(&["repair"]);
         let report = format!("{}{}", common::stdout(&r), common::stderr(&r));
         assert!(r.status.success(), "{what:?}: {report}");
+        let kept = report
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("kept ")?
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{what:?}: no kept count: {report}"));
         lab.node_mut(0).spawn();
-        let held = lab.node(0).topic_events(&topic) + lab.node(0).topic_events(&format!("{topic}/tail"));
-        wait_for("the repaired node to hold every acknowledged event again", 60, || {
-            heads_of(lab.node(0), &topic) == heads_before
-                && lab.node(0).get("/v1/status").get("publishing_held").is_none()
-        });
+        wait_for(
+            "the repaired node to hold every acknowledged event again",
+            60,
+            || {
+                heads_of(lab.node(0), &topic) == heads_before
+                    && lab
+                        .node(0)
+                        .get("/v1/status")
+                        .get("publishing_held")
+                        .is_none()
+            },
+        );
         let r = lab
             .node(0)
             .post("/v1/events", &json!({"topic": topic, "data": "after"}));
@@ -583,8 +624,12 @@ fn a_damaged_store_is_refused_repaired_and_refilled_from_a_peer() {
         assert_eq!(lab.node(1).get("/v1/status")["forks"], 0);
         assert_eq!(lab.node(0).get("/v1/status")["forks"], 0);
         eprintln!(
-            "{what:?} ({name}): {}; repair kept {held} of 2000, the peer sent back the rest",
-            if refused { "refused to start" } else { "started; verify named it" },
+            "{what:?} ({name}): {}; repair kept {kept} events, the peer sent back the rest",
+            if refused {
+                "refused to start"
+            } else {
+                "started; its scan (status, metric) and verify named it"
+            },
         );
     }
 }

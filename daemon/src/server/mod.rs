@@ -85,6 +85,8 @@ pub struct AppState {
     pub docs: crate::docs::Docs,
     /// The node's clock.
     pub clock: Arc<crate::clock::NodeClock>,
+    /// Set by the store scan after start when it finds damage or disagreeing indexes.
+    pub store_problem: Arc<std::sync::OnceLock<String>>,
 }
 
 type Shared = Arc<AppState>;
@@ -494,6 +496,7 @@ async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
         docs,
         clock: Some(st.clock.status()),
         publishing_held: st.ingest.held(),
+        store_problem: st.store_problem.get().cloned(),
     }))
 }
 
