@@ -184,6 +184,11 @@ pub struct ApiConfig {
     /// for it (a stalled follower, a dead client) is closed, e.g. `"30s"`.
     #[serde(with = "humantime_serde")]
     pub write_stall: Duration,
+    /// A connection that sends and receives nothing for this long, with no follow
+    /// stream open on it (an idle keep-alive, a client that connected and went away),
+    /// is closed, e.g. `"60s"`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -197,6 +202,7 @@ impl Default for ApiConfig {
             max_read_events: 10_000,
             max_connections: 256,
             write_stall: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -404,6 +410,9 @@ impl Config {
         if self.api.write_stall.is_zero() {
             return bad("api.write_stall must be more than 0".into());
         }
+        if self.api.idle_timeout.is_zero() {
+            return bad("api.idle_timeout must be more than 0".into());
+        }
         if self.api.max_connections <= self.api.max_followers {
             return bad("api.max_connections must be larger than api.max_followers".into());
         }
@@ -502,6 +511,9 @@ max_connections = 256
 # Close a connection whose client has not read for this long while data waits for it
 # (a stalled follower, a dead client): its slots come back.
 write_stall = "30s"
+# Close a connection that sends and receives nothing for this long and has no follow
+# stream open (an idle keep-alive, a client that went away): its slot comes back.
+idle_timeout = "60s"
 
 [ingest]
 # Publish requests waiting for the writer; beyond this the API answers 503 + Retry-After.

@@ -50,6 +50,8 @@ pub struct Follow {
     pub metrics: Metrics,
     /// Follower slot, released when the stream ends.
     pub permit: OwnedSemaphorePermit,
+    /// Marks the connection as streaming (no idle deadline) until the stream ends.
+    pub streaming: Option<crate::server::listener::Streaming>,
 }
 
 impl Drop for Follow {

@@ -576,8 +576,13 @@ pub async fn run(
 
     let app = server::router(state);
     let serve = axum::serve(
-        server::listener::Capped::new(listener, api_slots, config.api.write_stall),
-        app,
+        server::listener::Capped::new(
+            listener,
+            api_slots,
+            config.api.write_stall,
+            config.api.idle_timeout,
+        ),
+        app.into_make_service_with_connect_info::<server::listener::ConnMeta>(),
     )
     .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut served = tokio::spawn(async move { serve.await });

@@ -178,6 +178,21 @@ fn bad_input_gets_a_clear_error_and_stores_nothing() {
         ),
         (
             "GET",
+            "/v1/events?pattern=%FF%FE",
+            String::new(),
+            400,
+            "invalid_utf8",
+        ),
+        (
+            "GET",
+            "/v1/follow?pattern=a/%C3",
+            String::new(),
+            400,
+            "invalid_utf8",
+        ),
+        ("POST", "/v1/raw/a%FF", "x".into(), 400, "invalid_utf8"),
+        (
+            "GET",
             "/v1/log?topic=a&author=nothex",
             String::new(),
             400,
@@ -824,4 +839,70 @@ fn followers_that_stop_reading_are_closed_and_give_their_slots_back() {
     eprintln!("stalled followers closed after {:?}", t0.elapsed());
     assert!(t0.elapsed() >= Duration::from_secs(1), "closed too early");
     drop(stalled);
+}
+
+/// Reads until EOF or `secs`; true when the daemon closed the connection.
+fn closed_within(s: &mut std::os::unix::net::UnixStream, secs: u64) -> bool {
+    use std::io::Read as _;
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn idle_connections_are_closed_but_quiet_followers_are_not() {
+    use std::io::Write as _;
+    use std::os::unix::net::UnixStream;
+    let n = Node::start("[api]\nidle_timeout = \"1s\"\n[p2p]\nenabled = false\n");
+    // Connected and never said anything.
+    let mut silent = UnixStream::connect(n.socket()).unwrap();
+    // One request on a keep-alive connection, then nothing.
+    let mut kept = UnixStream::connect(n.socket()).unwrap();
+    write!(kept, "GET /v1/status HTTP/1.1\r\nHost: m\r\n\r\n").unwrap();
+    // A follower of a topic where nothing happens (NDJSON sends no keepalives).
+    let mut quiet = UnixStream::connect(n.socket()).unwrap();
+    write!(
+        quiet,
+        "GET /v1/follow?pattern=quiet/%23&format=ndjson HTTP/1.1\r\nHost: m\r\n\r\n"
+    )
+    .unwrap();
+    assert!(
+        closed_within(&mut silent, 5),
+        "a silent connection stayed open"
+    );
+    assert!(
+        closed_within(&mut kept, 5),
+        "an idle keep-alive stayed open"
+    );
+    assert!(
+        !closed_within(&mut quiet, 3),
+        "a follower was closed for being quiet"
+    );
+    // The follower still gets what comes.
+    let r = n.post(
+        "/v1/events",
+        &json!({"topic": "quiet/t", "data": "at last"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut got = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    while !got.contains("at last") && std::time::Instant::now() < deadline {
+        use std::io::Read as _;
+        if let Ok(k) = quiet.read(&mut buf) {
+            got.push_str(&String::from_utf8_lossy(&buf[..k]));
+        }
+    }
+    assert!(got.contains("at last"), "{got}");
 }

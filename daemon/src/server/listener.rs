@@ -9,12 +9,16 @@
 //!
 //! A connection whose client stops reading (a follower that stalled, a dead peer whose
 //! socket buffer is full) is closed once a write has waited `stall` without progress,
-//! so it gives its slot, and its follower slot, back.
+//! so it gives its slot, and its follower slot, back. A connection with no follow
+//! stream open that sends and receives nothing for `idle` (an idle keep-alive, a
+//! client that connected and went away) is closed too: hyper has no such deadline
+//! unless given a timer, and axum's `serve` gives it none.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,17 +31,56 @@ pub struct Capped {
     inner: UnixListener,
     slots: Arc<Semaphore>,
     stall: Duration,
+    idle: Duration,
 }
 
 impl Capped {
     /// Caps `inner` at `max` open connections; a write that waits `stall` for the
-    /// client fails and closes its connection.
-    pub fn new(inner: UnixListener, max: usize, stall: Duration) -> Self {
+    /// client fails and closes its connection, and so does `idle` without any traffic
+    /// and no follow stream.
+    pub fn new(inner: UnixListener, max: usize, stall: Duration, idle: Duration) -> Self {
         Capped {
             inner,
             slots: Arc::new(Semaphore::new(max.max(1))),
             stall,
+            idle,
         }
+    }
+}
+
+/// Per-connection facts a handler can reach (axum's `ConnectInfo<ConnMeta>`): a follow
+/// stream marks its connection as streaming, which exempts it from the idle deadline
+/// (a quiet topic may send nothing for a long time; the write deadline still holds).
+#[derive(Debug, Clone, Default)]
+pub struct ConnMeta {
+    streams: Arc<AtomicUsize>,
+}
+
+impl ConnMeta {
+    /// Marks the connection as streaming until the guard is dropped.
+    pub fn streaming(&self) -> Streaming {
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        Streaming(self.streams.clone())
+    }
+
+    fn is_streaming(&self) -> bool {
+        self.streams.load(Ordering::Acquire) > 0
+    }
+}
+
+/// See [`ConnMeta::streaming`].
+#[derive(Debug)]
+pub struct Streaming(Arc<AtomicUsize>);
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Capped>> for ConnMeta {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Capped>) -> Self {
+        stream.io().meta.clone()
     }
 }
 
@@ -48,6 +91,13 @@ pub struct Conn {
     stall: Duration,
     /// Armed when a write finds the client not reading; cleared by any progress.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle: Duration,
+    /// Armed when a read finds nothing to read and no stream is open; when it fires
+    /// early (traffic since), it is moved to `active + idle`.
+    idle_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The last read or write that moved bytes.
+    active: tokio::time::Instant,
+    meta: ConnMeta,
 }
 
 impl Conn {
@@ -71,7 +121,35 @@ impl Conn {
             Poll::Pending => self.stalled(cx),
             ready => {
                 self.deadline = None;
+                self.active = tokio::time::Instant::now();
                 ready
+            }
+        }
+    }
+
+    /// Nothing to read: wait, unless the connection has been idle for `idle` with no
+    /// follow stream open.
+    fn idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.meta.is_streaming() {
+            self.idle_deadline = None;
+            return Poll::Pending;
+        }
+        let until = self.active + self.idle;
+        let deadline = self
+            .idle_deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        loop {
+            match deadline.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if tokio::time::Instant::now() < until => {
+                    deadline.as_mut().reset(until)
+                }
+                Poll::Ready(()) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the connection was idle",
+                    )));
+                }
             }
         }
     }
@@ -98,6 +176,10 @@ impl axum::serve::Listener for Capped {
                             _slot: slot,
                             stall: self.stall,
                             deadline: None,
+                            idle: self.idle,
+                            idle_deadline: None,
+                            active: tokio::time::Instant::now(),
+                            meta: ConnMeta::default(),
                         },
                         addr,
                     );
@@ -126,7 +208,14 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Pending => this.idle(cx),
+            ready => {
+                this.active = tokio::time::Instant::now();
+                ready
+            }
+        }
     }
 }
 

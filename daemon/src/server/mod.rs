@@ -125,7 +125,31 @@ pub fn router(state: Shared) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(single_body))
+        .layer(axum::middleware::from_fn(utf8_only))
         .with_state(state)
+}
+
+/// Refuses a request whose path or query string is not UTF-8 once percent-decoded
+/// (`pattern=%FF`). Query parsing would otherwise replace the bad bytes with U+FFFD and
+/// answer 200 with nothing found for a topic nobody asked for.
+async fn utf8_only(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    let uri = req.uri();
+    let bad = |part: &str| {
+        // `+` means a space in a query and is ASCII either way.
+        percent_encoding::percent_decode_str(part)
+            .decode_utf8()
+            .is_err()
+    };
+    if bad(uri.path()) || uri.query().is_some_and(bad) {
+        return Err(ApiError::bad(
+            "invalid_utf8",
+            "the path or query string is not UTF-8 once percent-decoded; topics and patterns are UTF-8",
+        ));
+    }
+    Ok(next.run(req).await)
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
@@ -538,6 +562,7 @@ struct FollowQuery {
 
 async fn follow_stream(
     State(st): State<Shared>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     q: Result<Query<FollowQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
@@ -585,6 +610,11 @@ async fn follow_stream(
         sse,
         metrics: st.metrics.clone(),
         permit,
+        // Exempts the connection from the idle deadline while the stream lives (absent
+        // when the router is served without connection info, as in unit tests).
+        streaming: extensions
+            .get::<axum::extract::ConnectInfo<listener::ConnMeta>>()
+            .map(|c| c.0.streaming()),
     });
     let ct = if sse {
         "text/event-stream"
