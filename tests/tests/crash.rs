@@ -330,3 +330,130 @@ fn a_power_cut_at_block_level_loses_no_acknowledged_event() {
         total.0, total.1
     );
 }
+
+/// Copies `from` into `to` file by file, pausing between files, as a slow backup of a
+/// live data directory would.
+fn copy_slowly(from: &Path, to: &Path, pause: Duration) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().filter_map(Result::ok) {
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            copy_slowly(&src, &dst, pause);
+        } else if kind.is_file() {
+            // A file deleted by a compaction since the listing is simply missing.
+            let _ = std::fs::copy(&src, &dst);
+            std::thread::sleep(pause);
+        }
+    }
+}
+
+/// Finding 5 of issue 12: a torn copy (file by file, of a live data directory) started
+/// with lost index entries and no word. Now each copy is refused as damaged, or flagged
+/// by the scan after start, or really is consistent (`murmur verify` clean): it never
+/// runs silently on an inconsistent store.
+#[test]
+fn a_torn_copy_is_refused_or_flagged_never_silent() {
+    let config = format!("[store]\nwrite_buffer_mb = 2\n{}", common::LOOPBACK_P2P);
+    let node = Node::start(&config);
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let publishers = publishers(&node.socket(), &acked, &stop, deadline);
+    std::thread::sleep(Duration::from_millis(500));
+    let tmp = tempfile::Builder::new()
+        .prefix("murmur-torn")
+        .tempdir_in("/tmp")
+        .unwrap();
+    const COPIES: usize = 6;
+    let copies: Vec<PathBuf> = (0..COPIES)
+        .map(|i| {
+            let to = tmp.path().join(format!("copy{i}"));
+            copy_slowly(&node.dir, &to, Duration::from_millis(15));
+            to
+        })
+        .collect();
+    stop.store(true, Ordering::Relaxed);
+    for p in publishers {
+        p.join().unwrap();
+    }
+    drop(node);
+
+    let (mut refused, mut flagged, mut consistent) = (0, 0, 0);
+    for dir in &copies {
+        let _ = std::fs::remove_file(dir.join("murmur.sock"));
+        let _ = std::fs::remove_file(dir.join("daemon.log"));
+        let mut child = Command::new(common::binary())
+            .args(["daemon", "--data-dir"])
+            .arg(dir)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let log = || std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+        let socket = dir.join("murmur.sock");
+        let limit = Instant::now() + Duration::from_secs(30);
+        let outcome = loop {
+            assert!(
+                Instant::now() < limit,
+                "{}: no verdict:\n{}",
+                dir.display(),
+                log()
+            );
+            if let Some(st) = child.try_wait().unwrap() {
+                assert!(!st.success());
+                let l = log();
+                assert!(
+                    l.contains("damaged") && l.contains("murmur repair"),
+                    "{}: exited without naming damage:\n{l}",
+                    dir.display()
+                );
+                let why = l.lines().rev().find(|x| x.contains("damaged")).unwrap_or("");
+                eprintln!("{}: refused: {:.300}", dir.display(), why);
+                break "refused";
+            }
+            if let Ok(r) = request(&socket, "GET", "/v1/status", None)
+                && r.status == 200
+                && r.json().get("store_problem").is_some()
+            {
+                break "flagged";
+            }
+            if log().contains("all consistent") {
+                break "consistent";
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if child.try_wait().unwrap().is_none() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            child.wait().unwrap();
+        }
+        match outcome {
+            "refused" => refused += 1,
+            "flagged" => flagged += 1,
+            _ => {
+                // The daemon said nothing: the full offline check must agree.
+                let v = Command::new(common::binary())
+                    .arg("--data-dir")
+                    .arg(dir)
+                    .args(["verify", "--json"])
+                    .output()
+                    .unwrap();
+                let report: Value = serde_json::from_str(stdout(&v).trim())
+                    .unwrap_or_else(|e| panic!("{e}: {}", stdout(&v)));
+                assert_eq!(
+                    report["clean"],
+                    true,
+                    "{}: started silently on an inconsistent store: {report}",
+                    dir.display()
+                );
+                consistent += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{COPIES} torn copies of a live data directory: {refused} refused, {flagged} flagged, {consistent} consistent (verify clean)"
+    );
+}
