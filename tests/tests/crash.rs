@@ -411,7 +411,11 @@ fn a_torn_copy_is_refused_or_flagged_never_silent() {
                     "{}: exited without naming damage:\n{l}",
                     dir.display()
                 );
-                let why = l.lines().rev().find(|x| x.contains("damaged")).unwrap_or("");
+                let why = l
+                    .lines()
+                    .rev()
+                    .find(|x| x.contains("damaged"))
+                    .unwrap_or("");
                 eprintln!("{}: refused: {:.300}", dir.display(), why);
                 break "refused";
             }
