@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use murmur_daemon::client::{Client, encode_query};
-use murmur_daemon::server::{ChangeJson, DocJson, DocUpdate, DocsList, History};
+use murmur_client::api::{ChangeJson, DocJson, DocUpdate, DocsList, History};
+use murmur_client::{Client, encode_query};
 use serde_json::{Value, json};
 
 #[derive(Subcommand)]

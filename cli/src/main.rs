@@ -16,11 +16,11 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use hyper::Method;
-use murmur_daemon::api::{
+use murmur_client::api::{
     BatchRequest, BatchResponse, EventJson, EventsPage, PublishRequest, Published, Status,
     TopicsResponse,
 };
-use murmur_daemon::client::{Client, encode_query};
+use murmur_client::{Client, encode_query};
 use murmur_daemon::config::{self, Config, KEY_FILE};
 use murmur_daemon::{keyfile, node};
 use tokio_util::sync::CancellationToken;
@@ -260,7 +260,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => {
             let mut c = Client::new(&socket(g)?);
             let st: Status = c.get("/v1/status").await?;
-            let repl: Option<murmur_daemon::api::ReplicationJson> = if st.peer_id.is_some() {
+            let repl: Option<murmur_client::api::ReplicationJson> = if st.peer_id.is_some() {
                 c.get("/v1/replication").await.ok()
             } else {
                 None
@@ -289,19 +289,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut c = Client::new(&socket(g)?);
             let req = match action {
                 None => None,
-                Some(TopicsAction::Add { pattern }) => Some(murmur_daemon::api::InterestRequest {
+                Some(TopicsAction::Add { pattern }) => Some(murmur_client::api::InterestRequest {
                     add: Some(pattern),
                     remove: None,
                 }),
                 Some(TopicsAction::Remove { pattern }) => {
-                    Some(murmur_daemon::api::InterestRequest {
+                    Some(murmur_client::api::InterestRequest {
                         add: None,
                         remove: Some(pattern),
                     })
                 }
             };
             if let Some(req) = req {
-                let r: murmur_daemon::api::InterestResponse = c.post("/v1/interest", &req).await?;
+                let r: murmur_client::api::InterestResponse = c.post("/v1/interest", &req).await?;
                 if g.json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
@@ -310,7 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let t: TopicsResponse = c.get("/v1/topics").await?;
-            let interest: Option<murmur_daemon::api::InterestResponse> =
+            let interest: Option<murmur_client::api::InterestResponse> =
                 c.get("/v1/interest").await.ok();
             output::topics(&t, g.json)?;
             if let (Some(i), false) = (interest, g.json) {
@@ -319,14 +319,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Peers => {
-            let p: murmur_daemon::api::PeersResponse =
+            let p: murmur_client::api::PeersResponse =
                 Client::new(&socket(g)?).get("/v1/peers").await?;
             output::peers(&p, g.json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dial { addr } => {
             let mut c = Client::new(&socket(g)?);
-            let body = serde_json::to_vec(&murmur_daemon::api::DialRequest { addr: addr.clone() })?;
+            let body = serde_json::to_vec(&murmur_client::api::DialRequest { addr: addr.clone() })?;
             c.call(
                 Method::POST,
                 "/v1/dial",
@@ -341,7 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Sync { peer } => {
             let mut c = Client::new(&socket(g)?);
-            let body = serde_json::to_vec(&murmur_daemon::api::SyncRequest { peer: peer.clone() })?;
+            let body = serde_json::to_vec(&murmur_client::api::SyncRequest { peer: peer.clone() })?;
             c.call(
                 Method::POST,
                 "/v1/sync",

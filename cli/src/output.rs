@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
-use murmur_daemon::api::{
+use murmur_client::api::{
     EventJson, EventsPage, PeersResponse, Published, ReplicationJson, Status, TimeJson,
     TopicsResponse,
 };
@@ -102,7 +102,7 @@ pub fn status(s: &Status, repl: Option<&ReplicationJson>, json: bool) -> anyhow:
     Ok(())
 }
 
-fn clock(c: &murmur_daemon::clock::ClockStatus) {
+fn clock(c: &murmur_client::api::ClockStatus) {
     let drift = humantime::format_duration(Duration::from_millis(c.max_drift_ms));
     match &c.worst {
         None => println!("clock       no remote clock beyond the {drift} drift limit"),

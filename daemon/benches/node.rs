@@ -9,9 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use murmur_client::Client;
+use murmur_client::api::{BatchRequest, BatchResponse, PublishRequest, Published};
 use murmur_core::{Draft, Durability, Event, Keypair, Payload, Seq, Store, Timestamp, Topic};
-use murmur_daemon::api::{BatchRequest, BatchResponse, PublishRequest, Published};
-use murmur_daemon::client::Client;
 use murmur_daemon::config::{Config, SyncPolicy};
 use murmur_store::{RocksConfig, RocksStore};
 use tokio_util::sync::CancellationToken;
@@ -298,7 +298,7 @@ fn main() {
             }
             let (single4, lat4) = singles(&node.socket, 4, SINGLE_EVENTS).await;
             let (_, lat1) = singles(&node.socket, 1, LATENCY_REQUESTS).await;
-            let st: murmur_daemon::api::Status = Client::new(&node.socket)
+            let st: murmur_client::api::Status = Client::new(&node.socket)
                 .get("/v1/status")
                 .await
                 .expect("status");

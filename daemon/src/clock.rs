@@ -14,34 +14,8 @@ use murmur_core::{AuthorId, Clock, Timestamp};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
 
-/// The author whose clock ran furthest ahead of ours since the daemon started.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct WorstAhead {
-    /// The author.
-    pub author: String,
-    /// How far ahead of our wall clock its event was when it arrived, ms.
-    pub ahead_ms: u64,
-    /// Our wall clock when that event arrived, ms since the epoch.
-    pub seen_ms: u64,
-}
-
-/// What the clock reports in `GET /v1/status`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
-pub struct ClockStatus {
-    /// The daemon's wall clock now, ms since the epoch.
-    pub wall_ms: u64,
-    /// The last time the clock issued or merged, ms since the epoch.
-    pub last_ms: u64,
-    /// The configured drift limit, ms.
-    pub max_drift_ms: u64,
-    /// Remote events whose time was beyond the drift limit (stored, not merged).
-    pub ahead_events: u64,
-    /// The worst of them, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub worst: Option<WorstAhead>,
-}
+pub use murmur_client::api::{ClockStatus, WorstAhead};
 
 struct Inner {
     clock: Clock,

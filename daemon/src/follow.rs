@@ -15,7 +15,6 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::EventJson;
 use crate::metrics::Metrics;
 
 /// Most events per page read from the store.
@@ -130,7 +129,7 @@ fn render(events: &[(Offset, murmur_core::Event)], sse: bool) -> Bytes {
             out.extend_from_slice(format!("id: {off}\ndata: ").as_bytes());
         }
         // Serialising our own plain struct cannot fail; skip the event rather than panic.
-        if serde_json::to_writer(&mut out, &EventJson::new(ev, Some(*off))).is_err() {
+        if serde_json::to_writer(&mut out, &crate::api::event_json(ev, Some(*off))).is_err() {
             continue;
         }
         out.extend_from_slice(if sse { b"\n\n" } else { b"\n" });

@@ -15,7 +15,6 @@
 
 pub mod alloc;
 pub mod api;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod docs;

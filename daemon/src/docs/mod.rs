@@ -151,24 +151,8 @@ pub struct DocState {
     pub missing: usize,
 }
 
-/// Counters of the document manager.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct DocsStats {
-    /// Documents in memory.
-    pub loaded: usize,
-    /// Estimated memory of those documents, bytes.
-    pub memory_bytes: u64,
-    /// Snapshots written since start.
-    pub snapshots: u64,
-    /// Documents evicted since start.
-    pub evicted: u64,
-    /// Changes applied from the store since start: from peers, and from snapshots'
-    /// tails when loading (changes made here are applied as they are made).
-    pub applied: u64,
-    /// Changes skipped because they crash automerge.
-    #[serde(default)]
-    pub poisoned: u64,
-}
+/// Counters of the document manager (the API type).
+pub use murmur_client::api::DocsStats;
 
 enum Cmd {
     Change {

@@ -11,88 +11,9 @@
 
 use automerge::transaction::Transactable;
 use automerge::{ObjId, ObjType, Prop, ROOT, ReadDoc, ScalarValue, Value};
-use serde::{Deserialize, Serialize};
 
-/// One operation. Several in one request form one atomic change.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Op {
-    /// Put a JSON value at a map key or list position (replacing what is there).
-    Set {
-        /// Where.
-        path: String,
-        /// What.
-        value: serde_json::Value,
-    },
-    /// Delete a map key or a list element.
-    Delete {
-        /// Where.
-        path: String,
-    },
-    /// Put a counter with an initial value.
-    Counter {
-        /// Where.
-        path: String,
-        /// Initial value.
-        #[serde(default)]
-        value: i64,
-    },
-    /// Add to a counter (negative to subtract).
-    Increment {
-        /// The counter.
-        path: String,
-        /// By how much (default 1).
-        #[serde(default = "one")]
-        by: i64,
-    },
-    /// Put a collaboratively editable text with initial content.
-    Text {
-        /// Where.
-        path: String,
-        /// Initial content.
-        #[serde(default)]
-        value: String,
-    },
-    /// Insert a value into a list at `index` (`index` = length appends).
-    Insert {
-        /// The list.
-        path: String,
-        /// Position.
-        index: usize,
-        /// What.
-        value: serde_json::Value,
-    },
-    /// Remove `count` elements of a list from `index`.
-    Remove {
-        /// The list.
-        path: String,
-        /// Position.
-        index: usize,
-        /// How many (default 1).
-        #[serde(default = "one_usize")]
-        count: usize,
-    },
-    /// Edit a text: delete `delete` characters at `index`, then insert `insert` there.
-    Splice {
-        /// The text.
-        path: String,
-        /// Position, in characters.
-        index: usize,
-        /// Characters to delete.
-        #[serde(default)]
-        delete: usize,
-        /// Text to insert.
-        #[serde(default)]
-        insert: String,
-    },
-}
-
-fn one() -> i64 {
-    1
-}
-fn one_usize() -> usize {
-    1
-}
+/// One operation (the API type, in `murmur-client`).
+pub use murmur_client::api::Op;
 
 /// Why an operation cannot be applied. All are the client's fault (4xx).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,11 +9,12 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use murmur_core::{Body as EventBody, DocId, EventId, Offset, Topic};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{ApiError, ApiResult, JsonBody, Shared, blocking, parse_topic};
-use crate::api::TimeJson;
-use crate::docs::ops::Op;
+pub use crate::api::{
+    ChangeJson, ChangeRequest, DocJson, DocUpdate, DocsList, History, HistoryEntry,
+};
 use crate::docs::{DocError, Point};
 
 /// Most changes listed by one history request.
@@ -62,34 +63,6 @@ fn parse_doc(s: &str) -> ApiResult<DocId> {
         .map_err(|e| ApiError::bad("invalid_doc", format!("invalid document id {s:?}: {e}")))
 }
 
-/// A document change request.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChangeRequest {
-    topic: String,
-    doc: String,
-    ops: Vec<Op>,
-    #[serde(default)]
-    message: Option<String>,
-}
-
-/// A change, once durable.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ChangeJson {
-    /// Topic.
-    pub topic: String,
-    /// Document.
-    pub doc: String,
-    /// Seq of the event in this node's log for the topic.
-    pub seq: u64,
-    /// Local offset.
-    pub offset: u64,
-    /// Event id.
-    pub id: String,
-    /// automerge change hash.
-    pub hash: String,
-}
-
 pub(super) async fn change(
     State(st): State<Shared>,
     JsonBody(req): JsonBody<ChangeRequest>,
@@ -132,23 +105,6 @@ pub struct DocQuery {
     at_event: Option<String>,
     /// As of this time: RFC 3339, or milliseconds since the epoch.
     at_time: Option<String>,
-}
-
-/// A document's state.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct DocJson {
-    /// Topic.
-    pub topic: String,
-    /// Document.
-    pub doc: String,
-    /// The path asked for ("" for the whole document).
-    pub path: String,
-    /// The value there.
-    pub value: serde_json::Value,
-    /// automerge heads.
-    pub heads: Vec<String>,
-    /// Changes referenced but not yet received.
-    pub missing: usize,
 }
 
 fn point(q: &DocQuery) -> ApiResult<Option<Point>> {
@@ -217,15 +173,6 @@ pub struct TopicQuery {
     topic: String,
 }
 
-/// The documents of a topic.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct DocsList {
-    /// Topic.
-    pub topic: String,
-    /// Document ids.
-    pub docs: Vec<String>,
-}
-
 pub(super) async fn list(
     State(st): State<Shared>,
     q: Result<Query<TopicQuery>, QueryRejection>,
@@ -254,40 +201,6 @@ pub struct HistoryQuery {
     limit: Option<usize>,
 }
 
-/// One change in a document's history.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    /// Local offset.
-    pub offset: u64,
-    /// Event id.
-    pub id: String,
-    /// Author (hex public key).
-    pub author: String,
-    /// Seq in the author's log.
-    pub seq: u64,
-    /// The author's clock when it made the change.
-    pub time: TimeJson,
-    /// automerge change hash.
-    pub hash: String,
-    /// Hashes of the changes it builds on.
-    pub deps: Vec<String>,
-    /// Number of operations.
-    pub ops: usize,
-    /// The message given with the change.
-    pub message: Option<String>,
-    /// Size of the change, bytes.
-    pub bytes: usize,
-}
-
-/// A page of a document's history.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct History {
-    /// The changes, in this node's arrival order.
-    pub changes: Vec<HistoryEntry>,
-    /// Where the next page starts.
-    pub next: u64,
-}
-
 pub(super) async fn history(
     State(st): State<Shared>,
     q: Result<Query<HistoryQuery>, QueryRejection>,
@@ -311,7 +224,7 @@ pub(super) async fn history(
                 id: ev.id().to_string(),
                 author: ev.author().to_string(),
                 seq: ev.seq().0,
-                time: ev.time().into(),
+                time: crate::api::time_json(ev.time()),
                 hash: c.hash().to_string(),
                 deps: c.deps().iter().map(ToString::to_string).collect(),
                 ops: c.len(),
@@ -331,15 +244,6 @@ pub struct FollowDocQuery {
     doc: String,
     #[serde(default)]
     path: String,
-}
-
-/// One line of a document follow stream: the state after the changes up to `through`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct DocUpdate {
-    /// Every change of the document stored below this offset is reflected.
-    pub through: u64,
-    /// The value (whole document or at the path).
-    pub value: serde_json::Value,
 }
 
 /// Streams the document's state (NDJSON): now, then after every batch of changes. A

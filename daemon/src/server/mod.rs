@@ -248,7 +248,7 @@ fn published(p: &ingest::Published) -> Published {
         topic: p.event.topic().to_string(),
         seq: p.event.seq().0,
         offset: p.offset.0,
-        time: p.event.time().into(),
+        time: crate::api::time_json(p.event.time()),
     }
 }
 
@@ -390,7 +390,7 @@ async fn read_arrivals(
         events: page
             .events
             .iter()
-            .map(|(o, e)| EventJson::new(e, Some(*o)))
+            .map(|(o, e)| crate::api::event_json(e, Some(*o)))
             .collect(),
         next: page.next.0,
     }))
@@ -422,7 +422,10 @@ async fn read_log(
     let events = blocking(move || store.log_range(&author, &topic, Seq(q.from), limit)).await?;
     let next = events.last().map_or(q.from, |e| e.seq().0 + 1);
     Ok(Json(EventsPage {
-        events: events.iter().map(|e| EventJson::new(e, None)).collect(),
+        events: events
+            .iter()
+            .map(|e| crate::api::event_json(e, None))
+            .collect(),
         next,
     }))
 }
@@ -436,7 +439,7 @@ async fn event_by_id(
         .map_err(|e| ApiError::bad("invalid_id", format!("event id: {e}")))?;
     let store = st.store.clone();
     match blocking(move || store.event(&id)).await? {
-        Some(ev) => Ok(Json(EventJson::new(&ev, None))),
+        Some(ev) => Ok(Json(crate::api::event_json(&ev, None))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -463,7 +466,7 @@ async fn topics(State(st): State<Shared>) -> ApiResult<Json<TopicsResponse>> {
                 author: l.author.to_string(),
                 head_seq: l.head.seq.0,
                 head_id: l.head.id.to_string(),
-                head_time: l.head.time.into(),
+                head_time: crate::api::time_json(l.head.time),
                 frozen_at: l.frozen_at.map(|s| s.0),
             });
         }
@@ -479,8 +482,8 @@ async fn forks(State(st): State<Shared>) -> ApiResult<Json<Vec<[EventJson; 2]>>>
             .iter()
             .map(|f| {
                 [
-                    EventJson::new(&f.ours, None),
-                    EventJson::new(&f.theirs, None),
+                    crate::api::event_json(&f.ours, None),
+                    crate::api::event_json(&f.theirs, None),
                 ]
             })
             .collect(),
