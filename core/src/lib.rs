@@ -96,6 +96,7 @@ pub mod event;
 pub mod hlc;
 pub mod id;
 pub mod keys;
+pub mod replicate;
 pub mod run;
 pub mod storage;
 pub mod sync;

@@ -37,75 +37,45 @@ impl Replicator {
             tracing::warn!(error = %e, file = %self.config.peers_file.display(), "cannot save known peers");
         }
     }
+    /// Adds or removes an interest pattern (the machine decides what changes) and keeps
+    /// the result in the interest file. A read (neither add nor remove) changes
+    /// nothing: no file write, no log. The file pins the interest over the config's
+    /// p2p.topics, so writing it on a read would silently freeze later config edits.
     pub(super) fn change_interest(
         &mut self,
         add: Option<Pattern>,
         remove: Option<Pattern>,
         now: Instant,
     ) {
-        // A read (neither add nor remove) changes nothing: no file write, no log. The
-        // file pins the interest over the config's p2p.topics, so writing it on a read
-        // would silently freeze later config edits.
-        let before = self.config.topics.len();
-        let mut added = false;
-        if let Some(p) = remove {
-            self.config.topics.retain(|t| *t != p);
-            let gone: Vec<Topic> = self
-                .subscribed
-                .iter()
-                .filter(|t| !self.interested(t))
-                .cloned()
-                .collect();
-            for t in gone {
-                self.subscribed.remove(&t);
-                self.net.try_send(Command::Unsubscribe(t.to_string()));
-            }
-        }
-        if let Some(p) = add
-            && !self.config.topics.contains(&p)
-        {
-            self.config.topics.push(p);
-            added = true;
-            self.subscribe_known();
-            // Topics peers announced before we cared about them: hear them again.
-            self.net.try_send(Command::ReplaySubscriptions);
-            let peers: Vec<PeerId> = self.peers.iter().copied().collect();
-            for peer in peers {
-                self.round(peer, now);
-            }
-        }
-        if !added && self.config.topics.len() == before {
+        let (changed, outs) = self.machine.change_interest(add, remove, now, &*self.store);
+        self.outputs(outs);
+        if !changed {
             return;
         }
-        let text: String = self
-            .config
-            .topics
+        let patterns: Vec<String> = self
+            .machine
+            .interest()
             .iter()
-            .map(|p| format!("{p}\n"))
+            .map(ToString::to_string)
             .collect();
+        let text: String = patterns.iter().map(|p| format!("{p}\n")).collect();
         let tmp = self.config.interest_file.with_extension("tmp");
         let r = std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, &self.config.interest_file));
         if let Err(e) = r {
             tracing::warn!(error = %e, "cannot save the interest list");
         }
-        tracing::info!(patterns = ?self.config.topics.iter().map(ToString::to_string).collect::<Vec<_>>(), "interest changed");
+        tracing::info!(?patterns, "interest changed");
     }
 }
 
 impl Replicator {
-    /// A round on `topic` finished with a peer. While publishing is held after a
-    /// repair, counts it; once every topic the node held at start has had one, the
-    /// node's own logs are as complete as its peers can make them: the hold is lifted
-    /// (durably), after the clock has moved past the newest own event fetched back.
-    pub(super) fn confirm_own(&mut self, topic: &Topic) {
-        let Some(waiting) = &mut self.unconfirmed else {
-            return;
-        };
-        waiting.remove(topic);
-        if !waiting.is_empty() {
-            return;
-        }
+    /// The machine found that a round with a peer has finished on every topic the node
+    /// held at start (after a repair): its own logs are as complete as its peers can
+    /// make them. The hold is lifted (durably), after the clock has moved past the
+    /// newest own event fetched back. If that cannot be recorded, publishing stays held
+    /// until the next start.
+    pub(super) fn confirm_own(&mut self) {
         let (author, hold) = &self.config.own;
         match crate::ingest::last_own_time(&self.store, author) {
             Ok(t) => self.config.clock.resume_after(t),
@@ -118,7 +88,6 @@ impl Replicator {
             tracing::error!(error = %e, "cannot record that the own logs are confirmed; publishing stays held");
             return;
         }
-        self.unconfirmed = None;
         hold.release();
         tracing::info!("own logs confirmed by a sync round on every topic: publishing resumes");
     }

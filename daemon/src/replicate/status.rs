@@ -50,7 +50,7 @@ impl Replicator {
             let gone = self
                 .remote
                 .iter()
-                .filter(|((_, p), _)| !self.peers.contains(p))
+                .filter(|((_, p), _)| !self.machine.peers().contains(p))
                 .min_by_key(|(_, (at, _))| *at)
                 .map(|(k, _)| k.clone());
             match gone {
@@ -63,7 +63,7 @@ impl Replicator {
         self.remote.insert((topic.clone(), peer), (now, view));
         // Only connected peers have series: `forget_lag` removes them on disconnect.
         if let Some(behind) = behind
-            && self.peers.contains(&peer)
+            && self.machine.peers().contains(&peer)
         {
             self.metrics
                 .set_lag(topic.as_str(), &peer.to_string(), behind);
@@ -93,16 +93,16 @@ impl Replicator {
                 .or_default()
                 .push(crate::api::PeerLagJson {
                     peer: peer.to_string(),
-                    connected: self.peers.contains(peer),
+                    connected: self.machine.peers().contains(peer),
                     behind,
                     ahead,
                     seen_secs_ago: now.duration_since(*at).as_secs(),
                 });
         }
         crate::api::ReplicationJson {
-            peers: self.peers.len() as u64,
-            sync_sessions: self.sync.sessions() as u64,
-            held_out_of_order: self.pending.len as u64,
+            peers: self.machine.peers().len() as u64,
+            sync_sessions: self.machine.sessions() as u64,
+            held_out_of_order: self.machine.held() as u64,
             topics: topics
                 .into_iter()
                 .map(|(topic, peers)| crate::api::TopicLagJson {
@@ -117,7 +117,7 @@ impl Replicator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use murmur_core::{EventId, vv::Entry};
+    use murmur_core::{EventId, Seq, vv::Entry};
 
     #[test]
     fn lag_counts_the_events_one_side_lacks() {

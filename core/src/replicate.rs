@@ -1,0 +1,765 @@
+//! The replication policy of a node, as one sans-IO machine: everything a node decides
+//! about live push and anti-entropy, which the daemon and the simulator both run.
+//!
+//! [`Replicator`] wraps the anti-entropy [`Sync`] machine and adds what sits around it:
+//!
+//! - **gossip in**: a gossiped run is decoded (bounded), checked for its topic, the
+//!   node's interest and the application's body check, and its newest signature is
+//!   verified (a run is hash-linked by its encoding, so the newest event vouches for
+//!   the rest; the newest events of a batch are verified together). Valid runs are
+//!   stored in one write. Each message gets a verdict for gossipsub: `Accept` (forward
+//!   it) when it brought anything new, `Ignore` when it brought nothing or is off
+//!   interest, `Reject` when it is invalid;
+//! - **penalties**: a peer whose messages are rejected [`Config::rejects_before_ban`]
+//!   times, or that breaks the sync protocol once, is banned ([`Output::Ban`]);
+//! - **gaps**: an event past a gap in its log is held (at most
+//!   [`Config::pending_max`] events) until the gap fills; a gap still open after
+//!   [`Config::gap_wait`] is pulled from the peer that sent the event past it;
+//! - **forks**: an event that does not link to our head (the author signed another
+//!   event at that seq) starts a round with its sender, which proves the fork;
+//! - **rounds**: a round on every topic of interest with each peer that connects, a
+//!   round with the next connected peer in turn every [`Config::round_every`], a round
+//!   when a peer announces a topic we replicate, and a round on demand;
+//! - **interest**: which topics the node replicates (patterns), which it subscribes
+//!   to, and what changes when the interest does;
+//! - **own logs after a repair**: when started with topics to confirm, it reports
+//!   [`Output::OwnLogsConfirmed`] once a round with a peer has finished on each.
+//!
+//! The driver feeds it inputs (messages, peer events, durable local events, ticks with
+//! `now`) and carries out every [`Output`]: sending, gossiping, verdicts, bans,
+//! subscriptions. Like [`Sync`], the machine reads and writes the store it is given.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use crate::event::{Event, EventError};
+use crate::id::{AuthorId, Seq};
+use crate::run;
+use crate::storage::{Outcome, Store};
+use crate::sync::{self, Message, Sync};
+use crate::topic::{Pattern, Topic};
+use crate::verify::verify_batch;
+
+/// Verifies the signatures of `events` (the newest event of each run): one result per
+/// event, in order. [`verify_batch`] unless the driver gives another (the simulator
+/// caches results shared by all its nodes).
+pub type VerifyFn = dyn Fn(&[Event]) -> Vec<Result<(), EventError>> + Send + std::marker::Sync;
+
+/// Settings of the replication machine.
+#[derive(Clone)]
+pub struct Config {
+    /// Topics this node replicates.
+    pub interest: Vec<Pattern>,
+    /// Interval between periodic rounds (with the next connected peer in turn).
+    pub round_every: Duration,
+    /// How long a gap may stay open before its range is pulled.
+    pub gap_wait: Duration,
+    /// Most gossiped events held past gaps (beyond this, the gap is pulled at once).
+    pub pending_max: usize,
+    /// Rejected gossip messages a peer may forward before it is banned (a few may be
+    /// honest: a peer's checks can differ from ours, e.g. a larger change limit).
+    pub rejects_before_ban: u32,
+    /// Largest gossiped run accepted, bytes.
+    pub gossip_max_bytes: usize,
+    /// Most encoded event bytes in one gossiped run (a larger event is a run of its
+    /// own).
+    pub run_max_bytes: usize,
+    /// The anti-entropy machine's settings (including the body check).
+    pub sync: sync::Config,
+    /// Signature verification of gossip; `None`: [`verify_batch`].
+    pub verify: Option<std::sync::Arc<VerifyFn>>,
+}
+
+impl Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("interest", &self.interest)
+            .field("round_every", &self.round_every)
+            .field("gap_wait", &self.gap_wait)
+            .field("pending_max", &self.pending_max)
+            .field("rejects_before_ban", &self.rejects_before_ban)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            interest: vec![Pattern::new("#").unwrap_or_else(|_| unreachable!("# parses"))],
+            round_every: Duration::from_secs(10),
+            gap_wait: Duration::from_millis(300),
+            pending_max: 16_384,
+            rejects_before_ban: 3,
+            gossip_max_bytes: 2 << 20,
+            run_max_bytes: 64 * 1024,
+            sync: sync::Config::default(),
+            verify: None,
+        }
+    }
+}
+
+/// What gossipsub should do with a received message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid and new: deliver and forward.
+    Accept,
+    /// Valid but nothing new, or not a topic we replicate: drop quietly.
+    Ignore,
+    /// Invalid: drop, and count it against the sender.
+    Reject,
+}
+
+/// A gossiped message as received: who forwarded it, its id (for the verdict), the
+/// gossip topic it came on, and its bytes (a run).
+#[derive(Debug, Clone)]
+pub struct Gossip<P, M> {
+    /// The peer that forwarded it.
+    pub from: P,
+    /// The message id, returned with the verdict.
+    pub id: M,
+    /// The gossip topic it came on.
+    pub topic: String,
+    /// The run's bytes.
+    pub data: Vec<u8>,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone)]
+pub enum Output<P, M> {
+    /// An output of the anti-entropy machine (send, stored, done, failed, misbehaved,
+    /// fork); the machine has already acted on it (held events drained, bans, own-log
+    /// confirmation).
+    Sync(sync::Output<P>),
+    /// Gossip a run of durable events on its topic.
+    Gossip {
+        /// The topic.
+        topic: Topic,
+        /// The encoded run.
+        data: Vec<u8>,
+    },
+    /// The verdict on a gossiped message.
+    Verdict {
+        /// The message id.
+        id: M,
+        /// The peer that forwarded it.
+        from: P,
+        /// What to do with it.
+        verdict: Verdict,
+    },
+    /// Gossiped events newly stored (held ones too, once their gap filled).
+    Received {
+        /// The events.
+        events: Vec<Event>,
+    },
+    /// A gossiped message was refused; `reason` is a stable label.
+    Rejected {
+        /// The peer that forwarded it.
+        from: P,
+        /// `malformed`, `wrong_topic`, `bad_body`, `bad_signature`, `pending_full`.
+        reason: &'static str,
+    },
+    /// Gossiped events we already held.
+    Duplicates(u64),
+    /// Keep `peer` out: it misbehaved (`bad_gossip` or `sync_violation`).
+    Ban {
+        /// The peer.
+        peer: P,
+        /// A stable label.
+        reason: &'static str,
+    },
+    /// Join the gossip of a topic.
+    Subscribe(Topic),
+    /// Leave the gossip of a topic.
+    Unsubscribe(Topic),
+    /// Announce again the topics peers subscribed to (interest grew: hear them again).
+    ReplaySubscriptions,
+    /// A round with a peer has finished on every topic to confirm (see
+    /// [`Replicator::new`]): the node's own logs are as complete as its peers can make
+    /// them.
+    OwnLogsConfirmed,
+}
+
+type Outs<P, M> = Vec<Output<P, M>>;
+
+/// When a log's gap was seen, who sent the event past it, and the held events by seq.
+type Held<P> = (Instant, P, BTreeMap<Seq, Event>);
+
+/// The replication machine of one node.
+pub struct Replicator<P, M> {
+    config: Config,
+    sync: Sync<P>,
+    peers: BTreeSet<P>,
+    subscribed: BTreeSet<Topic>,
+    held: BTreeMap<(Topic, AuthorId), Held<P>>,
+    held_len: usize,
+    rejects: BTreeMap<P, u32>,
+    next_peer: usize,
+    last_round: Option<Instant>,
+    unconfirmed: Option<BTreeSet<Topic>>,
+    _msg: std::marker::PhantomData<fn() -> M>,
+}
+
+impl<P, M> Debug for Replicator<P, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicator")
+            .field("peers", &self.peers.len())
+            .field("held", &self.held_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
+    /// A machine with `config`. `confirm`: topics on which a finished round with a peer
+    /// must confirm the node's own logs (after a repair), if any.
+    pub fn new(config: Config, confirm: Option<BTreeSet<Topic>>) -> Self {
+        Replicator {
+            sync: Sync::new(config.sync.clone()),
+            config,
+            peers: BTreeSet::new(),
+            subscribed: BTreeSet::new(),
+            held: BTreeMap::new(),
+            held_len: 0,
+            rejects: BTreeMap::new(),
+            next_peer: 0,
+            last_round: None,
+            unconfirmed: confirm,
+            _msg: std::marker::PhantomData,
+        }
+    }
+
+    /// The topic patterns in force.
+    pub fn interest(&self) -> &[Pattern] {
+        &self.config.interest
+    }
+
+    /// Whether this node replicates `topic`.
+    pub fn interested(&self, topic: &Topic) -> bool {
+        self.config.interest.iter().any(|p| p.matches(topic))
+    }
+
+    /// Connected peers.
+    pub fn peers(&self) -> &BTreeSet<P> {
+        &self.peers
+    }
+
+    /// Sync sessions in progress.
+    pub fn sessions(&self) -> usize {
+        self.sync.sessions()
+    }
+
+    /// Gossiped events held past gaps.
+    pub fn held(&self) -> usize {
+        self.held_len
+    }
+
+    /// True while own logs wait for confirmation.
+    pub fn confirming(&self) -> bool {
+        self.unconfirmed.is_some()
+    }
+
+    /// At start: subscribe to every topic of interest the store holds.
+    pub fn start<S: Store>(&mut self, store: &S) -> Outs<P, M> {
+        let mut outs = Vec::new();
+        for t in self.known_topics(store) {
+            self.subscribe(&t, &mut outs);
+        }
+        outs
+    }
+
+    /// A peer connected: a round with it on every topic.
+    pub fn connected<S: Store>(&mut self, peer: P, now: Instant, store: &S) -> Outs<P, M> {
+        self.peers.insert(peer.clone());
+        let mut outs = Vec::new();
+        self.round(peer, now, store, &mut outs);
+        outs
+    }
+
+    /// A peer disconnected: its sessions fail.
+    pub fn disconnected<S: Store>(&mut self, peer: &P, store: &S) -> Outs<P, M> {
+        self.peers.remove(peer);
+        let mut outs = Vec::new();
+        let failed = self.sync.peer_gone(peer);
+        self.sync_outputs(failed, store, &mut outs);
+        outs
+    }
+
+    /// A peer announced a topic (gossip subscription): if we replicate it, join its
+    /// gossip and reconcile it with that peer now.
+    pub fn peer_subscribed<S: Store>(
+        &mut self,
+        peer: P,
+        topic: &str,
+        now: Instant,
+        store: &S,
+    ) -> Outs<P, M> {
+        let mut outs = Vec::new();
+        if let Ok(topic) = Topic::new(topic)
+            && self.interested(&topic)
+        {
+            self.subscribe(&topic, &mut outs);
+            let o = self.sync.start(peer, topic, now, store);
+            self.sync_outputs(o, store, &mut outs);
+        }
+        outs
+    }
+
+    /// A sync message from `peer`. Messages on topics we do not replicate are dropped
+    /// (the peer's round times out).
+    pub fn sync_message<S: Store>(
+        &mut self,
+        peer: P,
+        msg: Message,
+        now: Instant,
+        store: &S,
+    ) -> Outs<P, M> {
+        let mut outs = Vec::new();
+        if let Some(t) = msg.topic().cloned() {
+            if !self.interested(&t) {
+                return outs;
+            }
+            self.subscribe(&t, &mut outs);
+        }
+        let o = self.sync.handle(peer, msg, now, store);
+        self.sync_outputs(o, store, &mut outs);
+        outs
+    }
+
+    /// A round now, with `peer` or with every connected peer.
+    pub fn sync_now<S: Store>(&mut self, peer: Option<P>, now: Instant, store: &S) -> Outs<P, M> {
+        let peers: Vec<P> = match peer {
+            Some(p) => vec![p],
+            None => self.peers.iter().cloned().collect(),
+        };
+        let mut outs = Vec::new();
+        for p in peers {
+            self.round(p, now, store, &mut outs);
+        }
+        outs
+    }
+
+    /// Durable local events: gossip them as runs, consecutive events of one log in one
+    /// message (framing, message ids and IDONTWANT are paid per run).
+    pub fn published(&mut self, mut events: Vec<Event>) -> Outs<P, M> {
+        events.sort_by(|a, b| {
+            (a.topic(), a.author(), a.seq()).cmp(&(b.topic(), b.author(), b.seq()))
+        });
+        let mut outs = Vec::new();
+        for r in run::split(&events, self.config.run_max_bytes) {
+            let topic = r[0].topic().clone();
+            self.subscribe(&topic, &mut outs);
+            // Encoding our own valid events cannot fail; if it did, anti-entropy
+            // delivers them.
+            if let Ok(data) = run::encode(r) {
+                outs.push(Output::Gossip { topic, data });
+            }
+        }
+        outs
+    }
+
+    /// Gossiped messages: checked, verified together, the valid ones stored in one
+    /// write; a verdict for each.
+    pub fn gossiped<S: Store>(
+        &mut self,
+        batch: Vec<Gossip<P, M>>,
+        now: Instant,
+        store: &S,
+    ) -> Outs<P, M> {
+        let mut outs = Vec::new();
+        let mut valid: Vec<(P, M, Vec<Event>)> = Vec::with_capacity(batch.len());
+        for g in batch {
+            let refused = match run::decode(&g.data, self.config.gossip_max_bytes) {
+                Err(_) => "malformed",
+                Ok(evs) if evs[0].topic().as_str() != g.topic => "wrong_topic",
+                Ok(evs) if !self.interested(evs[0].topic()) => {
+                    outs.push(Output::Verdict {
+                        id: g.id,
+                        from: g.from,
+                        verdict: Verdict::Ignore,
+                    });
+                    continue;
+                }
+                Ok(evs) if self.bad_body(&evs) => "bad_body",
+                Ok(evs) => {
+                    valid.push((g.from, g.id, evs));
+                    continue;
+                }
+            };
+            self.reject(g.from, g.id, refused, store, &mut outs);
+        }
+        // A decoded run is hash-linked by construction: its newest event vouches for it.
+        let newest: Vec<Event> = valid
+            .iter()
+            .filter_map(|(_, _, evs)| evs.last().cloned())
+            .collect();
+        let checks = match &self.config.verify {
+            Some(f) => f(&newest),
+            None => verify_batch(&newest),
+        };
+        let mut good = Vec::with_capacity(valid.len());
+        for ((from, id, evs), check) in valid.into_iter().zip(checks) {
+            match check {
+                Ok(()) => good.push((from, id, evs)),
+                Err(_) => self.reject(from, id, "bad_signature", store, &mut outs),
+            }
+        }
+        if good.is_empty() {
+            return outs;
+        }
+        let events: Vec<Event> = good.iter().flat_map(|(_, _, evs)| evs.clone()).collect();
+        let Ok(outcomes) = store.insert(&events, self.config.sync.durability) else {
+            // Not stored: nothing to forward; anti-entropy brings them later.
+            for (from, id, _) in good {
+                outs.push(Output::Verdict {
+                    id,
+                    from,
+                    verdict: Verdict::Ignore,
+                });
+            }
+            return outs;
+        };
+        let mut outcomes = outcomes.into_iter();
+        let mut appended: BTreeSet<(Topic, AuthorId)> = BTreeSet::new();
+        let mut received = Vec::new();
+        let mut duplicates = 0;
+        for (from, id, evs) in good {
+            // Accept (and so forward) a run that brought anything new.
+            let mut verdict = Verdict::Ignore;
+            let mut round = false;
+            for ev in evs {
+                match outcomes.next() {
+                    Some(Outcome::Appended(_)) => {
+                        appended.insert((ev.topic().clone(), ev.author()));
+                        received.push(ev);
+                        verdict = Verdict::Accept;
+                    }
+                    Some(Outcome::Gap { .. }) => {
+                        // Held until the gap fills: forward it meanwhile.
+                        let held = self.hold(from.clone(), ev, now, store, &mut outs);
+                        if held {
+                            verdict = Verdict::Accept;
+                        }
+                    }
+                    // The author forked at our head: a round with the sender proves it.
+                    Some(Outcome::PrevMismatch) if !round => {
+                        round = true;
+                        let o = self
+                            .sync
+                            .start(from.clone(), ev.topic().clone(), now, store);
+                        self.sync_outputs(o, store, &mut outs);
+                    }
+                    Some(Outcome::Duplicate) => duplicates += 1,
+                    _ => {}
+                }
+            }
+            outs.push(Output::Verdict { id, from, verdict });
+        }
+        if duplicates > 0 {
+            outs.push(Output::Duplicates(duplicates));
+        }
+        if !received.is_empty() {
+            outs.push(Output::Received { events: received });
+        }
+        for (topic, author) in appended {
+            self.drain(&topic, author, store, &mut outs);
+        }
+        outs
+    }
+
+    /// Time passed: sync deadlines, gaps due for a pull, the periodic round.
+    pub fn tick<S: Store>(&mut self, now: Instant, store: &S) -> Outs<P, M> {
+        let mut outs = Vec::new();
+        let o = self.sync.tick(now);
+        self.sync_outputs(o, store, &mut outs);
+        // Gaps still open after gap_wait: pull them from the peer that sent the event
+        // past the gap (at most one pull per gap_wait per log).
+        let wait = self.config.gap_wait;
+        let due: Vec<(Topic, AuthorId, P, Seq)> = self
+            .held
+            .iter_mut()
+            .filter(|(_, (since, _, evs))| now.duration_since(*since) >= wait && !evs.is_empty())
+            .map(|((t, a), (since, peer, evs))| {
+                *since = now;
+                let last = evs.keys().next_back().copied().unwrap_or_default();
+                (t.clone(), *a, peer.clone(), last)
+            })
+            .collect();
+        for (topic, author, peer, to) in due {
+            let o = self.sync.pull(peer, topic, author, to, now, store);
+            self.sync_outputs(o, store, &mut outs);
+        }
+        let due = self
+            .last_round
+            .is_none_or(|t| now.duration_since(t) >= self.config.round_every);
+        if due && !self.peers.is_empty() {
+            self.last_round = Some(now);
+            self.next_peer = (self.next_peer + 1) % self.peers.len();
+            if let Some(peer) = self.peers.iter().nth(self.next_peer).cloned() {
+                self.round(peer, now, store, &mut outs);
+            }
+        } else if self.last_round.is_none() {
+            self.last_round = Some(now);
+        }
+        outs
+    }
+
+    /// Adds and/or removes an interest pattern. Returns whether the interest changed,
+    /// and what to do: leave topics no longer wanted; join the new ones, hear peers'
+    /// subscriptions again and run a round with every peer.
+    pub fn change_interest<S: Store>(
+        &mut self,
+        add: Option<Pattern>,
+        remove: Option<Pattern>,
+        now: Instant,
+        store: &S,
+    ) -> (bool, Outs<P, M>) {
+        let mut outs = Vec::new();
+        let before = self.config.interest.len();
+        let mut added = false;
+        if let Some(p) = remove {
+            self.config.interest.retain(|t| *t != p);
+            let gone: Vec<Topic> = self
+                .subscribed
+                .iter()
+                .filter(|t| !self.interested(t))
+                .cloned()
+                .collect();
+            for t in gone {
+                self.subscribed.remove(&t);
+                outs.push(Output::Unsubscribe(t));
+            }
+        }
+        if let Some(p) = add
+            && !self.config.interest.contains(&p)
+        {
+            self.config.interest.push(p);
+            added = true;
+            for t in self.known_topics(store) {
+                self.subscribe(&t, &mut outs);
+            }
+            outs.push(Output::ReplaySubscriptions);
+            let peers: Vec<P> = self.peers.iter().cloned().collect();
+            for peer in peers {
+                self.round(peer, now, store, &mut outs);
+            }
+        }
+        (added || self.config.interest.len() != before, outs)
+    }
+
+    /// Bans `peer` (the driver also bans for its own reasons): its sessions fail.
+    pub fn ban<S: Store>(&mut self, peer: P, reason: &'static str, store: &S) -> Outs<P, M> {
+        let mut outs = Vec::new();
+        self.ban_into(peer, reason, store, &mut outs);
+        outs
+    }
+
+    fn ban_into<S: Store>(
+        &mut self,
+        peer: P,
+        reason: &'static str,
+        store: &S,
+        outs: &mut Outs<P, M>,
+    ) {
+        self.rejects.remove(&peer);
+        outs.push(Output::Ban {
+            peer: peer.clone(),
+            reason,
+        });
+        let failed = self.sync.peer_gone(&peer);
+        self.sync_outputs(failed, store, outs);
+    }
+
+    fn bad_body(&self, evs: &[Event]) -> bool {
+        self.config
+            .sync
+            .check
+            .as_ref()
+            .is_some_and(|check| evs.iter().any(|e| (check.0)(e).is_err()))
+    }
+
+    /// A refused message: `Reject` for gossipsub, and a ban once the peer has forwarded
+    /// too many.
+    fn reject<S: Store>(
+        &mut self,
+        from: P,
+        id: M,
+        reason: &'static str,
+        store: &S,
+        outs: &mut Outs<P, M>,
+    ) {
+        outs.push(Output::Rejected {
+            from: from.clone(),
+            reason,
+        });
+        outs.push(Output::Verdict {
+            id,
+            from: from.clone(),
+            verdict: Verdict::Reject,
+        });
+        let n = self.rejects.entry(from.clone()).or_insert(0);
+        *n += 1;
+        if *n >= self.config.rejects_before_ban {
+            self.ban_into(from, "bad_gossip", store, outs);
+        }
+    }
+
+    fn known_topics<S: Store>(&self, store: &S) -> Vec<Topic> {
+        let mut topics: Vec<Topic> = store
+            .logs()
+            .map(|logs| logs.into_iter().map(|l| l.topic).collect())
+            .unwrap_or_default();
+        // Exact topics named in the interest list replicate even before we hold them.
+        topics.extend(self.config.interest.iter().filter_map(Pattern::as_topic));
+        topics.sort();
+        topics.dedup();
+        topics.retain(|t| self.interested(t));
+        topics
+    }
+
+    fn subscribe(&mut self, topic: &Topic, outs: &mut Outs<P, M>) {
+        if self.interested(topic) && self.subscribed.insert(topic.clone()) {
+            outs.push(Output::Subscribe(topic.clone()));
+        }
+    }
+
+    fn round<S: Store>(&mut self, peer: P, now: Instant, store: &S, outs: &mut Outs<P, M>) {
+        for topic in self.known_topics(store) {
+            let o = self.sync.start(peer.clone(), topic, now, store);
+            self.sync_outputs(o, store, outs);
+        }
+    }
+
+    /// Passes the sync machine's outputs on, and acts on them: a stored range may let
+    /// held events follow, a finished round may confirm own logs, a protocol violation
+    /// bans the peer.
+    fn sync_outputs<S: Store>(
+        &mut self,
+        o: Vec<sync::Output<P>>,
+        store: &S,
+        outs: &mut Outs<P, M>,
+    ) {
+        for out in o {
+            let mut drain = BTreeSet::new();
+            let mut done = None;
+            let mut ban = None;
+            match &out {
+                sync::Output::Stored { events, .. } => {
+                    drain = events
+                        .iter()
+                        .map(|(_, e)| (e.topic().clone(), e.author()))
+                        .collect();
+                }
+                sync::Output::Done { topic, .. } => done = Some(topic.clone()),
+                sync::Output::Misbehaved { peer, .. } => ban = Some(peer.clone()),
+                _ => {}
+            }
+            outs.push(Output::Sync(out));
+            for (topic, author) in drain {
+                self.drain(&topic, author, store, outs);
+            }
+            if let Some(topic) = done {
+                self.confirm(&topic, outs);
+            }
+            if let Some(peer) = ban {
+                self.ban_into(peer, "sync_violation", store, outs);
+            }
+        }
+    }
+
+    fn confirm(&mut self, topic: &Topic, outs: &mut Outs<P, M>) {
+        let Some(waiting) = &mut self.unconfirmed else {
+            return;
+        };
+        waiting.remove(topic);
+        if waiting.is_empty() {
+            self.unconfirmed = None;
+            outs.push(Output::OwnLogsConfirmed);
+        }
+    }
+
+    /// Holds a valid event that arrived past a gap (gossip took another path for the
+    /// events before it) until the gap fills; `tick` pulls gaps that stay open. When
+    /// the holding area is full, the gap is pulled at once instead. True when held.
+    fn hold<S: Store>(
+        &mut self,
+        from: P,
+        ev: Event,
+        now: Instant,
+        store: &S,
+        outs: &mut Outs<P, M>,
+    ) -> bool {
+        if self.held_len >= self.config.pending_max {
+            outs.push(Output::Rejected {
+                from: from.clone(),
+                reason: "pending_full",
+            });
+            let o = self
+                .sync
+                .pull(from, ev.topic().clone(), ev.author(), ev.seq(), now, store);
+            self.sync_outputs(o, store, outs);
+            return false;
+        }
+        let entry = self
+            .held
+            .entry((ev.topic().clone(), ev.author()))
+            .or_insert_with(|| (now, from, BTreeMap::new()));
+        if entry.2.insert(ev.seq(), ev).is_none() {
+            self.held_len += 1;
+        }
+        true
+    }
+
+    /// Stores the held events of a log that now continue its head, in one batch each.
+    fn drain<S: Store>(
+        &mut self,
+        topic: &Topic,
+        author: AuthorId,
+        store: &S,
+        outs: &mut Outs<P, M>,
+    ) {
+        let key = (topic.clone(), author);
+        loop {
+            let Ok(state) = store.log_state(&author, topic) else {
+                return;
+            };
+            let head = state.head.map(|h| h.seq);
+            let Some((_, _, held)) = self.held.get_mut(&key) else {
+                return;
+            };
+            // Forget what the log already holds.
+            while let Some((&s, _)) = held.first_key_value() {
+                if head.is_some_and(|h| s <= h) {
+                    held.remove(&s);
+                    self.held_len -= 1;
+                } else {
+                    break;
+                }
+            }
+            let mut next = head.map_or(Seq(0), |h| Seq(h.0 + 1));
+            let mut run = Vec::new();
+            while let Some(ev) = held.remove(&next) {
+                self.held_len -= 1;
+                run.push(ev);
+                next = Seq(next.0 + 1);
+            }
+            if held.is_empty() {
+                self.held.remove(&key);
+            }
+            if run.is_empty() {
+                return;
+            }
+            let Ok(outcomes) = store.insert(&run, self.config.sync.durability) else {
+                return;
+            };
+            let stored: Vec<Event> = run
+                .into_iter()
+                .zip(outcomes)
+                .filter(|(_, o)| matches!(o, Outcome::Appended(_)))
+                .map(|(ev, _)| ev)
+                .collect();
+            if !stored.is_empty() {
+                outs.push(Output::Received { events: stored });
+            }
+        }
+    }
+}
