@@ -161,6 +161,9 @@ pub enum Output<P, M> {
     },
     /// Gossiped events we already held.
     Duplicates(u64),
+    /// A gossiped event conflicted with a held one at its seq: the store kept the fork
+    /// proof and froze the log.
+    Forked(Event),
     /// Keep `peer` out: it misbehaved (`bad_gossip` or `sync_violation`).
     Ban {
         /// The peer.
@@ -449,6 +452,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                         self.sync_outputs(o, store, &mut outs);
                     }
                     Some(Outcome::Duplicate) => duplicates += 1,
+                    Some(Outcome::Fork(_)) => outs.push(Output::Forked(ev)),
                     _ => {}
                 }
             }

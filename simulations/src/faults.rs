@@ -38,8 +38,8 @@ impl Sim {
             self.wipe(i);
         }
         self.nodes[i].online = true;
-        // A node that comes back runs a round with a neighbour at once.
-        self.round(i);
+        // Its machine meets its neighbours again at its next tick, and rounds with each
+        // as it connects.
     }
 
     /// Node `i` comes back without its store (a reset or replaced device): an empty
@@ -55,7 +55,11 @@ impl Sim {
         let node = &mut self.nodes[i];
         node.lost.extend(held);
         node.store = MemoryStore::new();
-        node.sync = Sync::new(replication::sync_config());
+        node.machine = Replicator::new(
+            replication::machine_config(&self.sc, node.interested, &self.topic, &self.verifier),
+            None,
+        );
+        node.banned.clear();
         node.seen.clear();
         node.mcache.clear();
         node.has.clear();

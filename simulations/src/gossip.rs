@@ -14,59 +14,37 @@ impl Sim {
         }
     }
 
-    /// A received run, verified and stored (after `validate_ms`): the node holds it,
-    /// pulls any gap from the sender, and forwards it to its mesh.
+    /// A received run, after `validate_ms`: the node's replication machine checks,
+    /// verifies and stores it, holds what lies past a gap, and gives the verdict.
     pub(crate) fn validated(&mut self, node: usize, from: usize, id: MsgId, run: Arc<Vec<u8>>) {
-        // Decoding and verifying the same bytes gives the same result on every
-        // node: done once per message, shared (the events' bytes too).
-        let decoded = match self.decoded.get(&id) {
-            Some(d) => d.clone(),
-            None => {
-                let verify_push = self.sc.verify_push;
-                let d = run::decode(&run, usize::MAX)
-                    .ok()
-                    .filter(|evs| !verify_push || verify::verify_range(evs, None).is_ok())
-                    .map(Arc::new);
-                self.decoded.insert(id, d.clone());
-                d
-            }
-        };
-        // A real node rejects a bad run and scores the sender down.
-        let Some(events) = decoded else {
-            return;
-        };
-        let outcomes = self.store(node, &events);
-        if outcomes.iter().any(|o| matches!(o, Outcome::PrevMismatch)) {
-            // The author signed another event at our head's seq: as the daemon does, a
-            // round with the sender proves the fork.
-            let now = self.instant();
-            let n = &mut self.nodes[node];
-            let outs = n.sync.start(from, self.topic.clone(), now, &n.store);
-            self.outputs(node, outs);
+        let now = self.instant();
+        let topic = self.topic.to_string();
+        let n = &mut self.nodes[node];
+        let outs = n.machine.gossiped(
+            vec![Gossip {
+                from,
+                id,
+                topic,
+                data: run.to_vec(),
+            }],
+            now,
+            &n.store,
+        );
+        self.outputs(node, outs);
+    }
+
+    /// gossipsub on `Accept`: the node keeps the message in its cache and forwards it to
+    /// its mesh (after `hold_ms`).
+    pub(crate) fn accepted(&mut self, node: usize, from: usize, id: MsgId) {
+        self.remember(node, id);
+        if self.sc.push == Push::Plumtree {
+            self.nodes[node].announce.push(id);
         }
-        if outcomes.iter().any(|o| matches!(o, Outcome::Gap { .. })) {
-            // The daemon holds it and pulls the gap; here: pull from the sender.
-            let ev = &events[events.len() - 1];
-            let (topic, author, seq) = (ev.topic().clone(), ev.author(), ev.seq());
-            let now = self.instant();
-            let n = &mut self.nodes[node];
-            let outs = n.sync.pull(from, topic, author, seq, now, &n.store);
-            self.outputs(node, outs);
-        }
-        if outcomes
-            .iter()
-            .any(|o| matches!(o, Outcome::Appended(_) | Outcome::Gap { .. }))
-        {
-            self.remember(node, id);
-            if self.sc.push == Push::Plumtree {
-                self.nodes[node].announce.push(id);
-            }
-            let hold = (self.sc.hold_ms * 1000.0) as u64;
-            if hold == 0 {
-                self.forward(node, from, id);
-            } else {
-                self.at(self.now + hold, Ev::Forward { node, from, id });
-            }
+        let hold = (self.sc.hold_ms * 1000.0) as u64;
+        if hold == 0 {
+            self.forward(node, from, id);
+        } else {
+            self.at(self.now + hold, Ev::Forward { node, from, id });
         }
     }
 

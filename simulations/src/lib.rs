@@ -3,8 +3,11 @@
 //! murmur's replication over a virtual network of up to 10,000 nodes in one process,
 //! deterministic from a seed. What runs is the project's own code: events are signed
 //! and encoded by `murmur-core`, pushed as real runs (`core::run`), checked by the real
-//! acceptance rules in the real in-memory store, and reconciled by the real sans-IO sync
-//! machine (`core::sync`), every sync message crossing the real frame codec.
+//! acceptance rules in the real in-memory store, and handled by the daemon's own
+//! replication machine (`core::replicate`: gossip checks and verdicts, bans, events held
+//! past gaps and gap pulls, rounds on connect and in turn, fork handling) around the
+//! real sans-IO sync machine (`core::sync`), every sync message crossing the real frame
+//! codec. The simulator has no replication policy of its own.
 //!
 //! What is a **model** (see `simulations/README.md` for what it leaves out):
 //! - live push follows gossipsub's mesh: each node keeps a mesh of `mesh_n` neighbours
@@ -25,9 +28,13 @@
 //!   every message costs its encoded size plus [`FRAMING`] bytes;
 //! - byzantine nodes that publish forged events; invariants checked at every write of
 //!   an honest node (only events an honest author published; heads never go back);
-//! - a signature is verified once per distinct run or event across the whole
-//!   simulation (the result is the same on every node), so 10,000 nodes do not spend
-//!   10,000 verifications each; sync ranges are verified by the sync machine itself.
+//! - a gossiped run's signature is verified once per distinct event across the whole
+//!   simulation (the machine's verifier hook; the result is the same on every node),
+//!   so 10,000 nodes do not spend 10,000 verifications each; sync ranges are verified
+//!   by the sync machine itself;
+//! - connections: a node's machine learns at its next tick (every second) which
+//!   neighbours it can reach, as the daemon learns from libp2p (connect and
+//!   disconnect); bans cut the link at the banning end.
 //!
 //! Layout: this file builds the fleet, runs the event loop and delivers messages;
 //! `network` is the clock and the links, `gossip` the gossipsub mesh, `plumtree` the
@@ -41,10 +48,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use murmur_core::sync::{self, Message, Output, Sync};
+use murmur_core::replicate::{self, Gossip, Output, Replicator};
+use murmur_core::sync::{self, Message};
 use murmur_core::{
-    AuthorId, Clock, Draft, Durability, Event, EventId, Keypair, Outcome, Payload, Seq, Store,
-    Topic, run, verify,
+    AuthorId, Clock, Draft, Durability, Event, EventId, Keypair, Outcome, Pattern, Payload, Seq,
+    Store, Topic,
 };
 use murmur_store::MemoryStore;
 use rand::rngs::SmallRng;
@@ -127,8 +135,6 @@ enum Ev {
         id: MsgId,
     },
     Tick(usize),
-    /// A node's anti-entropy timer.
-    Round(usize),
     Publish(usize),
     PartitionStart,
     Heal,
@@ -170,7 +176,10 @@ impl Ord for Queued {
 
 struct Node {
     store: MemoryStore,
-    sync: Sync<usize>,
+    /// The daemon's replication machine.
+    machine: Replicator<usize, MsgId>,
+    /// Peers this node banned (their messages are dropped, no rounds with them).
+    banned: BTreeSet<usize>,
     neighbors: Vec<usize>,
     mesh: BTreeSet<usize>,
     seen: BTreeSet<MsgId>,
@@ -183,8 +192,6 @@ struct Node {
     announce: Vec<MsgId>,
     /// Plumtree: neighbours that announced a message this node lacks, in order.
     announced: HashMap<MsgId, VecDeque<usize>>,
-    /// Anti-entropy: index of the last peer rounded with, among the reachable ones.
-    next_peer: usize,
     online: bool,
     side: bool,
     /// Cut off by swizzle-clog.
@@ -220,8 +227,8 @@ pub struct Sim {
     nodes: Vec<Node>,
     topic: Topic,
     partitioned: bool,
-    /// Pushed runs decoded and verified once: the events, or `None` if invalid.
-    decoded: HashMap<MsgId, Option<Arc<Vec<Event>>>>,
+    /// Every node's verifier of gossiped runs: one verification per distinct event.
+    verifier: Arc<replicate::VerifyFn>,
     /// Every run pushed, by message id.
     runs: HashMap<MsgId, Arc<Vec<u8>>>,
     /// Publish time (µs) of every event, and when each interested node first held it.
@@ -286,8 +293,11 @@ impl Sim {
             .partition
             .as_ref()
             .map_or(0, |p| (p.fraction * n as f64) as usize);
+        let topic = Topic::new("sim/events")?;
+        let verifier = replication::shared_verifier(sc.verify_push);
         let mut nodes = Vec::with_capacity(n);
         for (i, nb) in neighbors.into_iter().enumerate() {
+            let interested = i < sc.publishers || rng.random_range(0.0..1.0) < sc.interested;
             let nb: Vec<usize> = nb.into_iter().collect();
             let forger = i >= sc.publishers && i < sc.publishers + sc.forgers;
             let clone_of = (i >= sc.publishers + sc.forgers)
@@ -297,7 +307,11 @@ impl Sim {
                 .then(|| (author_key(i, sc.seed), Clock::default(), None));
             nodes.push(Node {
                 store: MemoryStore::new(),
-                sync: Sync::new(replication::sync_config()),
+                machine: Replicator::new(
+                    replication::machine_config(&sc, interested, &topic, &verifier),
+                    None,
+                ),
+                banned: BTreeSet::new(),
                 neighbors: nb,
                 mesh: BTreeSet::new(),
                 seen: BTreeSet::new(),
@@ -305,7 +319,6 @@ impl Sim {
                 has: HashMap::new(),
                 announce: Vec::new(),
                 announced: HashMap::new(),
-                next_peer: 0,
                 online: true,
                 side: i >= n - small_side,
                 cut: false,
@@ -314,7 +327,7 @@ impl Sim {
                 uplink_free: 0,
                 heads: HashMap::new(),
                 lost: BTreeSet::new(),
-                interested: i < sc.publishers || rng.random_range(0.0..1.0) < sc.interested,
+                interested,
                 author,
                 bytes_push: 0,
                 bytes_sync: 0,
@@ -329,9 +342,9 @@ impl Sim {
             seq: 0,
             base: Instant::now(),
             queue: BinaryHeap::new(),
-            topic: Topic::new("sim/events")?,
+            topic,
             partitioned: false,
-            decoded: HashMap::new(),
+            verifier,
             runs: HashMap::new(),
             published: BTreeMap::new(),
             event_bytes: 0,
@@ -391,8 +404,6 @@ impl Sim {
             sim.at(hb, Ev::Heartbeat(i));
             let t = sim.rng.random_range(0..US);
             sim.at(t, Ev::Tick(i));
-            let t = sim.rng.random_range(0..sim.round_every().max(1));
-            sim.at(t, Ev::Round(i));
         }
         let gap = ((US as f64 / sim.sc.rate.max(1e-6)) as u64).clamp(1, US);
         for p in 0..sim.sc.publishers + sim.sc.forgers {
@@ -486,14 +497,6 @@ impl Sim {
                 self.tick(i);
                 self.at(self.now + US, Ev::Tick(i));
             }
-            Ev::Round(i) => {
-                // The daemon's timer runs while it is cut off, too; a round then finds
-                // no reachable peer.
-                if self.nodes[i].online {
-                    self.round(i);
-                }
-                self.at(self.now + self.round_every().max(1), Ev::Round(i));
-            }
             Ev::Publish(p) => {
                 if (self.now as f64) < self.sc.publish_s * US as f64 {
                     self.publish(p)?;
@@ -515,6 +518,10 @@ impl Sim {
     }
 
     fn deliver(&mut self, to: usize, from: usize, msg: Msg) -> anyhow::Result<()> {
+        // A banned peer is hung up on: nothing it sends gets through.
+        if self.nodes[to].banned.contains(&from) {
+            return Ok(());
+        }
         let size = msg.wire_bytes();
         if matches!(msg, Msg::Sync(_)) {
             self.nodes[to].msgs_sync += 1;
@@ -632,12 +639,9 @@ impl Sim {
                 let Ok(m) = Message::from_body(&frame[4..]) else {
                     return Ok(());
                 };
-                if !self.nodes[to].interested {
-                    return Ok(());
-                }
                 let now = self.instant();
                 let node = &mut self.nodes[to];
-                let outs = node.sync.handle(from, m, now, &node.store);
+                let outs = node.machine.sync_message(from, m, now, &node.store);
                 self.outputs(to, outs);
             }
         }

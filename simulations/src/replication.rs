@@ -1,6 +1,7 @@
 //! What runs murmur's own code: publishing signed events, storing them with the real
-//! acceptance rules, the sans-IO sync machine's timers and outputs, anti-entropy
-//! rounds; the invariant checks at every write, and the end-state checks.
+//! acceptance rules, and each node's replication machine (`core::replicate`, the
+//! daemon's policy) with its ticks, connections and outputs; the invariant checks at
+//! every write, and the end-state checks.
 
 use super::*;
 
@@ -40,7 +41,18 @@ impl Sim {
             self.published.insert(ev.id(), (self.now, Vec::new()));
         }
         self.store(p, std::slice::from_ref(&ev));
-        let bytes = run::encode(std::slice::from_ref(&ev))?;
+        // Durable: the machine makes the gossip message, as the daemon's does.
+        let Some(bytes) = self.nodes[p]
+            .machine
+            .published(vec![ev])
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Gossip { data, .. } => Some(data),
+                _ => None,
+            })
+        else {
+            return Ok(());
+        };
         let id = *blake3::hash(&bytes).as_bytes();
         self.nodes[p].seen.insert(id);
         self.remember(p, id);
@@ -165,62 +177,95 @@ impl Sim {
         }
     }
 
-    pub(crate) fn outputs(&mut self, i: usize, outs: Vec<Output<usize>>) {
+    /// Carries out node `i`'s machine outputs: sync messages go on the wire through
+    /// the frame codec, verdicts drive gossipsub's forwarding, bans cut the link, and
+    /// every write is checked.
+    pub(crate) fn outputs(&mut self, i: usize, outs: Vec<Output<usize, MsgId>>) {
         for o in outs {
             match o {
-                Output::Send { to, msg } => {
+                Output::Sync(sync::Output::Send { to, msg }) => {
                     if let Ok(frame) = msg.to_frame() {
                         self.send(i, to, Msg::Sync(Arc::new(frame)));
                     }
                 }
-                Output::Stored { events, .. } => {
+                Output::Sync(sync::Output::Stored { events, .. }) => {
                     for (_, ev) in &events {
                         self.arrived(i, ev.id());
                     }
                     let refs: Vec<&Event> = events.iter().map(|(_, ev)| ev).collect();
                     self.check_stored(i, &refs);
                 }
+                Output::Received { events } => {
+                    for ev in &events {
+                        self.arrived(i, ev.id());
+                    }
+                    let refs: Vec<&Event> = events.iter().collect();
+                    self.check_stored(i, &refs);
+                }
+                Output::Forked(ev) => self.fork_met(i, &ev),
+                Output::Verdict {
+                    id,
+                    from,
+                    verdict: replicate::Verdict::Accept,
+                } => self.accepted(i, from, id),
+                Output::Duplicates(n) => self.nodes[i].duplicates += n,
+                Output::Ban { peer, .. } => {
+                    self.nodes[i].banned.insert(peer);
+                }
                 _ => {}
             }
         }
     }
 
+    /// A fork met at an honest node must leave its proof in the store.
+    fn fork_met(&mut self, i: usize, ev: &Event) {
+        if self.nodes[i].forger {
+            return;
+        }
+        self.forks_met += 1;
+        let proven = match self.nodes[i].store.forks() {
+            Ok(f) => f.iter().any(|p| p.author() == ev.author()),
+            Err(e) => match e {},
+        };
+        if !proven {
+            self.violation(format!(
+                "node {i} met a fork at seq {} but holds no proof",
+                ev.seq().0
+            ));
+        }
+    }
+
+    /// Node `i`'s timer (every second): its machine learns which neighbours it can
+    /// reach now (connect and disconnect, as libp2p reports them; a connect starts a
+    /// round), then ticks (deadlines, gap pulls, the periodic round in turn).
     pub(crate) fn tick(&mut self, i: usize) {
+        let now = self.instant();
+        let reach: BTreeSet<usize> = if self.nodes[i].online {
+            self.reachable(i)
+                .into_iter()
+                .filter(|p| !self.nodes[i].banned.contains(p))
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        let known = self.nodes[i].machine.peers().clone();
+        for gone in known.difference(&reach) {
+            let n = &mut self.nodes[i];
+            let outs = n.machine.disconnected(gone, &n.store);
+            self.outputs(i, outs);
+        }
         if !self.nodes[i].online {
             return;
         }
-        let now = self.instant();
-        let node = &mut self.nodes[i];
-        let outs = node.sync.tick(now);
+        for new in reach.difference(&known) {
+            let n = &mut self.nodes[i];
+            let outs = n.machine.connected(*new, now, &n.store);
+            self.outputs(i, outs);
+        }
+        let n = &mut self.nodes[i];
+        let outs = n.machine.tick(now, &n.store);
         self.outputs(i, outs);
         self.check_converged();
-    }
-
-    /// The anti-entropy interval, µs.
-    pub(crate) fn round_every(&self) -> u64 {
-        (self.sc.anti_entropy_s * US as f64) as u64
-    }
-
-    /// An anti-entropy round with the next reachable neighbour in turn, as the daemon
-    /// rounds with its next connected peer. (The model takes a lost or restored
-    /// connection as known at once; the daemon learns it from pings and redials.)
-    pub(crate) fn round(&mut self, i: usize) {
-        if !self.nodes[i].interested {
-            return;
-        }
-        // Any peer, as the daemon rounds with its next connected peer whatever that peer
-        // replicates (a round with one that does not want the topic is empty).
-        let reachable = self.reachable(i);
-        if reachable.is_empty() {
-            return;
-        }
-        let k = (self.nodes[i].next_peer + 1) % reachable.len();
-        self.nodes[i].next_peer = k;
-        let peer = reachable[k];
-        let now = self.instant();
-        let node = &mut self.nodes[i];
-        let outs = node.sync.start(peer, self.topic.clone(), now, &node.store);
-        self.outputs(i, outs);
     }
 
     pub(crate) fn check_converged(&mut self) {
@@ -251,12 +296,55 @@ impl Sim {
     }
 }
 
-/// Every node's sync machine settings.
-pub(crate) fn sync_config() -> sync::Config {
-    sync::Config {
-        durability: Durability::Buffered,
-        ..sync::Config::default()
+/// Every node's replication machine settings: the daemon's defaults, with the
+/// scenario's anti-entropy interval, the node's interest (the one topic or nothing),
+/// and the shared verifier.
+pub(crate) fn machine_config(
+    sc: &Scenario,
+    interested: bool,
+    topic: &Topic,
+    verifier: &Arc<replicate::VerifyFn>,
+) -> replicate::Config {
+    let interest = if interested {
+        Pattern::new(topic.as_str())
+            .map(|p| vec![p])
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    replicate::Config {
+        interest,
+        round_every: Duration::from_micros((sc.anti_entropy_s * US as f64) as u64),
+        gossip_max_bytes: usize::MAX,
+        sync: sync::Config {
+            durability: Durability::Buffered,
+            ..sync::Config::default()
+        },
+        verify: Some(verifier.clone()),
+        ..replicate::Config::default()
     }
+}
+
+/// Verification of gossiped events shared by every node: a signature gives the same
+/// answer everywhere, so each distinct event is verified once per run of the
+/// simulator. With `verify` false (see `Scenario::verify_push`) nothing is verified.
+pub(crate) fn shared_verifier(verify: bool) -> Arc<replicate::VerifyFn> {
+    let seen: std::sync::Mutex<HashMap<EventId, bool>> = std::sync::Mutex::new(HashMap::new());
+    Arc::new(move |events: &[Event]| {
+        events
+            .iter()
+            .map(|ev| {
+                if !verify {
+                    return Ok(());
+                }
+                let mut seen = seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let ok = *seen.entry(ev.id()).or_insert_with(|| ev.verify().is_ok());
+                if ok { Ok(()) } else { ev.verify() }
+            })
+            .collect()
+    })
 }
 
 /// The event with one bit of its signature flipped: well-formed, but it fails

@@ -363,6 +363,9 @@ impl Replicator {
                 Output::Duplicates(n) => {
                     self.metrics.duplicates.inc_by(n);
                 }
+                Output::Forked(ev) => {
+                    tracing::warn!(author = %ev.author(), topic = %ev.topic(), seq = %ev.seq(), "fork proven by gossip: log frozen");
+                }
                 Output::Ban { peer, reason } => self.ban(peer, reason),
                 Output::Subscribe(topic) => {
                     self.net.try_send(Command::Subscribe(topic.to_string()));
