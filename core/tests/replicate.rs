@@ -1,0 +1,719 @@
+//! The replication machine (`core::replicate`): its policy case by case, and several
+//! machines driven together through live push with loss and reordering, gaps,
+//! partitions, a cloned key (fork) and a forger. After healing every node holds the
+//! same logs, no head ever goes back, and nothing forged is ever stored.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use murmur_core::replicate::{Config, Gossip, Output, Replicator, Verdict};
+use murmur_core::sync::{self, Message};
+use murmur_core::testing::{chain, key};
+use murmur_core::{Durability, Event, EventId, Pattern, Seq, Store, Topic, run};
+use murmur_store::MemoryStore;
+use proptest::prelude::*;
+
+type M = u64;
+
+fn config(interest: &str) -> Config {
+    Config {
+        interest: vec![Pattern::new(interest).unwrap()],
+        round_every: Duration::from_secs(2),
+        gap_wait: Duration::from_millis(300),
+        sync: sync::Config {
+            durability: Durability::Buffered,
+            request_timeout: Duration::from_secs(2),
+            ..sync::Config::default()
+        },
+        ..Config::default()
+    }
+}
+
+fn gossip(from: usize, id: M, events: &[Event]) -> Gossip<usize, M> {
+    Gossip {
+        from,
+        id,
+        topic: events[0].topic().to_string(),
+        data: run::encode(events).unwrap(),
+    }
+}
+
+fn verdicts(outs: &[Output<usize, M>]) -> Vec<(M, Verdict)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Verdict { id, verdict, .. } => Some((*id, *verdict)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sends_to(outs: &[Output<usize, M>], peer: usize) -> Vec<Message> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Sync(sync::Output::Send { to, msg }) if *to == peer => Some(msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn head(store: &MemoryStore, ev: &Event) -> Option<Seq> {
+    store
+        .log_state(&ev.author(), ev.topic())
+        .unwrap()
+        .head
+        .map(|h| h.seq)
+}
+
+/// The events of one run broken: the last byte of the newest signature flipped.
+fn forged(events: &[Event]) -> Vec<u8> {
+    let mut b = run::encode(events).unwrap();
+    let n = b.len();
+    b[n - 7] ^= 0x20;
+    b
+}
+
+#[test]
+fn an_event_past_a_gap_is_held_forwarded_and_stored_once_the_gap_fills() {
+    let store = MemoryStore::new();
+    let mut m: Replicator<usize, M> = Replicator::new(config("#"), None);
+    let t0 = Instant::now();
+    let evs = chain(&key(1), "a/t", 10, "x");
+    let outs = m.gossiped(vec![gossip(7, 1, &evs[5..])], t0, &store);
+    // Valid: forwarded while held; nothing stored yet.
+    assert_eq!(verdicts(&outs), vec![(1, Verdict::Accept)]);
+    assert_eq!(m.held(), 5);
+    assert_eq!(head(&store, &evs[0]), None);
+    let outs = m.gossiped(vec![gossip(8, 2, &evs[..5])], t0, &store);
+    assert_eq!(verdicts(&outs), vec![(2, Verdict::Accept)]);
+    assert_eq!(head(&store, &evs[0]), Some(Seq(9)));
+    assert_eq!(m.held(), 0);
+    let received: usize = outs
+        .iter()
+        .map(|o| match o {
+            Output::Received { events } => events.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(received, 10);
+}
+
+#[test]
+fn a_gap_still_open_after_gap_wait_is_pulled_from_the_sender() {
+    let store = MemoryStore::new();
+    let mut m: Replicator<usize, M> = Replicator::new(config("#"), None);
+    let t0 = Instant::now();
+    let evs = chain(&key(1), "a/t", 10, "x");
+    m.gossiped(vec![gossip(7, 1, &evs[5..])], t0, &store);
+    let early = m.tick(t0 + Duration::from_millis(100), &store);
+    assert!(sends_to(&early, 7).is_empty(), "{early:?}");
+    let due = m.tick(t0 + Duration::from_millis(350), &store);
+    let asks = sends_to(&due, 7);
+    assert!(
+        asks.iter().any(|msg| matches!(msg, Message::Want { .. })),
+        "{due:?}"
+    );
+}
+
+#[test]
+fn invalid_gossip_is_rejected_and_the_sender_banned_after_three() {
+    let store = MemoryStore::new();
+    let mut m: Replicator<usize, M> = Replicator::new(config("#"), None);
+    let t0 = Instant::now();
+    let evs = chain(&key(1), "a/t", 3, "x");
+    let mut all = Vec::new();
+    for (i, ev) in evs.iter().enumerate() {
+        let g = Gossip {
+            from: 9,
+            id: i as M,
+            topic: "a/t".into(),
+            data: forged(std::slice::from_ref(ev)),
+        };
+        all.extend(m.gossiped(vec![g], t0, &store));
+    }
+    assert!(
+        verdicts(&all).iter().all(|(_, v)| *v == Verdict::Reject),
+        "{all:?}"
+    );
+    let bans: Vec<_> = all
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Output::Ban {
+                    peer: 9,
+                    reason: "bad_gossip"
+                }
+            )
+        })
+        .collect();
+    assert_eq!(bans.len(), 1, "{all:?}");
+    assert_eq!(head(&store, &evs[0]), None, "nothing forged is stored");
+
+    // Malformed bytes and a run sent on another topic are rejected too.
+    let outs = m.gossiped(
+        vec![
+            Gossip {
+                from: 3,
+                id: 10,
+                topic: "a/t".into(),
+                data: vec![1, 2, 3],
+            },
+            Gossip {
+                from: 3,
+                id: 11,
+                topic: "b/other".into(),
+                data: run::encode(&evs).unwrap(),
+            },
+        ],
+        t0,
+        &store,
+    );
+    let reasons: Vec<&str> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Rejected { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, vec!["malformed", "wrong_topic"]);
+}
+
+#[test]
+fn off_interest_and_duplicate_gossip_is_ignored_not_forwarded() {
+    let store = MemoryStore::new();
+    let mut m: Replicator<usize, M> = Replicator::new(config("a/#"), None);
+    let t0 = Instant::now();
+    let other = chain(&key(1), "b/t", 2, "x");
+    let outs = m.gossiped(vec![gossip(1, 1, &other)], t0, &store);
+    assert_eq!(verdicts(&outs), vec![(1, Verdict::Ignore)]);
+    assert_eq!(head(&store, &other[0]), None);
+
+    let evs = chain(&key(1), "a/t", 2, "x");
+    m.gossiped(vec![gossip(1, 2, &evs)], t0, &store);
+    let again = m.gossiped(vec![gossip(2, 3, &evs)], t0, &store);
+    assert_eq!(verdicts(&again), vec![(3, Verdict::Ignore)]);
+    assert!(
+        again.iter().any(|o| matches!(o, Output::Duplicates(2))),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn a_conflicting_event_at_our_head_starts_a_round_with_its_sender() {
+    let store = MemoryStore::new();
+    let mut m: Replicator<usize, M> = Replicator::new(config("#"), None);
+    let t0 = Instant::now();
+    let ours = chain(&key(1), "a/t", 3, "x");
+    let theirs = chain(&key(1), "a/t", 4, "y");
+    m.gossiped(vec![gossip(1, 1, &ours)], t0, &store);
+    // seq 3 of the other chain links to its own seq 2, not to ours.
+    let outs = m.gossiped(vec![gossip(5, 2, &theirs[3..])], t0, &store);
+    assert!(
+        sends_to(&outs, 5)
+            .iter()
+            .any(|msg| matches!(msg, Message::Hello { .. })),
+        "{outs:?}"
+    );
+}
+
+#[test]
+fn rounds_run_on_connect_and_then_with_each_peer_in_turn() {
+    let store = MemoryStore::new();
+    let evs = chain(&key(1), "a/t", 1, "x");
+    store.insert(&evs, Durability::Buffered).unwrap();
+    let mut m: Replicator<usize, M> = Replicator::new(config("#"), None);
+    let t0 = Instant::now();
+    let subs = m.start(&store);
+    assert!(
+        subs.iter()
+            .any(|o| matches!(o, Output::Subscribe(t) if t.as_str() == "a/t")),
+        "{subs:?}"
+    );
+    for p in [1, 2, 3] {
+        let outs = m.connected(p, t0, &store);
+        assert_eq!(sends_to(&outs, p).len(), 1, "a round with {p} on connect");
+    }
+    // Sessions end (no answers): time them out, then rounds come one peer per interval.
+    m.tick(t0 + Duration::from_secs(3), &store);
+    let mut order = Vec::new();
+    for k in 1..=6u64 {
+        let now = t0 + Duration::from_secs(3 + 3 * k);
+        let outs = m.tick(now, &store);
+        for p in [1, 2, 3] {
+            if !sends_to(&outs, p).is_empty() {
+                order.push(p);
+            }
+        }
+    }
+    assert_eq!(order.len(), 6, "one round per interval: {order:?}");
+    let distinct: BTreeSet<usize> = order.iter().copied().collect();
+    assert_eq!(distinct.len(), 3, "every peer in turn: {order:?}");
+}
+
+// ---- Several machines together ----
+
+struct Net {
+    nodes: Vec<(MemoryStore, Replicator<usize, M>)>,
+    /// Pending deliveries: (at ms, seq, to, from, what).
+    queue: BinaryHeap<Reverse<(u64, u64, usize, usize, Wire)>>,
+    seq: u64,
+    now: u64,
+    base: Instant,
+    rng: u64,
+    loss: f64,
+    /// Group of each node while partitioned; `None` when healed.
+    groups: Option<Vec<u8>>,
+    /// Message ids each node has seen (gossipsub's dedup).
+    seen: Vec<BTreeSet<M>>,
+    /// Gossip runs by id.
+    runs: HashMap<M, (String, Vec<u8>)>,
+    next_id: M,
+    /// Highest head seq seen per node and author.
+    heads: Vec<BTreeMap<[u8; 32], u64>>,
+    forged_ids: BTreeSet<EventId>,
+    violations: Vec<String>,
+    banned: Vec<BTreeSet<usize>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Wire {
+    Gossip(M),
+    Sync(Vec<u8>),
+}
+
+impl Net {
+    fn new(n: usize, seed: u64, loss: f64) -> Net {
+        Net {
+            nodes: (0..n)
+                .map(|_| (MemoryStore::new(), Replicator::new(config("#"), None)))
+                .collect(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            now: 0,
+            base: Instant::now(),
+            rng: seed,
+            loss,
+            groups: None,
+            seen: vec![BTreeSet::new(); n],
+            runs: HashMap::new(),
+            next_id: 0,
+            heads: vec![BTreeMap::new(); n],
+            forged_ids: BTreeSet::new(),
+            violations: Vec::new(),
+            banned: vec![BTreeSet::new(); n],
+        }
+    }
+
+    fn rand(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + Duration::from_millis(self.now)
+    }
+
+    fn linked(&self, a: usize, b: usize) -> bool {
+        a != b
+            && self.groups.as_ref().is_none_or(|g| g[a] == g[b])
+            && !self.banned[a].contains(&b)
+            && !self.banned[b].contains(&a)
+    }
+
+    fn send(&mut self, from: usize, to: usize, what: Wire) {
+        if !self.linked(from, to) {
+            return;
+        }
+        if (self.rand() as f64 / u64::MAX as f64) < self.loss {
+            return;
+        }
+        let at = self.now + 5 + self.rand() % 40; // 5–45 ms: reorders freely
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, to, from, what)));
+    }
+
+    /// Connections as the links allow: connect what is linked, disconnect the rest.
+    fn reconnect(&mut self) {
+        let now = self.instant();
+        for i in 0..self.nodes.len() {
+            for j in 0..self.nodes.len() {
+                if i == j {
+                    continue;
+                }
+                let linked = self.linked(i, j);
+                let known = self.nodes[i].1.peers().contains(&j);
+                let (store, m) = &mut self.nodes[i];
+                let outs = match (linked, known) {
+                    (true, false) => m.connected(j, now, store),
+                    (false, true) => m.disconnected(&j, store),
+                    _ => continue,
+                };
+                self.outputs(i, outs);
+            }
+        }
+    }
+
+    fn publish(&mut self, node: usize, events: Vec<Event>) {
+        let (store, m) = &mut self.nodes[node];
+        store.insert(&events, Durability::Buffered).unwrap();
+        let outs = m.published(events);
+        self.outputs(node, outs);
+    }
+
+    /// A forger's run: valid-looking, with a broken signature.
+    fn publish_forged(&mut self, node: usize, events: &[Event]) {
+        for ev in events {
+            self.forged_ids.insert(ev.id());
+        }
+        let id = self.new_id(events[0].topic().to_string(), forged(events));
+        for to in 0..self.nodes.len() {
+            self.send(node, to, Wire::Gossip(id));
+        }
+    }
+
+    fn new_id(&mut self, topic: String, data: Vec<u8>) -> M {
+        self.next_id += 1;
+        self.runs.insert(self.next_id, (topic, data));
+        self.next_id
+    }
+
+    fn outputs(&mut self, i: usize, outs: Vec<Output<usize, M>>) {
+        for o in outs {
+            match o {
+                Output::Sync(sync::Output::Send { to, msg }) => {
+                    let frame = msg.to_frame().unwrap();
+                    self.send(i, to, Wire::Sync(frame));
+                }
+                Output::Sync(sync::Output::Stored { events, .. }) => {
+                    let evs: Vec<Event> = events.into_iter().map(|(_, e)| e).collect();
+                    self.check(i, &evs);
+                }
+                Output::Received { events } => self.check(i, &events),
+                Output::Gossip { topic, data } => {
+                    let id = self.new_id(topic.to_string(), data);
+                    self.seen[i].insert(id);
+                    for to in 0..self.nodes.len() {
+                        self.send(i, to, Wire::Gossip(id));
+                    }
+                }
+                // gossipsub forwards an accepted message to its peers.
+                Output::Verdict {
+                    id,
+                    from,
+                    verdict: Verdict::Accept,
+                } => {
+                    for to in 0..self.nodes.len() {
+                        if to != from && to != i {
+                            self.send(i, to, Wire::Gossip(id));
+                        }
+                    }
+                }
+                Output::Ban { peer, .. } => {
+                    self.banned[i].insert(peer);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// At every write: nothing forged, heads only grow.
+    fn check(&mut self, i: usize, events: &[Event]) {
+        for ev in events {
+            if self.forged_ids.contains(&ev.id()) {
+                self.violations
+                    .push(format!("node {i} stored forged {:?}", ev.id()));
+            }
+            let h = head(&self.nodes[i].0, ev).map_or(0, |s| s.0);
+            let prev = self.heads[i].insert(ev.author().0, h).unwrap_or(0);
+            if h < prev {
+                self.violations
+                    .push(format!("node {i}: head went back {prev} -> {h}"));
+            }
+        }
+    }
+
+    fn deliver(&mut self, to: usize, from: usize, what: Wire) {
+        if !self.linked(from, to) {
+            return;
+        }
+        let now = self.instant();
+        let outs = match what {
+            Wire::Gossip(id) => {
+                if !self.seen[to].insert(id) {
+                    return;
+                }
+                let (topic, data) = self.runs[&id].clone();
+                let (store, m) = &mut self.nodes[to];
+                m.gossiped(
+                    vec![Gossip {
+                        from,
+                        id,
+                        topic,
+                        data,
+                    }],
+                    now,
+                    store,
+                )
+            }
+            Wire::Sync(frame) => {
+                let Ok(msg) = Message::from_body(&frame[4..]) else {
+                    return;
+                };
+                let (store, m) = &mut self.nodes[to];
+                m.sync_message(from, msg, now, store)
+            }
+        };
+        self.outputs(to, outs);
+    }
+
+    /// Runs the network until `until` ms: deliveries, and every node's tick every 250 ms.
+    fn run_until(&mut self, until: u64) {
+        while self.now < until {
+            let next_tick = (self.now / 250 + 1) * 250;
+            match self.queue.peek() {
+                Some(Reverse((at, ..))) if *at <= next_tick => {
+                    let Some(Reverse((at, _, to, from, what))) = self.queue.pop() else {
+                        break;
+                    };
+                    self.now = at;
+                    self.deliver(to, from, what);
+                }
+                _ => {
+                    self.now = next_tick;
+                    self.reconnect();
+                    let now = self.instant();
+                    for i in 0..self.nodes.len() {
+                        let (store, m) = &mut self.nodes[i];
+                        let outs = m.tick(now, store);
+                        self.outputs(i, outs);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An event by `key` at the seq after `last`, linking to it, with another payload than
+/// the author's own: a cloned key's fork.
+fn conflicting(key: &murmur_core::Keypair, last: &Event) -> Event {
+    Event::sign(
+        &murmur_core::Draft {
+            topic: last.topic().clone(),
+            seq: Seq(last.seq().0 + 1),
+            prev: Some(last.id()),
+            time: murmur_core::Timestamp::from_ms(1_800_000_000_000),
+            body: murmur_core::Payload::data(Bytes::from_static(b"from the clone")),
+        },
+        key,
+    )
+    .unwrap()
+}
+
+fn topic() -> Topic {
+    Topic::new("fleet/t").unwrap()
+}
+
+/// One scenario: `n` nodes; authors 0 and 1 publish `per` events each in bursts,
+/// while the network loses `loss` of messages and is split in two for a while; node 2
+/// holds a clone of author 0's key and publishes a conflicting event; the last node
+/// also forges runs.
+fn scenario(n: usize, seed: u64, loss: f64, per: usize, split_at: usize) {
+    let mut net = Net::new(n, seed, loss);
+    net.reconnect();
+    let authors = [key(10), key(11)];
+    let chains: Vec<Vec<Event>> = authors
+        .iter()
+        .map(|k| chain(k, "fleet/t", per, "x"))
+        .collect();
+    let forger = n - 1;
+    let mut published = 0;
+    let mut forked = false;
+    while published < per {
+        let burst = (1 + (net.rand() % 4) as usize).min(per - published);
+        if published >= split_at && published < split_at + per / 3 {
+            // Partitioned: nodes 0 and 2 on one side, the rest on the other.
+            net.groups = Some((0..n).map(|i| u8::from(i == 0 || i == 2)).collect());
+        } else {
+            net.groups = None;
+        }
+        for (a, c) in chains.iter().enumerate() {
+            net.publish(a, c[published..published + burst].to_vec());
+        }
+        if !forked && published >= per / 2 {
+            forked = true;
+            // The clone of author 0 signs another event after its newest one: a fork.
+            // The clone holds the author's history (a copied device), so its event is
+            // stored there and anti-entropy spreads it even if every push is lost.
+            let last = &chains[0][published + burst - 1];
+            let fork = conflicting(&authors[0], last);
+            net.nodes[2]
+                .0
+                .insert(&chains[0][..published + burst], Durability::Buffered)
+                .unwrap();
+            net.publish(2, vec![fork]);
+            let bogus = chain(&key(99), "fleet/t", 3, "evil");
+            net.publish_forged(forger, &bogus);
+        }
+        published += burst;
+        let t = net.now + 100 + net.rand() % 300;
+        net.run_until(t);
+    }
+    // Heal, stop losing messages, and let anti-entropy finish.
+    net.groups = None;
+    net.loss = 0.0;
+    let t = net.now + 30_000;
+    net.run_until(t);
+
+    assert!(net.violations.is_empty(), "{:?}", net.violations);
+    // Author 1's log is whole everywhere.
+    let vvs: Vec<_> = net
+        .nodes
+        .iter()
+        .map(|(s, _)| s.version_vector(&topic()).unwrap())
+        .collect();
+    for (i, vv) in vvs.iter().enumerate() {
+        let one = vv.get(&authors[1].author()).map(|e| e.seq.0);
+        assert_eq!(
+            one,
+            Some(per as u64 - 1),
+            "node {i} lacks author 1's events"
+        );
+    }
+    // Author 0 forked: the fork is proven at one seq, every node holds the log up to
+    // it, and wherever two nodes hold different heads of it, both know of the fork
+    // (frozen there). Two nodes holding the same side need not: their version vectors
+    // are equal, and a round between them is a single InSync.
+    let state = |i: usize| {
+        let st = net.nodes[i]
+            .0
+            .log_state(&authors[0].author(), &topic())
+            .unwrap();
+        (st.head.map(|h| (h.seq.0, h.id)), st.frozen_at.map(|f| f.0))
+    };
+    let fork_seqs: BTreeSet<u64> = net
+        .nodes
+        .iter()
+        .flat_map(|(s, _)| s.forks().unwrap())
+        .filter(|f| f.author() == authors[0].author())
+        .map(|f| f.seq().0)
+        .collect();
+    assert_eq!(fork_seqs.len(), 1, "one fork, proven: {fork_seqs:?}");
+    let at = fork_seqs.into_iter().next().unwrap_or_default();
+    for i in 0..n {
+        let (head, frozen) = state(i);
+        assert!(
+            head.is_some_and(|(seq, _)| seq + 1 >= at),
+            "node {i} lacks author 0's history before the fork: {head:?}"
+        );
+        assert!(
+            frozen.is_none_or(|f| f == at),
+            "node {i} frozen at {frozen:?}"
+        );
+        for j in 0..n {
+            let (other, other_frozen) = state(j);
+            if head != other {
+                assert!(
+                    frozen.is_some() && other_frozen.is_some(),
+                    "nodes {i} and {j} hold different heads of a forked log, not both frozen: {:?} / {:?}",
+                    (head, frozen),
+                    (other, other_frozen)
+                );
+            }
+        }
+    }
+    // The forger is banned by every node it reached, and nothing of it got in.
+    for (i, (s, _)) in net.nodes.iter().enumerate().take(forger) {
+        assert!(
+            s.log_state(&key(99).author(), &topic())
+                .unwrap()
+                .head
+                .is_none(),
+            "node {i} stored forged events"
+        );
+    }
+}
+
+#[test]
+fn four_machines_converge_through_push_gaps_a_partition_a_fork_and_a_forger() {
+    scenario(4, 1, 0.2, 60, 20);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn machines_converge_whatever_the_loss_and_the_partition(
+        n in 4usize..7,
+        seed in any::<u64>(),
+        loss in 0.0f64..0.4,
+        per in 20usize..60,
+        split in 0usize..20,
+    ) {
+        scenario(n, seed, loss, per, split);
+    }
+}
+
+#[test]
+fn bodies_the_application_refuses_are_rejected() {
+    let store = MemoryStore::new();
+    let mut cfg = config("#");
+    cfg.sync.check = Some(sync::BodyCheck(std::sync::Arc::new(
+        |ev: &Event| match ev.body() {
+            murmur_core::Body::Data { data, .. } if data.as_ref() == b"x0" => Err("no x0".into()),
+            _ => Ok(()),
+        },
+    )));
+    let mut m: Replicator<usize, M> = Replicator::new(cfg, None);
+    let evs = chain(&key(1), "a/t", 2, "x");
+    let outs = m.gossiped(vec![gossip(1, 1, &evs)], Instant::now(), &store);
+    assert_eq!(verdicts(&outs), vec![(1, Verdict::Reject)]);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Rejected {
+            reason: "bad_body",
+            ..
+        }
+    )));
+}
+
+#[test]
+fn own_logs_are_confirmed_once_a_round_has_finished_on_every_topic() {
+    let (a_store, b_store) = (MemoryStore::new(), MemoryStore::new());
+    let evs = chain(&key(1), "own/t", 20, "x");
+    b_store.insert(&evs, Durability::Buffered).unwrap();
+    a_store.insert(&evs[..5], Durability::Buffered).unwrap();
+    let topics: BTreeSet<Topic> = [Topic::new("own/t").unwrap()].into();
+    let mut a: Replicator<usize, M> = Replicator::new(config("#"), Some(topics));
+    let mut b: Replicator<usize, M> = Replicator::new(config("#"), None);
+    assert!(a.confirming());
+    let now = Instant::now();
+    // A connects to B (peer 1); messages go back and forth until nothing is left.
+    let mut to_b: Vec<Message> = sends_to(&a.connected(1, now, &a_store), 1);
+    let mut to_a: Vec<Message> = sends_to(&b.connected(0, now, &b_store), 0);
+    let mut confirmed = false;
+    for _ in 0..50 {
+        let mut next_b = Vec::new();
+        for msg in to_b.drain(..) {
+            next_b.extend(sends_to(&b.sync_message(0, msg, now, &b_store), 0));
+        }
+        let mut next_a = Vec::new();
+        for msg in to_a.drain(..) {
+            let outs = a.sync_message(1, msg, now, &a_store);
+            confirmed |= outs.iter().any(|o| matches!(o, Output::OwnLogsConfirmed));
+            next_a.extend(sends_to(&outs, 1));
+        }
+        to_a = next_b;
+        to_b = next_a;
+        if to_a.is_empty() && to_b.is_empty() {
+            break;
+        }
+    }
+    assert!(confirmed, "no confirmation");
+    assert!(!a.confirming());
+    assert_eq!(head(&a_store, &evs[0]), Some(Seq(19)));
+}
