@@ -257,7 +257,7 @@ fn rounds_run_on_connect_and_then_with_each_peer_in_turn() {
 struct Net {
     nodes: Vec<(MemoryStore, Replicator<usize, M>)>,
     /// Pending deliveries: (at ms, seq, to, from, what).
-    queue: BinaryHeap<Reverse<(u64, u64, usize, usize, Wire)>>,
+    queue: BinaryHeap<Reverse<Delivery>>,
     seq: u64,
     now: u64,
     base: Instant,
@@ -276,6 +276,9 @@ struct Net {
     violations: Vec<String>,
     banned: Vec<BTreeSet<usize>>,
 }
+
+/// A message due: (at ms, sequence number, to, from, what).
+type Delivery = (u64, u64, usize, usize, Wire);
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Wire {
@@ -664,7 +667,7 @@ fn bodies_the_application_refuses_are_rejected() {
     let mut cfg = config("#");
     cfg.sync.check = Some(sync::BodyCheck(std::sync::Arc::new(
         |ev: &Event| match ev.body() {
-            murmur_core::Body::Data { data, .. } if data.as_ref() == b"x0" => Err("no x0".into()),
+            murmur_core::Body::Data { data, .. } if data == b"x0" => Err("no x0".into()),
             _ => Ok(()),
         },
     )));
