@@ -112,7 +112,7 @@ impl Hold {
     }
 }
 
-enum Msg {
+enum Command {
     Job(Job),
     /// Finish what is queued, refuse anything later, exit.
     Stop,
@@ -131,7 +131,7 @@ pub type Pending = oneshot::Receiver<Result<Vec<Published>, IngestError>>;
 /// The cloneable side of the ingest pipeline.
 #[derive(Clone)]
 pub struct Handle {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<Command>,
     hold: Hold,
     bytes: Arc<Semaphore>,
     bytes_total: usize,
@@ -170,7 +170,7 @@ impl Handle {
             enqueued: Instant::now(),
             _permit: permit,
         };
-        self.tx.try_send(Msg::Job(job)).map_err(|e| match e {
+        self.tx.try_send(Command::Job(job)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => IngestError::QueueFull,
             mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
         })?;
@@ -184,7 +184,7 @@ impl Handle {
     /// fail with [`IngestError::ShuttingDown`]. Waits for queue space, never for the
     /// other handles to be dropped (an open connection may keep one alive).
     pub async fn stop(&self) {
-        let _ = self.tx.send(Msg::Stop).await;
+        let _ = self.tx.send(Command::Stop).await;
     }
 
     /// Whether publishing is held after a repair (see [`Hold`]).
@@ -247,7 +247,7 @@ struct Writer {
     max_commit: usize,
     metrics: Metrics,
     notify: Arc<watch::Sender<Offset>>,
-    published: Option<mpsc::Sender<crate::replicate::Input>>,
+    published: Option<crate::replicate::Handle>,
 }
 
 /// Starts the writer thread. It runs until every [`Handle`] is dropped, finishing the
@@ -259,7 +259,7 @@ pub fn spawn(
     config: &WriterConfig,
     metrics: Metrics,
     notify: Arc<watch::Sender<Offset>>,
-    published: Option<mpsc::Sender<crate::replicate::Input>>,
+    published: Option<crate::replicate::Handle>,
 ) -> std::io::Result<(Handle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(config.queue_requests);
     let handle = Handle {
@@ -289,22 +289,22 @@ pub fn spawn(
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut stopping = false;
         while !stopping {
             let first = match rx.blocking_recv() {
-                Some(Msg::Job(job)) => job,
-                Some(Msg::Stop) | None => break,
+                Some(Command::Job(job)) => job,
+                Some(Command::Stop) | None => break,
             };
             let mut n = first.items.len();
             let mut jobs = vec![first];
             while n < self.max_commit {
                 match rx.try_recv() {
-                    Ok(Msg::Job(job)) => {
+                    Ok(Command::Job(job)) => {
                         n += job.items.len();
                         jobs.push(job);
                     }
-                    Ok(Msg::Stop) => {
+                    Ok(Command::Stop) => {
                         stopping = true;
                         break;
                     }
@@ -317,7 +317,7 @@ impl Writer {
         // Refuse new work, then finish what was accepted before the stop.
         rx.close();
         while let Ok(msg) = rx.try_recv() {
-            if let Msg::Job(job) = msg {
+            if let Command::Job(job) = msg {
                 let n = job.items.len();
                 self.commit(vec![job], n);
             }
@@ -401,7 +401,7 @@ impl Writer {
         // Durable now: only now may the events be gossiped. Dropped when the replicator
         // is behind (anti-entropy delivers them instead).
         if let Some(tx) = &self.published {
-            let _ = tx.try_send(crate::replicate::Input::Published(events.clone()));
+            tx.published(events.clone());
         }
         let mut it = events.into_iter().zip(outcomes);
         for job in jobs {

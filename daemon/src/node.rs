@@ -15,7 +15,7 @@ use murmur_core::{Clock, Durability, Store};
 use murmur_store::{RocksConfig, RocksStore, StoreError};
 use prometheus_client::registry::Registry;
 use tokio::net::UnixListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::NodeClock;
@@ -95,10 +95,10 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
 /// The running network side: swarm task, replicator thread and their helpers.
 struct Network {
     handle: murmur_p2p::Handle,
-    inputs: mpsc::Sender<replicate::Input>,
+    replicator: replicate::Handle,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     swarm: tokio::task::JoinHandle<()>,
-    replicator: std::thread::JoinHandle<()>,
+    replicator_thread: std::thread::JoinHandle<()>,
 }
 
 impl Network {
@@ -109,16 +109,16 @@ impl Network {
             t.abort();
         }
         // Explicit stops: an API connection still open may hold senders and handles.
-        let _ = self.inputs.send(replicate::Input::Stop).await;
-        drop(self.inputs);
-        let replicator = self.replicator;
+        self.replicator.stop().await;
+        drop(self.replicator);
+        let replicator = self.replicator_thread;
         if tokio::task::spawn_blocking(move || replicator.join())
             .await
             .is_err()
         {
             tracing::warn!("the replicator thread panicked");
         }
-        let _ = self.handle.send(murmur_p2p::Command::Shutdown).await;
+        self.handle.stop().await;
         drop(self.handle);
         if tokio::time::timeout(Duration::from_secs(5), self.swarm)
             .await
@@ -202,27 +202,7 @@ fn start_network(
         murmur_p2p::spawn(key.seed(), &p2p, registry).context("cannot start the network")?;
     tracing::info!(peer_id = %handle.peer_id(), mdns = p2p.mdns, "network started");
     let swarm = tokio::spawn(event_loop.run());
-    let (inputs, inbox) = mpsc::channel(REPLICATOR_QUEUE);
-    let forward = {
-        let inputs = inputs.clone();
-        tokio::spawn(async move {
-            while let Some(ev) = events.recv().await {
-                if inputs.send(replicate::Input::Net(ev)).await.is_err() {
-                    break;
-                }
-            }
-        })
-    };
-    let ticker = {
-        let inputs = inputs.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(TICK);
-            loop {
-                every.tick().await;
-                let _ = inputs.try_send(replicate::Input::Tick);
-            }
-        })
-    };
+
     // Interest set at runtime (`murmur topics add/remove`) overrides the config file.
     let interest_file = data_dir.join(INTEREST_FILE);
     let patterns: Vec<String> = match std::fs::read_to_string(&interest_file) {
@@ -240,7 +220,7 @@ fn start_network(
         .iter()
         .map(|t| murmur_core::Pattern::new(t.as_str()))
         .collect::<Result<Vec<_>, _>>()?;
-    let replicator = replicate::spawn(
+    let (replicator, replicator_thread) = replicate::spawn(
         store,
         handle.clone(),
         replicate::Config {
@@ -257,15 +237,35 @@ fn start_network(
         },
         offsets,
         metrics,
-        inbox,
+        REPLICATOR_QUEUE,
     )
     .context("cannot start the replicator thread")?;
+    let forward = {
+        let replicator = replicator.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                if replicator.net(ev).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let ticker = {
+        let replicator = replicator.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(TICK);
+            loop {
+                every.tick().await;
+                replicator.tick();
+            }
+        })
+    };
     Ok(Network {
         handle,
-        inputs,
+        replicator,
         tasks: vec![forward, ticker],
         swarm,
-        replicator,
+        replicator_thread,
     })
 }
 
@@ -515,7 +515,7 @@ pub async fn run(
         },
         metrics.clone(),
         offsets_tx,
-        net.as_ref().map(|n| n.inputs.clone()),
+        net.as_ref().map(|n| n.replicator.clone()),
     )
     .context("cannot start the writer thread")?;
 
@@ -560,7 +560,9 @@ pub async fn run(
             SyncPolicy::Os => "os",
         },
         started: Instant::now(),
-        net: net.as_ref().map(|n| (n.handle.clone(), n.inputs.clone())),
+        net: net
+            .as_ref()
+            .map(|n| (n.handle.clone(), n.replicator.clone())),
         docs: docs.clone(),
         clock,
         store_problem: store_problem.clone(),

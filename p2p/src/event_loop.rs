@@ -65,7 +65,7 @@ pub enum Command {
     /// The peers in the Kademlia routing table.
     RoutingTable(oneshot::Sender<Vec<PeerId>>),
     /// Stop the event loop (at shutdown; other handles may still be alive).
-    Shutdown,
+    Stop,
     /// Disconnect a misbehaving peer and refuse it for `for_`.
     Ban {
         /// The peer.
@@ -151,6 +151,11 @@ impl Handle {
     /// Queues a command, waiting for room.
     pub async fn send(&self, cmd: Command) -> bool {
         self.tx.send(cmd).await.is_ok()
+    }
+
+    /// Stops the event loop (other handles may still be alive).
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Command::Stop).await;
     }
 
     /// Dials `addr` and waits for the dial to be started.
@@ -367,7 +372,7 @@ impl EventLoop {
             tokio::select! {
                 biased;
                 cmd = self.commands.recv() => match cmd {
-                    Some(Command::Shutdown) | None => break,
+                    Some(Command::Stop) | None => break,
                     Some(cmd) => self.command(cmd),
                 },
                 ev = self.swarm.select_next_some() => self.swarm_event(ev),
@@ -492,7 +497,7 @@ impl EventLoop {
             Command::Addresses(reply) => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
-            Command::Shutdown => {}
+            Command::Stop => {}
             Command::Ban { peer, for_ } => {
                 tracing::warn!(%peer, ?for_, "banning peer");
                 self.keep_out(peer, for_);

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::ops::{self, Op, OpError};
 use super::{
-    ChangeDone, Cmd, DocError, DocState, DocsConfig, DocsStats, Panicked, Point, actor,
+    ChangeDone, Command, DocError, DocState, DocsConfig, DocsStats, Panicked, Point, actor,
     apply_guarded, hex,
 };
 use crate::ingest::{self, IngestError, PublishItem};
@@ -78,7 +78,7 @@ pub(super) struct Manager {
     cursor: Offset,
     stats: DocsStats,
     /// Our own inbox, for answers that arrive on the runtime.
-    inbox: mpsc::Sender<Cmd>,
+    inbox: mpsc::Sender<Command>,
     /// Changes that made automerge panic, per document: never applied again.
     poison: HashMap<(Topic, DocId), std::collections::HashSet<automerge::ChangeHash>>,
     /// Documents being rebuilt one change per apply call, to find a poisonous change.
@@ -92,7 +92,7 @@ impl Manager {
         ingest: ingest::Handle,
         author: AuthorId,
         config: DocsConfig,
-        inbox: mpsc::Sender<Cmd>,
+        inbox: mpsc::Sender<Command>,
         metrics: Metrics,
     ) -> Manager {
         Manager {
@@ -111,8 +111,8 @@ impl Manager {
         }
     }
 
-    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
-        let mut next: Option<Cmd> = None;
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut next: Option<Command> = None;
         loop {
             let cmd = match next.take() {
                 Some(c) => c,
@@ -122,7 +122,7 @@ impl Manager {
                 },
             };
             match cmd {
-                Cmd::Change {
+                Command::Change {
                     topic,
                     doc,
                     ops,
@@ -132,7 +132,7 @@ impl Manager {
                     let mut batch = vec![(topic, doc, ops, message, reply)];
                     while batch.len() < CHANGE_BATCH {
                         match rx.try_recv() {
-                            Ok(Cmd::Change {
+                            Ok(Command::Change {
                                 topic,
                                 doc,
                                 ops,
@@ -148,7 +148,7 @@ impl Manager {
                     }
                     self.changes(batch);
                 }
-                Cmd::Get {
+                Command::Get {
                     topic,
                     doc,
                     path,
@@ -157,19 +157,19 @@ impl Manager {
                 } => {
                     let _ = reply.send(self.get(topic, doc, &path, at));
                 }
-                Cmd::Stats(reply) => {
+                Command::Stats(reply) => {
                     self.stats.loaded = self.loaded.len();
                     self.stats.memory_bytes = self.memory();
                     let _ = reply.send(self.stats.clone());
                 }
-                Cmd::Arrived => self.arrived(),
-                Cmd::Tick => self.evict(Instant::now()),
-                Cmd::Forget(keys) => {
+                Command::Arrived => self.arrived(),
+                Command::Tick => self.evict(Instant::now()),
+                Command::Forget(keys) => {
                     for k in keys {
                         self.loaded.remove(&k);
                     }
                 }
-                Cmd::Stop => break,
+                Command::Stop => break,
             }
             self.metrics.docs_loaded.set(self.loaded.len() as i64);
             let memory = i64::try_from(self.memory()).unwrap_or(i64::MAX);
@@ -542,7 +542,9 @@ impl Manager {
                             };
                             // A write failed (disk trouble): reload the documents from
                             // what is stored.
-                            let _ = inbox.send(Cmd::Forget(touched.into_iter().collect())).await;
+                            let _ = inbox
+                                .send(Command::Forget(touched.into_iter().collect()))
+                                .await;
                             for (reply, _) in waiting {
                                 let _ = reply.send(Err(DocError::Ingest(e.clone())));
                             }

@@ -154,7 +154,7 @@ pub struct DocState {
 /// Counters of the document manager (the API type).
 pub use murmur_client::api::DocsStats;
 
-enum Cmd {
+enum Command {
     Change {
         topic: Topic,
         doc: DocId,
@@ -182,12 +182,15 @@ enum Cmd {
 
 /// The cloneable handle of the document manager.
 #[derive(Clone)]
-pub struct Docs {
-    tx: mpsc::Sender<Cmd>,
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
 }
 
-impl Docs {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, DocError> {
+impl Handle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, DocError> {
         let (reply, rx) = oneshot::channel();
         self.tx.try_send(make(reply)).map_err(|_| DocError::Busy)?;
         rx.await.map_err(|_| DocError::Busy)
@@ -201,7 +204,7 @@ impl Docs {
         ops: Vec<Op>,
         message: Option<String>,
     ) -> Result<ChangeDone, DocError> {
-        self.ask(|reply| Cmd::Change {
+        self.ask(|reply| Command::Change {
             topic,
             doc,
             ops,
@@ -219,7 +222,7 @@ impl Docs {
         path: String,
         at: Option<Point>,
     ) -> Result<DocState, DocError> {
-        self.ask(|reply| Cmd::Get {
+        self.ask(|reply| Command::Get {
             topic,
             doc,
             path,
@@ -231,12 +234,12 @@ impl Docs {
 
     /// Counters.
     pub async fn stats(&self) -> Result<DocsStats, DocError> {
-        self.ask(Cmd::Stats).await
+        self.ask(Command::Stats).await
     }
 
     /// Writes every changed document out and stops the thread.
     pub async fn stop(&self) {
-        let _ = self.tx.send(Cmd::Stop).await;
+        let _ = self.tx.send(Command::Stop).await;
     }
 }
 
@@ -278,7 +281,7 @@ pub fn spawn(
     config: DocsConfig,
     mut offsets: watch::Receiver<Offset>,
     metrics: crate::metrics::Metrics,
-) -> std::io::Result<(Docs, JoinHandle<()>)> {
+) -> std::io::Result<(Handle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(1024);
     let m = Manager::new(store, ingest, author, config, tx.clone(), metrics);
     let thread = std::thread::Builder::new()
@@ -292,16 +295,16 @@ pub fn spawn(
                 changed = offsets.changed() => {
                     if changed.is_err() { break; }
                     // Full: a wake-up is already queued; the manager reads from its cursor.
-                    let _ = notify.try_send(Cmd::Arrived);
+                    let _ = notify.try_send(Command::Arrived);
                 }
-                _ = tick.tick() => { let _ = notify.try_send(Cmd::Tick); }
+                _ = tick.tick() => { let _ = notify.try_send(Command::Tick); }
             }
             if notify.is_closed() {
                 break;
             }
         }
     });
-    Ok((Docs { tx }, thread))
+    Ok((Handle { tx }, thread))
 }
 
 #[cfg(test)]

@@ -23,15 +23,15 @@ use murmur_core::VersionVector;
 use murmur_core::replicate::{self as policy, Gossip, Output, Replicator as Machine};
 use murmur_core::sync::{self as proto};
 use murmur_core::{AuthorId, Event, Offset, Pattern, Store, Topic};
-use murmur_p2p::{Command, MessageId, PeerId, Verdict};
+use murmur_p2p::{Command as NetCommand, MessageId, PeerId, Verdict};
 use murmur_store::RocksStore;
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 
-/// Inputs of the replicator.
+/// What the replicator thread is asked to do (through its [`Handle`]).
 #[derive(Debug)]
-pub enum Input {
+enum Command {
     /// Something from the network.
     Net(murmur_p2p::Event),
     /// Durable local events to gossip.
@@ -99,15 +99,84 @@ struct Replicator {
     metrics: Metrics,
 }
 
-/// Starts the replicator thread; it stops when `inputs` closes.
+/// The replicator's handle: cloneable, one bounded inbox; [`Handle::stop`] ends it.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+}
+
+/// The replicator is gone (shutting down).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the replicator has stopped")]
+pub struct Stopped;
+
+impl Handle {
+    /// A network event; waits for room (the network task's backpressure). `Err` once
+    /// the replicator has stopped.
+    pub async fn net(&self, ev: murmur_p2p::Event) -> Result<(), Stopped> {
+        self.tx.send(Command::Net(ev)).await.map_err(|_| Stopped)
+    }
+
+    /// Time passed; dropped when the inbox is full (the next tick comes soon).
+    pub fn tick(&self) {
+        let _ = self.tx.try_send(Command::Tick);
+    }
+
+    /// Durable local events to gossip; dropped when the inbox is full (anti-entropy
+    /// delivers them instead).
+    pub fn published(&self, events: Vec<Event>) {
+        let _ = self.tx.try_send(Command::Published(events));
+    }
+
+    /// A round now with `peer`, or with every connected peer.
+    pub async fn sync_now(&self, peer: Option<PeerId>) -> Result<(), Stopped> {
+        self.tx
+            .send(Command::SyncNow(peer))
+            .await
+            .map_err(|_| Stopped)
+    }
+
+    /// The replication state, per topic and peer.
+    pub async fn status(&self) -> Result<crate::api::ReplicationJson, Stopped> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Command::Status(reply))
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Adds and/or removes an interest pattern; the patterns in force afterwards.
+    pub async fn interest(
+        &self,
+        add: Option<Pattern>,
+        remove: Option<Pattern>,
+    ) -> Result<Vec<String>, Stopped> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Command::Interest { add, remove, reply })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Stops the replicator (other handles may still be alive).
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Command::Stop).await;
+    }
+}
+
+/// Starts the replicator thread with an inbox of `queue` commands; it stops on
+/// [`Handle::stop`] or when every handle is dropped.
 pub fn spawn(
     store: Arc<RocksStore>,
     net: murmur_p2p::Handle,
     config: Config,
     notify: Arc<watch::Sender<Offset>>,
     metrics: Metrics,
-    inputs: mpsc::Receiver<Input>,
-) -> std::io::Result<JoinHandle<()>> {
+    queue: usize,
+) -> std::io::Result<(Handle, JoinHandle<()>)> {
+    let (tx, inputs) = mpsc::channel(queue);
     let confirm = config.own.1.is_on().then(|| {
         store
             .logs()
@@ -135,16 +204,17 @@ pub fn spawn(
         notify,
         metrics,
     };
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("murmur-replicator".into())
-        .spawn(move || r.run(inputs))
+        .spawn(move || r.run(inputs))?;
+    Ok((Handle { tx }, thread))
 }
 
 impl Replicator {
-    fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+    fn run(mut self, mut inputs: mpsc::Receiver<Command>) {
         let outs = self.machine.start(&*self.store);
         self.outputs(outs);
-        let mut next: Option<Input> = None;
+        let mut next: Option<Command> = None;
         loop {
             let input = match next.take() {
                 Some(i) => i,
@@ -156,7 +226,7 @@ impl Replicator {
             let now = Instant::now();
             match input {
                 // Gossip that queued up is verified as a batch and stored in one write.
-                Input::Net(murmur_p2p::Event::Gossip {
+                Command::Net(murmur_p2p::Event::Gossip {
                     source,
                     id,
                     topic,
@@ -170,7 +240,7 @@ impl Replicator {
                     }];
                     while batch.len() < GOSSIP_BATCH {
                         match inputs.try_recv() {
-                            Ok(Input::Net(murmur_p2p::Event::Gossip {
+                            Ok(Command::Net(murmur_p2p::Event::Gossip {
                                 source,
                                 id,
                                 topic,
@@ -193,13 +263,13 @@ impl Replicator {
                     let outs = self.machine.gossiped(batch, now, &*self.store);
                     self.outputs(outs);
                 }
-                Input::Net(ev) => self.net_event(ev, now),
+                Command::Net(ev) => self.net_event(ev, now),
                 // Durable batches that queued up are gossiped together, so a log's
                 // consecutive events leave as few, large runs.
-                Input::Published(mut events) => {
+                Command::Published(mut events) => {
                     while events.len() < PUBLISH_COALESCE {
                         match inputs.try_recv() {
-                            Ok(Input::Published(more)) => events.extend(more),
+                            Ok(Command::Published(more)) => events.extend(more),
                             Ok(other) => {
                                 next = Some(other);
                                 break;
@@ -210,9 +280,9 @@ impl Replicator {
                     let outs = self.machine.published(events);
                     self.outputs(outs);
                 }
-                Input::Tick => self.tick(now),
-                Input::Stop => break,
-                Input::Interest { add, remove, reply } => {
+                Command::Tick => self.tick(now),
+                Command::Stop => break,
+                Command::Interest { add, remove, reply } => {
                     self.change_interest(add, remove, now);
                     let _ = reply.send(
                         self.machine
@@ -222,10 +292,10 @@ impl Replicator {
                             .collect(),
                     );
                 }
-                Input::Status(reply) => {
+                Command::Status(reply) => {
                     let _ = reply.send(self.status(now));
                 }
-                Input::SyncNow(peer) => {
+                Command::SyncNow(peer) => {
                     let outs = self.machine.sync_now(peer, now, &*self.store);
                     self.outputs(outs);
                 }
@@ -291,7 +361,7 @@ impl Replicator {
         for o in outs {
             match o {
                 Output::Sync(proto::Output::Send { to, msg }) => {
-                    if !self.net.try_send(Command::Sync { peer: to, msg }) {
+                    if !self.net.try_send(NetCommand::Sync { peer: to, msg }) {
                         self.metrics.refused("network_queue_full");
                     }
                 }
@@ -328,7 +398,7 @@ impl Replicator {
                     tracing::warn!(author = %proof.author(), topic = %proof.topic(), seq = %proof.seq(), "fork proven: log frozen");
                 }
                 Output::Gossip { topic, data } => {
-                    let sent = self.net.try_send(Command::Publish {
+                    let sent = self.net.try_send(NetCommand::Publish {
                         topic: topic.to_string(),
                         data,
                     });
@@ -343,7 +413,7 @@ impl Replicator {
                         policy::Verdict::Ignore => Verdict::Ignore,
                         policy::Verdict::Reject => Verdict::Reject,
                     };
-                    self.net.try_send(Command::Validate {
+                    self.net.try_send(NetCommand::Validate {
                         id,
                         source: from,
                         verdict,
@@ -368,13 +438,14 @@ impl Replicator {
                 }
                 Output::Ban { peer, reason } => self.ban(peer, reason),
                 Output::Subscribe(topic) => {
-                    self.net.try_send(Command::Subscribe(topic.to_string()));
+                    self.net.try_send(NetCommand::Subscribe(topic.to_string()));
                 }
                 Output::Unsubscribe(topic) => {
-                    self.net.try_send(Command::Unsubscribe(topic.to_string()));
+                    self.net
+                        .try_send(NetCommand::Unsubscribe(topic.to_string()));
                 }
                 Output::ReplaySubscriptions => {
-                    self.net.try_send(Command::ReplaySubscriptions);
+                    self.net.try_send(NetCommand::ReplaySubscriptions);
                 }
                 Output::OwnLogsConfirmed => self.confirm_own(),
             }
@@ -396,7 +467,7 @@ impl Replicator {
         };
         tracing::warn!(%peer, why, "disconnecting a misbehaving peer for {BAN:?}");
         self.metrics.refused("peer_banned");
-        if self.net.try_send(Command::Ban { peer, for_: BAN }) {
+        if self.net.try_send(NetCommand::Ban { peer, for_: BAN }) {
             let until = Instant::now() + BAN;
             self.metrics.banned(reason, &peer.to_string(), until);
         } else {

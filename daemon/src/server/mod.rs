@@ -76,13 +76,10 @@ pub struct AppState {
     pub sync: &'static str,
     /// For status.
     pub started: Instant,
-    /// The network and the replicator's inbox, when replication is on.
-    pub net: Option<(
-        murmur_p2p::Handle,
-        tokio::sync::mpsc::Sender<crate::replicate::Input>,
-    )>,
+    /// The network and the replicator, when replication is on.
+    pub net: Option<(murmur_p2p::Handle, crate::replicate::Handle)>,
     /// The document manager.
-    pub docs: crate::docs::Docs,
+    pub docs: crate::docs::Handle,
     /// The node's clock.
     pub clock: Arc<crate::clock::NodeClock>,
     /// Set by the store scan after start when it finds damage or disagreeing indexes.
@@ -634,12 +631,7 @@ async fn follow_stream(
         .into_response())
 }
 
-fn network(
-    st: &AppState,
-) -> ApiResult<&(
-    murmur_p2p::Handle,
-    tokio::sync::mpsc::Sender<crate::replicate::Input>,
-)> {
+fn network(st: &AppState) -> ApiResult<&(murmur_p2p::Handle, crate::replicate::Handle)> {
     st.net.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
@@ -691,45 +683,27 @@ async fn sync_now(
     body: Result<JsonBody<SyncRequest>, ApiError>,
 ) -> ApiResult<StatusCode> {
     let JsonBody(req) = body?;
-    let (_, inputs) = network(&st)?;
+    let (_, replicator) = network(&st)?;
     let peer = req
         .peer
         .map(|p| p.parse::<murmur_p2p::PeerId>())
         .transpose()
         .map_err(|e| ApiError::bad("invalid_peer", format!("peer id: {e}")))?;
-    inputs
-        .send(crate::replicate::Input::SyncNow(peer))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the node is shutting down",
-            )
-        })?;
+    replicator.sync_now(peer).await.map_err(|_| stopping())?;
     Ok(StatusCode::ACCEPTED)
 }
 
-/// Sends the replicator a request carrying a reply channel and waits for the answer.
-async fn ask<T>(
-    st: &AppState,
-    input: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> crate::replicate::Input,
-) -> ApiResult<T> {
-    let (_, inputs) = network(st)?;
-    let (reply, rx) = tokio::sync::oneshot::channel();
-    let gone = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the node is shutting down",
-        )
-    };
-    inputs.send(input(reply)).await.map_err(|_| gone())?;
-    rx.await.map_err(|_| gone())
+fn stopping() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "the node is shutting down",
+    )
 }
 
 async fn replication(State(st): State<Shared>) -> ApiResult<Json<crate::api::ReplicationJson>> {
-    Ok(Json(ask(&st, crate::replicate::Input::Status).await?))
+    let (_, replicator) = network(&st)?;
+    Ok(Json(replicator.status().await.map_err(|_| stopping())?))
 }
 
 async fn interest(
@@ -737,12 +711,11 @@ async fn interest(
     add: Option<Pattern>,
     remove: Option<Pattern>,
 ) -> ApiResult<Json<crate::api::InterestResponse>> {
-    let patterns = ask(st, |reply| crate::replicate::Input::Interest {
-        add,
-        remove,
-        reply,
-    })
-    .await?;
+    let (_, replicator) = network(st)?;
+    let patterns = replicator
+        .interest(add, remove)
+        .await
+        .map_err(|_| stopping())?;
     Ok(Json(crate::api::InterestResponse { patterns }))
 }
 
