@@ -755,12 +755,14 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             let Ok(outcomes) = store.insert(&run, self.config.sync.durability) else {
                 return;
             };
-            let stored: Vec<Event> = run
-                .into_iter()
-                .zip(outcomes)
-                .filter(|(_, o)| matches!(o, Outcome::Appended(_)))
-                .map(|(ev, _)| ev)
-                .collect();
+            let mut stored = Vec::new();
+            for (ev, o) in run.into_iter().zip(outcomes) {
+                match o {
+                    Outcome::Appended(_) => stored.push(ev),
+                    Outcome::Fork(_) => outs.push(Output::Forked(ev)),
+                    _ => {}
+                }
+            }
             if !stored.is_empty() {
                 outs.push(Output::Received { events: stored });
             }

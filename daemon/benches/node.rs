@@ -25,6 +25,8 @@ const BATCH: usize = 1000;
 const BATCH_EVENTS: usize = 100_000;
 const SINGLE_EVENTS: usize = 10_000;
 const LATENCY_REQUESTS: usize = 2_000;
+/// Events in the publish→follow run, one per millisecond.
+const FOLLOW_EVENTS: usize = 3_000;
 
 /// A distinct, incompressible-looking payload per seed (alphanumeric, so it travels as
 /// JSON text), so the disk figures are not flattered by LZ4.
@@ -172,6 +174,56 @@ async fn singles(socket: &Path, clients: usize, total: usize) -> (f64, Vec<Durat
     (rate, all)
 }
 
+/// What a subscriber lives with: one client publishes `count` events at 1,000/s, one
+/// follower of the topic receives them; returns the sorted times from just before each
+/// publish request to its arrival at the follower.
+async fn publish_follow(socket: &Path, count: usize) -> Vec<Duration> {
+    use futures_util::StreamExt;
+    let mut follower = Client::new(socket);
+    let mut stream = follower.follow("bench/follow", None).await.expect("follow");
+    let sent: std::sync::Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
+        std::sync::Arc::new(std::sync::Mutex::new(vec![None; count]));
+    let publisher = {
+        let (socket, sent) = (socket.to_path_buf(), sent.clone());
+        tokio::spawn(async move {
+            let mut client = Client::new(&socket);
+            let mut every = tokio::time::interval(Duration::from_millis(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            for i in 0..count {
+                every.tick().await;
+                let req = PublishRequest {
+                    topic: "bench/follow".into(),
+                    data: Some(payload(i as u64)),
+                    ..Default::default()
+                };
+                sent.lock().expect("lock")[i] = Some(Instant::now());
+                let _: Published = client.post("/v1/events", &req).await.expect("publish");
+            }
+        })
+    };
+    let mut lat = Vec::with_capacity(count);
+    while lat.len() < count {
+        let ev = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the follower receives every event")
+            .expect("stream open")
+            .expect("an event");
+        let at = Instant::now();
+        if let Some(t) = sent
+            .lock()
+            .expect("lock")
+            .get(ev.seq as usize)
+            .copied()
+            .flatten()
+        {
+            lat.push(at - t);
+        }
+    }
+    publisher.await.expect("publisher");
+    lat.sort();
+    lat
+}
+
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i].as_secs_f64() * 1000.0
@@ -248,6 +300,8 @@ struct Row {
     single4: f64,
     lat1: Vec<Duration>,
     lat4: Vec<Duration>,
+    /// publish→follow at 1,000 events/s.
+    follow: Vec<Duration>,
     disk_per_event: f64,
     events: u64,
 }
@@ -298,6 +352,7 @@ fn main() {
             }
             let (single4, lat4) = singles(&node.socket, 4, SINGLE_EVENTS).await;
             let (_, lat1) = singles(&node.socket, 1, LATENCY_REQUESTS).await;
+            let follow = publish_follow(&node.socket, FOLLOW_EVENTS).await;
             let st: murmur_client::api::Status = Client::new(&node.socket)
                 .get("/v1/status")
                 .await
@@ -308,6 +363,7 @@ fn main() {
                 single4,
                 lat1,
                 lat4,
+                follow,
                 disk_per_event: st.disk_bytes as f64 / st.events.max(1) as f64,
                 events: st.events,
             };
@@ -355,6 +411,19 @@ fn main() {
             l(o)
         );
     }
+    let l = |v: &[Duration]| {
+        format!(
+            "{:.2} / {:.2} / {:.2}",
+            pct(v, 0.5),
+            pct(v, 0.99),
+            pct(v, 1.0)
+        )
+    };
+    println!(
+        "| publish→follow, 1 client at 1,000 events/s, 1 follower: p50 / p99 / max (ms) | {} | {} |",
+        l(&f.follow),
+        l(&o.follow)
+    );
     println!(
         "| disk per stored event, {PAYLOAD}-byte payload, after {} / {} events (bytes) | {:.0} | {:.0} |",
         f.events, o.events, f.disk_per_event, o.disk_per_event
