@@ -202,7 +202,10 @@ impl Sim {
                     let refs: Vec<&Event> = events.iter().collect();
                     self.check_stored(i, &refs);
                 }
-                Output::Forked(ev) => self.fork_met(i, &ev),
+                Output::Forked(ev) => self.fork_met(i, ev.author(), ev.seq()),
+                Output::Sync(sync::Output::Fork(proof)) => {
+                    self.fork_met(i, proof.author(), proof.seq());
+                }
                 Output::Verdict {
                     id,
                     from,
@@ -218,19 +221,19 @@ impl Sim {
     }
 
     /// A fork met at an honest node must leave its proof in the store.
-    fn fork_met(&mut self, i: usize, ev: &Event) {
+    fn fork_met(&mut self, i: usize, author: AuthorId, seq: Seq) {
         if self.nodes[i].forger {
             return;
         }
         self.forks_met += 1;
         let proven = match self.nodes[i].store.forks() {
-            Ok(f) => f.iter().any(|p| p.author() == ev.author()),
+            Ok(f) => f.iter().any(|p| p.author() == author),
             Err(e) => match e {},
         };
         if !proven {
             self.violation(format!(
                 "node {i} met a fork at seq {} but holds no proof",
-                ev.seq().0
+                seq.0
             ));
         }
     }
