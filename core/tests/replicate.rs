@@ -588,9 +588,16 @@ fn scenario(n: usize, seed: u64, loss: f64, per: usize, split_at: usize) {
         );
     }
     // Author 0 forked: the fork is proven at one seq, every node holds the log up to
-    // it, and wherever two nodes hold different heads of it, both know of the fork
-    // (frozen there). Two nodes holding the same side need not: their version vectors
-    // are equal, and a round between them is a single InSync.
+    // it, knows of the fork and froze the log there (a node that learned of it late may
+    // hold events past it: they stay, nothing more is added). A node holding the same
+    // side as its peers learns of it too: known forks are part of a round's digest.
+    for i in 0..n {
+        let forks = net.nodes[i].0.forks().unwrap();
+        assert!(
+            forks.iter().any(|f| f.author() == authors[0].author()),
+            "node {i} does not know of the fork"
+        );
+    }
     let state = |i: usize| {
         let st = net.nodes[i]
             .0
