@@ -61,6 +61,9 @@ pub enum OpError {
     /// No operations.
     #[error("a change needs at least one operation")]
     Empty,
+    /// Reading the document made automerge panic (a change left it inconsistent).
+    #[error("the document cannot be read: {0}")]
+    Unreadable(String),
 }
 
 /// Splits a path into its segments (unescaped).
@@ -419,7 +422,25 @@ pub fn apply<T: Transactable>(tx: &mut T, op: &Op) -> Result<(), OpError> {
 
 /// The document (or the value at `path` in it) as JSON: maps → objects, lists →
 /// arrays, texts → strings, counters → numbers.
+///
+/// automerge 0.12 can panic while reading a document that a hostile change left
+/// inconsistent (found by `hostile_change_bytes_never_panic`): the read is guarded and
+/// such a document is [`OpError::Unreadable`], never a crash of the caller's thread.
 pub fn to_json<D: ReadDoc>(doc: &D, path: &str) -> Result<serde_json::Value, OpError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        to_json_unguarded(doc, path)
+    }))
+    .unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "automerge panicked".to_owned());
+        Err(OpError::Unreadable(why))
+    })
+}
+
+fn to_json_unguarded<D: ReadDoc>(doc: &D, path: &str) -> Result<serde_json::Value, OpError> {
     let segs = segments(path);
     if segs.is_empty() {
         return serde_json::to_value(automerge::AutoSerde::from(doc)).map_err(|e| {

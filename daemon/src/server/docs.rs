@@ -33,6 +33,7 @@ impl From<DocError> for ApiError {
                     OpError::OutOfRange { .. } => {
                         (StatusCode::UNPROCESSABLE_ENTITY, "out_of_range")
                     }
+                    OpError::Unreadable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
                     _ => (StatusCode::BAD_REQUEST, "bad_operation"),
                 };
                 ApiError::new(status, code, op.to_string())
