@@ -877,6 +877,13 @@ fn idle_connections_are_closed_but_quiet_followers_are_not() {
         "GET /v1/follow?pattern=quiet/%23&format=ndjson HTTP/1.1\r\nHost: m\r\n\r\n"
     )
     .unwrap();
+    // A follower of a document nobody edits.
+    let mut quiet_doc = UnixStream::connect(n.socket()).unwrap();
+    write!(
+        quiet_doc,
+        "GET /v1/doc/follow?topic=quiet/docs&doc=d HTTP/1.1\r\nHost: m\r\n\r\n"
+    )
+    .unwrap();
     assert!(
         closed_within(&mut silent, 5),
         "a silent connection stayed open"
@@ -888,6 +895,10 @@ fn idle_connections_are_closed_but_quiet_followers_are_not() {
     assert!(
         !closed_within(&mut quiet, 3),
         "a follower was closed for being quiet"
+    );
+    assert!(
+        !closed_within(&mut quiet_doc, 3),
+        "a document follower was closed for being quiet"
     );
     // The follower still gets what comes.
     let r = n.post(

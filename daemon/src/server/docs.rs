@@ -251,6 +251,7 @@ pub struct FollowDocQuery {
 /// burst of changes gives one line with the state after all of them.
 pub(super) async fn follow(
     State(st): State<Shared>,
+    extensions: axum::http::Extensions,
     q: Result<Query<FollowDocQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = q?;
@@ -270,6 +271,8 @@ pub(super) async fn follow(
         path: String,
         seen: Option<Offset>,
         _permit: tokio::sync::OwnedSemaphorePermit,
+        /// Exempts the connection from the idle deadline while the stream lives.
+        _streaming: Option<super::listener::Streaming>,
     }
     let s = S {
         st,
@@ -278,6 +281,9 @@ pub(super) async fn follow(
         path: q.path,
         seen: None,
         _permit: permit,
+        _streaming: extensions
+            .get::<axum::extract::ConnectInfo<super::listener::ConnMeta>>()
+            .map(|c| c.0.streaming()),
     };
     let body = futures_util::stream::unfold(s, |mut s| async move {
         let mut offsets = s.st.offsets.clone();
