@@ -484,19 +484,9 @@ fn read_input(args: &PubArgs) -> anyhow::Result<Vec<u8>> {
 }
 
 fn request_for(topic: &str, data: &[u8], content_type: &Option<String>) -> PublishRequest {
-    use base64::Engine;
-    let (text, b64) = match std::str::from_utf8(data) {
-        Ok(s) => (Some(s.to_owned()), None),
-        Err(_) => (
-            None,
-            Some(base64::engine::general_purpose::STANDARD.encode(data)),
-        ),
-    };
     PublishRequest {
-        topic: topic.to_owned(),
-        data: text,
-        data_b64: b64,
         content_type: content_type.clone(),
+        ..murmur_client::payload_request(topic, data)
     }
 }
 

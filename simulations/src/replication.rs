@@ -332,7 +332,8 @@ pub(crate) fn machine_config(
 /// answer everywhere, so each distinct event is verified once per run of the
 /// simulator. With `verify` false (see `Scenario::verify_push`) nothing is verified.
 pub(crate) fn shared_verifier(verify: bool) -> Arc<replicate::VerifyFn> {
-    let seen: std::sync::Mutex<HashMap<EventId, bool>> = std::sync::Mutex::new(HashMap::new());
+    let seen: std::sync::Mutex<HashMap<EventId, Result<(), murmur_core::EventError>>> =
+        std::sync::Mutex::new(HashMap::new());
     Arc::new(move |events: &[Event]| {
         events
             .iter()
@@ -343,8 +344,7 @@ pub(crate) fn shared_verifier(verify: bool) -> Arc<replicate::VerifyFn> {
                 let mut seen = seen
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let ok = *seen.entry(ev.id()).or_insert_with(|| ev.verify().is_ok());
-                if ok { Ok(()) } else { ev.verify() }
+                seen.entry(ev.id()).or_insert_with(|| ev.verify()).clone()
             })
             .collect()
     })

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Node, netns, request, stdout};
+use common::netns::{self, run};
+use common::{Node, request, stdout};
 use serde_json::{Value, json};
 
 /// (topic, seq) → id, as acknowledged to publishers.
@@ -195,20 +196,6 @@ struct LoopFs {
     image: PathBuf,
     mnt: PathBuf,
     dev: String,
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 impl LoopFs {

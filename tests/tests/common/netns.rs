@@ -27,7 +27,8 @@ pub fn ip(args: &[&str]) {
     );
 }
 
-fn run(cmd: &str, args: &[&str]) {
+/// Runs `cmd ARGS`, panicking with its stderr on failure; returns its stdout, trimmed.
+pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -38,6 +39,7 @@ fn run(cmd: &str, args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// Namespaces need root. Without it the test fails, unless MURMUR_NO_NETNS=1 asks to skip
