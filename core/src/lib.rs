@@ -110,6 +110,8 @@ pub use event::{Body, DocId, Draft, Event, EventError, MAX_EVENT_BYTES, Payload,
 pub use hlc::{Ahead, Clock, ClockError, Timestamp};
 pub use id::{AuthorId, EventId, Offset, Seq};
 pub use keys::{KeyError, Keypair};
-pub use storage::{ArrivalPage, Durability, LogSummary, Outcome, Store};
+pub use storage::{
+    ArrivalPage, DocArrival, Durability, LogSummary, Outcome, ReadStore, Snapshot, Store,
+};
 pub use topic::{Pattern, Topic, TopicError};
 pub use vv::VersionVector;

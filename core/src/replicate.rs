@@ -26,8 +26,14 @@
 //!   [`Output::OwnLogsConfirmed`] once a round with a peer has finished on each.
 //!
 //! The driver feeds it inputs (messages, peer events, durable local events, ticks with
-//! `now`) and carries out every [`Output`]: sending, gossiping, verdicts, bans,
-//! subscriptions. Like [`Sync`], the machine reads and writes the store it is given.
+//! `now`, results of writes) and carries out every [`Output`]: sending, gossiping,
+//! verdicts, bans, subscriptions, and writes. **The machine never writes the store**:
+//! like [`Sync`] it reads it, and what it wants stored comes out as
+//! [`Output::Persist`]; the driver writes it (the daemon through its one store writer,
+//! group-committed with everything else) and hands the outcomes back to
+//! [`Replicator::persisted`]. What depends on the write (a gossip verdict, and so
+//! forwarding; events held past a gap; a round's end) waits for it: nothing is
+//! forwarded before it is durable.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -36,7 +42,7 @@ use std::time::{Duration, Instant};
 use crate::event::{Event, EventError};
 use crate::id::{AuthorId, Seq};
 use crate::run;
-use crate::storage::{Outcome, Store};
+use crate::storage::{Durability, Outcome, ReadStore};
 use crate::sync::{self, Message, Sync};
 use crate::topic::{Pattern, Topic};
 use crate::verify::verify_batch;
@@ -177,6 +183,16 @@ pub enum Output<P, M> {
     Unsubscribe(Topic),
     /// Announce again the topics peers subscribed to (interest grew: hear them again).
     ReplaySubscriptions,
+    /// Write `events` (verified, in order) to the store, then hand the outcomes to
+    /// [`Replicator::persisted`] with `ticket`.
+    Persist {
+        /// Names this write in [`Replicator::persisted`].
+        ticket: Ticket,
+        /// The events, in order.
+        events: Vec<Event>,
+        /// How durable the write must be.
+        durability: Durability,
+    },
     /// A round with a peer has finished on every topic to confirm (see
     /// [`Replicator::new`]): the node's own logs are as complete as its peers can make
     /// them.
@@ -184,6 +200,31 @@ pub enum Output<P, M> {
 }
 
 type Outs<P, M> = Vec<Output<P, M>>;
+
+/// Names a write the machine asked for ([`Output::Persist`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(TicketOf);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum TicketOf {
+    /// A write of the anti-entropy machine.
+    Sync(u64),
+    /// A write of this machine (gossip, held events).
+    Own(u64),
+}
+
+/// What the machine does once one of its writes is done.
+#[derive(Debug)]
+enum Pending<P, M> {
+    /// Verified gossip runs, each with its sender and message id.
+    Gossip(Vec<(P, M, Vec<Event>)>),
+    /// Held events of one log that continue its head.
+    Drain {
+        topic: Topic,
+        author: AuthorId,
+        events: Vec<Event>,
+    },
+}
 
 /// When a log's gap was seen, who sent the event past it, and the held events by seq.
 type Held<P> = (Instant, P, BTreeMap<Seq, Event>);
@@ -200,6 +241,10 @@ pub struct Replicator<P, M> {
     next_peer: usize,
     last_round: Option<Instant>,
     unconfirmed: Option<BTreeSet<Topic>>,
+    pending: BTreeMap<u64, Pending<P, M>>,
+    next_ticket: u64,
+    /// Logs whose held events are being written.
+    draining: BTreeSet<(Topic, AuthorId)>,
     _msg: std::marker::PhantomData<fn() -> M>,
 }
 
@@ -227,6 +272,9 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             next_peer: 0,
             last_round: None,
             unconfirmed: confirm,
+            pending: BTreeMap::new(),
+            next_ticket: 0,
+            draining: BTreeSet::new(),
             _msg: std::marker::PhantomData,
         }
     }
@@ -256,13 +304,18 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         self.held_len
     }
 
+    /// Writes asked for and not yet reported done.
+    pub fn persisting(&self) -> usize {
+        self.pending.len()
+    }
+
     /// True while own logs wait for confirmation.
     pub fn confirming(&self) -> bool {
         self.unconfirmed.is_some()
     }
 
     /// At start: subscribe to every topic of interest the store holds.
-    pub fn start<S: Store>(&mut self, store: &S) -> Outs<P, M> {
+    pub fn start<S: ReadStore>(&mut self, store: &S) -> Outs<P, M> {
         let mut outs = Vec::new();
         for t in self.known_topics(store) {
             self.subscribe(&t, &mut outs);
@@ -271,7 +324,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     }
 
     /// A peer connected: a round with it on every topic.
-    pub fn connected<S: Store>(&mut self, peer: P, now: Instant, store: &S) -> Outs<P, M> {
+    pub fn connected<S: ReadStore>(&mut self, peer: P, now: Instant, store: &S) -> Outs<P, M> {
         self.peers.insert(peer.clone());
         let mut outs = Vec::new();
         self.round(peer, now, store, &mut outs);
@@ -279,7 +332,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     }
 
     /// A peer disconnected: its sessions fail.
-    pub fn disconnected<S: Store>(&mut self, peer: &P, store: &S) -> Outs<P, M> {
+    pub fn disconnected<S: ReadStore>(&mut self, peer: &P, store: &S) -> Outs<P, M> {
         self.peers.remove(peer);
         let mut outs = Vec::new();
         let failed = self.sync.peer_gone(peer);
@@ -289,7 +342,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
 
     /// A peer announced a topic (gossip subscription): if we replicate it, join its
     /// gossip and reconcile it with that peer now.
-    pub fn peer_subscribed<S: Store>(
+    pub fn peer_subscribed<S: ReadStore>(
         &mut self,
         peer: P,
         topic: &str,
@@ -309,7 +362,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
 
     /// A sync message from `peer`. Messages on topics we do not replicate are dropped
     /// (the peer's round times out).
-    pub fn sync_message<S: Store>(
+    pub fn sync_message<S: ReadStore>(
         &mut self,
         peer: P,
         msg: Message,
@@ -329,7 +382,12 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     }
 
     /// A round now, with `peer` or with every connected peer.
-    pub fn sync_now<S: Store>(&mut self, peer: Option<P>, now: Instant, store: &S) -> Outs<P, M> {
+    pub fn sync_now<S: ReadStore>(
+        &mut self,
+        peer: Option<P>,
+        now: Instant,
+        store: &S,
+    ) -> Outs<P, M> {
         let peers: Vec<P> = match peer {
             Some(p) => vec![p],
             None => self.peers.iter().cloned().collect(),
@@ -362,12 +420,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
 
     /// Gossiped messages: checked, verified together, the valid ones stored in one
     /// write; a verdict for each.
-    pub fn gossiped<S: Store>(
-        &mut self,
-        batch: Vec<Gossip<P, M>>,
-        now: Instant,
-        store: &S,
-    ) -> Outs<P, M> {
+    pub fn gossiped<S: ReadStore>(&mut self, batch: Vec<Gossip<P, M>>, store: &S) -> Outs<P, M> {
         let mut outs = Vec::new();
         let mut valid: Vec<(P, M, Vec<Event>)> = Vec::with_capacity(batch.len());
         for g in batch {
@@ -409,8 +462,82 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         if good.is_empty() {
             return outs;
         }
+        // Stored in one write; the verdicts wait for it (nothing is forwarded before
+        // it is durable).
         let events: Vec<Event> = good.iter().flat_map(|(_, _, evs)| evs.clone()).collect();
-        let Ok(outcomes) = store.insert(&events, self.config.sync.durability) else {
+        self.persist(Pending::Gossip(good), events, &mut outs);
+        outs
+    }
+
+    /// The outcome of the write named `ticket` (an [`Output::Persist`]): the store's
+    /// outcome per event, or why the write failed. Gives the verdicts that waited for
+    /// it, holds what arrived past a gap, stores held events that now continue their
+    /// log, and goes on with the rounds.
+    pub fn persisted<S: ReadStore>(
+        &mut self,
+        ticket: Ticket,
+        result: Result<Vec<Outcome>, String>,
+        now: Instant,
+        store: &S,
+    ) -> Outs<P, M> {
+        let mut outs = Vec::new();
+        match ticket.0 {
+            TicketOf::Sync(t) => {
+                let o = self.sync.persisted(t, result, now, store);
+                self.sync_outputs(o, store, &mut outs);
+            }
+            TicketOf::Own(t) => match self.pending.remove(&t) {
+                None => {}
+                Some(Pending::Gossip(good)) => {
+                    self.gossip_written(good, result, now, store, &mut outs);
+                }
+                Some(Pending::Drain {
+                    topic,
+                    author,
+                    events,
+                }) => {
+                    self.draining.remove(&(topic.clone(), author));
+                    if let Ok(outcomes) = result {
+                        let mut stored = Vec::new();
+                        for (ev, o) in events.into_iter().zip(outcomes) {
+                            match o {
+                                Outcome::Appended(_) => stored.push(ev),
+                                Outcome::Fork(_) => outs.push(Output::Forked(ev)),
+                                _ => {}
+                            }
+                        }
+                        if !stored.is_empty() {
+                            outs.push(Output::Received { events: stored });
+                        }
+                    }
+                    // More may have arrived meanwhile (or the write failed: the held
+                    // events went, and anti-entropy brings them).
+                    self.drain(&topic, author, store, &mut outs);
+                }
+            },
+        }
+        outs
+    }
+
+    fn persist(&mut self, then: Pending<P, M>, events: Vec<Event>, outs: &mut Outs<P, M>) {
+        self.next_ticket += 1;
+        self.pending.insert(self.next_ticket, then);
+        outs.push(Output::Persist {
+            ticket: Ticket(TicketOf::Own(self.next_ticket)),
+            events,
+            durability: self.config.sync.durability,
+        });
+    }
+
+    fn gossip_written<S: ReadStore>(
+        &mut self,
+        good: Vec<(P, M, Vec<Event>)>,
+        result: Result<Vec<Outcome>, String>,
+        now: Instant,
+        store: &S,
+        outs: &mut Outs<P, M>,
+    ) {
+        let Ok(outcomes) = result else {
             // Not stored: nothing to forward; anti-entropy brings them later.
             for (from, id, _) in good {
                 outs.push(Output::Verdict {
@@ -419,7 +546,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                     verdict: Verdict::Ignore,
                 });
             }
-            return outs;
+            return;
         };
         let mut outcomes = outcomes.into_iter();
         let mut appended: BTreeSet<(Topic, AuthorId)> = BTreeSet::new();
@@ -438,7 +565,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                     }
                     Some(Outcome::Gap { .. }) => {
                         // Held until the gap fills: forward it meanwhile.
-                        let held = self.hold(from.clone(), ev, now, store, &mut outs);
+                        let held = self.hold(from.clone(), ev, now, store, outs);
                         if held {
                             verdict = Verdict::Accept;
                         }
@@ -449,7 +576,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                         let o = self
                             .sync
                             .start(from.clone(), ev.topic().clone(), now, store);
-                        self.sync_outputs(o, store, &mut outs);
+                        self.sync_outputs(o, store, outs);
                     }
                     Some(Outcome::Duplicate) => duplicates += 1,
                     Some(Outcome::Fork(_)) => outs.push(Output::Forked(ev)),
@@ -465,13 +592,12 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             outs.push(Output::Received { events: received });
         }
         for (topic, author) in appended {
-            self.drain(&topic, author, store, &mut outs);
+            self.drain(&topic, author, store, outs);
         }
-        outs
     }
 
     /// Time passed: sync deadlines, gaps due for a pull, the periodic round.
-    pub fn tick<S: Store>(&mut self, now: Instant, store: &S) -> Outs<P, M> {
+    pub fn tick<S: ReadStore>(&mut self, now: Instant, store: &S) -> Outs<P, M> {
         let mut outs = Vec::new();
         let o = self.sync.tick(now);
         self.sync_outputs(o, store, &mut outs);
@@ -510,7 +636,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     /// Adds and/or removes an interest pattern. Returns whether the interest changed,
     /// and what to do: leave topics no longer wanted; join the new ones, hear peers'
     /// subscriptions again and run a round with every peer.
-    pub fn change_interest<S: Store>(
+    pub fn change_interest<S: ReadStore>(
         &mut self,
         add: Option<Pattern>,
         remove: Option<Pattern>,
@@ -551,13 +677,13 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     }
 
     /// Bans `peer` (the driver also bans for its own reasons): its sessions fail.
-    pub fn ban<S: Store>(&mut self, peer: P, reason: &'static str, store: &S) -> Outs<P, M> {
+    pub fn ban<S: ReadStore>(&mut self, peer: P, reason: &'static str, store: &S) -> Outs<P, M> {
         let mut outs = Vec::new();
         self.ban_into(peer, reason, store, &mut outs);
         outs
     }
 
-    fn ban_into<S: Store>(
+    fn ban_into<S: ReadStore>(
         &mut self,
         peer: P,
         reason: &'static str,
@@ -583,7 +709,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
 
     /// A refused message: `Reject` for gossipsub, and a ban once the peer has forwarded
     /// too many.
-    fn reject<S: Store>(
+    fn reject<S: ReadStore>(
         &mut self,
         from: P,
         id: M,
@@ -607,7 +733,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         }
     }
 
-    fn known_topics<S: Store>(&self, store: &S) -> Vec<Topic> {
+    fn known_topics<S: ReadStore>(&self, store: &S) -> Vec<Topic> {
         let mut topics: Vec<Topic> = store
             .logs()
             .map(|logs| logs.into_iter().map(|l| l.topic).collect())
@@ -626,7 +752,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         }
     }
 
-    fn round<S: Store>(&mut self, peer: P, now: Instant, store: &S, outs: &mut Outs<P, M>) {
+    fn round<S: ReadStore>(&mut self, peer: P, now: Instant, store: &S, outs: &mut Outs<P, M>) {
         for topic in self.known_topics(store) {
             let o = self.sync.start(peer.clone(), topic, now, store);
             self.sync_outputs(o, store, outs);
@@ -636,13 +762,26 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     /// Passes the sync machine's outputs on, and acts on them: a stored range may let
     /// held events follow, a finished round may confirm own logs, a protocol violation
     /// bans the peer.
-    fn sync_outputs<S: Store>(
+    fn sync_outputs<S: ReadStore>(
         &mut self,
         o: Vec<sync::Output<P>>,
         store: &S,
         outs: &mut Outs<P, M>,
     ) {
         for out in o {
+            if let sync::Output::Persist {
+                ticket,
+                events,
+                durability,
+            } = out
+            {
+                outs.push(Output::Persist {
+                    ticket: Ticket(TicketOf::Sync(ticket)),
+                    events,
+                    durability,
+                });
+                continue;
+            }
             let mut drain = BTreeSet::new();
             let mut done = None;
             let mut ban = None;
@@ -684,7 +823,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     /// Holds a valid event that arrived past a gap (gossip took another path for the
     /// events before it) until the gap fills; `tick` pulls gaps that stay open. When
     /// the holding area is full, the gap is pulled at once instead. True when held.
-    fn hold<S: Store>(
+    fn hold<S: ReadStore>(
         &mut self,
         from: P,
         ev: Event,
@@ -713,8 +852,9 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         true
     }
 
-    /// Stores the held events of a log that now continue its head, in one batch each.
-    fn drain<S: Store>(
+    /// Writes the held events of a log that now continue its head (one write at a time
+    /// per log; [`Replicator::persisted`] drains again after it).
+    fn drain<S: ReadStore>(
         &mut self,
         topic: &Topic,
         author: AuthorId,
@@ -722,50 +862,47 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         outs: &mut Outs<P, M>,
     ) {
         let key = (topic.clone(), author);
-        loop {
-            let Ok(state) = store.log_state(&author, topic) else {
-                return;
-            };
-            let head = state.head.map(|h| h.seq);
-            let Some((_, _, held)) = self.held.get_mut(&key) else {
-                return;
-            };
-            // Forget what the log already holds.
-            while let Some((&s, _)) = held.first_key_value() {
-                if head.is_some_and(|h| s <= h) {
-                    held.remove(&s);
-                    self.held_len -= 1;
-                } else {
-                    break;
-                }
-            }
-            let mut next = head.map_or(Seq(0), |h| Seq(h.0 + 1));
-            let mut run = Vec::new();
-            while let Some(ev) = held.remove(&next) {
+        if self.draining.contains(&key) {
+            return;
+        }
+        let Ok(state) = store.log_state(&author, topic) else {
+            return;
+        };
+        let head = state.head.map(|h| h.seq);
+        let Some((_, _, held)) = self.held.get_mut(&key) else {
+            return;
+        };
+        // Forget what the log already holds.
+        while let Some((&s, _)) = held.first_key_value() {
+            if head.is_some_and(|h| s <= h) {
+                held.remove(&s);
                 self.held_len -= 1;
-                run.push(ev);
-                next = Seq(next.0 + 1);
-            }
-            if held.is_empty() {
-                self.held.remove(&key);
-            }
-            if run.is_empty() {
-                return;
-            }
-            let Ok(outcomes) = store.insert(&run, self.config.sync.durability) else {
-                return;
-            };
-            let mut stored = Vec::new();
-            for (ev, o) in run.into_iter().zip(outcomes) {
-                match o {
-                    Outcome::Appended(_) => stored.push(ev),
-                    Outcome::Fork(_) => outs.push(Output::Forked(ev)),
-                    _ => {}
-                }
-            }
-            if !stored.is_empty() {
-                outs.push(Output::Received { events: stored });
+            } else {
+                break;
             }
         }
+        let mut next = head.map_or(Seq(0), |h| Seq(h.0 + 1));
+        let mut run = Vec::new();
+        while let Some(ev) = held.remove(&next) {
+            self.held_len -= 1;
+            run.push(ev);
+            next = Seq(next.0 + 1);
+        }
+        if held.is_empty() {
+            self.held.remove(&key);
+        }
+        if run.is_empty() {
+            return;
+        }
+        self.draining.insert(key);
+        self.persist(
+            Pending::Drain {
+                topic: topic.clone(),
+                author,
+                events: run.clone(),
+            },
+            run,
+            outs,
+        );
     }
 }

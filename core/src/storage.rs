@@ -16,7 +16,7 @@
 use std::error::Error;
 
 use crate::accept::{ForkProof, Head, LogState};
-use crate::event::Event;
+use crate::event::{DocId, Event};
 use crate::id::{AuthorId, EventId, Offset, Seq};
 use crate::topic::{Pattern, Topic};
 use crate::vv::VersionVector;
@@ -73,16 +73,25 @@ pub struct ArrivalPage {
     pub next: Offset,
 }
 
-/// Persistence of logs and their indexes. All methods take `&self`: implementations
-/// serialise writes internally and allow concurrent reads.
-pub trait Store: Send + Sync + 'static {
+/// A document change in arrival order: its offset, topic and document.
+pub type DocArrival = (Offset, Topic, DocId);
+
+/// A document snapshot: automerge's saved form and the offset it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every change of the document stored below this offset is in `bytes`.
+    pub through: Offset,
+    /// `Automerge::save` output.
+    pub bytes: Vec<u8>,
+}
+
+/// Reading the store: logs, arrivals, version vectors, forks and the document index.
+/// The replication machine takes only this: it never writes (its writes are values,
+/// carried out by the store's one writer). All methods take `&self` and may run
+/// concurrently with a write.
+pub trait ReadStore: Send + Sync + 'static {
     /// The implementation's error type.
     type Error: Error + Send + Sync + 'static;
-
-    /// Applies the acceptance rules to `events` in order and stores what they accept,
-    /// atomically; returns one outcome per event.
-    fn insert(&self, events: &[Event], durability: Durability)
-    -> Result<Vec<Outcome>, Self::Error>;
 
     /// The state (head, fork) of one log.
     fn log_state(&self, author: &AuthorId, topic: &Topic) -> Result<LogState, Self::Error>;
@@ -121,6 +130,49 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every stored fork proof.
     fn forks(&self) -> Result<Vec<ForkProof>, Self::Error>;
+
+    /// Up to `limit` changes of one document with offsets from `from` on, in arrival
+    /// order. Every stored document change (an event with a document body) is indexed,
+    /// in the same atomic write as the event.
+    fn doc_changes(
+        &self,
+        topic: &Topic,
+        doc: &DocId,
+        from: Offset,
+        limit: usize,
+    ) -> Result<Vec<(Offset, Event)>, Self::Error>;
+
+    /// The offset of a document's newest change, if it has any.
+    fn doc_last_change(&self, topic: &Topic, doc: &DocId) -> Result<Option<Offset>, Self::Error>;
+
+    /// Document changes at offsets from `from` on (up to `limit`), in arrival order,
+    /// and where to continue.
+    fn doc_arrivals(
+        &self,
+        from: Offset,
+        limit: usize,
+    ) -> Result<(Vec<DocArrival>, Offset), Self::Error>;
+
+    /// The documents of a topic that have at least one change, in id order.
+    fn docs_of(&self, topic: &Topic, limit: usize) -> Result<Vec<DocId>, Self::Error>;
+
+    /// The newest snapshot of a document, if any.
+    fn load_snapshot(&self, topic: &Topic, doc: &DocId) -> Result<Option<Snapshot>, Self::Error>;
+}
+
+/// Persistence of logs and their indexes: [`ReadStore`] and the writes. Implementations
+/// serialise writes internally and allow concurrent reads; the daemon calls the writes
+/// from one thread only (its store writer).
+pub trait Store: ReadStore {
+    /// Applies the acceptance rules to `events` in order and stores what they accept,
+    /// atomically, with the document index of each document change; returns one
+    /// outcome per event.
+    fn insert(&self, events: &[Event], durability: Durability)
+    -> Result<Vec<Outcome>, Self::Error>;
+
+    /// Stores a snapshot of a document (replacing the previous one), durably.
+    fn save_snapshot(&self, topic: &Topic, doc: &DocId, snap: &Snapshot)
+    -> Result<(), Self::Error>;
 
     /// Makes everything written so far durable (used at shutdown).
     fn flush(&self) -> Result<(), Self::Error>;

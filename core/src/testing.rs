@@ -44,3 +44,85 @@ pub fn chain_with(
     }
     out
 }
+
+/// A driver that writes at once: carries out every `Persist` among `outs` on `store`
+/// and feeds the result back to the machine (and so on, for the writes that follow),
+/// returning every other output in order. For tests and benchmarks of the sync machine.
+pub fn settle_sync<P, S>(
+    machine: &mut crate::sync::Sync<P>,
+    outs: Vec<crate::sync::Output<P>>,
+    now: std::time::Instant,
+    store: &S,
+) -> Vec<crate::sync::Output<P>>
+where
+    P: Clone + Ord + std::fmt::Debug,
+    S: crate::storage::Store,
+{
+    use crate::sync::Output;
+    settle_with(
+        outs,
+        store,
+        |o| match o {
+            Output::Persist {
+                ticket,
+                events,
+                durability,
+            } => Ok((ticket, events, durability)),
+            other => Err(other),
+        },
+        |t, written| machine.persisted(t, written, now, store),
+    )
+}
+
+/// [`settle_sync`] for the replication machine.
+pub fn settle<P, M, S>(
+    machine: &mut crate::replicate::Replicator<P, M>,
+    outs: Vec<crate::replicate::Output<P, M>>,
+    now: std::time::Instant,
+    store: &S,
+) -> Vec<crate::replicate::Output<P, M>>
+where
+    P: Clone + Ord + std::fmt::Debug,
+    M: Clone + std::fmt::Debug,
+    S: crate::storage::Store,
+{
+    use crate::replicate::Output;
+    settle_with(
+        outs,
+        store,
+        |o| match o {
+            Output::Persist {
+                ticket,
+                events,
+                durability,
+            } => Ok((ticket, events, durability)),
+            other => Err(other),
+        },
+        |t, written| machine.persisted(t, written, now, store),
+    )
+}
+
+type Write<T> = (T, Vec<Event>, crate::storage::Durability);
+type Written = Result<Vec<crate::storage::Outcome>, String>;
+
+fn settle_with<O, T, S: crate::storage::Store>(
+    outs: Vec<O>,
+    store: &S,
+    as_write: impl Fn(O) -> Result<Write<T>, O>,
+    mut persisted: impl FnMut(T, Written) -> Vec<O>,
+) -> Vec<O> {
+    let mut queue: std::collections::VecDeque<O> = outs.into();
+    let mut done = Vec::new();
+    while let Some(o) = queue.pop_front() {
+        match as_write(o) {
+            Ok((ticket, events, durability)) => {
+                let written = store.insert(&events, durability).map_err(|e| e.to_string());
+                for m in persisted(ticket, written).into_iter().rev() {
+                    queue.push_front(m);
+                }
+            }
+            Err(other) => done.push(other),
+        }
+    }
+    done
+}

@@ -11,11 +11,22 @@ use bytes::Bytes;
 use murmur_core::replicate::{Config, Gossip, Output, Replicator, Verdict};
 use murmur_core::sync::{self, Message};
 use murmur_core::testing::{chain, key};
-use murmur_core::{Durability, Event, EventId, Pattern, Seq, Store, Topic, run};
+use murmur_core::{Durability, Event, EventId, Pattern, ReadStore, Seq, Store, Topic, run};
 use murmur_store::MemoryStore;
 use proptest::prelude::*;
 
 type M = u64;
+
+/// Calls the machine with `call` and carries out its writes at once.
+fn go<S: murmur_core::Store>(
+    m: &mut Replicator<usize, M>,
+    now: Instant,
+    store: &S,
+    call: impl FnOnce(&mut Replicator<usize, M>) -> Vec<Output<usize, M>>,
+) -> Vec<Output<usize, M>> {
+    let outs = call(m);
+    murmur_core::testing::settle(m, outs, now, store)
+}
 
 fn config(interest: &str) -> Config {
     Config {
@@ -80,12 +91,16 @@ fn an_event_past_a_gap_is_held_forwarded_and_stored_once_the_gap_fills() {
     let mut m: Replicator<usize, M> = Replicator::new(config("#"), None);
     let t0 = Instant::now();
     let evs = chain(&key(1), "a/t", 10, "x");
-    let outs = m.gossiped(vec![gossip(7, 1, &evs[5..])], t0, &store);
+    let outs = go(&mut m, t0, &store, |m| {
+        m.gossiped(vec![gossip(7, 1, &evs[5..])], &store)
+    });
     // Valid: forwarded while held; nothing stored yet.
     assert_eq!(verdicts(&outs), vec![(1, Verdict::Accept)]);
     assert_eq!(m.held(), 5);
     assert_eq!(head(&store, &evs[0]), None);
-    let outs = m.gossiped(vec![gossip(8, 2, &evs[..5])], t0, &store);
+    let outs = go(&mut m, t0, &store, |m| {
+        m.gossiped(vec![gossip(8, 2, &evs[..5])], &store)
+    });
     assert_eq!(verdicts(&outs), vec![(2, Verdict::Accept)]);
     assert_eq!(head(&store, &evs[0]), Some(Seq(9)));
     assert_eq!(m.held(), 0);
@@ -105,10 +120,16 @@ fn a_gap_still_open_after_gap_wait_is_pulled_from_the_sender() {
     let mut m: Replicator<usize, M> = Replicator::new(config("#"), None);
     let t0 = Instant::now();
     let evs = chain(&key(1), "a/t", 10, "x");
-    m.gossiped(vec![gossip(7, 1, &evs[5..])], t0, &store);
-    let early = m.tick(t0 + Duration::from_millis(100), &store);
+    go(&mut m, t0, &store, |m| {
+        m.gossiped(vec![gossip(7, 1, &evs[5..])], &store)
+    });
+    let early = go(&mut m, t0 + Duration::from_millis(100), &store, |m| {
+        m.tick(t0 + Duration::from_millis(100), &store)
+    });
     assert!(sends_to(&early, 7).is_empty(), "{early:?}");
-    let due = m.tick(t0 + Duration::from_millis(350), &store);
+    let due = go(&mut m, t0 + Duration::from_millis(350), &store, |m| {
+        m.tick(t0 + Duration::from_millis(350), &store)
+    });
     let asks = sends_to(&due, 7);
     assert!(
         asks.iter().any(|msg| matches!(msg, Message::Want { .. })),
@@ -130,7 +151,7 @@ fn invalid_gossip_is_rejected_and_the_sender_banned_after_three() {
             topic: "a/t".into(),
             data: forged(std::slice::from_ref(ev)),
         };
-        all.extend(m.gossiped(vec![g], t0, &store));
+        all.extend(go(&mut m, t0, &store, |m| m.gossiped(vec![g], &store)));
     }
     assert!(
         verdicts(&all).iter().all(|(_, v)| *v == Verdict::Reject),
@@ -152,24 +173,25 @@ fn invalid_gossip_is_rejected_and_the_sender_banned_after_three() {
     assert_eq!(head(&store, &evs[0]), None, "nothing forged is stored");
 
     // Malformed bytes and a run sent on another topic are rejected too.
-    let outs = m.gossiped(
-        vec![
-            Gossip {
-                from: 3,
-                id: 10,
-                topic: "a/t".into(),
-                data: vec![1, 2, 3],
-            },
-            Gossip {
-                from: 3,
-                id: 11,
-                topic: "b/other".into(),
-                data: run::encode(&evs).unwrap(),
-            },
-        ],
-        t0,
-        &store,
-    );
+    let outs = go(&mut m, t0, &store, |m| {
+        m.gossiped(
+            vec![
+                Gossip {
+                    from: 3,
+                    id: 10,
+                    topic: "a/t".into(),
+                    data: vec![1, 2, 3],
+                },
+                Gossip {
+                    from: 3,
+                    id: 11,
+                    topic: "b/other".into(),
+                    data: run::encode(&evs).unwrap(),
+                },
+            ],
+            &store,
+        )
+    });
     let reasons: Vec<&str> = outs
         .iter()
         .filter_map(|o| match o {
@@ -186,13 +208,19 @@ fn off_interest_and_duplicate_gossip_is_ignored_not_forwarded() {
     let mut m: Replicator<usize, M> = Replicator::new(config("a/#"), None);
     let t0 = Instant::now();
     let other = chain(&key(1), "b/t", 2, "x");
-    let outs = m.gossiped(vec![gossip(1, 1, &other)], t0, &store);
+    let outs = go(&mut m, t0, &store, |m| {
+        m.gossiped(vec![gossip(1, 1, &other)], &store)
+    });
     assert_eq!(verdicts(&outs), vec![(1, Verdict::Ignore)]);
     assert_eq!(head(&store, &other[0]), None);
 
     let evs = chain(&key(1), "a/t", 2, "x");
-    m.gossiped(vec![gossip(1, 2, &evs)], t0, &store);
-    let again = m.gossiped(vec![gossip(2, 3, &evs)], t0, &store);
+    go(&mut m, t0, &store, |m| {
+        m.gossiped(vec![gossip(1, 2, &evs)], &store)
+    });
+    let again = go(&mut m, t0, &store, |m| {
+        m.gossiped(vec![gossip(2, 3, &evs)], &store)
+    });
     assert_eq!(verdicts(&again), vec![(3, Verdict::Ignore)]);
     assert!(
         again.iter().any(|o| matches!(o, Output::Duplicates(2))),
@@ -207,9 +235,13 @@ fn a_conflicting_event_at_our_head_starts_a_round_with_its_sender() {
     let t0 = Instant::now();
     let ours = chain(&key(1), "a/t", 3, "x");
     let theirs = chain(&key(1), "a/t", 4, "y");
-    m.gossiped(vec![gossip(1, 1, &ours)], t0, &store);
+    go(&mut m, t0, &store, |m| {
+        m.gossiped(vec![gossip(1, 1, &ours)], &store)
+    });
     // seq 3 of the other chain links to its own seq 2, not to ours.
-    let outs = m.gossiped(vec![gossip(5, 2, &theirs[3..])], t0, &store);
+    let outs = go(&mut m, t0, &store, |m| {
+        m.gossiped(vec![gossip(5, 2, &theirs[3..])], &store)
+    });
     assert!(
         sends_to(&outs, 5)
             .iter()
@@ -232,15 +264,17 @@ fn rounds_run_on_connect_and_then_with_each_peer_in_turn() {
         "{subs:?}"
     );
     for p in [1, 2, 3] {
-        let outs = m.connected(p, t0, &store);
+        let outs = go(&mut m, t0, &store, |m| m.connected(p, t0, &store));
         assert_eq!(sends_to(&outs, p).len(), 1, "a round with {p} on connect");
     }
     // Sessions end (no answers): time them out, then rounds come one peer per interval.
-    m.tick(t0 + Duration::from_secs(3), &store);
+    go(&mut m, t0 + Duration::from_secs(3), &store, |m| {
+        m.tick(t0 + Duration::from_secs(3), &store)
+    });
     let mut order = Vec::new();
     for k in 1..=6u64 {
         let now = t0 + Duration::from_secs(3 + 3 * k);
-        let outs = m.tick(now, &store);
+        let outs = go(&mut m, now, &store, |m| m.tick(now, &store));
         for p in [1, 2, 3] {
             if !sends_to(&outs, p).is_empty() {
                 order.push(p);
@@ -352,7 +386,7 @@ impl Net {
                 let known = self.nodes[i].1.peers().contains(&j);
                 let (store, m) = &mut self.nodes[i];
                 let outs = match (linked, known) {
-                    (true, false) => m.connected(j, now, store),
+                    (true, false) => go(m, now, store, |m| m.connected(j, now, store)),
                     (false, true) => m.disconnected(&j, store),
                     _ => continue,
                 };
@@ -452,23 +486,24 @@ impl Net {
                 }
                 let (topic, data) = self.runs[&id].clone();
                 let (store, m) = &mut self.nodes[to];
-                m.gossiped(
-                    vec![Gossip {
-                        from,
-                        id,
-                        topic,
-                        data,
-                    }],
-                    now,
-                    store,
-                )
+                go(m, now, store, |m| {
+                    m.gossiped(
+                        vec![Gossip {
+                            from,
+                            id,
+                            topic,
+                            data,
+                        }],
+                        store,
+                    )
+                })
             }
             Wire::Sync(frame) => {
                 let Ok(msg) = Message::from_body(&frame[4..]) else {
                     return;
                 };
                 let (store, m) = &mut self.nodes[to];
-                m.sync_message(from, msg, now, store)
+                go(m, now, store, |m| m.sync_message(from, msg, now, store))
             }
         };
         self.outputs(to, outs);
@@ -492,7 +527,7 @@ impl Net {
                     let now = self.instant();
                     for i in 0..self.nodes.len() {
                         let (store, m) = &mut self.nodes[i];
-                        let outs = m.tick(now, store);
+                        let outs = go(m, now, store, |m| m.tick(now, store));
                         self.outputs(i, outs);
                     }
                 }
@@ -680,7 +715,9 @@ fn bodies_the_application_refuses_are_rejected() {
     )));
     let mut m: Replicator<usize, M> = Replicator::new(cfg, None);
     let evs = chain(&key(1), "a/t", 2, "x");
-    let outs = m.gossiped(vec![gossip(1, 1, &evs)], Instant::now(), &store);
+    let outs = go(&mut m, Instant::now(), &store, |m| {
+        m.gossiped(vec![gossip(1, 1, &evs)], &store)
+    });
     assert_eq!(verdicts(&outs), vec![(1, Verdict::Reject)]);
     assert!(outs.iter().any(|o| matches!(
         o,
@@ -703,17 +740,30 @@ fn own_logs_are_confirmed_once_a_round_has_finished_on_every_topic() {
     assert!(a.confirming());
     let now = Instant::now();
     // A connects to B (peer 1); messages go back and forth until nothing is left.
-    let mut to_b: Vec<Message> = sends_to(&a.connected(1, now, &a_store), 1);
-    let mut to_a: Vec<Message> = sends_to(&b.connected(0, now, &b_store), 0);
+    let mut to_b: Vec<Message> = sends_to(
+        &go(&mut a, now, &a_store, |m| m.connected(1, now, &a_store)),
+        1,
+    );
+    let mut to_a: Vec<Message> = sends_to(
+        &go(&mut b, now, &b_store, |m| m.connected(0, now, &b_store)),
+        0,
+    );
     let mut confirmed = false;
     for _ in 0..50 {
         let mut next_b = Vec::new();
         for msg in to_b.drain(..) {
-            next_b.extend(sends_to(&b.sync_message(0, msg, now, &b_store), 0));
+            next_b.extend(sends_to(
+                &go(&mut b, now, &b_store, |m| {
+                    m.sync_message(0, msg, now, &b_store)
+                }),
+                0,
+            ));
         }
         let mut next_a = Vec::new();
         for msg in to_a.drain(..) {
-            let outs = a.sync_message(1, msg, now, &a_store);
+            let outs = go(&mut a, now, &a_store, |m| {
+                m.sync_message(1, msg, now, &a_store)
+            });
             confirmed |= outs.iter().any(|o| matches!(o, Output::OwnLogsConfirmed));
             next_a.extend(sends_to(&outs, 1));
         }

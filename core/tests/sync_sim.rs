@@ -10,7 +10,7 @@ use bytes::Bytes;
 use murmur_core::sync::{Config, Message, Output, Sync};
 use murmur_core::testing::key;
 use murmur_core::{
-    Clock, Draft, Durability, Event, Keypair, Payload, Seq, Store, Topic, VersionVector,
+    Clock, Draft, Durability, Event, Keypair, Payload, ReadStore, Seq, Store, Topic, VersionVector,
 };
 use murmur_store::MemoryStore;
 use proptest::prelude::*;
@@ -56,6 +56,12 @@ impl Node {
             skew_ms: 0,
             ahead: 0,
         }
+    }
+
+    /// A message from `from`, its writes carried out at once.
+    fn handle(&mut self, from: usize, msg: Message, now: Instant) -> Vec<Output<usize>> {
+        let outs = self.sync.handle(from, msg, now, &self.store);
+        murmur_core::testing::settle_sync(&mut self.sync, outs, now, &self.store)
     }
 }
 
@@ -191,7 +197,7 @@ impl Sim {
             let msg = Message::from_body(&frame[4..4 + len]).expect("decodable");
             let now = self.now();
             let node = &mut self.nodes[to];
-            let outs = node.sync.handle(from, msg, now, &node.store);
+            let outs = node.handle(from, msg, now);
             self.run_outputs(to, outs);
         }
     }
@@ -468,7 +474,7 @@ fn pump(nodes: &mut [Node], first: Vec<(usize, usize, Message)>) -> Vec<(usize, 
         budget -= 1;
         assert!(budget > 0, "message storm");
         let node = &mut nodes[to];
-        for o in node.sync.handle(from, msg, now, &node.store) {
+        for o in node.handle(from, msg, now) {
             if let Output::Send { to: dest, msg } = &o {
                 queue.push_back((to, *dest, msg.clone()));
             }
@@ -502,14 +508,13 @@ fn a_peer_sending_a_forged_range_is_flagged_and_nothing_is_stored() {
     let mut victim = node(9);
     victim.sync.start(1, topic.clone(), now, &victim.store);
     let vv = honest.store.version_vector(&topic).unwrap();
-    let outs = victim.sync.handle(
+    let outs = victim.handle(
         1,
         Message::Vector {
             topic: topic.clone(),
             vv,
         },
         now,
-        &victim.store,
     );
     let want = outs
         .iter()
@@ -522,7 +527,7 @@ fn a_peer_sending_a_forged_range_is_flagged_and_nothing_is_stored() {
         })
         .expect("a want");
     let mut server = honest;
-    let answer = server.sync.handle(0, want, now, &server.store);
+    let answer = server.handle(0, want, now);
     let Output::Send {
         msg:
             Message::Events {
@@ -540,7 +545,7 @@ fn a_peer_sending_a_forged_range_is_flagged_and_nothing_is_stored() {
     let mut forged = run.to_vec();
     let n = forged.len();
     forged[n - 5] ^= 1; // break the newest event's signature: it vouches for the range
-    let outs = victim.sync.handle(
+    let outs = victim.handle(
         1,
         Message::Events {
             req,
@@ -549,7 +554,6 @@ fn a_peer_sending_a_forged_range_is_flagged_and_nothing_is_stored() {
             run: Bytes::from(forged),
         },
         now,
-        &victim.store,
     );
     assert!(
         outs.iter()
@@ -574,7 +578,7 @@ fn stray_events_are_never_stored() {
         run: Bytes::from(murmur_core::run::encode(&evs).unwrap()),
     };
     let mut n = n;
-    let outs = n.sync.handle(1, msg, Instant::now(), &n.store);
+    let outs = n.handle(1, msg, Instant::now());
     // No session asked for them: ignored (a late answer to an abandoned round).
     assert!(outs.is_empty());
     assert_eq!(n.store.next_offset().0, 0);
@@ -611,14 +615,14 @@ fn a_fork_is_proven_frozen_and_passed_on() {
         b: proof.theirs.bytes().clone(),
     };
     let n2 = &mut nodes[2];
-    n2.sync.handle(0, msg, now, &n2.store);
+    n2.handle(0, msg, now);
     assert_eq!(n2.store.forks().unwrap().len(), 1);
     // A fake proof (two events of one valid chain) is a violation.
     let fake = Message::Fork {
         a: a[0].bytes().clone(),
         b: a[1].bytes().clone(),
     };
-    let outs = n2.sync.handle(0, fake, now, &n2.store);
+    let outs = n2.handle(0, fake, now);
     assert!(outs.iter().any(|o| matches!(o, Output::Misbehaved { .. })));
 }
 

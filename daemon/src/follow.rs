@@ -2,14 +2,20 @@
 //!
 //! A follower holds no queue of live events. It keeps a cursor (an offset) and reads
 //! pages from the store; when it has caught up it waits for the writer to announce a
-//! newer offset. A slow follower therefore costs one page of memory, never a backlog:
-//! the store *is* the buffer. Each page is written only when the client has taken the
-//! previous one (HTTP body backpressure).
+//! commit. A slow follower therefore costs one page of memory, never a backlog: the store
+//! *is* the buffer. Each page is written only when the client has taken the previous one
+//! (HTTP body backpressure).
+//!
+//! Live path: the writer's announcement carries the events of its newest commit (when
+//! small), so a follower that is caught up takes them from there, with no store read and
+//! no hop to the blocking pool; one that is behind by more than the newest commit reads
+//! the store. Events from every source (local publishes, gossip, sync) reach followers
+//! the same way, since the store writer writes them all.
 
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use murmur_core::{Offset, Pattern, Store};
+use murmur_core::{Offset, Pattern, ReadStore};
 use murmur_store::RocksStore;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, watch};
@@ -39,8 +45,8 @@ pub struct Follow {
     pub pattern: Option<Pattern>,
     /// Next offset to read.
     pub cursor: Offset,
-    /// Newest offset announcements from the writer.
-    pub offsets: watch::Receiver<Offset>,
+    /// The writer's commit announcements.
+    pub offsets: watch::Receiver<crate::ingest::Committed>,
     /// Ends the stream at shutdown.
     pub shutdown: CancellationToken,
     /// Server-sent events framing instead of NDJSON.
@@ -76,9 +82,24 @@ async fn next_chunk(f: &mut Follow, page: &mut usize) -> Option<Bytes> {
         if f.shutdown.is_cancelled() {
             return None;
         }
-        // The store says what can be read; the watch is only the wake-up (marked seen
-        // here, so a commit after this point wakes the wait below).
-        f.offsets.borrow_and_update();
+        // Marked seen here, so a commit after this point wakes the wait below.
+        let newest = f.offsets.borrow_and_update().events.clone();
+        if let Some((first, _)) = newest.first()
+            && *first == f.cursor
+            && let Some((last, _)) = newest.last()
+        {
+            // Caught up: the newest commit is what comes next.
+            f.cursor = Offset(last.0 + 1);
+            let matching: Vec<&(Offset, murmur_core::Event)> = newest
+                .iter()
+                .filter(|(_, e)| f.pattern.as_ref().is_none_or(|p| p.matches(e.topic())))
+                .collect();
+            if matching.is_empty() {
+                continue;
+            }
+            return Some(render(matching, f.sse));
+        }
+        // Behind: the store says what can be read.
         if f.cursor < f.store.next_offset() {
             let (store, pattern, cursor) = (f.store.clone(), f.pattern.clone(), f.cursor);
             let limit = *page;
@@ -101,7 +122,7 @@ async fn next_chunk(f: &mut Follow, page: &mut usize) -> Option<Bytes> {
             if read.events.is_empty() {
                 continue;
             }
-            let chunk = render(&read.events, f.sse);
+            let chunk = render(read.events.iter(), f.sse);
             let per_event = (chunk.len() / read.events.len()).max(1);
             *page = (PAGE_BYTES / per_event).clamp(1, PAGE_EVENTS);
             return Some(chunk);
@@ -122,8 +143,11 @@ async fn next_chunk(f: &mut Follow, page: &mut usize) -> Option<Bytes> {
     }
 }
 
-fn render(events: &[(Offset, murmur_core::Event)], sse: bool) -> Bytes {
-    let mut out = Vec::with_capacity(events.len() * 512);
+fn render<'a>(
+    events: impl IntoIterator<Item = &'a (Offset, murmur_core::Event)>,
+    sse: bool,
+) -> Bytes {
+    let mut out = Vec::with_capacity(512);
     for (off, ev) in events {
         if sse {
             out.extend_from_slice(format!("id: {off}\ndata: ").as_bytes());

@@ -1,11 +1,19 @@
-//! The ingest pipeline for local publishing.
+//! The store writer: the one thread that writes RocksDB, and the ingest pipeline for
+//! local publishing.
 //!
-//! One writer thread owns the node's own logs: it assigns seq and prev, signs, and
-//! writes. API handlers hold a cloneable [`Handle`] and put jobs on a bounded queue; the
-//! writer drains everything that is waiting (up to `max_commit_events`) into **one**
-//! `Store::insert` call, i.e. one RocksDB WriteBatch and one WAL sync, and only then
-//! answers each job. So a publish is acknowledged exactly when it is durable, and many
-//! concurrent publishes share one fsync (group commit).
+//! Every write of the node goes through it: local publishes, what replication stores
+//! (gossiped runs, synced windows, held events, fork proofs: the replication machine
+//! returns them as values and its driver hands them here with [`Handle::write`]), and
+//! document snapshots ([`Handle::save_snapshot`]); document indexes are written with
+//! their events. Readers (API handlers, followers, the replicator's reads, the document
+//! thread) share the store for reading only.
+//!
+//! The writer owns the node's own logs: it assigns seq and prev, signs, and writes. API
+//! handlers hold a cloneable [`Handle`] and put jobs on a bounded queue; the writer
+//! drains everything that is waiting (up to `max_commit_events`), replicated writes
+//! included, into **one** `Store::insert` call, i.e. one RocksDB WriteBatch and one WAL
+//! sync, and only then answers each job. So a publish is acknowledged exactly when it is
+//! durable, and many concurrent writes share one fsync (group commit).
 //!
 //! Overload policy: the queue is bounded in requests and in payload bytes; when either is
 //! full, [`Handle::publish`] fails at once with [`IngestError::QueueFull`] and the API
@@ -18,7 +26,8 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use murmur_core::{
-    Draft, Durability, Event, Head, Keypair, Offset, Outcome, Payload, Seq, Store, Timestamp, Topic,
+    DocId, Draft, Durability, Event, Head, Keypair, Offset, Outcome, Payload, ReadStore, Seq,
+    Snapshot, Store, Timestamp, Topic,
 };
 use murmur_store::RocksStore;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
@@ -46,6 +55,36 @@ impl PublishItem {
             Payload::Doc { change, .. } => change.len(),
         };
         body + self.topic.as_str().len() + 160
+    }
+}
+
+/// Most events of a commit handed to live followers with its announcement; a larger
+/// commit is announced by offset only, and followers read it from the store.
+const ANNOUNCE_EVENTS: usize = 256;
+/// Most encoded bytes of a commit handed to live followers (a follower renders them in
+/// one chunk: about a page).
+const ANNOUNCE_BYTES: usize = 1 << 20;
+
+/// What the writer announces after each commit (on a watch channel: a follower sees the
+/// newest commit, never a queue of them).
+#[derive(Debug, Clone, Default)]
+pub struct Committed {
+    /// One past the newest stored offset.
+    pub next: Offset,
+    /// The events this commit appended, with their offsets, contiguous and ending at
+    /// `next`; empty when the commit was larger than [`ANNOUNCE_EVENTS`] or [`ANNOUNCE_BYTES`]. A follower
+    /// whose cursor is at the first of them takes them from here instead of reading the
+    /// store; one that is behind reads the store, as always.
+    pub events: Arc<[(Offset, Event)]>,
+}
+
+impl Committed {
+    /// The announcement at start: nothing appended yet.
+    pub fn at(next: Offset) -> Self {
+        Committed {
+            next,
+            events: Arc::from(Vec::new()),
+        }
     }
 }
 
@@ -114,9 +153,30 @@ impl Hold {
 
 enum Command {
     Job(Job),
+    /// Verified events from replication, written as they are (acceptance rules apply).
+    Write(Write),
+    /// Record that the node's own logs are confirmed after a repair.
+    ConfirmOwnLogs(oneshot::Sender<Result<(), String>>),
+    /// A document snapshot.
+    Snapshot {
+        topic: Topic,
+        doc: DocId,
+        snap: Snapshot,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Finish what is queued, refuse anything later, exit.
     Stop,
 }
+
+struct Write {
+    events: Vec<Event>,
+    durability: Durability,
+    reply: oneshot::Sender<Written>,
+}
+
+/// The result of a [`Handle::write`]: the store's outcome per event, or why nothing
+/// was written.
+pub type Written = Result<Vec<Outcome>, String>;
 
 struct Job {
     items: Vec<PublishItem>,
@@ -178,6 +238,53 @@ impl Handle {
             .ingest_queue
             .set((self.tx.max_capacity() - self.tx.capacity()) as i64);
         Ok(rx)
+    }
+
+    /// Writes verified events from replication, group-committed with whatever else is
+    /// queued; waits for queue room (the caller bounds its writes in flight). The
+    /// receiver answers with the store's outcomes once the write is durable as asked.
+    pub async fn write(
+        &self,
+        events: Vec<Event>,
+        durability: Durability,
+    ) -> Result<oneshot::Receiver<Written>, IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Write(Write {
+                events,
+                durability,
+                reply,
+            }))
+            .await
+            .map_err(|_| IngestError::ShuttingDown)?;
+        Ok(rx)
+    }
+
+    /// Stores a document snapshot (replacing the previous one), durably. Blocks: call it
+    /// from a thread, not a task.
+    pub fn save_snapshot(&self, topic: Topic, doc: DocId, snap: Snapshot) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Command::Snapshot {
+                topic,
+                doc,
+                snap,
+                reply,
+            })
+            .map_err(|_| IngestError::ShuttingDown.to_string())?;
+        rx.blocking_recv()
+            .map_err(|_| IngestError::ShuttingDown.to_string())?
+    }
+
+    /// Records durably that the node's own logs are confirmed after a repair.
+    pub async fn confirm_own_logs(&self) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::ConfirmOwnLogs(reply))
+            .await
+            .map_err(|_| IngestError::ShuttingDown.to_string())?;
+        rx.await
+            .map_err(|_| IngestError::ShuttingDown.to_string())?
     }
 
     /// Stops the writer: jobs already queued are committed and answered, later ones
@@ -246,29 +353,40 @@ struct Writer {
     failing: WriteFailing,
     max_commit: usize,
     metrics: Metrics,
-    notify: Arc<watch::Sender<Offset>>,
+    notify: Arc<watch::Sender<Committed>>,
     published: Option<crate::replicate::Handle>,
 }
 
-/// Starts the writer thread. It runs until every [`Handle`] is dropped, finishing the
-/// jobs already queued.
-pub fn spawn(
-    store: Arc<RocksStore>,
-    key: Keypair,
-    clock: Arc<NodeClock>,
-    config: &WriterConfig,
-    metrics: Metrics,
-    notify: Arc<watch::Sender<Offset>>,
-    published: Option<crate::replicate::Handle>,
-) -> std::io::Result<(Handle, JoinHandle<()>)> {
+/// The writer's inbox, made before it starts (the writer and the replicator each need
+/// the other's handle).
+pub struct Inbox(mpsc::Receiver<Command>);
+
+/// The writer's handle and inbox.
+pub fn channel(config: &WriterConfig, metrics: Metrics) -> (Handle, Inbox) {
     let (tx, rx) = mpsc::channel(config.queue_requests);
     let handle = Handle {
         tx,
         hold: config.hold.clone(),
         bytes: Arc::new(Semaphore::new(config.queue_bytes)),
         bytes_total: config.queue_bytes,
-        metrics: metrics.clone(),
+        metrics,
     };
+    (handle, Inbox(rx))
+}
+
+/// Starts the writer thread on `inbox` (see [`channel`]). It runs until every
+/// [`Handle`] is dropped or one stops it, finishing the jobs already queued.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn(
+    inbox: Inbox,
+    store: Arc<RocksStore>,
+    key: Keypair,
+    clock: Arc<NodeClock>,
+    config: &WriterConfig,
+    metrics: Metrics,
+    notify: Arc<watch::Sender<Committed>>,
+    published: Option<crate::replicate::Handle>,
+) -> std::io::Result<JoinHandle<()>> {
     let writer = Writer {
         store,
         key,
@@ -282,46 +400,76 @@ pub fn spawn(
         notify,
         published,
     };
-    let thread = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("murmur-writer".into())
-        .spawn(move || writer.run(rx))?;
-    Ok((handle, thread))
+        .spawn(move || writer.run(inbox.0))
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut stopping = false;
         while !stopping {
-            let first = match rx.blocking_recv() {
-                Some(Command::Job(job)) => job,
-                Some(Command::Stop) | None => break,
+            let Some(first) = rx.blocking_recv() else {
+                break;
             };
-            let mut n = first.items.len();
-            let mut jobs = vec![first];
-            while n < self.max_commit {
-                match rx.try_recv() {
-                    Ok(Command::Job(job)) => {
+            // Everything waiting, up to max_commit events, goes into one commit.
+            let mut batch = Batch::default();
+            let mut n = 0;
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Job(job) => {
                         n += job.items.len();
-                        jobs.push(job);
+                        batch.jobs.push(job);
                     }
-                    Ok(Command::Stop) => {
+                    Command::Write(w) => {
+                        n += w.events.len();
+                        batch.writes.push(w);
+                    }
+                    // In queue order: what was queued before it is written first.
+                    Command::Snapshot {
+                        topic,
+                        doc,
+                        snap,
+                        reply,
+                    } => {
+                        self.commit(std::mem::take(&mut batch));
+                        n = 0;
+                        let saved = self.store.save_snapshot(&topic, &doc, &snap);
+                        let _ = reply.send(saved.map_err(|e| e.to_string()));
+                    }
+                    Command::ConfirmOwnLogs(reply) => {
+                        self.commit(std::mem::take(&mut batch));
+                        n = 0;
+                        let done = self.store.confirm_own_logs();
+                        let _ = reply.send(done.map_err(|e| e.to_string()));
+                    }
+                    Command::Stop => {
                         stopping = true;
                         break;
                     }
-                    Err(_) => break,
+                }
+                if n < self.max_commit {
+                    next = rx.try_recv().ok();
                 }
             }
             self.metrics.ingest_queue.set(rx.len() as i64);
-            self.commit(jobs, n);
+            self.commit(batch);
         }
         // Refuse new work, then finish what was accepted before the stop.
         rx.close();
+        let mut rest = Batch::default();
         while let Ok(msg) = rx.try_recv() {
-            if let Command::Job(job) = msg {
-                let n = job.items.len();
-                self.commit(vec![job], n);
+            match msg {
+                Command::Job(job) => rest.jobs.push(job),
+                Command::Write(w) => rest.writes.push(w),
+                Command::Snapshot { reply, .. } | Command::ConfirmOwnLogs(reply) => {
+                    let _ = reply.send(Err(IngestError::ShuttingDown.to_string()));
+                }
+                Command::Stop => {}
             }
         }
+        self.commit(rest);
         tracing::debug!("writer stopped");
     }
 
@@ -358,52 +506,117 @@ impl Writer {
         Ok(events)
     }
 
-    fn commit(&mut self, jobs: Vec<Job>, n: usize) {
-        if self.hold.is_on() {
+    /// Signs the batch's publishes and writes them with its replicated events in one
+    /// insert (one WriteBatch, one WAL sync), then answers everyone.
+    fn commit(&mut self, batch: Batch) {
+        let Batch { jobs, writes } = batch;
+        if jobs.is_empty() && writes.is_empty() {
+            return;
+        }
+        // Own events may come back by sync (after a repair): never sign from a stale
+        // cached head.
+        let me = self.key.author();
+        for w in &writes {
+            for ev in w.events.iter().filter(|e| e.author() == me) {
+                self.heads.remove(ev.topic());
+            }
+        }
+        let (jobs, own) = if jobs.is_empty() {
+            (jobs, Vec::new())
+        } else if self.hold.is_on() {
             for job in jobs {
                 let _ = job.reply.send(Err(IngestError::OwnLogsUnconfirmed));
             }
+            (Vec::new(), Vec::new())
+        } else {
+            let n = jobs.iter().map(|j| j.items.len()).sum();
+            match self.sign_all(&jobs, n) {
+                Ok(own) => (jobs, own),
+                Err(e) => {
+                    self.heads.clear();
+                    for job in jobs {
+                        let _ = job.reply.send(Err(IngestError::Store(e.clone())));
+                    }
+                    (Vec::new(), Vec::new())
+                }
+            }
+        };
+        let durability = if writes.iter().all(|w| w.durability == Durability::Buffered)
+            && (own.is_empty() || self.durability == Durability::Buffered)
+        {
+            Durability::Buffered
+        } else {
+            Durability::Sync
+        };
+        let mut events: Vec<Event> =
+            Vec::with_capacity(own.len() + writes.iter().map(|w| w.events.len()).sum::<usize>());
+        for w in &writes {
+            events.extend(w.events.iter().cloned());
+        }
+        let replicated = events.len();
+        events.extend(own.iter().cloned());
+        if events.is_empty() {
+            for w in writes {
+                let _ = w.reply.send(Ok(Vec::new()));
+            }
             return;
         }
-        let result = self
-            .sign_all(&jobs, n)
-            .map_err(IngestError::Store)
-            .and_then(|events| {
-                let t0 = Instant::now();
-                let outcomes = self.store.insert(&events, self.durability).map_err(|e| {
-                    self.failing.set(e.is_environmental());
-                    match e {
-                        murmur_store::StoreError::NoSpace(_) => {
-                            IngestError::DiskFull(e.to_string())
-                        }
-                        e => IngestError::Store(e.to_string()),
-                    }
-                })?;
+        let t0 = Instant::now();
+        let outcomes = match self.store.insert(&events, durability) {
+            Ok(o) => {
                 self.failing.set(false);
-                self.metrics
-                    .commit_seconds
-                    .observe(t0.elapsed().as_secs_f64());
-                Ok((events, outcomes))
-            });
-        let (events, outcomes) = match result {
-            Ok(r) => r,
+                o
+            }
             Err(e) => {
-                tracing::error!(error = %e, events = n, "commit failed; nothing of it was stored");
+                self.failing.set(e.is_environmental());
+                let err = match e {
+                    murmur_store::StoreError::NoSpace(_) => IngestError::DiskFull(e.to_string()),
+                    e => IngestError::Store(e.to_string()),
+                };
+                tracing::error!(error = %err, events = events.len(), "commit failed; nothing of it was stored");
                 self.heads.clear();
                 for job in jobs {
-                    let _ = job.reply.send(Err(e.clone()));
+                    let _ = job.reply.send(Err(err.clone()));
+                }
+                for w in writes {
+                    let _ = w.reply.send(Err(err.to_string()));
                 }
                 return;
             }
         };
+        self.metrics
+            .commit_seconds
+            .observe(t0.elapsed().as_secs_f64());
         self.metrics.commits.inc();
-        self.metrics.commit_events.observe(n as f64);
+        self.metrics.commit_events.observe(events.len() as f64);
+        let small = events.len() <= ANNOUNCE_EVENTS
+            && events.iter().map(|e| e.bytes().len()).sum::<usize>() <= ANNOUNCE_BYTES;
+        let appended: Vec<(Offset, Event)> = if small {
+            events
+                .iter()
+                .zip(&outcomes)
+                .filter_map(|(e, o)| match o {
+                    Outcome::Appended(off) => Some((*off, e.clone())),
+                    _ => None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut outcomes = outcomes.into_iter();
+        for w in writes {
+            let n = w.events.len();
+            let _ = w.reply.send(Ok(outcomes.by_ref().take(n).collect()));
+        }
+        debug_assert_eq!(replicated + own.len(), events.len());
         // Durable now: only now may the events be gossiped. Dropped when the replicator
         // is behind (anti-entropy delivers them instead).
-        if let Some(tx) = &self.published {
-            tx.published(events.clone());
+        if !own.is_empty()
+            && let Some(tx) = &self.published
+        {
+            tx.published(own.clone());
         }
-        let mut it = events.into_iter().zip(outcomes);
+        let mut it = own.into_iter().zip(outcomes);
         for job in jobs {
             let mut done = Vec::with_capacity(job.items.len());
             let mut failure = None;
@@ -434,8 +647,27 @@ impl Writer {
         }
         let next = self.store.next_offset();
         self.metrics.stored_events.set(next.0 as i64);
-        self.notify.send_replace(next);
+        // Contiguous up to `next` (this thread is the only writer), or nothing.
+        let contiguous = appended.last().is_some_and(|(off, _)| off.0 + 1 == next.0)
+            && appended
+                .first()
+                .is_some_and(|(off, _)| off.0 + appended.len() as u64 == next.0);
+        self.notify.send_replace(Committed {
+            next,
+            events: if contiguous {
+                Arc::from(appended)
+            } else {
+                Arc::from(Vec::new())
+            },
+        });
     }
+}
+
+/// What one commit takes: publishes to sign and replicated writes.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<Job>,
+    writes: Vec<Write>,
 }
 
 /// The newest timestamp among `author`'s own heads, so the clock resumes past it.

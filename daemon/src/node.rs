@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use murmur_core::{Clock, Durability, Store};
+use murmur_core::{Clock, Durability, ReadStore, Store};
 use murmur_store::{RocksConfig, RocksStore, StoreError};
 use prometheus_client::registry::Registry;
 use tokio::net::UnixListener;
@@ -144,7 +144,8 @@ fn body_check(config: &Config) -> murmur_core::sync::BodyCheck {
 
 /// What the network's parts share with the rest of the node.
 struct Shared {
-    offsets: Arc<watch::Sender<murmur_core::Offset>>,
+    /// The store's one writer.
+    writer: ingest::Handle,
     metrics: Metrics,
     clock: Arc<NodeClock>,
     hold: ingest::Hold,
@@ -159,7 +160,7 @@ fn start_network(
     registry: &mut Registry,
 ) -> anyhow::Result<Network> {
     let Shared {
-        offsets,
+        writer,
         metrics,
         clock,
         hold,
@@ -220,9 +221,11 @@ fn start_network(
         .iter()
         .map(|t| murmur_core::Pattern::new(t.as_str()))
         .collect::<Result<Vec<_>, _>>()?;
-    let (replicator, replicator_thread) = replicate::spawn(
+    let (replicator, inbox) = replicate::channel(REPLICATOR_QUEUE);
+    let replicator_thread = replicate::spawn(
         store,
         handle.clone(),
+        writer,
         replicate::Config {
             topics,
             anti_entropy_interval: config.p2p.anti_entropy_interval,
@@ -235,9 +238,8 @@ fn start_network(
             clock,
             own: (key.author(), hold),
         },
-        offsets,
         metrics,
-        REPLICATOR_QUEUE,
+        inbox,
     )
     .context("cannot start the replicator thread")?;
     let forward = {
@@ -470,25 +472,8 @@ pub async fn run(
 
     let metrics = Metrics::new(&mut registry);
     metrics.stored_events.set(store.next_offset().0 as i64);
-    let (offsets_tx, offsets_rx) = watch::channel(store.next_offset());
+    let (offsets_tx, offsets_rx) = watch::channel(ingest::Committed::at(store.next_offset()));
     let offsets_tx = Arc::new(offsets_tx);
-    let net = if config.p2p.enabled {
-        Some(start_network(
-            &data_dir,
-            &config,
-            &key,
-            store.clone(),
-            Shared {
-                offsets: offsets_tx.clone(),
-                metrics: metrics.clone(),
-                clock: clock.clone(),
-                hold: hold.clone(),
-            },
-            &mut registry,
-        )?)
-    } else {
-        None
-    };
     let durability = match config.store.sync {
         SyncPolicy::Fsync => Durability::Sync,
         SyncPolicy::Os => Durability::Buffered,
@@ -501,18 +486,40 @@ pub async fn run(
         reopen.clone(),
         shutdown.clone(),
     ));
-    let (ingest, writer) = ingest::spawn(
+    // The store's one writer: its handle first, as the replicator writes through it and
+    // it hands the replicator what it published.
+    let writer_config = WriterConfig {
+        queue_requests: config.ingest.queue_requests,
+        queue_bytes: config.ingest.queue_bytes,
+        max_commit_events: config.ingest.max_commit_events,
+        durability,
+        hold: hold.clone(),
+        failing: failing.clone(),
+    };
+    let (ingest, writer_inbox) = ingest::channel(&writer_config, metrics.clone());
+    let net = if config.p2p.enabled {
+        Some(start_network(
+            &data_dir,
+            &config,
+            &key,
+            store.clone(),
+            Shared {
+                writer: ingest.clone(),
+                metrics: metrics.clone(),
+                clock: clock.clone(),
+                hold: hold.clone(),
+            },
+            &mut registry,
+        )?)
+    } else {
+        None
+    };
+    let writer = ingest::spawn(
+        writer_inbox,
         store.clone(),
         key.clone(),
         clock.clone(),
-        &WriterConfig {
-            queue_requests: config.ingest.queue_requests,
-            queue_bytes: config.ingest.queue_bytes,
-            max_commit_events: config.ingest.max_commit_events,
-            durability,
-            hold: hold.clone(),
-            failing: failing.clone(),
-        },
+        &writer_config,
         metrics.clone(),
         offsets_tx,
         net.as_ref().map(|n| n.replicator.clone()),

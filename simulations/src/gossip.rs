@@ -17,7 +17,6 @@ impl Sim {
     /// A received run, after `validate_ms`: the node's replication machine checks,
     /// verifies and stores it, holds what lies past a gap, and gives the verdict.
     pub(crate) fn validated(&mut self, node: usize, from: usize, id: MsgId, run: Arc<Vec<u8>>) {
-        let now = self.instant();
         let topic = self.topic.to_string();
         let n = &mut self.nodes[node];
         let outs = n.machine.gossiped(
@@ -27,7 +26,6 @@ impl Sim {
                 topic,
                 data: run.to_vec(),
             }],
-            now,
             &n.store,
         );
         self.outputs(node, outs);

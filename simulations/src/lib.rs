@@ -51,8 +51,8 @@ use bytes::Bytes;
 use murmur_core::replicate::{self, Gossip, Output, Replicator};
 use murmur_core::sync::{self, Message};
 use murmur_core::{
-    AuthorId, Clock, Draft, Durability, Event, EventId, Keypair, Outcome, Pattern, Payload, Seq,
-    Store, Topic,
+    AuthorId, Clock, Draft, Durability, Event, EventId, Keypair, Outcome, Pattern, Payload,
+    ReadStore, Seq, Store, Topic,
 };
 use murmur_store::MemoryStore;
 use rand::rngs::SmallRng;

@@ -83,20 +83,7 @@ impl Sim {
 
     /// Stores events at node `i`, recording first arrivals and checking the invariants.
     pub(crate) fn store(&mut self, i: usize, events: &[Event]) -> Vec<Outcome> {
-        let outcomes = match self.nodes[i].store.insert(events, Durability::Buffered) {
-            Ok(o) => o,
-            Err(e) => match e {},
-        };
-        let appended: Vec<&Event> = events
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| matches!(o, Outcome::Appended(_)))
-            .map(|(ev, _)| ev)
-            .collect();
-        for ev in &appended {
-            self.arrived(i, ev.id());
-        }
-        self.check_stored(i, &appended);
+        let outcomes = self.write(i, events);
         // A fork met here must leave its proof in the store.
         for (ev, o) in events.iter().zip(&outcomes) {
             if matches!(o, Outcome::Fork(_)) && !self.nodes[i].forger {
@@ -113,6 +100,26 @@ impl Sim {
                 }
             }
         }
+        outcomes
+    }
+
+    /// Node `i`'s store writer: writes events (the node's own, or what its machine asked
+    /// for), recording first arrivals and checking the invariants.
+    fn write(&mut self, i: usize, events: &[Event]) -> Vec<Outcome> {
+        let outcomes = match self.nodes[i].store.insert(events, Durability::Buffered) {
+            Ok(o) => o,
+            Err(e) => match e {},
+        };
+        let appended: Vec<&Event> = events
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, Outcome::Appended(_)))
+            .map(|(ev, _)| ev)
+            .collect();
+        for ev in &appended {
+            self.arrived(i, ev.id());
+        }
+        self.check_stored(i, &appended);
         outcomes
     }
 
@@ -179,7 +186,8 @@ impl Sim {
 
     /// Carries out node `i`'s machine outputs: sync messages go on the wire through
     /// the frame codec, verdicts drive gossipsub's forwarding, bans cut the link, and
-    /// every write is checked.
+    /// writes are carried out at once (the daemon's writer takes a fraction of a
+    /// millisecond; a simulated write takes none) and checked.
     pub(crate) fn outputs(&mut self, i: usize, outs: Vec<Output<usize, MsgId>>) {
         for o in outs {
             match o {
@@ -188,19 +196,12 @@ impl Sim {
                         self.send(i, to, Msg::Sync(Arc::new(frame)));
                     }
                 }
-                Output::Sync(sync::Output::Stored { events, .. }) => {
-                    for (_, ev) in &events {
-                        self.arrived(i, ev.id());
-                    }
-                    let refs: Vec<&Event> = events.iter().map(|(_, ev)| ev).collect();
-                    self.check_stored(i, &refs);
-                }
-                Output::Received { events } => {
-                    for ev in &events {
-                        self.arrived(i, ev.id());
-                    }
-                    let refs: Vec<&Event> = events.iter().collect();
-                    self.check_stored(i, &refs);
+                Output::Persist { ticket, events, .. } => {
+                    let outcomes = self.write(i, &events);
+                    let now = self.instant();
+                    let n = &mut self.nodes[i];
+                    let more = n.machine.persisted(ticket, Ok(outcomes), now, &n.store);
+                    self.outputs(i, more);
                 }
                 Output::Forked(ev) => self.fork_met(i, ev.author(), ev.seq()),
                 Output::Sync(sync::Output::Fork(proof)) => {

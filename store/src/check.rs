@@ -184,7 +184,7 @@ pub fn verify(store: &RocksStore) -> Result<Report, StoreError> {
         it.next();
     }
     it.status()?;
-    for proof in murmur_core::Store::forks(store)? {
+    for proof in murmur_core::ReadStore::forks(store)? {
         if let Err(why) = proof.check() {
             r.problem(format!(
                 "fork proof for {} seq {}: {why}",

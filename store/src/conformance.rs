@@ -1,6 +1,8 @@
 //! One conformance suite, run against every [`Store`] implementation.
 
-use murmur_core::storage::{Durability, Outcome, Store};
+use bytes::Bytes;
+use murmur_core::storage::{Durability, Outcome, ReadStore, Store};
+use murmur_core::{DocId, Draft, Payload, Timestamp};
 use murmur_core::{Event, Offset, Pattern, Seq, Topic};
 
 use murmur_core::testing::key;
@@ -209,6 +211,85 @@ pub(crate) fn logs_and_version_vectors<S: Store>(s: &S) {
     );
 }
 
+fn doc_event(
+    k: &murmur_core::Keypair,
+    topic: &str,
+    doc: &str,
+    seq: u64,
+    prev: Option<&Event>,
+) -> Event {
+    Event::sign(
+        &Draft {
+            topic: Topic::new(topic).unwrap(),
+            seq: Seq(seq),
+            prev: prev.map(Event::id),
+            time: Timestamp {
+                ms: 1,
+                logical: seq as u32,
+            },
+            body: Payload::Doc {
+                doc: DocId::new(doc).unwrap(),
+                change: Bytes::from(format!("change {seq}")),
+            },
+        },
+        k,
+    )
+    .unwrap()
+}
+
+/// Every document change is indexed with its event (per document and by arrival), and a
+/// snapshot replaces the previous one.
+pub(crate) fn documents_are_indexed<S: Store>(s: &S) {
+    let k = key(1);
+    let a0 = doc_event(&k, "t/x", "a", 0, None);
+    let b1 = doc_event(&k, "t/x", "b", 1, Some(&a0));
+    let a2 = doc_event(&k, "t/x", "a", 2, Some(&b1));
+    let data = murmur_core::testing::chain(&key(2), "t/x", 1, "plain");
+    s.insert(&[a0.clone(), b1.clone()], Durability::Sync)
+        .unwrap();
+    s.insert(&data, Durability::Sync).unwrap();
+    s.insert(std::slice::from_ref(&a2), Durability::Sync)
+        .unwrap();
+    let topic = Topic::new("t/x").unwrap();
+    let a = DocId::new("a").unwrap();
+    let got = s.doc_changes(&topic, &a, Offset(0), 10).unwrap();
+    assert_eq!(got.iter().map(|(o, _)| o.0).collect::<Vec<_>>(), vec![0, 3]);
+    assert_eq!(got[1].1.id(), a2.id());
+    assert_eq!(s.doc_last_change(&topic, &a).unwrap(), Some(Offset(3)));
+    assert_eq!(
+        s.doc_last_change(&topic, &DocId::new("b").unwrap())
+            .unwrap(),
+        Some(Offset(1))
+    );
+    assert_eq!(
+        s.doc_last_change(&topic, &DocId::new("zz").unwrap())
+            .unwrap(),
+        None
+    );
+    let tail = s.doc_changes(&topic, &a, Offset(1), 10).unwrap();
+    assert_eq!(tail.len(), 1);
+    let (arr, next) = s.doc_arrivals(Offset(1), 10).unwrap();
+    assert_eq!(
+        arr.iter()
+            .map(|(o, _, d)| (o.0, d.as_str().to_owned()))
+            .collect::<Vec<_>>(),
+        vec![(1, "b".into()), (3, "a".into())]
+    );
+    assert_eq!(next, Offset(4));
+    assert_eq!(
+        s.docs_of(&topic, 10).unwrap(),
+        vec![a.clone(), DocId::new("b").unwrap()]
+    );
+    assert!(s.docs_of(&Topic::new("t").unwrap(), 10).unwrap().is_empty());
+    assert_eq!(s.load_snapshot(&topic, &a).unwrap(), None);
+    let snap = murmur_core::Snapshot {
+        through: Offset(3),
+        bytes: b"saved".to_vec(),
+    };
+    s.save_snapshot(&topic, &a, &snap).unwrap();
+    assert_eq!(s.load_snapshot(&topic, &a).unwrap(), Some(snap));
+}
+
 macro_rules! conformance_tests {
     ($make:expr) => {
         #[test]
@@ -240,6 +321,11 @@ macro_rules! conformance_tests {
         fn logs_and_version_vectors() {
             let s = $make;
             $crate::conformance::logs_and_version_vectors(&*s);
+        }
+        #[test]
+        fn documents_are_indexed() {
+            let s = $make;
+            $crate::conformance::documents_are_indexed(&*s);
         }
     };
 }

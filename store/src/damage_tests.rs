@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use murmur_core::storage::{Durability, Outcome, Store};
+use murmur_core::storage::{Durability, Outcome, ReadStore, Store};
 use murmur_core::testing::{chain_with, key};
 use murmur_core::{Event, Offset, Seq, Topic};
 use rocksdb::ErrorKind;

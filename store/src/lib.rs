@@ -37,6 +37,6 @@ mod conformance;
 #[cfg(test)]
 mod damage_tests;
 
-pub use docs::Snapshot;
 pub use memory::MemoryStore;
+pub use murmur_core::storage::Snapshot;
 pub use rocks::{MARK_FILE, RocksConfig, RocksStore, SCHEMA_VERSION, StoreError};

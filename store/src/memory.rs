@@ -6,9 +6,11 @@ use std::convert::Infallible;
 use std::sync::RwLock;
 
 use murmur_core::accept::{self, ForkProof, Head, LogState, Verdict};
-use murmur_core::storage::{ArrivalPage, Durability, LogSummary, Outcome, Store};
+use murmur_core::storage::{
+    ArrivalPage, DocArrival, Durability, LogSummary, Outcome, ReadStore, Snapshot, Store,
+};
 use murmur_core::vv::{self, VersionVector};
-use murmur_core::{AuthorId, Event, EventId, Offset, Pattern, Seq, Topic};
+use murmur_core::{AuthorId, Body, DocId, Event, EventId, Offset, Pattern, Seq, Topic};
 
 type LogId = (Topic, AuthorId);
 
@@ -18,6 +20,10 @@ struct Inner {
     forks: BTreeMap<LogId, ForkProof>,
     by_id: HashMap<EventId, (LogId, Seq)>,
     arrivals: Vec<(LogId, Seq)>,
+    /// Document changes: by document then offset, and by offset.
+    doc_changes: BTreeMap<(Topic, DocId, Offset), ()>,
+    doc_arrivals: BTreeMap<Offset, (Topic, DocId)>,
+    snapshots: HashMap<(Topic, DocId), Snapshot>,
 }
 
 impl Inner {
@@ -30,6 +36,11 @@ impl Inner {
 
     fn at(&self, id: &LogId, seq: Seq) -> Option<&Event> {
         self.logs.get(id)?.get(usize::try_from(seq.0).ok()?)
+    }
+
+    fn at_offset(&self, off: Offset) -> Option<&Event> {
+        let (log, seq) = self.arrivals.get(usize::try_from(off.0).ok()?)?;
+        self.at(log, *seq)
     }
 }
 
@@ -53,8 +64,6 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    type Error = Infallible;
-
     fn insert(
         &self,
         events: &[Event],
@@ -71,6 +80,15 @@ impl Store for MemoryStore {
                     let offset = Offset(inner.arrivals.len() as u64);
                     inner.by_id.insert(ev.id(), (id.clone(), ev.seq()));
                     inner.arrivals.push((id.clone(), ev.seq()));
+                    if let Body::Doc { doc, .. } = ev.body()
+                        && let Ok(doc) = DocId::new(doc)
+                    {
+                        let topic = ev.topic().clone();
+                        inner
+                            .doc_changes
+                            .insert((topic.clone(), doc.clone(), offset), ());
+                        inner.doc_arrivals.insert(offset, (topic, doc));
+                    }
                     inner.logs.entry(id).or_default().push(ev.clone());
                     Outcome::Appended(offset)
                 }
@@ -89,6 +107,22 @@ impl Store for MemoryStore {
         }
         Ok(out)
     }
+
+    fn save_snapshot(&self, topic: &Topic, doc: &DocId, snap: &Snapshot) -> Result<(), Infallible> {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        inner
+            .snapshots
+            .insert((topic.clone(), doc.clone()), snap.clone());
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), Infallible> {
+        Ok(())
+    }
+}
+
+impl ReadStore for MemoryStore {
+    type Error = Infallible;
 
     fn log_state(&self, author: &AuthorId, topic: &Topic) -> Result<LogState, Infallible> {
         Ok(self.read().state(&(topic.clone(), *author)))
@@ -194,7 +228,72 @@ impl Store for MemoryStore {
         Ok(self.read().forks.values().cloned().collect())
     }
 
-    fn flush(&self) -> Result<(), Infallible> {
-        Ok(())
+    fn doc_changes(
+        &self,
+        topic: &Topic,
+        doc: &DocId,
+        from: Offset,
+        limit: usize,
+    ) -> Result<Vec<(Offset, Event)>, Infallible> {
+        let inner = self.read();
+        let start = (topic.clone(), doc.clone(), from);
+        Ok(inner
+            .doc_changes
+            .range(start..)
+            .take_while(|((t, d, _), _)| t == topic && d == doc)
+            .take(limit)
+            .filter_map(|((_, _, off), _)| Some((*off, inner.at_offset(*off)?.clone())))
+            .collect())
+    }
+
+    fn doc_last_change(&self, topic: &Topic, doc: &DocId) -> Result<Option<Offset>, Infallible> {
+        let inner = self.read();
+        let (lo, hi) = (
+            (topic.clone(), doc.clone(), Offset(0)),
+            (topic.clone(), doc.clone(), Offset(u64::MAX)),
+        );
+        Ok(inner
+            .doc_changes
+            .range(lo..=hi)
+            .next_back()
+            .map(|((_, _, off), _)| *off))
+    }
+
+    fn doc_arrivals(
+        &self,
+        from: Offset,
+        limit: usize,
+    ) -> Result<(Vec<DocArrival>, Offset), Infallible> {
+        let inner = self.read();
+        let out: Vec<DocArrival> = inner
+            .doc_arrivals
+            .range(from..)
+            .take(limit)
+            .map(|(off, (t, d))| (*off, t.clone(), d.clone()))
+            .collect();
+        let next = out.last().map_or(from, |(off, _, _)| Offset(off.0 + 1));
+        Ok((out, next))
+    }
+
+    fn docs_of(&self, topic: &Topic, limit: usize) -> Result<Vec<DocId>, Infallible> {
+        let inner = self.read();
+        let mut out: Vec<DocId> = Vec::new();
+        for (t, d, _) in inner.doc_changes.keys() {
+            if out.len() >= limit {
+                break;
+            }
+            if t == topic && out.last() != Some(d) {
+                out.push(d.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    fn load_snapshot(&self, topic: &Topic, doc: &DocId) -> Result<Option<Snapshot>, Infallible> {
+        Ok(self
+            .read()
+            .snapshots
+            .get(&(topic.clone(), doc.clone()))
+            .cloned())
     }
 }

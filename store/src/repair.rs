@@ -30,7 +30,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use murmur_core::storage::{Durability, Outcome, Store};
+use murmur_core::storage::{Durability, Outcome, ReadStore, Store};
 use murmur_core::verify::verify_batch;
 use murmur_core::{Event, MAX_EVENT_BYTES};
 use rocksdb::DB;

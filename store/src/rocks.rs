@@ -30,10 +30,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use murmur_core::accept::{self, ForkProof, Head, LogState, Verdict};
-use murmur_core::storage::{ArrivalPage, Durability, LogSummary, Outcome, Store};
+use murmur_core::storage::{
+    ArrivalPage, DocArrival, Durability, LogSummary, Outcome, ReadStore, Snapshot, Store,
+};
 use murmur_core::vv::{self, VersionVector};
 use murmur_core::{
-    AuthorId, Event, EventId, MAX_EVENT_BYTES, Offset, Pattern, Seq, Timestamp, Topic,
+    AuthorId, DocId, Event, EventId, MAX_EVENT_BYTES, Offset, Pattern, Seq, Timestamp, Topic,
 };
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
@@ -670,97 +672,8 @@ pub(crate) fn decode_fork(v: &[u8]) -> Result<ForkProof> {
     })
 }
 
-impl Store for RocksStore {
+impl ReadStore for RocksStore {
     type Error = StoreError;
-
-    fn insert(&self, events: &[Event], durability: Durability) -> Result<Vec<Outcome>> {
-        let mut writer = self
-            .writer
-            .lock()
-            .map_err(|_| corrupt("writer lock poisoned"))?;
-        let mut overlay: HashMap<Vec<u8>, LogState> = HashMap::new();
-        let mut staged: HashMap<Vec<u8>, Event> = HashMap::new();
-        let mut batch = WriteBatch::default();
-        let mut offset = self.next_offset.load(Ordering::Acquire);
-        let mut outcomes = Vec::with_capacity(events.len());
-        let (cf_events, cf_heads, cf_by_id, cf_arrivals, cf_forks) = (
-            self.cf(CF_EVENTS),
-            self.cf(CF_HEADS),
-            self.cf(CF_BY_ID),
-            self.cf(CF_ARRIVALS),
-            self.cf(CF_FORKS),
-        );
-        for ev in events {
-            let lk = log_key(ev.topic(), &ev.author());
-            let state = match overlay.get(&lk).or_else(|| writer.states.get(&lk)) {
-                Some(s) => *s,
-                None => self.load_state(&lk)?,
-            };
-            let mut read_err = None;
-            let verdict = accept::classify(&state, ev, |seq| {
-                let ek = event_key(&lk, seq);
-                if let Some(e) = staged.get(&ek) {
-                    return Some(e.clone());
-                }
-                self.get_event(&ek).unwrap_or_else(|e| {
-                    read_err = Some(e);
-                    None
-                })
-            });
-            if let Some(e) = read_err {
-                return Err(e);
-            }
-            let mut next_state = state;
-            let outcome = match verdict {
-                Verdict::Append => {
-                    let ek = event_key(&lk, ev.seq());
-                    let head = Head::of(ev);
-                    batch.put_cf(cf_events, &ek, ev.bytes());
-                    batch.put_cf(cf_heads, &lk, encode_head(&head));
-                    batch.put_cf(cf_by_id, ev.id().0, &ek);
-                    batch.put_cf(cf_arrivals, offset.to_be_bytes(), &ek);
-                    crate::docs::index(&mut batch, self, ev, offset, &ek);
-                    staged.insert(ek, ev.clone());
-                    next_state.head = Some(head);
-                    offset += 1;
-                    Outcome::Appended(Offset(offset - 1))
-                }
-                Verdict::Duplicate => Outcome::Duplicate,
-                Verdict::Fork(proof) => {
-                    let seq = proof.seq();
-                    if state.frozen_at.is_none_or(|f| seq < f) {
-                        batch.put_cf(cf_forks, &lk, encode_fork(&proof));
-                        next_state.frozen_at = Some(seq);
-                    }
-                    Outcome::Fork(seq)
-                }
-                Verdict::Gap { expected } => Outcome::Gap { expected },
-                Verdict::PrevMismatch { .. } => Outcome::PrevMismatch,
-                Verdict::Frozen { .. } => Outcome::Frozen,
-            };
-            if next_state != state {
-                overlay.insert(lk, next_state);
-            }
-            outcomes.push(outcome);
-        }
-        if !batch.is_empty() {
-            let mut wo = WriteOptions::default();
-            wo.set_sync(durability == Durability::Sync);
-            self.db.write_opt(batch, &wo)?;
-        }
-        if durability == Durability::Sync
-            && offset > writer.marked
-            && writer.mark_at.is_none_or(|t| t.elapsed() >= MARK_EVERY)
-        {
-            self.write_mark(&mut writer, offset);
-        }
-        if writer.states.len() + overlay.len() > STATE_CACHE_MAX {
-            writer.states.clear();
-        }
-        writer.states.extend(overlay);
-        self.next_offset.store(offset, Ordering::Release);
-        Ok(outcomes)
-    }
 
     fn log_state(&self, author: &AuthorId, topic: &Topic) -> Result<LogState> {
         self.load_state(&log_key(topic, author))
@@ -908,6 +821,127 @@ impl Store for RocksStore {
 
     /// Syncs the WAL and writes the durability mark. Holds the writer lock, so no
     /// insert is half done: everything below the next offset is durable after this.
+    fn doc_changes(
+        &self,
+        topic: &Topic,
+        doc: &DocId,
+        from: Offset,
+        limit: usize,
+    ) -> Result<Vec<(Offset, Event)>> {
+        crate::docs::changes(self, topic, doc, from, limit)
+    }
+
+    fn doc_last_change(&self, topic: &Topic, doc: &DocId) -> Result<Option<Offset>> {
+        crate::docs::last_change(self, topic, doc)
+    }
+
+    fn doc_arrivals(&self, from: Offset, limit: usize) -> Result<(Vec<DocArrival>, Offset)> {
+        crate::docs::arrivals(self, from, limit)
+    }
+
+    fn docs_of(&self, topic: &Topic, limit: usize) -> Result<Vec<DocId>> {
+        crate::docs::of_topic(self, topic, limit)
+    }
+
+    fn load_snapshot(&self, topic: &Topic, doc: &DocId) -> Result<Option<Snapshot>> {
+        crate::docs::load_snapshot(self, topic, doc)
+    }
+}
+
+impl Store for RocksStore {
+    fn insert(&self, events: &[Event], durability: Durability) -> Result<Vec<Outcome>> {
+        let mut writer = self
+            .writer
+            .lock()
+            .map_err(|_| corrupt("writer lock poisoned"))?;
+        let mut overlay: HashMap<Vec<u8>, LogState> = HashMap::new();
+        let mut staged: HashMap<Vec<u8>, Event> = HashMap::new();
+        let mut batch = WriteBatch::default();
+        let mut offset = self.next_offset.load(Ordering::Acquire);
+        let mut outcomes = Vec::with_capacity(events.len());
+        let (cf_events, cf_heads, cf_by_id, cf_arrivals, cf_forks) = (
+            self.cf(CF_EVENTS),
+            self.cf(CF_HEADS),
+            self.cf(CF_BY_ID),
+            self.cf(CF_ARRIVALS),
+            self.cf(CF_FORKS),
+        );
+        for ev in events {
+            let lk = log_key(ev.topic(), &ev.author());
+            let state = match overlay.get(&lk).or_else(|| writer.states.get(&lk)) {
+                Some(s) => *s,
+                None => self.load_state(&lk)?,
+            };
+            let mut read_err = None;
+            let verdict = accept::classify(&state, ev, |seq| {
+                let ek = event_key(&lk, seq);
+                if let Some(e) = staged.get(&ek) {
+                    return Some(e.clone());
+                }
+                self.get_event(&ek).unwrap_or_else(|e| {
+                    read_err = Some(e);
+                    None
+                })
+            });
+            if let Some(e) = read_err {
+                return Err(e);
+            }
+            let mut next_state = state;
+            let outcome = match verdict {
+                Verdict::Append => {
+                    let ek = event_key(&lk, ev.seq());
+                    let head = Head::of(ev);
+                    batch.put_cf(cf_events, &ek, ev.bytes());
+                    batch.put_cf(cf_heads, &lk, encode_head(&head));
+                    batch.put_cf(cf_by_id, ev.id().0, &ek);
+                    batch.put_cf(cf_arrivals, offset.to_be_bytes(), &ek);
+                    crate::docs::index(&mut batch, self, ev, offset, &ek);
+                    staged.insert(ek, ev.clone());
+                    next_state.head = Some(head);
+                    offset += 1;
+                    Outcome::Appended(Offset(offset - 1))
+                }
+                Verdict::Duplicate => Outcome::Duplicate,
+                Verdict::Fork(proof) => {
+                    let seq = proof.seq();
+                    if state.frozen_at.is_none_or(|f| seq < f) {
+                        batch.put_cf(cf_forks, &lk, encode_fork(&proof));
+                        next_state.frozen_at = Some(seq);
+                    }
+                    Outcome::Fork(seq)
+                }
+                Verdict::Gap { expected } => Outcome::Gap { expected },
+                Verdict::PrevMismatch { .. } => Outcome::PrevMismatch,
+                Verdict::Frozen { .. } => Outcome::Frozen,
+            };
+            if next_state != state {
+                overlay.insert(lk, next_state);
+            }
+            outcomes.push(outcome);
+        }
+        if !batch.is_empty() {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(durability == Durability::Sync);
+            self.db.write_opt(batch, &wo)?;
+        }
+        if durability == Durability::Sync
+            && offset > writer.marked
+            && writer.mark_at.is_none_or(|t| t.elapsed() >= MARK_EVERY)
+        {
+            self.write_mark(&mut writer, offset);
+        }
+        if writer.states.len() + overlay.len() > STATE_CACHE_MAX {
+            writer.states.clear();
+        }
+        writer.states.extend(overlay);
+        self.next_offset.store(offset, Ordering::Release);
+        Ok(outcomes)
+    }
+
+    fn save_snapshot(&self, topic: &Topic, doc: &DocId, snap: &Snapshot) -> Result<()> {
+        crate::docs::save_snapshot(self, topic, doc, snap)
+    }
+
     fn flush(&self) -> Result<()> {
         let mut writer = self
             .writer

@@ -17,7 +17,7 @@ static ALLOC: murmur_daemon::alloc::Jemalloc = murmur_daemon::alloc::Jemalloc;
 
 use automerge::{Automerge, Change};
 use common::Node;
-use murmur_core::{Body, DocId, Offset, Topic};
+use murmur_core::{Body, DocId, Offset, ReadStore, Topic};
 use murmur_store::{RocksConfig, RocksStore};
 use serde_json::{Value, json};
 

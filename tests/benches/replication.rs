@@ -4,8 +4,13 @@
 //! catch-up of 100,000 and 1,000,000 events beside this machine's one-by-one verification
 //! rate, and bytes on the wire per delivered event (received, and received + forwarded).
 //!
+//! Beside catch-up it measures, in the same run, the raw pipeline a catch-up cannot beat
+//! (decode + range verification + one RocksDB write per window, one thread, in this
+//! process) and, when `scripts/bench-peers` has installed it, Hypercore 11's catch-up.
+//!
 //! Run: `scripts/bench` (or `cargo bench -p murmur-tests --bench replication` after
-//! `cargo build --release --bins`). `MURMUR_BENCH_QUICK=1` skips the 1,000,000 run.
+//! `cargo build --release --bins`). `MURMUR_BENCH_QUICK=1` skips the 1,000,000 runs;
+//! `MURMUR_BENCH_ONLY=catch-up` runs only the catch-up rows.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -287,6 +292,62 @@ fn catch_up(count: usize) -> (f64, f64) {
     (count as f64 / secs, count as f64 * one / secs / 1e6)
 }
 
+/// The raw catch-up pipeline, in this process on one thread: decode + verify_range +
+/// one RocksDB write (the daemon's store settings) per window of the sync machine's
+/// size, over the same events a catch-up pulls. What catch-up would reach if the
+/// network, the protocol and the daemon cost nothing (and if it used one core).
+fn raw_pipeline(count: usize) -> f64 {
+    use murmur_core::Store;
+    let evs =
+        murmur_core::testing::chain_with(&murmur_core::testing::key(3), "catch/up", count, |i| {
+            bytes::Bytes::from(payload("catch/up", i as usize))
+        });
+    let window = murmur_core::sync::Config::default().window as usize;
+    let runs: Vec<Vec<u8>> = evs
+        .chunks(window)
+        .map(|w| murmur_core::run::encode(w).expect("a chain encodes as runs"))
+        .collect();
+    drop(evs);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = murmur_daemon::node::open_store(dir.path(), &murmur_daemon::Config::default())
+        .expect("store opens");
+    let t0 = Instant::now();
+    let mut anchor = None;
+    for r in &runs {
+        let w = murmur_core::run::decode(r, murmur_core::sync::MAX_FRAME_BYTES).expect("decodes");
+        murmur_core::verify::verify_range(&w, anchor).expect("verifies");
+        anchor = w.last().map(|e| murmur_core::verify::Anchor {
+            seq: e.seq(),
+            id: e.id(),
+        });
+        store
+            .insert(&w, murmur_core::Durability::Buffered)
+            .expect("writes");
+    }
+    count as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// Hypercore 11's catch-up of `count` entries of the same size in this run
+/// (tests/peers/hypercore.mjs), if `scripts/bench-peers` has installed it.
+fn hypercore(count: usize) -> Result<f64, String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers");
+    if !dir.join("node_modules/hypercore").exists() {
+        return Err("not installed: run scripts/bench-peers once".into());
+    }
+    let out = std::process::Command::new("node")
+        .arg(dir.join("hypercore.mjs"))
+        .arg(count.to_string())
+        .output()
+        .map_err(|e| format!("cannot run node: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    v["per_s"]
+        .as_f64()
+        .ok_or_else(|| "no rate in its output".into())
+}
+
 /// This machine's one-by-one signature verification rate, for comparison.
 fn verify_one_by_one() -> f64 {
     let evs = murmur_core::testing::chain_with(&murmur_core::testing::key(2), "v/v", 5000, |i| {
@@ -305,20 +366,21 @@ fn main() {
         return;
     }
     let quick = std::env::var_os("MURMUR_BENCH_QUICK").is_some();
+    let only_catch_up = std::env::var("MURMUR_BENCH_ONLY").is_ok_and(|v| v == "catch-up");
     let started = Instant::now();
     println!(
         "murmur replication benchmark: {PAYLOAD}-byte payloads, real daemons in network namespaces, fsync"
     );
     println!();
+    if only_catch_up {
+        catch_up_rows(quick);
+        println!();
+        println!("finished in {:.0} s", started.elapsed().as_secs_f64());
+        return;
+    }
     let (p50_2, p99_2, _) = live_latency(2, 400);
     let (p50_5, p99_5, trickle) = live_latency(5, 400);
     let (fan_rate, wire, wire_both) = fan_out(100_000);
-    let (cu100k, mb100k) = catch_up(100_000);
-    let big = if quick {
-        None
-    } else {
-        Some(catch_up(1_000_000))
-    };
     let model = fleet_trickle(10, 200);
     let verify = verify_one_by_one();
     println!("| measurement | value |");
@@ -352,16 +414,48 @@ fn main() {
         model.4,
         model.4 / PAYLOAD as f64
     );
-    println!("| catch-up of 100,000 events (events/s, MB/s) | {cu100k:.0}, {mb100k:.1} |");
-    match big {
-        Some((r, mb)) => {
-            println!("| catch-up of 1,000,000 events (events/s, MB/s) | {r:.0}, {mb:.1} |")
-        }
-        None => println!("| catch-up of 1,000,000 events | skipped (MURMUR_BENCH_QUICK) |"),
-    }
     println!(
         "| one-by-one signature verification, same machine, 1 core (events/s) | {verify:.0} |"
     );
+    catch_up_rows(quick);
     println!();
     println!("finished in {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// Catch-up of 100,000 and 1,000,000 events, the raw pipeline and Hypercore, with the
+/// ratios (the table's last rows).
+fn catch_up_rows(quick: bool) {
+    let count = if quick { 100_000 } else { 1_000_000 };
+    let (cu100k, mb100k) = catch_up(100_000);
+    let big = (!quick).then(|| catch_up(1_000_000));
+    let raw = raw_pipeline(count);
+    // Hypercore at its pace would take minutes for 1,000,000: its rate over 100,000.
+    let hyper = hypercore(100_000);
+    println!("| catch-up of 100,000 events (events/s, MB/s) | {cu100k:.0}, {mb100k:.1} |");
+    let rate = match big {
+        Some((r, mb)) => {
+            println!("| catch-up of 1,000,000 events (events/s, MB/s) | {r:.0}, {mb:.1} |");
+            r
+        }
+        None => cu100k,
+    };
+    println!(
+        "| raw pipeline, {count} events: decode + verify_range + write per window, 1 thread (events/s) | {raw:.0} |"
+    );
+    println!(
+        "| **catch-up of {count} ÷ raw pipeline** | **{:.0}%** |",
+        rate / raw * 100.0
+    );
+    match hyper {
+        Ok(h) => {
+            println!(
+                "| Hypercore 11 catch-up, 100,000 entries of {PAYLOAD} B, same run (entries/s) | {h:.0} |"
+            );
+            println!(
+                "| **catch-up of {count} ÷ Hypercore** | **{:.1}×** |",
+                rate / h
+            );
+        }
+        Err(e) => println!("| Hypercore 11 catch-up | not measured: {e} |"),
+    }
 }

@@ -9,7 +9,7 @@
 //!  Vector{vv_A}         ─────────────▶
 //!  Want{author, from, limit} ────────▶  (both sides pull what they lack, independently)
 //!                       ◀─────────────  Events{a run of up to limit events}
-//!  verify range (1 signature), insert, next Want from the new head ... until caught up
+//!  verify range (1 signature), Persist, next Want past it ... until caught up
 //! ```
 //!
 //! Serving is stateless: any `Want` is answered from the store with at most
@@ -23,12 +23,21 @@
 //! signed two events at our head's seq: the session fetches the peer's event at that seq,
 //! the store records the fork proof and freezes the log, and the proof is sent on.
 //!
+//! **Writes are values.** The machine reads the store but never writes it: a verified
+//! window comes out as [`Output::Persist`] with a ticket, and the driver hands the
+//! result of writing it (the store's outcomes) back to [`Sync::persisted`]. Only then
+//! does the machine report what was stored, record a fork, or finish the round (raft's
+//! `Ready`: persist first, then act on what depended on it). It does not wait to ask for
+//! more: the next window of a log is requested from the end of the one being written,
+//! and is verified against that window's last event, so decoding and verifying window
+//! n+1 overlaps writing window n.
+//!
 //! Calling contract: feed every message from a peer to [`Sync::handle`], call
 //! [`Sync::tick`] regularly (every [`Config::request_timeout`] / 4 or so), call
-//! [`Sync::start`] when a round should run (on connect, periodically, on a gap), and
-//! carry out every returned [`Output`]. `now` is any monotonic clock the driver owns.
-//! The machine reads and writes the store it is given; give it a store whose calls are
-//! allowed to block (not the network task).
+//! [`Sync::start`] when a round should run (on connect, periodically, on a gap), carry
+//! out every returned [`Output`], and answer every `Persist` with [`Sync::persisted`]
+//! (in any order, once). `now` is any monotonic clock the driver owns. The store calls
+//! are reads that may block: do not drive the machine on the network task.
 
 pub mod msg;
 
@@ -41,7 +50,7 @@ use bytes::Bytes;
 use crate::accept::ForkProof;
 use crate::event::{Event, MAX_EVENT_BYTES};
 use crate::id::{AuthorId, Offset, Seq};
-use crate::storage::{Durability, Outcome, Store};
+use crate::storage::{Durability, Outcome, ReadStore};
 use crate::topic::Topic;
 use crate::verify::{Anchor, RangeError, verify_range};
 use crate::vv::VersionVector;
@@ -168,6 +177,30 @@ pub enum Output<P> {
     },
     /// A fork was proven (stored, the log frozen). The proof is also sent to the peer.
     Fork(Box<ForkProof>),
+    /// Write `events` (verified, in order) to the store, then hand the outcomes to
+    /// [`Sync::persisted`] with `ticket`.
+    Persist {
+        /// Names this write in [`Sync::persisted`].
+        ticket: u64,
+        /// The events, in order.
+        events: Vec<Event>,
+        /// How durable the write must be.
+        durability: Durability,
+    },
+}
+
+/// What the machine does once a write it asked for is done.
+#[derive(Debug)]
+enum Pending<P> {
+    /// A verified window of `author`'s log pulled in session `key`.
+    Window {
+        key: (P, Topic),
+        author: AuthorId,
+        probe: bool,
+        events: Vec<Event>,
+    },
+    /// Both events of a fork proof a peer sent.
+    Fork { from: P, proof: ForkProof },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +219,23 @@ struct Pull {
     probe: bool,
     /// Outstanding request: (request id, from, limit), if any.
     inflight: Option<(u64, Seq, u32)>,
+    /// The last event of the newest window handed to the driver to persist and not yet
+    /// reported written: the next window continues from it.
+    tail: Option<Anchor>,
+    /// Windows of this log being persisted.
+    persisting: u32,
+}
+
+impl Pull {
+    fn new(to: Seq, probe: bool) -> Self {
+        Pull {
+            to,
+            probe,
+            inflight: None,
+            tail: None,
+            persisting: 0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -203,6 +253,8 @@ pub struct Sync<P> {
     config: Config,
     sessions: BTreeMap<(P, Topic), Session>,
     next_req: u64,
+    pending: BTreeMap<u64, Pending<P>>,
+    next_ticket: u64,
 }
 
 type Outs<P> = Vec<Output<P>>;
@@ -214,6 +266,8 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             config,
             sessions: BTreeMap::new(),
             next_req: 0,
+            pending: BTreeMap::new(),
+            next_ticket: 0,
         }
     }
 
@@ -223,7 +277,13 @@ impl<P: Clone + Ord + Debug> Sync<P> {
     }
 
     /// Starts a round with `peer` for `topic` (no-op if one is running).
-    pub fn start<S: Store>(&mut self, peer: P, topic: Topic, now: Instant, store: &S) -> Outs<P> {
+    pub fn start<S: ReadStore>(
+        &mut self,
+        peer: P,
+        topic: Topic,
+        now: Instant,
+        store: &S,
+    ) -> Outs<P> {
         let key = (peer.clone(), topic.clone());
         if self.sessions.contains_key(&key) {
             return Vec::new();
@@ -252,7 +312,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
     }
 
     /// Pulls `author`'s log in `topic` from `peer` up to `to` (a gap seen in live push).
-    pub fn pull<S: Store>(
+    pub fn pull<S: ReadStore>(
         &mut self,
         peer: P,
         topic: Topic,
@@ -275,18 +335,20 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             self.sessions.insert(key.clone(), s);
         }
         if let Some(s) = self.sessions.get_mut(&key) {
-            let p = s.pulls.entry(author).or_insert(Pull {
-                to,
-                probe: false,
-                inflight: None,
-            });
+            let p = s.pulls.entry(author).or_insert(Pull::new(to, false));
             p.to = p.to.max(to);
         }
         self.advance(key, now, store)
     }
 
     /// Handles a message from `from`.
-    pub fn handle<S: Store>(&mut self, from: P, msg: Message, now: Instant, store: &S) -> Outs<P> {
+    pub fn handle<S: ReadStore>(
+        &mut self,
+        from: P,
+        msg: Message,
+        now: Instant,
+        store: &S,
+    ) -> Outs<P> {
         match msg {
             Message::Hello { topic, digest } => {
                 let vv = match store.version_vector(&topic) {
@@ -368,7 +430,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                 author,
                 run,
             } => self.on_events(from, req, topic, author, run, now, store),
-            Message::Fork { a, b } => self.on_fork(from, a, b, store),
+            Message::Fork { a, b } => self.on_fork(from, a, b),
         }
     }
 
@@ -418,7 +480,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         }
     }
 
-    fn on_vector<S: Store>(
+    fn on_vector<S: ReadStore>(
         &mut self,
         from: P,
         topic: Topic,
@@ -463,11 +525,10 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             }
             // A repeated vector (a duplicate, or the peer's next round) extends a pull
             // that is under way instead of restarting it.
-            let p = s.pulls.entry(want.author).or_insert(Pull {
-                to: want.to,
-                probe: false,
-                inflight: None,
-            });
+            let p = s
+                .pulls
+                .entry(want.author)
+                .or_insert(Pull::new(want.to, false));
             p.to = p.to.max(want.to);
         }
         // Pass on the proof of every fork we know in a log the peer holds up to the fork
@@ -489,11 +550,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         // Same seq, different head id: a fork. Fetch their head event to prove it.
         for author in ours.diverged(&theirs) {
             if let Some(e) = ours.get(&author) {
-                s.pulls.entry(author).or_insert(Pull {
-                    to: e.seq,
-                    probe: true,
-                    inflight: None,
-                });
+                s.pulls.entry(author).or_insert(Pull::new(e.seq, true));
             }
         }
         out.extend(self.advance(key, now, store));
@@ -501,7 +558,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
     }
 
     /// Sends the next `Want`s of a session, or finishes it.
-    fn advance<S: Store>(&mut self, key: (P, Topic), now: Instant, store: &S) -> Outs<P> {
+    fn advance<S: ReadStore>(&mut self, key: (P, Topic), now: Instant, store: &S) -> Outs<P> {
         let window = self.config.window;
         let max_inflight = self.config.max_inflight;
         let next_req = &mut self.next_req;
@@ -523,15 +580,22 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                     return vec![failed_store(peer, topic, e)];
                 }
             };
-            let next = state
+            let mut next = state
                 .head
                 .map_or(Seq(0), |h| Seq(h.seq.0.saturating_add(1)));
-            let done = state.frozen_at.is_some() || (!pull.probe && next > pull.to);
-            if done {
-                finished.push(*author);
+            // A window being written counts as held: ask for what follows it.
+            if let Some(t) = pull.tail {
+                next = next.max(Seq(t.seq.0.saturating_add(1)));
+            }
+            let reached = state.frozen_at.is_some() || (!pull.probe && next > pull.to);
+            if reached {
+                // Done once what it pulled is written.
+                if pull.persisting == 0 {
+                    finished.push(*author);
+                }
                 continue;
             }
-            if inflight >= max_inflight {
+            if (pull.probe && pull.persisting > 0) || inflight >= max_inflight {
                 continue;
             }
             let (from, limit) = if pull.probe {
@@ -589,7 +653,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn on_events<S: Store>(
+    fn on_events<S: ReadStore>(
         &mut self,
         from: P,
         req: u64,
@@ -609,6 +673,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             return Vec::new();
         };
         let probe = pull.probe;
+        let tail = pull.tail;
         let (want_from, limit) = match pull.inflight {
             Some((r, f, l)) if r == req => (f, l),
             // An answer to an earlier request of ours that we gave up on: ignore.
@@ -637,15 +702,21 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         let Some(first) = events.first() else {
             // The peer has nothing more for this log (it may have lost data, or is
             // frozen): stop pulling it in this round.
-            if let Some(s) = self.sessions.get_mut(&key) {
-                s.pulls.remove(&author);
+            // (A window still being written ends the pull once it is.)
+            if let Some(s) = self.sessions.get_mut(&key)
+                && let Some(p) = s.pulls.get_mut(&author)
+            {
+                if p.persisting > 0 {
+                    p.to = Seq(0);
+                } else {
+                    s.pulls.remove(&author);
+                }
             }
             return self.advance(key, now, store);
         };
         if first.author() != author || first.topic() != &topic || first.seq() != want_from {
             return self.violation(key, Violation::Unrequested);
         }
-        let mut out = Vec::new();
         let state = match store.log_state(&author, &topic) {
             Ok(st) => st,
             Err(e) => {
@@ -653,20 +724,27 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                 return vec![failed_store(from, topic, e)];
             }
         };
-        let anchor = state
-            .head
-            .filter(|h| h.seq.next() == Some(want_from))
-            .map(|h| Anchor {
-                seq: h.seq,
-                id: h.id,
-            });
+        // The window continues the one being written, if it follows it; else our head.
+        let after_tail = tail.filter(|t| t.seq.next() == Some(want_from));
+        let anchor = after_tail.or_else(|| {
+            state
+                .head
+                .filter(|h| h.seq.next() == Some(want_from))
+                .map(|h| Anchor {
+                    seq: h.seq,
+                    id: h.id,
+                })
+        });
         let verified = if probe {
             verify_range(&events[..1], None)
         } else {
             match verify_range(&events, anchor) {
                 // Valid run that starts right after our head but links elsewhere: the
                 // author forked at our head's seq. Ask for their event there.
-                Err(RangeError::DoesNotContinue { .. }) if verify_range(&events, None).is_ok() => {
+                // (After a window of the same peer's, a break in the links is a lie.)
+                Err(RangeError::DoesNotContinue { .. })
+                    if after_tail.is_none() && verify_range(&events, None).is_ok() =>
+                {
                     if let Some(s) = self.sessions.get_mut(&key)
                         && let Some(p) = s.pulls.get_mut(&author)
                         && let Some(h) = state.head
@@ -701,24 +779,133 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         {
             return self.violation(key, Violation::BadEvent(e));
         }
-        let outcomes = match store.insert(&events, self.config.durability) {
+        // Verified: hand it to the driver to write, and ask for the next window now.
+        let last = events.last().map(|e| Anchor {
+            seq: e.seq(),
+            id: e.id(),
+        });
+        if let Some(s) = self.sessions.get_mut(&key)
+            && let Some(p) = s.pulls.get_mut(&author)
+        {
+            p.persisting += 1;
+            if !probe {
+                p.tail = last;
+            }
+        }
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        let durability = self.config.durability;
+        self.pending.insert(
+            ticket,
+            Pending::Window {
+                key: key.clone(),
+                author,
+                probe,
+                events: events.clone(),
+            },
+        );
+        let mut out = vec![Output::Persist {
+            ticket,
+            events,
+            durability,
+        }];
+        out.extend(self.advance(key, now, store));
+        out
+    }
+
+    /// The outcome of the write named `ticket` (an [`Output::Persist`]): the store's
+    /// outcome per event, or why the write failed. Reports what was stored and any fork
+    /// it proved, and goes on with the round.
+    pub fn persisted<S: ReadStore>(
+        &mut self,
+        ticket: u64,
+        result: Result<Vec<Outcome>, String>,
+        now: Instant,
+        store: &S,
+    ) -> Outs<P> {
+        match self.pending.remove(&ticket) {
+            None => Vec::new(),
+            Some(Pending::Window {
+                key,
+                author,
+                probe,
+                events,
+            }) => self.window_written(key, author, probe, events, result, now, store),
+            Some(Pending::Fork { from, proof }) => match result {
+                Ok(o) if o.iter().any(|o| matches!(o, Outcome::Fork(_))) => {
+                    vec![Output::Fork(Box::new(proof))]
+                }
+                Ok(o) => {
+                    let stored: Vec<(Offset, Event)> = o
+                        .iter()
+                        .zip([proof.ours, proof.theirs])
+                        .filter_map(|(o, e)| match o {
+                            Outcome::Appended(off) => Some((*off, e)),
+                            _ => None,
+                        })
+                        .collect();
+                    if stored.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![Output::Stored {
+                            from,
+                            events: stored,
+                        }]
+                    }
+                }
+                Err(e) => vec![failed_store(from, proof.ours.topic().clone(), e)],
+            },
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn window_written<S: ReadStore>(
+        &mut self,
+        key: (P, Topic),
+        author: AuthorId,
+        probe: bool,
+        events: Vec<Event>,
+        result: Result<Vec<Outcome>, String>,
+        now: Instant,
+        store: &S,
+    ) -> Outs<P> {
+        let (from, topic) = key.clone();
+        let outcomes = match result {
             Ok(o) => o,
             Err(e) => {
-                self.sessions.remove(&key);
-                return vec![failed_store(from, topic, e)];
+                // Windows after this one were verified against it: the round ends.
+                if self.sessions.remove(&key).is_some() {
+                    return vec![failed_store(from, topic, e)];
+                }
+                return Vec::new();
             }
         };
+        let mut out = Vec::new();
         let mut stored = Vec::new();
         let mut fork_at = None;
+        let mut clean = true;
         for (ev, o) in events.into_iter().zip(outcomes) {
             match o {
                 Outcome::Appended(off) => stored.push((off, ev)),
-                Outcome::Fork(seq) => fork_at = Some(seq),
-                _ => {}
+                Outcome::Duplicate => {}
+                Outcome::Fork(seq) => {
+                    fork_at = Some(seq);
+                    clean = false;
+                }
+                _ => clean = false,
             }
         }
         if let Some(s) = self.sessions.get_mut(&key) {
             s.pulled += stored.len() as u64;
+            if let Some(p) = s.pulls.get_mut(&author) {
+                p.persisting = p.persisting.saturating_sub(1);
+                // Nothing left in writing, or the store did not take it as a
+                // continuation (another path wrote the log meanwhile): go on from what
+                // the store holds.
+                if p.persisting == 0 || !clean {
+                    p.tail = None;
+                }
+            }
             if probe {
                 // A probe answered: the fork (if any) is recorded; this log is done.
                 s.pulls.remove(&author);
@@ -737,7 +924,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         out
     }
 
-    fn announce_fork<S: Store>(
+    fn announce_fork<S: ReadStore>(
         &mut self,
         to: &P,
         author: &AuthorId,
@@ -758,7 +945,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         out
     }
 
-    fn on_fork<S: Store>(&mut self, from: P, a: Bytes, b: Bytes, store: &S) -> Outs<P> {
+    fn on_fork(&mut self, from: P, a: Bytes, b: Bytes) -> Outs<P> {
         let decode = |x: Bytes| Event::decode(x, MAX_EVENT_BYTES);
         let (a, b) = match (decode(a), decode(b)) {
             (Ok(a), Ok(b)) => (a, b),
@@ -776,38 +963,16 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                 violation: Violation::BadForkProof(why.into()),
             }];
         }
-        // Inserting both makes the store record the fork if it holds either event.
-        match store.insert(
-            &[proof.ours.clone(), proof.theirs.clone()],
-            self.config.durability,
-        ) {
-            Ok(o) if o.iter().any(|o| matches!(o, Outcome::Fork(_))) => {
-                vec![Output::Fork(Box::new(proof))]
-            }
-            Ok(o) => {
-                let stored: Vec<(Offset, Event)> = o
-                    .iter()
-                    .zip([proof.ours, proof.theirs])
-                    .filter_map(|(o, e)| match o {
-                        Outcome::Appended(off) => Some((*off, e)),
-                        _ => None,
-                    })
-                    .collect();
-                if stored.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![Output::Stored {
-                        from,
-                        events: stored,
-                    }]
-                }
-            }
-            Err(e) => vec![Output::Failed {
-                peer: from,
-                topic: proof.ours.topic().clone(),
-                reason: Failure::Store(e.to_string()),
-            }],
-        }
+        // Writing both makes the store record the fork if it holds either event.
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        let events = vec![proof.ours.clone(), proof.theirs.clone()];
+        self.pending.insert(ticket, Pending::Fork { from, proof });
+        vec![Output::Persist {
+            ticket,
+            events,
+            durability: self.config.durability,
+        }]
     }
 }
 
@@ -826,7 +991,7 @@ fn failed_store<P>(peer: P, topic: Topic, e: impl std::fmt::Display) -> Output<P
 /// round would end at once with `InSync` and the other node would never learn of the
 /// fork (the replication machine's property test found it). A topic without forks has
 /// the plain digest, as before.
-fn round_digest<S: Store>(
+fn round_digest<S: ReadStore>(
     topic: &Topic,
     vv: &VersionVector,
     store: &S,
@@ -853,7 +1018,7 @@ fn round_digest<S: Store>(
 
 /// The message that passes on our proof of the fork of `author`'s log at `seq`, if we
 /// hold one.
-fn fork_message<P: Clone, S: Store>(
+fn fork_message<P: Clone, S: ReadStore>(
     to: &P,
     author: &AuthorId,
     topic: &Topic,

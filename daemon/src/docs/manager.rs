@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use automerge::{Automerge, Change, ReadDoc};
-use murmur_core::{AuthorId, Body, DocId, Offset, Payload, Topic};
+use murmur_core::{AuthorId, Body, DocId, Offset, Payload, ReadStore, Topic};
 use murmur_store::{RocksStore, Snapshot};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -96,7 +96,7 @@ impl Manager {
         metrics: Metrics,
     ) -> Manager {
         Manager {
-            cursor: murmur_core::Store::next_offset(&*store),
+            cursor: murmur_core::ReadStore::next_offset(&*store),
             store,
             ingest,
             author,
@@ -364,12 +364,16 @@ impl Manager {
             through: l.through,
             bytes: l.doc.save(),
         };
-        match self.store.save_snapshot(&key.0, &key.1, &snap) {
+        let size = snap.bytes.len() as u64;
+        // Through the store's one writer, like every write.
+        match self
+            .ingest
+            .save_snapshot(key.0.clone(), key.1.clone(), snap)
+        {
             Ok(()) => {
                 l.unsaved = 0;
-                l.size = snap.bytes.len() as u64;
+                l.size = size;
                 self.stats.snapshots += 1;
-                drop(snap);
                 trim();
             }
             Err(e) => tracing::error!(doc = %key.1, error = %e, "cannot write a document snapshot"),

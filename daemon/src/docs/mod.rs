@@ -279,7 +279,7 @@ pub fn spawn(
     ingest: ingest::Handle,
     author: AuthorId,
     config: DocsConfig,
-    mut offsets: watch::Receiver<Offset>,
+    mut offsets: watch::Receiver<crate::ingest::Committed>,
     metrics: crate::metrics::Metrics,
 ) -> std::io::Result<(Handle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(1024);

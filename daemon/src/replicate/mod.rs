@@ -6,26 +6,32 @@
 //! fork handling, own-log confirmation after a repair. The simulator runs the same
 //! machine. This thread only routes: network events, durable local events and ticks go
 //! in (gossip that queued up as one batch, published batches coalesced), and each
-//! output becomes a network command, a metric, a clock update, a follower wake-up or a
-//! file write (peers met, interest set at runtime). It calls the store directly
-//! (blocking is fine on this thread, never on the network task).
+//! output becomes a network command, a metric, a clock update, a write for the store
+//! writer, or a file write (peers met, interest set at runtime). It reads the store
+//! directly (blocking is fine on this thread, never on the network task) and never
+//! writes it: the machine's writes go to the store writer ([`crate::ingest`]),
+//! group-committed with everything else, and their outcomes come back to the machine.
+//! While the writer writes one window, this thread decodes and verifies the next: the
+//! catch-up path runs on both cores. At most [`WRITES_IN_FLIGHT`] writes are
+//! outstanding; past that the thread stops taking input until one is done, so a slow
+//! disk slows the network down instead of filling memory.
 
 mod persist;
 mod status;
 
 use status::RemoteView;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use murmur_core::VersionVector;
-use murmur_core::replicate::{self as policy, Gossip, Output, Replicator as Machine};
+use murmur_core::replicate::{self as policy, Gossip, Output, Replicator as Machine, Ticket};
 use murmur_core::sync::{self as proto};
-use murmur_core::{AuthorId, Event, Offset, Pattern, Store, Topic};
+use murmur_core::{AuthorId, Event, Pattern, ReadStore, Topic};
 use murmur_p2p::{Command as NetCommand, MessageId, PeerId, Verdict};
 use murmur_store::RocksStore;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 
@@ -85,6 +91,8 @@ const BAN: Duration = Duration::from_secs(600);
 pub(crate) const GOSSIP_MAX_BYTES: usize = murmur_p2p::MAX_GOSSIP_BYTES;
 /// Most durable events gathered from queued batches into one round of gossip.
 const PUBLISH_COALESCE: usize = 8192;
+/// Most writes handed to the store writer and not yet done.
+pub(crate) const WRITES_IN_FLIGHT: usize = 16;
 
 struct Replicator {
     machine: Machine<PeerId, MessageId>,
@@ -95,8 +103,17 @@ struct Replicator {
     /// The last version vector each peer showed for each topic, and when.
     remote: BTreeMap<(Topic, PeerId), (Instant, RemoteView)>,
     known_dirty: bool,
-    notify: Arc<watch::Sender<Offset>>,
     metrics: Metrics,
+    /// The store's one writer.
+    writer: crate::ingest::Handle,
+    /// Writes handed to it, oldest first (it answers in order).
+    writing: VecDeque<(Ticket, oneshot::Receiver<crate::ingest::Written>)>,
+}
+
+/// What the thread waits for.
+enum Step {
+    Input(Command),
+    Written(Ticket, crate::ingest::Written),
 }
 
 /// The replicator's handle: cloneable, one bounded inbox; [`Handle::stop`] ends it.
@@ -166,17 +183,17 @@ impl Handle {
     }
 }
 
-/// Starts the replicator thread with an inbox of `queue` commands; it stops on
+/// Starts the replicator thread on `inbox` (see [`channel`]); it stops on
 /// [`Handle::stop`] or when every handle is dropped.
 pub fn spawn(
     store: Arc<RocksStore>,
     net: murmur_p2p::Handle,
+    writer: crate::ingest::Handle,
     config: Config,
-    notify: Arc<watch::Sender<Offset>>,
     metrics: Metrics,
-    queue: usize,
-) -> std::io::Result<(Handle, JoinHandle<()>)> {
-    let (tx, inputs) = mpsc::channel(queue);
+    inbox: Inbox,
+) -> std::io::Result<JoinHandle<()>> {
+    let inputs = inbox.0;
     let confirm = config.own.1.is_on().then(|| {
         store
             .logs()
@@ -201,29 +218,70 @@ pub fn spawn(
         known: BTreeMap::new(),
         remote: BTreeMap::new(),
         known_dirty: false,
-        notify,
         metrics,
+        writer,
+        writing: VecDeque::new(),
     };
     let thread = std::thread::Builder::new()
         .name("murmur-replicator".into())
-        .spawn(move || r.run(inputs))?;
-    Ok((Handle { tx }, thread))
+        .spawn(move || {
+            // A runtime of its own, on this thread only: to wait on its inbox and on
+            // the writer at once. Its store reads block this thread, as before.
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => rt.block_on(r.run(inputs)),
+                Err(e) => tracing::error!(error = %e, "cannot start the replicator"),
+            }
+        })?;
+    Ok(thread)
+}
+
+/// The replicator's inbox, made before it starts (the writer and the replicator each
+/// need the other's handle).
+#[derive(Debug)]
+pub struct Inbox(mpsc::Receiver<Command>);
+
+/// A replicator's handle and inbox, with room for `queue` commands.
+pub fn channel(queue: usize) -> (Handle, Inbox) {
+    let (tx, rx) = mpsc::channel(queue);
+    (Handle { tx }, Inbox(rx))
 }
 
 impl Replicator {
-    fn run(mut self, mut inputs: mpsc::Receiver<Command>) {
+    async fn run(mut self, mut inputs: mpsc::Receiver<Command>) {
         let outs = self.machine.start(&*self.store);
-        self.outputs(outs);
+        self.outputs(outs).await;
         let mut next: Option<Command> = None;
         loop {
-            let input = match next.take() {
-                Some(i) => i,
-                None => match inputs.blocking_recv() {
-                    Some(i) => i,
-                    None => break,
-                },
+            let step = match next.take() {
+                Some(i) => Step::Input(i),
+                None => {
+                    let full = self.writing.len() >= WRITES_IN_FLIGHT;
+                    let writing = &mut self.writing;
+                    tokio::select! {
+                        // Finished writes first: what waits on them goes on.
+                        biased;
+                        (ticket, written) = next_written(writing), if !writing.is_empty() => {
+                            Step::Written(ticket, written)
+                        }
+                        i = inputs.recv(), if !full => match i {
+                            Some(i) => Step::Input(i),
+                            None => break,
+                        },
+                    }
+                }
             };
             let now = Instant::now();
+            let input = match step {
+                Step::Written(ticket, written) => {
+                    let outs = self.machine.persisted(ticket, written, now, &*self.store);
+                    self.outputs(outs).await;
+                    continue;
+                }
+                Step::Input(i) => i,
+            };
             match input {
                 // Gossip that queued up is verified as a batch and stored in one write.
                 Command::Net(murmur_p2p::Event::Gossip {
@@ -260,10 +318,10 @@ impl Replicator {
                             Err(_) => break,
                         }
                     }
-                    let outs = self.machine.gossiped(batch, now, &*self.store);
-                    self.outputs(outs);
+                    let outs = self.machine.gossiped(batch, &*self.store);
+                    self.outputs(outs).await;
                 }
-                Command::Net(ev) => self.net_event(ev, now),
+                Command::Net(ev) => self.net_event(ev, now).await,
                 // Durable batches that queued up are gossiped together, so a log's
                 // consecutive events leave as few, large runs.
                 Command::Published(mut events) => {
@@ -278,12 +336,12 @@ impl Replicator {
                         }
                     }
                     let outs = self.machine.published(events);
-                    self.outputs(outs);
+                    self.outputs(outs).await;
                 }
-                Command::Tick => self.tick(now),
+                Command::Tick => self.tick(now).await,
                 Command::Stop => break,
                 Command::Interest { add, remove, reply } => {
-                    self.change_interest(add, remove, now);
+                    self.change_interest(add, remove, now).await;
                     let _ = reply.send(
                         self.machine
                             .interest()
@@ -297,16 +355,16 @@ impl Replicator {
                 }
                 Command::SyncNow(peer) => {
                     let outs = self.machine.sync_now(peer, now, &*self.store);
-                    self.outputs(outs);
+                    self.outputs(outs).await;
                 }
             }
         }
         tracing::debug!("replicator stopped");
     }
 
-    fn tick(&mut self, now: Instant) {
+    async fn tick(&mut self, now: Instant) {
         let outs = self.machine.tick(now, &*self.store);
-        self.outputs(outs);
+        self.outputs(outs).await;
         self.save_known();
         self.metrics
             .sync_sessions
@@ -315,7 +373,7 @@ impl Replicator {
         self.metrics.expire_bans(now);
     }
 
-    fn net_event(&mut self, ev: murmur_p2p::Event, now: Instant) {
+    async fn net_event(&mut self, ev: murmur_p2p::Event, now: Instant) {
         let outs = match ev {
             murmur_p2p::Event::Connected(peer) => self.machine.connected(peer, now, &*self.store),
             murmur_p2p::Event::Disconnected(peer) => {
@@ -348,18 +406,35 @@ impl Replicator {
                     topic,
                     data,
                 }],
-                now,
                 &*self.store,
             ),
         };
-        self.outputs(outs);
+        self.outputs(outs).await;
     }
 
-    /// Carries out the machine's outputs.
-    fn outputs(&mut self, outs: Vec<Output<PeerId, MessageId>>) {
-        let mut stored = false;
-        for o in outs {
+    /// Carries out the machine's outputs. A write goes to the store writer (waiting for
+    /// room in its queue); its outcome comes back through the main loop.
+    async fn outputs(&mut self, outs: Vec<Output<PeerId, MessageId>>) {
+        let mut outs: VecDeque<_> = outs.into();
+        while let Some(o) = outs.pop_front() {
             match o {
+                Output::Persist {
+                    ticket,
+                    events,
+                    durability,
+                } => match self.writer.write(events, durability).await {
+                    Ok(rx) => self.writing.push_back((ticket, rx)),
+                    Err(e) => {
+                        // The writer has stopped (shutting down): nothing is written.
+                        let more = self.machine.persisted(
+                            ticket,
+                            Err(e.to_string()),
+                            Instant::now(),
+                            &*self.store,
+                        );
+                        outs.extend(more);
+                    }
+                },
                 Output::Sync(proto::Output::Send { to, msg }) => {
                     if !self.net.try_send(NetCommand::Sync { peer: to, msg }) {
                         self.metrics.refused("network_queue_full");
@@ -370,7 +445,6 @@ impl Replicator {
                     self.config
                         .clock
                         .observe(events.iter().map(|(_, e)| (e.author(), e.time())));
-                    stored = true;
                 }
                 Output::Sync(proto::Output::Done {
                     peer,
@@ -394,6 +468,8 @@ impl Replicator {
                     self.metrics.rejected("sync_violation");
                     tracing::warn!(%peer, ?violation, "peer broke the sync protocol");
                 }
+                // The machine hands the sync machine's writes on as Output::Persist.
+                Output::Sync(proto::Output::Persist { .. }) => {}
                 Output::Sync(proto::Output::Fork(proof)) => {
                     tracing::warn!(author = %proof.author(), topic = %proof.topic(), seq = %proof.seq(), "fork proven: log frozen");
                 }
@@ -424,7 +500,6 @@ impl Replicator {
                     self.config
                         .clock
                         .observe(events.iter().map(|e| (e.author(), e.time())));
-                    stored = true;
                 }
                 Output::Rejected { from, reason } => {
                     tracing::debug!(peer = %from, reason, "rejected gossip");
@@ -447,11 +522,8 @@ impl Replicator {
                 Output::ReplaySubscriptions => {
                     self.net.try_send(NetCommand::ReplaySubscriptions);
                 }
-                Output::OwnLogsConfirmed => self.confirm_own(),
+                Output::OwnLogsConfirmed => self.confirm_own().await,
             }
-        }
-        if stored {
-            self.notify.send_replace(self.store.next_offset());
         }
     }
 
@@ -475,4 +547,19 @@ impl Replicator {
             self.metrics.refused("network_queue_full");
         }
     }
+}
+
+/// The outcome of the oldest write in flight (the writer answers in order).
+async fn next_written(
+    writing: &mut VecDeque<(Ticket, oneshot::Receiver<crate::ingest::Written>)>,
+) -> (Ticket, crate::ingest::Written) {
+    let Some((ticket, rx)) = writing.front_mut() else {
+        return std::future::pending().await;
+    };
+    let ticket = *ticket;
+    let written = rx
+        .await
+        .unwrap_or_else(|_| Err("the store writer has stopped".into()));
+    writing.pop_front();
+    (ticket, written)
 }

@@ -41,14 +41,14 @@ impl Replicator {
     /// the result in the interest file. A read (neither add nor remove) changes
     /// nothing: no file write, no log. The file pins the interest over the config's
     /// p2p.topics, so writing it on a read would silently freeze later config edits.
-    pub(super) fn change_interest(
+    pub(super) async fn change_interest(
         &mut self,
         add: Option<Pattern>,
         remove: Option<Pattern>,
         now: Instant,
     ) {
         let (changed, outs) = self.machine.change_interest(add, remove, now, &*self.store);
-        self.outputs(outs);
+        self.outputs(outs).await;
         if !changed {
             return;
         }
@@ -75,7 +75,7 @@ impl Replicator {
     /// make them. The hold is lifted (durably), after the clock has moved past the
     /// newest own event fetched back. If that cannot be recorded, publishing stays held
     /// until the next start.
-    pub(super) fn confirm_own(&mut self) {
+    pub(super) async fn confirm_own(&mut self) {
         let (author, hold) = &self.config.own;
         match crate::ingest::last_own_time(&self.store, author) {
             Ok(t) => self.config.clock.resume_after(t),
@@ -84,7 +84,7 @@ impl Replicator {
                 return;
             }
         }
-        if let Err(e) = self.store.confirm_own_logs() {
+        if let Err(e) = self.writer.confirm_own_logs().await {
             tracing::error!(error = %e, "cannot record that the own logs are confirmed; publishing stays held");
             return;
         }

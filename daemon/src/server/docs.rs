@@ -8,7 +8,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use murmur_core::{Body as EventBody, DocId, EventId, Offset, Topic};
+use murmur_core::{Body as EventBody, DocId, EventId, Offset, ReadStore, Topic};
 use serde::Deserialize;
 
 use super::{ApiError, ApiResult, JsonBody, Shared, blocking, parse_topic};

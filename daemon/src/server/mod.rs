@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
-use murmur_core::{AuthorId, EventId, Offset, Pattern, Payload, Seq, Store, Topic};
+use murmur_core::{AuthorId, EventId, Offset, Pattern, Payload, ReadStore, Seq, Topic};
 use murmur_store::RocksStore;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
@@ -57,7 +57,7 @@ pub struct AppState {
     /// The ingest pipeline.
     pub ingest: ingest::Handle,
     /// Newest offset, updated after each commit.
-    pub offsets: watch::Receiver<Offset>,
+    pub offsets: watch::Receiver<crate::ingest::Committed>,
     /// Metrics handles.
     pub metrics: Metrics,
     /// The registry to encode at `/metrics`.
