@@ -132,6 +132,58 @@ pub fn encode(events: &[Event]) -> Result<Vec<u8>, RunError> {
     Ok(out)
 }
 
+/// Encodes a run from the stored encodings of consecutive events of one log, as
+/// [`encode`] does from decoded events, but without decoding them fully: each is parsed
+/// for its fields, not checked for canonical form and not hashed. For serving what the
+/// store holds (its events were checked when stored); the receiver decodes and
+/// verifies the run as always, so a damaged stored event fails there, never silently.
+pub fn encode_stored(events: &[bytes::Bytes]) -> Result<Vec<u8>, RunError> {
+    let first_bytes = events.first().ok_or(RunError::Empty)?;
+    let first = parse_stored(0, first_bytes)?;
+    let count = u32::try_from(events.len()).map_err(|_| RunError::TooLarge {
+        len: events.len(),
+        max: u32::MAX as usize,
+    })?;
+    let header = Header {
+        version: RUN_VERSION,
+        author: first.author,
+        topic: first.topic,
+        first: first.seq,
+        prev: first.prev,
+        count,
+    };
+    let size: usize = events.iter().map(bytes::Bytes::len).sum();
+    let malformed = |e: postcard::Error| RunError::Malformed(e.to_string());
+    let mut out = postcard::to_extend(&header, Vec::with_capacity(size + 64)).map_err(malformed)?;
+    for (index, b) in events.iter().enumerate() {
+        let w = parse_stored(index, b)?;
+        if w.author != first.author
+            || w.topic != first.topic
+            || Some(w.seq) != first.seq.checked_add(index as u64)
+        {
+            return Err(RunError::NotARun { index });
+        }
+        let item = Item {
+            time_ms: w.time_ms,
+            time_logical: w.time_logical,
+            body: w.body,
+        };
+        out = postcard::to_extend(&item, out).map_err(malformed)?;
+        out.extend_from_slice(&b[b.len() - crate::event::SIGNATURE_BYTES..]);
+    }
+    Ok(out)
+}
+
+/// The signed fields of a stored event, parsed (not checked, not hashed).
+fn parse_stored(index: usize, b: &[u8]) -> Result<crate::event::Wire<'_>, RunError> {
+    let bad = |error: EventError| RunError::Event { index, error };
+    let signed = b
+        .len()
+        .checked_sub(crate::event::SIGNATURE_BYTES)
+        .ok_or(bad(EventError::Truncated))?;
+    postcard::from_bytes(&b[..signed]).map_err(|e| bad(EventError::Malformed(e.to_string())))
+}
+
 /// What a run says about itself, read without rebuilding its events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunHeader {
@@ -293,6 +345,32 @@ mod tests {
             "{} vs {separate}",
             bytes.len()
         );
+    }
+
+    #[test]
+    fn a_run_from_stored_encodings_is_the_run_from_events() {
+        let evs = chain(&key(1), "run/stored", 40, "payload ");
+        let raw: Vec<Bytes> = evs.iter().map(|e| e.bytes().clone()).collect();
+        assert_eq!(encode_stored(&raw).unwrap(), encode(&evs).unwrap());
+        assert_eq!(
+            encode_stored(&raw[7..19]).unwrap(),
+            encode(&evs[7..19]).unwrap()
+        );
+        // Not consecutive, another log, empty, or damaged: refused, never a wrong run.
+        let gap = vec![raw[0].clone(), raw[2].clone()];
+        assert!(matches!(
+            encode_stored(&gap),
+            Err(RunError::NotARun { index: 1 })
+        ));
+        let other = chain(&key(2), "run/stored", 2, "x");
+        let mixed = vec![raw[0].clone(), other[1].bytes().clone()];
+        assert!(matches!(
+            encode_stored(&mixed),
+            Err(RunError::NotARun { index: 1 })
+        ));
+        assert!(matches!(encode_stored(&[]), Err(RunError::Empty)));
+        let short = vec![raw[0].slice(..10)];
+        assert!(encode_stored(&short).is_err());
     }
 
     #[test]

@@ -105,6 +105,16 @@ pub trait ReadStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Event>, Self::Error>;
 
+    /// The stored encodings of up to `limit` events of one log from seq `from` on, in
+    /// order, not decoded (for serving them to a peer, who decodes and verifies them).
+    fn log_range_bytes(
+        &self,
+        author: &AuthorId,
+        topic: &Topic,
+        from: Seq,
+        limit: usize,
+    ) -> Result<Vec<bytes::Bytes>, Self::Error>;
+
     /// An event by id.
     fn event(&self, id: &EventId) -> Result<Option<Event>, Self::Error>;
 

@@ -68,7 +68,7 @@ where
                 events,
                 durability,
             } => Ok((ticket, events, durability)),
-            other => Err(other),
+            other => Err(Box::new(other)),
         },
         |t, written| machine.persisted(t, written, now, store),
     )
@@ -96,7 +96,7 @@ where
                 events,
                 durability,
             } => Ok((ticket, events, durability)),
-            other => Err(other),
+            other => Err(Box::new(other)),
         },
         |t, written| machine.persisted(t, written, now, store),
     )
@@ -108,7 +108,7 @@ type Written = Result<Vec<crate::storage::Outcome>, String>;
 fn settle_with<O, T, S: crate::storage::Store>(
     outs: Vec<O>,
     store: &S,
-    as_write: impl Fn(O) -> Result<Write<T>, O>,
+    as_write: impl Fn(O) -> Result<Write<T>, Box<O>>,
     mut persisted: impl FnMut(T, Written) -> Vec<O>,
 ) -> Vec<O> {
     let mut queue: std::collections::VecDeque<O> = outs.into();
@@ -121,7 +121,7 @@ fn settle_with<O, T, S: crate::storage::Store>(
                     queue.push_front(m);
                 }
             }
-            Err(other) => done.push(other),
+            Err(other) => done.push(*other),
         }
     }
     done

@@ -143,6 +143,20 @@ impl ReadStore for MemoryStore {
         Ok(log[start..].iter().take(limit).cloned().collect())
     }
 
+    fn log_range_bytes(
+        &self,
+        author: &AuthorId,
+        topic: &Topic,
+        from: Seq,
+        limit: usize,
+    ) -> Result<Vec<bytes::Bytes>, Infallible> {
+        Ok(self
+            .log_range(author, topic, from, limit)?
+            .iter()
+            .map(|e| e.bytes().clone())
+            .collect())
+    }
+
     fn event(&self, id: &EventId) -> Result<Option<Event>, Infallible> {
         let inner = self.read();
         Ok(inner

@@ -704,6 +704,31 @@ impl ReadStore for RocksStore {
         Ok(out)
     }
 
+    fn log_range_bytes(
+        &self,
+        author: &AuthorId,
+        topic: &Topic,
+        from: Seq,
+        limit: usize,
+    ) -> Result<Vec<Bytes>> {
+        let lk = log_key(topic, author);
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_EVENTS));
+        it.seek(event_key(&lk, from));
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !k.starts_with(&lk) || k.len() != lk.len() + 8 {
+                break;
+            }
+            out.push(Bytes::copy_from_slice(v));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
     fn event(&self, id: &EventId) -> Result<Option<Event>> {
         match self.db.get_pinned_cf(self.cf(CF_BY_ID), id.0)? {
             Some(ek) => self.get_event(&ek),
@@ -855,10 +880,13 @@ impl Store for RocksStore {
             .lock()
             .map_err(|_| corrupt("writer lock poisoned"))?;
         let mut overlay: HashMap<Vec<u8>, LogState> = HashMap::new();
-        let mut staged: HashMap<Vec<u8>, Event> = HashMap::new();
+        // Events appended by this call, by event key (as indexes into `events`).
+        let mut staged: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut batch = WriteBatch::default();
         let mut offset = self.next_offset.load(Ordering::Acquire);
         let mut outcomes = Vec::with_capacity(events.len());
+        let mut heads_moved: std::collections::BTreeSet<Vec<u8>> =
+            std::collections::BTreeSet::new();
         let (cf_events, cf_heads, cf_by_id, cf_arrivals, cf_forks) = (
             self.cf(CF_EVENTS),
             self.cf(CF_HEADS),
@@ -866,7 +894,7 @@ impl Store for RocksStore {
             self.cf(CF_ARRIVALS),
             self.cf(CF_FORKS),
         );
-        for ev in events {
+        for (i, ev) in events.iter().enumerate() {
             let lk = log_key(ev.topic(), &ev.author());
             let state = match overlay.get(&lk).or_else(|| writer.states.get(&lk)) {
                 Some(s) => *s,
@@ -875,8 +903,8 @@ impl Store for RocksStore {
             let mut read_err = None;
             let verdict = accept::classify(&state, ev, |seq| {
                 let ek = event_key(&lk, seq);
-                if let Some(e) = staged.get(&ek) {
-                    return Some(e.clone());
+                if let Some(&j) = staged.get(&ek) {
+                    return events.get(j).cloned();
                 }
                 self.get_event(&ek).unwrap_or_else(|e| {
                     read_err = Some(e);
@@ -892,11 +920,11 @@ impl Store for RocksStore {
                     let ek = event_key(&lk, ev.seq());
                     let head = Head::of(ev);
                     batch.put_cf(cf_events, &ek, ev.bytes());
-                    batch.put_cf(cf_heads, &lk, encode_head(&head));
                     batch.put_cf(cf_by_id, ev.id().0, &ek);
                     batch.put_cf(cf_arrivals, offset.to_be_bytes(), &ek);
                     crate::docs::index(&mut batch, self, ev, offset, &ek);
-                    staged.insert(ek, ev.clone());
+                    staged.insert(ek, i);
+                    heads_moved.insert(lk.clone());
                     next_state.head = Some(head);
                     offset += 1;
                     Outcome::Appended(Offset(offset - 1))
@@ -918,6 +946,13 @@ impl Store for RocksStore {
                 overlay.insert(lk, next_state);
             }
             outcomes.push(outcome);
+        }
+        // One head per log per call (the last), not one per event: a window of 1,024
+        // events is one head write instead of 1,024.
+        for lk in &heads_moved {
+            if let Some(head) = overlay.get(lk).and_then(|st| st.head) {
+                batch.put_cf(cf_heads, lk, encode_head(&head));
+            }
         }
         if !batch.is_empty() {
             let mut wo = WriteOptions::default();

@@ -200,7 +200,7 @@ enum Pending<P> {
         events: Vec<Event>,
     },
     /// Both events of a fork proof a peer sent.
-    Fork { from: P, proof: ForkProof },
+    Fork { from: P, proof: Box<ForkProof> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -403,14 +403,17 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                 limit,
             } => {
                 let limit = limit.min(self.config.window) as usize;
-                match store.log_range(&author, &topic, seq, limit) {
+                // Served from the stored encodings, without decoding and hashing each
+                // event again (the receiver does that).
+                match store.log_range_bytes(&author, &topic, seq, limit) {
                     Ok(evs) => {
                         // A store's log range is a run by its laws; if it somehow is
-                        // not, send what forms one from the start.
-                        let run = crate::run::split(&evs, usize::MAX)
-                            .first()
-                            .and_then(|r| crate::run::encode(r).ok())
-                            .unwrap_or_default();
+                        // not, send nothing (the round ends, nothing wrong is stored).
+                        let run = if evs.is_empty() {
+                            Vec::new()
+                        } else {
+                            crate::run::encode_stored(&evs).unwrap_or_default()
+                        };
                         vec![Output::Send {
                             to: from,
                             msg: Message::Events {
@@ -683,6 +686,10 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         if let Some(s) = self.sessions.get_mut(&key) {
             s.deadline = now + self.config.request_timeout;
         }
+        // The next window of this log, asked for as soon as this one's header says
+        // where it ends (before decoding and verifying it), so the peer reads and sends
+        // it while we verify this one.
+        let mut prefetch = None;
         let events = if run.is_empty() {
             Vec::new()
         } else {
@@ -690,6 +697,10 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                 Ok(h) if h.count > limit => return self.violation(key, Violation::TooMany),
                 Ok(h) if h.author != author || h.topic != topic || h.first != want_from => {
                     return self.violation(key, Violation::Unrequested);
+                }
+                Ok(h) if !probe => {
+                    let next = Seq(h.first.0.saturating_add(u64::from(h.count)));
+                    prefetch = self.prefetch(&key, author, next, now);
                 }
                 Ok(_) => {}
                 Err(e) => return self.violation(key, Violation::BadEvent(e.to_string())),
@@ -804,13 +815,47 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                 events: events.clone(),
             },
         );
-        let mut out = vec![Output::Persist {
+        let mut out: Outs<P> = prefetch.into_iter().collect();
+        out.push(Output::Persist {
             ticket,
             events,
             durability,
-        }];
+        });
         out.extend(self.advance(key, now, store));
         out
+    }
+
+    /// Asks for the window of `author`'s log that starts at `next`, if the pull wants
+    /// it and has nothing in flight.
+    fn prefetch(
+        &mut self,
+        key: &(P, Topic),
+        author: AuthorId,
+        next: Seq,
+        now: Instant,
+    ) -> Option<Output<P>> {
+        let window = self.config.window;
+        let s = self.sessions.get_mut(key)?;
+        let p = s.pulls.get_mut(&author)?;
+        if p.probe || p.inflight.is_some() || next > p.to {
+            return None;
+        }
+        let left = u32::try_from(p.to.0 - next.0 + 1).unwrap_or(u32::MAX);
+        let limit = window.min(left);
+        self.next_req += 1;
+        let req = self.next_req;
+        p.inflight = Some((req, next, limit));
+        s.deadline = now + self.config.request_timeout;
+        Some(Output::Send {
+            to: key.0.clone(),
+            msg: Message::Want {
+                req,
+                topic: key.1.clone(),
+                author,
+                from: next,
+                limit,
+            },
+        })
     }
 
     /// The outcome of the write named `ticket` (an [`Output::Persist`]): the store's
@@ -833,12 +878,12 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             }) => self.window_written(key, author, probe, events, result, now, store),
             Some(Pending::Fork { from, proof }) => match result {
                 Ok(o) if o.iter().any(|o| matches!(o, Outcome::Fork(_))) => {
-                    vec![Output::Fork(Box::new(proof))]
+                    vec![Output::Fork(proof)]
                 }
                 Ok(o) => {
                     let stored: Vec<(Offset, Event)> = o
                         .iter()
-                        .zip([proof.ours, proof.theirs])
+                        .zip([proof.ours.clone(), proof.theirs.clone()])
                         .filter_map(|(o, e)| match o {
                             Outcome::Appended(off) => Some((*off, e)),
                             _ => None,
@@ -967,7 +1012,13 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         self.next_ticket += 1;
         let ticket = self.next_ticket;
         let events = vec![proof.ours.clone(), proof.theirs.clone()];
-        self.pending.insert(ticket, Pending::Fork { from, proof });
+        self.pending.insert(
+            ticket,
+            Pending::Fork {
+                from,
+                proof: Box::new(proof),
+            },
+        );
         vec![Output::Persist {
             ticket,
             events,
