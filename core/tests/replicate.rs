@@ -85,6 +85,49 @@ fn forged(events: &[Event]) -> Vec<u8> {
     b
 }
 
+/// The machine's one write of an output list, taken out of it.
+fn take_persist(outs: &mut Vec<Output<usize, M>>) -> (murmur_core::replicate::Ticket, Vec<Event>) {
+    let i = outs
+        .iter()
+        .position(|o| matches!(o, Output::Persist { .. }))
+        .expect("a write");
+    match outs.remove(i) {
+        Output::Persist { ticket, events, .. } => (ticket, events),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn gossip_is_written_by_the_driver_and_its_verdict_waits_for_the_write() {
+    let store = MemoryStore::new();
+    let mut m: Replicator<usize, M> = Replicator::new(config("#"), None);
+    let t0 = Instant::now();
+    let evs = chain(&key(3), "a/t", 5, "x");
+    let mut outs = m.gossiped(vec![gossip(7, 1, &evs)], &store);
+    // Nothing stored and nothing forwarded yet: the machine only asked for a write.
+    assert!(verdicts(&outs).is_empty(), "{outs:?}");
+    let (ticket, events) = take_persist(&mut outs);
+    assert_eq!(events.len(), 5);
+    assert_eq!(store.next_offset().0, 0);
+    assert_eq!(m.persisting(), 1);
+    let written = store.insert(&events, Durability::Buffered).unwrap();
+    let outs = m.persisted(ticket, Ok(written), t0, &store);
+    assert_eq!(verdicts(&outs), vec![(1, Verdict::Accept)]);
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Received { events } if events.len() == 5))
+    );
+    assert_eq!(m.persisting(), 0);
+    // A write that fails: the run is not forwarded (anti-entropy brings it later).
+    let more = chain(&key(4), "a/t", 2, "y");
+    let mut outs = m.gossiped(vec![gossip(7, 2, &more)], &store);
+    let (ticket, _) = take_persist(&mut outs);
+    let outs = m.persisted(ticket, Err("disk full".into()), t0, &store);
+    assert_eq!(verdicts(&outs), vec![(2, Verdict::Ignore)]);
+    assert!(!outs.iter().any(|o| matches!(o, Output::Received { .. })));
+    assert!(head(&store, &more[0]).is_none());
+}
+
 #[test]
 fn an_event_past_a_gap_is_held_forwarded_and_stored_once_the_gap_fills() {
     let store = MemoryStore::new();

@@ -567,6 +567,102 @@ fn a_peer_sending_a_forged_range_is_flagged_and_nothing_is_stored() {
     );
 }
 
+/// The sends and the writes among `outs`.
+fn split(outs: Vec<Output<usize>>) -> (Vec<Message>, Vec<(u64, Vec<Event>)>, Vec<Output<usize>>) {
+    let (mut sends, mut writes, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+    for o in outs {
+        match o {
+            Output::Send { msg, .. } => sends.push(msg),
+            Output::Persist { ticket, events, .. } => writes.push((ticket, events)),
+            other => rest.push(other),
+        }
+    }
+    (sends, writes, rest)
+}
+
+#[test]
+fn windows_are_written_by_the_driver_while_the_next_is_fetched_and_verified() {
+    let mut server = node(2);
+    let evs = murmur_core::testing::chain(&server.key, "pipe", 2500, "x");
+    let topic = evs[0].topic().clone();
+    server.store.insert(&evs, Durability::Sync).unwrap();
+    let mut me = node(1);
+    let now = Instant::now();
+    // Hello, vectors, and the first Want.
+    let (hello, ..) = split(me.sync.start(1, topic.clone(), now, &me.store));
+    let (vector, ..) = split(server.sync.handle(0, hello[0].clone(), now, &server.store));
+    let (mut to_server, ..) = split(me.sync.handle(1, vector[0].clone(), now, &me.store));
+    let mut writes = Vec::new();
+    // Three windows (1,024 + 1,024 + 452) arrive before anything is written.
+    for _ in 0..3 {
+        let want = to_server
+            .iter()
+            .find(|m| matches!(m, Message::Want { .. }))
+            .cloned()
+            .expect("a want");
+        to_server.clear();
+        let (events, ..) = split(server.sync.handle(0, want, now, &server.store));
+        let (sends, w, rest) = split(me.sync.handle(1, events[0].clone(), now, &me.store));
+        assert!(
+            rest.is_empty(),
+            "nothing is stored or done before a write: {rest:?}"
+        );
+        to_server = sends;
+        writes.extend(w);
+    }
+    assert!(to_server.is_empty(), "all 2,500 were asked for");
+    assert_eq!(writes.len(), 3);
+    assert_eq!(me.store.next_offset().0, 0, "the machine never writes");
+    // The next window was asked for from the end of the one being written and
+    // verified against its last event, not against the (empty) store.
+    let firsts: Vec<u64> = writes.iter().map(|(_, e)| e[0].seq().0).collect();
+    assert_eq!(firsts, vec![0, 1024, 2048]);
+    // Writes done in order: each reports what it stored; the round ends with the last.
+    let mut done = None;
+    for (ticket, events) in writes {
+        let written = me.store.insert(&events, Durability::Buffered).unwrap();
+        for o in me.sync.persisted(ticket, Ok(written), now, &me.store) {
+            match o {
+                Output::Done { pulled, .. } => done = Some(pulled),
+                Output::Stored { events: s, .. } => assert_eq!(s.len(), events.len()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(done, Some(2500));
+    assert_eq!(me.store.next_offset().0, 2500);
+}
+
+#[test]
+fn a_window_that_cannot_be_written_ends_the_round() {
+    let mut server = node(2);
+    let evs = murmur_core::testing::chain(&server.key, "pipe", 1500, "x");
+    let topic = evs[0].topic().clone();
+    server.store.insert(&evs, Durability::Sync).unwrap();
+    let mut me = node(1);
+    let now = Instant::now();
+    let (hello, ..) = split(me.sync.start(1, topic.clone(), now, &me.store));
+    let (vector, ..) = split(server.sync.handle(0, hello[0].clone(), now, &server.store));
+    let (to_server, ..) = split(me.sync.handle(1, vector[0].clone(), now, &me.store));
+    let (events, ..) = split(
+        server
+            .sync
+            .handle(0, to_server[1].clone(), now, &server.store),
+    );
+    let (_, writes, _) = split(me.sync.handle(1, events[0].clone(), now, &me.store));
+    let outs = me.sync.persisted(
+        writes[0].0,
+        Err("no space left on device".into()),
+        now,
+        &me.store,
+    );
+    assert!(
+        outs.iter().any(|o| matches!(o, Output::Failed { reason: murmur_core::sync::Failure::Store(e), .. } if e.contains("no space"))),
+        "{outs:?}"
+    );
+    assert_eq!(me.sync.sessions(), 0);
+}
+
 #[test]
 fn stray_events_are_never_stored() {
     let n = node(1);
