@@ -352,6 +352,11 @@ struct Net {
     forged_ids: BTreeSet<EventId>,
     violations: Vec<String>,
     banned: Vec<BTreeSet<usize>>,
+    /// Writes the machines asked for, not yet done, by write id; and when each node's
+    /// writer is free (it writes in order, 0–20 ms each, like the daemon's store writer
+    /// behind a slow disk: the machines run meanwhile).
+    writes: HashMap<u64, (murmur_core::replicate::Ticket, Vec<Event>)>,
+    writer_free: Vec<u64>,
 }
 
 /// A message due: (at ms, sequence number, to, from, what).
@@ -361,6 +366,8 @@ type Delivery = (u64, u64, usize, usize, Wire);
 enum Wire {
     Gossip(M),
     Sync(Vec<u8>),
+    /// A node's own write is done (by write id).
+    Written(u64),
 }
 
 impl Net {
@@ -383,6 +390,8 @@ impl Net {
             forged_ids: BTreeSet::new(),
             violations: Vec::new(),
             banned: vec![BTreeSet::new(); n],
+            writes: HashMap::new(),
+            writer_free: vec![0; n],
         }
     }
 
@@ -429,7 +438,7 @@ impl Net {
                 let known = self.nodes[i].1.peers().contains(&j);
                 let (store, m) = &mut self.nodes[i];
                 let outs = match (linked, known) {
-                    (true, false) => go(m, now, store, |m| m.connected(j, now, store)),
+                    (true, false) => m.connected(j, now, store),
                     (false, true) => m.disconnected(&j, store),
                     _ => continue,
                 };
@@ -496,6 +505,15 @@ impl Net {
                 Output::Ban { peer, .. } => {
                     self.banned[i].insert(peer);
                 }
+                // Written later, in order, by the node's writer.
+                Output::Persist { ticket, events, .. } => {
+                    self.seq += 1;
+                    let id = self.seq;
+                    let at = self.writer_free[i].max(self.now) + self.rand() % 20;
+                    self.writer_free[i] = at;
+                    self.writes.insert(id, (ticket, events));
+                    self.queue.push(Reverse((at, id, i, i, Wire::Written(id))));
+                }
                 _ => {}
             }
         }
@@ -518,6 +536,9 @@ impl Net {
     }
 
     fn deliver(&mut self, to: usize, from: usize, what: Wire) {
+        if let Wire::Written(id) = what {
+            return self.written(to, id);
+        }
         if !self.linked(from, to) {
             return;
         }
@@ -529,27 +550,38 @@ impl Net {
                 }
                 let (topic, data) = self.runs[&id].clone();
                 let (store, m) = &mut self.nodes[to];
-                go(m, now, store, |m| {
-                    m.gossiped(
-                        vec![Gossip {
-                            from,
-                            id,
-                            topic,
-                            data,
-                        }],
-                        store,
-                    )
-                })
+                m.gossiped(
+                    vec![Gossip {
+                        from,
+                        id,
+                        topic,
+                        data,
+                    }],
+                    store,
+                )
             }
             Wire::Sync(frame) => {
                 let Ok(msg) = Message::from_body(&frame[4..]) else {
                     return;
                 };
                 let (store, m) = &mut self.nodes[to];
-                go(m, now, store, |m| m.sync_message(from, msg, now, store))
+                m.sync_message(from, msg, now, store)
             }
+            Wire::Written(_) => unreachable!("writes are delivered by the node to itself"),
         };
         self.outputs(to, outs);
+    }
+
+    /// Node `i`'s writer finished write `id`: the store takes it, the machine hears.
+    fn written(&mut self, i: usize, id: u64) {
+        let Some((ticket, events)) = self.writes.remove(&id) else {
+            return;
+        };
+        let now = self.instant();
+        let (store, m) = &mut self.nodes[i];
+        let outcomes = store.insert(&events, Durability::Buffered).unwrap();
+        let outs = m.persisted(ticket, Ok(outcomes), now, store);
+        self.outputs(i, outs);
     }
 
     /// Runs the network until `until` ms: deliveries, and every node's tick every 250 ms.
@@ -570,7 +602,7 @@ impl Net {
                     let now = self.instant();
                     for i in 0..self.nodes.len() {
                         let (store, m) = &mut self.nodes[i];
-                        let outs = go(m, now, store, |m| m.tick(now, store));
+                        let outs = m.tick(now, store);
                         self.outputs(i, outs);
                     }
                 }
