@@ -213,7 +213,12 @@ pub(crate) fn db_options(
     opts.set_max_background_jobs(2);
     opts.set_keep_log_file_num(2);
     opts.set_max_log_file_size(1 << 20);
-    opts.set_max_total_wal_size(64 << 20);
+    // A column family written rarely (heads: once per log per write) keeps old WAL
+    // files alive until it is flushed; past this size RocksDB flushes it. Twice the
+    // memtable budget keeps the WAL (uncompressed, replayed at start) small.
+    opts.set_max_total_wal_size(
+        u64::try_from(config.write_buffer_bytes.max(2 << 20) * 2).unwrap_or(64 << 20),
+    );
 
     let families = FAMILIES
         .iter()
