@@ -20,6 +20,11 @@
 //! - **rounds**: a round on every topic of interest with each peer that connects, a
 //!   round with the next connected peer in turn every [`Config::round_every`], a round
 //!   when a peer announces a topic we replicate, and a round on demand;
+//! - **retries**: a round that failed (no answer in time, the store failed, too many
+//!   sessions) is run again with the same peer after [`Config::retry_first`], doubling
+//!   up to [`Config::round_every`] while it keeps failing; the third failure in a row
+//!   is reported ([`Output::Stuck`]). Without this a failed round waited for its turn
+//!   in the round-robin: with 256 peers and a 10 s interval, 43 minutes;
 //! - **interest**: which topics the node replicates (patterns), which it subscribes
 //!   to, and what changes when the interest does;
 //! - **own logs after a repair**: when started with topics to confirm, it reports
@@ -59,6 +64,9 @@ pub struct Config {
     pub interest: Vec<Pattern>,
     /// Interval between periodic rounds (with the next connected peer in turn).
     pub round_every: Duration,
+    /// Wait before running a failed round again with the same peer; doubles with each
+    /// failure in a row, up to `round_every`.
+    pub retry_first: Duration,
     /// How long a gap may stay open before its range is pulled.
     pub gap_wait: Duration,
     /// Most gossiped events held past gaps (beyond this, the gap is pulled at once).
@@ -94,6 +102,7 @@ impl Default for Config {
         Config {
             interest: vec![Pattern::new("#").unwrap_or_else(|_| unreachable!("# parses"))],
             round_every: Duration::from_secs(10),
+            retry_first: Duration::from_secs(1),
             gap_wait: Duration::from_millis(300),
             pending_max: 16_384,
             rejects_before_ban: 3,
@@ -183,6 +192,19 @@ pub enum Output<P, M> {
     Unsubscribe(Topic),
     /// Announce again the topics peers subscribed to (interest grew: hear them again).
     ReplaySubscriptions,
+    /// Rounds with `peer` on `topic` have failed `failures` times in a row (reported at
+    /// the third, then every third): replication with it is stuck, and is retried with
+    /// back-off.
+    Stuck {
+        /// The peer.
+        peer: P,
+        /// The topic.
+        topic: Topic,
+        /// Failures in a row.
+        failures: u32,
+        /// The last failure.
+        reason: sync::Failure,
+    },
     /// Write `events` (verified, in order) to the store, then hand the outcomes to
     /// [`Replicator::persisted`] with `ticket`.
     Persist {
@@ -245,6 +267,9 @@ pub struct Replicator<P, M> {
     next_ticket: u64,
     /// Logs whose held events are being written.
     draining: BTreeSet<(Topic, AuthorId)>,
+    /// Rounds that failed: failures in a row, and when to run them again (`None`: the
+    /// failure is not yet scheduled; `tick` does it).
+    retries: BTreeMap<(P, Topic), (u32, Option<Instant>)>,
     _msg: std::marker::PhantomData<fn() -> M>,
 }
 
@@ -275,6 +300,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             pending: BTreeMap::new(),
             next_ticket: 0,
             draining: BTreeSet::new(),
+            retries: BTreeMap::new(),
             _msg: std::marker::PhantomData,
         }
     }
@@ -334,6 +360,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     /// A peer disconnected: its sessions fail.
     pub fn disconnected<S: ReadStore>(&mut self, peer: &P, store: &S) -> Outs<P, M> {
         self.peers.remove(peer);
+        self.retries.retain(|(p, _), _| p != peer);
         let mut outs = Vec::new();
         let failed = self.sync.peer_gone(peer);
         self.sync_outputs(failed, store, &mut outs);
@@ -618,6 +645,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             let o = self.sync.pull(peer, topic, author, to, now, store);
             self.sync_outputs(o, store, &mut outs);
         }
+        self.retry_due(now, store, &mut outs);
         let due = self
             .last_round
             .is_none_or(|t| now.duration_since(t) >= self.config.round_every);
@@ -785,6 +813,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             let mut drain = BTreeSet::new();
             let mut done = None;
             let mut ban = None;
+            let mut failed = None;
             match &out {
                 sync::Output::Stored { events, .. } => {
                     drain = events
@@ -792,7 +821,15 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                         .map(|(_, e)| (e.topic().clone(), e.author()))
                         .collect();
                 }
-                sync::Output::Done { topic, .. } => done = Some(topic.clone()),
+                sync::Output::Done { peer, topic, .. } => {
+                    self.retries.remove(&(peer.clone(), topic.clone()));
+                    done = Some(topic.clone());
+                }
+                sync::Output::Failed {
+                    peer,
+                    topic,
+                    reason,
+                } => failed = Some((peer.clone(), topic.clone(), reason.clone())),
                 sync::Output::Misbehaved { peer, .. } => ban = Some(peer.clone()),
                 _ => {}
             }
@@ -803,9 +840,74 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             if let Some(topic) = done {
                 self.confirm(&topic, outs);
             }
+            if let Some((peer, topic, reason)) = failed {
+                self.round_failed(&peer, &topic, &reason, outs);
+            }
             if let Some(peer) = ban {
                 self.ban_into(peer, "sync_violation", store, outs);
             }
+        }
+    }
+
+    /// Schedules failed rounds (back-off from the failures in a row) and runs those due
+    /// with peers still connected.
+    fn retry_due<S: ReadStore>(&mut self, now: Instant, store: &S, outs: &mut Outs<P, M>) {
+        let (first, cap) = (self.config.retry_first, self.config.round_every);
+        let mut due = Vec::new();
+        for (key, (failures, at)) in &mut self.retries {
+            match at {
+                None => {
+                    let shift = failures.saturating_sub(1).min(16);
+                    *at = Some(now + first.saturating_mul(1 << shift).min(cap));
+                }
+                Some(t) if *t <= now => due.push(key.clone()),
+                Some(_) => {}
+            }
+        }
+        for (peer, topic) in due {
+            if let Some((_, at)) = self.retries.get_mut(&(peer.clone(), topic.clone())) {
+                // Until it fails again (or finishes), nothing is scheduled.
+                *at = Some(now + cap);
+            }
+            if self.peers.contains(&peer) && self.interested(&topic) {
+                let o = self.sync.start(peer, topic, now, store);
+                self.sync_outputs(o, store, outs);
+            }
+        }
+    }
+
+    /// A round failed: worth another try with the same peer soon, unless the peer is
+    /// gone or broke the protocol (it is banned).
+    fn round_failed(
+        &mut self,
+        peer: &P,
+        topic: &Topic,
+        reason: &sync::Failure,
+        outs: &mut Outs<P, M>,
+    ) {
+        if matches!(
+            reason,
+            sync::Failure::Disconnected | sync::Failure::Violation
+        ) || !self.peers.contains(peer)
+        {
+            return;
+        }
+        // Bounded by peers × topics of interest; a cap keeps a hostile topic list small.
+        const MAX_RETRIES: usize = 4096;
+        let key = (peer.clone(), topic.clone());
+        if !self.retries.contains_key(&key) && self.retries.len() >= MAX_RETRIES {
+            return;
+        }
+        let entry = self.retries.entry(key).or_insert((0, None));
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = None;
+        if entry.0 % 3 == 0 {
+            outs.push(Output::Stuck {
+                peer: peer.clone(),
+                topic: topic.clone(),
+                failures: entry.0,
+                reason: reason.clone(),
+            });
         }
     }
 

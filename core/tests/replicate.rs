@@ -98,6 +98,73 @@ fn take_persist(outs: &mut Vec<Output<usize, M>>) -> (murmur_core::replicate::Ti
 }
 
 #[test]
+fn a_failed_round_is_retried_with_back_off_reported_when_stuck_and_reset_when_done() {
+    let store = MemoryStore::new();
+    let evs = chain(&key(3), "a/t", 3, "x");
+    store.insert(&evs, Durability::Buffered).unwrap();
+    let topic = evs[0].topic().clone();
+    let mut cfg = config("#");
+    cfg.round_every = Duration::from_secs(60);
+    cfg.retry_first = Duration::from_secs(1);
+    let mut m: Replicator<usize, M> = Replicator::new(cfg, None);
+    let t0 = Instant::now();
+    m.tick(t0, &store);
+    let hellos = |outs: &[Output<usize, M>]| {
+        sends_to(outs, 1)
+            .iter()
+            .filter(|msg| matches!(msg, Message::Hello { .. }))
+            .count()
+    };
+    assert_eq!(hellos(&m.connected(1, t0, &store)), 1);
+    // The peer never answers: each round fails at its deadline (2 s) and runs again
+    // 1, 2, 4, 8 s later; the third failure in a row is reported.
+    let run = |m: &mut Replicator<usize, M>, from: u64, to: u64| {
+        let (mut at, mut stuck) = (Vec::new(), Vec::new());
+        for ms in (from..to).step_by(250) {
+            let outs = m.tick(t0 + Duration::from_millis(ms), &store);
+            if hellos(&outs) > 0 {
+                at.push(ms);
+            }
+            for o in &outs {
+                if let Output::Stuck { failures, .. } = o {
+                    stuck.push((ms, *failures));
+                }
+            }
+        }
+        (at, stuck)
+    };
+    let (at, stuck) = run(&mut m, 250, 23_250);
+    assert_eq!(at, vec![3_000, 7_000, 13_000, 23_000]);
+    assert_eq!(stuck, vec![(9_000, 3)]);
+    // This time the peer answers: the round is done, and the back-off forgotten.
+    let outs = m.sync_message(
+        1,
+        Message::InSync {
+            topic: topic.clone(),
+        },
+        t0 + Duration::from_millis(23_100),
+        &store,
+    );
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Sync(sync::Output::Done { .. })))
+    );
+    let (at, _) = run(&mut m, 23_250, 59_750);
+    assert!(
+        at.is_empty(),
+        "no retry after a round that finished: {at:?}"
+    );
+    // A peer that disconnects is not retried.
+    let mut m: Replicator<usize, M> = Replicator::new(config("#"), None);
+    m.tick(t0, &store);
+    m.connected(1, t0, &store);
+    m.tick(t0 + Duration::from_millis(2_000), &store);
+    m.disconnected(&1, &store);
+    let outs = m.tick(t0 + Duration::from_millis(3_500), &store);
+    assert_eq!(hellos(&outs), 0);
+}
+
+#[test]
 fn gossip_is_written_by_the_driver_and_its_verdict_waits_for_the_write() {
     let store = MemoryStore::new();
     let mut m: Replicator<usize, M> = Replicator::new(config("#"), None);
@@ -306,14 +373,18 @@ fn rounds_run_on_connect_and_then_with_each_peer_in_turn() {
             .any(|o| matches!(o, Output::Subscribe(t) if t.as_str() == "a/t")),
         "{subs:?}"
     );
+    // Every peer holds the same: it answers each round with InSync, so rounds finish
+    // (a round that fails is retried on its own schedule; not this test's subject).
+    let in_sync = |m: &mut Replicator<usize, M>, p: usize, now: Instant| {
+        let topic = evs[0].topic().clone();
+        m.sync_message(p, Message::InSync { topic }, now, &store);
+    };
     for p in [1, 2, 3] {
         let outs = go(&mut m, t0, &store, |m| m.connected(p, t0, &store));
         assert_eq!(sends_to(&outs, p).len(), 1, "a round with {p} on connect");
+        in_sync(&mut m, p, t0);
     }
-    // Sessions end (no answers): time them out, then rounds come one peer per interval.
-    go(&mut m, t0 + Duration::from_secs(3), &store, |m| {
-        m.tick(t0 + Duration::from_secs(3), &store)
-    });
+    // Then rounds come one peer per interval.
     let mut order = Vec::new();
     for k in 1..=6u64 {
         let now = t0 + Duration::from_secs(3 + 3 * k);
@@ -321,6 +392,7 @@ fn rounds_run_on_connect_and_then_with_each_peer_in_turn() {
         for p in [1, 2, 3] {
             if !sends_to(&outs, p).is_empty() {
                 order.push(p);
+                in_sync(&mut m, p, now);
             }
         }
     }

@@ -319,6 +319,7 @@ pub(crate) fn machine_config(
     replicate::Config {
         interest,
         round_every: Duration::from_micros((sc.anti_entropy_s * US as f64) as u64),
+        retry_first: Duration::from_micros((sc.retry_s * US as f64) as u64),
         gossip_max_bytes: usize::MAX,
         sync: sync::Config {
             durability: Durability::Buffered,

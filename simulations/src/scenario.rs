@@ -101,6 +101,9 @@ pub struct Scenario {
     pub settle_s: f64,
     /// Anti-entropy interval, s (murmur's default is 10).
     pub anti_entropy_s: f64,
+    /// Wait before a failed round runs again with the same peer, seconds (doubling while
+    /// it keeps failing, up to `anti_entropy_s`): the daemon's default.
+    pub retry_s: f64,
     /// Fraction of nodes interested in the topic (the others hold nothing and forward
     /// nothing, as a daemon whose `p2p.topics` does not match).
     pub interested: f64,
@@ -184,6 +187,7 @@ impl Default for Scenario {
             publish_s: 20.0,
             settle_s: 30.0,
             anti_entropy_s: 10.0,
+            retry_s: 1.0,
             interested: 1.0,
             topic_links: 0,
             partition: None,

@@ -700,7 +700,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                 }
                 Ok(h) if !probe => {
                     let next = Seq(h.first.0.saturating_add(u64::from(h.count)));
-                    prefetch = self.prefetch(&key, author, next, now);
+                    prefetch = self.prefetch(&key, author, next, now, store);
                 }
                 Ok(_) => {}
                 Err(e) => return self.violation(key, Violation::BadEvent(e.to_string())),
@@ -827,14 +827,22 @@ impl<P: Clone + Ord + Debug> Sync<P> {
 
     /// Asks for the window of `author`'s log that starts at `next`, if the pull wants
     /// it and has nothing in flight.
-    fn prefetch(
+    fn prefetch<S: ReadStore>(
         &mut self,
         key: &(P, Topic),
         author: AuthorId,
         next: Seq,
         now: Instant,
+        store: &S,
     ) -> Option<Output<P>> {
         let window = self.config.window;
+        // Past what the store already holds (gossip may have brought more meanwhile).
+        let held = store
+            .log_state(&author, &key.1)
+            .ok()?
+            .head
+            .map_or(Seq(0), |h| Seq(h.seq.0.saturating_add(1)));
+        let next = next.max(held);
         let s = self.sessions.get_mut(key)?;
         let p = s.pulls.get_mut(&author)?;
         if p.probe || p.inflight.is_some() || next > p.to {

@@ -512,6 +512,15 @@ impl Replicator {
                     tracing::warn!(author = %ev.author(), topic = %ev.topic(), seq = %ev.seq(), "fork proven by gossip: log frozen");
                 }
                 Output::Ban { peer, reason } => self.ban(peer, reason),
+                Output::Stuck {
+                    peer,
+                    topic,
+                    failures,
+                    reason,
+                } => {
+                    self.metrics.session("stuck");
+                    tracing::warn!(%peer, %topic, failures, ?reason, "sync rounds with this peer keep failing; retrying with back-off");
+                }
                 Output::Subscribe(topic) => {
                     self.net.try_send(NetCommand::Subscribe(topic.to_string()));
                 }
