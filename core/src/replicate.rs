@@ -901,7 +901,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         let entry = self.retries.entry(key).or_insert((0, None));
         entry.0 = entry.0.saturating_add(1);
         entry.1 = None;
-        if entry.0 % 3 == 0 {
+        if entry.0.is_multiple_of(3) {
             outs.push(Output::Stuck {
                 peer: peer.clone(),
                 topic: topic.clone(),
