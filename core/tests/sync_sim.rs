@@ -567,8 +567,11 @@ fn a_peer_sending_a_forged_range_is_flagged_and_nothing_is_stored() {
     );
 }
 
+/// Outputs sorted: messages sent, writes asked for (ticket, events), the rest.
+type Split = (Vec<Message>, Vec<(u64, Vec<Event>)>, Vec<Output<usize>>);
+
 /// The sends and the writes among `outs`.
-fn split(outs: Vec<Output<usize>>) -> (Vec<Message>, Vec<(u64, Vec<Event>)>, Vec<Output<usize>>) {
+fn split(outs: Vec<Output<usize>>) -> Split {
     let (mut sends, mut writes, mut rest) = (Vec::new(), Vec::new(), Vec::new());
     for o in outs {
         match o {
