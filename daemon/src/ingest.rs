@@ -603,6 +603,22 @@ impl Writer {
         } else {
             Vec::new()
         };
+        // Followers first: they are what a subscriber waits on.
+        let next = self.store.next_offset();
+        self.metrics.stored_events.set(next.0 as i64);
+        // Contiguous up to `next` (this thread is the only writer), or nothing.
+        let contiguous = appended.last().is_some_and(|(off, _)| off.0 + 1 == next.0)
+            && appended
+                .first()
+                .is_some_and(|(off, _)| off.0 + appended.len() as u64 == next.0);
+        self.notify.send_replace(Committed {
+            next,
+            events: if contiguous {
+                Arc::from(appended)
+            } else {
+                Arc::from(Vec::new())
+            },
+        });
         let mut outcomes = outcomes.into_iter();
         for w in writes {
             let n = w.events.len();
@@ -645,21 +661,6 @@ impl Writer {
                 .observe(job.enqueued.elapsed().as_secs_f64());
             let _ = job.reply.send(reply);
         }
-        let next = self.store.next_offset();
-        self.metrics.stored_events.set(next.0 as i64);
-        // Contiguous up to `next` (this thread is the only writer), or nothing.
-        let contiguous = appended.last().is_some_and(|(off, _)| off.0 + 1 == next.0)
-            && appended
-                .first()
-                .is_some_and(|(off, _)| off.0 + appended.len() as u64 == next.0);
-        self.notify.send_replace(Committed {
-            next,
-            events: if contiguous {
-                Arc::from(appended)
-            } else {
-                Arc::from(Vec::new())
-            },
-        });
     }
 }
 
