@@ -448,19 +448,6 @@ impl Event {
             },
         }
     }
-    /// The body in its wire form (for re-encoding, e.g. in a [`crate::run`]).
-    pub(crate) fn wire_body(&self) -> WireBody<'_> {
-        match self.body() {
-            Body::Data { content_type, data } => WireBody::Data {
-                content_type,
-                data: Raw(data),
-            },
-            Body::Doc { doc, change } => WireBody::Doc {
-                doc,
-                change: Raw(change),
-            },
-        }
-    }
     /// The payload (data or change bytes) without copying.
     pub fn payload(&self) -> Bytes {
         self.bytes.slice(self.payload.clone())

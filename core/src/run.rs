@@ -98,38 +98,8 @@ struct Item<'a> {
 /// as a run. `prev` links after the first event are not written: the decoder rebuilds
 /// them, so a run whose links were broken decodes to events that fail verification.
 pub fn encode(events: &[Event]) -> Result<Vec<u8>, RunError> {
-    let first = events.first().ok_or(RunError::Empty)?;
-    for (index, pair) in events.windows(2).enumerate() {
-        let (a, b) = (&pair[0], &pair[1]);
-        if b.author() != a.author() || b.topic() != a.topic() || a.seq().next() != Some(b.seq()) {
-            return Err(RunError::NotARun { index: index + 1 });
-        }
-    }
-    let count = u32::try_from(events.len()).map_err(|_| RunError::TooLarge {
-        len: events.len(),
-        max: u32::MAX as usize,
-    })?;
-    let header = Header {
-        version: RUN_VERSION,
-        author: first.author().0,
-        topic: first.topic().as_str(),
-        first: first.seq().0,
-        prev: first.prev().map(|p| p.0),
-        count,
-    };
-    let size: usize = events.iter().map(|e| e.bytes().len()).sum();
-    let malformed = |e: postcard::Error| RunError::Malformed(e.to_string());
-    let mut out = postcard::to_extend(&header, Vec::with_capacity(size + 64)).map_err(malformed)?;
-    for ev in events {
-        let item = Item {
-            time_ms: ev.time().ms,
-            time_logical: ev.time().logical,
-            body: ev.wire_body(),
-        };
-        out = postcard::to_extend(&item, out).map_err(malformed)?;
-        out.extend_from_slice(&ev.signature());
-    }
-    Ok(out)
+    let stored: Vec<Bytes> = events.iter().map(|e| e.bytes().clone()).collect();
+    encode_stored(&stored)
 }
 
 /// Encodes a run from the stored encodings of consecutive events of one log, as

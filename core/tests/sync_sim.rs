@@ -583,6 +583,15 @@ fn split(outs: Vec<Output<usize>>) -> Split {
     (sends, writes, rest)
 }
 
+/// `me` (node 0) starts a round with `server` (node 1): Hello, the vectors, and what
+/// `me` then sends (its vector and its first Wants).
+fn open_round(me: &mut Node, server: &mut Node, topic: &Topic, now: Instant) -> Vec<Message> {
+    let (hello, ..) = split(me.sync.start(1, topic.clone(), now, &me.store));
+    let (vector, ..) = split(server.sync.handle(0, hello[0].clone(), now, &server.store));
+    let (to_server, ..) = split(me.sync.handle(1, vector[0].clone(), now, &me.store));
+    to_server
+}
+
 #[test]
 fn windows_are_written_by_the_driver_while_the_next_is_fetched_and_verified() {
     let mut server = node(2);
@@ -591,10 +600,7 @@ fn windows_are_written_by_the_driver_while_the_next_is_fetched_and_verified() {
     server.store.insert(&evs, Durability::Sync).unwrap();
     let mut me = node(1);
     let now = Instant::now();
-    // Hello, vectors, and the first Want.
-    let (hello, ..) = split(me.sync.start(1, topic.clone(), now, &me.store));
-    let (vector, ..) = split(server.sync.handle(0, hello[0].clone(), now, &server.store));
-    let (mut to_server, ..) = split(me.sync.handle(1, vector[0].clone(), now, &me.store));
+    let mut to_server = open_round(&mut me, &mut server, &topic, now);
     let mut writes = Vec::new();
     // Three windows (1,024 + 1,024 + 452) arrive before anything is written.
     for _ in 0..3 {
@@ -644,9 +650,7 @@ fn a_window_that_cannot_be_written_ends_the_round() {
     server.store.insert(&evs, Durability::Sync).unwrap();
     let mut me = node(1);
     let now = Instant::now();
-    let (hello, ..) = split(me.sync.start(1, topic.clone(), now, &me.store));
-    let (vector, ..) = split(server.sync.handle(0, hello[0].clone(), now, &server.store));
-    let (to_server, ..) = split(me.sync.handle(1, vector[0].clone(), now, &me.store));
+    let to_server = open_round(&mut me, &mut server, &topic, now);
     let (events, ..) = split(
         server
             .sync

@@ -618,6 +618,33 @@ impl RocksStore {
             .unwrap_or(0)
     }
 
+    /// Up to `limit` stored events of one log from seq `from` on, each through `each`.
+    fn log_values<T>(
+        &self,
+        author: &AuthorId,
+        topic: &Topic,
+        from: Seq,
+        limit: usize,
+        each: impl Fn(&[u8]) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let lk = log_key(topic, author);
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_EVENTS));
+        it.seek(event_key(&lk, from));
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !k.starts_with(&lk) || k.len() != lk.len() + 8 {
+                break;
+            }
+            out.push(each(v)?);
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
     /// Memory held by memtables and the block cache, bytes (approximate).
     pub fn memory_bytes(&self) -> u64 {
         let p = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
@@ -691,22 +718,7 @@ impl ReadStore for RocksStore {
         from: Seq,
         limit: usize,
     ) -> Result<Vec<Event>> {
-        let lk = log_key(topic, author);
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_EVENTS));
-        it.seek(event_key(&lk, from));
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if !k.starts_with(&lk) || k.len() != lk.len() + 8 {
-                break;
-            }
-            out.push(decode_event(v.to_vec())?);
-            it.next();
-        }
-        it.status()?;
-        Ok(out)
+        self.log_values(author, topic, from, limit, |v| decode_event(v.to_vec()))
     }
 
     fn log_range_bytes(
@@ -716,22 +728,9 @@ impl ReadStore for RocksStore {
         from: Seq,
         limit: usize,
     ) -> Result<Vec<Bytes>> {
-        let lk = log_key(topic, author);
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_EVENTS));
-        it.seek(event_key(&lk, from));
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if !k.starts_with(&lk) || k.len() != lk.len() + 8 {
-                break;
-            }
-            out.push(Bytes::copy_from_slice(v));
-            it.next();
-        }
-        it.status()?;
-        Ok(out)
+        self.log_values(author, topic, from, limit, |v| {
+            Ok(Bytes::copy_from_slice(v))
+        })
     }
 
     fn event(&self, id: &EventId) -> Result<Option<Event>> {
