@@ -280,6 +280,10 @@ pub struct PeerLagJson {
     pub ahead: u64,
     /// Seconds since that round.
     pub seen_secs_ago: u64,
+    /// Seconds for which the events this node lacks from the peer have not shrunk,
+    /// once that is past the lag watchdog's limit (`None`: catching up, or caught up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_secs: Option<u64>,
 }
 
 /// One topic's replication state.

@@ -118,6 +118,15 @@ impl VersionVector {
             .collect()
     }
 
+    /// Events `theirs` holds beyond `self` (summed over authors). Saturating: a peer's
+    /// vector may claim any seq, up to `u64::MAX`.
+    pub fn lacking(&self, theirs: &VersionVector) -> u64 {
+        self.wants_from(theirs)
+            .iter()
+            .map(|w| w.to.0.saturating_sub(w.from.0).saturating_add(1))
+            .fold(0, u64::saturating_add)
+    }
+
     /// Authors whose logs both sides hold at the same seq under different ids: evidence
     /// of a fork that a sync round should fetch and prove.
     pub fn diverged(&self, theirs: &VersionVector) -> Vec<AuthorId> {

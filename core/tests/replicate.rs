@@ -164,6 +164,89 @@ fn a_failed_round_is_retried_with_back_off_reported_when_stuck_and_reset_when_do
     assert_eq!(hellos(&outs), 0);
 }
 
+/// A machine with peers 1 and 2 connected whose peer 1 showed a vector with 10 events
+/// of a log this node lacks; retries and periodic rounds out of the way.
+fn lagging_setup(store: &MemoryStore, t0: Instant) -> (Replicator<usize, M>, Vec<Event>) {
+    let theirs = chain(&key(5), "a/t", 10, "x");
+    let peer = MemoryStore::new();
+    peer.insert(&theirs, Durability::Buffered).unwrap();
+    let topic = theirs[0].topic().clone();
+    let mut cfg = config("#");
+    cfg.round_every = Duration::from_secs(1000);
+    cfg.retry_first = Duration::from_secs(500);
+    cfg.lag_watch = Duration::from_secs(10);
+    let mut m: Replicator<usize, M> = Replicator::new(cfg, None);
+    m.tick(t0, store);
+    m.connected(1, t0, store);
+    m.connected(2, t0, store);
+    let vv = peer.version_vector(&topic).unwrap();
+    m.sync_message(1, Message::Vector { topic, vv }, t0, store);
+    (m, theirs)
+}
+
+#[test]
+fn a_lag_that_does_not_shrink_is_reported_and_another_peer_is_tried() {
+    let store = MemoryStore::new();
+    let t0 = Instant::now();
+    let (mut m, theirs) = lagging_setup(&store, t0);
+    let topic = theirs[0].topic().clone();
+    let mut reports = Vec::new();
+    for ms in (250..=25_000u64).step_by(250) {
+        let now = t0 + Duration::from_millis(ms);
+        let outs = m.tick(now, &store);
+        for o in &outs {
+            if let Output::Lagging { peer, behind, .. } = o {
+                let hello_2 = sends_to(&outs, 2)
+                    .iter()
+                    .any(|msg| matches!(msg, Message::Hello { .. }));
+                reports.push((ms, *peer, *behind, hello_2));
+            }
+        }
+        if ms == 9_750 {
+            assert_eq!(m.stalled(&1, &topic, now), None, "not yet");
+        }
+        if ms == 12_000 {
+            let s = m.stalled(&1, &topic, now).expect("stalled, for status");
+            assert!(s >= Duration::from_secs(10), "{s:?}");
+        }
+    }
+    // Reported after 10 s without progress, with a round on the topic with peer 2, and
+    // again 10 s later while still stuck.
+    assert_eq!(reports, vec![(10_000, 1, 10, true), (20_000, 1, 10, true)]);
+    // Once what it lacked has arrived, the watch ends.
+    store.insert(&theirs, Durability::Buffered).unwrap();
+    let now = t0 + Duration::from_secs(40);
+    m.tick(now, &store);
+    assert_eq!(m.stalled(&1, &topic, now), None);
+}
+
+#[test]
+fn progress_restarts_the_lag_watch() {
+    let store = MemoryStore::new();
+    let t0 = Instant::now();
+    let (mut m, theirs) = lagging_setup(&store, t0);
+    let mut first = None;
+    for ms in (250..=25_000u64).step_by(250) {
+        if ms == 6_000 {
+            // Some of it arrives (by gossip, say): what we lack shrank from 10 to 6.
+            store.insert(&theirs[..4], Durability::Buffered).unwrap();
+        }
+        let outs = m.tick(t0 + Duration::from_millis(ms), &store);
+        if first.is_none()
+            && outs
+                .iter()
+                .any(|o| matches!(o, Output::Lagging { behind: 6, .. }))
+        {
+            first = Some(ms);
+        }
+    }
+    assert_eq!(
+        first,
+        Some(16_000),
+        "10 s after the last progress, not after the vector"
+    );
+}
+
 #[test]
 fn gossip_is_written_by_the_driver_and_its_verdict_waits_for_the_write() {
     let store = MemoryStore::new();

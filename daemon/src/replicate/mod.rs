@@ -512,6 +512,15 @@ impl Replicator {
                     tracing::warn!(author = %ev.author(), topic = %ev.topic(), seq = %ev.seq(), "fork proven by gossip: log frozen");
                 }
                 Output::Ban { peer, reason } => self.ban(peer, reason),
+                Output::Lagging {
+                    peer,
+                    topic,
+                    behind,
+                    stalled,
+                } => {
+                    self.metrics.session("lagging");
+                    tracing::warn!(%peer, %topic, behind, stalled_secs = stalled.as_secs(), "the events this node lacks from a peer have not shrunk; trying it and another peer");
+                }
                 Output::Stuck {
                     peer,
                     topic,

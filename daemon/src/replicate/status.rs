@@ -14,13 +14,9 @@ pub(super) enum RemoteView {
     InSync,
 }
 
-/// Events `theirs` holds beyond `ours` (sum over authors). Saturating: a peer's vector
-/// may claim any seq, up to `u64::MAX`.
+/// Events `theirs` holds beyond `ours` (sum over authors, saturating).
 fn lag(ours: &VersionVector, theirs: &VersionVector) -> u64 {
-    ours.wants_from(theirs)
-        .iter()
-        .map(|w| w.to.0.saturating_sub(w.from.0).saturating_add(1))
-        .fold(0, u64::saturating_add)
+    ours.lacking(theirs)
 }
 
 impl Replicator {
@@ -97,6 +93,7 @@ impl Replicator {
                     behind,
                     ahead,
                     seen_secs_ago: now.duration_since(*at).as_secs(),
+                    stalled_secs: self.machine.stalled(peer, topic, now).map(|d| d.as_secs()),
                 });
         }
         crate::api::ReplicationJson {
