@@ -145,8 +145,12 @@ fn replication(r: &ReplicationJson) {
                 .get(p.peer.len().saturating_sub(12)..)
                 .unwrap_or(&p.peer);
             let gone = if p.connected { "" } else { " (disconnected)" };
+            let stalled = p
+                .stalled_secs
+                .map(|s| format!(", STALLED: no progress for {s}s"))
+                .unwrap_or_default();
             println!(
-                "{:30}  …{:15}  {:>8}  {:>8}  {}s ago{gone}",
+                "{:30}  …{:15}  {:>8}  {:>8}  {}s ago{gone}{stalled}",
                 t.topic, peer, p.behind, p.ahead, p.seen_secs_ago
             );
         }
