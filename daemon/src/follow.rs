@@ -147,7 +147,8 @@ fn render<'a>(
     events: impl IntoIterator<Item = &'a (Offset, murmur_core::Event)>,
     sse: bool,
 ) -> Bytes {
-    let mut out = Vec::with_capacity(512);
+    let events = events.into_iter();
+    let mut out = Vec::with_capacity(events.size_hint().0.max(1) * 512);
     for (off, ev) in events {
         if sse {
             out.extend_from_slice(format!("id: {off}\ndata: ").as_bytes());

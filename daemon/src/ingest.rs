@@ -548,16 +548,22 @@ impl Writer {
         } else {
             Durability::Sync
         };
+        // One insert: the replicated events (moved, not copied), then the own ones.
         let mut events: Vec<Event> =
             Vec::with_capacity(own.len() + writes.iter().map(|w| w.events.len()).sum::<usize>());
-        for w in &writes {
-            events.extend(w.events.iter().cloned());
-        }
+        let writes: Vec<(usize, oneshot::Sender<Written>)> = writes
+            .into_iter()
+            .map(|mut w| {
+                let n = w.events.len();
+                events.append(&mut w.events);
+                (n, w.reply)
+            })
+            .collect();
         let replicated = events.len();
-        events.extend(own.iter().cloned());
+        events.extend(own);
         if events.is_empty() {
-            for w in writes {
-                let _ = w.reply.send(Ok(Vec::new()));
+            for (_, reply) in writes {
+                let _ = reply.send(Ok(Vec::new()));
             }
             return;
         }
@@ -578,8 +584,8 @@ impl Writer {
                 for job in jobs {
                     let _ = job.reply.send(Err(err.clone()));
                 }
-                for w in writes {
-                    let _ = w.reply.send(Err(err.to_string()));
+                for (_, reply) in writes {
+                    let _ = reply.send(Err(err.to_string()));
                 }
                 return;
             }
@@ -603,28 +609,24 @@ impl Writer {
         } else {
             Vec::new()
         };
-        // Followers first: they are what a subscriber waits on.
+        // Followers first: they are what a subscriber waits on. Appended offsets are
+        // contiguous (the store's law); they end at `next` as this is the only writer.
         let next = self.store.next_offset();
         self.metrics.stored_events.set(next.0 as i64);
-        // Contiguous up to `next` (this thread is the only writer), or nothing.
-        let contiguous = appended.last().is_some_and(|(off, _)| off.0 + 1 == next.0)
-            && appended
-                .first()
-                .is_some_and(|(off, _)| off.0 + appended.len() as u64 == next.0);
+        let ends_at_next = appended.last().is_some_and(|(off, _)| off.0 + 1 == next.0);
         self.notify.send_replace(Committed {
             next,
-            events: if contiguous {
+            events: if ends_at_next {
                 Arc::from(appended)
             } else {
                 Arc::from(Vec::new())
             },
         });
         let mut outcomes = outcomes.into_iter();
-        for w in writes {
-            let n = w.events.len();
-            let _ = w.reply.send(Ok(outcomes.by_ref().take(n).collect()));
+        for (n, reply) in writes {
+            let _ = reply.send(Ok(outcomes.by_ref().take(n).collect()));
         }
-        debug_assert_eq!(replicated + own.len(), events.len());
+        let own = events.split_off(replicated);
         // Durable now: only now may the events be gossiped. Dropped when the replicator
         // is behind (anti-entropy delivers them instead).
         if !own.is_empty()

@@ -889,8 +889,6 @@ impl Store for RocksStore {
         let mut batch = WriteBatch::default();
         let mut offset = self.next_offset.load(Ordering::Acquire);
         let mut outcomes = Vec::with_capacity(events.len());
-        let mut heads_moved: std::collections::BTreeSet<Vec<u8>> =
-            std::collections::BTreeSet::new();
         let (cf_events, cf_heads, cf_by_id, cf_arrivals, cf_forks) = (
             self.cf(CF_EVENTS),
             self.cf(CF_HEADS),
@@ -928,7 +926,6 @@ impl Store for RocksStore {
                     batch.put_cf(cf_arrivals, offset.to_be_bytes(), &ek);
                     crate::docs::index(&mut batch, self, ev, offset, &ek);
                     staged.insert(ek, i);
-                    heads_moved.insert(lk.clone());
                     next_state.head = Some(head);
                     offset += 1;
                     Outcome::Appended(Offset(offset - 1))
@@ -951,10 +948,10 @@ impl Store for RocksStore {
             }
             outcomes.push(outcome);
         }
-        // One head per log per call (the last), not one per event: a window of 1,024
-        // events is one head write instead of 1,024.
-        for lk in &heads_moved {
-            if let Some(head) = overlay.get(lk).and_then(|st| st.head) {
+        // One head per changed log per call (the last), not one per event: a window of
+        // 1,024 events is one head write instead of 1,024.
+        for (lk, st) in &overlay {
+            if let Some(head) = st.head {
                 batch.put_cf(cf_heads, lk, encode_head(&head));
             }
         }

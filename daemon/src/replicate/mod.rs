@@ -92,7 +92,7 @@ pub(crate) const GOSSIP_MAX_BYTES: usize = murmur_p2p::MAX_GOSSIP_BYTES;
 /// Most durable events gathered from queued batches into one round of gossip.
 const PUBLISH_COALESCE: usize = 8192;
 /// Most writes handed to the store writer and not yet done.
-pub(crate) const WRITES_IN_FLIGHT: usize = 16;
+const WRITES_IN_FLIGHT: usize = 16;
 
 struct Replicator {
     machine: Machine<PeerId, MessageId>,
