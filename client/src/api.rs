@@ -228,6 +228,10 @@ pub struct PeerJson {
     /// Last ping round trip, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_ms: Option<f64>,
+    /// Its gossip score: 0 or a little above for a well-behaved peer, negative after
+    /// invalid runs (below -50 our runs no longer go to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
 }
 
 /// `GET /v1/peers`.
@@ -304,6 +308,9 @@ pub struct ReplicationJson {
     pub sync_sessions: u64,
     /// Gossiped events held while a gap in their log fills.
     pub held_out_of_order: u64,
+    /// The gossip channels joined (one per interest pattern).
+    #[serde(default)]
+    pub channels: Vec<String>,
     /// Per topic.
     pub topics: Vec<TopicLagJson>,
 }

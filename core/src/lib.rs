@@ -92,6 +92,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod channel;
 pub mod event;
 pub mod hlc;
 pub mod id;

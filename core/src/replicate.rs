@@ -47,6 +47,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
+use crate::channel;
 use crate::event::{Event, EventError};
 use crate::id::{AuthorId, Seq};
 use crate::run;
@@ -133,15 +134,15 @@ pub enum Verdict {
 }
 
 /// A gossiped message as received: who forwarded it, its id (for the verdict), the
-/// gossip topic it came on, and its bytes (a run).
+/// gossip channel it came on, and its bytes (a run).
 #[derive(Debug, Clone)]
 pub struct Gossip<P, M> {
     /// The peer that forwarded it.
     pub from: P,
     /// The message id, returned with the verdict.
     pub id: M,
-    /// The gossip topic it came on.
-    pub topic: String,
+    /// The gossipsub topic it came on: a channel name ([`channel::name`]).
+    pub channel: String,
     /// The run's bytes.
     pub data: Vec<u8>,
 }
@@ -153,10 +154,11 @@ pub enum Output<P, M> {
     /// fork); the machine has already acted on it (held events drained, bans, own-log
     /// confirmation).
     Sync(sync::Output<P>),
-    /// Gossip a run of durable events on its topic.
+    /// Gossip a run of durable events on a channel (one output per channel; see
+    /// [`channel::cover`]).
     Gossip {
-        /// The topic.
-        topic: Topic,
+        /// The channel.
+        channel: Pattern,
         /// The encoded run.
         data: Vec<u8>,
     },
@@ -178,7 +180,7 @@ pub enum Output<P, M> {
     Rejected {
         /// The peer that forwarded it.
         from: P,
-        /// `malformed`, `wrong_topic`, `bad_body`, `bad_signature`, `pending_full`.
+        /// `malformed`, `wrong_channel`, `bad_body`, `bad_signature`, `pending_full`.
         reason: &'static str,
     },
     /// Gossiped events we already held.
@@ -193,12 +195,10 @@ pub enum Output<P, M> {
         /// A stable label.
         reason: &'static str,
     },
-    /// Join the gossip of a topic.
-    Subscribe(Topic),
-    /// Leave the gossip of a topic.
-    Unsubscribe(Topic),
-    /// Announce again the topics peers subscribed to (interest grew: hear them again).
-    ReplaySubscriptions,
+    /// Join the gossip channel of an interest pattern.
+    Subscribe(Pattern),
+    /// Leave the gossip channel of a pattern no longer of interest.
+    Unsubscribe(Pattern),
     /// Rounds with `peer` on `topic` have failed `failures` times in a row (reported at
     /// the third, then every third): replication with it is stuck, and is retried with
     /// back-off.
@@ -272,8 +272,8 @@ enum TicketOf {
 /// What the machine does once one of its writes is done.
 #[derive(Debug)]
 enum Pending<P, M> {
-    /// Verified gossip runs, each with its sender and message id.
-    Gossip(Vec<(P, M, Vec<Event>)>),
+    /// Verified gossip runs.
+    Gossip(Vec<Arrived<P, M>>),
     /// Held events of one log that continue its head.
     Drain {
         topic: Topic,
@@ -285,12 +285,40 @@ enum Pending<P, M> {
 /// When a log's gap was seen, who sent the event past it, and the held events by seq.
 type Held<P> = (Instant, P, BTreeMap<Seq, Event>);
 
+/// A verified gossip run waiting for its write: its sender, message id, the channel it
+/// came on, the hash of its bytes, and its events.
+#[derive(Debug)]
+struct Arrived<P, M> {
+    from: P,
+    id: M,
+    on: Pattern,
+    hash: [u8; 32],
+    events: Vec<Event>,
+}
+
+/// Runs accepted lately by hash, with their topic and channel, and their order.
+type RecentRuns = (
+    std::collections::VecDeque<[u8; 32]>,
+    BTreeMap<[u8; 32], (Topic, Pattern)>,
+);
+
+/// Most runs remembered as recently accepted (see [`Replicator::gossiped`]).
+const RECENT_RUNS: usize = 4096;
+
 /// The replication machine of one node.
 pub struct Replicator<P, M> {
     config: Config,
     sync: Sync<P>,
     peers: BTreeSet<P>,
-    subscribed: BTreeSet<Topic>,
+    /// The channels joined: the interest's patterns, at most [`channel::MAX_JOINED`].
+    joined: BTreeSet<Pattern>,
+    /// The channels each peer announced (its interest), at most
+    /// [`channel::MAX_PER_PEER`] each.
+    channels: BTreeMap<P, BTreeSet<Pattern>>,
+    /// Hashes of runs accepted lately, with their topic and the channel they came on,
+    /// oldest first: the same run on another channel we are on is forwarded there too
+    /// without a second look.
+    recent: RecentRuns,
     held: BTreeMap<(Topic, AuthorId), Held<P>>,
     held_len: usize,
     rejects: BTreeMap<P, u32>,
@@ -328,7 +356,9 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             sync: Sync::new(config.sync.clone()),
             config,
             peers: BTreeSet::new(),
-            subscribed: BTreeSet::new(),
+            joined: BTreeSet::new(),
+            channels: BTreeMap::new(),
+            recent: Default::default(),
             held: BTreeMap::new(),
             held_len: 0,
             rejects: BTreeMap::new(),
@@ -380,13 +410,24 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         self.unconfirmed.is_some()
     }
 
-    /// At start: subscribe to every topic of interest the store holds.
-    pub fn start<S: ReadStore>(&mut self, store: &S) -> Outs<P, M> {
+    /// At start: join the channel of each interest pattern.
+    pub fn start<S: ReadStore>(&mut self, _store: &S) -> Outs<P, M> {
         let mut outs = Vec::new();
-        for t in self.known_topics(store) {
-            self.subscribe(&t, &mut outs);
-        }
+        self.join_interest(&mut outs);
         outs
+    }
+
+    /// The channels joined.
+    pub fn joined(&self) -> &BTreeSet<Pattern> {
+        &self.joined
+    }
+
+    /// Whether `peer` replicates `topic`, as far as we know: true until it announced
+    /// its channels.
+    pub fn peer_wants(&self, peer: &P, topic: &Topic) -> bool {
+        self.channels
+            .get(peer)
+            .is_none_or(|chans| chans.iter().any(|c| c.matches(topic)))
     }
 
     /// A peer connected: a round with it on every topic.
@@ -400,6 +441,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     /// A peer disconnected: its sessions fail.
     pub fn disconnected<S: ReadStore>(&mut self, peer: &P, store: &S) -> Outs<P, M> {
         self.peers.remove(peer);
+        self.channels.remove(peer);
         self.retries.retain(|(p, _), _| p != peer);
         self.watch.retain(|(p, _), _| p != peer);
         let mut outs = Vec::new();
@@ -408,24 +450,25 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         outs
     }
 
-    /// A peer announced a topic (gossip subscription): if we replicate it, join its
-    /// gossip and reconcile it with that peer now.
-    pub fn peer_subscribed<S: ReadStore>(
-        &mut self,
-        peer: P,
-        topic: &str,
-        now: Instant,
-        store: &S,
-    ) -> Outs<P, M> {
-        let mut outs = Vec::new();
-        if let Ok(topic) = Topic::new(topic)
-            && self.interested(&topic)
-        {
-            self.subscribe(&topic, &mut outs);
-            let o = self.sync.start(peer, topic, now, store);
-            self.sync_outputs(o, store, &mut outs);
+    /// A peer joined a gossip channel: it replicates the topics of that pattern. We
+    /// remember it (at most [`channel::MAX_PER_PEER`] per peer), to send our runs where
+    /// it will get them and to run rounds with it only on topics it wants. It never
+    /// makes us join anything. Names that are not channels are ignored.
+    pub fn peer_subscribed(&mut self, peer: P, name: &str) {
+        let Some(p) = channel::parse(name) else {
+            return;
+        };
+        let chans = self.channels.entry(peer).or_default();
+        if chans.len() < channel::MAX_PER_PEER {
+            chans.insert(p);
         }
-        outs
+    }
+
+    /// A peer left a gossip channel.
+    pub fn peer_unsubscribed(&mut self, peer: &P, name: &str) {
+        if let (Some(p), Some(chans)) = (channel::parse(name), self.channels.get_mut(peer)) {
+            chans.remove(&p);
+        }
     }
 
     /// A sync message from `peer`. Messages on topics we do not replicate are dropped
@@ -438,11 +481,8 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         store: &S,
     ) -> Outs<P, M> {
         let mut outs = Vec::new();
-        if let Some(t) = msg.topic().cloned() {
-            if !self.interested(&t) {
-                return outs;
-            }
-            self.subscribe(&t, &mut outs);
+        if msg.topic().is_some_and(|t| !self.interested(t)) {
+            return outs;
         }
         if let Message::Vector { topic, vv } = &msg {
             self.watch_vector(&peer, topic, vv, now, store);
@@ -478,12 +518,10 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         });
         let mut outs = Vec::new();
         for r in run::split(&events, self.config.run_max_bytes) {
-            let topic = r[0].topic().clone();
-            self.subscribe(&topic, &mut outs);
             // Encoding our own valid events cannot fail; if it did, anti-entropy
             // delivers them.
             if let Ok(data) = run::encode(r) {
-                outs.push(Output::Gossip { topic, data });
+                self.send_run(r[0].topic(), None, data, &mut outs);
             }
         }
         outs
@@ -493,11 +531,34 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     /// write; a verdict for each.
     pub fn gossiped<S: ReadStore>(&mut self, batch: Vec<Gossip<P, M>>, store: &S) -> Outs<P, M> {
         let mut outs = Vec::new();
-        let mut valid: Vec<(P, M, Vec<Event>)> = Vec::with_capacity(batch.len());
+        let mut valid: Vec<Arrived<P, M>> = Vec::with_capacity(batch.len());
         for g in batch {
+            let Some(on) = channel::parse(&g.channel) else {
+                self.reject(g.from, g.id, "wrong_channel", store, &mut outs);
+                continue;
+            };
+            let hash = *blake3::hash(&g.data).as_bytes();
+            // A run accepted lately on another channel: it is valid, stored, and live.
+            // Forward it on this channel too, or members of this mesh that we would
+            // have relayed it to lose the path.
+            if let Some((topic, first)) = self.recent.1.get(&hash)
+                && *first != on
+            {
+                let verdict = if on.matches(topic) && self.interested(topic) {
+                    Verdict::Accept
+                } else {
+                    Verdict::Ignore
+                };
+                outs.push(Output::Verdict {
+                    id: g.id,
+                    from: g.from,
+                    verdict,
+                });
+                continue;
+            }
             let refused = match run::decode(&g.data, self.config.gossip_max_bytes) {
                 Err(_) => "malformed",
-                Ok(evs) if evs[0].topic().as_str() != g.topic => "wrong_topic",
+                Ok(evs) if !on.matches(evs[0].topic()) => "wrong_channel",
                 Ok(evs) if !self.interested(evs[0].topic()) => {
                     outs.push(Output::Verdict {
                         id: g.id,
@@ -507,8 +568,14 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                     continue;
                 }
                 Ok(evs) if self.bad_body(&evs) => "bad_body",
-                Ok(evs) => {
-                    valid.push((g.from, g.id, evs));
+                Ok(events) => {
+                    valid.push(Arrived {
+                        from: g.from,
+                        id: g.id,
+                        on,
+                        hash,
+                        events,
+                    });
                     continue;
                 }
             };
@@ -517,17 +584,17 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         // A decoded run is hash-linked by construction: its newest event vouches for it.
         let newest: Vec<Event> = valid
             .iter()
-            .filter_map(|(_, _, evs)| evs.last().cloned())
+            .filter_map(|a| a.events.last().cloned())
             .collect();
         let checks = match &self.config.verify {
             Some(f) => f(&newest),
             None => verify_batch(&newest),
         };
         let mut good = Vec::with_capacity(valid.len());
-        for ((from, id, evs), check) in valid.into_iter().zip(checks) {
+        for (a, check) in valid.into_iter().zip(checks) {
             match check {
-                Ok(()) => good.push((from, id, evs)),
-                Err(_) => self.reject(from, id, "bad_signature", store, &mut outs),
+                Ok(()) => good.push(a),
+                Err(_) => self.reject(a.from, a.id, "bad_signature", store, &mut outs),
             }
         }
         if good.is_empty() {
@@ -535,7 +602,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         }
         // Stored in one write; the verdicts wait for it (nothing is forwarded before
         // it is durable).
-        let events: Vec<Event> = good.iter().flat_map(|(_, _, evs)| evs.clone()).collect();
+        let events: Vec<Event> = good.iter().flat_map(|a| a.events.clone()).collect();
         self.persist(Pending::Gossip(good), events, &mut outs);
         outs
     }
@@ -602,7 +669,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
 
     fn gossip_written<S: ReadStore>(
         &mut self,
-        good: Vec<(P, M, Vec<Event>)>,
+        good: Vec<Arrived<P, M>>,
         result: Result<Vec<Outcome>, String>,
         now: Instant,
         store: &S,
@@ -610,10 +677,10 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     ) {
         let Ok(outcomes) = result else {
             // Not stored: nothing to forward; anti-entropy brings them later.
-            for (from, id, _) in good {
+            for a in good {
                 outs.push(Output::Verdict {
-                    id,
-                    from,
+                    id: a.id,
+                    from: a.from,
                     verdict: Verdict::Ignore,
                 });
             }
@@ -623,7 +690,17 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         let mut appended: BTreeSet<(Topic, AuthorId)> = BTreeSet::new();
         let mut received = Vec::new();
         let mut duplicates = 0;
-        for (from, id, evs) in good {
+        for a in good {
+            let Arrived {
+                from,
+                id,
+                on,
+                hash,
+                events: evs,
+            } = a;
+            let topic = evs[0].topic().clone();
+            // Re-encoded only if a neighbour off this channel wants it.
+            let bridge = evs.clone();
             // Accept (and so forward) a run that brought anything new.
             let mut verdict = Verdict::Ignore;
             let mut round = false;
@@ -652,6 +729,14 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                     Some(Outcome::Duplicate) => duplicates += 1,
                     Some(Outcome::Fork(_)) => outs.push(Output::Forked(ev)),
                     _ => {}
+                }
+            }
+            if verdict == Verdict::Accept {
+                self.remember_run(hash, &topic, &on);
+                if !channel::cover(&topic, &self.joined, &self.channels, Some(&on)).is_empty()
+                    && let Ok(data) = run::encode(&bridge)
+                {
+                    self.send_run(&topic, Some(&on), data, outs);
                 }
             }
             outs.push(Output::Verdict { id, from, verdict });
@@ -721,26 +806,18 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         let mut added = false;
         if let Some(p) = remove {
             self.config.interest.retain(|t| *t != p);
-            let gone: Vec<Topic> = self
-                .subscribed
-                .iter()
-                .filter(|t| !self.interested(t))
-                .cloned()
-                .collect();
-            for t in gone {
-                self.subscribed.remove(&t);
-                outs.push(Output::Unsubscribe(t));
+            if self.joined.remove(&p) {
+                outs.push(Output::Unsubscribe(p));
             }
+            // A pattern that did not fit may fit now.
+            self.join_interest(&mut outs);
         }
         if let Some(p) = add
             && !self.config.interest.contains(&p)
         {
             self.config.interest.push(p);
             added = true;
-            for t in self.known_topics(store) {
-                self.subscribe(&t, &mut outs);
-            }
-            outs.push(Output::ReplaySubscriptions);
+            self.join_interest(&mut outs);
             let peers: Vec<P> = self.peers.iter().cloned().collect();
             for peer in peers {
                 self.round(peer, now, store, &mut outs);
@@ -819,14 +896,61 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         topics
     }
 
-    fn subscribe(&mut self, topic: &Topic, outs: &mut Outs<P, M>) {
-        if self.interested(topic) && self.subscribed.insert(topic.clone()) {
-            outs.push(Output::Subscribe(topic.clone()));
+    /// Joins the channel of each interest pattern not yet joined, up to
+    /// [`channel::MAX_JOINED`] (the daemon refuses more patterns; past the bound a
+    /// pattern replicates by anti-entropy only).
+    fn join_interest(&mut self, outs: &mut Outs<P, M>) {
+        for p in &self.config.interest {
+            if self.joined.len() >= channel::MAX_JOINED {
+                break;
+            }
+            if self.joined.insert(p.clone()) {
+                outs.push(Output::Subscribe(p.clone()));
+            }
+        }
+    }
+
+    /// Sends a run on `topic` into the channels that reach every neighbour wanting it
+    /// (see [`channel::cover`]); `came_on` is the channel it arrived on, if gossiped.
+    fn send_run(
+        &self,
+        topic: &Topic,
+        came_on: Option<&Pattern>,
+        data: Vec<u8>,
+        outs: &mut Outs<P, M>,
+    ) {
+        let chans = channel::cover(topic, &self.joined, &self.channels, came_on);
+        let n = chans.len();
+        let mut data = Some(data);
+        for (i, channel) in chans.into_iter().enumerate() {
+            let data = if i + 1 == n {
+                data.take().unwrap_or_default()
+            } else {
+                data.clone().unwrap_or_default()
+            };
+            outs.push(Output::Gossip { channel, data });
+        }
+    }
+
+    fn remember_run(&mut self, hash: [u8; 32], topic: &Topic, on: &Pattern) {
+        let (order, runs) = &mut self.recent;
+        if runs.insert(hash, (topic.clone(), on.clone())).is_none() {
+            order.push_back(hash);
+        }
+        while order.len() > RECENT_RUNS {
+            if let Some(old) = order.pop_front() {
+                runs.remove(&old);
+            }
         }
     }
 
     fn round<S: ReadStore>(&mut self, peer: P, now: Instant, store: &S, outs: &mut Outs<P, M>) {
-        for topic in self.known_topics(store) {
+        let topics: Vec<Topic> = self
+            .known_topics(store)
+            .into_iter()
+            .filter(|t| self.peer_wants(&peer, t))
+            .collect();
+        for topic in topics {
             let o = self.sync.start(peer.clone(), topic, now, store);
             self.sync_outputs(o, store, outs);
         }
@@ -1000,7 +1124,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             .peers
             .range((std::ops::Bound::Excluded(peer), std::ops::Bound::Unbounded))
             .chain(self.peers.iter())
-            .find(|p| *p != peer)
+            .find(|p| *p != peer && self.peer_wants(p, topic))
             .cloned();
         let mut with: Vec<P> = next.into_iter().collect();
         if self.peers.contains(peer) {
@@ -1036,7 +1160,10 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                 // Until it fails again (or finishes), nothing is scheduled.
                 *at = Some(now + cap);
             }
-            if self.peers.contains(&peer) && self.interested(&topic) {
+            if self.peers.contains(&peer)
+                && self.interested(&topic)
+                && self.peer_wants(&peer, &topic)
+            {
                 let o = self.sync.start(peer, topic, now, store);
                 self.sync_outputs(o, store, outs);
             }
@@ -1056,6 +1183,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             reason,
             sync::Failure::Disconnected | sync::Failure::Violation
         ) || !self.peers.contains(peer)
+            || !self.peer_wants(peer, topic)
         {
             return;
         }

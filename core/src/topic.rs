@@ -121,7 +121,7 @@ impl AsRef<str> for Topic {
 }
 
 /// An MQTT-style topic filter: `sensors/+/temp`, `sensors/#`, `#`.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Pattern(String);
 

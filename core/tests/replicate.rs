@@ -46,7 +46,7 @@ fn gossip(from: usize, id: M, events: &[Event]) -> Gossip<usize, M> {
     Gossip {
         from,
         id,
-        topic: events[0].topic().to_string(),
+        channel: "murmur:#".into(),
         data: run::encode(events).unwrap(),
     }
 }
@@ -341,7 +341,7 @@ fn invalid_gossip_is_rejected_and_the_sender_banned_after_three() {
         let g = Gossip {
             from: 9,
             id: i as M,
-            topic: "a/t".into(),
+            channel: "murmur:#".into(),
             data: forged(std::slice::from_ref(ev)),
         };
         all.extend(go(&mut m, t0, &store, |m| m.gossiped(vec![g], &store)));
@@ -365,20 +365,27 @@ fn invalid_gossip_is_rejected_and_the_sender_banned_after_three() {
     assert_eq!(bans.len(), 1, "{all:?}");
     assert_eq!(head(&store, &evs[0]), None, "nothing forged is stored");
 
-    // Malformed bytes and a run sent on another topic are rejected too.
+    // Malformed bytes, a run sent on a channel whose pattern it does not match, and a
+    // gossipsub topic that is not a channel are rejected too.
     let outs = go(&mut m, t0, &store, |m| {
         m.gossiped(
             vec![
                 Gossip {
                     from: 3,
                     id: 10,
-                    topic: "a/t".into(),
+                    channel: "murmur:#".into(),
                     data: vec![1, 2, 3],
                 },
                 Gossip {
                     from: 3,
                     id: 11,
-                    topic: "b/other".into(),
+                    channel: "murmur:b/#".into(),
+                    data: run::encode(&evs).unwrap(),
+                },
+                Gossip {
+                    from: 4,
+                    id: 12,
+                    channel: "a/t".into(),
                     data: run::encode(&evs).unwrap(),
                 },
             ],
@@ -392,7 +399,7 @@ fn invalid_gossip_is_rejected_and_the_sender_banned_after_three() {
             _ => None,
         })
         .collect();
-    assert_eq!(reasons, vec!["malformed", "wrong_topic"]);
+    assert_eq!(reasons, vec!["malformed", "wrong_channel", "wrong_channel"]);
 }
 
 #[test]
@@ -419,6 +426,90 @@ fn off_interest_and_duplicate_gossip_is_ignored_not_forwarded() {
         again.iter().any(|o| matches!(o, Output::Duplicates(2))),
         "{again:?}"
     );
+}
+
+#[test]
+fn a_live_run_on_a_second_channel_we_are_on_is_forwarded_there_too() {
+    let store = MemoryStore::new();
+    let mut cfg = config("a/#");
+    cfg.interest.push(Pattern::new("#").unwrap());
+    let mut m: Replicator<usize, M> = Replicator::new(cfg, None);
+    let t0 = Instant::now();
+    let evs = chain(&key(1), "a/t", 2, "x");
+    let on = |channel: &str, id: M| Gossip {
+        from: 1,
+        id,
+        channel: channel.into(),
+        data: run::encode(&evs).unwrap(),
+    };
+    let first = go(&mut m, t0, &store, |m| {
+        m.gossiped(vec![on("murmur:#", 1)], &store)
+    });
+    assert_eq!(verdicts(&first), vec![(1, Verdict::Accept)]);
+    // The same run on `a/#`: members of that mesh may depend on us for it. It is
+    // forwarded without being decoded or written again.
+    let second = m.gossiped(vec![on("murmur:a/#", 2)], &store);
+    assert_eq!(verdicts(&second), vec![(2, Verdict::Accept)]);
+    assert!(
+        !second.iter().any(|o| matches!(o, Output::Persist { .. })),
+        "{second:?}"
+    );
+    // Not on a channel whose pattern it does not match.
+    let wrong = m.gossiped(vec![on("murmur:b/#", 3)], &store);
+    assert_eq!(verdicts(&wrong), vec![(3, Verdict::Ignore)]);
+}
+
+#[test]
+fn rounds_and_runs_go_to_the_peers_that_want_the_topic() {
+    let store = MemoryStore::new();
+    let a = chain(&key(1), "a/t", 1, "x");
+    let b = chain(&key(2), "b/t", 1, "x");
+    store.insert(&a, Durability::Buffered).unwrap();
+    store.insert(&b, Durability::Buffered).unwrap();
+    let mut m: Replicator<usize, M> = Replicator::new(config("#"), None);
+    let t0 = Instant::now();
+    m.start(&store);
+    m.peer_subscribed(1, "murmur:a/#");
+    m.peer_subscribed(2, "murmur:#");
+    // Not channels: ignored.
+    m.peer_subscribed(2, "b/t");
+    m.peer_subscribed(2, "/meshsub/other");
+    let topics_with = |outs: &[Output<usize, M>], peer: usize| -> Vec<String> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Sync(sync::Output::Send { to, msg }) if *to == peer => {
+                    msg.topic().map(ToString::to_string)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let outs = m.connected(1, t0, &store);
+    assert_eq!(topics_with(&outs, 1), vec!["a/t"]);
+    let outs = m.connected(2, t0, &store);
+    assert_eq!(topics_with(&outs, 2), vec!["a/t", "b/t"]);
+    // A run on b/t: peer 2 wants it through `#`, our own channel; peer 1 not at all.
+    let ev = chain(&key(1), "b/t", 2, "y");
+    let chans: Vec<String> = m
+        .published(vec![ev[1].clone()])
+        .iter()
+        .filter_map(|o| match o {
+            Output::Gossip { channel, .. } => Some(channel.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(chans, vec!["#"]);
+    // A neighbour that only wants b/t, on a channel we are not on, gets its own copy.
+    m.peer_subscribed(3, "murmur:b/t");
+    let chans: Vec<String> = m
+        .published(vec![ev[1].clone()])
+        .iter()
+        .filter_map(|o| match o {
+            Output::Gossip { channel, .. } => Some(channel.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(chans, vec!["#", "b/t"]);
 }
 
 #[test]
@@ -453,7 +544,7 @@ fn rounds_run_on_connect_and_then_with_each_peer_in_turn() {
     let subs = m.start(&store);
     assert!(
         subs.iter()
-            .any(|o| matches!(o, Output::Subscribe(t) if t.as_str() == "a/t")),
+            .any(|o| matches!(o, Output::Subscribe(p) if p.as_str() == "#")),
         "{subs:?}"
     );
     // Every peer holds the same: it answers each round with InSync, so rounds finish
@@ -614,7 +705,7 @@ impl Net {
         for ev in events {
             self.forged_ids.insert(ev.id());
         }
-        let id = self.new_id(events[0].topic().to_string(), forged(events));
+        let id = self.new_id("murmur:#".into(), forged(events));
         for to in 0..self.nodes.len() {
             self.send(node, to, Wire::Gossip(id));
         }
@@ -638,8 +729,8 @@ impl Net {
                     self.check(i, &evs);
                 }
                 Output::Received { events } => self.check(i, &events),
-                Output::Gossip { topic, data } => {
-                    let id = self.new_id(topic.to_string(), data);
+                Output::Gossip { channel, data } => {
+                    let id = self.new_id(murmur_core::channel::name(&channel), data);
                     self.seen[i].insert(id);
                     for to in 0..self.nodes.len() {
                         self.send(i, to, Wire::Gossip(id));
@@ -703,13 +794,13 @@ impl Net {
                 if !self.seen[to].insert(id) {
                     return;
                 }
-                let (topic, data) = self.runs[&id].clone();
+                let (channel, data) = self.runs[&id].clone();
                 let (store, m) = &mut self.nodes[to];
                 m.gossiped(
                     vec![Gossip {
                         from,
                         id,
-                        topic,
+                        channel,
                         data,
                     }],
                     store,

@@ -444,6 +444,13 @@ impl Config {
                 return bad(format!("p2p.topics: {t:?}: {e}"));
             }
         }
+        if self.p2p.topics.len() > murmur_core::channel::MAX_JOINED {
+            return bad(format!(
+                "p2p.topics: {} patterns; at most {} (each is a gossip channel). Use broader patterns: sensors/# covers every sensors/<device>/... topic",
+                self.p2p.topics.len(),
+                murmur_core::channel::MAX_JOINED
+            ));
+        }
         if self.p2p.max_connections == 0 || self.p2p.max_connections_per_peer == 0 {
             return bad(
                 "p2p.max_connections and p2p.max_connections_per_peer must be at least 1".into(),

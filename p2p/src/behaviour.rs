@@ -7,7 +7,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, gossipsub, identify, kad, mdns, ping, request_response,
 };
-use murmur_core::{EventId, MAX_EVENT_BYTES};
+use murmur_core::MAX_EVENT_BYTES;
 
 use crate::Error;
 use crate::codec::{PROTOCOL, SyncCodec};
@@ -65,7 +65,7 @@ pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) sync: request_response::Behaviour<SyncCodec>,
-    pub(crate) gossip: gossipsub::Behaviour,
+    pub(crate) gossip: gossipsub::Behaviour<gossipsub::IdentityTransform, SubscriptionFilter>,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -103,6 +103,91 @@ pub mod gossip {
     pub const IDONTWANT_ABOVE: usize = 1000;
 }
 
+/// Which peer subscriptions gossipsub keeps: channels only (`murmur:` names; another
+/// network's topics are dropped), and at most [`murmur_core::channel::MAX_PER_PEER`]
+/// per peer. A peer that announces more (a hostile peer announcing 10,000 topics) has
+/// the excess refused; murmur never joins a channel because a peer announced it.
+pub(crate) type SubscriptionFilter = gossipsub::CombinedSubscriptionFilters<
+    gossipsub::MaxCountSubscriptionFilter<gossipsub::AllowAllSubscriptionFilter>,
+    gossipsub::CallbackSubscriptionFilter<fn(&gossipsub::TopicHash) -> bool>,
+>;
+
+fn is_channel(t: &gossipsub::TopicHash) -> bool {
+    t.as_str().starts_with(murmur_core::channel::PREFIX)
+}
+
+fn subscription_filter() -> SubscriptionFilter {
+    gossipsub::CombinedSubscriptionFilters {
+        filter1: gossipsub::MaxCountSubscriptionFilter {
+            filter: gossipsub::AllowAllSubscriptionFilter {},
+            max_subscribed_topics: murmur_core::channel::MAX_PER_PEER,
+            max_subscriptions_per_request: murmur_core::channel::MAX_PER_PEER,
+        },
+        filter2: gossipsub::CallbackSubscriptionFilter(is_channel as fn(&_) -> bool),
+    }
+}
+
+pub mod score {
+    //! Gossipsub peer scoring, fed by murmur's verdicts. A message murmur rejects
+    //! (bad signature, malformed, wrong channel, a body the application refuses)
+    //! counts as an invalid delivery (gossipsub's P4, squared): one puts the sender
+    //! below [`GOSSIP_THRESHOLD`] (no IHAVE to or from it), two below
+    //! [`PUBLISH_THRESHOLD`] (our own runs no longer go to it), three below
+    //! [`GRAYLIST_THRESHOLD`] (its messages are dropped unread) — which is also where
+    //! murmur bans it. The penalty fades over [`INVALID_FADES_SECS`].
+    //!
+    //! What is left out, and why: mesh delivery deficits (P3) punish a quiet peer on a
+    //! quiet channel, and a fleet's channels are often quiet; IP colocation punishes
+    //! devices behind one NAT, which is how fleets are deployed.
+
+    /// Weight of one invalid delivery (squared per peer).
+    pub const INVALID_WEIGHT: f64 = -15.0;
+    /// Below this, no gossip (IHAVE/IWANT) with the peer.
+    pub const GOSSIP_THRESHOLD: f64 = -10.0;
+    /// Below this, our own runs are not sent to the peer.
+    pub const PUBLISH_THRESHOLD: f64 = -50.0;
+    /// Below this, the peer's messages are dropped unread.
+    pub const GRAYLIST_THRESHOLD: f64 = -120.0;
+    /// Over how long an invalid delivery's count decays to nothing.
+    pub const INVALID_FADES_SECS: u64 = 600;
+}
+
+/// Scoring for one channel (see [`score`]).
+pub(crate) fn channel_score() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        // A little for staying in the mesh (at most +1 after 100 s)…
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 100.0,
+        // …and for being first with new runs (at most +5).
+        first_message_deliveries_weight: 0.5,
+        first_message_deliveries_decay: gossipsub::score_parameter_decay(Duration::from_secs(60)),
+        first_message_deliveries_cap: 10.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: score::INVALID_WEIGHT,
+        invalid_message_deliveries_decay: gossipsub::score_parameter_decay(Duration::from_secs(
+            score::INVALID_FADES_SECS,
+        )),
+        ..gossipsub::TopicScoreParams::default()
+    }
+}
+
+fn scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let params = gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..gossipsub::PeerScoreParams::default()
+    };
+    let thresholds = gossipsub::PeerScoreThresholds {
+        gossip_threshold: score::GOSSIP_THRESHOLD,
+        publish_threshold: score::PUBLISH_THRESHOLD,
+        graylist_threshold: score::GRAYLIST_THRESHOLD,
+        ..gossipsub::PeerScoreThresholds::default()
+    };
+    (params, thresholds)
+}
+
 /// murmur's own Kademlia protocol. The libp2p default, `/ipfs/kad/1.0.0`, would make a
 /// murmur node reachable without a fleet key a member of any IPFS DHT that touched it:
 /// learning and dialing strangers, and being learned by them.
@@ -118,7 +203,8 @@ pub const MAX_GOSSIP_BYTES: usize = MAX_EVENT_BYTES + 4096;
 /// The gossipsub settings murmur relies on. A message is a run of events of one log
 /// (`murmur_core::run`). Messages are anonymous (each event carries its own ed25519
 /// signature; a second gossipsub signature would halve throughput), the message id is
-/// the blake3 hash of the run so the same run is recognised across paths, and every
+/// the blake3 hash of the channel and the run (the same run is recognised across paths
+/// within a channel, and is a message of its own on another channel), and every
 /// message waits for the daemon's verdict before it is forwarded — which also gives the
 /// IDONTWANT notices (sent on receipt, see [`gossip::IDONTWANT_ABOVE`]) time to arrive
 /// before a peer would forward a copy we already hold.
@@ -127,7 +213,11 @@ pub(crate) fn gossip_config() -> Result<gossipsub::Config, Error> {
         .validation_mode(gossipsub::ValidationMode::Anonymous)
         .validate_messages()
         .message_id_fn(|m: &gossipsub::Message| {
-            gossipsub::MessageId::from(EventId::hash(&m.data).0.to_vec())
+            let mut h = blake3::Hasher::new();
+            h.update(m.topic.as_str().as_bytes());
+            h.update(&[0]);
+            h.update(&m.data);
+            gossipsub::MessageId::from(h.finalize().as_bytes().to_vec())
         })
         .max_transmit_size(MAX_GOSSIP_BYTES)
         .mesh_n(gossip::MESH_N)
@@ -149,10 +239,17 @@ pub(crate) fn build(
     gossip_metrics: &mut crate::Registry,
 ) -> Result<Behaviour, Error> {
     let peer = PeerId::from(key.public());
-    let gossip =
-        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config()?)
-            .map_err(|e| Error::Setup(format!("gossipsub: {e}")))?
-            .with_metrics(gossip_metrics, gossipsub::MetricsConfig::default());
+    let mut gossip = gossipsub::Behaviour::new_with_subscription_filter(
+        gossipsub::MessageAuthenticity::Anonymous,
+        gossip_config()?,
+        subscription_filter(),
+    )
+    .map_err(|e| Error::Setup(format!("gossipsub: {e}")))?
+    .with_metrics(gossip_metrics, gossipsub::MetricsConfig::default());
+    let (params, thresholds) = scoring();
+    gossip
+        .with_peer_score(params, thresholds)
+        .map_err(|e| Error::Setup(format!("gossipsub scoring: {e}")))?;
     let sync = request_response::Behaviour::with_codec(
         SyncCodec { bytes: sync_bytes },
         [(PROTOCOL, request_response::ProtocolSupport::Full)],
@@ -202,7 +299,7 @@ pub(crate) fn build(
 
 #[cfg(test)]
 mod tests {
-    use super::{gossip, gossip_config};
+    use super::{channel_score, gossip, gossip_config, scoring};
 
     #[test]
     fn gossipsub_accepts_the_push_settings() {
@@ -212,5 +309,23 @@ mod tests {
         assert_eq!(c.mesh_n_high(), gossip::MESH_N_HIGH);
         assert_eq!(c.gossip_lazy(), gossip::GOSSIP_LAZY);
         assert_eq!(c.history_gossip(), gossip::HISTORY_GOSSIP);
+    }
+
+    #[test]
+    fn scoring_settings_are_valid_and_three_invalid_runs_reach_the_graylist() {
+        let (params, thresholds) = scoring();
+        params.validate().expect("valid score parameters");
+        thresholds.validate().expect("valid thresholds");
+        channel_score()
+            .validate()
+            .expect("valid channel parameters");
+        // P4 is squared: 1, 4, 9 invalid deliveries' worth.
+        let p4 = |n: f64| super::score::INVALID_WEIGHT * n * n;
+        let most_positive = 1.0 + 5.0;
+        assert!(p4(1.0) + most_positive > thresholds.publish_threshold);
+        assert!(p4(1.0) < thresholds.gossip_threshold);
+        assert!(p4(2.0) + most_positive < thresholds.publish_threshold);
+        assert!(p4(2.0) > thresholds.graylist_threshold);
+        assert!(p4(3.0) + most_positive < thresholds.graylist_threshold);
     }
 }

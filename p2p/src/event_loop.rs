@@ -35,20 +35,17 @@ pub enum Command {
         /// The message.
         msg: Message,
     },
-    /// Gossip an event (its canonical bytes) on a topic.
+    /// Gossip a run on a channel.
     Publish {
-        /// The murmur topic.
+        /// The channel's gossipsub topic.
         topic: String,
-        /// The event's bytes.
+        /// The run's bytes.
         data: Vec<u8>,
     },
-    /// Receive gossip for a topic.
+    /// Join a channel (its gossipsub topic), with murmur's scoring for it.
     Subscribe(String),
-    /// Stop receiving gossip for a topic.
+    /// Leave a channel.
     Unsubscribe(String),
-    /// Emit [`Event::PeerSubscribed`] again for every known peer subscription (after the
-    /// daemon's interest changed).
-    ReplaySubscriptions,
     /// Report the verdict on a gossiped message.
     Validate {
         /// Its id.
@@ -96,20 +93,27 @@ pub enum Event {
         /// Its listen addresses.
         addrs: Vec<Multiaddr>,
     },
-    /// A peer subscribed to a gossip topic: it holds or publishes that murmur topic.
+    /// A peer joined a channel: it replicates the topics of that pattern.
     PeerSubscribed {
         /// The peer.
         peer: PeerId,
-        /// The murmur topic.
+        /// The channel's gossipsub topic.
+        topic: String,
+    },
+    /// A peer left a channel.
+    PeerUnsubscribed {
+        /// The peer.
+        peer: PeerId,
+        /// The channel's gossipsub topic.
         topic: String,
     },
     /// A gossiped event, awaiting a verdict.
     Gossip {
         /// The peer that forwarded it.
         source: PeerId,
-        /// Its gossipsub id (the event id).
+        /// Its gossipsub id.
         id: gossipsub::MessageId,
-        /// The murmur topic it was gossiped on.
+        /// The channel's gossipsub topic it came on.
         topic: String,
         /// The event's bytes.
         data: Vec<u8>,
@@ -127,6 +131,8 @@ pub struct PeerInfo {
     pub how: &'static str,
     /// Last ping round trip.
     pub rtt: Option<Duration>,
+    /// Its gossipsub score (see [`crate::score`]); negative after invalid runs.
+    pub score: Option<f64>,
 }
 
 /// Cloneable access to the network task.
@@ -461,21 +467,16 @@ impl EventLoop {
             Command::Unsubscribe(topic) => {
                 b.gossip.unsubscribe(&gossipsub::IdentTopic::new(topic));
             }
-            Command::ReplaySubscriptions => {
-                let subs: Vec<(PeerId, String)> = b
-                    .gossip
-                    .all_peers()
-                    .flat_map(|(p, topics)| {
-                        topics.into_iter().map(move |t| (*p, t.as_str().to_owned()))
-                    })
-                    .collect();
-                for (peer, topic) in subs {
-                    self.emit(Event::PeerSubscribed { peer, topic });
-                }
-            }
             Command::Subscribe(topic) => {
-                if let Err(e) = b.gossip.subscribe(&gossipsub::IdentTopic::new(topic)) {
-                    tracing::warn!(error = %e, "gossip subscribe failed");
+                let topic = gossipsub::IdentTopic::new(topic);
+                if let Err(e) = b
+                    .gossip
+                    .set_topic_params(topic.clone(), behaviour::channel_score())
+                {
+                    tracing::warn!(error = %e, "gossip scoring not set");
+                }
+                if let Err(e) = b.gossip.subscribe(&topic) {
+                    tracing::warn!(%topic, error = %e, "gossip subscribe failed");
                 }
             }
             Command::Validate {
@@ -492,7 +493,17 @@ impl EventLoop {
                     .report_message_validation_result(&id, &source, acceptance);
             }
             Command::Peers(reply) => {
-                let _ = reply.send(self.peers.values().cloned().collect());
+                let gossip = &self.swarm.behaviour().gossip;
+                let peers = self
+                    .peers
+                    .values()
+                    .cloned()
+                    .map(|mut p| {
+                        p.score = gossip.peer_score(&p.peer);
+                        p
+                    })
+                    .collect();
+                let _ = reply.send(peers);
             }
             Command::Addresses(reply) => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
@@ -547,6 +558,7 @@ impl EventLoop {
                             addr,
                             how,
                             rtt: None,
+                            score: None,
                         },
                     );
                     self.emit(Event::Connected(peer_id));
@@ -615,6 +627,12 @@ impl EventLoop {
             }
             BehaviourEvent::Gossip(gossipsub::Event::Subscribed { peer_id, topic, .. }) => {
                 self.emit(Event::PeerSubscribed {
+                    peer: peer_id,
+                    topic: topic.as_str().to_owned(),
+                });
+            }
+            BehaviourEvent::Gossip(gossipsub::Event::Unsubscribed { peer_id, topic, .. }) => {
+                self.emit(Event::PeerUnsubscribed {
                     peer: peer_id,
                     topic: topic.as_str().to_owned(),
                 });

@@ -1,8 +1,10 @@
 //! # murmur-p2p
 //!
 //! The libp2p layer of murmur: TCP and QUIC with Noise and Yamux, identify, ping,
-//! gossipsub for live push (one gossipsub topic per murmur topic, a message is a run of
-//! events, anonymous messages, message id = blake3 hash of the run, manual validation),
+//! gossipsub for live push (one gossipsub topic per interest pattern, a *channel*, see
+//! `murmur_core::channel`; a message is a run of events; anonymous messages; message id
+//! = blake3 hash of channel and run; manual validation; peer scoring fed by murmur's
+//! verdicts),
 //! the sync protocol over request-response substreams, mDNS and Kademlia for discovery.
 //!
 //! One task ([`EventLoop`]) owns the `Swarm`. Everyone else holds a cloneable
@@ -16,7 +18,7 @@ mod codec;
 mod event_loop;
 pub mod psk;
 
-pub use behaviour::{Config, IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_GOSSIP_BYTES, gossip};
+pub use behaviour::{Config, IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_GOSSIP_BYTES, gossip, score};
 pub use codec::{PROTOCOL, SyncCodec};
 pub use event_loop::{Command, Event, EventLoop, Handle, PeerInfo, Verdict, spawn};
 pub use libp2p::gossipsub::MessageId;

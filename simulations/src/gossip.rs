@@ -17,13 +17,14 @@ impl Sim {
     /// A received run, after `validate_ms`: the node's replication machine checks,
     /// verifies and stores it, holds what lies past a gap, and gives the verdict.
     pub(crate) fn validated(&mut self, node: usize, from: usize, id: MsgId, run: Arc<Vec<u8>>) {
-        let topic = self.topic.to_string();
+        // Interested nodes replicate exactly the topic: its channel is that pattern's.
+        let channel = format!("{}{}", murmur_core::channel::PREFIX, self.topic);
         let n = &mut self.nodes[node];
         let outs = n.machine.gossiped(
             vec![Gossip {
                 from,
                 id,
-                topic,
+                channel,
                 data: run.to_vec(),
             }],
             &n.store,

@@ -366,6 +366,10 @@ impl Sim {
             nodes,
             sc,
         };
+        // Each machine joins the channel of its interest, as the daemon's does at start.
+        for node in &mut sim.nodes {
+            let _ = node.machine.start(&node.store);
+        }
         // Topic-aware discovery: interested nodes dial other interested nodes.
         let want: Vec<usize> = (0..n).filter(|&i| sim.nodes[i].interested).collect();
         if sim.sc.topic_links > 0 && want.len() > sim.sc.topic_links {

@@ -261,9 +261,17 @@ impl Sim {
         if !self.nodes[i].online {
             return;
         }
+        let channel = Pattern::new(self.topic.as_str())
+            .map(|p| murmur_core::channel::name(&p))
+            .unwrap_or_default();
         for new in reach.difference(&known) {
+            let wants = self.nodes[*new].interested;
             let n = &mut self.nodes[i];
             let outs = n.machine.connected(*new, now, &n.store);
+            // gossipsub then tells it the channels the peer is on: the peer's interest.
+            if wants {
+                n.machine.peer_subscribed(*new, &channel);
+            }
             self.outputs(i, outs);
         }
         let n = &mut self.nodes[i];

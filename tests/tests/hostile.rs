@@ -1,13 +1,15 @@
 //! A hostile peer on loopback (built from murmur-p2p itself) sends forged events by
-//! gossip, and a broken chain in answer to a sync round. Nothing of it is stored, and the
-//! daemon disconnects the peer and refuses it.
+//! gossip, and a broken chain in answer to a sync round. Nothing of it is stored, its
+//! gossip score falls, and the daemon disconnects the peer and refuses it. A peer that
+//! announces 10,000 topics changes neither the channels a node joins nor its live
+//! delivery.
 
 mod common;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::Node;
+use common::{Node, wait_for};
 use murmur_core::sync::Message;
 use murmur_core::testing::{chain, key};
 use murmur_core::{Seq, VersionVector, vv};
@@ -20,8 +22,20 @@ fn attack(
     victim: &Node,
     seed: u8,
     secs: u64,
+    on: impl FnMut(&Event) -> Vec<Command>,
+    opening: Vec<Command>,
+) -> bool {
+    attack_with(victim, seed, secs, on, opening, None)
+}
+
+/// [`attack`], also sending what the test hands over on `later` while it runs.
+fn attack_with(
+    victim: &Node,
+    seed: u8,
+    secs: u64,
     mut on: impl FnMut(&Event) -> Vec<Command>,
     opening: Vec<Command>,
+    mut later: Option<tokio::sync::mpsc::Receiver<Command>>,
 ) -> bool {
     let addr = victim.tcp_addr();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -37,10 +51,23 @@ fn attack(
         tokio::spawn(lp.run());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         let mut opened = false;
+        let _ = &mut later;
         loop {
-            let ev = match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(ev)) => ev,
-                _ => return false,
+            let more = async {
+                match later.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let ev = tokio::select! {
+                r = tokio::time::timeout_at(deadline, events.recv()) => match r {
+                    Ok(Some(ev)) => ev,
+                    _ => return false,
+                },
+                Some(c) = more => {
+                    net.send(c).await;
+                    continue;
+                }
             };
             if matches!(ev, Event::Connected(_)) && !opened {
                 opened = true;
@@ -83,27 +110,48 @@ fn forged_gossip_is_rejected_and_the_sender_banned() {
             b
         })
         .collect();
+    let publish = |d: &Vec<u8>| Command::Publish {
+        topic: "murmur:#".into(),
+        data: d.clone(),
+    };
+    let (rest_tx, rest_rx) = tokio::sync::mpsc::channel(16);
     let mut sent = false;
-    let banned = attack(
-        &victim,
-        42,
-        30,
-        |ev| match ev {
-            // Once the victim joins the topic (it learns it from our subscription), send.
-            Event::PeerSubscribed { topic, .. } if topic == "evil/gossip" && !sent => {
-                sent = true;
-                forged
-                    .iter()
-                    .map(|d| Command::Publish {
-                        topic: "evil/gossip".into(),
-                        data: d.clone(),
-                    })
-                    .collect()
-            }
-            _ => Vec::new(),
-        },
-        vec![Command::Subscribe("evil/gossip".into())],
-    );
+    let banned = std::thread::scope(|s| {
+        let attacker = s.spawn(|| {
+            attack_with(
+                &victim,
+                42,
+                60,
+                |ev| match ev {
+                    // Once the victim is on the `#` channel (its interest), send two.
+                    Event::PeerSubscribed { topic, .. } if topic == "murmur:#" && !sent => {
+                        sent = true;
+                        forged[..2].iter().map(publish).collect()
+                    }
+                    _ => Vec::new(),
+                },
+                vec![Command::Subscribe("murmur:#".into())],
+                Some(rest_rx),
+            )
+        });
+        // Two invalid runs: below the publish threshold (our runs no longer go to it),
+        // not yet banned.
+        wait_for("the forger's gossip score to fall below -50", 30, || {
+            victim.get("/v1/peers")["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| {
+                    p["score"]
+                        .as_f64()
+                        .is_some_and(|s| s < murmur_p2p::score::PUBLISH_THRESHOLD)
+                })
+        });
+        for d in &forged[2..] {
+            rest_tx.blocking_send(publish(d)).unwrap();
+        }
+        attacker.join().unwrap()
+    });
     assert!(
         banned,
         "the victim disconnected the peer:\n{}",
@@ -266,18 +314,18 @@ fn hostile_document_changes_are_refused_and_the_sender_banned() {
         44,
         30,
         |ev| match ev {
-            Event::PeerSubscribed { topic, .. } if topic == "evil/doc" && !sent => {
+            Event::PeerSubscribed { topic, .. } if topic == "murmur:#" && !sent => {
                 sent = true;
                 runs.iter()
                     .map(|d| Command::Publish {
-                        topic: "evil/doc".into(),
+                        topic: "murmur:#".into(),
                         data: d.clone(),
                     })
                     .collect()
             }
             _ => Vec::new(),
         },
-        vec![Command::Subscribe("evil/doc".into())],
+        vec![Command::Subscribe("murmur:#".into())],
     );
     assert!(
         banned,
@@ -296,4 +344,71 @@ fn hostile_document_changes_are_refused_and_the_sender_banned() {
     );
     let r = victim.req("GET", "/v1/doc?topic=evil/doc&doc=plan", None);
     assert_eq!(r.status, 404, "{}", r.body);
+}
+
+#[test]
+fn a_peer_announcing_10000_topics_changes_neither_the_channels_joined_nor_live_delivery() {
+    let victim = Node::start("");
+    let publisher = Node::start("");
+    let dial = publisher.cli(&["dial", &victim.tcp_addr()]);
+    assert!(dial.status.success(), "{}", common::stderr(&dial));
+    wait_for("the publisher to connect", 20, || {
+        victim.get("/v1/status")["peers"] == 1
+    });
+    let channels = || victim.get("/v1/replication")["channels"].clone();
+    assert_eq!(channels(), json!(["murmur:#"]));
+    // The announcer: 10,000 channels, one per topic a device might have, and a few
+    // names that are not channels at all.
+    let mut announce: Vec<Command> = (0..10_000)
+        .map(|i| Command::Subscribe(format!("murmur:sensors/{i}/temp")))
+        .collect();
+    announce.push(Command::Subscribe("/ipfs/some-other-network".into()));
+    let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
+    std::thread::scope(|s| {
+        let hostile =
+            s.spawn(|| attack_with(&victim, 44, 120, |_| Vec::new(), announce, Some(stop_rx)));
+        wait_for("the announcer to connect", 20, || {
+            victim.get("/v1/status")["peers"] == 2
+        });
+        // Let the announcements arrive.
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(
+            channels(),
+            json!(["murmur:#"]),
+            "the victim joined nothing new"
+        );
+        // Live push on 200 topics still carries every event, all by gossip.
+        let before = gossip_received(&victim);
+        for i in 0..200 {
+            let r = publisher.post(
+                "/v1/events",
+                &json!({"topic": format!("sensors/{i}/temp"), "data": "21.5"}),
+            );
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        wait_for("200 events on the victim", 30, || {
+            victim.get("/v1/status")["events"] == 200
+        });
+        let by_gossip = gossip_received(&victim) - before;
+        assert!(
+            by_gossip >= 198,
+            "only {by_gossip} of 200 came by live push:\n{}",
+            victim.req("GET", "/metrics", None).body
+        );
+        assert_eq!(channels(), json!(["murmur:#"]));
+        // Announcing is not misbehaving: the announcer is still connected.
+        assert_eq!(victim.get("/v1/status")["peers"], 2);
+        let _ = stop_tx.blocking_send(Command::Stop);
+        let _ = hostile.join();
+    });
+}
+
+/// Events the node stored from gossip (`murmur_events_received_total{path="gossip"}`).
+fn gossip_received(n: &Node) -> u64 {
+    let m = n.req("GET", "/metrics", None).body;
+    m.lines()
+        .find(|l| l.starts_with("murmur_events_received_total{path=\"gossip\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }

@@ -633,3 +633,180 @@ fn a_damaged_store_is_refused_repaired_and_refilled_from_a_peer() {
         );
     }
 }
+
+/// Events a node stored from each path: (gossip, sync).
+fn received_by_path(n: &Node) -> (u64, u64) {
+    let m = n.req("GET", "/metrics", None).body;
+    let get = |path: &str| {
+        let key = format!("murmur_events_received_total{{path=\"{path}\"}}");
+        m.lines()
+            .find(|l| l.starts_with(&key))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (get("gossip"), get("sync"))
+}
+
+/// Publishes `count` events at `per_sec` from the hosts in turn, topic chosen by
+/// `topic(k)` and published by the host that owns it (`owner(k)`), while a follower on
+/// host `watch` (which publishes none) timestamps arrivals. Returns the publish→follow
+/// latencies in ms, sorted, and how many arrived.
+fn live_latencies(
+    lab: &Lab,
+    watch: usize,
+    count: usize,
+    per_sec: f64,
+    topic: impl Fn(usize) -> String,
+    owner: impl Fn(usize) -> usize,
+) -> Vec<f64> {
+    use std::io::BufRead;
+    let mut follower = std::process::Command::new(common::binary())
+        .arg("--data-dir")
+        .arg(&lab.node(watch).dir)
+        .args(["sub", "#", "-n", &count.to_string(), "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the follower", 10, || {
+        lab.node(watch).get("/v1/status")["followers"] == 1
+    });
+    let out = follower.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let v: Value = serde_json::from_str(&line).unwrap();
+            seen.push((v["data"].as_str().unwrap().to_owned(), Instant::now()));
+        }
+        seen
+    });
+    let start = Instant::now();
+    let mut sent = std::collections::HashMap::new();
+    let gap = Duration::from_secs_f64(1.0 / per_sec);
+    for k in 0..count {
+        let due = start + gap * k as u32;
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        let h = owner(k);
+        assert_ne!(h, watch, "the watching host publishes nothing");
+        let data = format!("live-{k}");
+        sent.insert(data.clone(), Instant::now());
+        let r = lab
+            .node(h)
+            .post("/v1/events", &json!({"topic": topic(k), "data": data}));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // Everything has 60 s to arrive; the follower then ends (it stops after `count`).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while follower.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let seen = reader.join().unwrap();
+    let mut lat: Vec<f64> = seen
+        .iter()
+        .filter_map(|(d, at)| {
+            sent.get(d)
+                .map(|t| at.duration_since(*t).as_secs_f64() * 1e3)
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    lat
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+#[test]
+fn two_thousand_topics_on_five_hosts_still_travel_by_live_push() {
+    if !root_or_skip("two_thousand_topics_on_five_hosts_still_travel_by_live_push") {
+        return;
+    }
+    // Rounds every 30 s, as on a real fleet: anything sync delivers comes late and shows.
+    let cfg = |_: usize| {
+        "[p2p]\nmdns = true\nlisten = [\"/ip4/0.0.0.0/tcp/7470\"]\nanti_entropy_interval = \"30s\"\n"
+            .to_string()
+    };
+    let lab = Lab::new(5, cfg);
+    wait_for("every host to see the other four", 60, || {
+        (0..5).all(|i| lab.node(i).get("/v1/status")["peers"] == 4)
+    });
+    // 2,000 devices, one topic each; hosts 0-3 own 500 each, host 4 watches.
+    const DEVICES: usize = 2000;
+    let device_topic = |d: usize| format!("sensors/{d:04}/temp");
+    let owner = |d: usize| d % 4;
+    for h in 0..4 {
+        let evs: Vec<Value> = (0..DEVICES)
+            .filter(|d| owner(*d) == h)
+            .map(|d| json!({"topic": device_topic(d), "data": "first"}))
+            .collect();
+        let r = lab
+            .node(h)
+            .post("/v1/events/batch", &json!({ "events": evs }));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    wait_for("every host to hold the 2,000 topics", 120, || {
+        (0..5).all(|i| lab.node(i).get("/v1/status")["topics"] == DEVICES as u64)
+    });
+    for i in 0..5 {
+        assert_eq!(
+            lab.node(i).get("/v1/replication")["channels"],
+            json!(["murmur:#"]),
+            "one channel for 2,000 topics"
+        );
+    }
+
+    // The reference: one topic, 20 events/s for 10 s.
+    let one = live_latencies(&lab, 4, 200, 20.0, |_| "one/topic".into(), |k| k % 4);
+    assert_eq!(one.len(), 200, "every event on the one topic arrived");
+
+    // 2,000 topics, 20 events/s for 30 s, each on the next device's topic.
+    let before: Vec<(u64, u64)> = (0..5).map(|i| received_by_path(lab.node(i))).collect();
+    let stride = 7; // co-prime with 2,000: visits devices all over the fleet
+    let many = live_latencies(
+        &lab,
+        4,
+        600,
+        20.0,
+        |k| device_topic(k * stride % DEVICES),
+        |k| owner(k * stride % DEVICES),
+    );
+    assert_eq!(many.len(), 600, "every event on the 2,000 topics arrived");
+    wait_for("every host to hold every event", 60, || {
+        (0..5).all(|i| lab.node(i).events() == (DEVICES + 800) as u64)
+    });
+    let (mut gossip, mut sync) = (0, 0);
+    for (i, (g0, s0)) in before.iter().enumerate() {
+        let (g, s) = received_by_path(lab.node(i));
+        gossip += g - g0;
+        sync += s - s0;
+    }
+    let share = gossip as f64 / (gossip + sync) as f64;
+    let (p50_one, p99_one) = (pct(&one, 0.5), pct(&one, 0.99));
+    let (p50_many, p99_many) = (pct(&many, 0.5), pct(&many, 0.99));
+    eprintln!(
+        "many topics: {gossip} deliveries by gossip, {sync} by sync ({:.2}% live); \
+         publish→follow p50/p99: one topic {p50_one:.1}/{p99_one:.1} ms, \
+         2,000 topics {p50_many:.1}/{p99_many:.1} ms",
+        share * 100.0
+    );
+    // Each of the 600 events reaches the four hosts that did not publish it.
+    assert_eq!(
+        gossip + sync,
+        600 * 4,
+        "each event stored once per other host"
+    );
+    assert!(
+        share >= 0.99,
+        "only {:.2}% came by live push",
+        share * 100.0
+    );
+    assert!(
+        p99_many <= 3.0 * p99_one + 50.0,
+        "p99 with 2,000 topics {p99_many:.1} ms against {p99_one:.1} ms with one"
+    );
+}

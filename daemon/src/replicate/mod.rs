@@ -293,7 +293,7 @@ impl Replicator {
                     let mut batch = vec![Gossip {
                         from: source,
                         id,
-                        topic,
+                        channel: topic,
                         data,
                     }];
                     while batch.len() < GOSSIP_BATCH {
@@ -307,7 +307,7 @@ impl Replicator {
                                 batch.push(Gossip {
                                     from: source,
                                     id,
-                                    topic,
+                                    channel: topic,
                                     data,
                                 });
                             }
@@ -391,8 +391,12 @@ impl Replicator {
                 Vec::new()
             }
             murmur_p2p::Event::PeerSubscribed { peer, topic } => {
-                self.machine
-                    .peer_subscribed(peer, &topic, now, &*self.store)
+                self.machine.peer_subscribed(peer, &topic);
+                Vec::new()
+            }
+            murmur_p2p::Event::PeerUnsubscribed { peer, topic } => {
+                self.machine.peer_unsubscribed(&peer, &topic);
+                Vec::new()
             }
             murmur_p2p::Event::Gossip {
                 source,
@@ -403,7 +407,7 @@ impl Replicator {
                 vec![Gossip {
                     from: source,
                     id,
-                    topic,
+                    channel: topic,
                     data,
                 }],
                 &*self.store,
@@ -473,9 +477,9 @@ impl Replicator {
                 Output::Sync(proto::Output::Fork(proof)) => {
                     tracing::warn!(author = %proof.author(), topic = %proof.topic(), seq = %proof.seq(), "fork proven: log frozen");
                 }
-                Output::Gossip { topic, data } => {
+                Output::Gossip { channel, data } => {
                     let sent = self.net.try_send(NetCommand::Publish {
-                        topic: topic.to_string(),
+                        topic: murmur_core::channel::name(&channel),
                         data,
                     });
                     if !sent {
@@ -530,15 +534,16 @@ impl Replicator {
                     self.metrics.session("stuck");
                     tracing::warn!(%peer, %topic, failures, ?reason, "sync rounds with this peer keep failing; retrying with back-off");
                 }
-                Output::Subscribe(topic) => {
-                    self.net.try_send(NetCommand::Subscribe(topic.to_string()));
+                Output::Subscribe(pattern) => {
+                    let name = murmur_core::channel::name(&pattern);
+                    tracing::info!(channel = %name, "joining a gossip channel");
+                    // Waits for room: a lost join would leave the pattern without push.
+                    self.net.send(NetCommand::Subscribe(name)).await;
                 }
-                Output::Unsubscribe(topic) => {
-                    self.net
-                        .try_send(NetCommand::Unsubscribe(topic.to_string()));
-                }
-                Output::ReplaySubscriptions => {
-                    self.net.try_send(NetCommand::ReplaySubscriptions);
+                Output::Unsubscribe(pattern) => {
+                    let name = murmur_core::channel::name(&pattern);
+                    tracing::info!(channel = %name, "leaving a gossip channel");
+                    self.net.send(NetCommand::Unsubscribe(name)).await;
                 }
                 Output::OwnLogsConfirmed => self.confirm_own().await,
             }

@@ -100,6 +100,12 @@ impl Replicator {
             peers: self.machine.peers().len() as u64,
             sync_sessions: self.machine.sessions() as u64,
             held_out_of_order: self.machine.held() as u64,
+            channels: self
+                .machine
+                .joined()
+                .iter()
+                .map(murmur_core::channel::name)
+                .collect(),
             topics: topics
                 .into_iter()
                 .map(|(topic, peers)| crate::api::TopicLagJson {

@@ -655,6 +655,7 @@ async fn peers(State(st): State<Shared>) -> ApiResult<Json<PeersResponse>> {
                 addr: p.addr.to_string(),
                 how: p.how.into(),
                 rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                score: p.score,
             })
             .collect(),
     }))
@@ -733,5 +734,23 @@ async fn interest_change(
     }
     let add = req.add.as_deref().map(parse_pattern).transpose()?;
     let remove = req.remove.as_deref().map(parse_pattern).transpose()?;
+    if let Some(p) = &add {
+        let Json(now) = interest(&st, None, None).await?;
+        let removed = usize::from(remove.is_some());
+        if !now.patterns.iter().any(|q| q == p.as_str())
+            && now.patterns.len() - removed.min(now.patterns.len())
+                >= murmur_core::channel::MAX_JOINED
+        {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "too_many_patterns",
+                format!(
+                    "this node already replicates {} patterns, the most it can push live; \
+                     remove one, or use a broader pattern (sensors/# covers sensors/a/temp and sensors/b/temp)",
+                    now.patterns.len()
+                ),
+            ));
+        }
+    }
     interest(&st, add, remove).await
 }
