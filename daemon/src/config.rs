@@ -140,6 +140,16 @@ pub struct P2pConfig {
     /// Interval between periodic anti-entropy rounds, e.g. `"10s"`.
     #[serde(with = "humantime_serde")]
     pub anti_entropy_interval: Duration,
+    /// How long a sync message may go unanswered before its round fails (and is
+    /// retried with back-off).
+    #[serde(with = "humantime_serde")]
+    pub sync_timeout: Duration,
+    /// Lag watchdog: when what this node lacks from a peer (by the peer's last vector)
+    /// has not shrunk for this long, it is logged, counted
+    /// (`murmur_sync_rounds_total{outcome="lagging"}`), shown in `murmur status`, and
+    /// rounds on the topic run with that peer and the next one that replicates it.
+    #[serde(with = "humantime_serde")]
+    pub lag_watch: Duration,
 }
 
 impl Default for P2pConfig {
@@ -157,6 +167,8 @@ impl Default for P2pConfig {
             max_connections: 256,
             max_connections_per_peer: 2,
             anti_entropy_interval: Duration::from_secs(10),
+            sync_timeout: Duration::from_secs(10),
+            lag_watch: Duration::from_secs(60),
         }
     }
 }
@@ -444,6 +456,11 @@ impl Config {
                 return bad(format!("p2p.topics: {t:?}: {e}"));
             }
         }
+        if self.p2p.sync_timeout < Duration::from_secs(1)
+            || self.p2p.lag_watch < Duration::from_secs(1)
+        {
+            return bad("p2p.sync_timeout and p2p.lag_watch must be at least 1s".into());
+        }
         if self.p2p.topics.len() > murmur_core::channel::MAX_JOINED {
             return bad(format!(
                 "p2p.topics: {} patterns; at most {} (each is a gossip channel). Use broader patterns: sensors/# covers every sensors/<device>/... topic",
@@ -581,6 +598,11 @@ max_connections_per_peer = 2
 # psk_file = "/etc/murmur/fleet.key"
 # Interval between periodic anti-entropy rounds with the next peer in turn.
 anti_entropy_interval = "10s"
+# A sync message unanswered this long fails its round, which is retried with back-off.
+sync_timeout = "10s"
+# Lag watchdog: what this node lacks from a peer has not shrunk for this long: warn,
+# count, show in `murmur status`, and try the next peer that replicates the topic.
+lag_watch = "60s"
 
 [log]
 # "text" or "json".

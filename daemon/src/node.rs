@@ -229,8 +229,10 @@ fn start_network(
         replicate::Config {
             topics,
             anti_entropy_interval: config.p2p.anti_entropy_interval,
+            lag_watch: config.p2p.lag_watch,
             sync: murmur_core::sync::Config {
                 check: Some(body_check(config)),
+                request_timeout: config.p2p.sync_timeout,
                 ..murmur_core::sync::Config::default()
             },
             peers_file,

@@ -810,3 +810,99 @@ fn two_thousand_topics_on_five_hosts_still_travel_by_live_push() {
         "p99 with 2,000 topics {p99_many:.1} ms against {p99_one:.1} ms with one"
     );
 }
+
+#[test]
+fn a_peer_that_freezes_mid_catch_up_is_noticed_and_another_peer_finishes_it() {
+    if !root_or_skip("a_peer_that_freezes_mid_catch_up_is_noticed_and_another_peer_finishes_it") {
+        return;
+    }
+    // Explicit dials only; periodic rounds far apart, so only the watchdog can rescue C.
+    let cfg = |_: usize| {
+        "[p2p]\nmdns = false\nlisten = [\"/ip4/0.0.0.0/tcp/7470\"]\n\
+         anti_entropy_interval = \"600s\"\nsync_timeout = \"3s\"\nlag_watch = \"5s\"\n"
+            .to_string()
+    };
+    let mut lab = Lab::new(3, cfg);
+    let (a, b, c) = (0, 1, 2);
+    let dial = |from: usize, to: usize| {
+        let addr = lab.multiaddr(to);
+        let o = lab.node(from).cli(&["dial", &addr]);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+    };
+    // B and C meet while both are empty: their first rounds find nothing to do.
+    dial(c, b);
+    wait_for("C and B connected", 20, || {
+        lab.node(c).get("/v1/status")["peers"] == 1
+    });
+    // A holds a backlog, and B takes all of it.
+    const N: u64 = 30_000;
+    publish(lab.node(a), "big/t", N as usize);
+    dial(b, a);
+    wait_for("B to hold A's backlog", 60, || {
+        lab.node(b).topic_events("big/t") == N
+    });
+    // C's link is slow (8 mbit/s): its catch-up from A takes seconds. A freezes in the
+    // middle of it (SIGSTOP: connections stay open, nothing answers).
+    lab.throttle(c, "8mbit");
+    dial(c, a);
+    wait_for("C to be part way through", 30, || {
+        lab.node(c).topic_events("big/t") > 0
+    });
+    let pid = lab.node(a).pid();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let frozen = Instant::now();
+    let had = lab.node(c).topic_events("big/t");
+    assert!(
+        had < N,
+        "C finished before A froze ({had}); slow its link more"
+    );
+    let rounds = |outcome: &str| {
+        let m = lab.node(c).req("GET", "/metrics", None).body;
+        let key = format!("murmur_sync_rounds_total{{outcome=\"{outcome}\"}}");
+        m.lines()
+            .find(|l| l.starts_with(&key))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // The watchdog fires within lag_watch (5 s) of the last progress, plus its 1 s tick.
+    wait_for("the lag watchdog to fire", 20, || rounds("lagging") >= 1);
+    let fired = frozen.elapsed();
+    // `murmur status` (GET /v1/replication) shows the stalled peer meanwhile.
+    let repl = lab.node(c).get("/v1/replication");
+    let stalled = repl["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["topic"] == "big/t")
+        .flat_map(|t| t["peers"].as_array().unwrap().clone())
+        .any(|p| p["stalled_secs"].as_u64().is_some());
+    // …and C completes from B while A stays frozen.
+    wait_for("C to complete from B", 120, || {
+        lab.node(c).topic_events("big/t") == N
+    });
+    let completed = frozen.elapsed();
+    let failed = rounds("failed");
+    eprintln!(
+        "stuck sync: C had {had} of {N} when A froze; watchdog fired after {:.1} s, \
+         C complete from B after {:.1} s; rounds failed {failed}, lagging {}",
+        fired.as_secs_f64(),
+        completed.as_secs_f64(),
+        rounds("lagging")
+    );
+    assert!(
+        fired <= Duration::from_secs(5 + 3),
+        "the watchdog fired after {fired:?}, configured 5 s"
+    );
+    assert!(stalled, "status shows the stalled peer: {repl}");
+    assert!(
+        failed >= 1,
+        "the rounds with the frozen peer failed and count"
+    );
+    assert!(
+        lab.node(c).log().contains("have not shrunk"),
+        "the watchdog logs a warning"
+    );
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    lab.node_mut(a).kill();
+}

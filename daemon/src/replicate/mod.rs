@@ -68,6 +68,8 @@ pub struct Config {
     pub topics: Vec<Pattern>,
     /// Interval between periodic rounds.
     pub anti_entropy_interval: Duration,
+    /// The lag watchdog's limit.
+    pub lag_watch: Duration,
     /// Sync machine settings.
     pub sync: proto::Config,
     /// Where known peer addresses are kept across restarts.
@@ -204,6 +206,7 @@ pub fn spawn(
         policy::Config {
             interest: config.topics.clone(),
             round_every: config.anti_entropy_interval,
+            lag_watch: config.lag_watch,
             gossip_max_bytes: GOSSIP_MAX_BYTES,
             sync: config.sync.clone(),
             ..policy::Config::default()

@@ -201,6 +201,12 @@ impl Lab {
             a.extend(rule.split_whitespace());
             run("ip", &a);
         }
+        self.throttle(i, rate);
+    }
+
+    /// Limits host `i`'s link to `rate` (e.g. `8mbit`) each way, with a token bucket.
+    pub fn throttle(&self, i: usize, rate: &str) {
+        let h = &self.hosts[i];
         for (ns, dev) in [
             (h.ns.as_str(), "eth0"),
             (self.switch.as_str(), h.port.as_str()),
