@@ -30,6 +30,40 @@ pub const MAX_JOINED: usize = 32;
 /// announcements past it are dropped.
 pub const MAX_PER_PEER: usize = 64;
 
+/// Kademlia keys under which nodes announce what they replicate (provider records),
+/// and look up who replicates what they want: one per first topic segment
+/// (`murmur/rv/1/sensors` for `sensors/#` and `sensors/+/temp`), and
+/// [`WILDCARD_ROOT`] for patterns that start with a wildcard (`#`, `+/temp`).
+pub const RENDEZVOUS_PREFIX: &str = "murmur/rv/1/";
+
+/// The rendezvous segment of patterns that start with a wildcard.
+pub const WILDCARD_ROOT: &str = "*";
+
+/// The rendezvous key a node replicating `pattern` announces itself under.
+pub fn rendezvous(pattern: &Pattern) -> String {
+    let first = pattern.as_str().split('/').next().unwrap_or_default();
+    let root = if first == "+" || first == "#" {
+        WILDCARD_ROOT
+    } else {
+        first
+    };
+    format!("{RENDEZVOUS_PREFIX}{root}")
+}
+
+/// The keys to look up to find peers that may replicate topics of `pattern`: its own
+/// rendezvous, and the wildcard one (a node replicating `#` or `+/temp` may hold
+/// them). A node that replicates `#` finds other such nodes; nodes with narrower
+/// interests find it, and links work both ways.
+pub fn lookups(pattern: &Pattern) -> Vec<String> {
+    let own = rendezvous(pattern);
+    let wild = format!("{RENDEZVOUS_PREFIX}{WILDCARD_ROOT}");
+    if own == wild {
+        vec![own]
+    } else {
+        vec![own, wild]
+    }
+}
+
 /// The gossipsub topic name of the channel for `pattern`.
 pub fn name(pattern: &Pattern) -> String {
     format!("{PREFIX}{pattern}")
@@ -106,6 +140,20 @@ mod tests {
 
     fn t(s: &str) -> Topic {
         Topic::new(s).unwrap()
+    }
+
+    #[test]
+    fn rendezvous_keys_are_the_first_segment_or_the_wildcard() {
+        let p = |s: &str| Pattern::new(s).unwrap();
+        assert_eq!(rendezvous(&p("sensors/+/temp")), "murmur/rv/1/sensors");
+        assert_eq!(rendezvous(&p("sensors")), "murmur/rv/1/sensors");
+        assert_eq!(rendezvous(&p("#")), "murmur/rv/1/*");
+        assert_eq!(rendezvous(&p("+/temp")), "murmur/rv/1/*");
+        assert_eq!(
+            lookups(&p("sensors/#")),
+            vec!["murmur/rv/1/sensors", "murmur/rv/1/*"]
+        );
+        assert_eq!(lookups(&p("#")), vec!["murmur/rv/1/*"]);
     }
 
     #[test]

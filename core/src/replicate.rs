@@ -76,6 +76,12 @@ pub struct Config {
     pub lag_watch: Duration,
     /// How long a gap may stay open before its range is pulled.
     pub gap_wait: Duration,
+    /// Topic-aware discovery: for each interest pattern, the connected peers wanted
+    /// that replicate an overlapping pattern. Fewer, and the machine asks for a lookup
+    /// of the pattern's rendezvous keys ([`Output::FindPeers`]). 0 turns it off.
+    pub topic_links: usize,
+    /// How often the topic links are counted (the first time 2 s after the first tick).
+    pub discover_every: Duration,
     /// Most gossiped events held past gaps (beyond this, the gap is pulled at once).
     pub pending_max: usize,
     /// Rejected gossip messages a peer may forward before it is banned (a few may be
@@ -112,6 +118,8 @@ impl Default for Config {
             retry_first: Duration::from_secs(1),
             lag_watch: Duration::from_secs(60),
             gap_wait: Duration::from_millis(300),
+            topic_links: 3,
+            discover_every: Duration::from_secs(10),
             pending_max: 16_384,
             rejects_before_ban: 3,
             gossip_max_bytes: 2 << 20,
@@ -194,6 +202,20 @@ pub enum Output<P, M> {
         peer: P,
         /// A stable label.
         reason: &'static str,
+    },
+    /// Announce that this node replicates what the rendezvous key stands for (a
+    /// Kademlia provider record; see [`channel::rendezvous`]).
+    Provide(String),
+    /// Stop announcing a rendezvous key (no interest pattern needs it any more).
+    Unprovide(String),
+    /// Look up the providers of a rendezvous key and connect to up to `want` of them
+    /// that are not connected yet: an interest pattern has fewer than
+    /// [`Config::topic_links`] connected peers that replicate it.
+    FindPeers {
+        /// The key.
+        key: String,
+        /// Most new connections to make.
+        want: usize,
     },
     /// Join the gossip channel of an interest pattern.
     Subscribe(Pattern),
@@ -319,6 +341,10 @@ pub struct Replicator<P, M> {
     /// oldest first: the same run on another channel we are on is forwarded there too
     /// without a second look.
     recent: RecentRuns,
+    /// Rendezvous keys announced.
+    provided: BTreeSet<String>,
+    /// When the topic links are next counted.
+    next_discover: Option<Instant>,
     held: BTreeMap<(Topic, AuthorId), Held<P>>,
     held_len: usize,
     rejects: BTreeMap<P, u32>,
@@ -359,6 +385,8 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             joined: BTreeSet::new(),
             channels: BTreeMap::new(),
             recent: Default::default(),
+            provided: BTreeSet::new(),
+            next_discover: None,
             held: BTreeMap::new(),
             held_len: 0,
             rejects: BTreeMap::new(),
@@ -776,14 +804,24 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         }
         self.retry_due(now, store, &mut outs);
         self.watch_lag(now, store, &mut outs);
+        self.discover(now, &mut outs);
         let due = self
             .last_round
             .is_none_or(|t| now.duration_since(t) >= self.config.round_every);
         if due && !self.peers.is_empty() {
             self.last_round = Some(now);
-            self.next_peer = (self.next_peer + 1) % self.peers.len();
-            if let Some(peer) = self.peers.iter().nth(self.next_peer).cloned() {
-                self.round(peer, now, store, &mut outs);
+            // The next peer in turn that replicates one of our topics (a turn given to
+            // a peer that wants none of them would be a round skipped).
+            let topics = self.known_topics(store);
+            for _ in 0..self.peers.len() {
+                self.next_peer = (self.next_peer + 1) % self.peers.len();
+                let Some(peer) = self.peers.iter().nth(self.next_peer).cloned() else {
+                    break;
+                };
+                if topics.iter().any(|t| self.peer_wants(&peer, t)) {
+                    self.round(peer, now, store, &mut outs);
+                    break;
+                }
             }
         } else if self.last_round.is_none() {
             self.last_round = Some(now);
@@ -807,7 +845,13 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         if let Some(p) = remove {
             self.config.interest.retain(|t| *t != p);
             if self.joined.remove(&p) {
+                let key = channel::rendezvous(&p);
                 outs.push(Output::Unsubscribe(p));
+                if !self.joined.iter().any(|q| channel::rendezvous(q) == key)
+                    && self.provided.remove(&key)
+                {
+                    outs.push(Output::Unprovide(key));
+                }
             }
             // A pattern that did not fit may fit now.
             self.join_interest(&mut outs);
@@ -906,7 +950,54 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             }
             if self.joined.insert(p.clone()) {
                 outs.push(Output::Subscribe(p.clone()));
+                let key = channel::rendezvous(p);
+                if self.provided.insert(key.clone()) {
+                    outs.push(Output::Provide(key));
+                }
             }
+        }
+    }
+
+    /// Connected peers that replicate a pattern overlapping `pattern` (as far as their
+    /// channels tell; peers that have not announced any are not counted).
+    pub fn topic_links(&self, pattern: &Pattern) -> usize {
+        self.peers
+            .iter()
+            .filter(|p| {
+                self.channels
+                    .get(*p)
+                    .is_some_and(|cs| cs.iter().any(|c| c.overlaps(pattern)))
+            })
+            .count()
+    }
+
+    /// Counts each joined pattern's topic links; lookups for those short of
+    /// [`Config::topic_links`].
+    fn discover(&mut self, now: Instant, outs: &mut Outs<P, M>) {
+        let want = self.config.topic_links;
+        if want == 0 {
+            return;
+        }
+        match self.next_discover {
+            None => {
+                self.next_discover = Some(now + Duration::from_secs(2));
+                return;
+            }
+            Some(t) if now < t => return,
+            Some(_) => self.next_discover = Some(now + self.config.discover_every),
+        }
+        let mut asked = BTreeMap::new();
+        for p in &self.joined {
+            let have = self.topic_links(p);
+            if have < want {
+                for key in channel::lookups(p) {
+                    let w = asked.entry(key).or_insert(0);
+                    *w = (*w).max(want - have);
+                }
+            }
+        }
+        for (key, want) in asked {
+            outs.push(Output::FindPeers { key, want });
         }
     }
 

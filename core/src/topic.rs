@@ -161,6 +161,25 @@ impl Pattern {
         self.matches_str(topic.as_str())
     }
 
+    /// Is there a topic both patterns match? (`sensors/#` and `+/7/temp` overlap;
+    /// `sensors/#` and `cmd/#` do not.)
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        let mut a = self.0.split('/');
+        let mut b = other.0.split('/');
+        loop {
+            match (a.next(), b.next()) {
+                (Some("#"), _) | (_, Some("#")) => return true,
+                (None, None) => return true,
+                (None, Some(_)) | (Some(_), None) => return false,
+                (Some(x), Some(y)) => {
+                    if x != "+" && y != "+" && x != y {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
     /// Does the topic name `topic` match this pattern? (No validation of `topic`.)
     pub fn matches_str(&self, topic: &str) -> bool {
         let mut t = topic.split('/');
@@ -211,6 +230,32 @@ impl fmt::Debug for Pattern {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn patterns_overlap_when_some_topic_matches_both() {
+        let p = |s: &str| super::Pattern::new(s).unwrap();
+        for (a, b) in [
+            ("#", "x/y"),
+            ("sensors/#", "+/7/temp"),
+            ("sensors/+/temp", "sensors/7/#"),
+            ("a/b", "a/b"),
+            ("a/+", "+/b"),
+            ("a/#", "a"),
+        ] {
+            assert!(p(a).overlaps(&p(b)), "{a} {b}");
+            assert!(p(b).overlaps(&p(a)), "{b} {a}");
+        }
+        for (a, b) in [
+            ("sensors/#", "cmd/#"),
+            ("a/b", "a/c"),
+            ("a/+", "a"),
+            ("a/+/c", "a/b/d"),
+            ("a/b", "a/b/c"),
+        ] {
+            assert!(!p(a).overlaps(&p(b)), "{a} {b}");
+            assert!(!p(b).overlaps(&p(a)), "{b} {a}");
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -1098,3 +1098,60 @@ fn own_logs_are_confirmed_once_a_round_has_finished_on_every_topic() {
     assert!(!a.confirming());
     assert_eq!(head(&a_store, &evs[0]), Some(Seq(19)));
 }
+
+#[test]
+fn a_pattern_short_of_topic_links_asks_for_a_lookup_until_it_has_them() {
+    let store = MemoryStore::new();
+    let mut m: Replicator<usize, M> = Replicator::new(config("fleet/t"), None);
+    let outs = m.start(&store);
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Provide(k) if k == "murmur/rv/1/fleet")),
+        "{outs:?}"
+    );
+    let t0 = Instant::now();
+    let finds = |outs: &[Output<usize, M>]| -> Vec<(String, usize)> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::FindPeers { key, want } => Some((key.clone(), *want)),
+                _ => None,
+            })
+            .collect()
+    };
+    for (p, ch) in [(1, "murmur:other/#"), (2, "murmur:fleet/#")] {
+        m.connected(p, t0, &store);
+        m.peer_subscribed(p, ch);
+    }
+    assert!(finds(&m.tick(t0, &store)).is_empty(), "not before 2 s");
+    let at = t0 + Duration::from_secs(2);
+    assert_eq!(
+        finds(&m.tick(at, &store)),
+        vec![
+            ("murmur/rv/1/*".to_string(), 2),
+            ("murmur/rv/1/fleet".to_string(), 2)
+        ]
+    );
+    assert_eq!(m.topic_links(&Pattern::new("fleet/t").unwrap()), 1);
+    // Two more peers that replicate it: enough; nothing is looked up at the next count.
+    for (p, ch) in [(3, "murmur:fleet/t"), (4, "murmur:#")] {
+        m.connected(p, at, &store);
+        m.peer_subscribed(p, ch);
+    }
+    assert!(
+        finds(&m.tick(at + Duration::from_secs(5), &store)).is_empty(),
+        "not due"
+    );
+    assert!(
+        finds(&m.tick(at + Duration::from_secs(10), &store)).is_empty(),
+        "3 links"
+    );
+    // One leaves: short again at the next count.
+    m.disconnected(&3, &store);
+    assert_eq!(
+        finds(&m.tick(at + Duration::from_secs(20), &store)),
+        vec![
+            ("murmur/rv/1/*".to_string(), 1),
+            ("murmur/rv/1/fleet".to_string(), 1)
+        ]
+    );
+}

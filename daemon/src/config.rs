@@ -134,6 +134,13 @@ pub struct P2pConfig {
     pub max_connections: u32,
     /// Most connections with one peer.
     pub max_connections_per_peer: u32,
+    /// Peers learned through Kademlia are dialed while fewer than this many are
+    /// connected.
+    pub links: usize,
+    /// Topic-aware discovery: connected peers wanted per interest pattern that
+    /// replicate an overlapping pattern; fewer, and the node looks up the pattern's
+    /// rendezvous key in Kademlia and dials some. 0 turns it off.
+    pub topic_links: usize,
     /// Private fleet: a pre-shared key file (`murmur genpsk`); peers without the same key
     /// cannot connect. Turns QUIC off (pnet works over TCP only).
     pub psk_file: Option<PathBuf>,
@@ -166,6 +173,8 @@ impl Default for P2pConfig {
             psk_file: None,
             max_connections: 256,
             max_connections_per_peer: 2,
+            links: 8,
+            topic_links: 3,
             anti_entropy_interval: Duration::from_secs(10),
             sync_timeout: Duration::from_secs(10),
             lag_watch: Duration::from_secs(60),
@@ -593,6 +602,11 @@ topics = ["#"]
 # Most connections in total, and with one peer; beyond them new ones are refused.
 max_connections = 256
 max_connections_per_peer = 2
+# Peers learned through Kademlia are dialed while fewer than this many are connected.
+links = 8
+# Topic-aware discovery: for each pattern in `topics`, keep this many connected peers
+# that replicate an overlapping pattern, found through Kademlia (0: off).
+topic_links = 3
 # Private fleet: a pre-shared key file made by `murmur genpsk`. Peers without the same
 # key cannot connect. QUIC is off when a key is set (pnet works over TCP only).
 # psk_file = "/etc/murmur/fleet.key"

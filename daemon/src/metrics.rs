@@ -112,6 +112,8 @@ pub struct Metrics {
     pub rejected: Family<Reason, Counter>,
     /// Gossiped events we already held.
     pub duplicates: Counter,
+    /// Rendezvous lookups for peers that replicate a topic we want.
+    pub topic_lookups: Counter,
     /// Sync rounds finished, by outcome.
     pub sync_rounds: Family<RoundOutcome, Counter>,
     /// Sync sessions in progress.
@@ -161,6 +163,7 @@ impl Metrics {
             events_received: Family::default(),
             rejected: Family::default(),
             duplicates: Counter::default(),
+            topic_lookups: Counter::default(),
             sync_rounds: Family::default(),
             sync_sessions: Gauge::default(),
             peers: Gauge::default(),
@@ -263,6 +266,11 @@ impl Metrics {
             "duplicates",
             "Gossiped events already held",
             m.duplicates.clone(),
+        );
+        r.register(
+            "topic_lookups",
+            "Kademlia lookups for peers that replicate an interest pattern with too few such peers connected",
+            m.topic_lookups.clone(),
         );
         r.register(
             "sync_rounds",

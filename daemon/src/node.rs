@@ -197,6 +197,7 @@ fn start_network(
         psk,
         max_connections: config.p2p.max_connections,
         max_connections_per_peer: config.p2p.max_connections_per_peer,
+        links: config.p2p.links,
         ..murmur_p2p::Config::default()
     };
     let (handle, mut events, event_loop) =
@@ -230,6 +231,7 @@ fn start_network(
             topics,
             anti_entropy_interval: config.p2p.anti_entropy_interval,
             lag_watch: config.p2p.lag_watch,
+            topic_links: config.p2p.topic_links,
             sync: murmur_core::sync::Config {
                 check: Some(body_check(config)),
                 request_timeout: config.p2p.sync_timeout,

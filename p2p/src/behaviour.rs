@@ -31,6 +31,9 @@ pub struct Config {
     pub max_connections: u32,
     /// Most established connections with one peer.
     pub max_connections_per_peer: u32,
+    /// Peers learned through Kademlia are dialed while fewer than this many are
+    /// connected (topic-aware discovery adds links for topics on top).
+    pub links: usize,
     /// Private fleet: only peers with this pre-shared key can connect (libp2p pnet).
     /// pnet works over TCP only, so QUIC is off when a key is set.
     pub psk: Option<[u8; 32]>,
@@ -55,6 +58,7 @@ impl Default for Config {
             psk: None,
             max_connections: 256,
             max_connections_per_peer: 2,
+            links: 8,
         }
     }
 }
@@ -193,6 +197,10 @@ fn scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
 /// learning and dialing strangers, and being learned by them.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/murmur/kad/1.0.0");
 
+/// How often a node announces its rendezvous keys again (records live three times
+/// as long).
+pub const PROVIDE_EVERY: Duration = Duration::from_secs(600);
+
 /// identify's protocol version. A peer that shows another is not a murmur node: it is
 /// disconnected, kept out for a while, and never enters the routing table.
 pub const IDENTIFY_PROTOCOL: &str = "/murmur/1";
@@ -257,11 +265,13 @@ pub(crate) fn build(
             .with_request_timeout(config.request_timeout)
             .with_max_concurrent_streams(256),
     );
-    let mut kad = kad::Behaviour::with_config(
-        peer,
-        kad::store::MemoryStore::new(peer),
-        kad::Config::new(KAD_PROTOCOL),
-    );
+    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+    // Provider records name who replicates what (murmur_core::channel::rendezvous): a
+    // node that left should drop out within the hour, not the two days IPFS keeps.
+    kad_config
+        .set_provider_publication_interval(Some(PROVIDE_EVERY))
+        .set_provider_record_ttl(Some(PROVIDE_EVERY * 3));
+    let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config);
     kad.set_mode(Some(kad::Mode::Server));
     let mdns = if config.mdns {
         Some(

@@ -55,6 +55,19 @@ pub enum Command {
         /// The verdict.
         verdict: Verdict,
     },
+    /// Announce a rendezvous key (a Kademlia provider record), kept until
+    /// [`Command::Unprovide`].
+    Provide(String),
+    /// Stop announcing a rendezvous key.
+    Unprovide(String),
+    /// Look up the providers of a rendezvous key and dial up to `want` of those not
+    /// connected (found by `topic`, as `murmur peers` shows).
+    FindPeers {
+        /// The key.
+        key: String,
+        /// Most peers to dial.
+        want: usize,
+    },
     /// Connected peers.
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     /// Our listen addresses.
@@ -127,7 +140,8 @@ pub struct PeerInfo {
     pub peer: PeerId,
     /// The address of the connection.
     pub addr: Multiaddr,
-    /// How we found it: `dial`, `inbound`, `mdns`.
+    /// How we found it: `dial`, `inbound`, `mdns`, `kad` (the routing table), `topic`
+    /// (a provider of a rendezvous key).
     pub how: &'static str,
     /// Last ping round trip.
     pub rtt: Option<Duration>,
@@ -214,7 +228,20 @@ pub struct EventLoop {
     found_by: BTreeMap<PeerId, &'static str>,
     /// Peers disconnected because identify showed another libp2p network.
     strangers: prometheus_client::metrics::counter::Counter,
+    /// Target of connections to peers learned through Kademlia.
+    links: usize,
+    /// Rendezvous keys announced.
+    provided: std::collections::BTreeSet<String>,
+    /// Routing table size when the keys were last announced: they are announced again
+    /// each time it doubles (up to 64), so records made before the table filled reach
+    /// the right nodes.
+    provided_at: usize,
+    /// Provider lookups in progress, with how many more peers each may dial.
+    lookups: std::collections::HashMap<kad::QueryId, usize>,
 }
+
+/// Most provider lookups at once (each is bounded by Kademlia's own query timeout).
+const LOOKUPS_MAX: usize = 64;
 
 /// How often peers announced by mDNS but not connected are dialed again.
 const REDIAL_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -336,6 +363,10 @@ pub fn spawn(
         gossip_bytes,
         found_by: BTreeMap::new(),
         strangers,
+        links: config.links,
+        provided: std::collections::BTreeSet::new(),
+        provided_at: 0,
+        lookups: std::collections::HashMap::new(),
     };
     Ok((handle, ev_rx, lp))
 }
@@ -406,6 +437,83 @@ impl EventLoop {
                     self.found_by.insert(peer, "mdns");
                 }
             }
+        }
+    }
+
+    /// Dials up to the lookup's remaining count of `providers` we are not connected to
+    /// (while the query runs, Kademlia knows their addresses).
+    fn providers_found(
+        &mut self,
+        id: kad::QueryId,
+        providers: std::collections::HashSet<PeerId>,
+        last: bool,
+    ) {
+        let me = *self.swarm.local_peer_id();
+        let mut found: Vec<PeerId> = providers.into_iter().collect();
+        found.sort();
+        for peer in found {
+            let Some(left) = self.lookups.get_mut(&id) else {
+                return;
+            };
+            if *left == 0 {
+                break;
+            }
+            if peer == me || self.swarm.is_connected(&peer) || self.is_banned(&peer) {
+                continue;
+            }
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            // Already being dialed (the lookup's own query may be asking it): the
+            // connection it makes serves as well.
+            let dialing = match self.swarm.dial(opts) {
+                Ok(()) => true,
+                Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => true,
+                Err(_) => false,
+            };
+            if dialing {
+                tracing::debug!(%peer, "dialing a peer that replicates a topic we want");
+                if let Some(left) = self.lookups.get_mut(&id) {
+                    *left -= 1;
+                }
+                if self.found_by.len() < FOUND_BY_MAX {
+                    self.found_by.insert(peer, "topic");
+                }
+            }
+        }
+        let done = self.lookups.get(&id).is_none_or(|left| *left == 0);
+        if last || done {
+            self.lookups.remove(&id);
+            if !last && let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                q.finish();
+            }
+        }
+    }
+
+    /// Announces the rendezvous keys again when the routing table has doubled since
+    /// (a record made with an empty table reached nobody).
+    fn reprovide(&mut self) {
+        if self.provided.is_empty() || self.provided_at >= 64 {
+            return;
+        }
+        let size: usize = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum();
+        if size < (self.provided_at * 2).max(1) {
+            return;
+        }
+        self.provided_at = size;
+        let keys: Vec<String> = self.provided.iter().cloned().collect();
+        for key in keys {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .start_providing(kad::RecordKey::new(&key));
         }
     }
 
@@ -509,6 +617,23 @@ impl EventLoop {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
             Command::Stop => {}
+            Command::Provide(key) => {
+                if let Err(e) = b.kad.start_providing(kad::RecordKey::new(&key)) {
+                    tracing::warn!(%key, error = %e, "cannot announce a rendezvous key");
+                }
+                self.provided.insert(key);
+            }
+            Command::Unprovide(key) => {
+                b.kad.stop_providing(&kad::RecordKey::new(&key));
+                self.provided.remove(&key);
+            }
+            Command::FindPeers { key, want } => {
+                if self.lookups.len() < LOOKUPS_MAX && want > 0 {
+                    tracing::debug!(%key, want, "looking up peers that replicate a topic");
+                    let id = b.kad.get_providers(kad::RecordKey::new(&key));
+                    self.lookups.insert(id, want);
+                }
+            }
             Command::Ban { peer, for_ } => {
                 tracing::warn!(%peer, ?for_, "banning peer");
                 self.keep_out(peer, for_);
@@ -683,11 +808,32 @@ impl EventLoop {
                     p.rtt = Some(rtt);
                 }
             }
-            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
-                if !self.swarm.is_connected(&peer) =>
-            {
-                // A peer learned through the DHT: connect, so gossip and sync reach it.
-                let _ = self.swarm.dial(peer);
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
+                self.reprovide();
+                // A peer learned through the DHT: connect while we have fewer than
+                // `links`, so gossip and sync reach the fleet. Beyond that, links for
+                // topics come from rendezvous lookups.
+                if !self.swarm.is_connected(&peer)
+                    && self.peers.len() < self.links
+                    && !self.is_banned(&peer)
+                {
+                    let _ = self.swarm.dial(peer);
+                    if self.found_by.len() < FOUND_BY_MAX {
+                        self.found_by.insert(peer, "kad");
+                    }
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(found),
+                step,
+                ..
+            }) => {
+                let found = match found {
+                    Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => providers,
+                    _ => Default::default(),
+                };
+                self.providers_found(id, found, step.last);
             }
             _ => {}
         }

@@ -59,6 +59,7 @@ impl Sim {
             replication::machine_config(&self.sc, node.interested, &self.topic, &self.verifier),
             None,
         );
+        let outs = node.machine.start(&node.store);
         node.banned.clear();
         node.seen.clear();
         node.mcache.clear();
@@ -66,6 +67,7 @@ impl Sim {
         node.announce.clear();
         node.announced.clear();
         node.heads.clear();
+        self.outputs(i, outs);
     }
 
     /// Cloned devices get a copy of their publisher's key and head, and start

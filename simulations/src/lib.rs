@@ -135,6 +135,12 @@ enum Ev {
         id: MsgId,
     },
     Tick(usize),
+    /// A rendezvous lookup of `node` has its answer: it dials up to `want` providers.
+    Found {
+        node: usize,
+        key: String,
+        want: usize,
+    },
     Publish(usize),
     PartitionStart,
     Heal,
@@ -227,6 +233,10 @@ pub struct Sim {
     nodes: Vec<Node>,
     topic: Topic,
     partitioned: bool,
+    /// Rendezvous keys and the nodes that announced them (the DHT's provider records).
+    providers: HashMap<String, Vec<usize>>,
+    /// Rendezvous lookups made.
+    lookups: u64,
     /// Every node's verifier of gossiped runs: one verification per distinct event.
     verifier: Arc<replicate::VerifyFn>,
     /// Every run pushed, by message id.
@@ -344,6 +354,8 @@ impl Sim {
             queue: BinaryHeap::new(),
             topic,
             partitioned: false,
+            providers: HashMap::new(),
+            lookups: 0,
             verifier,
             runs: HashMap::new(),
             published: BTreeMap::new(),
@@ -367,30 +379,11 @@ impl Sim {
             sc,
         };
         // Each machine joins the channel of its interest, as the daemon's does at start.
-        for node in &mut sim.nodes {
-            let _ = node.machine.start(&node.store);
-        }
-        // Topic-aware discovery: interested nodes dial other interested nodes.
-        let want: Vec<usize> = (0..n).filter(|&i| sim.nodes[i].interested).collect();
-        if sim.sc.topic_links > 0 && want.len() > sim.sc.topic_links {
-            for &i in &want {
-                let mut tries = 0;
-                while tries < 100
-                    && sim.nodes[i]
-                        .neighbors
-                        .iter()
-                        .filter(|&&p| sim.nodes[p].interested)
-                        .count()
-                        < sim.sc.topic_links
-                {
-                    tries += 1;
-                    let j = want[sim.rng.random_range(0..want.len())];
-                    if j != i && !sim.nodes[i].neighbors.contains(&j) {
-                        sim.nodes[i].neighbors.push(j);
-                        sim.nodes[j].neighbors.push(i);
-                    }
-                }
-            }
+        // (and announces its rendezvous key).
+        for i in 0..n {
+            let node = &mut sim.nodes[i];
+            let outs = node.machine.start(&node.store);
+            sim.outputs(i, outs);
         }
         for i in 0..n {
             match sim.sc.push {
@@ -501,6 +494,7 @@ impl Sim {
                 self.tick(i);
                 self.at(self.now + US, Ev::Tick(i));
             }
+            Ev::Found { node, key, want } => self.found(node, &key, want),
             Ev::Publish(p) => {
                 if (self.now as f64) < self.sc.publish_s * US as f64 {
                     self.publish(p)?;
@@ -716,6 +710,7 @@ impl Sim {
             steps: self.steps,
             forged: self.forged,
             refetched: self.refetched,
+            lookups_per_node: self.lookups as f64 / self.nodes.len().max(1) as f64,
             forks_met: self.forks_met,
             fork_proven_at: (!self.fork_at.is_empty()).then(|| {
                 self.nodes

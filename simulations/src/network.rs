@@ -39,6 +39,45 @@ impl Sim {
             .collect()
     }
 
+    /// A rendezvous lookup answered: node `i` dials up to `want` of the key's providers
+    /// it has no link to (a new link, both ways; the machines meet at their next tick,
+    /// as libp2p reports the connection). Dials of nodes that are away fail.
+    pub(crate) fn found(&mut self, i: usize, key: &str, want: usize) {
+        if !self.nodes[i].online {
+            return;
+        }
+        let mut cands: Vec<usize> = self
+            .providers
+            .get(key)
+            .map(|p| {
+                p.iter()
+                    .copied()
+                    .filter(|&q| q != i && !self.nodes[i].neighbors.contains(&q))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Kademlia returns the providers the closest nodes keep, in no useful order.
+        for k in 0..cands.len() {
+            let j = self.rng.random_range(k..cands.len());
+            cands.swap(k, j);
+        }
+        let mut made = 0;
+        for q in cands {
+            if made == want {
+                break;
+            }
+            if !self.connected(i, q)
+                || self.nodes[q].banned.contains(&i)
+                || self.nodes[i].banned.contains(&q)
+            {
+                continue;
+            }
+            self.nodes[i].neighbors.push(q);
+            self.nodes[q].neighbors.push(i);
+            made += 1;
+        }
+    }
+
     /// Sends a message over the link a → b (lost, duplicated, delayed as configured).
     pub(crate) fn send(&mut self, from: usize, to: usize, msg: Msg) {
         self.send_after(0, from, to, msg);

@@ -213,6 +213,19 @@ impl Sim {
                     verdict: replicate::Verdict::Accept,
                 } => self.accepted(i, from, id),
                 Output::Duplicates(n) => self.nodes[i].duplicates += n,
+                // The DHT as a registry: who announced each rendezvous key. A lookup
+                // answers after `lookup_ms` with the providers known then.
+                Output::Provide(key) => {
+                    let p = self.providers.entry(key).or_default();
+                    if !p.contains(&i) {
+                        p.push(i);
+                    }
+                }
+                Output::FindPeers { key, want } => {
+                    self.lookups += 1;
+                    let at = self.now + (self.sc.lookup_ms * 1000.0) as u64;
+                    self.at(at, Ev::Found { node: i, key, want });
+                }
                 Output::Ban { peer, .. } => {
                     self.nodes[i].banned.insert(peer);
                 }
@@ -265,13 +278,16 @@ impl Sim {
             .map(|p| murmur_core::channel::name(&p))
             .unwrap_or_default();
         for new in reach.difference(&known) {
-            let wants = self.nodes[*new].interested;
+            // gossipsub then tells it the channels the peer is on: the peer's interest,
+            // the topic or (a node that does not want it) another one.
+            let theirs = if self.nodes[*new].interested {
+                channel.as_str()
+            } else {
+                "murmur:elsewhere/#"
+            };
             let n = &mut self.nodes[i];
             let outs = n.machine.connected(*new, now, &n.store);
-            // gossipsub then tells it the channels the peer is on: the peer's interest.
-            if wants {
-                n.machine.peer_subscribed(*new, &channel);
-            }
+            n.machine.peer_subscribed(*new, theirs);
             self.outputs(i, outs);
         }
         let n = &mut self.nodes[i];
@@ -328,6 +344,7 @@ pub(crate) fn machine_config(
         interest,
         round_every: Duration::from_micros((sc.anti_entropy_s * US as f64) as u64),
         retry_first: Duration::from_micros((sc.retry_s * US as f64) as u64),
+        topic_links: sc.topic_links,
         gossip_max_bytes: usize::MAX,
         sync: sync::Config {
             durability: Durability::Buffered,

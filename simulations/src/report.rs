@@ -42,6 +42,8 @@ pub struct Report {
     pub forged: usize,
     /// Events that nodes returning without their store held before and got again.
     pub refetched: usize,
+    /// Rendezvous lookups made (topic-aware discovery), per node.
+    pub lookups_per_node: f64,
     /// Forks met at honest nodes' writes (each left a proof, or it is a violation).
     pub forks_met: u64,
     /// With cloned devices: honest interested nodes that hold a proof of every forked
@@ -74,6 +76,7 @@ impl Report {
              | convergence after heal | {} |\n\
              | every interested node holds every event | {} |\n\
              | events got again after a lost store | {} |\n\
+             | rendezvous lookups per node | {:.2} |\n\
              | forks met / nodes holding every fork proof at the end | {} / {} |\n\
              | forged events published / invariant violations | {} / {} |\n\
              | simulated time / scheduler steps | {:.0} s / {} |\n\
@@ -97,6 +100,7 @@ impl Report {
             heal,
             self.complete,
             self.refetched,
+            self.lookups_per_node,
             self.forks_met,
             self.fork_proven_at
                 .map_or("n/a".to_string(), |n| format!("{n} of {}", self.interested)),

@@ -107,11 +107,13 @@ pub struct Scenario {
     /// Fraction of nodes interested in the topic (the others hold nothing and forward
     /// nothing, as a daemon whose `p2p.topics` does not match).
     pub interested: f64,
-    /// Extra connections each interested node makes to other interested nodes, as
-    /// topic-aware discovery (a DHT lookup of the topic's providers) would give. The
-    /// daemon does not do this yet: with partial interest, a topic's nodes are only
-    /// connected through the links discovery happens to give.
+    /// Topic-aware discovery, the daemon's `p2p.topic_links`: each node's machine keeps
+    /// this many connected peers that replicate its pattern, looking up the pattern's
+    /// rendezvous key when short (0: off; the node has only its random links).
     pub topic_links: usize,
+    /// How long a rendezvous lookup takes before its providers are dialed, ms (a
+    /// Kademlia lookup: a few hops of the links' round trips).
+    pub lookup_ms: f64,
     /// A partition: this fraction of nodes is cut from the rest from `at` to `heal` (s).
     pub partition: Option<Partition>,
     /// Fraction of nodes that leave per minute (each for `churn_offline_s`), while
@@ -189,7 +191,8 @@ impl Default for Scenario {
             anti_entropy_s: 10.0,
             retry_s: 1.0,
             interested: 1.0,
-            topic_links: 0,
+            topic_links: 3,
+            lookup_ms: 400.0,
             partition: None,
             churn_per_min: 0.0,
             churn_offline_s: 20.0,

@@ -202,11 +202,12 @@ fn a_cloned_key_is_proven_to_every_node() {
 fn a_topic_few_nodes_want_needs_its_nodes_to_find_each_other() {
     // 20% of 300 nodes want the topic. With the links discovery happens to give (8 per
     // node, blind to topics), many of them have no neighbour that wants it and never
-    // get its events; with 3 links each to other interested nodes (topic-aware
-    // discovery, which the daemon does not do yet), all of them do.
+    // get its events; with the machine's topic-aware discovery (rendezvous lookups
+    // until 3 connected peers replicate the pattern), all of them do.
     let mut sc = calm();
     sc.nodes = 300;
     sc.interested = 0.2;
+    sc.topic_links = 0;
     let blind = Sim::new(sc.clone()).unwrap().run().unwrap();
     assert!(!blind.complete, "{blind:?}");
     sc.topic_links = 3;

@@ -48,8 +48,8 @@ fn two_nodes_replicate_both_ways_and_catch_up() {
     }
     let t0 = Instant::now();
     publish_batch(&b, "fleet/b", 0, 100);
-    // A has never heard of fleet/b: it learns it from B's gossipsub subscription, well
-    // before the periodic round (10 s) would bring it.
+    // A has never heard of fleet/b: its events come on the `#` channel both are on,
+    // well before the periodic round (10 s) would bring them.
     wait_for("A to receive B's events", 20, || {
         a.topic_events("fleet/b") == 100
     });

@@ -70,6 +70,8 @@ pub struct Config {
     pub anti_entropy_interval: Duration,
     /// The lag watchdog's limit.
     pub lag_watch: Duration,
+    /// Connected peers wanted per interest pattern (topic-aware discovery; 0: off).
+    pub topic_links: usize,
     /// Sync machine settings.
     pub sync: proto::Config,
     /// Where known peer addresses are kept across restarts.
@@ -207,6 +209,7 @@ pub fn spawn(
             interest: config.topics.clone(),
             round_every: config.anti_entropy_interval,
             lag_watch: config.lag_watch,
+            topic_links: config.topic_links,
             gossip_max_bytes: GOSSIP_MAX_BYTES,
             sync: config.sync.clone(),
             ..policy::Config::default()
@@ -536,6 +539,19 @@ impl Replicator {
                 } => {
                     self.metrics.session("stuck");
                     tracing::warn!(%peer, %topic, failures, ?reason, "sync rounds with this peer keep failing; retrying with back-off");
+                }
+                Output::Provide(key) => {
+                    self.net.send(NetCommand::Provide(key)).await;
+                }
+                Output::Unprovide(key) => {
+                    self.net.send(NetCommand::Unprovide(key)).await;
+                }
+                Output::FindPeers { key, want } => {
+                    self.metrics.topic_lookups.inc();
+                    if !self.net.try_send(NetCommand::FindPeers { key, want }) {
+                        // The next count asks again.
+                        self.metrics.refused("network_queue_full");
+                    }
                 }
                 Output::Subscribe(pattern) => {
                     let name = murmur_core::channel::name(&pattern);
