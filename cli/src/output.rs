@@ -291,15 +291,19 @@ pub fn peers(p: &PeersResponse, json: bool) -> anyhow::Result<()> {
         println!("(no peers connected)");
         return Ok(());
     }
-    println!("{:52}  {:8}  {:>8}  ADDRESS", "PEER", "FOUND BY", "RTT");
+    println!(
+        "{:52}  {:8}  {:>8}  {:>6}  ADDRESS",
+        "PEER", "FOUND BY", "RTT", "SCORE"
+    );
     for peer in &p.peers {
         let rtt = peer
             .rtt_ms
             .map(|r| format!("{r:.2} ms"))
             .unwrap_or_default();
+        let score = peer.score.map(|s| format!("{s:.1}")).unwrap_or_default();
         println!(
-            "{:52}  {:8}  {:>8}  {}",
-            peer.peer, peer.how, rtt, peer.addr
+            "{:52}  {:8}  {:>8}  {:>6}  {}",
+            peer.peer, peer.how, rtt, score, peer.addr
         );
     }
     Ok(())

@@ -760,7 +760,10 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                 }
             }
             if verdict == Verdict::Accept {
-                self.remember_run(hash, &topic, &on);
+                // Only a node on several channels can meet a run again on another.
+                if self.joined.len() > 1 {
+                    self.remember_run(hash, &topic, &on);
+                }
                 if !channel::cover(&topic, &self.joined, &self.channels, Some(&on)).is_empty()
                     && let Ok(data) = run::encode(&bridge)
                 {

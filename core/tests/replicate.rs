@@ -434,6 +434,7 @@ fn a_live_run_on_a_second_channel_we_are_on_is_forwarded_there_too() {
     let mut cfg = config("a/#");
     cfg.interest.push(Pattern::new("#").unwrap());
     let mut m: Replicator<usize, M> = Replicator::new(cfg, None);
+    m.start(&store);
     let t0 = Instant::now();
     let evs = chain(&key(1), "a/t", 2, "x");
     let on = |channel: &str, id: M| Gossip {
