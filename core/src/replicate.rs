@@ -324,6 +324,13 @@ type RecentRuns = (
     BTreeMap<[u8; 32], (Topic, Pattern)>,
 );
 
+/// Most sessions queued for room (rounds beyond it are dropped; the next round, retry
+/// or watchdog brings them).
+const MAX_QUEUED: usize = 65_536;
+
+/// Sessions waiting for room, in order, and as a set.
+type QueuedSessions<P> = (std::collections::VecDeque<(P, Topic)>, BTreeSet<(P, Topic)>);
+
 /// Most runs remembered as recently accepted (see [`Replicator::gossiped`]).
 const RECENT_RUNS: usize = 4096;
 
@@ -341,6 +348,8 @@ pub struct Replicator<P, M> {
     /// oldest first: the same run on another channel we are on is forwarded there too
     /// without a second look.
     recent: RecentRuns,
+    /// Sessions waiting for a free one, in order (at most [`MAX_QUEUED`]).
+    queued: QueuedSessions<P>,
     /// Rendezvous keys announced.
     provided: BTreeSet<String>,
     /// When the topic links are next counted.
@@ -385,6 +394,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             joined: BTreeSet::new(),
             channels: BTreeMap::new(),
             recent: Default::default(),
+            queued: Default::default(),
             provided: BTreeSet::new(),
             next_discover: None,
             held: BTreeMap::new(),
@@ -470,6 +480,9 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     pub fn disconnected<S: ReadStore>(&mut self, peer: &P, store: &S) -> Outs<P, M> {
         self.peers.remove(peer);
         self.channels.remove(peer);
+        let (order, set) = &mut self.queued;
+        order.retain(|(p, _)| p != peer);
+        set.retain(|(p, _)| p != peer);
         self.retries.retain(|(p, _), _| p != peer);
         self.watch.retain(|(p, _), _| p != peer);
         let mut outs = Vec::new();
@@ -517,6 +530,8 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         }
         let o = self.sync.handle(peer, msg, now, store);
         self.sync_outputs(o, store, &mut outs);
+        // A session that ended makes room for a queued one.
+        self.start_queued(now, store, &mut outs);
         outs
     }
 
@@ -651,6 +666,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             TicketOf::Sync(t) => {
                 let o = self.sync.persisted(t, result, now, store);
                 self.sync_outputs(o, store, &mut outs);
+                self.start_queued(now, store, &mut outs);
             }
             TicketOf::Own(t) => match self.pending.remove(&t) {
                 None => {}
@@ -805,6 +821,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             let o = self.sync.pull(peer, topic, author, to, now, store);
             self.sync_outputs(o, store, &mut outs);
         }
+        self.start_queued(now, store, &mut outs);
         self.retry_due(now, store, &mut outs);
         self.watch_lag(now, store, &mut outs);
         self.discover(now, &mut outs);
@@ -1045,9 +1062,54 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             .filter(|t| self.peer_wants(&peer, t))
             .collect();
         for topic in topics {
-            let o = self.sync.start(peer.clone(), topic, now, store);
-            self.sync_outputs(o, store, outs);
+            self.start_session(peer.clone(), topic, now, store, outs);
         }
+    }
+
+    /// Starts a session on `topic` with `peer`, or queues it while the sync machine
+    /// has no free session: a round on 2,000 topics starts them as earlier ones end,
+    /// instead of failing most of them as busy and retrying them all every second.
+    fn start_session<S: ReadStore>(
+        &mut self,
+        peer: P,
+        topic: Topic,
+        now: Instant,
+        store: &S,
+        outs: &mut Outs<P, M>,
+    ) {
+        if self.sync.sessions() < self.config.sync.max_sessions && self.queued.0.is_empty() {
+            let o = self.sync.start(peer, topic, now, store);
+            self.sync_outputs(o, store, outs);
+            return;
+        }
+        let key = (peer, topic);
+        if self.queued.0.len() < MAX_QUEUED && self.queued.1.insert(key.clone()) {
+            self.queued.0.push_back(key);
+        }
+    }
+
+    /// Starts queued sessions while the sync machine has room (those whose peer left,
+    /// or that no longer apply, are dropped).
+    fn start_queued<S: ReadStore>(&mut self, now: Instant, store: &S, outs: &mut Outs<P, M>) {
+        while self.sync.sessions() < self.config.sync.max_sessions {
+            let Some(key) = self.queued.0.pop_front() else {
+                return;
+            };
+            self.queued.1.remove(&key);
+            let (peer, topic) = key;
+            if self.peers.contains(&peer)
+                && self.interested(&topic)
+                && self.peer_wants(&peer, &topic)
+            {
+                let o = self.sync.start(peer, topic, now, store);
+                self.sync_outputs(o, store, outs);
+            }
+        }
+    }
+
+    /// Sessions waiting for room.
+    pub fn queued(&self) -> usize {
+        self.queued.0.len()
     }
 
     /// Passes the sync machine's outputs on, and acts on them: a stored range may let
@@ -1225,8 +1287,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             with.push(peer.clone());
         }
         for p in with {
-            let o = self.sync.start(p, topic.clone(), now, store);
-            self.sync_outputs(o, store, outs);
+            self.start_session(p, topic.clone(), now, store, outs);
         }
     }
 
@@ -1258,8 +1319,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                 && self.interested(&topic)
                 && self.peer_wants(&peer, &topic)
             {
-                let o = self.sync.start(peer, topic, now, store);
-                self.sync_outputs(o, store, outs);
+                self.start_session(peer, topic, now, store, outs);
             }
         }
     }

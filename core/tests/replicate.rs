@@ -491,26 +491,18 @@ fn rounds_and_runs_go_to_the_peers_that_want_the_topic() {
     assert_eq!(topics_with(&outs, 2), vec!["a/t", "b/t"]);
     // A run on b/t: peer 2 wants it through `#`, our own channel; peer 1 not at all.
     let ev = chain(&key(1), "b/t", 2, "y");
-    let chans: Vec<String> = m
-        .published(vec![ev[1].clone()])
-        .iter()
-        .filter_map(|o| match o {
-            Output::Gossip { channel, .. } => Some(channel.to_string()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(chans, vec!["#"]);
+    let channels = |outs: Vec<Output<usize, M>>| -> Vec<String> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Gossip { channel, .. } => Some(channel.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(channels(m.published(vec![ev[1].clone()])), vec!["#"]);
     // A neighbour that only wants b/t, on a channel we are not on, gets its own copy.
     m.peer_subscribed(3, "murmur:b/t");
-    let chans: Vec<String> = m
-        .published(vec![ev[1].clone()])
-        .iter()
-        .filter_map(|o| match o {
-            Output::Gossip { channel, .. } => Some(channel.to_string()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(chans, vec!["#", "b/t"]);
+    assert_eq!(channels(m.published(vec![ev[1].clone()])), vec!["#", "b/t"]);
 }
 
 #[test]
@@ -1155,4 +1147,55 @@ fn a_pattern_short_of_topic_links_asks_for_a_lookup_until_it_has_them() {
             ("murmur/rv/1/fleet".to_string(), 1)
         ]
     );
+}
+
+#[test]
+fn a_round_on_more_topics_than_sessions_queues_the_rest_instead_of_failing_them() {
+    let store = MemoryStore::new();
+    for i in 0..10 {
+        store
+            .insert(
+                &chain(&key(1), &format!("t/{i}"), 1, "x"),
+                Durability::Buffered,
+            )
+            .unwrap();
+    }
+    let mut cfg = config("#");
+    cfg.sync.max_sessions = 4;
+    let mut m: Replicator<usize, M> = Replicator::new(cfg, None);
+    m.start(&store);
+    let t0 = Instant::now();
+    let hellos = |outs: &[Output<usize, M>]| -> Vec<Topic> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Sync(sync::Output::Send {
+                    msg: Message::Hello { topic, .. },
+                    ..
+                }) => Some(topic.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let outs = m.connected(1, t0, &store);
+    assert_eq!(hellos(&outs).len(), 4, "{outs:?}");
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, Output::Sync(sync::Output::Failed { .. }))),
+        "nothing fails as busy: {outs:?}"
+    );
+    assert_eq!(m.queued(), 6);
+    // Each session that ends starts the next queued one.
+    let mut started = hellos(&outs);
+    let mut i = 0;
+    while i < started.len() {
+        let topic = started[i].clone();
+        let outs = m.sync_message(1, Message::InSync { topic }, t0, &store);
+        started.extend(hellos(&outs));
+        i += 1;
+    }
+    started.sort();
+    started.dedup();
+    assert_eq!(started.len(), 10, "every topic had its session");
+    assert_eq!(m.queued(), 0);
 }

@@ -403,12 +403,7 @@ fn a_peer_announcing_10000_topics_changes_neither_the_channels_joined_nor_live_d
     });
 }
 
-/// Events the node stored from gossip (`murmur_events_received_total{path="gossip"}`).
+/// Events the node stored from gossip.
 fn gossip_received(n: &Node) -> u64 {
-    let m = n.req("GET", "/metrics", None).body;
-    m.lines()
-        .find(|l| l.starts_with("murmur_events_received_total{path=\"gossip\"}"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    n.metric("murmur_events_received_total{path=\"gossip\"}")
 }

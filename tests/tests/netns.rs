@@ -636,16 +636,10 @@ fn a_damaged_store_is_refused_repaired_and_refilled_from_a_peer() {
 
 /// Events a node stored from each path: (gossip, sync).
 fn received_by_path(n: &Node) -> (u64, u64) {
-    let m = n.req("GET", "/metrics", None).body;
-    let get = |path: &str| {
-        let key = format!("murmur_events_received_total{{path=\"{path}\"}}");
-        m.lines()
-            .find(|l| l.starts_with(&key))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (get("gossip"), get("sync"))
+    (
+        n.metric("murmur_events_received_total{path=\"gossip\"}"),
+        n.metric("murmur_events_received_total{path=\"sync\"}"),
+    )
 }
 
 /// Publishes `count` events at `per_sec` from the hosts in turn, topic chosen by
@@ -775,7 +769,30 @@ fn two_thousand_topics_on_five_hosts_still_travel_by_live_push() {
         |k| device_topic(k * stride % DEVICES),
         |k| owner(k * stride % DEVICES),
     );
-    assert_eq!(many.len(), 600, "every event on the 2,000 topics arrived");
+    if many.len() != 600 {
+        // What each host saw, to tell a lost push from a slow sync.
+        let mut why = String::new();
+        for i in 0..5 {
+            let m = lab.node(i).req("GET", "/metrics", None).body;
+            why.push_str(&format!("host {i}:\n"));
+            for l in m.lines().filter(|l| {
+                l.starts_with("murmur_api_refused_total")
+                    || l.starts_with("murmur_sync_rounds_total")
+                    || l.starts_with("murmur_events_received_total")
+                    || l.starts_with("murmur_p2p_gossipsub_score")
+            }) {
+                why.push_str(&format!("  {l}\n"));
+            }
+            why.push_str(&format!(
+                "  peers {}\n",
+                lab.node(i).get("/v1/peers")["peers"]
+            ));
+        }
+        panic!(
+            "{} of 600 events on the 2,000 topics arrived\n{why}",
+            many.len()
+        );
+    }
     wait_for("every host to hold every event", 60, || {
         (0..5).all(|i| lab.node(i).events() == (DEVICES + 800) as u64)
     });
@@ -859,13 +876,9 @@ fn a_peer_that_freezes_mid_catch_up_is_noticed_and_another_peer_finishes_it() {
         "C finished before A froze ({had}); slow its link more"
     );
     let rounds = |outcome: &str| {
-        let m = lab.node(c).req("GET", "/metrics", None).body;
-        let key = format!("murmur_sync_rounds_total{{outcome=\"{outcome}\"}}");
-        m.lines()
-            .find(|l| l.starts_with(&key))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
+        lab.node(c).metric(&format!(
+            "murmur_sync_rounds_total{{outcome=\"{outcome}\"}}"
+        ))
     };
     // The watchdog fires within lag_watch (5 s) of the last progress, plus its 1 s tick.
     wait_for("the lag watchdog to fire", 20, || rounds("lagging") >= 1);
@@ -982,14 +995,7 @@ fn thirty_hosts_with_kademlia_only_find_the_few_that_want_a_topic() {
         );
     }
     let lookups: u64 = (1..=6)
-        .map(|i| {
-            let m = lab.node(i).req("GET", "/metrics", None).body;
-            m.lines()
-                .find(|l| l.starts_with("murmur_topic_lookups_total"))
-                .and_then(|l| l.split_whitespace().last())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
+        .map(|i| lab.node(i).metric("murmur_topic_lookups_total"))
         .sum();
     let by_topic: usize = (1..=6)
         .map(|i| {

@@ -254,6 +254,17 @@ impl Node {
     pub fn events(&self) -> u64 {
         self.get("/v1/status")["events"].as_u64().unwrap()
     }
+
+    /// The value of the metric series `series` (name and labels as exposed, e.g.
+    /// `murmur_events_received_total{path="gossip"}`), 0 when absent.
+    pub fn metric(&self, series: &str) -> u64 {
+        let m = self.req("GET", "/metrics", None).body;
+        m.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
 }
 
 impl Drop for Node {
