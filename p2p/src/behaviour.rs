@@ -144,9 +144,9 @@ pub mod score {
     //! quiet channel, and a fleet's channels are often quiet; IP colocation punishes
     //! devices behind one NAT, which is how fleets are deployed; behaviour penalties
     //! (P7: IHAVE promises not kept within 3 s, GRAFTs during a back-off) and the slow
-    //! peer penalty punish a loaded device: with them on, five honest daemons sharing two
-    //! busy cores graylisted each other and lost 5% of live events to the periodic sync.
-    //! A peer that breaks the protocol on purpose is the daemon's to ban.
+    //! peer penalty punish a loaded device, whose late answers are not misbehaviour:
+    //! four late promises would graylist an honest peer. A peer that breaks the protocol
+    //! on purpose is the daemon's to ban.
 
     /// Weight of one invalid delivery (squared per peer).
     pub const INVALID_WEIGHT: f64 = -15.0;
