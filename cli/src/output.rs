@@ -292,8 +292,8 @@ pub fn peers(p: &PeersResponse, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:52}  {:8}  {:>8}  {:>6}  ADDRESS",
-        "PEER", "FOUND BY", "RTT", "SCORE"
+        "{:52}  {:8}  {:8}  {:>8}  {:>6}  ADDRESS",
+        "PEER", "FOUND BY", "PATH", "RTT", "SCORE"
     );
     for peer in &p.peers {
         let rtt = peer
@@ -302,8 +302,8 @@ pub fn peers(p: &PeersResponse, json: bool) -> anyhow::Result<()> {
             .unwrap_or_default();
         let score = peer.score.map(|s| format!("{s:.1}")).unwrap_or_default();
         println!(
-            "{:52}  {:8}  {:>8}  {:>6}  {}",
-            peer.peer, peer.how, rtt, score, peer.addr
+            "{:52}  {:8}  {:8}  {:>8}  {:>6}  {}",
+            peer.peer, peer.how, peer.path, rtt, score, peer.addr
         );
     }
     Ok(())

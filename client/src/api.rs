@@ -232,6 +232,10 @@ pub struct PeerJson {
     /// invalid runs (below -50 our runs no longer go to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
+    /// `direct`, `relayed` (through a circuit relay), or `punched` (direct after a
+    /// hole punch upgraded a relayed connection).
+    #[serde(default)]
+    pub path: String,
 }
 
 /// `GET /v1/peers`.

@@ -141,6 +141,21 @@ pub struct P2pConfig {
     /// replicate an overlapping pattern; fewer, and the node looks up the pattern's
     /// rendezvous key in Kademlia and dials some. 0 turns it off.
     pub topic_links: usize,
+    /// Serve as a circuit relay for nodes behind NAT (a site gateway, a small VM).
+    pub relay_server: bool,
+    /// Relay: most nodes holding a reservation at once.
+    pub relay_max_reservations: usize,
+    /// Relay: most circuits open at once.
+    pub relay_max_circuits: usize,
+    /// Relay: megabytes one circuit may carry before it is closed.
+    pub relay_circuit_mb: u64,
+    /// Relay: how long one circuit may stay open.
+    #[serde(with = "humantime_serde")]
+    pub relay_circuit_duration: Duration,
+    /// Relays to hold a reservation at (`/ip4/…/tcp/7470/p2p/<relay id>`), so that
+    /// peers can reach this node from behind its NAT; hole punching then tries to
+    /// make the connection direct.
+    pub relays: Vec<String>,
     /// Private fleet: a pre-shared key file (`murmur genpsk`); peers without the same key
     /// cannot connect. Turns QUIC off (pnet works over TCP only).
     pub psk_file: Option<PathBuf>,
@@ -175,6 +190,12 @@ impl Default for P2pConfig {
             max_connections_per_peer: 2,
             links: 8,
             topic_links: 3,
+            relay_server: false,
+            relay_max_reservations: 128,
+            relay_max_circuits: 64,
+            relay_circuit_mb: 256,
+            relay_circuit_duration: Duration::from_secs(3600),
+            relays: Vec::new(),
             anti_entropy_interval: Duration::from_secs(10),
             sync_timeout: Duration::from_secs(10),
             lag_watch: Duration::from_secs(60),
@@ -453,7 +474,13 @@ impl Config {
         if self.ingest.queue_bytes < self.api.max_request_bytes {
             return bad("ingest.queue_bytes must be at least api.max_request_bytes".into());
         }
-        for a in self.p2p.listen.iter().chain(&self.p2p.bootstrap) {
+        for a in self
+            .p2p
+            .listen
+            .iter()
+            .chain(&self.p2p.bootstrap)
+            .chain(&self.p2p.relays)
+        {
             if a.parse::<murmur_p2p::Multiaddr>().is_err() {
                 return bad(format!(
                     "p2p: {a:?} is not a multiaddr (e.g. /ip4/192.0.2.1/tcp/7470/p2p/<peer id>)"
@@ -607,6 +634,16 @@ links = 8
 # Topic-aware discovery: for each pattern in `topics`, keep this many connected peers
 # that replicate an overlapping pattern, found through Kademlia (0: off).
 topic_links = 3
+# Serve as a circuit relay for nodes behind NAT (a site gateway, a small VM). A relay
+# forwards Noise-encrypted bytes it cannot read, within these limits.
+relay_server = false
+relay_max_reservations = 128
+relay_max_circuits = 64
+relay_circuit_mb = 256
+relay_circuit_duration = "1h"
+# Relays to hold a reservation at: peers reach this node through them from behind NAT,
+# and hole punching then tries to make the connection direct.
+relays = []
 # Private fleet: a pre-shared key file made by `murmur genpsk`. Peers without the same
 # key cannot connect. QUIC is off when a key is set (pnet works over TCP only).
 # psk_file = "/etc/murmur/fleet.key"

@@ -198,6 +198,14 @@ fn start_network(
         max_connections: config.p2p.max_connections,
         max_connections_per_peer: config.p2p.max_connections_per_peer,
         links: config.p2p.links,
+        relay_server: config.p2p.relay_server.then(|| murmur_p2p::RelayLimits {
+            max_reservations: config.p2p.relay_max_reservations,
+            max_circuits: config.p2p.relay_max_circuits,
+            circuit_bytes: config.p2p.relay_circuit_mb << 20,
+            circuit_duration: config.p2p.relay_circuit_duration,
+            ..murmur_p2p::RelayLimits::default()
+        }),
+        relays: parse_addrs(&config.p2p.relays)?,
         ..murmur_p2p::Config::default()
     };
     let (handle, mut events, event_loop) =

@@ -5,7 +5,8 @@ use std::time::Duration;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, gossipsub, identify, kad, mdns, ping, request_response,
+    Multiaddr, PeerId, StreamProtocol, autonat, dcutr, gossipsub, identify, kad, mdns, ping, relay,
+    request_response,
 };
 use murmur_core::MAX_EVENT_BYTES;
 
@@ -34,6 +35,11 @@ pub struct Config {
     /// Peers learned through Kademlia are dialed while fewer than this many are
     /// connected (topic-aware discovery adds links for topics on top).
     pub links: usize,
+    /// Serve as a circuit relay (v2) for nodes behind NAT, within these limits.
+    pub relay_server: Option<RelayLimits>,
+    /// Relays to hold a reservation at (`/ip4/…/tcp/…/p2p/<relay id>`): this node is
+    /// then reachable through them at `<relay>/p2p-circuit/p2p/<this node>`.
+    pub relays: Vec<Multiaddr>,
     /// Private fleet: only peers with this pre-shared key can connect (libp2p pnet).
     /// pnet works over TCP only, so QUIC is off when a key is set.
     pub psk: Option<[u8; 32]>,
@@ -59,6 +65,37 @@ impl Default for Config {
             max_connections: 256,
             max_connections_per_peer: 2,
             links: 8,
+            relay_server: None,
+            relays: Vec::new(),
+        }
+    }
+}
+
+/// What a relay serves. A relay forwards Noise-encrypted bytes it cannot read; it
+/// costs one reservation slot per node behind it and two streams per circuit.
+#[derive(Debug, Clone)]
+pub struct RelayLimits {
+    /// Most nodes holding a reservation at once.
+    pub max_reservations: usize,
+    /// Most circuits open at once (all peers).
+    pub max_circuits: usize,
+    /// Most circuits open at once per peer.
+    pub max_circuits_per_peer: usize,
+    /// Bytes one circuit may carry, each way, before it is closed (the nodes open a new
+    /// one, or have upgraded to a direct connection).
+    pub circuit_bytes: u64,
+    /// How long one circuit may stay open.
+    pub circuit_duration: Duration,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            max_reservations: 128,
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+            circuit_bytes: 256 << 20,
+            circuit_duration: Duration::from_secs(3600),
         }
     }
 }
@@ -72,6 +109,42 @@ pub(crate) struct Behaviour {
     pub(crate) gossip: gossipsub::Behaviour<gossipsub::IdentityTransform, SubscriptionFilter>,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) relay_client: relay::client::Behaviour,
+    pub(crate) relay: Toggle<relay::Behaviour>,
+    pub(crate) dcutr: dcutr::Behaviour,
+    pub(crate) autonat: autonat::v1::Behaviour,
+}
+
+/// Everything but the relay client, which the swarm builder makes with its transport.
+pub(crate) struct Parts {
+    limits: libp2p::connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    sync: request_response::Behaviour<SyncCodec>,
+    gossip: gossipsub::Behaviour<gossipsub::IdentityTransform, SubscriptionFilter>,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    relay: Toggle<relay::Behaviour>,
+    dcutr: dcutr::Behaviour,
+    autonat: autonat::v1::Behaviour,
+}
+
+impl Parts {
+    pub(crate) fn with_relay_client(self, relay_client: relay::client::Behaviour) -> Behaviour {
+        Behaviour {
+            limits: self.limits,
+            identify: self.identify,
+            ping: self.ping,
+            sync: self.sync,
+            gossip: self.gossip,
+            kad: self.kad,
+            mdns: self.mdns,
+            relay_client,
+            relay: self.relay,
+            dcutr: self.dcutr,
+            autonat: self.autonat,
+        }
+    }
 }
 
 pub mod gossip {
@@ -251,7 +324,7 @@ pub(crate) fn build(
     config: &Config,
     sync_bytes: crate::Traffic,
     gossip_metrics: &mut crate::Registry,
-) -> Result<Behaviour, Error> {
+) -> Result<Parts, Error> {
     let peer = PeerId::from(key.public());
     let mut gossip = gossipsub::Behaviour::new_with_subscription_filter(
         gossipsub::MessageAuthenticity::Anonymous,
@@ -299,12 +372,37 @@ pub(crate) fn build(
         .with_max_established(Some(config.max_connections))
         .with_max_established_per_peer(Some(config.max_connections_per_peer))
         .with_max_pending_incoming(Some(config.max_connections.min(64)));
-    Ok(Behaviour {
+    let relay = config.relay_server.as_ref().map(|l| {
+        relay::Behaviour::new(
+            peer,
+            relay::Config {
+                max_reservations: l.max_reservations,
+                max_circuits: l.max_circuits,
+                max_circuits_per_peer: l.max_circuits_per_peer,
+                max_circuit_bytes: l.circuit_bytes,
+                max_circuit_duration: l.circuit_duration,
+                ..relay::Config::default()
+            },
+        )
+    });
+    Ok(Parts {
+        relay: relay.into(),
+        dcutr: dcutr::Behaviour::new(peer),
+        autonat: autonat::v1::Behaviour::new(
+            peer,
+            autonat::v1::Config {
+                // Ask peers we are connected to anyway; never dial strangers for it.
+                use_connected: true,
+                ..autonat::v1::Config::default()
+            },
+        ),
         limits: libp2p::connection_limits::Behaviour::new(limits),
-        identify: identify::Behaviour::new(identify::Config::new(
-            IDENTIFY_PROTOCOL.into(),
-            key.public(),
-        )),
+        // Listen address changes are pushed to peers: a reservation at a relay is a new
+        // address that peers (and through them Kademlia) must learn.
+        identify: identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                .with_push_listen_addr_updates(true),
+        ),
         ping: ping::Behaviour::new(ping::Config::new()),
         sync,
         gossip,

@@ -147,6 +147,14 @@ pub struct PeerInfo {
     pub rtt: Option<Duration>,
     /// Its gossipsub score (see [`crate::score`]); negative after invalid runs.
     pub score: Option<f64>,
+    /// The path in use: `direct`, `relayed` (through a circuit relay), or `punched`
+    /// (direct, after a hole punch upgraded a relayed connection).
+    pub path: &'static str,
+}
+
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
 }
 
 /// Cloneable access to the network task.
@@ -222,6 +230,10 @@ pub struct EventLoop {
     events: mpsc::Sender<Event>,
     peers: BTreeMap<PeerId, PeerInfo>,
     dropped_events: u64,
+    /// Events the daemon had no room for yet. While any wait, the swarm is not polled:
+    /// the network slows down (TCP and yamux push back on the peers) instead of
+    /// dropping what the daemon has not seen. Bounded by what one swarm event emits.
+    backlog: std::collections::VecDeque<Event>,
     banned: BTreeMap<PeerId, std::time::Instant>,
     gossip_bytes: crate::Traffic,
     /// How a peer we are dialing was found, until its connection is established.
@@ -238,6 +250,8 @@ pub struct EventLoop {
     provided_at: usize,
     /// Provider lookups in progress, with how many more peers each may dial.
     lookups: std::collections::HashMap<kad::QueryId, usize>,
+    /// Relays to hold a reservation at, and the circuit listener while there is one.
+    relays: BTreeMap<PeerId, (Multiaddr, Option<libp2p::core::transport::ListenerId>)>,
 }
 
 /// Most provider lookups at once (each is bounded by Kademlia's own query timeout).
@@ -285,7 +299,7 @@ pub fn spawn(
     );
     let key = libp2p::identity::Keypair::ed25519_from_bytes(seed)
         .map_err(|e| Error::Key(e.to_string()))?;
-    let behaviour = behaviour::build(
+    let parts = behaviour::build(
         &key,
         config,
         sync_bytes,
@@ -302,8 +316,10 @@ pub fn spawn(
             )
             .map_err(|e| Error::Setup(format!("tcp: {e}")))?
             .with_quic()
+            .with_relay_client(libp2p::noise::Config::new, libp2p::yamux::Config::default)
+            .map_err(|e| Error::Setup(format!("relay client: {e}")))?
             .with_bandwidth_metrics(registry)
-            .with_behaviour(|_| behaviour)
+            .with_behaviour(|_, relay_client| parts.with_relay_client(relay_client))
             .map_err(|e| Error::Setup(format!("behaviour: {e}")))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
@@ -314,8 +330,10 @@ pub fn spawn(
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| Error::Setup(format!("private transport: {e}")))?
+            .with_relay_client(libp2p::noise::Config::new, libp2p::yamux::Config::default)
+            .map_err(|e| Error::Setup(format!("relay client: {e}")))?
             .with_bandwidth_metrics(registry)
-            .with_behaviour(|_| behaviour)
+            .with_behaviour(|_, relay_client| parts.with_relay_client(relay_client))
             .map_err(|e| Error::Setup(format!("behaviour: {e}")))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
@@ -349,6 +367,20 @@ pub fn spawn(
     if !config.bootstrap.is_empty() {
         let _ = swarm.behaviour_mut().kad.bootstrap();
     }
+    // Relays: dialed now; a reservation is asked for once each has identified itself
+    // (the relay client needs the connection first).
+    let mut relays = BTreeMap::new();
+    for relay in &config.relays {
+        let Some(peer) = peer_of(relay) else {
+            tracing::warn!(%relay, "a relay address needs /p2p/<peer id>; ignored");
+            continue;
+        };
+        swarm.behaviour_mut().kad.add_address(&peer, relay.clone());
+        if let Err(e) = swarm.dial(relay.clone()) {
+            tracing::warn!(%relay, error = %e, "cannot dial relay");
+        }
+        relays.insert(peer, (relay.clone(), None));
+    }
     let peer = *swarm.local_peer_id();
     let (cmd_tx, cmd_rx) = mpsc::channel(config.channel_capacity);
     let (ev_tx, ev_rx) = mpsc::channel(config.channel_capacity);
@@ -359,6 +391,7 @@ pub fn spawn(
         events: ev_tx,
         peers: BTreeMap::new(),
         dropped_events: 0,
+        backlog: std::collections::VecDeque::new(),
         banned: BTreeMap::new(),
         gossip_bytes,
         found_by: BTreeMap::new(),
@@ -367,6 +400,7 @@ pub fn spawn(
         provided: std::collections::BTreeSet::new(),
         provided_at: 0,
         lookups: std::collections::HashMap::new(),
+        relays,
     };
     Ok((handle, ev_rx, lp))
 }
@@ -406,13 +440,26 @@ impl EventLoop {
         let mut redial = tokio::time::interval_at(start, REDIAL_EVERY);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let waiting = !self.backlog.is_empty();
             tokio::select! {
                 biased;
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Stop) | None => break,
                     Some(cmd) => self.command(cmd),
                 },
-                ev = self.swarm.select_next_some() => self.swarm_event(ev),
+                room = self.events.clone().reserve_owned(), if waiting => match room {
+                    Ok(permit) => {
+                        if let Some(ev) = self.backlog.pop_front() {
+                            permit.send(ev);
+                        }
+                    }
+                    // The daemon is gone: nothing will read them.
+                    Err(_) => {
+                        self.dropped_events += self.backlog.len() as u64;
+                        self.backlog.clear();
+                    }
+                },
+                ev = self.swarm.select_next_some(), if !waiting => self.swarm_event(ev),
                 _ = redial.tick() => self.redial(),
             }
         }
@@ -490,6 +537,25 @@ impl EventLoop {
         }
     }
 
+    /// Asks `peer` for a reservation if it is one of our relays and we hold none there.
+    fn reserve_at(&mut self, peer: PeerId) {
+        let Some((addr, listener)) = self.relays.get(&peer) else {
+            return;
+        };
+        if listener.is_some() {
+            return;
+        }
+        let circuit = addr.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit) {
+            Ok(id) => {
+                if let Some((_, l)) = self.relays.get_mut(&peer) {
+                    *l = Some(id);
+                }
+            }
+            Err(e) => tracing::warn!(relay = %peer, error = %e, "cannot reserve at relay"),
+        }
+    }
+
     /// Announces the rendezvous keys again when the routing table has doubled since
     /// (a record made with an empty table reached nobody).
     fn reprovide(&mut self) {
@@ -540,16 +606,19 @@ impl EventLoop {
         }
     }
 
+    /// Hands an event to the daemon, or keeps it for when there is room (and stops
+    /// reading the network meanwhile). Dropping one (as before) lost gossip for good:
+    /// gossipsub had already marked it seen, and only a round started by a peer that
+    /// holds the topic brought it, minutes later with many peers and topics.
     fn emit(&mut self, ev: Event) {
-        if self.events.try_send(ev).is_err() {
-            // Overload policy: drop and count; anti-entropy repairs what was lost.
-            self.dropped_events += 1;
-            if self.dropped_events.is_power_of_two() {
-                tracing::warn!(
-                    dropped = self.dropped_events,
-                    "daemon is not keeping up with the network; dropping events"
-                );
-            }
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(ev);
+            return;
+        }
+        match self.events.try_send(ev) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(ev)) => self.backlog.push_back(ev),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.dropped_events += 1,
         }
     }
 
@@ -656,6 +725,16 @@ impl EventLoop {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                // A relay is reachable where it listens (that is what makes it a relay),
+                // and libp2p's relay serves reservations only with a confirmed external
+                // address. Loopback and circuit addresses are not offered.
+                let loopback = address.iter().any(|p| {
+                    matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_loopback())
+                        || matches!(p, libp2p::multiaddr::Protocol::Ip6(ip) if ip.is_loopback())
+                });
+                if self.swarm.behaviour().relay.is_enabled() && !loopback && !is_relayed(&address) {
+                    self.swarm.add_external_address(address);
+                }
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } if self.is_banned(&peer_id) => {
                 tracing::debug!(peer = %peer_id, "refusing a banned peer");
@@ -673,8 +752,13 @@ impl EventLoop {
                     "inbound"
                 };
                 let addr = endpoint.get_remote_address().clone();
+                let path = if endpoint.is_relayed() || is_relayed(&addr) {
+                    "relayed"
+                } else {
+                    "direct"
+                };
                 if num_established.get() == 1 {
-                    tracing::info!(peer = %peer_id, %addr, how, "connected");
+                    tracing::info!(peer = %peer_id, %addr, how, path, "connected");
                     let how = self.found_by.remove(&peer_id).unwrap_or(how);
                     self.peers.insert(
                         peer_id,
@@ -684,9 +768,20 @@ impl EventLoop {
                             how,
                             rtt: None,
                             score: None,
+                            path,
                         },
                     );
                     self.emit(Event::Connected(peer_id));
+                } else if path == "direct"
+                    && let Some(p) = self.peers.get_mut(&peer_id)
+                    && p.path == "relayed"
+                {
+                    // A direct connection next to a relayed one: a hole punch (dcutr) or
+                    // a dial that got through. Traffic moves to it; the relayed one is
+                    // closed by the relay's limits or when idle.
+                    tracing::info!(peer = %peer_id, %addr, "direct connection next to the relayed one");
+                    p.addr = addr;
+                    p.path = "punched";
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -708,6 +803,30 @@ impl EventLoop {
                 } else {
                     tracing::debug!(?peer_id, %error, "dial failed");
                 }
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                let mut at_relay = false;
+                for (_, l) in self.relays.values_mut() {
+                    if *l == Some(listener_id) {
+                        *l = None;
+                        at_relay = true;
+                    }
+                }
+                if at_relay {
+                    tracing::info!(
+                        ?reason,
+                        "reservation at a relay ended; asked again when it identifies"
+                    );
+                } else {
+                    tracing::warn!(?addresses, ?reason, "stopped listening");
+                }
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!(%error, "listener error");
             }
             SwarmEvent::Behaviour(ev) => self.behaviour_event(ev),
             _ => {}
@@ -794,10 +913,33 @@ impl EventLoop {
                             .add_address(&peer_id, addr.clone());
                     }
                 }
+                self.reserve_at(peer_id);
                 self.emit(Event::Identified {
                     peer: peer_id,
                     addrs: info.listen_addrs,
                 });
+            }
+            BehaviourEvent::RelayClient(libp2p::relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal: false,
+                ..
+            }) => {
+                tracing::info!(relay = %relay_peer_id, "reservation accepted: reachable through the relay");
+            }
+            BehaviourEvent::Relay(ev) => {
+                tracing::debug!(?ev, "relay");
+            }
+            BehaviourEvent::Dcutr(libp2p::dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => match result {
+                Ok(_) => tracing::info!(peer = %remote_peer_id, "hole punch succeeded"),
+                Err(e) => {
+                    tracing::info!(peer = %remote_peer_id, error = %e, "hole punch failed; staying relayed")
+                }
+            },
+            BehaviourEvent::Autonat(libp2p::autonat::v1::Event::StatusChanged { new, .. }) => {
+                tracing::info!(status = ?new, "reachability");
             }
             BehaviourEvent::Ping(ping::Event {
                 peer,

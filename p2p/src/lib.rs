@@ -18,7 +18,9 @@ mod codec;
 mod event_loop;
 pub mod psk;
 
-pub use behaviour::{Config, IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_GOSSIP_BYTES, gossip, score};
+pub use behaviour::{
+    Config, IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_GOSSIP_BYTES, RelayLimits, gossip, score,
+};
 pub use codec::{PROTOCOL, SyncCodec};
 pub use event_loop::{Command, Event, EventLoop, Handle, PeerInfo, Verdict, spawn};
 pub use libp2p::gossipsub::MessageId;

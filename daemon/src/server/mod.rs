@@ -656,6 +656,7 @@ async fn peers(State(st): State<Shared>) -> ApiResult<Json<PeersResponse>> {
                 how: p.how.into(),
                 rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 score: p.score,
+                path: p.path.into(),
             })
             .collect(),
     }))

@@ -43,6 +43,19 @@ pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Polls `f` for up to `secs`; whether it became true.
+#[allow(dead_code)]
+pub fn try_wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
 /// libp2p on loopback, mDNS off.
 pub const LOOPBACK_P2P: &str = "\n[p2p]\nmdns = false\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n";
 

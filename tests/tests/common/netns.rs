@@ -237,3 +237,179 @@ impl Drop for Lab {
             .status();
     }
 }
+
+/// Two sites behind NAT and a relay on a "public" segment:
+///
+/// ```text
+///   site A 192.168.10.2 ─ router A (masquerade) 10.78.0.2 ─┐
+///                                                          ├─ switch ─ relay 10.78.0.1
+///   site B 192.168.20.2 ─ router B (masquerade) 10.78.0.3 ─┘
+/// ```
+///
+/// The site hosts have a route to 10.78.0.0/24 through their router and nothing else
+/// (no default route anywhere); nothing routes to the sites, so only what the routers'
+/// connection tracking lets back in reaches them. Unsolicited packets from the WAN are
+/// dropped, as home routers do (a router that answers them with a reset would kill a
+/// hole punch's crossing SYNs). `symmetric` makes the routers map
+/// each connection to a random port (`masquerade fully-random`), so the address a peer
+/// learns from the relay is useless for hole punching.
+pub struct NatLab {
+    namespaces: Vec<String>,
+    /// The relay (index 0), site A's host (1) and site B's host (2).
+    pub hosts: Vec<Host>,
+}
+
+impl NatLab {
+    pub fn new(symmetric: bool) -> NatLab {
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            LABS.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns = |name: &str| format!("mm{id}{name}");
+        let (sw, relay, ra, rb, a, b) = (ns("sw"), ns("rl"), ns("ra"), ns("rb"), ns("a"), ns("b"));
+        let mut lab = NatLab {
+            namespaces: Vec::new(),
+            hosts: Vec::new(),
+        };
+        for n in [&sw, &relay, &ra, &rb, &a, &b] {
+            ip(&["netns", "add", n]);
+            lab.namespaces.push(n.clone());
+            ip(&["-n", n, "link", "set", "lo", "up"]);
+        }
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &sw, "link", "set", "br0", "up"]);
+        // Public segment: the relay and the routers' WAN sides on the switch.
+        for (n, port, addr) in [
+            (&relay, "p0", "10.78.0.1"),
+            (&ra, "p1", "10.78.0.2"),
+            (&rb, "p2", "10.78.0.3"),
+        ] {
+            ip(&[
+                "-n", &sw, "link", "add", port, "type", "veth", "peer", "name", "wan", "netns", n,
+            ]);
+            ip(&["-n", &sw, "link", "set", port, "master", "br0", "up"]);
+            ip(&["-n", n, "addr", "add", &format!("{addr}/24"), "dev", "wan"]);
+            ip(&["-n", n, "link", "set", "wan", "up"]);
+        }
+        // Each site: a host on a point-to-point link to its router, which masquerades.
+        for (router, host, net) in [(&ra, &a, "192.168.10"), (&rb, &b, "192.168.20")] {
+            ip(&[
+                "-n", router, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
+                "netns", host,
+            ]);
+            ip(&[
+                "-n",
+                router,
+                "addr",
+                "add",
+                &format!("{net}.1/24"),
+                "dev",
+                "lan",
+            ]);
+            ip(&["-n", router, "link", "set", "lan", "up"]);
+            ip(&[
+                "-n",
+                host,
+                "addr",
+                "add",
+                &format!("{net}.2/24"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", host, "link", "set", "eth0", "up"]);
+            ip(&[
+                "-n",
+                host,
+                "route",
+                "add",
+                "10.78.0.0/24",
+                "via",
+                &format!("{net}.1"),
+            ]);
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    router,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv4.ip_forward=1",
+                ],
+            );
+            let nat = if symmetric {
+                "masquerade fully-random"
+            } else {
+                "masquerade"
+            };
+            let script = format!(
+                "table ip nat {{\n chain post {{\n  type nat hook postrouting priority srcnat\n  \
+                 oifname \"wan\" {nat}\n }}\n}}\n\
+                 table ip filter {{\n chain forwarding {{\n  type filter hook forward priority 0; policy drop\n  \
+                 iifname \"lan\" accept\n  ct state established,related accept\n }}\n \
+                 chain incoming {{\n  type filter hook input priority 0; policy accept\n  \
+                 iifname \"wan\" ct state new drop\n }}\n}}\n"
+            );
+            let path = std::env::temp_dir().join(format!("{router}.nft"));
+            std::fs::write(&path, script).expect("write the nft script");
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    router,
+                    "nft",
+                    "-f",
+                    path.to_str().expect("a utf-8 path"),
+                ],
+            );
+            let _ = std::fs::remove_file(&path);
+        }
+        for (n, addr) in [
+            (&relay, "10.78.0.1"),
+            (&a, "192.168.10.2"),
+            (&b, "192.168.20.2"),
+        ] {
+            lab.hosts.push(Host {
+                ns: n.clone(),
+                addr: addr.into(),
+                port: String::new(),
+                node: None,
+            });
+        }
+        lab
+    }
+
+    /// Starts the daemon of host `i` with `config`.
+    pub fn start(&mut self, i: usize, config: &str) {
+        self.hosts[i].node = Some(Node::start_in(&self.hosts[i].ns, config));
+    }
+
+    /// The daemon of host `i`.
+    pub fn node(&self, i: usize) -> &Node {
+        self.hosts[i].node.as_ref().expect("host has a daemon")
+    }
+
+    /// `/ip4/<addr>/tcp/7470/p2p/<peer id>` of host `i`'s daemon.
+    pub fn multiaddr(&self, i: usize) -> String {
+        let id = self.node(i).get("/v1/peers")["peer_id"]
+            .as_str()
+            .expect("peer id")
+            .to_owned();
+        format!("/ip4/{}/tcp/7470/p2p/{id}", self.hosts[i].addr)
+    }
+}
+
+impl Drop for NatLab {
+    fn drop(&mut self) {
+        for h in &mut self.hosts {
+            if let Some(mut n) = h.node.take() {
+                n.kill();
+            }
+        }
+        for n in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
