@@ -69,6 +69,34 @@ pub struct Host {
     pub node: Option<Node>,
 }
 
+impl Host {
+    /// Its daemon.
+    pub fn node(&self) -> &Node {
+        self.node.as_ref().expect("host has a daemon")
+    }
+
+    /// `/ip4/<addr>/tcp/7470/p2p/<peer id>` of its daemon.
+    pub fn multiaddr(&self) -> String {
+        let id = self.node().get("/v1/peers")["peer_id"]
+            .as_str()
+            .expect("peer id")
+            .to_owned();
+        format!("/ip4/{}/tcp/7470/p2p/{id}", self.addr)
+    }
+}
+
+/// Kills the hosts' daemons, then deletes the namespaces.
+fn tear_down<'a>(hosts: &mut [Host], namespaces: impl Iterator<Item = &'a str>) {
+    for h in hosts.iter_mut() {
+        if let Some(mut n) = h.node.take() {
+            n.kill();
+        }
+    }
+    for ns in namespaces {
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+}
+
 /// A switch and its hosts.
 pub struct Lab {
     switch: String,
@@ -139,16 +167,12 @@ impl Lab {
 
     /// `/ip4/<addr>/tcp/7470/p2p/<peer id>` of host `i`'s daemon.
     pub fn multiaddr(&self, i: usize) -> String {
-        let id = self.node(i).get("/v1/peers")["peer_id"]
-            .as_str()
-            .expect("peer id")
-            .to_owned();
-        format!("/ip4/{}/tcp/7470/p2p/{id}", self.hosts[i].addr)
+        self.hosts[i].multiaddr()
     }
 
     /// The daemon of host `i`.
     pub fn node(&self, i: usize) -> &Node {
-        self.hosts[i].node.as_ref().expect("host has a daemon")
+        self.hosts[i].node()
     }
 
     /// The daemon of host `i`, mutably (to stop, kill, restart).
@@ -224,17 +248,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for h in &mut self.hosts {
-            if let Some(mut n) = h.node.take() {
-                n.kill();
-            }
-        }
-        for h in &self.hosts {
-            let _ = Command::new("ip").args(["netns", "del", &h.ns]).status();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.switch])
-            .status();
+        let mut namespaces: Vec<String> = self.hosts.iter().map(|h| h.ns.clone()).collect();
+        namespaces.push(self.switch.clone());
+        tear_down(&mut self.hosts, namespaces.iter().map(String::as_str));
     }
 }
 
@@ -388,28 +404,17 @@ impl NatLab {
 
     /// The daemon of host `i`.
     pub fn node(&self, i: usize) -> &Node {
-        self.hosts[i].node.as_ref().expect("host has a daemon")
+        self.hosts[i].node()
     }
 
     /// `/ip4/<addr>/tcp/7470/p2p/<peer id>` of host `i`'s daemon.
     pub fn multiaddr(&self, i: usize) -> String {
-        let id = self.node(i).get("/v1/peers")["peer_id"]
-            .as_str()
-            .expect("peer id")
-            .to_owned();
-        format!("/ip4/{}/tcp/7470/p2p/{id}", self.hosts[i].addr)
+        self.hosts[i].multiaddr()
     }
 }
 
 impl Drop for NatLab {
     fn drop(&mut self) {
-        for h in &mut self.hosts {
-            if let Some(mut n) = h.node.take() {
-                n.kill();
-            }
-        }
-        for n in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
+        tear_down(&mut self.hosts, self.namespaces.iter().map(String::as_str));
     }
 }
