@@ -492,6 +492,13 @@ impl Config {
                 return bad(format!("p2p.topics: {t:?}: {e}"));
             }
         }
+        for r in &self.p2p.relays {
+            if !r.contains("/p2p/") {
+                return bad(format!(
+                    "p2p.relays: {r:?} needs the relay's peer id: /ip4/192.0.2.1/tcp/7470/p2p/<peer id> (murmur peers on the relay prints it)"
+                ));
+            }
+        }
         if self.p2p.sync_timeout < Duration::from_secs(1)
             || self.p2p.lag_watch < Duration::from_secs(1)
         {
@@ -710,6 +717,22 @@ mod tests {
             assert!(matches!(e, ConfigError::Invalid(_)), "{bad}: {e}");
             assert!(e.to_string().contains("not a level"), "{e}");
         }
+    }
+
+    #[test]
+    fn p2p_limits_are_checked_with_a_way_out() {
+        let at = |t: &str| Config::from_toml(&format!("[p2p]\n{t}\n"), Path::new("x"));
+        let e = at("relays = [\"/ip4/192.0.2.1/tcp/7470\"]").unwrap_err();
+        assert!(e.to_string().contains("peer id"), "{e}");
+        let topics: Vec<String> = (0..33).map(|i| format!("\"t/{i}\"")).collect();
+        let e = at(&format!("topics = [{}]", topics.join(","))).unwrap_err();
+        assert!(e.to_string().contains("broader patterns"), "{e}");
+        let e = at("lag_watch = \"0s\"").unwrap_err();
+        assert!(e.to_string().contains("at least 1s"), "{e}");
+        let c = at("relay_server = true\nrelay_circuit_mb = 16\ntopic_links = 0").unwrap();
+        assert!(c.p2p.relay_server);
+        assert_eq!(c.p2p.relay_circuit_mb, 16);
+        assert_eq!(c.p2p.topic_links, 0);
     }
 
     #[test]

@@ -240,6 +240,16 @@ pub struct EventLoop {
     found_by: BTreeMap<PeerId, &'static str>,
     /// Peers disconnected because identify showed another libp2p network.
     strangers: prometheus_client::metrics::counter::Counter,
+    /// Connected peers by path (`direct`, `relayed`, `punched`).
+    paths: prometheus_client::metrics::family::Family<
+        crate::PathLabel,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+    /// Hole punches by result (`ok`, `failed`).
+    punches: prometheus_client::metrics::family::Family<
+        crate::ResultLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
     /// Target of connections to peers learned through Kademlia.
     links: usize,
     /// Rendezvous keys announced.
@@ -290,6 +300,18 @@ pub fn spawn(
         "gossip_bytes",
         "Bytes of events received by gossip, and published (forwarding not counted)",
         gossip_bytes.0.clone(),
+    );
+    let paths = prometheus_client::metrics::family::Family::default();
+    registry.register(
+        "peers_by_path",
+        "Connected peers by path: direct, relayed (through a circuit relay), punched (direct after a hole punch)",
+        paths.clone(),
+    );
+    let punches = prometheus_client::metrics::family::Family::default();
+    registry.register(
+        "hole_punches",
+        "Hole punches (dcutr) by result: ok, failed (the connection stays relayed)",
+        punches.clone(),
     );
     let strangers = prometheus_client::metrics::counter::Counter::default();
     registry.register(
@@ -396,6 +418,8 @@ pub fn spawn(
         gossip_bytes,
         found_by: BTreeMap::new(),
         strangers,
+        paths,
+        punches,
         links: config.links,
         provided: std::collections::BTreeSet::new(),
         provided_at: 0,
@@ -534,6 +558,16 @@ impl EventLoop {
             if !last && let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
                 q.finish();
             }
+        }
+    }
+
+    /// Sets the peers-by-path gauges from the connected peers.
+    fn count_paths(&self) {
+        for path in ["direct", "relayed", "punched"] {
+            let n = self.peers.values().filter(|p| p.path == path).count();
+            self.paths
+                .get_or_create(&crate::PathLabel { path })
+                .set(n as i64);
         }
     }
 
@@ -771,6 +805,7 @@ impl EventLoop {
                             path,
                         },
                     );
+                    self.count_paths();
                     self.emit(Event::Connected(peer_id));
                 } else if path == "direct"
                     && let Some(p) = self.peers.get_mut(&peer_id)
@@ -782,6 +817,7 @@ impl EventLoop {
                     tracing::info!(peer = %peer_id, %addr, "direct connection next to the relayed one");
                     p.addr = addr;
                     p.path = "punched";
+                    self.count_paths();
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -792,6 +828,7 @@ impl EventLoop {
             } => {
                 tracing::info!(peer = %peer_id, ?cause, "disconnected");
                 self.peers.remove(&peer_id);
+                self.count_paths();
                 self.emit(Event::Disconnected(peer_id));
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -932,12 +969,18 @@ impl EventLoop {
             BehaviourEvent::Dcutr(libp2p::dcutr::Event {
                 remote_peer_id,
                 result,
-            }) => match result {
-                Ok(_) => tracing::info!(peer = %remote_peer_id, "hole punch succeeded"),
-                Err(e) => {
-                    tracing::info!(peer = %remote_peer_id, error = %e, "hole punch failed; staying relayed")
+            }) => {
+                let outcome = if result.is_ok() { "ok" } else { "failed" };
+                self.punches
+                    .get_or_create(&crate::ResultLabel { result: outcome })
+                    .inc();
+                match result {
+                    Ok(_) => tracing::info!(peer = %remote_peer_id, "hole punch succeeded"),
+                    Err(e) => {
+                        tracing::info!(peer = %remote_peer_id, error = %e, "hole punch failed; staying relayed")
+                    }
                 }
-            },
+            }
             BehaviourEvent::Autonat(libp2p::autonat::v1::Event::StatusChanged { new, .. }) => {
                 tracing::info!(status = ?new, "reachability");
             }

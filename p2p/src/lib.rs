@@ -56,6 +56,20 @@ pub struct Traffic(
     >,
 );
 
+/// Label: a connection's path (`direct`, `relayed`, `punched`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct PathLabel {
+    /// The path.
+    pub path: &'static str,
+}
+
+/// Label: an outcome (`ok`, `failed`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ResultLabel {
+    /// The outcome.
+    pub result: &'static str,
+}
+
 /// Label: `in` or `out`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct Direction {

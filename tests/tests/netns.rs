@@ -1083,6 +1083,20 @@ fn nat_lab(symmetric: bool) -> (Duration, String, String) {
     if !symmetric {
         let _ = common::try_wait_for(15, || path(1, 2) == "punched" || path(2, 1) == "punched");
     }
+    // The metrics say the same as `murmur peers`.
+    let want = if symmetric { "relayed" } else { "punched" };
+    let series = format!("murmur_p2p_peers_by_path{{path=\"{want}\"}}");
+    assert!(lab.node(1).metric(&series) >= 1, "{series} on A");
+    if !symmetric {
+        assert!(
+            lab.node(1)
+                .metric("murmur_p2p_hole_punches_total{result=\"ok\"}")
+                + lab
+                    .node(2)
+                    .metric("murmur_p2p_hole_punches_total{result=\"ok\"}")
+                >= 1
+        );
+    }
     if std::env::var_os("MURMUR_NAT_LOGS").is_some() {
         for i in 0..3 {
             eprintln!("--- host {i}\n{}", lab.node(i).log());
