@@ -315,11 +315,17 @@ pub fn request(
     let mut s = UnixStream::connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.unwrap_or("");
-    write!(
-        s,
+    let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: murmur\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )?;
+    );
+    if let Err(e) = s.write_all(req.as_bytes()) {
+        // A server may answer an early error (a path that is not UTF-8) before it has
+        // read the body, and close: the answer is still there to read.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e);
+        }
+    }
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
