@@ -383,6 +383,22 @@ impl<P, M> Debug for Replicator<P, M> {
     }
 }
 
+/// One gossip output per channel, the run's bytes moved into the last.
+fn gossip_on<P, M>(channels: Vec<Pattern>, data: Vec<u8>, outs: &mut Outs<P, M>) {
+    if let Some((last, rest)) = channels.split_last() {
+        for channel in rest {
+            outs.push(Output::Gossip {
+                channel: channel.clone(),
+                data: data.clone(),
+            });
+        }
+        outs.push(Output::Gossip {
+            channel: last.clone(),
+            data,
+        });
+    }
+}
+
 impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     /// A machine with `config`. `confirm`: topics on which a finished round with a peer
     /// must confirm the node's own logs (after a repair), if any.
@@ -564,7 +580,8 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             // Encoding our own valid events cannot fail; if it did, anti-entropy
             // delivers them.
             if let Ok(data) = run::encode(r) {
-                self.send_run(r[0].topic(), None, data, &mut outs);
+                let chans = channel::cover(r[0].topic(), &self.joined, &self.channels, None);
+                gossip_on(chans, data, &mut outs);
             }
         }
         outs
@@ -743,8 +760,10 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                 events: evs,
             } = a;
             let topic = evs[0].topic().clone();
-            // Re-encoded only if a neighbour off this channel wants it.
-            let bridge = evs.clone();
+            // Neighbours off this channel that want the topic: the run is kept (and
+            // re-encoded, if it brought anything new) only for them.
+            let bridge_to = channel::cover(&topic, &self.joined, &self.channels, Some(&on));
+            let bridge = (!bridge_to.is_empty()).then(|| evs.clone());
             // Accept (and so forward) a run that brought anything new.
             let mut verdict = Verdict::Ignore;
             let mut round = false;
@@ -780,10 +799,8 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                 if self.joined.len() > 1 {
                     self.remember_run(hash, &topic, &on);
                 }
-                if !channel::cover(&topic, &self.joined, &self.channels, Some(&on)).is_empty()
-                    && let Ok(data) = run::encode(&bridge)
-                {
-                    self.send_run(&topic, Some(&on), data, outs);
+                if let Some(Ok(data)) = bridge.as_deref().map(run::encode) {
+                    gossip_on(bridge_to, data, outs);
                 }
             }
             outs.push(Output::Verdict { id, from, verdict });
@@ -839,7 +856,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                     break;
                 };
                 if topics.iter().any(|t| self.peer_wants(&peer, t)) {
-                    self.round(peer, now, store, &mut outs);
+                    self.round_on(peer, &topics, now, store, &mut outs);
                     break;
                 }
             }
@@ -1021,28 +1038,6 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         }
     }
 
-    /// Sends a run on `topic` into the channels that reach every neighbour wanting it
-    /// (see [`channel::cover`]); `came_on` is the channel it arrived on, if gossiped.
-    fn send_run(
-        &self,
-        topic: &Topic,
-        came_on: Option<&Pattern>,
-        data: Vec<u8>,
-        outs: &mut Outs<P, M>,
-    ) {
-        let chans = channel::cover(topic, &self.joined, &self.channels, came_on);
-        let n = chans.len();
-        let mut data = Some(data);
-        for (i, channel) in chans.into_iter().enumerate() {
-            let data = if i + 1 == n {
-                data.take().unwrap_or_default()
-            } else {
-                data.clone().unwrap_or_default()
-            };
-            outs.push(Output::Gossip { channel, data });
-        }
-    }
-
     fn remember_run(&mut self, hash: [u8; 32], topic: &Topic, on: &Pattern) {
         let (order, runs) = &mut self.recent;
         if runs.insert(hash, (topic.clone(), on.clone())).is_none() {
@@ -1056,12 +1051,25 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     }
 
     fn round<S: ReadStore>(&mut self, peer: P, now: Instant, store: &S, outs: &mut Outs<P, M>) {
-        let topics: Vec<Topic> = self
-            .known_topics(store)
-            .into_iter()
+        let topics = self.known_topics(store);
+        self.round_on(peer, &topics, now, store, outs);
+    }
+
+    /// A round with `peer` on those of `topics` it wants.
+    fn round_on<S: ReadStore>(
+        &mut self,
+        peer: P,
+        topics: &[Topic],
+        now: Instant,
+        store: &S,
+        outs: &mut Outs<P, M>,
+    ) {
+        let wanted: Vec<Topic> = topics
+            .iter()
             .filter(|t| self.peer_wants(&peer, t))
+            .cloned()
             .collect();
-        for topic in topics {
+        for topic in wanted {
             self.start_session(peer.clone(), topic, now, store, outs);
         }
     }

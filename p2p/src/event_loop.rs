@@ -786,7 +786,7 @@ impl EventLoop {
                     "inbound"
                 };
                 let addr = endpoint.get_remote_address().clone();
-                let path = if endpoint.is_relayed() || is_relayed(&addr) {
+                let path = if endpoint.is_relayed() {
                     "relayed"
                 } else {
                     "direct"

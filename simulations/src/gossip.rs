@@ -17,8 +17,7 @@ impl Sim {
     /// A received run, after `validate_ms`: the node's replication machine checks,
     /// verifies and stores it, holds what lies past a gap, and gives the verdict.
     pub(crate) fn validated(&mut self, node: usize, from: usize, id: MsgId, run: Arc<Vec<u8>>) {
-        // Interested nodes replicate exactly the topic: its channel is that pattern's.
-        let channel = format!("{}{}", murmur_core::channel::PREFIX, self.topic);
+        let channel = self.channel.clone();
         let n = &mut self.nodes[node];
         let outs = n.machine.gossiped(
             vec![Gossip {

@@ -233,6 +233,9 @@ pub struct Sim {
     nodes: Vec<Node>,
     topic: Topic,
     partitioned: bool,
+    /// The topic's gossip channel: interested nodes replicate exactly the topic, so it
+    /// is that pattern's.
+    channel: String,
     /// Rendezvous keys and the nodes that announced them (the DHT's provider records).
     providers: HashMap<String, Vec<usize>>,
     /// Rendezvous lookups made.
@@ -346,6 +349,7 @@ impl Sim {
                 duplicates: 0,
             });
         }
+        let channel = murmur_core::channel::name(&Pattern::new(topic.as_str())?);
         let mut sim = Sim {
             rng,
             now: 0,
@@ -354,6 +358,7 @@ impl Sim {
             queue: BinaryHeap::new(),
             topic,
             partitioned: false,
+            channel,
             providers: HashMap::new(),
             lookups: 0,
             verifier,

@@ -274,14 +274,11 @@ impl Sim {
         if !self.nodes[i].online {
             return;
         }
-        let channel = Pattern::new(self.topic.as_str())
-            .map(|p| murmur_core::channel::name(&p))
-            .unwrap_or_default();
         for new in reach.difference(&known) {
             // gossipsub then tells it the channels the peer is on: the peer's interest,
             // the topic or (a node that does not want it) another one.
             let theirs = if self.nodes[*new].interested {
-                channel.as_str()
+                self.channel.as_str()
             } else {
                 "murmur:elsewhere/#"
             };

@@ -51,7 +51,6 @@ fn attack_with(
         tokio::spawn(lp.run());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         let mut opened = false;
-        let _ = &mut later;
         loop {
             let more = async {
                 match later.as_mut() {

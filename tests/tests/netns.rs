@@ -1031,7 +1031,6 @@ fn thirty_hosts_with_kademlia_only_find_the_few_that_want_a_topic() {
     // asks the ~20 closest), so lookups are often not needed here: the simulator shows
     // them at 1,000 and 10,000 nodes, and p2p/tests/rendezvous.rs shows a lookup dialing
     // a provider that nothing else connected to.
-    let _ = lookups;
 }
 
 /// Runs the NAT lab: a relay, and one host in each of two NATed sites that know only the
