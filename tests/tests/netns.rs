@@ -634,6 +634,12 @@ fn a_damaged_store_is_refused_repaired_and_refilled_from_a_peer() {
     }
 }
 
+/// Held by the labs that start many daemons or measure live latency, so they do not
+/// run at once on this 2-core machine: 30 daemons starting beside the many-topics lab
+/// starved its watching host, whose live push then stalled for up to ~25 s (see the
+/// closing note of issue 14; not yet explained).
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Events a node stored from each path: (gossip, sync).
 fn received_by_path(n: &Node) -> (u64, u64) {
     (
@@ -738,6 +744,11 @@ fn many_topics_report(lab: &Lab) -> String {
             why.push_str(&format!("  {l}\n"));
         }
         why.push_str(&format!("  peers {}\n", n.get("/v1/peers")["peers"]));
+        for l in n.log().lines().filter(|l| {
+            l.contains(" WARN ") || l.contains("disconnected") || l.contains(" connected ")
+        }) {
+            why.push_str(&format!("  | {l}\n"));
+        }
     }
     why
 }
@@ -747,6 +758,7 @@ fn two_thousand_topics_on_five_hosts_still_travel_by_live_push() {
     if !root_or_skip("two_thousand_topics_on_five_hosts_still_travel_by_live_push") {
         return;
     }
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     // Rounds every 30 s, as on a real fleet: anything sync delivers comes late and shows.
     let cfg = |_: usize| {
         "[p2p]\nmdns = true\nlisten = [\"/ip4/0.0.0.0/tcp/7470\"]\nanti_entropy_interval = \"30s\"\n"
@@ -817,6 +829,9 @@ fn two_thousand_topics_on_five_hosts_still_travel_by_live_push() {
         sync += s - s0;
     }
     let share = gossip as f64 / (gossip + sync) as f64;
+    if share < 0.99 {
+        eprintln!("{}", many_topics_report(&lab));
+    }
     let (p50_one, p99_one) = (pct(&one, 0.5), pct(&one, 0.99));
     let (p50_many, p99_many) = (pct(&many, 0.5), pct(&many, 0.99));
     eprintln!(
@@ -943,6 +958,7 @@ fn thirty_hosts_with_kademlia_only_find_the_few_that_want_a_topic() {
     if !root_or_skip("thirty_hosts_with_kademlia_only_find_the_few_that_want_a_topic") {
         return;
     }
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     // mDNS off; every host knows only host 0. Each dials at most 2 peers it learns from
     // the DHT, so the hosts that want fleet/t (6 of 30: hosts 1-6) rarely meet by
     // chance. Host 0, the bootstrap host, does not want it.
