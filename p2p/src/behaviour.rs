@@ -342,11 +342,9 @@ pub(crate) fn build(
         [(PROTOCOL, request_response::ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(config.request_timeout)
-            // Each sync message is a stream. A peer runs up to 256 sessions with us (its
-            // machine's bound), each with up to two requests in flight (a window and
-            // the prefetched next): 256 dropped streams once a round covered 2,000
-            // topics, and the rounds timed out.
-            .with_max_concurrent_streams(1024),
+            // Each sync message is a stream: at most SYNC_STREAMS of ours to a peer at
+            // once (the event loop queues the rest) and as many of a murmur peer's.
+            .with_max_concurrent_streams(2 * crate::event_loop::SYNC_STREAMS + 64),
     );
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
     // Provider records name who replicates what (murmur_core::channel::rendezvous): a

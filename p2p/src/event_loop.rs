@@ -238,6 +238,10 @@ pub struct EventLoop {
     gossip_bytes: crate::Traffic,
     /// How a peer we are dialing was found, until its connection is established.
     found_by: BTreeMap<PeerId, &'static str>,
+    /// Length of `backlog`.
+    waiting: prometheus_client::metrics::gauge::Gauge,
+    /// Times `backlog` went from empty to not.
+    held_back: prometheus_client::metrics::counter::Counter,
     /// Peers disconnected because identify showed another libp2p network.
     strangers: prometheus_client::metrics::counter::Counter,
     /// Connected peers by path (`direct`, `relayed`, `punched`).
@@ -262,7 +266,31 @@ pub struct EventLoop {
     lookups: std::collections::HashMap<kad::QueryId, usize>,
     /// Relays to hold a reservation at, and the circuit listener while there is one.
     relays: BTreeMap<PeerId, (Multiaddr, Option<libp2p::core::transport::ListenerId>)>,
+    /// Sync messages to each peer: in flight, and waiting for one of those to end.
+    sync_out: std::collections::HashMap<PeerId, SyncOut>,
+    /// Sync messages dropped because a peer's waiting line was full.
+    sync_dropped: u64,
 }
+
+/// Sync messages on their way to one peer. Each message is a stream until the peer's
+/// empty answer. yamux closes the whole connection when a side opens more streams
+/// than its limit (512), so the streams are flow-controlled here: at most
+/// [`SYNC_STREAMS`] at once, the rest waiting in order.
+#[derive(Default)]
+struct SyncOut {
+    in_flight: usize,
+    waiting: std::collections::VecDeque<Message>,
+}
+
+/// Most sync messages in flight to one peer. With a murmur peer doing the same, a
+/// connection carries at most twice this in sync streams, far below yamux's 512 with
+/// room for gossipsub, Kademlia, identify and ping. A round on 2,000 topics once opened
+/// over 512 at a time on a loaded machine and lost the connection (TooManyStreams).
+pub(crate) const SYNC_STREAMS: usize = 128;
+/// Most sync messages waiting for one peer. The sync machine bounds what it has in
+/// flight (sessions × windows), so this is reached only by a peer that stopped reading;
+/// beyond it messages are dropped and the sessions time out and retry.
+const SYNC_WAITING_MAX: usize = 4096;
 
 /// Most provider lookups at once (each is bounded by Kademlia's own query timeout).
 const LOOKUPS_MAX: usize = 64;
@@ -312,6 +340,18 @@ pub fn spawn(
         "hole_punches",
         "Hole punches (dcutr) by result: ok, failed (the connection stays relayed)",
         punches.clone(),
+    );
+    let waiting = prometheus_client::metrics::gauge::Gauge::default();
+    registry.register(
+        "events_waiting",
+        "Network events waiting for the daemon to take them; while any wait, the network reads nothing and peers are pushed back (a daemon that cannot keep up)",
+        waiting.clone(),
+    );
+    let held_back = prometheus_client::metrics::counter::Counter::default();
+    registry.register(
+        "held_back",
+        "Times the network stopped reading because the daemon had no room for an event",
+        held_back.clone(),
     );
     let strangers = prometheus_client::metrics::counter::Counter::default();
     registry.register(
@@ -417,6 +457,8 @@ pub fn spawn(
         banned: BTreeMap::new(),
         gossip_bytes,
         found_by: BTreeMap::new(),
+        waiting,
+        held_back,
         strangers,
         paths,
         punches,
@@ -425,6 +467,8 @@ pub fn spawn(
         provided_at: 0,
         lookups: std::collections::HashMap::new(),
         relays,
+        sync_out: std::collections::HashMap::new(),
+        sync_dropped: 0,
     };
     Ok((handle, ev_rx, lp))
 }
@@ -476,11 +520,13 @@ impl EventLoop {
                         if let Some(ev) = self.backlog.pop_front() {
                             permit.send(ev);
                         }
+                        self.waiting.set(self.backlog.len() as i64);
                     }
                     // The daemon is gone: nothing will read them.
                     Err(_) => {
                         self.dropped_events += self.backlog.len() as u64;
                         self.backlog.clear();
+                        self.waiting.set(0);
                     }
                 },
                 ev = self.swarm.select_next_some(), if !waiting => self.swarm_event(ev),
@@ -647,12 +693,50 @@ impl EventLoop {
     fn emit(&mut self, ev: Event) {
         if !self.backlog.is_empty() {
             self.backlog.push_back(ev);
+            self.waiting.inc();
             return;
         }
         match self.events.try_send(ev) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(ev)) => self.backlog.push_back(ev),
+            Err(mpsc::error::TrySendError::Full(ev)) => {
+                self.backlog.push_back(ev);
+                self.waiting.set(1);
+                self.held_back.inc();
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => self.dropped_events += 1,
+        }
+    }
+
+    /// Sends a sync message now if fewer than [`SYNC_STREAMS`] are in flight to the
+    /// peer, or queues it.
+    fn send_sync(&mut self, peer: PeerId, msg: Message) {
+        let out = self.sync_out.entry(peer).or_default();
+        if out.in_flight < SYNC_STREAMS {
+            out.in_flight += 1;
+            self.swarm.behaviour_mut().sync.send_request(&peer, msg);
+        } else if out.waiting.len() < SYNC_WAITING_MAX {
+            out.waiting.push_back(msg);
+        } else {
+            self.sync_dropped += 1;
+            tracing::debug!(%peer, dropped = self.sync_dropped, "sync line to a peer full: message dropped");
+        }
+    }
+
+    /// A sync message to `peer` ended (answered or failed): the next waiting one goes.
+    fn sync_sent(&mut self, peer: PeerId) {
+        let Some(out) = self.sync_out.get_mut(&peer) else {
+            return;
+        };
+        out.in_flight = out.in_flight.saturating_sub(1);
+        match out.waiting.pop_front() {
+            Some(msg) => {
+                out.in_flight += 1;
+                self.swarm.behaviour_mut().sync.send_request(&peer, msg);
+            }
+            None if out.in_flight == 0 => {
+                self.sync_out.remove(&peer);
+            }
+            None => {}
         }
     }
 
@@ -663,9 +747,7 @@ impl EventLoop {
                 let r = self.swarm.dial(addr).map_err(|e| e.to_string());
                 let _ = reply.send(r);
             }
-            Command::Sync { peer, msg } => {
-                b.sync.send_request(&peer, msg);
-            }
+            Command::Sync { peer, msg } => self.send_sync(peer, msg),
             Command::Publish { topic, data } => {
                 self.gossip_bytes.add("out", data.len());
                 match b.gossip.publish(gossipsub::IdentTopic::new(topic), data) {
@@ -828,6 +910,8 @@ impl EventLoop {
             } => {
                 tracing::info!(peer = %peer_id, ?cause, "disconnected");
                 self.peers.remove(&peer_id);
+                // What waited can no longer go; the sessions fail as the peer left.
+                self.sync_out.remove(&peer_id);
                 self.count_paths();
                 self.emit(Event::Disconnected(peer_id));
             }
@@ -880,13 +964,14 @@ impl EventLoop {
                         let _ = self.swarm.behaviour_mut().sync.send_response(channel, ());
                         self.emit(Event::Sync { peer, msg: request });
                     }
-                    request_response::Message::Response { .. } => {}
+                    request_response::Message::Response { .. } => self.sync_sent(peer),
                 }
             }
             BehaviourEvent::Sync(request_response::Event::OutboundFailure {
                 peer, error, ..
             }) => {
                 tracing::debug!(%peer, %error, "sync message not delivered");
+                self.sync_sent(peer);
             }
             BehaviourEvent::Sync(request_response::Event::InboundFailure {
                 peer, error, ..

@@ -426,6 +426,10 @@ impl Replicator {
     /// room in its queue); its outcome comes back through the main loop.
     async fn outputs(&mut self, outs: Vec<Output<PeerId, MessageId>>) {
         let mut outs: VecDeque<_> = outs.into();
+        // Stalled topics per peer (first topic, topics, events behind, longest stall):
+        // one warning per peer, not one per topic (a round on 2,000 topics once wrote
+        // a hundred lines in the same millisecond).
+        let mut lagging: BTreeMap<PeerId, (Topic, usize, u64, Duration)> = BTreeMap::new();
         while let Some(o) = outs.pop_front() {
             match o {
                 Output::Persist {
@@ -445,10 +449,13 @@ impl Replicator {
                         outs.extend(more);
                     }
                 },
+                // Sync messages, runs and verdicts wait for room in the network's queue:
+                // the network task takes commands before anything else and never waits
+                // on us, so the wait is short, and nothing is lost. Dropped, a sync
+                // message stalled its session until the timeout, a run reached peers
+                // only by the next round, and a verdict left a run unforwarded.
                 Output::Sync(proto::Output::Send { to, msg }) => {
-                    if !self.net.try_send(NetCommand::Sync { peer: to, msg }) {
-                        self.metrics.refused("network_queue_full");
-                    }
+                    self.net.send(NetCommand::Sync { peer: to, msg }).await;
                 }
                 Output::Sync(proto::Output::Stored { events, .. }) => {
                     self.metrics.received("sync", events.len() as u64);
@@ -484,14 +491,8 @@ impl Replicator {
                     tracing::warn!(author = %proof.author(), topic = %proof.topic(), seq = %proof.seq(), "fork proven: log frozen");
                 }
                 Output::Gossip { channel, data } => {
-                    let sent = self.net.try_send(NetCommand::Publish {
-                        topic: murmur_core::channel::name(&channel),
-                        data,
-                    });
-                    if !sent {
-                        // Anti-entropy delivers what live gossip dropped.
-                        self.metrics.refused("network_queue_full");
-                    }
+                    let topic = murmur_core::channel::name(&channel);
+                    self.net.send(NetCommand::Publish { topic, data }).await;
                 }
                 Output::Verdict { id, from, verdict } => {
                     let verdict = match verdict {
@@ -499,11 +500,14 @@ impl Replicator {
                         policy::Verdict::Ignore => Verdict::Ignore,
                         policy::Verdict::Reject => Verdict::Reject,
                     };
-                    self.net.try_send(NetCommand::Validate {
-                        id,
-                        source: from,
-                        verdict,
-                    });
+                    let source = from;
+                    self.net
+                        .send(NetCommand::Validate {
+                            id,
+                            source,
+                            verdict,
+                        })
+                        .await;
                 }
                 Output::Received { events } => {
                     self.metrics.received("gossip", events.len() as u64);
@@ -529,7 +533,10 @@ impl Replicator {
                     stalled,
                 } => {
                     self.metrics.session("lagging");
-                    tracing::warn!(%peer, %topic, behind, stalled_secs = stalled.as_secs(), "the events this node lacks from a peer have not shrunk; trying it and another peer");
+                    let l = lagging.entry(peer).or_insert((topic, 0, 0, stalled));
+                    l.1 += 1;
+                    l.2 += behind;
+                    l.3 = l.3.max(stalled);
                 }
                 Output::Stuck {
                     peer,
@@ -566,6 +573,9 @@ impl Replicator {
                 }
                 Output::OwnLogsConfirmed => self.confirm_own().await,
             }
+        }
+        for (peer, (topic, topics, behind, stalled)) in lagging {
+            tracing::warn!(%peer, %topic, topics, behind, stalled_secs = stalled.as_secs(), "the events this node lacks from a peer have not shrunk (topic: the first of them); trying it and another peer");
         }
     }
 

@@ -1,0 +1,93 @@
+//! Sync messages are streams, and yamux closes a whole connection when either side
+//! opens more than 512 at once. A round on thousands of topics sends thousands of
+//! messages to one peer at once; while the receiver is busy (its daemon reads nothing
+//! for a while) they must wait their turn, not kill the connection. Loopback only,
+//! mDNS off.
+
+use std::time::Duration;
+
+use murmur_core::sync::Message;
+use murmur_core::topic::Topic;
+use murmur_p2p::{Command, Event, Handle, Multiaddr};
+use tokio::sync::mpsc;
+
+async fn node(seed: u8) -> (Handle, mpsc::Receiver<Event>, Multiaddr) {
+    let config = murmur_p2p::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a multiaddr")],
+        mdns: false,
+        links: 0,
+        ..murmur_p2p::Config::default()
+    };
+    let (handle, events, event_loop) =
+        murmur_p2p::spawn([seed; 32], &config, &mut murmur_p2p::Registry::default())
+            .expect("network starts");
+    tokio::spawn(event_loop.run());
+    for _ in 0..100 {
+        if let Some(a) = handle.addresses().await.into_iter().next() {
+            let a = a.with_p2p(handle.peer_id()).expect("a /p2p address");
+            return (handle, events, a);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the node did not start listening");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_thousand_sync_messages_to_a_busy_peer_all_arrive_on_one_connection() {
+    let (sender, mut sender_events, _) = node(1).await;
+    let (receiver, mut receiver_events, receiver_addr) = node(2).await;
+    sender.dial(receiver_addr).await.expect("dial");
+    let peer = receiver.peer_id();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), sender_events.recv()).await {
+            Ok(Some(Event::Connected(p))) if p == peer => break,
+            Ok(Some(_)) => {}
+            other => panic!("no connection: {other:?}"),
+        }
+    }
+    // The sender's other events: a disconnection is the failure this test is about.
+    let (lost_tx, mut lost) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Some(ev) = sender_events.recv().await {
+            if let Event::Disconnected(p) = ev
+                && p == peer
+            {
+                let _ = lost_tx.send(()).await;
+            }
+        }
+    });
+
+    const N: usize = 3000;
+    for i in 0..N {
+        let topic = Topic::new(format!("sensors/{i:04}/temp")).expect("a topic");
+        assert!(
+            sender
+                .send(Command::Sync {
+                    peer,
+                    msg: Message::InSync { topic },
+                })
+                .await
+        );
+    }
+    // The receiving daemon is busy for 2 s: its network stops reading meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut got = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < N {
+        tokio::select! {
+            ev = tokio::time::timeout_at(deadline, receiver_events.recv()) => match ev {
+                Ok(Some(Event::Sync { msg: Message::InSync { topic }, .. })) => {
+                    got.insert(topic);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            },
+            _ = lost.recv() => panic!("the connection was lost after {} messages", got.len()),
+        }
+    }
+    assert_eq!(got.len(), N, "every message arrived, each once");
+    assert!(
+        lost.try_recv().is_err(),
+        "the connection stayed up throughout"
+    );
+}
