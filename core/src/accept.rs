@@ -40,13 +40,19 @@ impl Head {
     }
 }
 
-/// What this node knows of one log: its head and whether it is frozen by a fork.
+/// What this node knows of one log: its head, its base and whether it is frozen by a
+/// fork.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LogState {
-    /// The head, `None` for a log with no events here.
+    /// The head, `None` for a log with no events here. Kept when events are pruned, so
+    /// the chain continues from it.
     pub head: Option<Head>,
     /// Lowest seq at which a fork was proven; nothing past it is accepted.
     pub frozen_at: Option<Seq>,
+    /// First seq held: the events below it were pruned here (retention), or never
+    /// held (a log first received from a peer's base). 0 when nothing was cut. The
+    /// events held are `base..=head`; `base == head + 1` means none.
+    pub base: Seq,
 }
 
 /// Proof that an author signed two different events at the same position of one log.
@@ -116,6 +122,9 @@ pub enum Verdict {
         /// Fork position.
         at: Seq,
     },
+    /// Below the log's base: pruned here (or never kept). Not stored again, and not a
+    /// gap: nothing pruned comes back.
+    Pruned,
 }
 
 /// Classifies `event` against the log's state. When `event.seq <= head.seq`, `stored`
@@ -130,11 +139,18 @@ pub fn classify(
     {
         return Verdict::Frozen { at };
     }
+    if event.seq() < state.base {
+        return Verdict::Pruned;
+    }
     let Some(head) = state.head else {
-        return if event.seq() == Seq(0) {
+        // An empty log starts at its base (0, or a peer's base it was told to start
+        // at), with no link to check before it.
+        return if event.seq() == state.base {
             Verdict::Append
         } else {
-            Verdict::Gap { expected: Seq(0) }
+            Verdict::Gap {
+                expected: state.base,
+            }
         };
     };
     if event.seq() > head.seq {
@@ -177,6 +193,7 @@ mod tests {
         LogState {
             head: c.last().map(Head::of),
             frozen_at: None,
+            base: Seq(0),
         }
     }
 
@@ -261,12 +278,46 @@ mod tests {
         let st = LogState {
             head: Some(Head::of(&c[3])),
             frozen_at: Some(Seq(3)),
+            base: Seq(0),
         };
         assert_eq!(
             classify(&st, &c[4], |_| None),
             Verdict::Frozen { at: Seq(3) }
         );
         assert_eq!(classify(&st, &c[3], |_| None), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn below_the_base_is_pruned_and_an_empty_log_starts_at_its_base() {
+        let c = chain(&key(1), "t", 6);
+        // Events 0..=2 pruned, head 4 kept.
+        let st = LogState {
+            head: Some(Head::of(&c[4])),
+            frozen_at: None,
+            base: Seq(3),
+        };
+        assert_eq!(classify(&st, &c[1], |_| None), Verdict::Pruned);
+        assert_eq!(
+            classify(&st, &c[3], |_| Some(c[3].clone())),
+            Verdict::Duplicate
+        );
+        assert_eq!(classify(&st, &c[5], |_| None), Verdict::Append);
+        // Everything pruned (base past the head): the chain still continues.
+        let all = LogState { base: Seq(5), ..st };
+        assert_eq!(classify(&all, &c[4], |_| None), Verdict::Pruned);
+        assert_eq!(classify(&all, &c[5], |_| None), Verdict::Append);
+        // An empty log told to start at 3 (a peer's base): 3 appends without a link.
+        let fresh = LogState {
+            head: None,
+            frozen_at: None,
+            base: Seq(3),
+        };
+        assert_eq!(classify(&fresh, &c[3], |_| None), Verdict::Append);
+        assert_eq!(classify(&fresh, &c[2], |_| None), Verdict::Pruned);
+        assert_eq!(
+            classify(&fresh, &c[4], |_| None),
+            Verdict::Gap { expected: Seq(3) }
+        );
     }
 
     #[test]

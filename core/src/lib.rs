@@ -36,7 +36,7 @@
 //! // ... and applies the acceptance rules against its view of the log.
 //! let empty = LogState::default();
 //! assert_eq!(accept::classify(&empty, &got[0], |_| None), Verdict::Append);
-//! let after_first = LogState { head: Some(Head::of(&got[0])), frozen_at: None };
+//! let after_first = LogState { head: Some(Head::of(&got[0])), ..LogState::default() };
 //! assert_eq!(accept::classify(&after_first, &got[1], |_| None), Verdict::Append);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -98,6 +98,7 @@ pub mod hlc;
 pub mod id;
 pub mod keys;
 pub mod replicate;
+pub mod retention;
 pub mod run;
 pub mod storage;
 pub mod sync;
@@ -112,7 +113,8 @@ pub use hlc::{Ahead, Clock, ClockError, Timestamp};
 pub use id::{AuthorId, EventId, Offset, Seq};
 pub use keys::{KeyError, Keypair};
 pub use storage::{
-    ArrivalPage, DocArrival, Durability, LogSummary, Outcome, ReadStore, Snapshot, Store,
+    ArrivalPage, Cut, DocArrival, Durability, LogSummary, Outcome, Pruned, ReadStore, Snapshot,
+    Store,
 };
 pub use topic::{Pattern, Topic, TopicError};
 pub use vv::VersionVector;

@@ -10,7 +10,8 @@
 //!   loss.
 //! - Offsets are assigned to appended events in call order, contiguously, and are never
 //!   reused. [`Store::next_offset`] is one past the last assigned offset.
-//! - A log's events are stored contiguously from seq 0 up to its head.
+//! - A log's events are stored contiguously from its base (0 unless pruned) up to its
+//!   head; nothing below the base is stored again.
 //! - Callers hand `insert` only authentic events (signature or range verified).
 
 use std::error::Error;
@@ -49,6 +50,8 @@ pub enum Outcome {
     PrevMismatch,
     /// Not stored: the log is frozen by a fork.
     Frozen,
+    /// Not stored: below the log's base (pruned here). Nothing pruned comes back.
+    Pruned,
 }
 
 /// One log with its head, for listings.
@@ -62,6 +65,30 @@ pub struct LogSummary {
     pub head: Head,
     /// Fork position, if the log is frozen.
     pub frozen_at: Option<Seq>,
+    /// First seq held (see [`LogState::base`]).
+    pub base: Seq,
+}
+
+/// A prefix cut of one log: its events with seq below `below` go (see
+/// [`Store::prune`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    /// The topic.
+    pub topic: Topic,
+    /// The author.
+    pub author: AuthorId,
+    /// The new base: events below it are deleted. Never past the head; never lowers
+    /// a base.
+    pub below: Seq,
+}
+
+/// What [`Store::prune`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Events deleted.
+    pub events: u64,
+    /// Their encoded bytes.
+    pub bytes: u64,
 }
 
 /// A page of events in arrival order.
@@ -186,4 +213,11 @@ pub trait Store: ReadStore {
 
     /// Makes everything written so far durable (used at shutdown).
     fn flush(&self) -> Result<(), Self::Error>;
+
+    /// Cuts log prefixes, atomically: each log's events below its cut are deleted with
+    /// their index entries, and the base rises to the cut. The newest event always
+    /// stays (a cut past it stops at it), so the chain continues from the head and
+    /// offsets are never reused; a cut at or below the base, or of an unknown log, does
+    /// nothing. Fork proofs stay. Readers of arrivals skip the deleted offsets.
+    fn prune(&self, cuts: &[Cut]) -> Result<Pruned, Self::Error>;
 }

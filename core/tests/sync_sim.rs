@@ -760,3 +760,60 @@ fn a_round_passes_a_known_fork_on_to_a_node_that_saw_one_side() {
     assert!(st.frozen_at.is_some(), "frozen on node 2 too");
     nodes[2].store.forks().unwrap()[0].check().unwrap();
 }
+
+/// Retention: a peer that pruned the range a node asks for answers from its base. That
+/// is not a violation (no ban), and it cannot continue the node's log, so the node's
+/// log stays as it was. A node that pruned never pulls the pruned range back from a
+/// peer that still holds it: its head stays, so its vector asks for nothing below it.
+#[test]
+fn a_peer_that_pruned_is_no_violator_and_nothing_pruned_comes_back() {
+    use murmur_core::storage::Cut;
+    let mut nodes = vec![node(1), node(2), node(3)];
+    let author = key(7);
+    let evs = murmur_core::testing::chain(&author, "ret", 10, "r");
+    let topic = evs[0].topic().clone();
+    nodes[0].store.insert(&evs[..3], Durability::Sync).unwrap();
+    nodes[1].store.insert(&evs, Durability::Sync).unwrap();
+    nodes[2].store.insert(&evs, Durability::Sync).unwrap();
+    let cut = Cut {
+        topic: topic.clone(),
+        author: author.author(),
+        below: Seq(7),
+    };
+    assert_eq!(nodes[1].store.prune(&[cut]).unwrap().events, 7);
+
+    // Node 0 (seq 0..=2) asks node 1 (7..=9) for 3..: the answer starts at 7.
+    let outs = round(&mut nodes, 0, 1, &topic);
+    assert!(
+        !outs
+            .iter()
+            .any(|(_, o)| matches!(o, Output::Misbehaved { .. })),
+        "{outs:?}"
+    );
+    let st = nodes[0].store.log_state(&author.author(), &topic).unwrap();
+    assert_eq!(st.head.unwrap().seq, Seq(2), "no jump over the gap");
+    // Node 0 still completes from node 2, which holds everything.
+    round(&mut nodes, 0, 2, &topic);
+    let st = nodes[0].store.log_state(&author.author(), &topic).unwrap();
+    assert_eq!(st.head.unwrap().seq, Seq(9));
+
+    // Node 1 rounds with node 2 both ways: nothing below its base comes back.
+    round(&mut nodes, 1, 2, &topic);
+    round(&mut nodes, 2, 1, &topic);
+    let held = nodes[1]
+        .store
+        .log_range(&author.author(), &topic, Seq(0), 100)
+        .unwrap();
+    assert_eq!(
+        held.iter().map(|e| e.seq().0).collect::<Vec<_>>(),
+        vec![7, 8, 9]
+    );
+    assert_eq!(
+        nodes[1]
+            .store
+            .log_state(&author.author(), &topic)
+            .unwrap()
+            .base,
+        Seq(7)
+    );
+}

@@ -290,8 +290,79 @@ pub(crate) fn documents_are_indexed<S: Store>(s: &S) {
     assert_eq!(s.load_snapshot(&topic, &a).unwrap(), Some(snap));
 }
 
+/// Retention's prefix cut: the events below the cut go with their indexes, the head
+/// and the chain stay, nothing below the base is stored again, and readers skip the
+/// offsets that went.
+pub(crate) fn prune_cuts_a_prefix<S: Store>(s: &S) {
+    use murmur_core::storage::Cut;
+    let (k, j) = (key(1), key(2));
+    let a = chain(&k, "s/a", 10);
+    let b = chain(&j, "s/b", 4);
+    // Interleaved arrivals: a0..a4, b0..b3, a5..a9 at offsets 0..=13.
+    s.insert(&a[..5], Durability::Sync).unwrap();
+    s.insert(&b, Durability::Sync).unwrap();
+    s.insert(&a[5..], Durability::Sync).unwrap();
+    let cut = |c: &[Event], below| Cut {
+        topic: c[0].topic().clone(),
+        author: c[0].author(),
+        below: Seq(below),
+    };
+    let done = s.prune(&[cut(&a, 7)]).unwrap();
+    assert_eq!(done.events, 7);
+    assert_eq!(
+        done.bytes,
+        a[..7].iter().map(|e| e.bytes().len() as u64).sum::<u64>()
+    );
+    let st = s.log_state(&k.author(), a[0].topic()).unwrap();
+    assert_eq!(st.base, Seq(7));
+    assert_eq!(st.head.unwrap().id, a[9].id());
+    // Reads start at the base; ids below it are gone.
+    let r = s.log_range(&k.author(), a[0].topic(), Seq(0), 100).unwrap();
+    assert_eq!(
+        r.iter().map(|e| e.seq().0).collect::<Vec<_>>(),
+        vec![7, 8, 9]
+    );
+    assert!(s.event(&a[3].id()).unwrap().is_none());
+    assert!(s.event(&a[8].id()).unwrap().is_some());
+    // Arrivals skip the pruned offsets; the other log is untouched.
+    let page = s.arrivals(Offset(0), None, 100, 100).unwrap();
+    let offs: Vec<u64> = page.events.iter().map(|(o, _)| o.0).collect();
+    assert_eq!(offs, vec![5, 6, 7, 8, 11, 12, 13]);
+    assert_eq!(s.next_offset(), Offset(14));
+    // Nothing below the base comes back, by any path; the chain continues.
+    let again = s.insert(&a[..7], Durability::Sync).unwrap();
+    assert!(again.iter().all(|o| *o == Outcome::Pruned), "{again:?}");
+    let more = murmur_core::testing::chain(&k, "s/a", 12, "e");
+    assert_eq!(
+        s.insert(&more[10..], Durability::Sync).unwrap(),
+        vec![Outcome::Appended(Offset(14)), Outcome::Appended(Offset(15))]
+    );
+    // The head event always stays: a cut past it stops at it.
+    let done = s.prune(&[cut(&a, 1000), cut(&b, 2)]).unwrap();
+    assert_eq!(done.events, 4 + 2);
+    let st = s.log_state(&k.author(), a[0].topic()).unwrap();
+    assert_eq!((st.base, st.head.unwrap().seq), (Seq(11), Seq(11)));
+    // A cut at or below the base, or of an unknown log, does nothing.
+    assert_eq!(
+        s.prune(&[cut(&a, 3), cut(&chain(&key(3), "x", 1), 5)])
+            .unwrap()
+            .events,
+        0
+    );
+    let logs = s.logs().unwrap();
+    let base_of = |t: &str| logs.iter().find(|l| l.topic.as_str() == t).unwrap().base;
+    assert_eq!((base_of("s/a"), base_of("s/b")), (Seq(11), Seq(2)));
+    let vv = s.version_vector(a[0].topic()).unwrap();
+    assert_eq!(vv.get(&k.author()).unwrap().seq, Seq(11));
+}
+
 macro_rules! conformance_tests {
     ($make:expr) => {
+        #[test]
+        fn prune_cuts_a_prefix() {
+            let s = $make;
+            $crate::conformance::prune_cuts_a_prefix(&*s);
+        }
         #[test]
         fn append_and_read() {
             let s = $make;
@@ -394,6 +465,53 @@ mod rocks {
         let report = crate::check::verify(&s).unwrap();
         assert!(report.is_clean(), "{:?}", report.problems);
         assert_eq!((report.logs, report.events, report.arrivals), (1, 51, 51));
+    }
+
+    /// A schema 1 store (the id index without offsets) is upgraded at open; a pruned
+    /// store reopens with its bases and verifies clean.
+    #[test]
+    fn schema_1_is_upgraded_and_a_pruned_store_reopens_and_verifies() {
+        use murmur_core::storage::Cut;
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(1);
+        let c = chain(&k, "u", 40);
+        {
+            let s = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap();
+            s.insert(&c, Durability::Sync).unwrap();
+            // Back to schema 1: id index values are bare event keys.
+            let db = s.db();
+            let by_id = db.cf_handle("by_id").unwrap();
+            let lk = crate::keys::log_key(c[0].topic(), &k.author());
+            for e in &c {
+                db.put_cf(by_id, e.id().0, crate::keys::event_key(&lk, e.seq()))
+                    .unwrap();
+            }
+            db.put_cf(db.cf_handle("meta").unwrap(), b"schema", 1u32.to_be_bytes())
+                .unwrap();
+        }
+        {
+            let s = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap();
+            assert!(crate::check::verify(&s).unwrap().is_clean());
+            let cut = Cut {
+                topic: c[0].topic().clone(),
+                author: k.author(),
+                below: Seq(30),
+            };
+            assert_eq!(s.prune(&[cut]).unwrap().events, 30);
+            let page = s.arrivals(Offset(0), None, 100, 100).unwrap();
+            assert_eq!(page.events.len(), 10, "the arrival entries went too");
+        }
+        let s = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap();
+        let st = s.log_state(&k.author(), c[0].topic()).unwrap();
+        assert_eq!((st.base, st.head.unwrap().seq), (Seq(30), Seq(39)));
+        assert_eq!(s.next_offset(), Offset(40));
+        let report = crate::check::verify(&s).unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+        assert_eq!((report.events, report.arrivals), (10, 10));
+        let scan = crate::check::scan(&s, &std::sync::atomic::AtomicBool::new(false))
+            .unwrap()
+            .unwrap();
+        assert!(scan.problem().is_none(), "{:?}", scan.problem());
     }
 
     #[test]

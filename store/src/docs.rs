@@ -79,6 +79,15 @@ pub(crate) fn index(
     }
 }
 
+/// Removes a pruned document change from the indexes (the other half of [`index`]).
+pub(crate) fn unindex(batch: &mut WriteBatch, store: &RocksStore, ev: &Event, offset: u64) {
+    if let murmur_core::Body::Doc { doc, .. } = ev.body() {
+        let cf = store.cf(CF_DOCS);
+        batch.delete_cf(cf, change_key(ev.topic().as_str(), doc, offset));
+        batch.delete_cf(cf, arrival_key(offset));
+    }
+}
+
 /// Up to `limit` changes of one document with offsets from `from` on, in arrival
 /// order.
 pub(crate) fn changes(

@@ -7,16 +7,26 @@ use std::sync::RwLock;
 
 use murmur_core::accept::{self, ForkProof, Head, LogState, Verdict};
 use murmur_core::storage::{
-    ArrivalPage, DocArrival, Durability, LogSummary, Outcome, ReadStore, Snapshot, Store,
+    ArrivalPage, Cut, DocArrival, Durability, LogSummary, Outcome, Pruned, ReadStore, Snapshot,
+    Store,
 };
 use murmur_core::vv::{self, VersionVector};
 use murmur_core::{AuthorId, Body, DocId, Event, EventId, Offset, Pattern, Seq, Topic};
 
 type LogId = (Topic, AuthorId);
 
+/// One log: the events from `base` on (`events[i]` has seq `base + i`), and the head,
+/// which stays when they are pruned.
+#[derive(Default)]
+struct Log {
+    base: Seq,
+    events: std::collections::VecDeque<Event>,
+    head: Option<Head>,
+}
+
 #[derive(Default)]
 struct Inner {
-    logs: BTreeMap<LogId, Vec<Event>>,
+    logs: BTreeMap<LogId, Log>,
     forks: BTreeMap<LogId, ForkProof>,
     by_id: HashMap<EventId, (LogId, Seq)>,
     arrivals: Vec<(LogId, Seq)>,
@@ -28,14 +38,18 @@ struct Inner {
 
 impl Inner {
     fn state(&self, id: &LogId) -> LogState {
+        let log = self.logs.get(id);
         LogState {
-            head: self.logs.get(id).and_then(|l| l.last()).map(Head::of),
+            head: log.and_then(|l| l.head),
             frozen_at: self.forks.get(id).map(ForkProof::seq),
+            base: log.map_or(Seq(0), |l| l.base),
         }
     }
 
     fn at(&self, id: &LogId, seq: Seq) -> Option<&Event> {
-        self.logs.get(id)?.get(usize::try_from(seq.0).ok()?)
+        let log = self.logs.get(id)?;
+        let i = seq.0.checked_sub(log.base.0)?;
+        log.events.get(usize::try_from(i).ok()?)
     }
 
     fn at_offset(&self, off: Offset) -> Option<&Event> {
@@ -89,7 +103,9 @@ impl Store for MemoryStore {
                             .insert((topic.clone(), doc.clone(), offset), ());
                         inner.doc_arrivals.insert(offset, (topic, doc));
                     }
-                    inner.logs.entry(id).or_default().push(ev.clone());
+                    let log = inner.logs.entry(id).or_default();
+                    log.events.push_back(ev.clone());
+                    log.head = Some(Head::of(ev));
                     Outcome::Appended(offset)
                 }
                 Verdict::Duplicate => Outcome::Duplicate,
@@ -103,9 +119,42 @@ impl Store for MemoryStore {
                 Verdict::Gap { expected } => Outcome::Gap { expected },
                 Verdict::PrevMismatch { .. } => Outcome::PrevMismatch,
                 Verdict::Frozen { .. } => Outcome::Frozen,
+                Verdict::Pruned => Outcome::Pruned,
             });
         }
         Ok(out)
+    }
+
+    fn prune(&self, cuts: &[Cut]) -> Result<Pruned, Infallible> {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut done = Pruned::default();
+        for cut in cuts {
+            let log = inner
+                .logs
+                .entry((cut.topic.clone(), cut.author))
+                .or_default();
+            // The head event stays (as in the RocksDB store); an empty log is left as is.
+            let Some(head) = log.head else { continue };
+            let below = cut.below.min(head.seq);
+            if below <= log.base {
+                continue;
+            }
+            let n = usize::try_from(below.0 - log.base.0).unwrap_or(usize::MAX);
+            let gone: Vec<EventId> = log
+                .events
+                .drain(..n.min(log.events.len()))
+                .map(|ev| {
+                    done.events += 1;
+                    done.bytes += ev.bytes().len() as u64;
+                    ev.id()
+                })
+                .collect();
+            log.base = below;
+            for id in gone {
+                inner.by_id.remove(&id);
+            }
+        }
+        Ok(done)
     }
 
     fn save_snapshot(&self, topic: &Topic, doc: &DocId, snap: &Snapshot) -> Result<(), Infallible> {
@@ -139,8 +188,11 @@ impl ReadStore for MemoryStore {
         let Some(log) = inner.logs.get(&(topic.clone(), *author)) else {
             return Ok(Vec::new());
         };
-        let start = usize::try_from(from.0).unwrap_or(usize::MAX).min(log.len());
-        Ok(log[start..].iter().take(limit).cloned().collect())
+        // Below the base: the range starts at the base (what is held).
+        let start = usize::try_from(from.0.saturating_sub(log.base.0))
+            .unwrap_or(usize::MAX)
+            .min(log.events.len());
+        Ok(log.events.iter().skip(start).take(limit).cloned().collect())
     }
 
     fn log_range_bytes(
@@ -208,11 +260,12 @@ impl ReadStore for MemoryStore {
                 Some(LogSummary {
                     topic: topic.clone(),
                     author: *author,
-                    head: Head::of(log.last()?),
+                    head: log.head?,
                     frozen_at: inner
                         .forks
                         .get(&(topic.clone(), *author))
                         .map(ForkProof::seq),
+                    base: log.base,
                 })
             })
             .collect())
@@ -225,12 +278,12 @@ impl ReadStore for MemoryStore {
             if t != topic {
                 break;
             }
-            if let Some(last) = log.last() {
+            if let Some(head) = log.head {
                 vv.insert(
                     *author,
                     vv::Entry {
-                        seq: last.seq(),
-                        id: last.id(),
+                        seq: head.seq,
+                        id: head.id,
                     },
                 );
             }

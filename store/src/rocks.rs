@@ -5,8 +5,8 @@
 //! | family | key | value |
 //! |---|---|---|
 //! | `events` | event key | canonical event bytes |
-//! | `heads` | log key | seq (8) · id (32) · time ms (8) · logical (4) |
-//! | `by_id` | event id (32) | event key |
+//! | `heads` | log key | seq (8) · id (32) · time ms (8) · logical (4) [· base (8), once pruned] |
+//! | `by_id` | event id (32) | event key · offset (8, big-endian) |
 //! | `arrivals` | offset (8, big-endian) | event key |
 //! | `forks` | log key | len of first event (4) · first event · second event |
 //! | `meta` | name | value (`schema` → version, `own_logs_unconfirmed` → unix time) |
@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use murmur_core::accept::{self, ForkProof, Head, LogState, Verdict};
 use murmur_core::storage::{
-    ArrivalPage, DocArrival, Durability, LogSummary, Outcome, ReadStore, Snapshot, Store,
+    ArrivalPage, Cut, DocArrival, Durability, LogSummary, Outcome, Pruned, ReadStore, Snapshot,
+    Store,
 };
 use murmur_core::vv::{self, VersionVector};
 use murmur_core::{
@@ -46,8 +47,11 @@ pub use crate::error::StoreError;
 pub(crate) use crate::error::{is_data_file, open_error};
 use crate::keys::{event_key, log_key, split_log_key, topic_of, topic_prefix};
 
-/// Schema version written to `meta`; a store with a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Schema version written to `meta`; a store with a newer one is refused. Version 2
+/// (retention) adds the offset to the id index (pruning deletes an event's arrival
+/// entry through it) and the base to pruned logs' head records. A version 1 store is
+/// upgraded at open.
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub(crate) const CF_EVENTS: &str = "events";
 pub(crate) const CF_HEADS: &str = "heads";
@@ -510,8 +514,42 @@ impl RocksStore {
                 if found > SCHEMA_VERSION {
                     return Err(StoreError::Schema { found });
                 }
+                if found < 2 {
+                    self.upgrade_to_2()?;
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Version 1 → 2: the id index gains each event's offset (from the arrivals), so
+    /// pruning can delete arrival entries. One pass over the arrivals, in batches; if
+    /// it stops half-way, the next open does it again (the rewrite is idempotent).
+    fn upgrade_to_2(&self) -> Result<()> {
+        let (events, by_id) = (self.cf(CF_EVENTS), self.cf(CF_BY_ID));
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_ARRIVALS));
+        it.seek_to_first();
+        let mut batch = WriteBatch::default();
+        let mut n = 0u64;
+        while let (Some(k), Some(ek)) = (it.key(), it.value()) {
+            let off = u64::from_be_bytes(k.try_into().map_err(|_| corrupt("arrival key"))?);
+            let bytes = self
+                .db
+                .get_pinned_cf(events, ek)?
+                .ok_or_else(|| corrupt(format!("arrival {off} names a missing event")))?;
+            batch.put_cf(by_id, EventId::hash(&bytes).0, by_id_value(ek, off));
+            n += 1;
+            if batch.len() >= 4096 {
+                self.db.write(std::mem::take(&mut batch))?;
+            }
+            it.next();
+        }
+        it.status()?;
+        batch.put_cf(self.cf(CF_META), b"schema", 2u32.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        tracing::info!(events = n, "store upgraded to schema 2 (retention)");
         Ok(())
     }
 
@@ -542,7 +580,7 @@ impl RocksStore {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_HEADS));
         it.seek_to_first();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let head = decode_head(v)?;
+            let (head, _) = decode_head(v)?;
             let at = self
                 .db
                 .get_pinned_cf(events, event_key(k, head.seq))?
@@ -586,7 +624,15 @@ impl RocksStore {
             Some(v) => Some(decode_fork(&v)?.seq()),
             None => None,
         };
-        Ok(LogState { head, frozen_at })
+        let (head, base) = match head {
+            Some((h, b)) => (Some(h), b),
+            None => (None, Seq(0)),
+        };
+        Ok(LogState {
+            head,
+            frozen_at,
+            base,
+        })
     }
 
     pub(crate) fn event_at(&self, key: &[u8]) -> Result<Option<Event>> {
@@ -657,16 +703,50 @@ fn decode_event(v: Vec<u8>) -> Result<Event> {
         .map_err(|e| corrupt(format!("stored event: {e}")))
 }
 
-pub(crate) fn encode_head(h: &Head) -> [u8; 52] {
-    let mut v = [0u8; 52];
+/// A log's head record: the head, and its base when above 0.
+pub(crate) fn encode_head(h: &Head, base: Seq) -> Vec<u8> {
+    let mut v = vec![0u8; if base.0 > 0 { 60 } else { 52 }];
     v[..8].copy_from_slice(&h.seq.0.to_be_bytes());
     v[8..40].copy_from_slice(&h.id.0);
     v[40..48].copy_from_slice(&h.time.ms.to_be_bytes());
-    v[48..].copy_from_slice(&h.time.logical.to_be_bytes());
+    v[48..52].copy_from_slice(&h.time.logical.to_be_bytes());
+    if base.0 > 0 {
+        v[52..].copy_from_slice(&base.0.to_be_bytes());
+    }
     v
 }
 
-pub(crate) fn decode_head(v: &[u8]) -> Result<Head> {
+/// A head record's head and base.
+/// An id index value: the event key and the event's offset.
+pub(crate) fn by_id_value(ek: &[u8], offset: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(ek.len() + 8);
+    v.extend_from_slice(ek);
+    v.extend_from_slice(&offset.to_be_bytes());
+    v
+}
+
+/// An id index value's event key and offset.
+pub(crate) fn split_by_id(v: &[u8]) -> Result<(&[u8], u64)> {
+    if v.len() < 34 + 8 + 8 {
+        return Err(corrupt("id index value too short"));
+    }
+    let (ek, off) = v.split_at(v.len() - 8);
+    Ok((ek, u64::from_be_bytes(off.try_into().unwrap_or([0; 8]))))
+}
+
+pub(crate) fn decode_head(v: &[u8]) -> Result<(Head, Seq)> {
+    let base = match v.len() {
+        52 => Seq(0),
+        60 => Seq(u64::from_be_bytes(v[52..60].try_into().unwrap_or([0; 8]))),
+        _ => return Err(corrupt("head record is neither 52 nor 60 bytes")),
+    };
+    if base.0 > u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])) {
+        return Err(corrupt("head record's base is past its head"));
+    }
+    Ok((decode_head_only(&v[..52])?, base))
+}
+
+fn decode_head_only(v: &[u8]) -> Result<Head> {
     if v.len() != 52 {
         return Err(corrupt("head record is not 52 bytes"));
     }
@@ -735,7 +815,7 @@ impl ReadStore for RocksStore {
 
     fn event(&self, id: &EventId) -> Result<Option<Event>> {
         match self.db.get_pinned_cf(self.cf(CF_BY_ID), id.0)? {
-            Some(ek) => self.get_event(&ek),
+            Some(v) => self.get_event(split_by_id(&v)?.0),
             None => Ok(None),
         }
     }
@@ -794,19 +874,20 @@ impl ReadStore for RocksStore {
         let mut out = Vec::new();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             let (topic, author) = split_log_key(k).ok_or_else(|| corrupt("head key"))?;
-            let head = decode_head(v)?;
-            out.push((topic, author, head, k.to_vec()));
+            let (head, base) = decode_head(v)?;
+            out.push((topic, author, head, base, k.to_vec()));
             it.next();
         }
         it.status()?;
         out.into_iter()
-            .map(|(topic, author, head, lk)| {
+            .map(|(topic, author, head, base, lk)| {
                 let frozen_at = self.load_state(&lk)?.frozen_at;
                 Ok(LogSummary {
                     topic,
                     author,
                     head,
                     frozen_at,
+                    base,
                 })
             })
             .collect()
@@ -822,7 +903,7 @@ impl ReadStore for RocksStore {
                 break;
             }
             let (_, author) = split_log_key(k).ok_or_else(|| corrupt("head key"))?;
-            let h = decode_head(v)?;
+            let (h, _) = decode_head(v)?;
             vv.insert(
                 author,
                 vv::Entry {
@@ -922,7 +1003,7 @@ impl Store for RocksStore {
                     let ek = event_key(&lk, ev.seq());
                     let head = Head::of(ev);
                     batch.put_cf(cf_events, &ek, ev.bytes());
-                    batch.put_cf(cf_by_id, ev.id().0, &ek);
+                    batch.put_cf(cf_by_id, ev.id().0, by_id_value(&ek, offset));
                     batch.put_cf(cf_arrivals, offset.to_be_bytes(), &ek);
                     crate::docs::index(&mut batch, self, ev, offset, &ek);
                     staged.insert(ek, i);
@@ -942,6 +1023,7 @@ impl Store for RocksStore {
                 Verdict::Gap { expected } => Outcome::Gap { expected },
                 Verdict::PrevMismatch { .. } => Outcome::PrevMismatch,
                 Verdict::Frozen { .. } => Outcome::Frozen,
+                Verdict::Pruned => Outcome::Pruned,
             };
             if next_state != state {
                 overlay.insert(lk, next_state);
@@ -952,7 +1034,7 @@ impl Store for RocksStore {
         // 1,024 events is one head write instead of 1,024.
         for (lk, st) in &overlay {
             if let Some(head) = st.head {
-                batch.put_cf(cf_heads, lk, encode_head(&head));
+                batch.put_cf(cf_heads, lk, encode_head(&head, st.base));
             }
         }
         if !batch.is_empty() {
@@ -976,6 +1058,71 @@ impl Store for RocksStore {
 
     fn save_snapshot(&self, topic: &Topic, doc: &DocId, snap: &Snapshot) -> Result<()> {
         crate::docs::save_snapshot(self, topic, doc, snap)
+    }
+
+    fn prune(&self, cuts: &[Cut]) -> Result<Pruned> {
+        let mut writer = self
+            .writer
+            .lock()
+            .map_err(|_| corrupt("writer lock poisoned"))?;
+        let (cf_events, cf_heads, cf_by_id, cf_arrivals) = (
+            self.cf(CF_EVENTS),
+            self.cf(CF_HEADS),
+            self.cf(CF_BY_ID),
+            self.cf(CF_ARRIVALS),
+        );
+        let mut batch = WriteBatch::default();
+        let mut done = Pruned::default();
+        let mut changed = Vec::new();
+        for cut in cuts {
+            let lk = log_key(&cut.topic, &cut.author);
+            let state = match writer.states.get(&lk) {
+                Some(s) => *s,
+                None => self.load_state(&lk)?,
+            };
+            // The head event stays: offsets are never reused (the newest arrival is
+            // always some log's head), and the chain continues from it.
+            let Some(head) = state.head else { continue };
+            let below = cut.below.min(head.seq);
+            if below <= state.base {
+                continue;
+            }
+            let (from, to) = (event_key(&lk, state.base), event_key(&lk, below));
+            let mut it = self.db.raw_iterator_cf(cf_events);
+            it.seek(&from);
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                if k >= to.as_slice() {
+                    break;
+                }
+                let id = EventId::hash(v);
+                if let Some(idv) = self.db.get_pinned_cf(cf_by_id, id.0)? {
+                    let (_, off) = split_by_id(&idv)?;
+                    batch.delete_cf(cf_arrivals, off.to_be_bytes());
+                    let ev = decode_event(v.to_vec())?;
+                    crate::docs::unindex(&mut batch, self, &ev, off);
+                }
+                batch.delete_cf(cf_by_id, id.0);
+                done.events += 1;
+                done.bytes += v.len() as u64;
+                it.next();
+            }
+            it.status()?;
+            batch.delete_range_cf(cf_events, &from, &to);
+            batch.put_cf(cf_heads, &lk, encode_head(&head, below));
+            changed.push((
+                lk,
+                LogState {
+                    base: below,
+                    ..state
+                },
+            ));
+        }
+        if !batch.is_empty() {
+            // Buffered: a pruning lost to a power cut is redone by the next pass.
+            self.db.write(batch)?;
+        }
+        writer.states.extend(changed);
+        Ok(done)
     }
 
     fn flush(&self) -> Result<()> {

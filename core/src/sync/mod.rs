@@ -690,14 +690,19 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         // where it ends (before decoding and verifying it), so the peer reads and sends
         // it while we verify this one.
         let mut prefetch = None;
+        let mut pruned = false;
         let events = if run.is_empty() {
             Vec::new()
         } else {
             match crate::run::header(&run) {
                 Ok(h) if h.count > limit => return self.violation(key, Violation::TooMany),
-                Ok(h) if h.author != author || h.topic != topic || h.first != want_from => {
+                Ok(h) if h.author != author || h.topic != topic || h.first < want_from => {
                     return self.violation(key, Violation::Unrequested);
                 }
+                // The peer pruned what we asked for (retention): its range starts at its
+                // base. Not a violation; this peer cannot continue our log, so the pull
+                // ends here as if it had nothing (another peer may still hold the gap).
+                Ok(h) if h.first > want_from => pruned = true,
                 Ok(h) if !probe => {
                     let next = Seq(h.first.0.saturating_add(u64::from(h.count)));
                     prefetch = self.prefetch(&key, author, next, now, store);
@@ -706,6 +711,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                 Err(e) => return self.violation(key, Violation::BadEvent(e.to_string())),
             }
             match crate::run::decode(&run, MAX_FRAME_BYTES) {
+                Ok(_) if pruned => Vec::new(),
                 Ok(evs) => evs,
                 Err(e) => return self.violation(key, Violation::BadEvent(e.to_string())),
             }

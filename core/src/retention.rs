@@ -1,0 +1,242 @@
+//! Retention: which events a node keeps, as prefix cuts of its logs.
+//!
+//! Rules are matched against a log's topic in order; the first match decides. A rule
+//! keeps a log's newest `max_events_per_log` events, and/or its events younger than
+//! `max_age` (by event time, the author's hybrid logical clock, which replication
+//! keeps within `clock.max_drift` of each node's clock). `keep` marks topics never
+//! pruned. A topic no rule matches is kept whole, as before retention existed.
+//!
+//! A cut never removes a log's head event (the store keeps it: the chain continues from
+//! it, and offsets are never reused), so `max_age` leaves the newest event of a quiet
+//! log, and `max_events_per_log = 1` is "latest value per author", like a compacted
+//! Kafka topic. Document topics are skipped: their changes go only behind a snapshot,
+//! which is not built yet.
+//!
+//! The policy is pure: it reads the store and returns cuts; the daemon's writer carries
+//! them out ([`crate::storage::Store::prune`]), and the simulator can run the same code.
+
+use std::time::Duration;
+
+use crate::storage::{Cut, LogSummary, ReadStore};
+use crate::{Pattern, Seq, Topic};
+
+/// One retention rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// The topics it covers.
+    pub pattern: Pattern,
+    /// Keep events younger than this (by event time).
+    pub max_age: Option<Duration>,
+    /// Keep at most this many newest events per log (at least 1).
+    pub max_events_per_log: Option<u64>,
+    /// Never prune these topics (no limit may be set with it).
+    pub keep: bool,
+}
+
+impl Rule {
+    /// Checks the rule: a limit of 0 events, or a limit next to `keep`, is a mistake.
+    pub fn check(&self) -> Result<(), String> {
+        let p = self.pattern.as_str();
+        if self.max_events_per_log == Some(0) {
+            return Err(format!(
+                "{p}: max_events_per_log must be at least 1 (the newest event of a log always stays)"
+            ));
+        }
+        if self.keep && (self.max_age.is_some() || self.max_events_per_log.is_some()) {
+            return Err(format!(
+                "{p}: keep = true with a limit; choose one (a rule that keeps a topic whole, or limits)"
+            ));
+        }
+        if !self.keep && self.max_age.is_none() && self.max_events_per_log.is_none() {
+            return Err(format!(
+                "{p}: no limit; set max_age, max_events_per_log, or keep = true"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Most events one pass reads to find where `max_age` cuts (per pass, not per log):
+/// the next pass continues. Bounds the time a pass holds the store's reader.
+pub const SCAN_BUDGET: usize = 100_000;
+
+/// Events read at a time while looking for a `max_age` cut.
+const WINDOW: usize = 1024;
+
+/// The retention rules, first match wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    rules: Vec<Rule>,
+}
+
+/// One cut a pass makes, with the index of the rule that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    /// The cut.
+    pub cut: Cut,
+    /// The rule's index in the policy.
+    pub rule: usize,
+}
+
+impl Policy {
+    /// A policy from rules, each checked.
+    pub fn new(rules: Vec<Rule>) -> Result<Self, String> {
+        for r in &rules {
+            r.check()?;
+        }
+        Ok(Policy { rules })
+    }
+
+    /// The rules, in order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Whether no rule prunes anything.
+    pub fn keeps_everything(&self) -> bool {
+        self.rules.iter().all(|r| r.keep)
+    }
+
+    /// The first rule matching `topic`, with its index.
+    pub fn rule_for(&self, topic: &Topic) -> Option<(usize, &Rule)> {
+        self.rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.pattern.matches(topic))
+    }
+
+    /// The cuts one pass makes over `logs` at `now_ms` (the node's clock, ms since
+    /// the epoch), reading at most [`SCAN_BUDGET`] events.
+    pub fn plan<S: ReadStore>(
+        &self,
+        logs: &[LogSummary],
+        now_ms: u64,
+        store: &S,
+    ) -> Result<Vec<Planned>, S::Error> {
+        let mut out = Vec::new();
+        let mut budget = SCAN_BUDGET;
+        let mut docs: Option<(Topic, bool)> = None;
+        for log in logs {
+            let Some((i, rule)) = self.rule_for(&log.topic) else {
+                continue;
+            };
+            if rule.keep || log.base >= log.head.seq {
+                continue;
+            }
+            // Document topics wait for snapshot compaction (see the module docs).
+            let is_doc = match &docs {
+                Some((t, d)) if *t == log.topic => *d,
+                _ => {
+                    let d = !store.docs_of(&log.topic, 1)?.is_empty();
+                    docs = Some((log.topic.clone(), d));
+                    d
+                }
+            };
+            if is_doc {
+                continue;
+            }
+            let mut below = log.base;
+            if let Some(n) = rule.max_events_per_log {
+                below = below.max(Seq((log.head.seq.0 + 1).saturating_sub(n)));
+            }
+            if let Some(age) = rule.max_age {
+                let cutoff =
+                    now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+                if log.head.time.ms < cutoff {
+                    // All but the head are older: no need to read them.
+                    below = below.max(log.head.seq);
+                } else {
+                    let (at, read) = first_at_or_after(store, log, below, cutoff, budget)?;
+                    budget -= read;
+                    below = below.max(at);
+                }
+            }
+            let below = below.min(log.head.seq);
+            if below > log.base {
+                out.push(Planned {
+                    cut: Cut {
+                        topic: log.topic.clone(),
+                        author: log.author,
+                        below,
+                    },
+                    rule: i,
+                });
+            }
+            if budget == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The seq of `log`'s first event (from `from` on) with time at or after `cutoff`,
+/// reading at most `budget` events (stopping early gives a smaller cut, never a wrong
+/// one), and how many it read. A log's times rise with its seqs (the author's clock is
+/// monotonic), so the first one found ends the search.
+fn first_at_or_after<S: ReadStore>(
+    store: &S,
+    log: &LogSummary,
+    from: Seq,
+    cutoff: u64,
+    budget: usize,
+) -> Result<(Seq, usize), S::Error> {
+    let mut at = from;
+    let mut read = 0;
+    while read < budget && at < log.head.seq {
+        let window = store.log_range(&log.author, &log.topic, at, WINDOW.min(budget - read))?;
+        if window.is_empty() {
+            break;
+        }
+        read += window.len();
+        match window.iter().find(|e| e.time().ms >= cutoff) {
+            Some(e) => return Ok((e.seq(), read)),
+            None => at = Seq(window[window.len() - 1].seq().0 + 1),
+        }
+    }
+    Ok((at, read))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(p: &str) -> Rule {
+        Rule {
+            pattern: Pattern::new(p).unwrap(),
+            max_age: None,
+            max_events_per_log: None,
+            keep: false,
+        }
+    }
+
+    #[test]
+    fn rules_are_checked() {
+        assert!(
+            Rule {
+                max_events_per_log: Some(0),
+                ..rule("a")
+            }
+            .check()
+            .is_err()
+        );
+        assert!(rule("a").check().is_err(), "a rule with no limit");
+        assert!(
+            Rule {
+                keep: true,
+                max_age: Some(Duration::from_secs(1)),
+                ..rule("a")
+            }
+            .check()
+            .is_err()
+        );
+        assert!(
+            Rule {
+                keep: true,
+                ..rule("a")
+            }
+            .check()
+            .is_ok()
+        );
+    }
+}

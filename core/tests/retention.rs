@@ -1,0 +1,76 @@
+//! Retention policy against a real (in-memory) store: see `murmur_core::retention`.
+
+use std::time::Duration;
+
+use murmur_core::retention::{Policy, Rule};
+use murmur_core::testing::{chain, key};
+use murmur_core::{Durability, Pattern, ReadStore, Seq, Store};
+use murmur_store::MemoryStore;
+
+fn rule(p: &str) -> Rule {
+    Rule {
+        pattern: Pattern::new(p).unwrap(),
+        max_age: None,
+        max_events_per_log: None,
+        keep: false,
+    }
+}
+
+/// The first matching rule decides: `status/#` latest only, `sensors/#` by age,
+/// `config/#` kept, the rest untouched.
+#[test]
+fn a_pass_cuts_by_count_and_by_age_and_keeps_the_rest() {
+    let store = MemoryStore::new();
+    let k = key(1);
+    // testing::chain times are 1_700_000_000_000 + seq ms.
+    for t in ["status/d1", "sensors/d1/t", "config/x", "other/y"] {
+        store
+            .insert(&chain(&k, t, 100, "v"), Durability::Sync)
+            .unwrap();
+    }
+    let policy = Policy::new(vec![
+        Rule {
+            max_events_per_log: Some(1),
+            ..rule("status/#")
+        },
+        Rule {
+            max_age: Some(Duration::from_millis(30)),
+            ..rule("sensors/#")
+        },
+        Rule {
+            keep: true,
+            ..rule("config/#")
+        },
+        // Never reached for config/x: the first match wins.
+        Rule {
+            max_events_per_log: Some(5),
+            ..rule("#")
+        },
+    ])
+    .unwrap();
+    let logs = store.logs().unwrap();
+    let now = 1_700_000_000_000 + 99 + 10;
+    let plan = policy.plan(&logs, now, &store).unwrap();
+    let below = |t: &str| {
+        plan.iter()
+            .find(|p| p.cut.topic.as_str() == t)
+            .map(|p| (p.cut.below.0, p.rule))
+    };
+    assert_eq!(below("status/d1"), Some((99, 0)));
+    // Cutoff = now - 30 ms = seq 79's time: 79 and later stay.
+    assert_eq!(below("sensors/d1/t"), Some((79, 1)));
+    assert_eq!(below("config/x"), None);
+    assert_eq!(below("other/y"), Some((95, 3)));
+    // Carried out, the next pass finds nothing more to cut.
+    store
+        .prune(&plan.iter().map(|p| p.cut.clone()).collect::<Vec<_>>())
+        .unwrap();
+    let again = policy.plan(&store.logs().unwrap(), now, &store).unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    // Much later, max_age leaves only the head of the quiet sensor log.
+    let later = policy
+        .plan(&store.logs().unwrap(), now + 3_600_000, &store)
+        .unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].cut.below, Seq(99));
+}
