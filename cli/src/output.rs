@@ -235,14 +235,20 @@ pub fn topics(t: &TopicsResponse, json: bool) -> anyhow::Result<()> {
             .map(|l| l.head_time)
             .max_by_key(|t| (t.ms, t.logical));
         let forks = topic.logs.iter().filter(|l| l.frozen_at.is_some()).count();
+        let pruned: u64 = topic.logs.iter().map(|l| l.base).sum();
         println!(
-            "{:width$}  {:>5}  {:>9}  {}{}",
+            "{:width$}  {:>5}  {:>9}  {}{}{}",
             topic.topic,
             topic.logs.len(),
             topic.events,
             latest.map(time).unwrap_or_default(),
             if forks > 0 {
                 format!("  ({forks} forked)")
+            } else {
+                String::new()
+            },
+            if pruned > 0 {
+                format!("  ({pruned} pruned)")
             } else {
                 String::new()
             }

@@ -124,6 +124,9 @@ pub struct EventsPage {
 pub struct LogJson {
     /// Author.
     pub author: String,
+    /// First seq held: retention pruned the events below it (0: none pruned).
+    #[serde(default)]
+    pub base: u64,
     /// Head seq.
     pub head_seq: u64,
     /// Head id.

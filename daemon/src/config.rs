@@ -71,6 +71,44 @@ pub struct Config {
     pub p2p: P2pConfig,
     /// Shared documents (automerge).
     pub docs: DocsConfig,
+    /// Retention rules (`[[retention]]` tables), the first matching a topic deciding.
+    /// None: every event is kept.
+    pub retention: Vec<RetentionRule>,
+}
+
+/// One retention rule (see `murmur_core::retention`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionRule {
+    /// The topics it covers (`sensors/#`).
+    pub pattern: String,
+    /// Keep events younger than this (event time), e.g. "7days".
+    #[serde(with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// Keep this many newest events per log (per author and topic); 1 = latest only.
+    pub max_events_per_log: Option<u64>,
+    /// Never prune these topics.
+    pub keep: bool,
+}
+
+impl Config {
+    /// The retention policy of the `[[retention]]` rules.
+    pub fn retention_policy(&self) -> Result<murmur_core::retention::Policy, String> {
+        let rules = self
+            .retention
+            .iter()
+            .map(|r| {
+                Ok(murmur_core::retention::Rule {
+                    pattern: murmur_core::Pattern::new(r.pattern.as_str())
+                        .map_err(|e| format!("{:?}: {e}", r.pattern))?,
+                    max_age: r.max_age,
+                    max_events_per_log: r.max_events_per_log,
+                    keep: r.keep,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        murmur_core::retention::Policy::new(rules)
+    }
 }
 
 /// Shared document settings.
@@ -295,6 +333,9 @@ pub struct StoreConfig {
     pub write_buffer_mb: usize,
     /// Most open SST files.
     pub max_open_files: i32,
+    /// How often retention prunes (when `[[retention]]` rules exist).
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
 }
 
 impl Default for StoreConfig {
@@ -304,6 +345,7 @@ impl Default for StoreConfig {
             block_cache_mb: 8,
             write_buffer_mb: 16,
             max_open_files: 256,
+            prune_interval: Duration::from_secs(60),
         }
     }
 }
@@ -516,6 +558,12 @@ impl Config {
                 "p2p.max_connections and p2p.max_connections_per_peer must be at least 1".into(),
             );
         }
+        if let Err(e) = self.retention_policy() {
+            return bad(format!("retention: {e}"));
+        }
+        if self.store.prune_interval < Duration::from_secs(1) {
+            return bad("store.prune_interval must be at least 1s".into());
+        }
         if self.store.block_cache_mb == 0 || self.store.write_buffer_mb < 2 {
             return bad(
                 "store.block_cache_mb must be at least 1 and store.write_buffer_mb at least 2"
@@ -612,6 +660,25 @@ block_cache_mb = 8
 write_buffer_mb = 16
 # Most open SST files.
 max_open_files = 256
+# How often retention prunes, when [[retention]] rules exist.
+prune_interval = "1m"
+
+# Retention: none by default (every event is kept). Rules are matched against a topic
+# in order and the first match decides; a topic no rule matches is kept whole. A log's
+# newest event always stays (the chain continues from it). Document topics are not
+# pruned yet. For example, a device fleet:
+#
+# [[retention]]            # heartbeats and status: latest value per device
+# pattern = "status/#"
+# max_events_per_log = 1
+#
+# [[retention]]            # sensor readings: a week
+# pattern = "sensors/#"
+# max_age = "7days"
+#
+# [[retention]]            # configuration: kept whole
+# pattern = "config/#"
+# keep = true
 
 [clock]
 # Remote times up to this far ahead of our wall clock move our clock, so later local
@@ -677,6 +744,34 @@ mod tests {
     fn example_parses_to_the_defaults() {
         let c = Config::from_toml(EXAMPLE, Path::new("example")).unwrap();
         assert_eq!(c, Config::default());
+    }
+
+    /// The example's commented retention rules, uncommented, are the policy they say.
+    #[test]
+    fn the_retention_example_parses_and_bad_rules_are_refused() {
+        let start = EXAMPLE.find("# [[retention]]").unwrap();
+        let end = EXAMPLE[start..].find("\n\n").unwrap() + start;
+        let rules: String = EXAMPLE[start..end]
+            .lines()
+            .map(|l| l.trim_start_matches("# ").trim_start_matches('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::from_toml(&rules, Path::new("x")).unwrap();
+        let p = c.retention_policy().unwrap();
+        let r = p.rules();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].max_events_per_log, Some(1));
+        assert_eq!(r[1].max_age, Some(Duration::from_secs(7 * 86_400)));
+        assert!(r[2].keep);
+        for bad in [
+            "[[retention]]\npattern = \"a/#\"\n",
+            "[[retention]]\npattern = \"a/#\"\nmax_events_per_log = 0\n",
+            "[[retention]]\npattern = \"a/#\"\nkeep = true\nmax_age = \"1h\"\n",
+            "[[retention]]\npattern = \"a/#/b\"\nkeep = true\n",
+        ] {
+            let e = Config::from_toml(bad, Path::new("x")).unwrap_err();
+            assert!(e.to_string().contains("retention"), "{bad}: {e}");
+        }
     }
 
     #[test]

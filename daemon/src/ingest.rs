@@ -164,6 +164,11 @@ enum Command {
         snap: Snapshot,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Retention's prefix cuts, after what was queued before them.
+    Prune {
+        cuts: Vec<murmur_core::Cut>,
+        reply: oneshot::Sender<Result<murmur_core::Pruned, String>>,
+    },
     /// Finish what is queued, refuse anything later, exit.
     Stop,
 }
@@ -273,6 +278,17 @@ impl Handle {
             })
             .map_err(|_| IngestError::ShuttingDown.to_string())?;
         rx.blocking_recv()
+            .map_err(|_| IngestError::ShuttingDown.to_string())?
+    }
+
+    /// Carries out retention's cuts (see `murmur_core::Store::prune`), in queue order.
+    pub async fn prune(&self, cuts: Vec<murmur_core::Cut>) -> Result<murmur_core::Pruned, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Prune { cuts, reply })
+            .await
+            .map_err(|_| IngestError::ShuttingDown.to_string())?;
+        rx.await
             .map_err(|_| IngestError::ShuttingDown.to_string())?
     }
 
@@ -444,6 +460,12 @@ impl Writer {
                         let done = self.store.confirm_own_logs();
                         let _ = reply.send(done.map_err(|e| e.to_string()));
                     }
+                    Command::Prune { cuts, reply } => {
+                        self.commit(std::mem::take(&mut batch));
+                        n = 0;
+                        let done = self.store.prune(&cuts);
+                        let _ = reply.send(done.map_err(|e| e.to_string()));
+                    }
                     Command::Stop => {
                         stopping = true;
                         break;
@@ -464,6 +486,9 @@ impl Writer {
                 Command::Job(job) => rest.jobs.push(job),
                 Command::Write(w) => rest.writes.push(w),
                 Command::Snapshot { reply, .. } | Command::ConfirmOwnLogs(reply) => {
+                    let _ = reply.send(Err(IngestError::ShuttingDown.to_string()));
+                }
+                Command::Prune { reply, .. } => {
                     let _ = reply.send(Err(IngestError::ShuttingDown.to_string()));
                 }
                 Command::Stop => {}

@@ -24,6 +24,7 @@ pub mod keyfile;
 pub mod metrics;
 pub mod node;
 pub mod replicate;
+pub mod retention;
 pub mod server;
 
 pub use config::Config;

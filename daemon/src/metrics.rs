@@ -25,6 +25,13 @@ pub struct Kind {
     pub kind: String,
 }
 
+/// Label for the retention rule that pruned events (its pattern).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    /// The rule's pattern, e.g. `sensors/#`.
+    pub rule: String,
+}
+
 /// Label for how an event arrived.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Path {
@@ -139,6 +146,12 @@ pub struct Metrics {
     pub docs_changes: Family<Origin, Counter>,
     /// Document changes found to crash automerge (skipped from then on).
     pub docs_poisoned: Counter,
+    /// Events pruned by retention, by rule.
+    pub pruned_events: Family<RuleLabel, Counter>,
+    /// Their bytes, by rule.
+    pub pruned_bytes: Family<RuleLabel, Counter>,
+    /// Retention passes that pruned something.
+    pub prune_passes: Counter,
 }
 
 impl Metrics {
@@ -176,6 +189,9 @@ impl Metrics {
             docs_memory_bytes: Gauge::default(),
             docs_changes: Family::default(),
             docs_poisoned: Counter::default(),
+            pruned_events: Family::default(),
+            pruned_bytes: Family::default(),
+            prune_passes: Counter::default(),
         };
         // Series that exist from the start, so rates and alerts see them at 0.
         for reason in BAN_REASONS {
@@ -323,6 +339,21 @@ impl Metrics {
             "docs_poisoned_changes",
             "Document changes found to crash automerge, skipped from then on",
             m.docs_poisoned.clone(),
+        );
+        r.register(
+            "pruned_events",
+            "Events pruned by retention, by rule (its pattern)",
+            m.pruned_events.clone(),
+        );
+        r.register(
+            "pruned_bytes",
+            "Bytes of events pruned by retention, by rule (its pattern)",
+            m.pruned_bytes.clone(),
+        );
+        r.register(
+            "prune_passes",
+            "Retention passes that pruned something",
+            m.prune_passes.clone(),
         );
         m
     }

@@ -548,6 +548,20 @@ pub async fn run(
     )
     .context("cannot start the document thread")?;
 
+    // Retention (validated with the config): the writer carries out its cuts.
+    let policy = config
+        .retention_policy()
+        .map_err(|e| anyhow::anyhow!("retention: {e}"))?;
+    tokio::spawn(crate::retention::run(
+        policy,
+        config.store.prune_interval,
+        store.clone(),
+        ingest.clone(),
+        clock.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
     let store_problem = Arc::new(std::sync::OnceLock::new());
     tokio::spawn(scan_store(
         store.clone(),

@@ -458,9 +458,10 @@ async fn topics(State(st): State<Shared>) -> ApiResult<Json<TopicsResponse>> {
             });
         }
         if let Some(t) = topics.last_mut() {
-            t.events += l.head.seq.0 + 1;
+            t.events += l.head.seq.0 + 1 - l.base.0;
             t.logs.push(LogJson {
                 author: l.author.to_string(),
+                base: l.base.0,
                 head_seq: l.head.seq.0,
                 head_id: l.head.id.to_string(),
                 head_time: crate::api::time_json(l.head.time),
