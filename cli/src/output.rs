@@ -53,7 +53,14 @@ pub fn status(s: &Status, repl: Option<&ReplicationJson>, json: bool) -> anyhow:
         humantime::format_duration(Duration::from_secs(s.uptime_secs))
     );
     println!("sync        {}", s.sync);
-    println!("events      {}", s.events);
+    if s.pruned > 0 {
+        println!(
+            "events      {} ({} held, {} pruned by retention)",
+            s.events, s.held, s.pruned
+        );
+    } else {
+        println!("events      {}", s.events);
+    }
     println!("topics      {} ({} logs)", s.topics, s.logs);
     println!("forks       {}", s.forks);
     println!(

@@ -180,6 +180,12 @@ pub struct Status {
     pub sync: String,
     /// Events stored (= next local offset).
     pub events: u64,
+    /// Events held now (`events` less what retention pruned).
+    #[serde(default)]
+    pub held: u64,
+    /// Events pruned by retention (below the logs' bases).
+    #[serde(default)]
+    pub pruned: u64,
     /// Topics held.
     pub topics: u64,
     /// Logs held.

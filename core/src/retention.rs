@@ -60,6 +60,11 @@ impl Rule {
 /// the next pass continues. Bounds the time a pass holds the store's reader.
 pub const SCAN_BUDGET: usize = 100_000;
 
+/// Most events one pass cuts (all logs together): the writer deletes them in one batch,
+/// so this bounds that batch (and the pause it puts between two commits). A backlog
+/// (retention turned on over a full store) goes over several passes.
+pub const CUT_BUDGET: u64 = 50_000;
+
 /// Events read at a time while looking for a `max_age` cut.
 const WINDOW: usize = 1024;
 
@@ -115,6 +120,7 @@ impl Policy {
     ) -> Result<Vec<Planned>, S::Error> {
         let mut out = Vec::new();
         let mut budget = SCAN_BUDGET;
+        let mut cut_budget = CUT_BUDGET;
         let mut docs: Option<(Topic, bool)> = None;
         for log in logs {
             let Some((i, rule)) = self.rule_for(&log.topic) else {
@@ -151,8 +157,11 @@ impl Policy {
                     below = below.max(at);
                 }
             }
-            let below = below.min(log.head.seq);
+            let below = below
+                .min(log.head.seq)
+                .min(Seq(log.base.0.saturating_add(cut_budget)));
             if below > log.base {
+                cut_budget -= below.0 - log.base.0;
                 out.push(Planned {
                     cut: Cut {
                         topic: log.topic.clone(),
@@ -162,7 +171,7 @@ impl Policy {
                     rule: i,
                 });
             }
-            if budget == 0 {
+            if budget == 0 || cut_budget == 0 {
                 break;
             }
         }

@@ -74,3 +74,31 @@ fn a_pass_cuts_by_count_and_by_age_and_keeps_the_rest() {
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].cut.below, Seq(99));
 }
+
+/// A pass cuts at most `CUT_BUDGET` events (the writer deletes them in one batch); a
+/// backlog goes over several passes.
+#[test]
+fn a_large_backlog_is_cut_over_several_bounded_passes() {
+    use murmur_core::retention::CUT_BUDGET;
+    let store = MemoryStore::new();
+    let k = key(1);
+    for t in ["big/a", "big/b"] {
+        store.insert(&chain(&k, t, 30_000, "v"), Durability::Buffered).unwrap();
+    }
+    let policy = Policy::new(vec![Rule { max_events_per_log: Some(1), ..rule("big/#") }]).unwrap();
+    let mut passes = 0;
+    loop {
+        let plan = policy.plan(&store.logs().unwrap(), 0, &store).unwrap();
+        if plan.is_empty() {
+            break;
+        }
+        passes += 1;
+        let cuts: Vec<_> = plan.iter().map(|p| p.cut.clone()).collect();
+        let done = store.prune(&cuts).unwrap();
+        assert!(done.events <= CUT_BUDGET, "{} in one pass", done.events);
+    }
+    assert_eq!(passes, 2);
+    for l in store.logs().unwrap() {
+        assert_eq!((l.base, l.head.seq), (Seq(29_999), Seq(29_999)));
+    }
+}

@@ -30,15 +30,41 @@ pub async fn run(
     let policy = Arc::new(policy);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Bytes pruned since the last compaction.
+    let mut uncompacted = 0u64;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        if let Err(e) = pass(&policy, &store, &writer, &clock, &metrics).await {
-            tracing::warn!(error = %e, "retention pass failed; the next one retries");
+        match pass(&policy, &store, &writer, &clock, &metrics).await {
+            Ok(pruned) => uncompacted += pruned.bytes,
+            Err(e) => tracing::warn!(error = %e, "retention pass failed; the next one retries"),
+        }
+        if uncompacted > 0 && uncompacted >= compact_after(store.disk_bytes()) {
+            uncompacted = 0;
+            let s = store.clone();
+            let t0 = std::time::Instant::now();
+            let before = s.disk_bytes();
+            match tokio::task::spawn_blocking(move || s.compact_pruned()).await {
+                Ok(Ok(())) => tracing::info!(
+                    before,
+                    after = store.disk_bytes(),
+                    secs = t0.elapsed().as_secs_f64(),
+                    "compacted after pruning"
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "compaction after pruning failed"),
+                Err(e) => tracing::warn!(error = %e, "compaction after pruning failed"),
+            }
         }
     }
+}
+
+/// Pruned bytes after which the store is compacted: a quarter of its size on disk (so
+/// a compaction, which rewrites what remains, costs at most about four times what was
+/// pruned), and at least 1 MiB.
+fn compact_after(disk: u64) -> u64 {
+    (disk / 4).max(1 << 20)
 }
 
 /// One pass: plan, prune, count.
@@ -48,7 +74,7 @@ pub async fn pass(
     writer: &ingest::Handle,
     clock: &NodeClock,
     metrics: &Metrics,
-) -> Result<(), String> {
+) -> Result<murmur_core::Pruned, String> {
     let now = clock.wall_ms();
     let plan = {
         let (policy, store) = (policy.clone(), store.clone());
@@ -60,7 +86,7 @@ pub async fn pass(
         .map_err(|e| e.to_string())??
     };
     if plan.is_empty() {
-        return Ok(());
+        return Ok(murmur_core::Pruned::default());
     }
     // Counted by rule: prune each rule's cuts together.
     let rules = policy.rules();
@@ -96,5 +122,5 @@ pub async fn pass(
         bytes = total.bytes,
         "retention pruned"
     );
-    Ok(())
+    Ok(total)
 }

@@ -651,6 +651,17 @@ impl RocksStore {
         &self.db
     }
 
+    /// Compacts the families pruning deletes from (events, id index, arrivals), so the
+    /// space of pruned events returns to the file system. Runs beside writes (RocksDB
+    /// compacts in its own threads); takes as long as rewriting what remains.
+    pub fn compact_pruned(&self) -> Result<()> {
+        for cf in [CF_EVENTS, CF_BY_ID, CF_ARRIVALS] {
+            self.db
+                .compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
     /// Bytes the database occupies on disk (SST files, WAL, manifest, logs).
     pub fn disk_bytes(&self) -> u64 {
         std::fs::read_dir(&self.path)

@@ -508,6 +508,8 @@ async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
         uptime_secs: st.started.elapsed().as_secs(),
         sync: st.sync.into(),
         events: st.store.next_offset().0,
+        held: logs.iter().map(|l| l.head.seq.0 + 1 - l.base.0).sum(),
+        pruned: logs.iter().map(|l| l.base.0).sum(),
         topics,
         logs: logs.len() as u64,
         forks: logs.iter().filter(|l| l.frozen_at.is_some()).count() as u64,
