@@ -74,13 +74,14 @@ pub struct Policy {
     rules: Vec<Rule>,
 }
 
-/// One cut a pass makes, with the index of the rule that made it.
+/// One cut a pass makes, with the index of the rule that made it (`None`: the disk
+/// budget, see [`Policy::plan_budget`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Planned {
     /// The cut.
     pub cut: Cut,
-    /// The rule's index in the policy.
-    pub rule: usize,
+    /// The rule's index in the policy, or `None` for the disk budget.
+    pub rule: Option<usize>,
 }
 
 impl Policy {
@@ -168,7 +169,7 @@ impl Policy {
                         author: log.author,
                         below,
                     },
-                    rule: i,
+                    rule: Some(i),
                 });
             }
             if budget == 0 || cut_budget == 0 {
@@ -176,6 +177,83 @@ impl Policy {
             }
         }
         Ok(out)
+    }
+}
+
+impl Policy {
+    /// Whether the disk budget may prune `topic`: every topic but those a `keep` rule
+    /// covers (and document topics, which the caller skips).
+    pub fn budget_may_prune(&self, topic: &Topic) -> bool {
+        self.rule_for(topic).is_none_or(|(_, r)| !r.keep)
+    }
+
+    /// The cuts that free about `events` events when the store is over its disk
+    /// budget: the oldest events first (by arrival), of topics the budget may prune,
+    /// never a log's head, at most [`CUT_BUDGET`] events and [`SCAN_BUDGET`] arrivals
+    /// read.
+    pub fn plan_budget<S: ReadStore>(
+        &self,
+        logs: &[LogSummary],
+        events: u64,
+        store: &S,
+    ) -> Result<Vec<Planned>, S::Error> {
+        let heads: std::collections::HashMap<(&Topic, &crate::AuthorId), (Seq, Seq)> = logs
+            .iter()
+            .map(|l| ((&l.topic, &l.author), (l.base, l.head.seq)))
+            .collect();
+        let mut doc_topics: std::collections::HashMap<Topic, bool> =
+            std::collections::HashMap::new();
+        let mut cuts: std::collections::BTreeMap<(Topic, crate::AuthorId), Seq> =
+            std::collections::BTreeMap::new();
+        let want = events.min(CUT_BUDGET);
+        let (mut found, mut scanned) = (0u64, 0usize);
+        let mut from = crate::Offset(0);
+        while found < want && scanned < SCAN_BUDGET {
+            let page = store.arrivals(from, None, WINDOW, WINDOW)?;
+            if page.events.is_empty() {
+                break;
+            }
+            scanned += page.events.len();
+            from = page.next;
+            for (_, ev) in page.events {
+                let topic = ev.topic();
+                if !self.budget_may_prune(topic) {
+                    continue;
+                }
+                let is_doc = match doc_topics.get(topic) {
+                    Some(d) => *d,
+                    None => {
+                        let d = !store.docs_of(topic, 1)?.is_empty();
+                        doc_topics.insert(topic.clone(), d);
+                        d
+                    }
+                };
+                let author = ev.author();
+                let Some((_, head)) = heads.get(&(topic, &author)) else {
+                    continue;
+                };
+                if is_doc || ev.seq() >= *head {
+                    continue;
+                }
+                cuts.insert((topic.clone(), author), Seq(ev.seq().0 + 1));
+                found += 1;
+                if found >= want {
+                    break;
+                }
+            }
+        }
+        Ok(cuts
+            .into_iter()
+            .filter(|((t, a), below)| heads.get(&(t, a)).is_some_and(|(base, _)| below > base))
+            .map(|((topic, author), below)| Planned {
+                cut: Cut {
+                    topic,
+                    author,
+                    below,
+                },
+                rule: None,
+            })
+            .collect())
     }
 }
 

@@ -56,11 +56,11 @@ fn a_pass_cuts_by_count_and_by_age_and_keeps_the_rest() {
             .find(|p| p.cut.topic.as_str() == t)
             .map(|p| (p.cut.below.0, p.rule))
     };
-    assert_eq!(below("status/d1"), Some((99, 0)));
+    assert_eq!(below("status/d1"), Some((99, Some(0))));
     // Cutoff = now - 30 ms = seq 79's time: 79 and later stay.
-    assert_eq!(below("sensors/d1/t"), Some((79, 1)));
+    assert_eq!(below("sensors/d1/t"), Some((79, Some(1))));
     assert_eq!(below("config/x"), None);
-    assert_eq!(below("other/y"), Some((95, 3)));
+    assert_eq!(below("other/y"), Some((95, Some(3))));
     // Carried out, the next pass finds nothing more to cut.
     store
         .prune(&plan.iter().map(|p| p.cut.clone()).collect::<Vec<_>>())
@@ -83,9 +83,15 @@ fn a_large_backlog_is_cut_over_several_bounded_passes() {
     let store = MemoryStore::new();
     let k = key(1);
     for t in ["big/a", "big/b"] {
-        store.insert(&chain(&k, t, 30_000, "v"), Durability::Buffered).unwrap();
+        store
+            .insert(&chain(&k, t, 30_000, "v"), Durability::Buffered)
+            .unwrap();
     }
-    let policy = Policy::new(vec![Rule { max_events_per_log: Some(1), ..rule("big/#") }]).unwrap();
+    let policy = Policy::new(vec![Rule {
+        max_events_per_log: Some(1),
+        ..rule("big/#")
+    }])
+    .unwrap();
     let mut passes = 0;
     loop {
         let plan = policy.plan(&store.logs().unwrap(), 0, &store).unwrap();
@@ -101,4 +107,40 @@ fn a_large_backlog_is_cut_over_several_bounded_passes() {
     for l in store.logs().unwrap() {
         assert_eq!((l.base, l.head.seq), (Seq(29_999), Seq(29_999)));
     }
+}
+
+/// Over the disk budget, the oldest arrivals of topics not marked keep go first; a
+/// log's head and kept topics never do.
+#[test]
+fn the_disk_budget_takes_the_oldest_events_of_topics_not_kept() {
+    let store = MemoryStore::new();
+    let k = key(1);
+    let old = chain(&k, "logs/old", 10, "o");
+    let kept = chain(&k, "config/x", 10, "c");
+    let new = chain(&k, "logs/new", 10, "n");
+    // Arrival order: config/x, logs/old, logs/new.
+    for c in [&kept, &old, &new] {
+        store.insert(c, Durability::Sync).unwrap();
+    }
+    let policy = Policy::new(vec![Rule {
+        keep: true,
+        ..rule("config/#")
+    }])
+    .unwrap();
+    let logs = store.logs().unwrap();
+    let cut_of = |plan: &[murmur_core::retention::Planned], t: &str| {
+        plan.iter()
+            .find(|p| p.cut.topic.as_str() == t)
+            .map(|p| p.cut.below.0)
+    };
+    // 12 events: all of logs/old but its head (9), then 3 of logs/new.
+    let plan = policy.plan_budget(&logs, 12, &store).unwrap();
+    assert_eq!(cut_of(&plan, "config/x"), None, "kept");
+    assert_eq!(cut_of(&plan, "logs/old"), Some(9), "the head stays");
+    assert_eq!(cut_of(&plan, "logs/new"), Some(3));
+    assert!(plan.iter().all(|p| p.rule.is_none()));
+    // Asked for more than there is: everything but heads and kept topics.
+    let all = policy.plan_budget(&logs, 1_000, &store).unwrap();
+    assert_eq!(cut_of(&all, "logs/new"), Some(9));
+    assert_eq!(cut_of(&all, "config/x"), None);
 }

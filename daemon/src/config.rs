@@ -333,9 +333,13 @@ pub struct StoreConfig {
     pub write_buffer_mb: usize,
     /// Most open SST files.
     pub max_open_files: i32,
-    /// How often retention prunes (when `[[retention]]` rules exist).
+    /// How often retention prunes (when `[[retention]]` rules or a disk budget exist).
     #[serde(with = "humantime_serde")]
     pub prune_interval: Duration,
+    /// Disk budget of the database, MiB (0: none). Past 60% of it, the oldest events
+    /// of topics not marked `keep` are pruned down to 40%; the rest is RocksDB's
+    /// working room.
+    pub max_disk_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -346,6 +350,7 @@ impl Default for StoreConfig {
             write_buffer_mb: 16,
             max_open_files: 256,
             prune_interval: Duration::from_secs(60),
+            max_disk_mb: 0,
         }
     }
 }
@@ -660,8 +665,13 @@ block_cache_mb = 8
 write_buffer_mb = 16
 # Most open SST files.
 max_open_files = 256
-# How often retention prunes, when [[retention]] rules exist.
+# How often retention prunes, when [[retention]] rules or a disk budget exist.
 prune_interval = "1m"
+# Disk budget of the database, MiB (0: none). Past 60% of it, the oldest events of
+# topics not marked keep = true go first, down to 40% (the rest is RocksDB's working
+# room: memtable flushes, and compactions that write before they delete). Topics marked
+# keep that fill the disk alone end in the disk-full state (publishing answers 507).
+max_disk_mb = 0
 
 # Retention: none by default (every event is kept). Rules are matched against a topic
 # in order and the first match decides; a topic no rule matches is kept whole. A log's

@@ -109,6 +109,8 @@ pub struct Metrics {
     pub forks: Gauge,
     /// Database size on disk, bytes.
     pub store_disk_bytes: Gauge,
+    /// The database's disk budget (`store.max_disk_mb`), bytes; 0 for none.
+    pub store_disk_budget_bytes: Gauge,
     /// RocksDB memtables + block cache, bytes.
     pub store_memory_bytes: Gauge,
     /// Resident set size of the daemon, bytes.
@@ -171,6 +173,7 @@ impl Metrics {
             stored_events: Gauge::default(),
             forks: Gauge::default(),
             store_disk_bytes: Gauge::default(),
+            store_disk_budget_bytes: Gauge::default(),
             store_memory_bytes: Gauge::default(),
             resident_bytes: Gauge::default(),
             events_received: Family::default(),
@@ -257,6 +260,11 @@ impl Metrics {
             "store_disk_bytes",
             "Bytes the database occupies on disk",
             m.store_disk_bytes.clone(),
+        );
+        r.register(
+            "store_disk_budget_bytes",
+            "The database's disk budget (store.max_disk_mb), bytes; 0 for none",
+            m.store_disk_budget_bytes.clone(),
         );
         r.register(
             "store_memory_bytes",

@@ -555,6 +555,7 @@ pub async fn run(
     tokio::spawn(crate::retention::run(
         policy,
         config.store.prune_interval,
+        config.store.max_disk_mb.saturating_mul(1 << 20),
         store.clone(),
         ingest.clone(),
         clock.clone(),

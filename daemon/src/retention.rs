@@ -14,34 +14,60 @@ use crate::clock::NodeClock;
 use crate::ingest;
 use crate::metrics::{Metrics, RuleLabel};
 
-/// Runs passes until `shutdown`.
+/// Runs passes until `shutdown`: the rules' cuts, then, while the database is over
+/// `max_disk` bytes (0: no budget), the budget's.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     policy: Policy,
     every: Duration,
+    max_disk: u64,
     store: Arc<RocksStore>,
     writer: ingest::Handle,
     clock: Arc<NodeClock>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    if policy.keeps_everything() {
+    metrics.store_disk_budget_bytes.set(max_disk as i64);
+    if policy.keeps_everything() && max_disk == 0 {
         return;
     }
     let policy = Arc::new(policy);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The budget is looked at more often than the rules: a node catching up fills
+    // its disk in seconds.
+    let mut budget_tick = tokio::time::interval(BUDGET_EVERY);
+    budget_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Bytes pruned since the last compaction.
     let mut uncompacted = 0u64;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let rules = tokio::select! {
+            _ = tick.tick() => true,
+            _ = budget_tick.tick(), if max_disk > 0 => false,
             _ = shutdown.cancelled() => return,
+        };
+        if rules && !policy.keeps_everything() {
+            match pass(&policy, &store, &writer, &clock, &metrics).await {
+                Ok(pruned) => uncompacted += pruned.bytes,
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention pass failed; the next one retries")
+                }
+            }
         }
-        match pass(&policy, &store, &writer, &clock, &metrics).await {
-            Ok(pruned) => uncompacted += pruned.bytes,
-            Err(e) => tracing::warn!(error = %e, "retention pass failed; the next one retries"),
+        let mut over_budget = false;
+        if max_disk > 0 && store.disk_bytes() > max_disk / 100 * BUDGET_HIGH_PCT {
+            match budget_pass(&policy, max_disk, &store, &writer, &metrics).await {
+                Ok(pruned) => {
+                    uncompacted += pruned.bytes;
+                    over_budget = pruned.events > 0;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "disk budget pass failed; the next one retries")
+                }
+            }
         }
-        if uncompacted > 0 && uncompacted >= compact_after(store.disk_bytes()) {
+        // Over the budget, what was pruned must leave the disk now.
+        if uncompacted > 0 && (over_budget || uncompacted >= compact_after(store.disk_bytes())) {
             uncompacted = 0;
             let s = store.clone();
             let t0 = std::time::Instant::now();
@@ -60,11 +86,81 @@ pub async fn run(
     }
 }
 
+/// How often the disk budget is checked (a directory listing).
+const BUDGET_EVERY: Duration = Duration::from_millis(250);
+/// Pruning for the budget starts when the database passes this share of it (%)…
+const BUDGET_HIGH_PCT: u64 = 60;
+/// …and brings it down to this share. The rest is RocksDB's working room: a memtable
+/// flush adds a file at once, and a compaction writes its new files before it deletes
+/// the old ones.
+const BUDGET_LOW_PCT: u64 = 40;
+
 /// Pruned bytes after which the store is compacted: a quarter of its size on disk (so
 /// a compaction, which rewrites what remains, costs at most about four times what was
 /// pruned), and at least 1 MiB.
 fn compact_after(disk: u64) -> u64 {
     (disk / 4).max(1 << 20)
+}
+
+/// Label of what the disk budget prunes, in `murmur_pruned_*_total`.
+pub const BUDGET_LABEL: &str = "store.max_disk_mb";
+
+/// The disk budget's pass: the oldest events of topics not marked keep, about as many
+/// as bring the database to [`BUDGET_LOW_PCT`] of `max_disk` (by its bytes per event
+/// held).
+async fn budget_pass(
+    policy: &Arc<Policy>,
+    max_disk: u64,
+    store: &Arc<RocksStore>,
+    writer: &ingest::Handle,
+    metrics: &Metrics,
+) -> Result<murmur_core::Pruned, String> {
+    let plan = {
+        let (policy, store) = (policy.clone(), store.clone());
+        tokio::task::spawn_blocking(move || {
+            let logs = store.logs().map_err(|e| e.to_string())?;
+            let held: u64 = logs.iter().map(|l| l.head.seq.0 + 1 - l.base.0).sum();
+            let disk = store.disk_bytes();
+            let excess = disk.saturating_sub(max_disk / 100 * BUDGET_LOW_PCT);
+            let per_event = (disk / held.max(1)).max(1);
+            let events = excess.div_ceil(per_event);
+            policy
+                .plan_budget(&logs, events, &*store)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??
+    };
+    if plan.is_empty() {
+        tracing::warn!(
+            max_disk,
+            disk = store.disk_bytes(),
+            "over the disk budget and nothing left to prune (topics marked keep, document topics, heads): the disk may fill"
+        );
+        return Ok(murmur_core::Pruned::default());
+    }
+    let done = writer
+        .prune(plan.into_iter().map(|p| p.cut).collect())
+        .await?;
+    let label = RuleLabel {
+        rule: BUDGET_LABEL.to_owned(),
+    };
+    metrics
+        .pruned_events
+        .get_or_create(&label)
+        .inc_by(done.events);
+    metrics
+        .pruned_bytes
+        .get_or_create(&label)
+        .inc_by(done.bytes);
+    metrics.prune_passes.inc();
+    tracing::info!(
+        events = done.events,
+        bytes = done.bytes,
+        max_disk,
+        "over the disk budget: pruned the oldest events"
+    );
+    Ok(done)
 }
 
 /// One pass: plan, prune, count.
@@ -94,7 +190,7 @@ pub async fn pass(
     for (i, rule) in rules.iter().enumerate() {
         let cuts: Vec<_> = plan
             .iter()
-            .filter(|p| p.rule == i)
+            .filter(|p| p.rule == Some(i))
             .map(|p| p.cut.clone())
             .collect();
         if cuts.is_empty() {
