@@ -127,6 +127,21 @@ pub enum Verdict {
     Pruned,
 }
 
+/// Whether `events` (one log's consecutive events, verified as a range) start the log
+/// over ([`crate::storage::Store::restart_log`]): they begin past what the log could
+/// continue from (above head + 1, or above the base of an empty log), and the log is
+/// not frozen. Otherwise they are an ordinary insert.
+pub fn restarts(state: &LogState, events: &[Event]) -> bool {
+    let Some(first) = events.first() else {
+        return false;
+    };
+    state.frozen_at.is_none()
+        && match state.head {
+            Some(h) => first.seq().0 > h.seq.0.saturating_add(1),
+            None => first.seq() > state.base,
+        }
+}
+
 /// Classifies `event` against the log's state. When `event.seq <= head.seq`, `stored`
 /// is called with that seq and must return the event held there.
 pub fn classify(

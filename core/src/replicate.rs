@@ -255,6 +255,9 @@ pub enum Output<P, M> {
         events: Vec<Event>,
         /// How durable the write must be.
         durability: Durability,
+        /// Start the log over at the first event
+        /// ([`crate::storage::Store::restart_log`]) instead of inserting.
+        restart: bool,
     },
     /// A round with a peer has finished on every topic to confirm (see
     /// [`Replicator::new`]): the node's own logs are as complete as its peers can make
@@ -725,6 +728,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             ticket: Ticket(TicketOf::Own(self.next_ticket)),
             events,
             durability: self.config.sync.durability,
+            restart: false,
         });
     }
 
@@ -1134,12 +1138,14 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                 ticket,
                 events,
                 durability,
+                restart,
             } = out
             {
                 outs.push(Output::Persist {
                     ticket: Ticket(TicketOf::Sync(ticket)),
                     events,
                     durability,
+                    restart,
                 });
                 continue;
             }

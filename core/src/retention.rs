@@ -181,6 +181,14 @@ impl Policy {
 }
 
 impl Policy {
+    /// Whether a log of `topic` may start over at a peer's base when the peer pruned
+    /// past its head (`sync::Config::may_restart`): a rule that prunes covers the
+    /// topic, so what the log would drop is what this node lets go anyway. A topic
+    /// that no rule covers, or that a rule keeps, stays as it is (and behind).
+    pub fn may_restart(&self, topic: &Topic) -> bool {
+        self.rule_for(topic).is_some_and(|(_, r)| !r.keep)
+    }
+
     /// Whether the disk budget may prune `topic`: every topic but those a `keep` rule
     /// covers (and document topics, which the caller skips).
     pub fn budget_may_prune(&self, topic: &Topic) -> bool {

@@ -220,4 +220,18 @@ pub trait Store: ReadStore {
     /// offsets are never reused; a cut at or below the base, or of an unknown log, does
     /// nothing. Fork proofs stay. Readers of arrivals skip the deleted offsets.
     fn prune(&self, cuts: &[Cut]) -> Result<Pruned, Self::Error>;
+
+    /// Starts a log over at `events[0]`, atomically: when the events begin past what the
+    /// log can continue from ([`crate::accept::restarts`]: above its head + 1), every
+    /// event held of the log goes (with its indexes), its base becomes the first
+    /// event's seq, and the events are appended from there with no link to check
+    /// before the first. Otherwise this is [`Store::insert`]. `events` are one log's,
+    /// consecutive, verified by the caller as a range (hash links and the newest
+    /// signature). For a node whose peers pruned past its head (it returns after the
+    /// fleet's retention window), and that may drop what it held of the log.
+    fn restart_log(
+        &self,
+        events: &[Event],
+        durability: Durability,
+    ) -> Result<Vec<Outcome>, Self::Error>;
 }

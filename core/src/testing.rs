@@ -67,7 +67,8 @@ where
                 ticket,
                 events,
                 durability,
-            } => Ok((ticket, events, durability)),
+                restart,
+            } => Ok((ticket, events, durability, restart)),
             other => Err(Box::new(other)),
         },
         |t, written| machine.persisted(t, written, now, store),
@@ -95,14 +96,15 @@ where
                 ticket,
                 events,
                 durability,
-            } => Ok((ticket, events, durability)),
+                restart,
+            } => Ok((ticket, events, durability, restart)),
             other => Err(Box::new(other)),
         },
         |t, written| machine.persisted(t, written, now, store),
     )
 }
 
-type Write<T> = (T, Vec<Event>, crate::storage::Durability);
+type Write<T> = (T, Vec<Event>, crate::storage::Durability, bool);
 type Written = Result<Vec<crate::storage::Outcome>, String>;
 
 fn settle_with<O, T, S: crate::storage::Store>(
@@ -115,8 +117,13 @@ fn settle_with<O, T, S: crate::storage::Store>(
     let mut done = Vec::new();
     while let Some(o) = queue.pop_front() {
         match as_write(o) {
-            Ok((ticket, events, durability)) => {
-                let written = store.insert(&events, durability).map_err(|e| e.to_string());
+            Ok((ticket, events, durability, restart)) => {
+                let written = if restart {
+                    store.restart_log(&events, durability)
+                } else {
+                    store.insert(&events, durability)
+                }
+                .map_err(|e| e.to_string());
                 for m in persisted(ticket, written).into_iter().rev() {
                     queue.push_front(m);
                 }

@@ -797,6 +797,42 @@ fn a_peer_that_pruned_is_no_violator_and_nothing_pruned_comes_back() {
     let st = nodes[0].store.log_state(&author.author(), &topic).unwrap();
     assert_eq!(st.head.unwrap().seq, Seq(9));
 
+    // A node that lets the topic go (a retention rule covers it) starts its log over at
+    // the peer's base: it returns after the fleet's window and gets only the window.
+    let allow = murmur_core::sync::RestartCheck(std::sync::Arc::new(|_: &Topic| true));
+    let late = Node::new(
+        key(4),
+        Config {
+            may_restart: Some(allow),
+            ..Config::default()
+        },
+    );
+    late.store.insert(&evs[..3], Durability::Sync).unwrap();
+    // And a node with nothing of the log takes the window whatever its rules.
+    let fresh = node(5);
+    nodes.push(late);
+    nodes.push(fresh);
+    for n in [3, 4] {
+        let outs = round(&mut nodes, n, 1, &topic);
+        assert!(
+            !outs
+                .iter()
+                .any(|(_, o)| matches!(o, Output::Misbehaved { .. })),
+            "{outs:?}"
+        );
+        let st = nodes[n].store.log_state(&author.author(), &topic).unwrap();
+        assert_eq!(
+            (st.base, st.head.unwrap().seq),
+            (Seq(7), Seq(9)),
+            "node {n}"
+        );
+        let held = nodes[n]
+            .store
+            .log_range(&author.author(), &topic, Seq(0), 100)
+            .unwrap();
+        assert_eq!(held.len(), 3);
+    }
+
     // Node 1 rounds with node 2 both ways: nothing below its base comes back.
     round(&mut nodes, 1, 2, &topic);
     round(&mut nodes, 2, 1, &topic);

@@ -176,6 +176,8 @@ enum Command {
 struct Write {
     events: Vec<Event>,
     durability: Durability,
+    /// Start the log over at the first event (`Store::restart_log`), alone in its commit.
+    restart: bool,
     reply: oneshot::Sender<Written>,
 }
 
@@ -252,12 +254,14 @@ impl Handle {
         &self,
         events: Vec<Event>,
         durability: Durability,
+        restart: bool,
     ) -> Result<oneshot::Receiver<Written>, IngestError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Write(Write {
                 events,
                 durability,
+                restart,
                 reply,
             }))
             .await
@@ -438,6 +442,15 @@ impl Writer {
                         n += job.items.len();
                         batch.jobs.push(job);
                     }
+                    Command::Write(w) if w.restart => {
+                        self.commit(std::mem::take(&mut batch));
+                        n = 0;
+                        self.commit(Batch {
+                            writes: vec![w],
+                            restart: true,
+                            ..Batch::default()
+                        });
+                    }
                     Command::Write(w) => {
                         n += w.events.len();
                         batch.writes.push(w);
@@ -534,7 +547,11 @@ impl Writer {
     /// Signs the batch's publishes and writes them with its replicated events in one
     /// insert (one WriteBatch, one WAL sync), then answers everyone.
     fn commit(&mut self, batch: Batch) {
-        let Batch { jobs, writes } = batch;
+        let Batch {
+            jobs,
+            writes,
+            restart,
+        } = batch;
         if jobs.is_empty() && writes.is_empty() {
             return;
         }
@@ -593,7 +610,12 @@ impl Writer {
             return;
         }
         let t0 = Instant::now();
-        let outcomes = match self.store.insert(&events, durability) {
+        let written = if restart {
+            self.store.restart_log(&events, durability)
+        } else {
+            self.store.insert(&events, durability)
+        };
+        let outcomes = match written {
             Ok(o) => {
                 self.failing.set(false);
                 o
@@ -696,6 +718,8 @@ impl Writer {
 struct Batch {
     jobs: Vec<Job>,
     writes: Vec<Write>,
+    /// One write that starts a log over (see [`Write::restart`]).
+    restart: bool,
 }
 
 /// The newest timestamp among `author`'s own heads, so the clock resumes past it.

@@ -137,6 +137,16 @@ fn parse_addrs(list: &[String]) -> anyhow::Result<Vec<murmur_p2p::Multiaddr>> {
 
 /// The check every event from a peer passes before it is stored (document changes
 /// must parse, fit the limit and be their author's).
+/// Logs of topics a retention rule prunes may start over at a peer's base.
+fn restart_check(config: &Config) -> anyhow::Result<murmur_core::sync::RestartCheck> {
+    let policy = config
+        .retention_policy()
+        .map_err(|e| anyhow::anyhow!("retention: {e}"))?;
+    Ok(murmur_core::sync::RestartCheck(Arc::new(move |t| {
+        policy.may_restart(t)
+    })))
+}
+
 fn body_check(config: &Config) -> murmur_core::sync::BodyCheck {
     let max = config.docs.max_change_bytes;
     murmur_core::sync::BodyCheck(Arc::new(move |ev| crate::docs::check_body(ev, max)))
@@ -243,6 +253,7 @@ fn start_network(
             sync: murmur_core::sync::Config {
                 check: Some(body_check(config)),
                 request_timeout: config.p2p.sync_timeout,
+                may_restart: Some(restart_check(config)?),
                 ..murmur_core::sync::Config::default()
             },
             peers_file,

@@ -106,7 +106,19 @@ impl Sim {
     /// Node `i`'s store writer: writes events (the node's own, or what its machine asked
     /// for), recording first arrivals and checking the invariants.
     fn write(&mut self, i: usize, events: &[Event]) -> Vec<Outcome> {
-        let outcomes = match self.nodes[i].store.insert(events, Durability::Buffered) {
+        self.write_as(i, events, false)
+    }
+
+    /// Writes `events` (starting the log over at the first when `restart`), and checks
+    /// and records what was stored.
+    fn write_as(&mut self, i: usize, events: &[Event], restart: bool) -> Vec<Outcome> {
+        let store = &self.nodes[i].store;
+        let written = if restart {
+            store.restart_log(events, Durability::Buffered)
+        } else {
+            store.insert(events, Durability::Buffered)
+        };
+        let outcomes = match written {
             Ok(o) => o,
             Err(e) => match e {},
         };
@@ -196,8 +208,13 @@ impl Sim {
                         self.send(i, to, Msg::Sync(Arc::new(frame)));
                     }
                 }
-                Output::Persist { ticket, events, .. } => {
-                    let outcomes = self.write(i, &events);
+                Output::Persist {
+                    ticket,
+                    events,
+                    restart,
+                    ..
+                } => {
+                    let outcomes = self.write_as(i, &events, restart);
                     let now = self.instant();
                     let n = &mut self.nodes[i];
                     let more = n.machine.persisted(ticket, Ok(outcomes), now, &n.store);

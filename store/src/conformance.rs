@@ -356,8 +356,56 @@ pub(crate) fn prune_cuts_a_prefix<S: Store>(s: &S) {
     assert_eq!(vv.get(&k.author()).unwrap().seq, Seq(11));
 }
 
+/// A log started over past its head (its peers pruned what lies between): what it
+/// held goes, the new range is its start, and the chain goes on from there.
+pub(crate) fn restart_log_starts_a_log_over<S: Store>(s: &S) {
+    let k = key(1);
+    let c = chain(&k, "r/a", 12);
+    s.insert(&c[..5], Durability::Sync).unwrap();
+    let out = s.restart_log(&c[8..10], Durability::Sync).unwrap();
+    assert_eq!(
+        out,
+        vec![Outcome::Appended(Offset(5)), Outcome::Appended(Offset(6))]
+    );
+    let st = s.log_state(&k.author(), c[0].topic()).unwrap();
+    assert_eq!((st.base, st.head.unwrap().id), (Seq(8), c[9].id()));
+    let held = s.log_range(&k.author(), c[0].topic(), Seq(0), 100).unwrap();
+    assert_eq!(
+        held.iter().map(|e| e.seq().0).collect::<Vec<_>>(),
+        vec![8, 9]
+    );
+    assert!(s.event(&c[2].id()).unwrap().is_none());
+    let page = s.arrivals(Offset(0), None, 100, 100).unwrap();
+    assert_eq!(
+        page.events.iter().map(|(o, _)| o.0).collect::<Vec<_>>(),
+        vec![5, 6]
+    );
+    // What lay between is below the base now; the chain continues; a range that
+    // continues the log is an ordinary insert.
+    assert_eq!(
+        s.insert(&c[6..7], Durability::Sync).unwrap(),
+        vec![Outcome::Pruned]
+    );
+    assert_eq!(
+        s.restart_log(&c[10..11], Durability::Sync).unwrap(),
+        vec![Outcome::Appended(Offset(7))]
+    );
+    assert_eq!(s.log_state(&k.author(), c[0].topic()).unwrap().base, Seq(8));
+    // A fresh log can start at a peer's base too.
+    let j = key(2);
+    let d = chain(&j, "r/b", 30);
+    s.restart_log(&d[20..], Durability::Sync).unwrap();
+    let st = s.log_state(&j.author(), d[0].topic()).unwrap();
+    assert_eq!((st.base, st.head.unwrap().seq), (Seq(20), Seq(29)));
+}
+
 macro_rules! conformance_tests {
     ($make:expr) => {
+        #[test]
+        fn restart_log_starts_a_log_over() {
+            let s = $make;
+            $crate::conformance::restart_log_starts_a_log_over(&*s);
+        }
         #[test]
         fn prune_cuts_a_prefix() {
             let s = $make;

@@ -590,6 +590,33 @@ fn repair_restores_a_missing_current_and_keeps_everything() {
     );
 }
 
+/// A pruned store repairs to what it held: each pruned log starts at its base again
+/// (not cut as if its first events were a hole), and its base stays.
+#[test]
+fn repair_keeps_pruned_logs_from_their_base() {
+    use murmur_core::storage::Cut;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let c = log_of(1, "disk/pruned", 30);
+    {
+        let s = RocksStore::open(&db, &cfg()).unwrap();
+        insert_synced(&s, &c);
+        let cut = Cut {
+            topic: c[0].topic().clone(),
+            author: c[0].author(),
+            below: Seq(12),
+        };
+        assert_eq!(s.prune(&[cut]).unwrap().events, 12);
+    }
+    repair::set_aside(&db, &cfg(), 6).unwrap();
+    let report = repair::rebuild(&db, &cfg(), 6).unwrap();
+    assert!(report.verify.is_clean(), "{:?}", report.verify.problems);
+    assert_eq!((report.kept, report.unlinked), (18, 0), "{report:?}");
+    let s = RocksStore::open(&db, &cfg()).unwrap();
+    let st = s.log_state(&c[0].author(), c[0].topic()).unwrap();
+    assert_eq!((st.base, st.head.unwrap().id), (Seq(12), c[29].id()));
+}
+
 /// A repair interrupted between its two renames leaves no database where the daemon
 /// looks: the daemon must not create an empty one there, and repair resumes.
 #[test]

@@ -125,6 +125,31 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
+    fn restart_log(
+        &self,
+        events: &[Event],
+        durability: Durability,
+    ) -> Result<Vec<Outcome>, Infallible> {
+        if let Some(first) = events.first() {
+            let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            let id: LogId = (first.topic().clone(), first.author());
+            if accept::restarts(&inner.state(&id), events) {
+                let gone: Vec<EventId> = inner
+                    .logs
+                    .get_mut(&id)
+                    .map(|l| l.events.drain(..).map(|e| e.id()).collect())
+                    .unwrap_or_default();
+                for g in gone {
+                    inner.by_id.remove(&g);
+                }
+                let log = inner.logs.entry(id).or_default();
+                log.head = None;
+                log.base = first.seq();
+            }
+        }
+        self.insert(events, durability)
+    }
+
     fn prune(&self, cuts: &[Cut]) -> Result<Pruned, Infallible> {
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         let mut done = Pruned::default();

@@ -368,6 +368,7 @@ impl Chunk {
         dst: &RocksStore,
         r: &mut RepairReport,
         bad: &mut HashSet<Vec<u8>>,
+        bases: &std::collections::HashMap<Vec<u8>, murmur_core::Seq>,
         final_pass: bool,
     ) -> Result<()> {
         if self.items.is_empty() {
@@ -389,7 +390,26 @@ impl Chunk {
                 bad.insert(key);
             }
         }
-        let outcomes = dst.insert(&good, Durability::Buffered)?;
+        // A log that retention pruned starts at its base, not at seq 0: the event at the
+        // base its old head record names starts the log in the fresh store. (Any other
+        // log missing its first events is cut there, as a hole.)
+        let mut outcomes = Vec::with_capacity(good.len());
+        let mut from = 0;
+        for i in 0..good.len() {
+            let ev = &good[i];
+            let starts = ev.seq().0 > 0
+                && bases.get(&crate::keys::log_key(ev.topic(), &ev.author())) == Some(&ev.seq())
+                && !good[from..i]
+                    .iter()
+                    .any(|e| e.topic() == ev.topic() && e.author() == ev.author())
+                && dst.log_state(&ev.author(), ev.topic())?.head.is_none();
+            if starts {
+                outcomes.extend(dst.insert(&good[from..i], Durability::Buffered)?);
+                outcomes.extend(dst.restart_log(&good[i..=i], Durability::Buffered)?);
+                from = i + 1;
+            }
+        }
+        outcomes.extend(dst.insert(&good[from..], Durability::Buffered)?);
         for (outcome, old) in outcomes.into_iter().zip(good_old) {
             match outcome {
                 Outcome::Appended(off) => {
@@ -411,8 +431,25 @@ impl Chunk {
     }
 }
 
+/// The bases of pruned logs, from the old head records that still read.
+fn old_bases(src: &RocksStore) -> std::collections::HashMap<Vec<u8>, murmur_core::Seq> {
+    let mut out = std::collections::HashMap::new();
+    let mut it = src.db().raw_iterator_cf(src.cf(crate::rocks::CF_HEADS));
+    it.seek_to_first();
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        if let Ok((_, base)) = crate::rocks::decode_head(v)
+            && base.0 > 0
+        {
+            out.insert(k.to_vec(), base);
+        }
+        it.next();
+    }
+    out
+}
+
 /// Copies what verifies from `src` (RocksDB-repaired, unchecked) into the fresh `dst`.
 fn salvage(src: &RocksStore, dst: &RocksStore, r: &mut RepairReport) -> Result<()> {
+    let bases = old_bases(src);
     let db = src.db();
     let events_cf = src.cf(CF_EVENTS);
     // Event keys whose bytes do not decode or verify: counted once, not retried.
@@ -445,14 +482,14 @@ fn salvage(src: &RocksStore, dst: &RocksStore, r: &mut RepairReport) -> Result<(
             }
         }
         if chunk.full() {
-            chunk.commit(dst, r, &mut bad, false)?;
+            chunk.commit(dst, r, &mut bad, &bases, false)?;
         }
         it.next();
     }
     if let Err(e) = it.status() {
         r.problem(format!("reading the arrival index stopped early: {e}"));
     }
-    chunk.commit(dst, r, &mut bad, false)?;
+    chunk.commit(dst, r, &mut bad, &bases, false)?;
 
     // Pass 2: every stored event in log order, for those pass 1 did not reach (no
     // arrival entry: a torn copy, a lost index batch) or could not link yet.
@@ -474,14 +511,14 @@ fn salvage(src: &RocksStore, dst: &RocksStore, r: &mut RepairReport) -> Result<(
             }
         }
         if chunk.full() {
-            chunk.commit(dst, r, &mut bad, true)?;
+            chunk.commit(dst, r, &mut bad, &bases, true)?;
         }
         it.next();
     }
     if let Err(e) = it.status() {
         r.problem(format!("reading the events stopped early: {e}"));
     }
-    chunk.commit(dst, r, &mut bad, true)?;
+    chunk.commit(dst, r, &mut bad, &bases, true)?;
 
     // Fork proofs are self-proving: keep every one that still proves a fork.
     let mut it = db.raw_iterator_cf(src.cf(CF_FORKS));

@@ -651,6 +651,142 @@ impl RocksStore {
         &self.db
     }
 
+    /// `insert` under the writer lock, on top of `batch` and `overlay` (what a
+    /// [`Store::restart_log`] already deleted and reset).
+    fn insert_locked(
+        &self,
+        writer: &mut Writer,
+        mut batch: WriteBatch,
+        mut overlay: HashMap<Vec<u8>, LogState>,
+        events: &[Event],
+        durability: Durability,
+    ) -> Result<Vec<Outcome>> {
+        // Events appended by this call, by event key (as indexes into `events`).
+        let mut staged: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut offset = self.next_offset.load(Ordering::Acquire);
+        let mut outcomes = Vec::with_capacity(events.len());
+        let (cf_events, cf_heads, cf_by_id, cf_arrivals, cf_forks) = (
+            self.cf(CF_EVENTS),
+            self.cf(CF_HEADS),
+            self.cf(CF_BY_ID),
+            self.cf(CF_ARRIVALS),
+            self.cf(CF_FORKS),
+        );
+        for (i, ev) in events.iter().enumerate() {
+            let lk = log_key(ev.topic(), &ev.author());
+            let state = match overlay.get(&lk).or_else(|| writer.states.get(&lk)) {
+                Some(s) => *s,
+                None => self.load_state(&lk)?,
+            };
+            let mut read_err = None;
+            let verdict = accept::classify(&state, ev, |seq| {
+                let ek = event_key(&lk, seq);
+                if let Some(&j) = staged.get(&ek) {
+                    return events.get(j).cloned();
+                }
+                self.get_event(&ek).unwrap_or_else(|e| {
+                    read_err = Some(e);
+                    None
+                })
+            });
+            if let Some(e) = read_err {
+                return Err(e);
+            }
+            let mut next_state = state;
+            let outcome = match verdict {
+                Verdict::Append => {
+                    let ek = event_key(&lk, ev.seq());
+                    let head = Head::of(ev);
+                    batch.put_cf(cf_events, &ek, ev.bytes());
+                    batch.put_cf(cf_by_id, ev.id().0, by_id_value(&ek, offset));
+                    batch.put_cf(cf_arrivals, offset.to_be_bytes(), &ek);
+                    crate::docs::index(&mut batch, self, ev, offset, &ek);
+                    staged.insert(ek, i);
+                    next_state.head = Some(head);
+                    offset += 1;
+                    Outcome::Appended(Offset(offset - 1))
+                }
+                Verdict::Duplicate => Outcome::Duplicate,
+                Verdict::Fork(proof) => {
+                    let seq = proof.seq();
+                    if state.frozen_at.is_none_or(|f| seq < f) {
+                        batch.put_cf(cf_forks, &lk, encode_fork(&proof));
+                        next_state.frozen_at = Some(seq);
+                    }
+                    Outcome::Fork(seq)
+                }
+                Verdict::Gap { expected } => Outcome::Gap { expected },
+                Verdict::PrevMismatch { .. } => Outcome::PrevMismatch,
+                Verdict::Frozen { .. } => Outcome::Frozen,
+                Verdict::Pruned => Outcome::Pruned,
+            };
+            if next_state != state {
+                overlay.insert(lk, next_state);
+            }
+            outcomes.push(outcome);
+        }
+        // One head per changed log per call (the last), not one per event: a window of
+        // 1,024 events is one head write instead of 1,024.
+        for (lk, st) in &overlay {
+            if let Some(head) = st.head {
+                batch.put_cf(cf_heads, lk, encode_head(&head, st.base));
+            }
+        }
+        if !batch.is_empty() {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(durability == Durability::Sync);
+            self.db.write_opt(batch, &wo)?;
+        }
+        if durability == Durability::Sync
+            && offset > writer.marked
+            && writer.mark_at.is_none_or(|t| t.elapsed() >= MARK_EVERY)
+        {
+            self.write_mark(writer, offset);
+        }
+        if writer.states.len() + overlay.len() > STATE_CACHE_MAX {
+            writer.states.clear();
+        }
+        writer.states.extend(overlay);
+        self.next_offset.store(offset, Ordering::Release);
+        Ok(outcomes)
+    }
+
+    /// Deletes a log's events with seq in `from..to`, with their id, arrival and
+    /// document entries, into `batch`.
+    fn delete_events(
+        &self,
+        batch: &mut WriteBatch,
+        lk: &[u8],
+        from: Seq,
+        to: Seq,
+    ) -> Result<Pruned> {
+        let (cf_events, cf_by_id, cf_arrivals) =
+            (self.cf(CF_EVENTS), self.cf(CF_BY_ID), self.cf(CF_ARRIVALS));
+        let mut done = Pruned::default();
+        let (from, to) = (event_key(lk, from), event_key(lk, to));
+        let mut it = self.db.raw_iterator_cf(cf_events);
+        it.seek(&from);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if k >= to.as_slice() {
+                break;
+            }
+            let id = EventId::hash(v);
+            if let Some(idv) = self.db.get_pinned_cf(cf_by_id, id.0)? {
+                let (_, off) = split_by_id(&idv)?;
+                batch.delete_cf(cf_arrivals, off.to_be_bytes());
+                let ev = decode_event(v.to_vec())?;
+                crate::docs::unindex(batch, self, &ev, off);
+            }
+            batch.delete_cf(cf_by_id, id.0);
+            done.events += 1;
+            done.bytes += v.len() as u64;
+            it.next();
+        }
+        it.status()?;
+        batch.delete_range_cf(cf_events, &from, &to);
+        Ok(done)
+    }
+
     /// Compacts the families pruning deletes from (events, id index, arrivals), so the
     /// space of pruned events returns to the file system. Runs beside writes (RocksDB
     /// compacts in its own threads); takes as long as rewriting what remains.
@@ -975,98 +1111,45 @@ impl Store for RocksStore {
             .writer
             .lock()
             .map_err(|_| corrupt("writer lock poisoned"))?;
-        let mut overlay: HashMap<Vec<u8>, LogState> = HashMap::new();
-        // Events appended by this call, by event key (as indexes into `events`).
-        let mut staged: HashMap<Vec<u8>, usize> = HashMap::new();
-        let mut batch = WriteBatch::default();
-        let mut offset = self.next_offset.load(Ordering::Acquire);
-        let mut outcomes = Vec::with_capacity(events.len());
-        let (cf_events, cf_heads, cf_by_id, cf_arrivals, cf_forks) = (
-            self.cf(CF_EVENTS),
-            self.cf(CF_HEADS),
-            self.cf(CF_BY_ID),
-            self.cf(CF_ARRIVALS),
-            self.cf(CF_FORKS),
-        );
-        for (i, ev) in events.iter().enumerate() {
-            let lk = log_key(ev.topic(), &ev.author());
-            let state = match overlay.get(&lk).or_else(|| writer.states.get(&lk)) {
-                Some(s) => *s,
-                None => self.load_state(&lk)?,
-            };
-            let mut read_err = None;
-            let verdict = accept::classify(&state, ev, |seq| {
-                let ek = event_key(&lk, seq);
-                if let Some(&j) = staged.get(&ek) {
-                    return events.get(j).cloned();
-                }
-                self.get_event(&ek).unwrap_or_else(|e| {
-                    read_err = Some(e);
-                    None
-                })
-            });
-            if let Some(e) = read_err {
-                return Err(e);
-            }
-            let mut next_state = state;
-            let outcome = match verdict {
-                Verdict::Append => {
-                    let ek = event_key(&lk, ev.seq());
-                    let head = Head::of(ev);
-                    batch.put_cf(cf_events, &ek, ev.bytes());
-                    batch.put_cf(cf_by_id, ev.id().0, by_id_value(&ek, offset));
-                    batch.put_cf(cf_arrivals, offset.to_be_bytes(), &ek);
-                    crate::docs::index(&mut batch, self, ev, offset, &ek);
-                    staged.insert(ek, i);
-                    next_state.head = Some(head);
-                    offset += 1;
-                    Outcome::Appended(Offset(offset - 1))
-                }
-                Verdict::Duplicate => Outcome::Duplicate,
-                Verdict::Fork(proof) => {
-                    let seq = proof.seq();
-                    if state.frozen_at.is_none_or(|f| seq < f) {
-                        batch.put_cf(cf_forks, &lk, encode_fork(&proof));
-                        next_state.frozen_at = Some(seq);
-                    }
-                    Outcome::Fork(seq)
-                }
-                Verdict::Gap { expected } => Outcome::Gap { expected },
-                Verdict::PrevMismatch { .. } => Outcome::PrevMismatch,
-                Verdict::Frozen { .. } => Outcome::Frozen,
-                Verdict::Pruned => Outcome::Pruned,
-            };
-            if next_state != state {
-                overlay.insert(lk, next_state);
-            }
-            outcomes.push(outcome);
-        }
-        // One head per changed log per call (the last), not one per event: a window of
-        // 1,024 events is one head write instead of 1,024.
-        for (lk, st) in &overlay {
-            if let Some(head) = st.head {
-                batch.put_cf(cf_heads, lk, encode_head(&head, st.base));
-            }
-        }
-        if !batch.is_empty() {
-            let mut wo = WriteOptions::default();
-            wo.set_sync(durability == Durability::Sync);
-            self.db.write_opt(batch, &wo)?;
-        }
-        if durability == Durability::Sync
-            && offset > writer.marked
-            && writer.mark_at.is_none_or(|t| t.elapsed() >= MARK_EVERY)
-        {
-            self.write_mark(&mut writer, offset);
-        }
-        if writer.states.len() + overlay.len() > STATE_CACHE_MAX {
-            writer.states.clear();
-        }
-        writer.states.extend(overlay);
-        self.next_offset.store(offset, Ordering::Release);
-        Ok(outcomes)
+        self.insert_locked(
+            &mut writer,
+            WriteBatch::default(),
+            HashMap::new(),
+            events,
+            durability,
+        )
     }
 
+    fn restart_log(&self, events: &[Event], durability: Durability) -> Result<Vec<Outcome>> {
+        let mut writer = self
+            .writer
+            .lock()
+            .map_err(|_| corrupt("writer lock poisoned"))?;
+        let Some(first) = events.first() else {
+            return Ok(Vec::new());
+        };
+        let lk = log_key(first.topic(), &first.author());
+        let state = match writer.states.get(&lk) {
+            Some(s) => *s,
+            None => self.load_state(&lk)?,
+        };
+        let mut batch = WriteBatch::default();
+        let mut overlay = HashMap::new();
+        if accept::restarts(&state, events) {
+            if let Some(head) = state.head {
+                self.delete_events(&mut batch, &lk, state.base, Seq(head.seq.0 + 1))?;
+            }
+            overlay.insert(
+                lk,
+                LogState {
+                    head: None,
+                    base: first.seq(),
+                    frozen_at: state.frozen_at,
+                },
+            );
+        }
+        self.insert_locked(&mut writer, batch, overlay, events, durability)
+    }
     fn save_snapshot(&self, topic: &Topic, doc: &DocId, snap: &Snapshot) -> Result<()> {
         crate::docs::save_snapshot(self, topic, doc, snap)
     }
@@ -1076,12 +1159,7 @@ impl Store for RocksStore {
             .writer
             .lock()
             .map_err(|_| corrupt("writer lock poisoned"))?;
-        let (cf_events, cf_heads, cf_by_id, cf_arrivals) = (
-            self.cf(CF_EVENTS),
-            self.cf(CF_HEADS),
-            self.cf(CF_BY_ID),
-            self.cf(CF_ARRIVALS),
-        );
+        let cf_heads = self.cf(CF_HEADS);
         let mut batch = WriteBatch::default();
         let mut done = Pruned::default();
         let mut changed = Vec::new();
@@ -1098,27 +1176,9 @@ impl Store for RocksStore {
             if below <= state.base {
                 continue;
             }
-            let (from, to) = (event_key(&lk, state.base), event_key(&lk, below));
-            let mut it = self.db.raw_iterator_cf(cf_events);
-            it.seek(&from);
-            while let (Some(k), Some(v)) = (it.key(), it.value()) {
-                if k >= to.as_slice() {
-                    break;
-                }
-                let id = EventId::hash(v);
-                if let Some(idv) = self.db.get_pinned_cf(cf_by_id, id.0)? {
-                    let (_, off) = split_by_id(&idv)?;
-                    batch.delete_cf(cf_arrivals, off.to_be_bytes());
-                    let ev = decode_event(v.to_vec())?;
-                    crate::docs::unindex(&mut batch, self, &ev, off);
-                }
-                batch.delete_cf(cf_by_id, id.0);
-                done.events += 1;
-                done.bytes += v.len() as u64;
-                it.next();
-            }
-            it.status()?;
-            batch.delete_range_cf(cf_events, &from, &to);
+            let d = self.delete_events(&mut batch, &lk, state.base, below)?;
+            done.events += d.events;
+            done.bytes += d.bytes;
             batch.put_cf(cf_heads, &lk, encode_head(&head, below));
             changed.push((
                 lk,

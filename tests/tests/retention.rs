@@ -244,3 +244,48 @@ fn a_disk_budget_holds_while_events_keep_coming() {
     let v = n.cli(&["verify"]);
     assert!(v.status.success(), "{}", common::stdout(&v));
 }
+
+/// A device that was off while its fleet pruned past what it held comes back and gets
+/// the window: its log starts over at the peer's base (its own rule lets those events
+/// go too), it is not stuck behind, and nobody is banned.
+#[test]
+fn a_device_back_after_the_window_gets_the_window() {
+    let rules = "[store]\nprune_interval = \"1s\"\n\n[[retention]]\npattern = \"sensors/#\"\nmax_events_per_log = 20\n";
+    let a = Node::start(rules);
+    let mut b = Node::start(rules);
+    publish_batch(&a, "sensors/d1", 10);
+    let dial = b.cli(&["dial", &a.tcp_addr()]);
+    assert!(dial.status.success(), "{}", common::stderr(&dial));
+    wait_for("B to hold the first 10", 20, || {
+        b.topic_events("sensors/d1") == 10
+    });
+    // B goes away; A publishes 200 more and keeps its last 20 (seq 190..=209).
+    b.stop();
+    for _ in 0..4 {
+        publish_batch(&a, "sensors/d1", 50);
+    }
+    wait_for("A to prune to 20", 20, || {
+        a.topic_events("sensors/d1") == 20
+    });
+    b.spawn();
+    let dial = b.cli(&["dial", &a.tcp_addr()]);
+    assert!(dial.status.success(), "{}", common::stderr(&dial));
+    wait_for("B to catch up to A's head", 30, || {
+        let t = b.get("/v1/topics");
+        t["topics"][0]["logs"][0]["head_seq"] == 209
+    });
+    let t = b.get("/v1/topics");
+    assert_eq!(t["topics"][0]["logs"][0]["base"], 190, "{t}");
+    assert_eq!(b.topic_events("sensors/d1"), 20);
+    let held_b = held(&b, "sensors/d1");
+    assert_eq!(
+        held_b.first().map(String::as_str),
+        Some("sensors/d1-30"),
+        "seq 190: the last batch's 31st"
+    );
+    assert_eq!(
+        a.metric("murmur_peer_bans_total{reason=\"sync_violation\"}")
+            + b.metric("murmur_peer_bans_total{reason=\"sync_violation\"}"),
+        0
+    );
+}

@@ -73,6 +73,24 @@ pub struct Config {
     /// An application check of each pulled event's body (e.g. that a document change
     /// parses); an event that fails it is a protocol violation by the sender.
     pub check: Option<BodyCheck>,
+    /// Topics whose logs may start over at a peer's base when the peer pruned past our
+    /// head (retention): a log of such a topic, or any empty log, then takes the
+    /// peer's range and drops what it held ([`crate::storage::Store::restart_log`]).
+    /// Other logs stay as they are and the pull ends. `None`: only empty logs.
+    pub may_restart: Option<RestartCheck>,
+}
+
+/// The function behind a [`RestartCheck`].
+pub type RestartFn = dyn Fn(&Topic) -> bool + Send + std::marker::Sync;
+
+/// Which topics' logs may start over at a peer's base (see [`Config::may_restart`]).
+#[derive(Clone)]
+pub struct RestartCheck(pub std::sync::Arc<RestartFn>);
+
+impl std::fmt::Debug for RestartCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RestartCheck")
+    }
 }
 
 /// The function behind a [`BodyCheck`].
@@ -97,6 +115,7 @@ impl Default for Config {
             durability: Durability::Buffered,
             max_sessions: 256,
             check: None,
+            may_restart: None,
         }
     }
 }
@@ -186,6 +205,9 @@ pub enum Output<P> {
         events: Vec<Event>,
         /// How durable the write must be.
         durability: Durability,
+        /// Start the log over at the first event
+        /// ([`crate::storage::Store::restart_log`]) instead of inserting.
+        restart: bool,
     },
 }
 
@@ -691,6 +713,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         // it while we verify this one.
         let mut prefetch = None;
         let mut pruned = false;
+        let mut restart = false;
         let events = if run.is_empty() {
             Vec::new()
         } else {
@@ -700,9 +723,16 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                     return self.violation(key, Violation::Unrequested);
                 }
                 // The peer pruned what we asked for (retention): its range starts at its
-                // base. Not a violation; this peer cannot continue our log, so the pull
-                // ends here as if it had nothing (another peer may still hold the gap).
-                Ok(h) if h.first > want_from => pruned = true,
+                // base. Not a violation. The log starts over there if it may (see
+                // `Config::may_restart`); otherwise this peer cannot continue it, and the
+                // pull ends as if the peer had nothing (another may still hold the gap).
+                Ok(h) if h.first > want_from => {
+                    if !probe && self.may_restart(&author, &topic, store) {
+                        restart = true;
+                    } else {
+                        pruned = true;
+                    }
+                }
                 Ok(h) if !probe => {
                     let next = Seq(h.first.0.saturating_add(u64::from(h.count)));
                     prefetch = self.prefetch(&key, author, next, now, store);
@@ -731,7 +761,10 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             }
             return self.advance(key, now, store);
         };
-        if first.author() != author || first.topic() != &topic || first.seq() != want_from {
+        if first.author() != author
+            || first.topic() != &topic
+            || (first.seq() != want_from && !restart)
+        {
             return self.violation(key, Violation::Unrequested);
         }
         let state = match store.log_state(&author, &topic) {
@@ -742,11 +775,12 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             }
         };
         // The window continues the one being written, if it follows it; else our head.
-        let after_tail = tail.filter(|t| t.seq.next() == Some(want_from));
-        let anchor = after_tail.or_else(|| {
+        // A restart has nothing before it to link to.
+        let after_tail = tail.filter(|t| t.seq.next() == Some(want_from) && !restart);
+        let anchor = after_tail.filter(|_| !restart).or_else(|| {
             state
                 .head
-                .filter(|h| h.seq.next() == Some(want_from))
+                .filter(|h| h.seq.next() == Some(want_from) && !restart)
                 .map(|h| Anchor {
                     seq: h.seq,
                     id: h.id,
@@ -826,9 +860,24 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             ticket,
             events,
             durability,
+            restart,
         });
         out.extend(self.advance(key, now, store));
         out
+    }
+
+    /// Whether `author`'s log in `topic` may start over at a peer's base: it is empty
+    /// here (nothing is lost), or its topic is one [`Config::may_restart`] allows.
+    fn may_restart<S: ReadStore>(&self, author: &AuthorId, topic: &Topic, store: &S) -> bool {
+        let empty = store
+            .log_state(author, topic)
+            .is_ok_and(|st| st.head.is_none() && st.frozen_at.is_none());
+        empty
+            || self
+                .config
+                .may_restart
+                .as_ref()
+                .is_some_and(|f| (f.0)(topic))
     }
 
     /// Asks for the window of `author`'s log that starts at `next`, if the pull wants
@@ -1037,6 +1086,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             ticket,
             events,
             durability: self.config.durability,
+            restart: false,
         }]
     }
 }

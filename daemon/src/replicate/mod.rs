@@ -436,7 +436,8 @@ impl Replicator {
                     ticket,
                     events,
                     durability,
-                } => match self.writer.write(events, durability).await {
+                    restart,
+                } => match self.writer.write(events, durability, restart).await {
                     Ok(rx) => self.writing.push_back((ticket, rx)),
                     Err(e) => {
                         // The writer has stopped (shutting down): nothing is written.
