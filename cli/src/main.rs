@@ -176,6 +176,10 @@ struct SubArgs {
     /// Exit after this many events
     #[arg(long, short = 'n')]
     count: Option<u64>,
+    /// Read on past events that retention pruned on this node (otherwise resuming
+    /// from an offset they were at fails with `pruned`, naming where to resume)
+    #[arg(long)]
+    skip_pruned: bool,
 }
 
 #[derive(Args)]
@@ -529,29 +533,51 @@ async fn publish(g: &Global, args: PubArgs) -> anyhow::Result<ExitCode> {
 
 async fn subscribe(g: &Global, args: SubArgs) -> anyhow::Result<ExitCode> {
     let mut client = Client::new(&socket(g)?);
-    let mut path = format!("/v1/follow?pattern={}", encode_query(&args.pattern));
-    if args.from_start {
-        path.push_str("&from=0");
-    } else if let Some(f) = args.from {
-        path.push_str(&format!("&from={f}"));
-    }
+    let base = format!("/v1/follow?pattern={}", encode_query(&args.pattern));
+    // "From the start" is from the oldest event held: what retention pruned is not asked
+    // for.
+    let skip = args.skip_pruned || args.from_start;
+    let with = |from: Option<u64>| {
+        let mut p = base.clone();
+        if let Some(f) = from {
+            p.push_str(&format!("&from={f}"));
+        }
+        if skip {
+            p.push_str("&skip_pruned=true");
+        }
+        p
+    };
+    let path = with(if args.from_start { Some(0) } else { args.from });
     let limit = args.count.unwrap_or(u64::MAX);
     if limit == 0 {
         return Ok(ExitCode::SUCCESS);
     }
     let mut seen = 0u64;
-    stream::lines(&mut client, &path, |line| {
+    let mut last: Option<u64> = None;
+    let code = stream::lines(&mut client, &path, |line| {
         let ev: EventJson =
             serde_json::from_slice(line).context("bad event in the follow stream")?;
         output::event_line(&ev, g.json)?;
         seen += 1;
+        last = ev.offset.or(last);
         Ok(if seen >= limit {
             stream::Next::Done
         } else {
             stream::Next::More
         })
     })
-    .await
+    .await?;
+    // The daemon ends a stream whose next events were pruned (the follower fell behind
+    // past retention): asking again from where it stopped says so.
+    if code != ExitCode::SUCCESS
+        && !skip
+        && let Some(l) = last
+    {
+        let mut again = Client::new(&socket(g)?);
+        // Only the refusal matters here: an answered request is a stream to drop.
+        drop(again.lines(&with(Some(l + 1))).await?);
+    }
+    Ok(code)
 }
 
 async fn verify(g: &Global) -> anyhow::Result<ExitCode> {

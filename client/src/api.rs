@@ -117,6 +117,10 @@ pub struct EventsPage {
     pub events: Vec<EventJson>,
     /// Pass this as `from` to read on.
     pub next: u64,
+    /// Set when retention pruned events of this pattern at offsets from `from` up to
+    /// this one: they are not in the page (reads of a log by seq start at its base).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_to: Option<u64>,
 }
 
 /// One log in a topic listing.

@@ -53,6 +53,9 @@ pub struct LogState {
     /// held (a log first received from a peer's base). 0 when nothing was cut. The
     /// events held are `base..=head`; `base == head + 1` means none.
     pub base: Seq,
+    /// One past the highest local offset of an event pruned from this log (0: none):
+    /// a reader from an offset below it may have missed events of this log.
+    pub pruned_to: crate::id::Offset,
 }
 
 /// Proof that an author signed two different events at the same position of one log.
@@ -209,6 +212,7 @@ mod tests {
             head: c.last().map(Head::of),
             frozen_at: None,
             base: Seq(0),
+            pruned_to: crate::id::Offset(0),
         }
     }
 
@@ -293,7 +297,7 @@ mod tests {
         let st = LogState {
             head: Some(Head::of(&c[3])),
             frozen_at: Some(Seq(3)),
-            base: Seq(0),
+            ..LogState::default()
         };
         assert_eq!(
             classify(&st, &c[4], |_| None),
@@ -310,6 +314,7 @@ mod tests {
             head: Some(Head::of(&c[4])),
             frozen_at: None,
             base: Seq(3),
+            ..LogState::default()
         };
         assert_eq!(classify(&st, &c[1], |_| None), Verdict::Pruned);
         assert_eq!(
@@ -323,9 +328,8 @@ mod tests {
         assert_eq!(classify(&all, &c[5], |_| None), Verdict::Append);
         // An empty log told to start at 3 (a peer's base): 3 appends without a link.
         let fresh = LogState {
-            head: None,
-            frozen_at: None,
             base: Seq(3),
+            ..LogState::default()
         };
         assert_eq!(classify(&fresh, &c[3], |_| None), Verdict::Append);
         assert_eq!(classify(&fresh, &c[2], |_| None), Verdict::Pruned);

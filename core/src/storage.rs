@@ -67,6 +67,8 @@ pub struct LogSummary {
     pub frozen_at: Option<Seq>,
     /// First seq held (see [`LogState::base`]).
     pub base: Seq,
+    /// One past the highest offset pruned from the log (see [`LogState::pruned_to`]).
+    pub pruned_to: Offset,
 }
 
 /// A prefix cut of one log: its events with seq below `below` go (see
@@ -158,6 +160,10 @@ pub trait ReadStore: Send + Sync + 'static {
 
     /// One past the newest assigned offset (0 for an empty store).
     fn next_offset(&self) -> Offset;
+
+    /// The highest [`LogState::pruned_to`] of any log: a reader from an offset at or
+    /// above it has missed nothing to retention. 0 when nothing was pruned.
+    fn pruned_to(&self) -> Offset;
 
     /// Every log with its head, ordered by topic then author.
     fn logs(&self) -> Result<Vec<LogSummary>, Self::Error>;

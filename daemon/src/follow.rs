@@ -57,12 +57,33 @@ pub struct Follow {
     pub permit: OwnedSemaphorePermit,
     /// Marks the connection as streaming (no idle deadline) until the stream ends.
     pub streaming: Option<crate::server::listener::Streaming>,
+    /// Read on past events retention pruned (`skip_pruned=true`) instead of ending.
+    pub skip_pruned: bool,
 }
 
 impl Drop for Follow {
     fn drop(&mut self) {
         self.metrics.followers.dec();
     }
+}
+
+/// One past the highest offset of an event matching `pattern` that retention pruned
+/// here, if that is above `from`: a reader from `from` would miss events. Cheap when
+/// nothing at or above `from` was pruned (one atomic read); else one pass over the logs.
+pub fn pruned_since(
+    store: &RocksStore,
+    pattern: Option<&Pattern>,
+    from: Offset,
+) -> Result<Option<Offset>, murmur_store::StoreError> {
+    if store.pruned_to() <= from {
+        return Ok(None);
+    }
+    Ok(store
+        .logs()?
+        .iter()
+        .filter(|l| l.pruned_to > from && pattern.is_none_or(|p| p.matches(&l.topic)))
+        .map(|l| l.pruned_to)
+        .max())
 }
 
 /// The response body for a follow request.
@@ -104,11 +125,38 @@ async fn next_chunk(f: &mut Follow, page: &mut usize) -> Option<Bytes> {
             let (store, pattern, cursor) = (f.store.clone(), f.pattern.clone(), f.cursor);
             let limit = *page;
             let read = tokio::task::spawn_blocking(move || {
-                store.arrivals(cursor, pattern.as_ref(), limit, PAGE_SCAN)
+                // A follower that fell behind past what retention pruned is not moved
+                // on silently: the stream ends, and resuming from its offset answers
+                // 410 `pruned` (unless it asks to skip).
+                if pruned_since(&store, pattern.as_ref(), cursor)?.is_some() {
+                    return Ok(None);
+                }
+                store
+                    .arrivals(cursor, pattern.as_ref(), limit, PAGE_SCAN)
+                    .map(Some)
             })
             .await;
             let read = match read {
-                Ok(Ok(p)) => p,
+                Ok(Ok(Some(p))) => p,
+                Ok(Ok(None)) if !f.skip_pruned => {
+                    tracing::info!(
+                        cursor = f.cursor.0,
+                        "follow: the next events were pruned by retention; ending the stream"
+                    );
+                    return None;
+                }
+                Ok(Ok(None)) => {
+                    // Told to skip: read on without the check.
+                    let (store, pattern, cursor) = (f.store.clone(), f.pattern.clone(), f.cursor);
+                    match tokio::task::spawn_blocking(move || {
+                        store.arrivals(cursor, pattern.as_ref(), limit, PAGE_SCAN)
+                    })
+                    .await
+                    {
+                        Ok(Ok(p)) => p,
+                        _ => return None,
+                    }
+                }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "follow: store read failed; closing stream");
                     return None;

@@ -238,7 +238,7 @@ fn finish_log(store: &RocksStore, mut c: LogCursor, r: &mut Report) -> Result<()
     match store.db().get_pinned_cf(heads, &c.key)? {
         None => r.problem(format!("{}: no head record", c.name)),
         Some(v) => {
-            let (h, _) = decode_head(&v)?;
+            let (h, _, _) = decode_head(&v)?;
             if Some(h.id) != c.prev || h.seq.next() != Some(c.next) {
                 r.problem(format!(
                     "{}: head says seq {}, log ends at seq {}",
@@ -294,7 +294,7 @@ impl Scan {
 pub fn scan(store: &RocksStore, cancel: &AtomicBool) -> Result<Option<Scan>, StoreError> {
     let mut in_heads = 0u64;
     let heads = scan_family(store, "heads", cancel, |v| {
-        let (h, base) = decode_head(v)?;
+        let (h, base, _) = decode_head(v)?;
         in_heads += h.seq.0 + 1 - base.0;
         Ok(())
     })?;

@@ -316,6 +316,8 @@ pub(crate) fn prune_cuts_a_prefix<S: Store>(s: &S) {
     let st = s.log_state(&k.author(), a[0].topic()).unwrap();
     assert_eq!(st.base, Seq(7));
     assert_eq!(st.head.unwrap().id, a[9].id());
+    // a5 and a6 were at offsets 9 and 10: a reader from below 11 may have missed some.
+    assert_eq!((st.pruned_to, s.pruned_to()), (Offset(11), Offset(11)));
     // Reads start at the base; ids below it are gone.
     let r = s.log_range(&k.author(), a[0].topic(), Seq(0), 100).unwrap();
     assert_eq!(

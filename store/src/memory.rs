@@ -15,13 +15,14 @@ use murmur_core::{AuthorId, Body, DocId, Event, EventId, Offset, Pattern, Seq, T
 
 type LogId = (Topic, AuthorId);
 
-/// One log: the events from `base` on (`events[i]` has seq `base + i`), and the head,
-/// which stays when they are pruned.
+/// One log: the events from `base` on (`events[i]` has seq `base + i`) with their
+/// offsets, and the head, which stays when they are pruned.
 #[derive(Default)]
 struct Log {
     base: Seq,
-    events: std::collections::VecDeque<Event>,
+    events: std::collections::VecDeque<(Offset, Event)>,
     head: Option<Head>,
+    pruned_to: Offset,
 }
 
 #[derive(Default)]
@@ -43,13 +44,14 @@ impl Inner {
             head: log.and_then(|l| l.head),
             frozen_at: self.forks.get(id).map(ForkProof::seq),
             base: log.map_or(Seq(0), |l| l.base),
+            pruned_to: log.map_or(Offset(0), |l| l.pruned_to),
         }
     }
 
     fn at(&self, id: &LogId, seq: Seq) -> Option<&Event> {
         let log = self.logs.get(id)?;
         let i = seq.0.checked_sub(log.base.0)?;
-        log.events.get(usize::try_from(i).ok()?)
+        log.events.get(usize::try_from(i).ok()?).map(|(_, e)| e)
     }
 
     fn at_offset(&self, off: Offset) -> Option<&Event> {
@@ -104,7 +106,7 @@ impl Store for MemoryStore {
                         inner.doc_arrivals.insert(offset, (topic, doc));
                     }
                     let log = inner.logs.entry(id).or_default();
-                    log.events.push_back(ev.clone());
+                    log.events.push_back((offset, ev.clone()));
                     log.head = Some(Head::of(ev));
                     Outcome::Appended(offset)
                 }
@@ -134,10 +136,19 @@ impl Store for MemoryStore {
             let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
             let id: LogId = (first.topic().clone(), first.author());
             if accept::restarts(&inner.state(&id), events) {
+                let mut top = Offset(0);
                 let gone: Vec<EventId> = inner
                     .logs
                     .get_mut(&id)
-                    .map(|l| l.events.drain(..).map(|e| e.id()).collect())
+                    .map(|l| {
+                        l.events
+                            .drain(..)
+                            .map(|(o, e)| {
+                                top = top.max(Offset(o.0 + 1));
+                                e.id()
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
                 for g in gone {
                     inner.by_id.remove(&g);
@@ -145,6 +156,7 @@ impl Store for MemoryStore {
                 let log = inner.logs.entry(id).or_default();
                 log.head = None;
                 log.base = first.seq();
+                log.pruned_to = log.pruned_to.max(top);
             }
         }
         self.insert(events, durability)
@@ -165,15 +177,18 @@ impl Store for MemoryStore {
                 continue;
             }
             let n = usize::try_from(below.0 - log.base.0).unwrap_or(usize::MAX);
+            let mut top = log.pruned_to;
             let gone: Vec<EventId> = log
                 .events
                 .drain(..n.min(log.events.len()))
-                .map(|ev| {
+                .map(|(o, ev)| {
                     done.events += 1;
                     done.bytes += ev.bytes().len() as u64;
+                    top = top.max(Offset(o.0 + 1));
                     ev.id()
                 })
                 .collect();
+            log.pruned_to = top;
             log.base = below;
             for id in gone {
                 inner.by_id.remove(&id);
@@ -217,7 +232,13 @@ impl ReadStore for MemoryStore {
         let start = usize::try_from(from.0.saturating_sub(log.base.0))
             .unwrap_or(usize::MAX)
             .min(log.events.len());
-        Ok(log.events.iter().skip(start).take(limit).cloned().collect())
+        Ok(log
+            .events
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect())
     }
 
     fn log_range_bytes(
@@ -272,6 +293,15 @@ impl ReadStore for MemoryStore {
         Ok(page)
     }
 
+    fn pruned_to(&self) -> Offset {
+        self.read()
+            .logs
+            .values()
+            .map(|l| l.pruned_to)
+            .max()
+            .unwrap_or(Offset(0))
+    }
+
     fn next_offset(&self) -> Offset {
         Offset(self.read().arrivals.len() as u64)
     }
@@ -291,6 +321,7 @@ impl ReadStore for MemoryStore {
                         .get(&(topic.clone(), *author))
                         .map(ForkProof::seq),
                     base: log.base,
+                    pruned_to: log.pruned_to,
                 })
             })
             .collect())

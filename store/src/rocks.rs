@@ -254,6 +254,8 @@ pub struct RocksStore {
     path: PathBuf,
     writer: Mutex<Writer>,
     next_offset: AtomicU64,
+    /// The highest `pruned_to` of any log (see `ReadStore::pruned_to`).
+    pruned_to: AtomicU64,
     /// This open created the database (there was none).
     created: bool,
 }
@@ -370,6 +372,7 @@ impl RocksStore {
                 mark_at: None,
             }),
             next_offset: AtomicU64::new(0),
+            pruned_to: AtomicU64::new(0),
             created: false,
         })
     }
@@ -580,7 +583,8 @@ impl RocksStore {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_HEADS));
         it.seek_to_first();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let (head, _) = decode_head(v)?;
+            let (head, _, pruned_to) = decode_head(v)?;
+            self.pruned_to.fetch_max(pruned_to.0, Ordering::AcqRel);
             let at = self
                 .db
                 .get_pinned_cf(events, event_key(k, head.seq))?
@@ -624,14 +628,15 @@ impl RocksStore {
             Some(v) => Some(decode_fork(&v)?.seq()),
             None => None,
         };
-        let (head, base) = match head {
-            Some((h, b)) => (Some(h), b),
-            None => (None, Seq(0)),
+        let (head, base, pruned_to) = match head {
+            Some((h, b, p)) => (Some(h), b, p),
+            None => (None, Seq(0), Offset(0)),
         };
         Ok(LogState {
             head,
             frozen_at,
             base,
+            pruned_to,
         })
     }
 
@@ -729,7 +734,7 @@ impl RocksStore {
         // 1,024 events is one head write instead of 1,024.
         for (lk, st) in &overlay {
             if let Some(head) = st.head {
-                batch.put_cf(cf_heads, lk, encode_head(&head, st.base));
+                batch.put_cf(cf_heads, lk, encode_head(&head, st.base, st.pruned_to));
             }
         }
         if !batch.is_empty() {
@@ -752,14 +757,15 @@ impl RocksStore {
     }
 
     /// Deletes a log's events with seq in `from..to`, with their id, arrival and
-    /// document entries, into `batch`.
+    /// document entries, into `batch`; with one past the highest offset deleted.
     fn delete_events(
         &self,
         batch: &mut WriteBatch,
         lk: &[u8],
         from: Seq,
         to: Seq,
-    ) -> Result<Pruned> {
+    ) -> Result<(Pruned, Offset)> {
+        let mut top = Offset(0);
         let (cf_events, cf_by_id, cf_arrivals) =
             (self.cf(CF_EVENTS), self.cf(CF_BY_ID), self.cf(CF_ARRIVALS));
         let mut done = Pruned::default();
@@ -773,6 +779,7 @@ impl RocksStore {
             let id = EventId::hash(v);
             if let Some(idv) = self.db.get_pinned_cf(cf_by_id, id.0)? {
                 let (_, off) = split_by_id(&idv)?;
+                top = top.max(Offset(off + 1));
                 batch.delete_cf(cf_arrivals, off.to_be_bytes());
                 let ev = decode_event(v.to_vec())?;
                 crate::docs::unindex(batch, self, &ev, off);
@@ -784,7 +791,7 @@ impl RocksStore {
         }
         it.status()?;
         batch.delete_range_cf(cf_events, &from, &to);
-        Ok(done)
+        Ok((done, top))
     }
 
     /// Compacts the families pruning deletes from (events, id index, arrivals), so the
@@ -850,15 +857,17 @@ fn decode_event(v: Vec<u8>) -> Result<Event> {
         .map_err(|e| corrupt(format!("stored event: {e}")))
 }
 
-/// A log's head record: the head, and its base when above 0.
-pub(crate) fn encode_head(h: &Head, base: Seq) -> Vec<u8> {
-    let mut v = vec![0u8; if base.0 > 0 { 60 } else { 52 }];
+/// A log's head record: the head, and once pruned its base and pruned-to offset.
+pub(crate) fn encode_head(h: &Head, base: Seq, pruned_to: Offset) -> Vec<u8> {
+    let pruned = base.0 > 0 || pruned_to.0 > 0;
+    let mut v = vec![0u8; if pruned { 68 } else { 52 }];
     v[..8].copy_from_slice(&h.seq.0.to_be_bytes());
     v[8..40].copy_from_slice(&h.id.0);
     v[40..48].copy_from_slice(&h.time.ms.to_be_bytes());
     v[48..52].copy_from_slice(&h.time.logical.to_be_bytes());
-    if base.0 > 0 {
-        v[52..].copy_from_slice(&base.0.to_be_bytes());
+    if pruned {
+        v[52..60].copy_from_slice(&base.0.to_be_bytes());
+        v[60..68].copy_from_slice(&pruned_to.0.to_be_bytes());
     }
     v
 }
@@ -881,16 +890,18 @@ pub(crate) fn split_by_id(v: &[u8]) -> Result<(&[u8], u64)> {
     Ok((ek, u64::from_be_bytes(off.try_into().unwrap_or([0; 8]))))
 }
 
-pub(crate) fn decode_head(v: &[u8]) -> Result<(Head, Seq)> {
-    let base = match v.len() {
-        52 => Seq(0),
-        60 => Seq(u64::from_be_bytes(v[52..60].try_into().unwrap_or([0; 8]))),
-        _ => return Err(corrupt("head record is neither 52 nor 60 bytes")),
+/// A head record's head, base and pruned-to offset.
+pub(crate) fn decode_head(v: &[u8]) -> Result<(Head, Seq, Offset)> {
+    let u64_at = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().unwrap_or([0; 8]));
+    let (base, pruned_to) = match v.len() {
+        52 => (Seq(0), Offset(0)),
+        68 => (Seq(u64_at(52)), Offset(u64_at(60))),
+        _ => return Err(corrupt("head record is neither 52 nor 68 bytes")),
     };
     if base.0 > u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])) {
         return Err(corrupt("head record's base is past its head"));
     }
-    Ok((decode_head_only(&v[..52])?, base))
+    Ok((decode_head_only(&v[..52])?, base, pruned_to))
 }
 
 fn decode_head_only(v: &[u8]) -> Result<Head> {
@@ -1015,19 +1026,23 @@ impl ReadStore for RocksStore {
         Offset(self.next_offset.load(Ordering::Acquire))
     }
 
+    fn pruned_to(&self) -> Offset {
+        Offset(self.pruned_to.load(Ordering::Acquire))
+    }
+
     fn logs(&self) -> Result<Vec<LogSummary>> {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_HEADS));
         it.seek_to_first();
         let mut out = Vec::new();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             let (topic, author) = split_log_key(k).ok_or_else(|| corrupt("head key"))?;
-            let (head, base) = decode_head(v)?;
-            out.push((topic, author, head, base, k.to_vec()));
+            let (head, base, pruned_to) = decode_head(v)?;
+            out.push((topic, author, head, base, pruned_to, k.to_vec()));
             it.next();
         }
         it.status()?;
         out.into_iter()
-            .map(|(topic, author, head, base, lk)| {
+            .map(|(topic, author, head, base, pruned_to, lk)| {
                 let frozen_at = self.load_state(&lk)?.frozen_at;
                 Ok(LogSummary {
                     topic,
@@ -1035,6 +1050,7 @@ impl ReadStore for RocksStore {
                     head,
                     frozen_at,
                     base,
+                    pruned_to,
                 })
             })
             .collect()
@@ -1050,7 +1066,7 @@ impl ReadStore for RocksStore {
                 break;
             }
             let (_, author) = split_log_key(k).ok_or_else(|| corrupt("head key"))?;
-            let (h, _) = decode_head(v)?;
+            let (h, _, _) = decode_head(v)?;
             vv.insert(
                 author,
                 vv::Entry {
@@ -1136,15 +1152,20 @@ impl Store for RocksStore {
         let mut batch = WriteBatch::default();
         let mut overlay = HashMap::new();
         if accept::restarts(&state, events) {
+            let mut pruned_to = state.pruned_to;
             if let Some(head) = state.head {
-                self.delete_events(&mut batch, &lk, state.base, Seq(head.seq.0 + 1))?;
+                let (_, top) =
+                    self.delete_events(&mut batch, &lk, state.base, Seq(head.seq.0 + 1))?;
+                pruned_to = pruned_to.max(top);
             }
+            self.pruned_to.fetch_max(pruned_to.0, Ordering::AcqRel);
             overlay.insert(
                 lk,
                 LogState {
                     head: None,
                     base: first.seq(),
                     frozen_at: state.frozen_at,
+                    pruned_to,
                 },
             );
         }
@@ -1163,6 +1184,7 @@ impl Store for RocksStore {
         let mut batch = WriteBatch::default();
         let mut done = Pruned::default();
         let mut changed = Vec::new();
+        let mut most = Offset(0);
         for cut in cuts {
             let lk = log_key(&cut.topic, &cut.author);
             let state = match writer.states.get(&lk) {
@@ -1176,14 +1198,17 @@ impl Store for RocksStore {
             if below <= state.base {
                 continue;
             }
-            let d = self.delete_events(&mut batch, &lk, state.base, below)?;
+            let (d, top) = self.delete_events(&mut batch, &lk, state.base, below)?;
             done.events += d.events;
             done.bytes += d.bytes;
-            batch.put_cf(cf_heads, &lk, encode_head(&head, below));
+            let pruned_to = state.pruned_to.max(top);
+            most = most.max(pruned_to);
+            batch.put_cf(cf_heads, &lk, encode_head(&head, below, pruned_to));
             changed.push((
                 lk,
                 LogState {
                     base: below,
+                    pruned_to,
                     ..state
                 },
             ));
@@ -1192,6 +1217,7 @@ impl Store for RocksStore {
             // Buffered: a pruning lost to a power cut is redone by the next pass.
             self.db.write(batch)?;
         }
+        self.pruned_to.fetch_max(most.0, Ordering::AcqRel);
         writer.states.extend(changed);
         Ok(done)
     }

@@ -91,6 +91,41 @@ fn retention_prunes_by_rule_and_nothing_pruned_comes_back_from_a_peer() {
         (Some(150), Some(199))
     );
 
+    // A follower resuming from an offset retention pruned past is told, not moved on:
+    // 410 `pruned` naming where to resume; skipping is its choice.
+    let r = a.req("GET", "/v1/follow?pattern=sensors/%23&from=0", None);
+    assert_eq!(r.status, 410, "{}", r.body);
+    assert_eq!(r.json()["code"], "pruned", "{}", r.body);
+    assert!(r.body.contains("resume from"), "{}", r.body);
+    let sub = a.cli(&["sub", "sensors/#", "--from", "0", "-n", "1"]);
+    assert!(!sub.status.success());
+    assert!(
+        common::stderr(&sub).contains("pruned"),
+        "{}",
+        common::stderr(&sub)
+    );
+    let sub = a.cli(&[
+        "sub",
+        "sensors/#",
+        "--from",
+        "0",
+        "--skip-pruned",
+        "-n",
+        "50",
+        "--json",
+    ]);
+    assert!(sub.status.success(), "{}", common::stderr(&sub));
+    assert_eq!(common::payloads(&sub.stdout).len(), 50);
+    let sub = a.cli(&["sub", "sensors/#", "--from-start", "-n", "50"]);
+    assert!(sub.status.success(), "{}", common::stderr(&sub));
+    // Reads say so in the page; a pattern retention did not touch is not told.
+    let page = a.get("/v1/events?pattern=sensors/%23&from=0&limit=10");
+    assert!(page["pruned_to"].as_u64().is_some(), "{page}");
+    let page = a.get("/v1/events?pattern=config/%23&from=0&limit=10");
+    assert!(page.get("pruned_to").is_none(), "{page}");
+    let sub = a.cli(&["sub", "config/#", "--from", "0", "-n", "20"]);
+    assert!(sub.status.success(), "{}", common::stderr(&sub));
+
     // Rounds both ways with B, which holds everything: nothing comes back.
     let by_sync = a.metric("murmur_events_received_total{path=\"sync\"}");
     for n in [&a, &b] {

@@ -374,13 +374,15 @@ async fn read_arrivals(
     let pattern = q.pattern.as_deref().map(parse_pattern).transpose()?;
     let limit = q.limit.unwrap_or(100).clamp(1, st.limits.max_read);
     let store = st.store.clone();
-    let page = blocking(move || {
-        store.arrivals(
+    let (page, pruned) = blocking(move || {
+        let pruned = follow::pruned_since(&store, pattern.as_ref(), Offset(q.from))?;
+        let page = store.arrivals(
             Offset(q.from),
             pattern.as_ref(),
             limit,
             limit.max(10_000) * 10,
-        )
+        )?;
+        Ok((page, pruned))
     })
     .await?;
     Ok(Json(EventsPage {
@@ -390,6 +392,7 @@ async fn read_arrivals(
             .map(|(o, e)| crate::api::event_json(e, Some(*o)))
             .collect(),
         next: page.next.0,
+        pruned_to: pruned.map(|o| o.0),
     }))
 }
 
@@ -424,6 +427,7 @@ async fn read_log(
             .map(|e| crate::api::event_json(e, None))
             .collect(),
         next,
+        pruned_to: None,
     }))
 }
 
@@ -561,6 +565,8 @@ struct FollowQuery {
     pattern: Option<String>,
     from: Option<u64>,
     format: Option<String>,
+    #[serde(default)]
+    skip_pruned: bool,
 }
 
 async fn follow_stream(
@@ -594,6 +600,22 @@ async fn follow_stream(
         .from
         .or(last_id.map(|l| l + 1))
         .map_or_else(|| st.store.next_offset(), Offset);
+    if !q.skip_pruned {
+        let (store, p) = (st.store.clone(), pattern.clone());
+        if let Some(to) = blocking(move || follow::pruned_since(&store, p.as_ref(), from)).await? {
+            return Err(refuse(
+                &st,
+                ApiError::new(
+                    StatusCode::GONE,
+                    "pruned",
+                    format!(
+                        "retention pruned events of this pattern at offsets from {} up to {}: resume from {} to go on without them, or pass skip_pruned=true",
+                        from.0, to.0, to.0
+                    ),
+                ),
+            ));
+        }
+    }
     let permit = st.followers.clone().try_acquire_owned().map_err(|_| {
         refuse(
             &st,
@@ -618,6 +640,7 @@ async fn follow_stream(
         streaming: extensions
             .get::<axum::extract::ConnectInfo<listener::ConnMeta>>()
             .map(|c| c.0.streaming()),
+        skip_pruned: q.skip_pruned,
     });
     let ct = if sse {
         "text/event-stream"
