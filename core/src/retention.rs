@@ -181,12 +181,33 @@ impl Policy {
 }
 
 impl Policy {
-    /// Whether a log of `topic` may start over at a peer's base when the peer pruned
-    /// past its head (`sync::Config::may_restart`): a rule that prunes covers the
-    /// topic, so what the log would drop is what this node lets go anyway. A topic
-    /// that no rule covers, or that a rule keeps, stays as it is (and behind).
-    pub fn may_restart(&self, topic: &Topic) -> bool {
-        self.rule_for(topic).is_some_and(|(_, r)| !r.keep)
+    /// Whether a log may start over at `first`, a peer's base, when the peer pruned
+    /// past this node's head (`sync::Config::may_restart`), `peer_head` being the
+    /// peer's head seq and `now_ms` this node's clock. Only if a rule that prunes
+    /// covers the topic (document topics never), and the events left out, those below
+    /// `first`, are ones this rule would not keep:
+    /// - `max_events_per_log = n`: the newest `n` up to the peer's head all lie in the
+    ///   peer's range (`first + n <= peer_head + 1`);
+    /// - `max_age = a`: `first` itself is at most a quarter of `a` younger than the
+    ///   cutoff, so what lies below it is (nearly) all older than the window. A peer
+    ///   sending only a suffix of a log is refused, past that slack.
+    ///
+    /// A topic that no rule covers, or that a rule keeps, stays as it is (and behind).
+    pub fn may_restart(&self, first: &crate::Event, peer_head: Seq, now_ms: u64) -> bool {
+        let Some((_, rule)) = self.rule_for(first.topic()) else {
+            return false;
+        };
+        if rule.keep || matches!(first.body(), crate::Body::Doc { .. }) {
+            return false;
+        }
+        let by_count = rule
+            .max_events_per_log
+            .is_some_and(|n| first.seq().0.saturating_add(n) <= peer_head.0.saturating_add(1));
+        let by_age = rule.max_age.is_some_and(|a| {
+            let a = u64::try_from(a.as_millis()).unwrap_or(u64::MAX);
+            first.time().ms <= now_ms.saturating_sub(a).saturating_add(a / 4)
+        });
+        by_count || by_age
     }
 
     /// Whether the disk budget may prune `topic`: every topic but those a `keep` rule

@@ -59,6 +59,9 @@ pub struct Follow {
     pub streaming: Option<crate::server::listener::Streaming>,
     /// Read on past events retention pruned (`skip_pruned=true`) instead of ending.
     pub skip_pruned: bool,
+    /// The store's `pruned_to` when this follower last found nothing of its pattern
+    /// pruned past its cursor: checked again only when it rises.
+    pub pruned_checked: Offset,
 }
 
 impl Drop for Follow {
@@ -124,11 +127,13 @@ async fn next_chunk(f: &mut Follow, page: &mut usize) -> Option<Bytes> {
         if f.cursor < f.store.next_offset() {
             let (store, pattern, cursor) = (f.store.clone(), f.pattern.clone(), f.cursor);
             let limit = *page;
+            let pruned_now = f.store.pruned_to();
+            let check = !f.skip_pruned && pruned_now > f.pruned_checked && pruned_now > cursor;
             let read = tokio::task::spawn_blocking(move || {
                 // A follower that fell behind past what retention pruned is not moved
                 // on silently: the stream ends, and resuming from its offset answers
                 // 410 `pruned` (unless it asks to skip).
-                if pruned_since(&store, pattern.as_ref(), cursor)?.is_some() {
+                if check && pruned_since(&store, pattern.as_ref(), cursor)?.is_some() {
                     return Ok(None);
                 }
                 store
@@ -136,26 +141,17 @@ async fn next_chunk(f: &mut Follow, page: &mut usize) -> Option<Bytes> {
                     .map(Some)
             })
             .await;
+            if check {
+                f.pruned_checked = pruned_now;
+            }
             let read = match read {
                 Ok(Ok(Some(p))) => p,
-                Ok(Ok(None)) if !f.skip_pruned => {
+                Ok(Ok(None)) => {
                     tracing::info!(
                         cursor = f.cursor.0,
                         "follow: the next events were pruned by retention; ending the stream"
                     );
                     return None;
-                }
-                Ok(Ok(None)) => {
-                    // Told to skip: read on without the check.
-                    let (store, pattern, cursor) = (f.store.clone(), f.pattern.clone(), f.cursor);
-                    match tokio::task::spawn_blocking(move || {
-                        store.arrivals(cursor, pattern.as_ref(), limit, PAGE_SCAN)
-                    })
-                    .await
-                    {
-                        Ok(Ok(p)) => p,
-                        _ => return None,
-                    }
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "follow: store read failed; closing stream");

@@ -135,18 +135,26 @@ fn parse_addrs(list: &[String]) -> anyhow::Result<Vec<murmur_p2p::Multiaddr>> {
         .collect()
 }
 
-/// The check every event from a peer passes before it is stored (document changes
-/// must parse, fit the limit and be their author's).
-/// Logs of topics a retention rule prunes may start over at a peer's base.
-fn restart_check(config: &Config) -> anyhow::Result<murmur_core::sync::RestartCheck> {
+/// When a log may start over at a peer's base (the peer pruned past our head): the
+/// node's own logs always (the peer holds what this node signed; going on from a stale
+/// head would fork its own log), others as `retention::Policy::may_restart` says.
+fn restart_check(
+    config: &Config,
+    own: murmur_core::AuthorId,
+    clock: Arc<NodeClock>,
+) -> anyhow::Result<murmur_core::sync::RestartCheck> {
     let policy = config
         .retention_policy()
         .map_err(|e| anyhow::anyhow!("retention: {e}"))?;
-    Ok(murmur_core::sync::RestartCheck(Arc::new(move |t| {
-        policy.may_restart(t)
-    })))
+    Ok(murmur_core::sync::RestartCheck(Arc::new(
+        move |first, peer_head| {
+            first.author() == own || policy.may_restart(first, peer_head, clock.wall_ms())
+        },
+    )))
 }
 
+/// The check every event from a peer passes before it is stored (document changes
+/// must parse, fit the limit and be their author's).
 fn body_check(config: &Config) -> murmur_core::sync::BodyCheck {
     let max = config.docs.max_change_bytes;
     murmur_core::sync::BodyCheck(Arc::new(move |ev| crate::docs::check_body(ev, max)))
@@ -253,7 +261,7 @@ fn start_network(
             sync: murmur_core::sync::Config {
                 check: Some(body_check(config)),
                 request_timeout: config.p2p.sync_timeout,
-                may_restart: Some(restart_check(config)?),
+                may_restart: Some(restart_check(config, key.author(), clock.clone())?),
                 ..murmur_core::sync::Config::default()
             },
             peers_file,

@@ -292,13 +292,16 @@ impl Scan {
 ///
 /// Setting `cancel` ends it early with `Ok(None)`.
 pub fn scan(store: &RocksStore, cancel: &AtomicBool) -> Result<Option<Scan>, StoreError> {
+    // One snapshot for every family: retention pruning while the scan runs (its first
+    // pass comes right after start) would otherwise make the counts disagree.
+    let snap = store.db().snapshot();
     let mut in_heads = 0u64;
-    let heads = scan_family(store, "heads", cancel, |v| {
+    let heads = scan_family(store, &snap, "heads", cancel, |v| {
         let (h, base, _) = decode_head(v)?;
         in_heads += h.seq.0 + 1 - base.0;
         Ok(())
     })?;
-    let family = |name| scan_family(store, name, cancel, |_| Ok(()));
+    let family = |name| scan_family(store, &snap, name, cancel, |_| Ok(()));
     let (Some(_), Some(events), Some(ids), Some(arrivals)) = (
         heads,
         family("events")?,
@@ -319,6 +322,7 @@ pub fn scan(store: &RocksStore, cancel: &AtomicBool) -> Result<Option<Scan>, Sto
 /// cache; calls `each` with every value and returns the count.
 fn scan_family(
     store: &RocksStore,
+    snap: &rocksdb::Snapshot<'_>,
     name: &str,
     cancel: &AtomicBool,
     mut each: impl FnMut(&[u8]) -> Result<(), StoreError>,
@@ -330,6 +334,7 @@ fn scan_family(
     let mut ro = rocksdb::ReadOptions::default();
     ro.fill_cache(false);
     ro.set_verify_checksums(true);
+    ro.set_snapshot(snap);
     let mut it = db.raw_iterator_cf_opt(cf, ro);
     it.seek_to_first();
     let mut n = 0u64;

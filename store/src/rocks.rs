@@ -536,12 +536,13 @@ impl RocksStore {
         let mut n = 0u64;
         while let (Some(k), Some(ek)) = (it.key(), it.value()) {
             let off = u64::from_be_bytes(k.try_into().map_err(|_| corrupt("arrival key"))?);
-            let bytes = self
-                .db
-                .get_pinned_cf(events, ek)?
-                .ok_or_else(|| corrupt(format!("arrival {off} names a missing event")))?;
-            batch.put_cf(by_id, EventId::hash(&bytes).0, by_id_value(ek, off));
-            n += 1;
+            // A damaged store may have arrivals that name nothing: the upgrade leaves
+            // them to the startup checks and `murmur repair` (which never reads the id
+            // index of the store it salvages).
+            if let Some(bytes) = self.db.get_pinned_cf(events, ek)? {
+                batch.put_cf(by_id, EventId::hash(&bytes).0, by_id_value(ek, off));
+                n += 1;
+            }
             if batch.len() >= 4096 {
                 self.db.write(std::mem::take(&mut batch))?;
             }
@@ -985,7 +986,12 @@ impl ReadStore for RocksStore {
         limit: usize,
         max_scan: usize,
     ) -> Result<ArrivalPage> {
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_ARRIVALS));
+        // One snapshot for the index and the events: a prune committing between the two
+        // reads would otherwise look like an arrival naming a missing event.
+        let snap = self.db.snapshot();
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_snapshot(&snap);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_ARRIVALS), ro);
         it.seek(from.0.to_be_bytes());
         let mut wanted: Vec<(Offset, Vec<u8>)> = Vec::new();
         let mut next = from;
@@ -1010,9 +1016,11 @@ impl ReadStore for RocksStore {
         }
         it.status()?;
         let cf = self.cf(CF_EVENTS);
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_snapshot(&snap);
         let values = self
             .db
-            .multi_get_cf(wanted.iter().map(|(_, k)| (cf, k.as_slice())));
+            .multi_get_cf_opt(wanted.iter().map(|(_, k)| (cf, k.as_slice())), &ro);
         let mut events = Vec::with_capacity(wanted.len());
         for ((off, _), v) in wanted.into_iter().zip(values) {
             let bytes =
@@ -1183,11 +1191,12 @@ impl Store for RocksStore {
         let cf_heads = self.cf(CF_HEADS);
         let mut batch = WriteBatch::default();
         let mut done = Pruned::default();
-        let mut changed = Vec::new();
+        let mut changed: HashMap<Vec<u8>, LogState> = HashMap::new();
         let mut most = Offset(0);
         for cut in cuts {
             let lk = log_key(&cut.topic, &cut.author);
-            let state = match writer.states.get(&lk) {
+            // A second cut of the same log in this call sees the first one.
+            let state = match changed.get(&lk).or_else(|| writer.states.get(&lk)) {
                 Some(s) => *s,
                 None => self.load_state(&lk)?,
             };
@@ -1204,14 +1213,14 @@ impl Store for RocksStore {
             let pruned_to = state.pruned_to.max(top);
             most = most.max(pruned_to);
             batch.put_cf(cf_heads, &lk, encode_head(&head, below, pruned_to));
-            changed.push((
+            changed.insert(
                 lk,
                 LogState {
                     base: below,
                     pruned_to,
                     ..state
                 },
-            ));
+            );
         }
         if !batch.is_empty() {
             // Buffered: a pruning lost to a power cut is redone by the next pass.

@@ -73,15 +73,18 @@ pub struct Config {
     /// An application check of each pulled event's body (e.g. that a document change
     /// parses); an event that fails it is a protocol violation by the sender.
     pub check: Option<BodyCheck>,
-    /// Topics whose logs may start over at a peer's base when the peer pruned past our
-    /// head (retention): a log of such a topic, or any empty log, then takes the
-    /// peer's range and drops what it held ([`crate::storage::Store::restart_log`]).
-    /// Other logs stay as they are and the pull ends. `None`: only empty logs.
+    /// Whether a log may start over at a peer's base when the peer pruned past our
+    /// head (retention): the log then takes the peer's range and drops what it held
+    /// ([`crate::storage::Store::restart_log`]). Asked with the range's first event and
+    /// the peer's head, so that a range that leaves out events this node would keep
+    /// (a peer sending only a suffix) is refused. Refused, the pull ends as if the peer
+    /// had nothing. `None`: never.
     pub may_restart: Option<RestartCheck>,
 }
 
-/// The function behind a [`RestartCheck`].
-pub type RestartFn = dyn Fn(&Topic) -> bool + Send + std::marker::Sync;
+/// The function behind a [`RestartCheck`]: `(first event of the peer's range, the
+/// peer's head seq)`.
+pub type RestartFn = dyn Fn(&Event, Seq) -> bool + Send + std::marker::Sync;
 
 /// Which topics' logs may start over at a peer's base (see [`Config::may_restart`]).
 #[derive(Clone)]
@@ -699,6 +702,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         };
         let probe = pull.probe;
         let tail = pull.tail;
+        let pull_to = pull.to;
         let (want_from, limit) = match pull.inflight {
             Some((r, f, l)) if r == req => (f, l),
             // An answer to an earlier request of ours that we gave up on: ignore.
@@ -724,13 +728,14 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                 }
                 // The peer pruned what we asked for (retention): its range starts at its
                 // base. Not a violation. The log starts over there if it may (see
-                // `Config::may_restart`); otherwise this peer cannot continue it, and the
-                // pull ends as if the peer had nothing (another may still hold the gap).
+                // `Config::may_restart`, asked once the range is decoded); otherwise
+                // this peer cannot continue it, and the pull ends as if the peer had
+                // nothing (another may still hold the gap).
                 Ok(h) if h.first > want_from => {
-                    if !probe && self.may_restart(&author, &topic, store) {
-                        restart = true;
-                    } else {
+                    if probe || self.config.may_restart.is_none() {
                         pruned = true;
+                    } else {
+                        restart = true;
                     }
                 }
                 Ok(h) if !probe => {
@@ -742,6 +747,9 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             }
             match crate::run::decode(&run, MAX_FRAME_BYTES) {
                 Ok(_) if pruned => Vec::new(),
+                Ok(evs) if restart && evs.first().is_none_or(|f| !self.may_restart(f, pull_to)) => {
+                    Vec::new()
+                }
                 Ok(evs) => evs,
                 Err(e) => return self.violation(key, Violation::BadEvent(e.to_string())),
             }
@@ -866,18 +874,12 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         out
     }
 
-    /// Whether `author`'s log in `topic` may start over at a peer's base: it is empty
-    /// here (nothing is lost), or its topic is one [`Config::may_restart`] allows.
-    fn may_restart<S: ReadStore>(&self, author: &AuthorId, topic: &Topic, store: &S) -> bool {
-        let empty = store
-            .log_state(author, topic)
-            .is_ok_and(|st| st.head.is_none() && st.frozen_at.is_none());
-        empty
-            || self
-                .config
-                .may_restart
-                .as_ref()
-                .is_some_and(|f| (f.0)(topic))
+    /// Whether a log may start over at `first` (see [`Config::may_restart`]).
+    fn may_restart(&self, first: &Event, peer_head: Seq) -> bool {
+        self.config
+            .may_restart
+            .as_ref()
+            .is_some_and(|f| (f.0)(first, peer_head))
     }
 
     /// Asks for the window of `author`'s log that starts at `next`, if the pull wants

@@ -609,8 +609,8 @@ async fn follow_stream(
                     StatusCode::GONE,
                     "pruned",
                     format!(
-                        "retention pruned events of this pattern at offsets from {} up to {}: resume from {} to go on without them, or pass skip_pruned=true",
-                        from.0, to.0, to.0
+                        "retention pruned events of this pattern at offsets from {} up to {} on this node: pass skip_pruned=true (murmur sub --skip-pruned) to read on without them",
+                        from.0, to.0
                     ),
                 ),
             ));
@@ -641,6 +641,7 @@ async fn follow_stream(
             .get::<axum::extract::ConnectInfo<listener::ConnMeta>>()
             .map(|c| c.0.streaming()),
         skip_pruned: q.skip_pruned,
+        pruned_checked: Offset(0),
     });
     let ct = if sse {
         "text/event-stream"
