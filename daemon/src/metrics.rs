@@ -437,6 +437,15 @@ impl Metrics {
         }
     }
 
+    /// Counts what retention pruned for `rule` (a pattern, or the disk budget's label).
+    pub fn pruned(&self, rule: &str, done: murmur_core::Pruned) {
+        let label = RuleLabel {
+            rule: rule.to_owned(),
+        };
+        self.pruned_events.get_or_create(&label).inc_by(done.events);
+        self.pruned_bytes.get_or_create(&label).inc_by(done.bytes);
+    }
+
     /// Counts remote events stored via `path`.
     pub fn received(&self, path: &str, n: u64) {
         self.events_received

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::NodeClock;
 use crate::ingest;
-use crate::metrics::{Metrics, RuleLabel};
+use crate::metrics::Metrics;
 
 /// Runs passes until `shutdown`: the rules' cuts, then, while the database is over
 /// `max_disk` bytes (0: no budget), the budget's.
@@ -153,17 +153,7 @@ async fn budget_pass(
     let done = writer
         .prune(plan.into_iter().map(|p| p.cut).collect())
         .await?;
-    let label = RuleLabel {
-        rule: BUDGET_LABEL.to_owned(),
-    };
-    metrics
-        .pruned_events
-        .get_or_create(&label)
-        .inc_by(done.events);
-    metrics
-        .pruned_bytes
-        .get_or_create(&label)
-        .inc_by(done.bytes);
+    metrics.pruned(BUDGET_LABEL, done);
     metrics.prune_passes.inc();
     tracing::info!(
         events = done.events,
@@ -208,17 +198,7 @@ pub async fn pass(
             continue;
         }
         let done = writer.prune(cuts).await?;
-        let label = RuleLabel {
-            rule: rule.pattern.as_str().to_owned(),
-        };
-        metrics
-            .pruned_events
-            .get_or_create(&label)
-            .inc_by(done.events);
-        metrics
-            .pruned_bytes
-            .get_or_create(&label)
-            .inc_by(done.bytes);
+        metrics.pruned(rule.pattern.as_str(), done);
         total.events += done.events;
         total.bytes += done.bytes;
     }
