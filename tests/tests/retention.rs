@@ -331,3 +331,57 @@ fn a_device_back_after_the_window_gets_the_window() {
         0
     );
 }
+
+/// A follower that falls behind past what retention prunes is not moved on silently:
+/// its stream ends where the pruned events were, and resuming from there answers
+/// `410 pruned`.
+#[test]
+fn a_follower_that_falls_behind_past_pruning_is_stopped_and_told() {
+    use std::io::{Read, Write};
+    let n = Node::start(
+        "[store]\nprune_interval = \"5s\"\n\n[[retention]]\npattern = \"sensors/#\"\nmax_events_per_log = 100\n",
+    );
+    // 20,000 events of 1 KiB (far more than the socket buffers hold), published well
+    // before the first pass, 5 s after start.
+    let payload = "y".repeat(1024);
+    for b in 0..20 {
+        let evs: Vec<Value> = (0..1000)
+            .map(|i| json!({"topic": "sensors/s1", "data": format!("{b}-{i}-{payload}")}))
+            .collect();
+        let r = n.post("/v1/events/batch", &json!({ "events": evs }));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // The follower starts before the first pass prunes (it is told nothing yet), reads
+    // a little, and stops reading.
+    let mut s = std::os::unix::net::UnixStream::connect(n.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(
+        b"GET /v1/follow?pattern=sensors/%23&from=0&format=ndjson HTTP/1.1\r\nHost: murmur\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut first = vec![0u8; 4096];
+    let got = s.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..got]).contains("200 OK"));
+    wait_for("the pass that keeps the newest 100", 30, || {
+        n.metric("murmur_pruned_events_total{rule=\"sensors/#\"}") == 19_900
+    });
+    // Reading on: what was buffered, then the end of the stream, well before the
+    // 20,000th event.
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let text = String::from_utf8_lossy(&rest);
+    let offsets: Vec<u64> = text
+        .split("\"offset\":")
+        .skip(1)
+        .filter_map(|t| t.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    let last = offsets.iter().copied().max().unwrap_or(0);
+    assert!(last < 19_899, "the stream went on to offset {last}");
+    let r = n.req(
+        "GET",
+        &format!("/v1/follow?pattern=sensors/%23&from={}", last + 1),
+        None,
+    );
+    assert_eq!(r.status, 410, "{}", r.body);
+    assert_eq!(r.json()["code"], "pruned");
+}
