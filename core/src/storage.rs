@@ -71,6 +71,13 @@ pub struct LogSummary {
     pub pruned_to: Offset,
 }
 
+impl LogSummary {
+    /// Events of the log held here: its base up to its head.
+    pub fn held(&self) -> u64 {
+        self.head.seq.0 + 1 - self.base.0
+    }
+}
+
 /// A prefix cut of one log: its events with seq below `below` go (see
 /// [`Store::prune`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

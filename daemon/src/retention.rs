@@ -130,7 +130,7 @@ async fn budget_pass(
         let (policy, store) = (policy.clone(), store.clone());
         tokio::task::spawn_blocking(move || {
             let logs = store.logs().map_err(|e| e.to_string())?;
-            let held: u64 = logs.iter().map(|l| l.head.seq.0 + 1 - l.base.0).sum();
+            let held: u64 = logs.iter().map(murmur_core::LogSummary::held).sum();
             let disk = store.disk_bytes();
             let excess = disk.saturating_sub(max_disk / 100 * BUDGET_LOW_PCT);
             let per_event = (disk / held.max(1)).max(1);

@@ -785,7 +785,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         // The window continues the one being written, if it follows it; else our head.
         // A restart has nothing before it to link to.
         let after_tail = tail.filter(|t| t.seq.next() == Some(want_from) && !restart);
-        let anchor = after_tail.filter(|_| !restart).or_else(|| {
+        let anchor = after_tail.or_else(|| {
             state
                 .head
                 .filter(|h| h.seq.next() == Some(want_from) && !restart)

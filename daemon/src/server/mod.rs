@@ -462,7 +462,7 @@ async fn topics(State(st): State<Shared>) -> ApiResult<Json<TopicsResponse>> {
             });
         }
         if let Some(t) = topics.last_mut() {
-            t.events += l.head.seq.0 + 1 - l.base.0;
+            t.events += l.held();
             t.logs.push(LogJson {
                 author: l.author.to_string(),
                 base: l.base.0,
@@ -512,7 +512,7 @@ async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
         uptime_secs: st.started.elapsed().as_secs(),
         sync: st.sync.into(),
         events: st.store.next_offset().0,
-        held: logs.iter().map(|l| l.head.seq.0 + 1 - l.base.0).sum(),
+        held: logs.iter().map(murmur_core::LogSummary::held).sum(),
         pruned: logs.iter().map(|l| l.base.0).sum(),
         topics,
         logs: logs.len() as u64,
