@@ -210,6 +210,21 @@ impl Policy {
         by_count || by_age
     }
 
+    /// The lowest seq this policy keeps of a log of `topic` whose head is at `head`, by
+    /// its `max_events_per_log` (what `max_age` keeps cannot be told from seqs; peers'
+    /// bases bound it instead): where a node far behind starts pulling
+    /// (`sync::Config::keeps_from`). `None` when the rule keeps the whole log or the
+    /// log is shorter than the limit.
+    pub fn keeps_from(&self, topic: &Topic, head: Seq) -> Option<Seq> {
+        let (_, rule) = self.rule_for(topic)?;
+        if rule.keep {
+            return None;
+        }
+        let n = rule.max_events_per_log?;
+        let from = head.0.saturating_add(1).checked_sub(n)?;
+        (from > 0).then_some(Seq(from))
+    }
+
     /// Whether the disk budget may prune `topic`: every topic but those a `keep` rule
     /// covers (and document topics, which the caller skips).
     pub fn budget_may_prune(&self, topic: &Topic) -> bool {

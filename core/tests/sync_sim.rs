@@ -865,3 +865,89 @@ fn a_peer_that_pruned_is_no_violator_and_nothing_pruned_comes_back() {
         vec![7, 8, 9]
     );
 }
+
+/// Retention: a node far behind (new, reset, back after the window) asks only for the
+/// window its own rule keeps, even from a peer that holds the whole log: it never pulls
+/// what it would prune at once. Its log starts at the window. A peer whose log is
+/// shorter than the window is pulled whole, and a node with no rule pulls everything.
+#[test]
+fn a_node_far_behind_pulls_only_its_window() {
+    let author = key(7);
+    let evs = murmur_core::testing::chain(&author, "win", 10, "w");
+    let topic = evs[0].topic().clone();
+    let policy = murmur_core::retention::Policy::new(vec![murmur_core::retention::Rule {
+        pattern: murmur_core::Pattern::new("#").unwrap(),
+        max_age: None,
+        max_events_per_log: Some(3),
+        keep: false,
+    }])
+    .unwrap();
+    let windowed = || {
+        let (p1, p2) = (policy.clone(), policy.clone());
+        Config {
+            may_restart: Some(murmur_core::sync::RestartCheck(std::sync::Arc::new(
+                move |first: &Event, head: Seq| p1.may_restart(first, head, 0),
+            ))),
+            keeps_from: Some(murmur_core::sync::KeepsFrom(std::sync::Arc::new(
+                move |t: &murmur_core::Topic, _: &murmur_core::AuthorId, head: Seq| {
+                    p2.keeps_from(t, head)
+                },
+            ))),
+            ..Config::default()
+        }
+    };
+    let mut nodes = vec![node(1), Node::new(key(2), windowed()), node(3)];
+    nodes[0].store.insert(&evs, Durability::Sync).unwrap();
+    let outs = round(&mut nodes, 1, 0, &topic);
+    let pulled = outs
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Output::Send {
+                msg: Message::Want { from, limit, .. },
+                ..
+            } => Some((*from, *limit)),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    let st = nodes[1].store.log_state(&author.author(), &topic).unwrap();
+    assert_eq!((st.base, st.head.unwrap().seq), (Seq(7), Seq(9)));
+    assert_eq!(pulled, vec![(Seq(7), 3)], "only the window was asked for");
+
+    // A node holding 0..=1 also skips to the window (what lies between is pruned at
+    // its next pass anyway).
+    nodes.push(Node::new(key(4), windowed()));
+    nodes[3].store.insert(&evs[..2], Durability::Sync).unwrap();
+    round(&mut nodes, 3, 0, &topic);
+    let st = nodes[3].store.log_state(&author.author(), &topic).unwrap();
+    assert_eq!((st.base, st.head.unwrap().seq), (Seq(7), Seq(9)));
+
+    // No rule: the whole log.
+    round(&mut nodes, 2, 0, &topic);
+    let st = nodes[2].store.log_state(&author.author(), &topic).unwrap();
+    assert_eq!((st.base, st.head.unwrap().seq), (Seq(0), Seq(9)));
+
+    // A document's log never starts over (its changes build on each other): the skip
+    // is refused, and the pull asks again from the start.
+    let doc_topic = murmur_core::Topic::new("doc").unwrap();
+    let mut docs: Vec<Event> = Vec::new();
+    for i in 0..10u64 {
+        let draft = murmur_core::Draft {
+            topic: doc_topic.clone(),
+            seq: Seq(i),
+            prev: docs.last().map(Event::id),
+            time: murmur_core::Timestamp::from_ms(1_700_000_000_000 + i),
+            body: murmur_core::Payload::Doc {
+                doc: murmur_core::DocId::new("d").unwrap(),
+                change: bytes::Bytes::from(vec![i as u8]),
+            },
+        };
+        docs.push(Event::sign(&draft, &author).unwrap());
+    }
+    nodes[0].store.insert(&docs, Durability::Sync).unwrap();
+    round(&mut nodes, 1, 0, &doc_topic);
+    let st = nodes[1]
+        .store
+        .log_state(&author.author(), &doc_topic)
+        .unwrap();
+    assert_eq!((st.base, st.head.unwrap().seq), (Seq(0), Seq(9)));
+}

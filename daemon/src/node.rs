@@ -153,6 +153,25 @@ fn restart_check(
     )))
 }
 
+/// Where a far-behind log's pull starts: this node's retention window
+/// (`retention::Policy::keeps_from`), never for its own logs.
+fn keeps_from(
+    config: &Config,
+    own: murmur_core::AuthorId,
+) -> anyhow::Result<murmur_core::sync::KeepsFrom> {
+    let policy = config
+        .retention_policy()
+        .map_err(|e| anyhow::anyhow!("retention: {e}"))?;
+    Ok(murmur_core::sync::KeepsFrom(Arc::new(
+        move |topic, author, peer_head| {
+            if *author == own {
+                return None;
+            }
+            policy.keeps_from(topic, peer_head)
+        },
+    )))
+}
+
 /// The check every event from a peer passes before it is stored (document changes
 /// must parse, fit the limit and be their author's).
 fn body_check(config: &Config) -> murmur_core::sync::BodyCheck {
@@ -262,6 +281,7 @@ fn start_network(
                 check: Some(body_check(config)),
                 request_timeout: config.p2p.sync_timeout,
                 may_restart: Some(restart_check(config, key.author(), clock.clone())?),
+                keeps_from: Some(keeps_from(config, key.author())?),
                 ..murmur_core::sync::Config::default()
             },
             peers_file,

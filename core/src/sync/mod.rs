@@ -80,6 +80,27 @@ pub struct Config {
     /// (a peer sending only a suffix) is refused. Refused, the pull ends as if the peer
     /// had nothing. `None`: never.
     pub may_restart: Option<RestartCheck>,
+    /// The lowest seq this node's retention keeps of a log whose head is at the given
+    /// seq (its own rule's `max_events_per_log`), so that a node far behind (new,
+    /// reset, or back after the window) asks only for the window instead of pulling
+    /// what it would prune at once. The log then starts over there, if `may_restart`
+    /// allows it (a document's log does not; the pull then asks from the node's head).
+    /// `None`: from the head.
+    pub keeps_from: Option<KeepsFrom>,
+}
+
+/// The function behind a [`KeepsFrom`]: `(topic, author, the peer's head seq)`.
+pub type KeepsFromFn =
+    dyn Fn(&Topic, &crate::AuthorId, Seq) -> Option<Seq> + Send + std::marker::Sync;
+
+/// Where a far-behind log's pull starts (see [`Config::keeps_from`]).
+#[derive(Clone)]
+pub struct KeepsFrom(pub std::sync::Arc<KeepsFromFn>);
+
+impl std::fmt::Debug for KeepsFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeepsFrom")
+    }
 }
 
 /// The function behind a [`RestartCheck`]: `(first event of the peer's range, the
@@ -119,6 +140,7 @@ impl Default for Config {
             max_sessions: 256,
             check: None,
             may_restart: None,
+            keeps_from: None,
         }
     }
 }
@@ -249,6 +271,11 @@ struct Pull {
     tail: Option<Anchor>,
     /// Windows of this log being persisted.
     persisting: u32,
+    /// The request in flight skips ahead to this node's retention window
+    /// ([`Config::keeps_from`]): its answer starts the log over.
+    skipped: bool,
+    /// Never skip ahead (a restart there was refused).
+    no_skip: bool,
 }
 
 impl Pull {
@@ -259,6 +286,8 @@ impl Pull {
             inflight: None,
             tail: None,
             persisting: 0,
+            skipped: false,
+            no_skip: false,
         }
     }
 }
@@ -615,6 +644,20 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             if let Some(t) = pull.tail {
                 next = next.max(Seq(t.seq.0.saturating_add(1)));
             }
+            // Far behind: ask only for what retention keeps (the log starts over there).
+            pull.skipped = false;
+            if !pull.probe
+                && !pull.no_skip
+                && pull.tail.is_none()
+                && pull.persisting == 0
+                && let Some(k) = self.config.keeps_from.as_ref()
+                && let Some(from) = (k.0)(&topic, author, pull.to)
+                && from > next
+                && from <= pull.to
+            {
+                next = from;
+                pull.skipped = true;
+            }
             let reached = state.frozen_at.is_some() || (!pull.probe && next > pull.to);
             if reached {
                 // Done once what it pulled is written.
@@ -703,6 +746,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         let probe = pull.probe;
         let tail = pull.tail;
         let pull_to = pull.to;
+        let skipped = pull.skipped && !probe;
         let (want_from, limit) = match pull.inflight {
             Some((r, f, l)) if r == req => (f, l),
             // An answer to an earlier request of ours that we gave up on: ignore.
@@ -717,7 +761,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         // it while we verify this one.
         let mut prefetch = None;
         let mut pruned = false;
-        let mut restart = false;
+        let mut restart = skipped;
         let events = if run.is_empty() {
             Vec::new()
         } else {
@@ -755,6 +799,16 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             }
         };
         let Some(first) = events.first() else {
+            // A skip ahead to our window that may not start the log over (a document):
+            // ask again from our head.
+            if skipped
+                && !run.is_empty()
+                && let Some(s) = self.sessions.get_mut(&key)
+                && let Some(p) = s.pulls.get_mut(&author)
+            {
+                p.no_skip = true;
+                return self.advance(key, now, store);
+            }
             // The peer has nothing more for this log (it may have lost data, or is
             // frozen): stop pulling it in this round.
             // (A window still being written ends the pull once it is.)
