@@ -45,18 +45,32 @@ impl Sim {
     /// Node `i` comes back without its store (a reset or replaced device): an empty
     /// store and a fresh sync machine; what it held must come again.
     pub(crate) fn wipe(&mut self, i: usize) {
-        let held: Vec<EventId> = self
-            .published
-            .keys()
-            .copied()
-            .filter(|id| matches!(self.nodes[i].store.event(id), Ok(Some(_))))
-            .collect();
+        // A pruning node must get back its window, not what it held (checked at the
+        // end instead).
+        let held: Vec<EventId> = if self.nodes[i].policy.is_some() {
+            Vec::new()
+        } else {
+            self.published
+                .keys()
+                .copied()
+                .filter(|id| matches!(self.nodes[i].store.event(id), Ok(Some(_))))
+                .collect()
+        };
         self.lost_total += held.len();
+        let own = self.nodes[i].author.as_ref().map(|(k, _, _)| k.author());
         let node = &mut self.nodes[i];
         node.lost.extend(held);
         node.store = MemoryStore::new();
+        node.reset = true;
+        node.cut_below.clear();
         node.machine = Replicator::new(
-            replication::machine_config(&self.sc, node.interested, &self.topic, &self.verifier),
+            replication::machine_config(
+                &self.sc,
+                node.interested,
+                &self.topic,
+                &self.verifier,
+                node.policy.as_ref().map(|p| (p, own, &self.wall)),
+            ),
             None,
         );
         let outs = node.machine.start(&node.store);

@@ -64,10 +64,12 @@ mod network;
 mod plumtree;
 mod replication;
 mod report;
+mod retention;
 mod scenario;
 
 pub use report::Report;
-pub use scenario::{Partition, Push, Scenario, Swizzle};
+pub use retention::RetentionReport;
+pub use scenario::{Partition, Push, Retention, Scenario, Swizzle};
 
 /// Bytes added to every message for transport framing (TCP/IP, Noise, Yamux, protocol
 /// headers), as measured on loopback for small messages.
@@ -156,6 +158,8 @@ enum Ev {
     Swizzle {
         cut: bool,
     },
+    /// A node's retention pass.
+    Prune(usize),
 }
 
 struct Queued {
@@ -220,6 +224,12 @@ struct Node {
     msgs_push: u64,
     msgs_sync: u64,
     duplicates: u64,
+    /// Its retention (the daemon's policy), if it prunes.
+    policy: Option<murmur_core::retention::Policy>,
+    /// Per log, the highest seq it cut below: nothing under it may be stored again.
+    cut_below: HashMap<AuthorId, u64>,
+    /// Came back without its store (a reset device).
+    reset: bool,
 }
 
 /// The simulation.
@@ -271,6 +281,12 @@ pub struct Sim {
     /// Swizzle-clog: the nodes to cut, in order, and those cut now.
     swizzle_order: Vec<usize>,
     swizzle_cut: Vec<usize>,
+    /// The fleet's wall clock (ms) for the retention hooks of every machine.
+    wall: Arc<std::sync::atomic::AtomicU64>,
+    /// What retention did.
+    ret: RetentionReport,
+    /// Each publisher's last seq, at the end.
+    final_heads: Vec<(AuthorId, u64)>,
 }
 
 const US: u64 = 1_000_000;
@@ -308,6 +324,7 @@ impl Sim {
             .map_or(0, |p| (p.fraction * n as f64) as usize);
         let topic = Topic::new("sim/events")?;
         let verifier = replication::shared_verifier(sc.verify_push);
+        let wall = Arc::new(std::sync::atomic::AtomicU64::new(retention::wall_ms(0)));
         let mut nodes = Vec::with_capacity(n);
         for (i, nb) in neighbors.into_iter().enumerate() {
             let interested = i < sc.publishers || rng.random_range(0.0..1.0) < sc.interested;
@@ -318,10 +335,30 @@ impl Sim {
                 .filter(|&k| k < sc.clones);
             let author = (i < sc.publishers || forger)
                 .then(|| (author_key(i, sc.seed), Clock::default(), None));
+            // Archives keep everything (drawn only with retention on, so other runs
+            // stay as they were).
+            let policy = match &sc.retention {
+                Some(r) if interested && !forger => {
+                    let archive = i >= sc.publishers
+                        && r.archives > 0.0
+                        && rng.random_range(0.0..1.0) < r.archives;
+                    (!archive)
+                        .then(|| retention::policy(r, &topic))
+                        .transpose()?
+                }
+                _ => None,
+            };
+            let own = author.as_ref().map(|(k, _, _)| k.author());
             nodes.push(Node {
                 store: MemoryStore::new(),
                 machine: Replicator::new(
-                    replication::machine_config(&sc, interested, &topic, &verifier),
+                    replication::machine_config(
+                        &sc,
+                        interested,
+                        &topic,
+                        &verifier,
+                        policy.as_ref().map(|p| (p, own, &wall)),
+                    ),
                     None,
                 ),
                 banned: BTreeSet::new(),
@@ -347,6 +384,9 @@ impl Sim {
                 msgs_push: 0,
                 msgs_sync: 0,
                 duplicates: 0,
+                policy,
+                cut_below: HashMap::new(),
+                reset: false,
             });
         }
         let channel = murmur_core::channel::name(&Pattern::new(topic.as_str())?);
@@ -380,6 +420,9 @@ impl Sim {
             refetched: 0,
             swizzle_order: Vec::new(),
             swizzle_cut: Vec::new(),
+            wall,
+            ret: RetentionReport::default(),
+            final_heads: Vec::new(),
             nodes,
             sc,
         };
@@ -440,6 +483,16 @@ impl Sim {
         if sim.sc.churn_per_min > 0.0 {
             sim.at(US, Ev::ChurnStep);
         }
+        if let Some(r) = sim.sc.retention.clone() {
+            // Each node at its own phase, as daemons started at different times.
+            let every = (r.every_s * US as f64) as u64;
+            for i in 0..n {
+                if sim.nodes[i].policy.is_some() {
+                    let t = sim.rng.random_range(0..every.max(1));
+                    sim.at(t, Ev::Prune(i));
+                }
+            }
+        }
         Ok(sim)
     }
 
@@ -451,9 +504,14 @@ impl Sim {
                 break;
             }
             self.now = q.at;
+            self.wall.store(
+                retention::wall_ms(self.now),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             self.steps += 1;
             self.step(q.ev)?;
         }
+        self.finish_retention();
         Ok(self.report())
     }
 
@@ -516,6 +574,13 @@ impl Sim {
             Ev::Rejoin { node, wiped } => self.rejoin(node, wiped),
             Ev::CloneKeys => self.clone_keys(),
             Ev::Swizzle { cut } => self.swizzle(cut),
+            Ev::Prune(i) => {
+                if self.nodes[i].online {
+                    self.retention_pass(i);
+                }
+                let every = self.sc.retention.as_ref().map_or(10.0, |r| r.every_s);
+                self.at(self.now + (every * US as f64) as u64, Ev::Prune(i));
+            }
         }
         Ok(())
     }
@@ -731,6 +796,7 @@ impl Sim {
             }),
             violations: self.violations,
             violation_examples: self.violation_examples.clone(),
+            retention: self.sc.retention.is_some().then(|| self.ret.clone()),
         }
     }
 }

@@ -7,7 +7,7 @@ use super::*;
 
 impl Sim {
     pub(crate) fn publish(&mut self, p: usize) -> anyhow::Result<()> {
-        let wall_ms = 1_700_000_000_000 + self.now / 1000;
+        let wall_ms = retention::wall_ms(self.now);
         let topic = self.topic.clone();
         let Some((key, clock, head)) = self.nodes[p].author.as_mut() else {
             return Ok(());
@@ -132,6 +132,7 @@ impl Sim {
             self.arrived(i, ev.id());
         }
         self.check_stored(i, &appended);
+        self.check_retained(i, &appended);
         outcomes
     }
 
@@ -174,7 +175,7 @@ impl Sim {
         }
     }
 
-    fn violation(&mut self, what: String) {
+    pub(crate) fn violation(&mut self, what: String) {
         self.violations += 1;
         if self.violation_examples.len() < 5 {
             self.violation_examples.push(what);
@@ -320,6 +321,10 @@ impl Sim {
     }
 
     pub(crate) fn complete(&self) -> bool {
+        if self.sc.retention.is_some() {
+            // Every node ends with its window (see `Sim::finish_retention`).
+            return self.ret.converged_on_window;
+        }
         let want = self.published.len();
         self.lost_total == 0
             && self
@@ -340,13 +345,26 @@ impl Sim {
 
 /// Every node's replication machine settings: the daemon's defaults, with the
 /// scenario's anti-entropy interval, the node's interest (the one topic or nothing),
-/// and the shared verifier.
+/// the shared verifier, and its retention's hooks (policy, own author, wall clock).
 pub(crate) fn machine_config(
     sc: &Scenario,
     interested: bool,
     topic: &Topic,
     verifier: &Arc<replicate::VerifyFn>,
+    retention: Option<(
+        &murmur_core::retention::Policy,
+        Option<AuthorId>,
+        &Arc<std::sync::atomic::AtomicU64>,
+    )>,
 ) -> replicate::Config {
+    let mut sync = sync::Config {
+        durability: Durability::Buffered,
+        ..sync::Config::default()
+    };
+    if let Some((policy, own, wall)) = retention {
+        let window_pulls = sc.retention.as_ref().is_none_or(|r| r.window_pulls);
+        retention::hooks(&mut sync, policy, own, wall, window_pulls);
+    }
     let interest = if interested {
         Pattern::new(topic.as_str())
             .map(|p| vec![p])
@@ -360,10 +378,7 @@ pub(crate) fn machine_config(
         retry_first: Duration::from_micros((sc.retry_s * US as f64) as u64),
         topic_links: sc.topic_links,
         gossip_max_bytes: usize::MAX,
-        sync: sync::Config {
-            durability: Durability::Buffered,
-            ..sync::Config::default()
-        },
+        sync,
         verify: Some(verifier.clone()),
         ..replicate::Config::default()
     }

@@ -54,6 +54,8 @@ pub struct Report {
     pub violations: u64,
     /// The first few violations, described.
     pub violation_examples: Vec<String>,
+    /// What retention did, when the scenario has it.
+    pub retention: Option<crate::RetentionReport>,
 }
 
 impl Report {
@@ -74,7 +76,7 @@ impl Report {
              | redundant push receipts per event per node | {:.2} |\n\
              | peak bytes in flight towards one node | {} |\n\
              | convergence after heal | {} |\n\
-             | every interested node holds every event | {} |\n\
+             | every interested node holds every event (with retention: its window) | {} |\n\
              | events got again after a lost store | {} |\n\
              | rendezvous lookups per node | {:.2} |\n\
              | forks met / nodes holding every fork proof at the end | {} / {} |\n\
@@ -109,6 +111,28 @@ impl Report {
             self.simulated_s,
             self.steps,
             &self.state_hash[..16],
-        )
+        ) + &self.retention.as_ref().map_or(String::new(), |r| {
+            format!(
+                "| retention: pruning nodes / archives | {} / {} |\n\
+                 | events pruned, all nodes | {} |\n\
+                 | events stored again below a node's own cut (goal 0) | {} |\n\
+                 | events stored already outside the node's window | {} |\n\
+                 | most events a pruning node held / its window | {} / {} |\n\
+                 | most events a reset device held while catching up | {} |\n\
+                 | every pruning node holds exactly its window at the end | {} |\n\
+                 | archives holding every event at the end | {} of {} |\n",
+                r.pruning_nodes,
+                r.archives,
+                r.pruned,
+                r.refetched_pruned,
+                r.stored_outside_window,
+                r.peak_held.0,
+                r.peak_held.1,
+                r.peak_held_reset,
+                r.converged_on_window,
+                r.archives_complete,
+                r.archives,
+            )
+        })
     }
 }

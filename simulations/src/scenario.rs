@@ -126,6 +126,40 @@ pub struct Scenario {
     pub churn_wipe: f64,
     /// Swizzle-clog: nodes cut off one by one, then restored in random order.
     pub swizzle: Option<Swizzle>,
+    /// Retention: interested nodes prune the topic with the daemon's policy. `None`:
+    /// every node keeps everything.
+    pub retention: Option<Retention>,
+}
+
+/// Retention on the topic: one rule, as a `[[retention]]` entry of the daemon's
+/// config, and its prune passes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Keep the newest this many events per log.
+    pub max_events_per_log: Option<u64>,
+    /// Keep events younger than this, s.
+    pub max_age_s: Option<f64>,
+    /// Interval of each node's prune passes, s (the daemon's `store.prune_interval`).
+    #[serde(default = "every_s")]
+    pub every_s: f64,
+    /// Fraction of the interested nodes (publishers aside) that keep everything
+    /// (gateways, archives): a node far behind must still pull only its window.
+    #[serde(default)]
+    pub archives: f64,
+    /// A node far behind asks only for its window (`sync::Config::keeps_from`, as the
+    /// daemon does). Only for showing what the check counts without it: `false` pulls
+    /// from the node's head, or from a peer's base.
+    #[serde(default = "yes")]
+    pub window_pulls: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn every_s() -> f64 {
+    10.0
 }
 
 /// Swizzle-clog: from `at`, one more of `k` random nodes loses every link each
@@ -198,6 +232,7 @@ impl Default for Scenario {
             churn_offline_s: 20.0,
             churn_wipe: 0.0,
             swizzle: None,
+            retention: None,
         }
     }
 }

@@ -215,3 +215,33 @@ fn a_topic_few_nodes_want_needs_its_nodes_to_find_each_other() {
     assert!(aware.complete, "{aware:?}");
     assert_eq!(aware.violations, 0);
 }
+
+/// The retention scenario (1,000 nodes, each keeping the newest 20 events of each log
+/// with the daemon's policy, 2% archives, churn with reset devices): nothing pruned is
+/// stored again, no node stores what lies outside its window, and every pruning node
+/// ends with exactly its window. Without window pulls, a device far behind takes more
+/// than its window from a peer (the check counts them).
+#[test]
+fn retention_at_a_thousand_nodes_keeps_the_window_and_nothing_comes_back() {
+    let sc: Scenario = toml::from_str(include_str!("../scenarios/retention.toml")).unwrap();
+    let r = Sim::new(sc.clone()).unwrap().run().unwrap();
+    println!("{}", r.table());
+    let ret = r.retention.clone().expect("retention figures");
+    assert_eq!(r.violations, 0, "{:?}", r.violation_examples);
+    assert!(ret.pruned > 500_000, "{ret:?}");
+    assert_eq!(ret.refetched_pruned, 0, "{ret:?}");
+    assert_eq!(ret.stored_outside_window, 0, "{ret:?}");
+    assert!(ret.converged_on_window, "{ret:?}");
+    assert!(r.complete);
+    // A reset device never held more than a steady node does between two passes.
+    assert!(ret.peak_held_reset <= ret.peak_held.0, "{ret:?}");
+
+    let mut without = sc;
+    if let Some(r) = without.retention.as_mut() {
+        r.window_pulls = false;
+    }
+    let r = Sim::new(without).unwrap().run().unwrap();
+    let ret = r.retention.expect("retention figures");
+    assert!(ret.stored_outside_window > 0, "{ret:?}");
+    assert_eq!(ret.refetched_pruned, 0, "{ret:?}");
+}
