@@ -75,10 +75,22 @@ pub fn status(s: &Status, repl: Option<&ReplicationJson>, json: bool) -> anyhow:
         ),
         None => println!("peers       replication off"),
     }
-    println!(
-        "disk        {:.1} MiB",
-        s.disk_bytes as f64 / (1 << 20) as f64
-    );
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    if s.disk_budget_bytes > 0 {
+        println!(
+            "disk        {:.1} MiB of a {:.0} MiB budget ({:.0}%)",
+            mib(s.disk_bytes),
+            mib(s.disk_budget_bytes),
+            s.disk_bytes as f64 * 100.0 / s.disk_budget_bytes as f64
+        );
+    } else {
+        println!("disk        {:.1} MiB", mib(s.disk_bytes));
+    }
+    if s.disk_full {
+        println!(
+            "            DISK FULL: publishing answers 507 and replication pulls nothing (it still serves peers) until space is freed; nothing acknowledged is lost"
+        );
+    }
     println!(
         "memory      {:.1} MiB resident",
         s.resident_bytes as f64 / (1 << 20) as f64

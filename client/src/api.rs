@@ -224,6 +224,13 @@ pub struct Status {
     /// disagree), with what to do; absent while the scan runs and when all is well.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_problem: Option<String>,
+    /// The database's disk budget (`store.max_disk_mb`), bytes; 0 for none.
+    #[serde(default)]
+    pub disk_budget_bytes: u64,
+    /// The disk is full: publishing answers 507, and replication pulls nothing (it still
+    /// serves its peers) until the store writes again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disk_full: bool,
     /// The clock: its last time, the drift limit, and remote clocks found ahead of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<ClockStatus>,

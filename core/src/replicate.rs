@@ -374,6 +374,8 @@ pub struct Replicator<P, M> {
     /// lack has not shrunk, and how much it was then.
     watch: BTreeMap<(P, Topic), Watch>,
     last_watch: Option<Instant>,
+    /// The store cannot write: pull nothing (see [`Replicator::set_store_full`]).
+    full: bool,
     _msg: std::marker::PhantomData<fn() -> M>,
 }
 
@@ -428,8 +430,39 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             retries: BTreeMap::new(),
             watch: BTreeMap::new(),
             last_watch: None,
+            full: false,
             _msg: std::marker::PhantomData,
         }
+    }
+
+    /// The store cannot write (its disk is full) or can again. While it cannot, the
+    /// node pulls nothing: no rounds of its own, no gap pulls, gossip runs left to the
+    /// peers (ignored, not stored or forwarded), and a peer's round gets this node's
+    /// vector and windows but asks it for nothing. It keeps serving. When the store
+    /// writes again, a round with every connected peer catches up what it missed.
+    pub fn set_store_full<S: ReadStore>(
+        &mut self,
+        full: bool,
+        now: Instant,
+        store: &S,
+    ) -> Outs<P, M> {
+        let mut outs = Vec::new();
+        if self.full == full {
+            return outs;
+        }
+        self.full = full;
+        self.sync.set_pulling(!full);
+        if !full {
+            for peer in self.peers.clone() {
+                self.round(peer, now, store, &mut outs);
+            }
+        }
+        outs
+    }
+
+    /// Whether the store is marked full ([`Replicator::set_store_full`]).
+    pub fn store_full(&self) -> bool {
+        self.full
     }
 
     /// The topic patterns in force.
@@ -663,6 +696,17 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         if good.is_empty() {
             return outs;
         }
+        // Nowhere to write them: left to the peers (a round brings them later).
+        if self.full {
+            for a in good {
+                outs.push(Output::Verdict {
+                    id: a.id,
+                    from: a.from,
+                    verdict: Verdict::Ignore,
+                });
+            }
+            return outs;
+        }
         // Stored in one write; the verdicts wait for it (nothing is forwarded before
         // it is durable).
         let events: Vec<Event> = good.iter().flat_map(|a| a.events.clone()).collect();
@@ -825,6 +869,11 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         let mut outs = Vec::new();
         let o = self.sync.tick(now);
         self.sync_outputs(o, store, &mut outs);
+        // A full store pulls nothing (see `set_store_full`); deadlines still run.
+        if self.full {
+            self.discover(now, &mut outs);
+            return outs;
+        }
         // Gaps still open after gap_wait: pull them from the peer that sent the event
         // past the gap (at most one pull per gap_wait per log).
         let wait = self.config.gap_wait;
@@ -1089,6 +1138,9 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         store: &S,
         outs: &mut Outs<P, M>,
     ) {
+        if self.full {
+            return;
+        }
         if self.sync.sessions() < self.config.sync.max_sessions && self.queued.0.is_empty() {
             let o = self.sync.start(peer, topic, now, store);
             self.sync_outputs(o, store, outs);

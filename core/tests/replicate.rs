@@ -1199,3 +1199,78 @@ fn a_round_on_more_topics_than_sessions_queues_the_rest_instead_of_failing_them(
     assert_eq!(started.len(), 10, "every topic had its session");
     assert_eq!(m.queued(), 0);
 }
+
+/// Delivers the sync messages among `outs` (sent by node `from`) and every answer, until
+/// nothing is left; writes are carried out at once.
+fn pump2(
+    nodes: &mut [(MemoryStore, Replicator<usize, M>)],
+    from: usize,
+    outs: Vec<Output<usize, M>>,
+    now: Instant,
+) {
+    let mut queue: Vec<(usize, usize, Message)> = Vec::new();
+    let sends = |from: usize, outs: &[Output<usize, M>], q: &mut Vec<(usize, usize, Message)>| {
+        for o in outs {
+            if let Output::Sync(sync::Output::Send { to, msg }) = o {
+                q.push((*to, from, msg.clone()));
+            }
+        }
+    };
+    sends(from, &outs, &mut queue);
+    for _ in 0..10_000 {
+        let Some((to, from, msg)) = queue.pop() else {
+            return;
+        };
+        let (store, m) = &mut nodes[to];
+        let outs = go(m, now, &*store, |m| m.sync_message(from, msg, now, &*store));
+        sends(to, &outs, &mut queue);
+    }
+    panic!("the exchange never ended");
+}
+
+/// A node whose disk is full pulls nothing (no rounds of its own, none as the answering
+/// side, gossip ignored rather than written) and still serves its peers; once the store
+/// writes again, a round with every peer brings what it missed.
+#[test]
+fn a_full_store_pulls_nothing_serves_its_peers_and_catches_up_once_it_writes_again() {
+    let t0 = Instant::now();
+    let ours = chain(&key(1), "a/t", 5, "a");
+    let theirs = chain(&key(2), "a/t", 5, "b");
+    let mut nodes: Vec<(MemoryStore, Replicator<usize, M>)> = (0..2)
+        .map(|_| (MemoryStore::new(), Replicator::new(config("#"), None)))
+        .collect();
+    nodes[0].0.insert(&ours, Durability::Buffered).unwrap();
+    nodes[1].0.insert(&theirs, Durability::Buffered).unwrap();
+    for (s, m) in &mut nodes {
+        m.start(&*s);
+    }
+    let (s, m) = &mut nodes[0];
+    assert!(m.set_store_full(true, t0, &*s).is_empty());
+    assert!(m.store_full());
+    // No round on connect, none in turn.
+    let outs = go(m, t0, &*s, |m| m.connected(1, t0, &*s));
+    assert!(sends_to(&outs, 1).is_empty(), "{outs:?}");
+    let later = t0 + Duration::from_secs(5);
+    let outs = go(m, later, &*s, |m| m.tick(later, &*s));
+    assert!(sends_to(&outs, 1).is_empty(), "{outs:?}");
+    // Gossip is left to the peers: ignored, nothing to write.
+    let outs = m.gossiped(vec![gossip(1, 9, &theirs[..1])], &*s);
+    assert_eq!(verdicts(&outs), vec![(9, Verdict::Ignore)]);
+    assert!(!outs.iter().any(|o| matches!(o, Output::Persist { .. })));
+    // The peer's round: served, and nothing pulled.
+    let (s1, m1) = &mut nodes[1];
+    let outs = go(m1, t0, &*s1, |m| m.connected(0, t0, &*s1));
+    pump2(&mut nodes, 1, outs, t0);
+    assert_eq!(head(&nodes[1].0, &ours[0]), Some(Seq(4)), "served");
+    assert_eq!(head(&nodes[0].0, &theirs[0]), None, "pulled nothing");
+    // Writes again: a round with the peer catches up.
+    let (s, m) = &mut nodes[0];
+    let outs = go(m, later, &*s, |m| m.set_store_full(false, later, &*s));
+    assert_eq!(
+        sends_to(&outs, 1).len(),
+        1,
+        "a round with the peer: {outs:?}"
+    );
+    pump2(&mut nodes, 0, outs, later);
+    assert_eq!(head(&nodes[0].0, &theirs[0]), Some(Seq(4)));
+}

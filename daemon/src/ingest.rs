@@ -330,19 +330,41 @@ impl Handle {
 
 /// Set while the store refuses writes for a reason outside the data (a full disk, no
 /// descriptors left: [`murmur_store::StoreError::is_environmental`]), cleared by the
-/// next commit that succeeds. The node's store watchdog reads it. Cloneable; all clones
-/// share one flag.
+/// next commit that succeeds or by the store watchdog's probe write. The node's store
+/// watchdog reads it; while the disk is full the replicator pulls nothing and status
+/// and metrics say so. Cloneable; all clones share one state.
 #[derive(Debug, Clone, Default)]
-pub struct WriteFailing(Arc<AtomicBool>);
+pub struct WriteFailing(Arc<std::sync::atomic::AtomicU8>);
+
+const WRITES_OK: u8 = 0;
+const WRITES_FAILING: u8 = 1;
+const DISK_FULL: u8 = 2;
 
 impl WriteFailing {
     /// True while the last commit failed for an environmental reason.
     pub fn is_on(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.load(Ordering::Acquire) != WRITES_OK
     }
 
-    fn set(&self, on: bool) {
-        self.0.store(on, Ordering::Release);
+    /// True while the last commit failed because the disk is full.
+    pub fn disk_full(&self) -> bool {
+        self.0.load(Ordering::Acquire) == DISK_FULL
+    }
+
+    /// After a commit: `None` it worked, else its error.
+    fn record(&self, e: Option<&murmur_store::StoreError>) {
+        let state = match e {
+            None => WRITES_OK,
+            Some(murmur_store::StoreError::NoSpace(_)) => DISK_FULL,
+            Some(e) if e.is_environmental() => WRITES_FAILING,
+            Some(_) => WRITES_OK,
+        };
+        self.0.store(state, Ordering::Release);
+    }
+
+    /// The store takes writes again (the watchdog's probe write worked).
+    pub fn clear(&self) {
+        self.0.store(WRITES_OK, Ordering::Release);
     }
 }
 
@@ -617,11 +639,11 @@ impl Writer {
         };
         let outcomes = match written {
             Ok(o) => {
-                self.failing.set(false);
+                self.failing.record(None);
                 o
             }
             Err(e) => {
-                self.failing.set(e.is_environmental());
+                self.failing.record(Some(&e));
                 let err = match e {
                     murmur_store::StoreError::NoSpace(_) => IngestError::DiskFull(e.to_string()),
                     e => IngestError::Store(e.to_string()),

@@ -111,6 +111,8 @@ pub struct Metrics {
     pub store_disk_bytes: Gauge,
     /// The database's disk budget (`store.max_disk_mb`), bytes; 0 for none.
     pub store_disk_budget_bytes: Gauge,
+    /// 1 while the store cannot write because the disk is full.
+    pub store_disk_full: Gauge,
     /// RocksDB memtables + block cache, bytes.
     pub store_memory_bytes: Gauge,
     /// Resident set size of the daemon, bytes.
@@ -174,6 +176,7 @@ impl Metrics {
             forks: Gauge::default(),
             store_disk_bytes: Gauge::default(),
             store_disk_budget_bytes: Gauge::default(),
+            store_disk_full: Gauge::default(),
             store_memory_bytes: Gauge::default(),
             resident_bytes: Gauge::default(),
             events_received: Family::default(),
@@ -265,6 +268,11 @@ impl Metrics {
             "store_disk_budget_bytes",
             "The database's disk budget (store.max_disk_mb), bytes; 0 for none",
             m.store_disk_budget_bytes.clone(),
+        );
+        r.register(
+            "store_disk_full",
+            "1 while the disk is full: publishing answers 507 and replication pulls nothing (it still serves)",
+            m.store_disk_full.clone(),
         );
         r.register(
             "store_memory_bytes",

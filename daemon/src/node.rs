@@ -186,6 +186,8 @@ struct Shared {
     metrics: Metrics,
     clock: Arc<NodeClock>,
     hold: ingest::Hold,
+    /// The writer's state: while the disk is full the replicator pulls nothing.
+    failing: ingest::WriteFailing,
 }
 
 fn start_network(
@@ -201,6 +203,7 @@ fn start_network(
         metrics,
         clock,
         hold,
+        failing,
     } = shared;
     let psk = match &config.p2p.psk_file {
         Some(path) => {
@@ -288,6 +291,7 @@ fn start_network(
             interest_file,
             clock,
             own: (key.author(), hold),
+            failing,
         },
         metrics,
         inbox,
@@ -390,7 +394,10 @@ async fn store_watchdog(
         })
         .await;
         match probe {
-            Ok(Ok(true)) => tracing::info!("the store takes writes again"),
+            Ok(Ok(true)) => {
+                tracing::info!("the store takes writes again");
+                failing.clear();
+            }
             Ok(Ok(false)) => {
                 tracing::warn!(
                     "the disk has room and descriptors again, but RocksDB stays stopped after its write error: restarting the node to reopen the store (every acknowledged event is in the synced WAL)"
@@ -559,6 +566,7 @@ pub async fn run(
                 metrics: metrics.clone(),
                 clock: clock.clone(),
                 hold: hold.clone(),
+                failing: failing.clone(),
             },
             &mut registry,
         )?)
@@ -639,6 +647,8 @@ pub async fn run(
         docs: docs.clone(),
         clock,
         store_problem: store_problem.clone(),
+        failing: failing.clone(),
+        disk_budget: config.store.max_disk_mb.saturating_mul(1 << 20),
     });
     tracing::info!(
         author = %key.author(),

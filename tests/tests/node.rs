@@ -917,3 +917,91 @@ fn idle_connections_are_closed_but_quiet_followers_are_not() {
     }
     assert!(got.contains("at last"), "{got}");
 }
+
+/// A node whose disk fills while it replicates: status and metrics say so, it pulls
+/// nothing (no round of its fails writing), it still serves its peer, and once space is
+/// freed it catches up what it missed, all without a restart.
+#[test]
+fn a_full_disk_pauses_pulling_keeps_serving_and_catches_up_once_space_is_freed() {
+    if !common::netns::root_or_skip(
+        "a_full_disk_pauses_pulling_keeps_serving_and_catches_up_once_space_is_freed",
+    ) {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("murmur-full")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(tmp.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    let _mounted = Mounted(tmp.path().to_path_buf());
+    let ballast = tmp.path().join("ballast");
+    std::fs::write(&ballast, vec![7u8; 12 << 20]).unwrap();
+    let data = tmp.path().join("node");
+    std::fs::create_dir(&data).unwrap();
+    let full = Node::start_at(&data, common::LOOPBACK_P2P);
+    let peer = Node::start("");
+    let dial = peer.cli(&["dial", &full.tcp_addr()]);
+    assert!(dial.status.success(), "{}", common::stderr(&dial));
+    common::wait_for("the two to connect", 20, || {
+        full.get("/v1/status")["peers"] == 1
+    });
+
+    // Fill the disk with the node's own events.
+    let big = "x".repeat(1_000_000);
+    let mut acked = 0u64;
+    let mut refused = None;
+    for _ in 0..200 {
+        let r = full.post("/v1/events", &json!({"topic": "big/t", "data": big}));
+        if r.status == 200 {
+            acked += 1;
+        } else {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("the 48 MiB disk never filled");
+    assert_eq!(r.status, 507, "{}", r.body);
+    let status = full.get("/v1/status");
+    assert_eq!(status["disk_full"], true, "{status}");
+    assert_eq!(full.metric("murmur_store_disk_full"), 1);
+    let shown = full.cli(&["status"]);
+    assert!(
+        common::stdout(&shown).contains("DISK FULL"),
+        "{}",
+        common::stdout(&shown)
+    );
+
+    // It still serves: the peer holds every acknowledged event.
+    common::wait_for("the peer to hold every acknowledged event", 60, || {
+        peer.topic_events("big/t") == acked
+    });
+    // The peer publishes; the full node's rounds pull nothing, so none fails writing.
+    let failed = |n: &Node| n.metric("murmur_sync_rounds_total{outcome=\"failed\"}");
+    let failed_before = failed(&full);
+    for i in 0..50 {
+        let r = peer.post(
+            "/v1/events",
+            &json!({"topic": "small/t", "data": format!("s{i}")}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let sync = full.cli(&["sync"]);
+    assert!(sync.status.success(), "{}", common::stderr(&sync));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(full.topic_events("small/t"), 0);
+    assert_eq!(failed(&full), failed_before, "{}", full.log());
+
+    // Space is freed: the node writes again, says so, and catches up by itself.
+    std::fs::remove_file(&ballast).unwrap();
+    common::wait_for("the node to catch up after space was freed", 90, || {
+        full.try_topic_events("small/t") == Some(50)
+    });
+    assert_eq!(full.get("/v1/status")["disk_full"], Value::Null);
+    assert_eq!(full.metric("murmur_store_disk_full"), 0);
+    assert_eq!(full.topic_events("big/t"), acked);
+}

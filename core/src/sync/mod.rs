@@ -309,6 +309,8 @@ pub struct Sync<P> {
     next_req: u64,
     pending: BTreeMap<u64, Pending<P>>,
     next_ticket: u64,
+    /// Whether this node pulls (off while its store cannot write: it still serves).
+    pulling: bool,
 }
 
 type Outs<P> = Vec<Output<P>>;
@@ -322,7 +324,15 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             next_req: 0,
             pending: BTreeMap::new(),
             next_ticket: 0,
+            pulling: true,
         }
+    }
+
+    /// Pull or not. While off (the node's disk is full), a peer's round still gets this
+    /// node's vector and every window it asks for, but this node asks for nothing, and
+    /// gap pulls are refused; pulls already under way end with their next window.
+    pub fn set_pulling(&mut self, on: bool) {
+        self.pulling = on;
     }
 
     /// Number of sessions in progress.
@@ -375,6 +385,9 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         now: Instant,
         store: &S,
     ) -> Outs<P> {
+        if !self.pulling {
+            return Vec::new();
+        }
         let key = (peer.clone(), topic.clone());
         if !self.sessions.contains_key(&key) {
             if self.sessions.len() >= self.config.max_sessions {
@@ -573,7 +586,12 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         }
         // The deadline is not refreshed otherwise: a peer's repeated rounds must not keep
         // alive a session whose own request was lost.
-        for want in ours.wants_from(&theirs) {
+        let wants = if self.pulling {
+            ours.wants_from(&theirs)
+        } else {
+            Vec::new()
+        };
+        for want in wants {
             // Never re-request past a fork we know of.
             match store.log_state(&want.author, &topic) {
                 Ok(st) if st.frozen_at.is_some() => continue,
@@ -605,7 +623,12 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             }
         }
         // Same seq, different head id: a fork. Fetch their head event to prove it.
-        for author in ours.diverged(&theirs) {
+        let diverged = if self.pulling {
+            ours.diverged(&theirs)
+        } else {
+            Vec::new()
+        };
+        for author in diverged {
             if let Some(e) = ours.get(&author) {
                 s.pulls.entry(author).or_insert(Pull::new(e.seq, true));
             }
@@ -618,6 +641,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
     fn advance<S: ReadStore>(&mut self, key: (P, Topic), now: Instant, store: &S) -> Outs<P> {
         let window = self.config.window;
         let max_inflight = self.config.max_inflight;
+        let pulling = self.pulling;
         let next_req = &mut self.next_req;
         let Some(s) = self.sessions.get_mut(&key) else {
             return Vec::new();
@@ -628,6 +652,13 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         let mut inflight = s.pulls.values().filter(|p| p.inflight.is_some()).count();
         for (author, pull) in s.pulls.iter_mut() {
             if pull.inflight.is_some() {
+                continue;
+            }
+            // Paused: no new window; the pull ends once what it has is written.
+            if !pulling {
+                if pull.persisting == 0 {
+                    finished.push(*author);
+                }
                 continue;
             }
             let state = match store.log_state(author, &topic) {

@@ -83,6 +83,9 @@ pub struct Config {
     /// This node's author, and the publishing hold to release once its own logs are
     /// confirmed by a round with a peer on every topic (after `murmur repair`).
     pub own: (AuthorId, crate::ingest::Hold),
+    /// The store writer's state: while the disk is full, the machine pulls nothing
+    /// (`Replicator::set_store_full`) and goes on serving.
+    pub failing: crate::ingest::WriteFailing,
 }
 
 /// Most gossiped messages verified and stored together.
@@ -280,6 +283,7 @@ impl Replicator {
                 }
             };
             let now = Instant::now();
+            self.follow_disk(now).await;
             let input = match step {
                 Step::Written(ticket, written) => {
                     let outs = self.machine.persisted(ticket, written, now, &*self.store);
@@ -366,6 +370,27 @@ impl Replicator {
             }
         }
         tracing::debug!("replicator stopped");
+    }
+
+    /// Tells the machine when the disk fills or has room again (the writer's state,
+    /// read before every input: a write that failed for lack of space stops the pulls
+    /// at once, before the next gossip batch or window is handed to the writer).
+    async fn follow_disk(&mut self, now: Instant) {
+        let full = self.config.failing.disk_full();
+        if full == self.machine.store_full() {
+            return;
+        }
+        if full {
+            tracing::warn!(
+                "the disk is full: replication stops pulling (it goes on serving its peers) until the store writes again"
+            );
+        } else {
+            tracing::info!(
+                "the store writes again: replication resumes with a round with every peer"
+            );
+        }
+        let outs = self.machine.set_store_full(full, now, &*self.store);
+        self.outputs(outs).await;
     }
 
     async fn tick(&mut self, now: Instant) {

@@ -84,6 +84,10 @@ pub struct AppState {
     pub clock: Arc<crate::clock::NodeClock>,
     /// Set by the store scan after start when it finds damage or disagreeing indexes.
     pub store_problem: Arc<std::sync::OnceLock<String>>,
+    /// The writer's state (disk full).
+    pub failing: crate::ingest::WriteFailing,
+    /// The database's disk budget, bytes (0: none).
+    pub disk_budget: u64,
 }
 
 type Shared = Arc<AppState>;
@@ -528,6 +532,8 @@ async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
         clock: Some(st.clock.status()),
         publishing_held: st.ingest.held(),
         store_problem: st.store_problem.get().cloned(),
+        disk_budget_bytes: st.disk_budget,
+        disk_full: st.failing.disk_full(),
     }))
 }
 
@@ -539,6 +545,9 @@ async fn metrics_text(State(st): State<Shared>) -> ApiResult<Response> {
     })
     .await?;
     st.metrics.store_disk_bytes.set(disk as i64);
+    st.metrics
+        .store_disk_full
+        .set(i64::from(st.failing.disk_full()));
     st.metrics.store_memory_bytes.set(mem as i64);
     st.metrics.forks.set(forks as i64);
     st.metrics

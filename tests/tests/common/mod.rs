@@ -250,6 +250,20 @@ impl Node {
             .map_or(0, |t| t["events"].as_u64().unwrap_or(0))
     }
 
+    /// [`Node::topic_events`], or `None` while the daemon does not answer (it is
+    /// reopening its store, say).
+    pub fn try_topic_events(&self, topic: &str) -> Option<u64> {
+        let r = self.try_request("GET", "/v1/topics", None).ok()?;
+        let v: Value = serde_json::from_str(&r.body).ok()?;
+        let topics = v["topics"].as_array()?.clone();
+        Some(
+            topics
+                .iter()
+                .find(|t| t["topic"] == topic)
+                .map_or(0, |t| t["events"].as_u64().unwrap_or(0)),
+        )
+    }
+
     /// This daemon's loopback TCP multiaddr with its peer id (for dialing it).
     pub fn tcp_addr(&self) -> String {
         let p = self.get("/v1/peers");
