@@ -1156,3 +1156,142 @@ fn two_sites_behind_nat_meet_through_a_relay_and_replicate_both_ways() {
         "no hole through a symmetric NAT"
     );
 }
+
+/// Unmounts a file system the test mounted (lazily: a daemon may still hold it).
+struct Mounted(std::path::PathBuf);
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Retention on a small disk: a host whose data dir is a 64 MiB tmpfs, with
+/// `store.max_disk_mb = 32`, receives 1,000,000 events of 256 bytes (about 570 MB
+/// stored whole) from a publisher on another host. Its database, sampled every 100 ms
+/// through the run, stays under the budget; it keeps replicating to the end (it holds
+/// the publisher's newest events, and every log's head); and `murmur verify` passes.
+#[test]
+fn a_host_on_a_64_mib_disk_with_a_32_mib_budget_takes_a_million_events() {
+    if !root_or_skip("a_host_on_a_64_mib_disk_with_a_32_mib_budget_takes_a_million_events") {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("murmur-small")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(tmp.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    let _mounted = Mounted(tmp.path().to_path_buf());
+    let data = tmp.path().join("node");
+    std::fs::create_dir(&data).unwrap();
+    let mut lab = Lab::empty(2);
+    lab.start(0, &config(0));
+    lab.start_at(
+        1,
+        &data,
+        &format!(
+            "{}[store]\nmax_disk_mb = 32\nwrite_buffer_mb = 4\n",
+            config(1)
+        ),
+    );
+    wait_for("the hosts to meet", 30, || {
+        lab.node(1).get("/v1/status")["peers"] == 1
+    });
+
+    // Sample the small host's database through the run.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, db) = (stop.clone(), data.join("db"));
+        std::thread::spawn(move || {
+            let mut most = 0u64;
+            let mut samples = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(dir_bytes(&db));
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (most, samples)
+        })
+    };
+    let payload = "x".repeat(240);
+    let t0 = Instant::now();
+    const BATCHES: usize = 200;
+    const PER: usize = 5000;
+    for b in 0..BATCHES {
+        let evs: Vec<Value> = (0..PER)
+            .map(|i| json!({"topic": format!("sensors/{}", i % 50), "data": format!("{b:03}{i:05}{payload}")}))
+            .collect();
+        let r = lab
+            .node(0)
+            .post("/v1/events/batch", &json!({ "events": evs }));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "publishing took too long"
+        );
+    }
+    let published = t0.elapsed();
+    // It keeps replicating to the end: every log's head is the publisher's.
+    let tops = |n: &Node| -> Vec<(String, String)> {
+        heads_of(n, "sensors/")
+            .iter()
+            .flat_map(|t| {
+                t["logs"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|l| (t["topic"].to_string(), l["head_id"].to_string()))
+            })
+            .collect()
+    };
+    let want = tops(lab.node(0));
+    wait_for("the small host to hold every log's head", 300, || {
+        tops(lab.node(1)) == want
+    });
+    let caught_up = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (most, samples) = sampler.join().unwrap();
+    let n = lab.node(1);
+    let st = n.get("/v1/status");
+    let pruned = n.metric("murmur_pruned_events_total{rule=\"store.max_disk_mb\"}");
+    eprintln!(
+        "1,000,000 events published in {published:?}, small host caught up after {caught_up:?}; \
+         its database peaked at {:.1} MiB of a 32 MiB budget ({samples} samples); stored {}, held {}, pruned {pruned}; gossip/sync {:?}",
+        most as f64 / (1 << 20) as f64,
+        st["events"],
+        st["held"],
+        received_by_path(n),
+    );
+    assert!(most <= 32 << 20, "{most} bytes on disk");
+    assert!(pruned > 500_000, "{pruned}");
+    assert_eq!(st["disk_full"], Value::Null, "{st}");
+    lab.node_mut(1).stop();
+    let v = lab.node(1).cli(&["verify"]);
+    assert!(
+        v.status.success(),
+        "{}\n{}",
+        common::stdout(&v),
+        common::stderr(&v)
+    );
+}

@@ -122,6 +122,20 @@ impl Node {
         n
     }
 
+    /// A daemon inside network namespace `ns` on the data dir `dir` (which the caller
+    /// owns: a file system the test mounted, say), with `config` used as is.
+    pub fn start_in_at(ns: &str, dir: &std::path::Path, config: &str) -> Node {
+        std::fs::write(dir.join("murmur.toml"), config).unwrap();
+        let mut n = Node {
+            dir: dir.to_path_buf(),
+            child: None,
+            netns: Some(ns.to_owned()),
+            _tmp: None,
+        };
+        n.spawn();
+        n
+    }
+
     /// (Re)starts the daemon on this data dir and waits until it answers.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");

@@ -119,6 +119,12 @@ impl Lab {
         self.hosts[i].node = Some(node);
     }
 
+    /// Starts the daemon of host `i` on the data dir `dir`.
+    pub fn start_at(&mut self, i: usize, dir: &std::path::Path, config: &str) {
+        let node = Node::start_in_at(&self.hosts[i].ns, dir, config);
+        self.hosts[i].node = Some(node);
+    }
+
     /// A lab of `n` hosts with no daemons yet.
     pub fn empty(n: usize) -> Lab {
         let id = format!(
