@@ -376,6 +376,8 @@ pub struct Replicator<P, M> {
     last_watch: Option<Instant>,
     /// The store cannot write: pull nothing (see [`Replicator::set_store_full`]).
     full: bool,
+    /// Pulls paused (see [`Replicator::set_pulls_paused`]).
+    paused: bool,
     _msg: std::marker::PhantomData<fn() -> M>,
 }
 
@@ -431,6 +433,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             watch: BTreeMap::new(),
             last_watch: None,
             full: false,
+            paused: false,
             _msg: std::marker::PhantomData,
         }
     }
@@ -446,13 +449,44 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         now: Instant,
         store: &S,
     ) -> Outs<P, M> {
+        self.set_pulling(full, self.paused, now, store)
+    }
+
+    /// Pauses pulls, or resumes them: as [`Replicator::set_store_full`], but live
+    /// gossip is still stored and forwarded. For a store over its disk budget, which
+    /// a catch-up would otherwise fill faster than pruning empties it.
+    pub fn set_pulls_paused<S: ReadStore>(
+        &mut self,
+        paused: bool,
+        now: Instant,
+        store: &S,
+    ) -> Outs<P, M> {
+        self.set_pulling(self.full, paused, now, store)
+    }
+
+    /// Whether pulls are paused ([`Replicator::set_pulls_paused`]).
+    pub fn pulls_paused(&self) -> bool {
+        self.paused
+    }
+
+    fn pulling(&self) -> bool {
+        !self.full && !self.paused
+    }
+
+    fn set_pulling<S: ReadStore>(
+        &mut self,
+        full: bool,
+        paused: bool,
+        now: Instant,
+        store: &S,
+    ) -> Outs<P, M> {
         let mut outs = Vec::new();
-        if self.full == full {
-            return outs;
-        }
+        let was = self.pulling();
         self.full = full;
-        self.sync.set_pulling(!full);
-        if !full {
+        self.paused = paused;
+        let pulling = self.pulling();
+        self.sync.set_pulling(pulling);
+        if pulling && !was {
             for peer in self.peers.clone() {
                 self.round(peer, now, store, &mut outs);
             }
@@ -870,7 +904,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         let o = self.sync.tick(now);
         self.sync_outputs(o, store, &mut outs);
         // A full store pulls nothing (see `set_store_full`); deadlines still run.
-        if self.full {
+        if !self.pulling() {
             self.discover(now, &mut outs);
             return outs;
         }
@@ -1138,7 +1172,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         store: &S,
         outs: &mut Outs<P, M>,
     ) {
-        if self.full {
+        if !self.pulling() {
             return;
         }
         if self.sync.sessions() < self.config.sync.max_sessions && self.queued.0.is_empty() {

@@ -1274,3 +1274,31 @@ fn a_full_store_pulls_nothing_serves_its_peers_and_catches_up_once_it_writes_aga
     pump2(&mut nodes, 0, outs, later);
     assert_eq!(head(&nodes[0].0, &theirs[0]), Some(Seq(4)));
 }
+
+/// Pulls paused (a store over its disk budget): no rounds, but live gossip is still
+/// written; resuming runs a round with every peer.
+#[test]
+fn paused_pulls_still_take_gossip_and_resume_with_a_round() {
+    let t0 = Instant::now();
+    let theirs = chain(&key(2), "a/t", 3, "b");
+    let store = MemoryStore::new();
+    let mut m: Replicator<usize, M> = Replicator::new(config("#"), None);
+    m.start(&store);
+    assert!(m.set_pulls_paused(true, t0, &store).is_empty());
+    assert!(m.pulls_paused() && !m.store_full());
+    let outs = go(&mut m, t0, &store, |m| m.connected(1, t0, &store));
+    assert!(sends_to(&outs, 1).is_empty(), "{outs:?}");
+    let outs = go(&mut m, t0, &store, |m| {
+        m.gossiped(vec![gossip(1, 9, &theirs[..1])], &store)
+    });
+    assert_eq!(verdicts(&outs), vec![(9, Verdict::Accept)]);
+    assert_eq!(
+        head(&store, &theirs[0]),
+        Some(Seq(0)),
+        "gossip is still written"
+    );
+    let outs = go(&mut m, t0, &store, |m| {
+        m.set_pulls_paused(false, t0, &store)
+    });
+    assert_eq!(sends_to(&outs, 1).len(), 1, "a round on resuming: {outs:?}");
+}

@@ -342,6 +342,22 @@ pub struct StoreConfig {
     pub max_disk_mb: u64,
 }
 
+impl StoreConfig {
+    /// The memtable budget in bytes: `write_buffer_mb`, but at most an eighth of a
+    /// disk budget (at least 2 MiB). Memtables are written to the WAL as they fill and
+    /// flushed to files only when full, so a 16 MiB buffer would be half of a 32 MiB
+    /// budget before pruning could free any of it.
+    pub fn write_buffer_bytes(&self) -> usize {
+        let mb = if self.max_disk_mb > 0 {
+            let cap = usize::try_from(self.max_disk_mb / 8).unwrap_or(usize::MAX);
+            self.write_buffer_mb.min(cap.max(2))
+        } else {
+            self.write_buffer_mb
+        };
+        mb << 20
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
@@ -749,6 +765,18 @@ level = "info"
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_disk_budget_caps_the_memtables_at_an_eighth_of_it() {
+        let mut s = StoreConfig::default();
+        assert_eq!(s.write_buffer_bytes(), 16 << 20, "no budget: as set");
+        s.max_disk_mb = 32;
+        assert_eq!(s.write_buffer_bytes(), 4 << 20);
+        s.max_disk_mb = 8;
+        assert_eq!(s.write_buffer_bytes(), 2 << 20, "never under 2 MiB");
+        s.max_disk_mb = 10_000;
+        assert_eq!(s.write_buffer_bytes(), 16 << 20, "never over what is set");
+    }
 
     #[test]
     fn example_parses_to_the_defaults() {

@@ -113,6 +113,10 @@ pub struct Metrics {
     pub store_disk_budget_bytes: Gauge,
     /// 1 while the store cannot write because the disk is full.
     pub store_disk_full: Gauge,
+    /// 1 while pulls are paused because the database is over its budget's pull limit.
+    pub pulls_paused: Gauge,
+    /// Times pulls were paused by the disk budget.
+    pub pull_pauses: Counter,
     /// RocksDB memtables + block cache, bytes.
     pub store_memory_bytes: Gauge,
     /// Resident set size of the daemon, bytes.
@@ -177,6 +181,8 @@ impl Metrics {
             store_disk_bytes: Gauge::default(),
             store_disk_budget_bytes: Gauge::default(),
             store_disk_full: Gauge::default(),
+            pulls_paused: Gauge::default(),
+            pull_pauses: Counter::default(),
             store_memory_bytes: Gauge::default(),
             resident_bytes: Gauge::default(),
             events_received: Family::default(),
@@ -273,6 +279,16 @@ impl Metrics {
             "store_disk_full",
             "1 while the disk is full: publishing answers 507 and replication pulls nothing (it still serves)",
             m.store_disk_full.clone(),
+        );
+        r.register(
+            "pulls_paused",
+            "1 while sync pulls are paused because the database is over 60% of store.max_disk_mb (until pruning brings it under 45%); live gossip goes on",
+            m.pulls_paused.clone(),
+        );
+        r.register(
+            "pull_pauses",
+            "Times sync pulls were paused by the disk budget",
+            m.pull_pauses.clone(),
         );
         r.register(
             "store_memory_bytes",

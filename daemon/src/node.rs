@@ -51,7 +51,7 @@ pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
 pub fn open_store(data_dir: &Path, config: &Config) -> anyhow::Result<RocksStore> {
     let rc = RocksConfig {
         block_cache_bytes: config.store.block_cache_mb << 20,
-        write_buffer_bytes: config.store.write_buffer_mb << 20,
+        write_buffer_bytes: config.store.write_buffer_bytes(),
         max_open_files: config.store.max_open_files,
     };
     let path = data_dir.join(DB_DIR);
@@ -292,6 +292,7 @@ fn start_network(
             clock,
             own: (key.author(), hold),
             failing,
+            max_disk: config.store.max_disk_mb.saturating_mul(1 << 20),
         },
         metrics,
         inbox,

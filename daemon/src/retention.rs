@@ -39,8 +39,9 @@ pub async fn run(
     // its disk in seconds.
     let mut budget_tick = tokio::time::interval(BUDGET_EVERY);
     budget_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Bytes pruned since the last compaction.
+    // Bytes pruned since the last compaction, and when it ran.
     let mut uncompacted = 0u64;
+    let mut last_compaction = None;
     // After a budget pass that found nothing to prune, the next waits this long.
     let mut budget_quiet_until: Option<tokio::time::Instant> = None;
     loop {
@@ -72,9 +73,16 @@ pub async fn run(
                 }
             }
         }
-        // Over the budget, what was pruned must leave the disk now.
-        if uncompacted > 0 && (over_budget || uncompacted >= compact_after(store.disk_bytes())) {
+        // Over the budget, what was pruned must leave the disk now; otherwise once as
+        // much was pruned as the database holds, at most every COMPACT_EVERY (RocksDB's
+        // own compactions drop the rest meanwhile).
+        let due =
+            last_compaction.is_none_or(|t: tokio::time::Instant| t.elapsed() >= COMPACT_EVERY);
+        if uncompacted > 0
+            && (over_budget || (due && uncompacted >= compact_after(store.disk_bytes())))
+        {
             uncompacted = 0;
+            last_compaction = Some(tokio::time::Instant::now());
             let s = store.clone();
             let t0 = std::time::Instant::now();
             let before = s.disk_bytes();
@@ -106,12 +114,17 @@ const BUDGET_HIGH_PCT: u64 = 50;
 /// cutting at 60% down to 40%, a 16 MiB budget saw peaks of 12.4–14.8 MiB).
 const BUDGET_LOW_PCT: u64 = 30;
 
-/// Pruned bytes after which the store is compacted: a quarter of its size on disk (so
-/// a compaction, which rewrites what remains, costs at most about four times what was
-/// pruned), and at least 1 MiB.
+/// Pruned bytes after which the store is compacted (rules' pruning, not over the
+/// budget): as much as it occupies on disk (so a compaction, which rewrites what
+/// remains, costs about what was pruned), and at least 1 MiB.
 fn compact_after(disk: u64) -> u64 {
-    (disk / 4).max(1 << 20)
+    disk.max(1 << 20)
 }
+
+/// Compactions for the rules' pruning (not over the budget) run at most this often: a
+/// node pruning as fast as it takes events in would otherwise rewrite its database
+/// every second.
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
 
 /// Label of what the disk budget prunes, in `murmur_pruned_*_total`.
 pub const BUDGET_LABEL: &str = "store.max_disk_mb";

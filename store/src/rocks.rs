@@ -762,6 +762,7 @@ impl RocksStore {
     fn delete_events(
         &self,
         batch: &mut WriteBatch,
+        topic: &Topic,
         lk: &[u8],
         from: Seq,
         to: Seq,
@@ -770,6 +771,9 @@ impl RocksStore {
         let (cf_events, cf_by_id, cf_arrivals) =
             (self.cf(CF_EVENTS), self.cf(CF_BY_ID), self.cf(CF_ARRIVALS));
         let mut done = Pruned::default();
+        // Document indexes to remove only in a topic that has documents (decoding
+        // every pruned event to look cost as much as the rest of the pass).
+        let has_docs = !crate::docs::of_topic(self, topic, 1)?.is_empty();
         let (from, to) = (event_key(lk, from), event_key(lk, to));
         let mut it = self.db.raw_iterator_cf(cf_events);
         it.seek(&from);
@@ -782,8 +786,10 @@ impl RocksStore {
                 let (_, off) = split_by_id(&idv)?;
                 top = top.max(Offset(off + 1));
                 batch.delete_cf(cf_arrivals, off.to_be_bytes());
-                let ev = decode_event(v.to_vec())?;
-                crate::docs::unindex(batch, self, &ev, off);
+                if has_docs {
+                    let ev = decode_event(v.to_vec())?;
+                    crate::docs::unindex(batch, self, &ev, off);
+                }
             }
             batch.delete_cf(cf_by_id, id.0);
             done.events += 1;
@@ -1162,8 +1168,13 @@ impl Store for RocksStore {
         if accept::restarts(&state, events) {
             let mut pruned_to = state.pruned_to;
             if let Some(head) = state.head {
-                let (_, top) =
-                    self.delete_events(&mut batch, &lk, state.base, Seq(head.seq.0 + 1))?;
+                let (_, top) = self.delete_events(
+                    &mut batch,
+                    first.topic(),
+                    &lk,
+                    state.base,
+                    Seq(head.seq.0 + 1),
+                )?;
                 pruned_to = pruned_to.max(top);
             }
             self.pruned_to.fetch_max(pruned_to.0, Ordering::AcqRel);
@@ -1207,7 +1218,7 @@ impl Store for RocksStore {
             if below <= state.base {
                 continue;
             }
-            let (d, top) = self.delete_events(&mut batch, &lk, state.base, below)?;
+            let (d, top) = self.delete_events(&mut batch, &cut.topic, &lk, state.base, below)?;
             done.events += d.events;
             done.bytes += d.bytes;
             let pruned_to = state.pruned_to.max(top);

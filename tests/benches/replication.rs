@@ -10,7 +10,9 @@
 //!
 //! Run: `scripts/bench` (or `cargo bench -p murmur-tests --bench replication` after
 //! `cargo build --release --bins`). `MURMUR_BENCH_QUICK=1` skips the 1,000,000 runs;
-//! `MURMUR_BENCH_ONLY=catch-up` runs only the catch-up rows.
+//! `MURMUR_BENCH_ONLY=catch-up` runs only the catch-up rows, `MURMUR_BENCH_ONLY=retention`
+//! only retention's (publishing and catching up with pruning running, beside the same
+//! without it).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -271,17 +273,32 @@ fn fan_out(count: usize) -> (f64, f64, f64) {
 
 /// A node that was away pulls `count` events: (events/s, MB/s of encoded events).
 fn catch_up(count: usize) -> (f64, f64) {
-    let mut lab = Lab::new(2, config);
+    let (rate, mb, _) = catch_up_with("", count);
+    (rate, mb)
+}
+
+/// [`catch_up`] with `extra` added to the receiving node's `[store]` settings (and any
+/// sections after it): (events/s, MB/s, the most bytes its database took on disk,
+/// sampled every 50 ms).
+fn catch_up_with(extra: &str, count: usize) -> (f64, f64, u64) {
+    let mut lab = Lab::new(2, |i| {
+        if i == 1 {
+            format!("{}{extra}", config(i))
+        } else {
+            config(i)
+        }
+    });
     connected(&lab, 2);
     lab.node_mut(1).kill();
     publish_batches(lab.node(0), "catch/up", count);
-    let encoded: u64 = lab.node(0).get("/v1/status")["disk_bytes"]
-        .as_u64()
-        .unwrap_or(0);
-    let _ = encoded;
+    let db = lab.node(1).dir.join("db");
     let t0 = Instant::now();
     lab.node_mut(1).spawn();
-    wait_for("catch-up", 600, || lab.node(1).events() == count as u64);
+    let mut most = 0u64;
+    wait_for("catch-up", 600, || {
+        most = most.max(dir_bytes(&db));
+        lab.node(1).events() == count as u64
+    });
     let secs = t0.elapsed().as_secs_f64();
     // Encoded size of one event of this benchmark (signed encoding on the wire).
     let one = murmur_core::testing::chain_with(&murmur_core::testing::key(1), "catch/up", 1, |_| {
@@ -289,7 +306,78 @@ fn catch_up(count: usize) -> (f64, f64) {
     })[0]
         .bytes()
         .len() as f64;
-    (count as f64 / secs, count as f64 * one / secs / 1e6)
+    (count as f64 / secs, count as f64 * one / secs / 1e6, most)
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// One node publishing `count` events on 50 topics in batches of 1,000 (one client):
+/// events/s until the last is acknowledged, and the events retention pruned meanwhile.
+fn publish_rate(config: &str, count: usize) -> (f64, u64) {
+    let n = Node::start(&format!("[store]\nsync = \"fsync\"\n{config}"));
+    let t0 = Instant::now();
+    for start in (0..count).step_by(1000) {
+        let evs: Vec<Value> = (start..(start + 1000).min(count))
+            .map(|i| json!({"topic": format!("sensors/{}", i % 50), "data": payload("p", i)}))
+            .collect();
+        let r = n.post("/v1/events/batch", &json!({ "events": evs }));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let rate = count as f64 / t0.elapsed().as_secs_f64();
+    let pruned = n
+        .req("GET", "/metrics", None)
+        .body
+        .lines()
+        .filter(|l| l.starts_with("murmur_pruned_events_total"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum::<f64>() as u64;
+    (rate, pruned)
+}
+
+/// Retention's cost, in one run: publishing with a rule pruning every second and with
+/// a disk budget, against publishing with neither; and a catch-up into a node with a
+/// disk budget against one without.
+fn retention_rows(quick: bool) {
+    let count = if quick { 200_000 } else { 500_000 };
+    let rule = "prune_interval = \"1s\"\n\n[[retention]]\npattern = \"sensors/#\"\nmax_events_per_log = 1000\n";
+    let budget = "max_disk_mb = 32\n";
+    let (plain, _) = publish_rate("", count);
+    let (ruled, by_rule) = publish_rate(rule, count);
+    let (budgeted, by_budget) = publish_rate(budget, count);
+    println!(
+        "| publish, {count} events on 50 topics, 1 node, batches of 1,000 (events/s): no retention | {plain:.0} |"
+    );
+    println!(
+        "| the same, a rule keeping 1,000 per log pruning every 1 s ({by_rule} pruned) | {ruled:.0} ({:.0}%) |",
+        ruled / plain * 100.0
+    );
+    println!(
+        "| the same, a 32 MiB disk budget ({by_budget} pruned) | {budgeted:.0} ({:.0}%) |",
+        budgeted / plain * 100.0
+    );
+    let n = if quick { 200_000 } else { 1_000_000 };
+    let (free, _, free_disk) = catch_up_with("", n);
+    let (tight, _, tight_disk) = catch_up_with(budget, n);
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    println!(
+        "| catch-up of {n} events (events/s; most disk): no retention | {free:.0}; {:.0} MiB |",
+        mib(free_disk)
+    );
+    println!(
+        "| the same into a 32 MiB disk budget | {tight:.0} ({:.0}%); {:.1} MiB |",
+        tight / free * 100.0,
+        mib(tight_disk)
+    );
 }
 
 /// The raw catch-up pipeline, in this process on one thread: decode + verify_range +
@@ -366,12 +454,21 @@ fn main() {
         return;
     }
     let quick = std::env::var_os("MURMUR_BENCH_QUICK").is_some();
-    let only_catch_up = std::env::var("MURMUR_BENCH_ONLY").is_ok_and(|v| v == "catch-up");
+    let only = std::env::var("MURMUR_BENCH_ONLY").unwrap_or_default();
+    let only_catch_up = only == "catch-up";
     let started = Instant::now();
     println!(
         "murmur replication benchmark: {PAYLOAD}-byte payloads, real daemons in network namespaces, fsync"
     );
     println!();
+    if only == "retention" {
+        println!("| measurement | value |");
+        println!("|---|---:|");
+        retention_rows(quick);
+        println!();
+        println!("finished in {:.0} s", started.elapsed().as_secs_f64());
+        return;
+    }
     if only_catch_up {
         catch_up_rows(quick);
         println!();
@@ -418,6 +515,7 @@ fn main() {
         "| one-by-one signature verification, same machine, 1 core (events/s) | {verify:.0} |"
     );
     catch_up_rows(quick);
+    retention_rows(quick);
     println!();
     println!("finished in {:.0} s", started.elapsed().as_secs_f64());
 }

@@ -977,6 +977,9 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         now: Instant,
         store: &S,
     ) -> Option<Output<P>> {
+        if !self.pulling {
+            return None;
+        }
         let window = self.config.window;
         // Past what the store already holds (gossip may have brought more meanwhile).
         let held = store

@@ -86,7 +86,18 @@ pub struct Config {
     /// The store writer's state: while the disk is full, the machine pulls nothing
     /// (`Replicator::set_store_full`) and goes on serving.
     pub failing: crate::ingest::WriteFailing,
+    /// The database's disk budget, bytes (0: none): past [`PULL_PAUSE_PCT`] of it,
+    /// pulls pause until pruning brings it under [`PULL_RESUME_PCT`].
+    pub max_disk: u64,
 }
+
+/// Pulls pause when the database passes this share of its disk budget (the budget's
+/// pruning starts at 50%): a catch-up writes faster than pruning and compaction free.
+const PULL_PAUSE_PCT: u64 = 60;
+/// And resume below this share.
+const PULL_RESUME_PCT: u64 = 45;
+/// How often the database's size is read while a budget is set (a directory listing).
+const DISK_CHECK_EVERY: Duration = Duration::from_millis(20);
 
 /// Most gossiped messages verified and stored together.
 const GOSSIP_BATCH: usize = 256;
@@ -115,6 +126,8 @@ struct Replicator {
     writer: crate::ingest::Handle,
     /// Writes handed to it, oldest first (it answers in order).
     writing: VecDeque<(Ticket, oneshot::Receiver<crate::ingest::Written>)>,
+    /// When the database's size was last read against the budget.
+    disk_checked: Option<Instant>,
 }
 
 /// What the thread waits for.
@@ -230,6 +243,7 @@ pub fn spawn(
         metrics,
         writer,
         writing: VecDeque::new(),
+        disk_checked: None,
     };
     let thread = std::thread::Builder::new()
         .name("murmur-replicator".into())
@@ -284,6 +298,7 @@ impl Replicator {
             };
             let now = Instant::now();
             self.follow_disk(now).await;
+            self.follow_budget(now).await;
             let input = match step {
                 Step::Written(ticket, written) => {
                     let outs = self.machine.persisted(ticket, written, now, &*self.store);
@@ -390,6 +405,43 @@ impl Replicator {
             );
         }
         let outs = self.machine.set_store_full(full, now, &*self.store);
+        self.outputs(outs).await;
+    }
+
+    /// Pauses pulls while the database is over [`PULL_PAUSE_PCT`] of its budget, and
+    /// resumes them below [`PULL_RESUME_PCT`] (read at most every
+    /// [`DISK_CHECK_EVERY`]). Live gossip goes on.
+    async fn follow_budget(&mut self, now: Instant) {
+        let max = self.config.max_disk;
+        if max == 0
+            || self
+                .disk_checked
+                .is_some_and(|t| now.duration_since(t) < DISK_CHECK_EVERY)
+        {
+            return;
+        }
+        self.disk_checked = Some(now);
+        let disk = self.store.disk_bytes();
+        let paused = self.machine.pulls_paused();
+        let over = if paused {
+            disk > max / 100 * PULL_RESUME_PCT
+        } else {
+            disk > max / 100 * PULL_PAUSE_PCT
+        };
+        if over == paused {
+            return;
+        }
+        tracing::debug!(
+            disk,
+            budget = max,
+            paused = over,
+            "pulls paused or resumed by the disk budget"
+        );
+        self.metrics.pulls_paused.set(i64::from(over));
+        if over {
+            self.metrics.pull_pauses.inc();
+        }
+        let outs = self.machine.set_pulls_paused(over, now, &*self.store);
         self.outputs(outs).await;
     }
 
