@@ -164,9 +164,10 @@ enum Command {
         snap: Snapshot,
         reply: oneshot::Sender<Result<(), String>>,
     },
-    /// Retention's prefix cuts, after what was queued before them.
+    /// Retention's prefix cuts (read and prepared beforehand), after what was queued
+    /// before them.
     Prune {
-        cuts: Vec<murmur_core::Cut>,
+        cuts: murmur_store::PreparedPrune,
         reply: oneshot::Sender<Result<murmur_core::Pruned, String>>,
     },
     /// Finish what is queued, refuse anything later, exit.
@@ -285,8 +286,11 @@ impl Handle {
             .map_err(|_| IngestError::ShuttingDown.to_string())?
     }
 
-    /// Carries out retention's cuts (see `murmur_core::Store::prune`), in queue order.
-    pub async fn prune(&self, cuts: Vec<murmur_core::Cut>) -> Result<murmur_core::Pruned, String> {
+    /// Writes retention's prepared cuts (`RocksStore::prepare_prune`), in queue order.
+    pub async fn prune(
+        &self,
+        cuts: murmur_store::PreparedPrune,
+    ) -> Result<murmur_core::Pruned, String> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Prune { cuts, reply })
@@ -498,7 +502,7 @@ impl Writer {
                     Command::Prune { cuts, reply } => {
                         self.commit(std::mem::take(&mut batch));
                         n = 0;
-                        let done = self.store.prune(&cuts);
+                        let done = self.store.commit_prune(cuts);
                         let _ = reply.send(done.map_err(|e| e.to_string()));
                     }
                     Command::Stop => {

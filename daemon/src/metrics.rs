@@ -282,7 +282,7 @@ impl Metrics {
         );
         r.register(
             "pulls_paused",
-            "1 while sync pulls are paused because the database is over 60% of store.max_disk_mb (until pruning brings it under 45%); live gossip goes on",
+            "1 while sync pulls are paused because the database is over 60% of store.max_disk_mb (until pruning brings it to 50%); live gossip goes on",
             m.pulls_paused.clone(),
         );
         r.register(

@@ -107,7 +107,7 @@ const BUDGET_EVERY: Duration = Duration::from_millis(250);
 /// arrivals every 250 ms.
 const BUDGET_QUIET: Duration = Duration::from_secs(30);
 /// Pruning for the budget starts when the database passes this share of it (%)…
-const BUDGET_HIGH_PCT: u64 = 50;
+pub(crate) const BUDGET_HIGH_PCT: u64 = 50;
 /// …and brings it down to this share. The rest is RocksDB's working room: a memtable
 /// flush adds a file at once, and the compaction after pruning rewrites what remains
 /// before it deletes the old files, so for a moment the store holds both (measured:
@@ -163,9 +163,8 @@ async fn budget_pass(
         );
         return Ok(murmur_core::Pruned::default());
     }
-    let done = writer
-        .prune(plan.into_iter().map(|p| p.cut).collect())
-        .await?;
+    let cuts = plan.into_iter().map(|p| p.cut).collect();
+    let done = prune(store, writer, cuts).await?;
     metrics.pruned(BUDGET_LABEL, done);
     metrics.prune_passes.inc();
     tracing::info!(
@@ -175,6 +174,21 @@ async fn budget_pass(
         "over the disk budget: pruned the oldest events"
     );
     Ok(done)
+}
+
+/// Carries out `cuts`: what they delete is read on the blocking pool, and the store's
+/// writer, in queue order with everything else it writes, only writes it.
+async fn prune(
+    store: &Arc<RocksStore>,
+    writer: &ingest::Handle,
+    cuts: Vec<murmur_core::Cut>,
+) -> Result<murmur_core::Pruned, String> {
+    let s = store.clone();
+    let prepared = tokio::task::spawn_blocking(move || s.prepare_prune(&cuts))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    writer.prune(prepared).await
 }
 
 /// One pass: plan, prune, count.
@@ -210,7 +224,7 @@ pub async fn pass(
         if cuts.is_empty() {
             continue;
         }
-        let done = writer.prune(cuts).await?;
+        let done = prune(store, writer, cuts).await?;
         metrics.pruned(rule.pattern.as_str(), done);
         total.events += done.events;
         total.bytes += done.bytes;

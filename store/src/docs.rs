@@ -80,11 +80,10 @@ pub(crate) fn index(
 }
 
 /// Removes a pruned document change from the indexes (the other half of [`index`]).
-pub(crate) fn unindex(batch: &mut WriteBatch, store: &RocksStore, ev: &Event, offset: u64) {
+pub(crate) fn unindex(deletes: &mut crate::rocks::Deletes, ev: &Event, offset: u64) {
     if let murmur_core::Body::Doc { doc, .. } = ev.body() {
-        let cf = store.cf(CF_DOCS);
-        batch.delete_cf(cf, change_key(ev.topic().as_str(), doc, offset));
-        batch.delete_cf(cf, arrival_key(offset));
+        deletes.key(CF_DOCS, change_key(ev.topic().as_str(), doc, offset));
+        deletes.key(CF_DOCS, arrival_key(offset).to_vec());
     }
 }
 

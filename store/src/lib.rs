@@ -39,4 +39,4 @@ mod damage_tests;
 
 pub use memory::MemoryStore;
 pub use murmur_core::storage::Snapshot;
-pub use rocks::{MARK_FILE, RocksConfig, RocksStore, SCHEMA_VERSION, StoreError};
+pub use rocks::{MARK_FILE, PreparedPrune, RocksConfig, RocksStore, SCHEMA_VERSION, StoreError};

@@ -240,6 +240,57 @@ pub(crate) fn db_options(
     (opts, families)
 }
 
+/// Deletes gathered for one write: keys and key ranges, by column family.
+#[derive(Debug, Default)]
+pub(crate) struct Deletes {
+    keys: Vec<(&'static str, Vec<u8>)>,
+    ranges: Vec<(&'static str, Vec<u8>, Vec<u8>)>,
+}
+
+impl Deletes {
+    pub(crate) fn key(&mut self, cf: &'static str, key: Vec<u8>) {
+        self.keys.push((cf, key));
+    }
+
+    fn range(&mut self, cf: &'static str, from: Vec<u8>, to: Vec<u8>) {
+        self.ranges.push((cf, from, to));
+    }
+
+    fn apply(&self, store: &RocksStore, batch: &mut WriteBatch) {
+        for (cf, k) in &self.keys {
+            batch.delete_cf(store.cf(cf), k);
+        }
+        for (cf, from, to) in &self.ranges {
+            batch.delete_range_cf(store.cf(cf), from, to);
+        }
+    }
+}
+
+/// Retention's cuts read and turned into deletes (see [`RocksStore::prepare_prune`]),
+/// waiting for [`RocksStore::commit_prune`].
+#[derive(Debug, Default)]
+pub struct PreparedPrune {
+    logs: Vec<PreparedLog>,
+}
+
+impl PreparedPrune {
+    /// Events it deletes.
+    pub fn events(&self) -> u64 {
+        self.logs.iter().map(|l| l.done.events).sum()
+    }
+}
+
+#[derive(Debug)]
+struct PreparedLog {
+    lk: Vec<u8>,
+    /// The log's base the deletes start from: the commit checks it has not moved.
+    base: Seq,
+    below: Seq,
+    top: Offset,
+    done: Pruned,
+    deletes: Deletes,
+}
+
 struct Writer {
     states: HashMap<Vec<u8>, LogState>,
     /// The offset in the durability mark file.
@@ -757,19 +808,19 @@ impl RocksStore {
         Ok(outcomes)
     }
 
-    /// Deletes a log's events with seq in `from..to`, with their id, arrival and
-    /// document entries, into `batch`; with one past the highest offset deleted.
+    /// The deletes of a log's events with seq in `from..to`, with their id, arrival and
+    /// document entries; with one past the highest offset deleted. Reads only events
+    /// below the log's head, which no write changes while its base stays.
     fn delete_events(
         &self,
-        batch: &mut WriteBatch,
+        deletes: &mut Deletes,
         topic: &Topic,
         lk: &[u8],
         from: Seq,
         to: Seq,
     ) -> Result<(Pruned, Offset)> {
         let mut top = Offset(0);
-        let (cf_events, cf_by_id, cf_arrivals) =
-            (self.cf(CF_EVENTS), self.cf(CF_BY_ID), self.cf(CF_ARRIVALS));
+        let (cf_events, cf_by_id) = (self.cf(CF_EVENTS), self.cf(CF_BY_ID));
         let mut done = Pruned::default();
         // Document indexes to remove only in a topic that has documents (decoding
         // every pruned event to look cost as much as the rest of the pass).
@@ -785,20 +836,115 @@ impl RocksStore {
             if let Some(idv) = self.db.get_pinned_cf(cf_by_id, id.0)? {
                 let (_, off) = split_by_id(&idv)?;
                 top = top.max(Offset(off + 1));
-                batch.delete_cf(cf_arrivals, off.to_be_bytes());
+                deletes.key(CF_ARRIVALS, off.to_be_bytes().to_vec());
                 if has_docs {
                     let ev = decode_event(v.to_vec())?;
-                    crate::docs::unindex(batch, self, &ev, off);
+                    crate::docs::unindex(deletes, &ev, off);
                 }
             }
-            batch.delete_cf(cf_by_id, id.0);
+            deletes.key(CF_BY_ID, id.0.to_vec());
             done.events += 1;
             done.bytes += v.len() as u64;
             it.next();
         }
         it.status()?;
-        batch.delete_range_cf(cf_events, &from, &to);
+        deletes.range(CF_EVENTS, from, to);
         Ok((done, top))
+    }
+
+    /// Retention's first half (see [`RocksStore::commit_prune`]): reads what `cuts`
+    /// delete and prepares the deletes, without holding the writer, so that the store's
+    /// one writer (signing and committing publishes) spends only the write on it. The
+    /// events read lie below their logs' heads: nothing changes them until a log's base
+    /// moves, which the commit checks. Cuts of one log in one call apply in order.
+    pub fn prepare_prune(&self, cuts: &[Cut]) -> Result<PreparedPrune> {
+        let mut logs = Vec::new();
+        let mut bases: HashMap<Vec<u8>, Seq> = HashMap::new();
+        for cut in cuts {
+            let lk = log_key(&cut.topic, &cut.author);
+            let state = self.current_state(&lk)?;
+            // The head event stays: offsets are never reused (the newest arrival is
+            // always some log's head), and the chain continues from it.
+            let Some(head) = state.head else { continue };
+            let base = bases.get(&lk).copied().unwrap_or(state.base);
+            let below = cut.below.min(head.seq);
+            if below <= base {
+                continue;
+            }
+            let mut deletes = Deletes::default();
+            let (done, top) = self.delete_events(&mut deletes, &cut.topic, &lk, base, below)?;
+            bases.insert(lk.clone(), below);
+            logs.push(PreparedLog {
+                lk,
+                base,
+                below,
+                top,
+                done,
+                deletes,
+            });
+        }
+        Ok(PreparedPrune { logs })
+    }
+
+    /// Retention's second half: writes what [`RocksStore::prepare_prune`] prepared, in
+    /// one batch under the writer. A log whose base moved meanwhile (it started over
+    /// at a peer's base) is left for the next pass.
+    pub fn commit_prune(&self, prepared: PreparedPrune) -> Result<Pruned> {
+        let mut writer = self
+            .writer
+            .lock()
+            .map_err(|_| corrupt("writer lock poisoned"))?;
+        let cf_heads = self.cf(CF_HEADS);
+        let mut batch = WriteBatch::default();
+        let mut done = Pruned::default();
+        let mut changed: HashMap<Vec<u8>, LogState> = HashMap::new();
+        let mut most = Offset(0);
+        for log in prepared.logs {
+            let state = match changed.get(&log.lk).or_else(|| writer.states.get(&log.lk)) {
+                Some(s) => *s,
+                None => self.load_state(&log.lk)?,
+            };
+            let Some(head) = state.head else { continue };
+            if state.base != log.base || head.seq < log.below {
+                continue;
+            }
+            log.deletes.apply(self, &mut batch);
+            done.events += log.done.events;
+            done.bytes += log.done.bytes;
+            let pruned_to = state.pruned_to.max(log.top);
+            most = most.max(pruned_to);
+            batch.put_cf(cf_heads, &log.lk, encode_head(&head, log.below, pruned_to));
+            changed.insert(
+                log.lk,
+                LogState {
+                    base: log.below,
+                    pruned_to,
+                    ..state
+                },
+            );
+        }
+        if !batch.is_empty() {
+            // Buffered: a pruning lost to a power cut is redone by the next pass.
+            self.db.write(batch)?;
+        }
+        self.pruned_to.fetch_max(most.0, Ordering::AcqRel);
+        writer.states.extend(changed);
+        Ok(done)
+    }
+
+    /// A log's state as the writer knows it (its cache, else the database).
+    fn current_state(&self, lk: &[u8]) -> Result<LogState> {
+        let cached = self
+            .writer
+            .lock()
+            .map_err(|_| corrupt("writer lock poisoned"))?
+            .states
+            .get(lk)
+            .copied();
+        match cached {
+            Some(s) => Ok(s),
+            None => self.load_state(lk),
+        }
     }
 
     /// Compacts the families pruning deletes from (events, id index, arrivals), so the
@@ -1168,13 +1314,15 @@ impl Store for RocksStore {
         if accept::restarts(&state, events) {
             let mut pruned_to = state.pruned_to;
             if let Some(head) = state.head {
+                let mut deletes = Deletes::default();
                 let (_, top) = self.delete_events(
-                    &mut batch,
+                    &mut deletes,
                     first.topic(),
                     &lk,
                     state.base,
                     Seq(head.seq.0 + 1),
                 )?;
+                deletes.apply(self, &mut batch);
                 pruned_to = pruned_to.max(top);
             }
             self.pruned_to.fetch_max(pruned_to.0, Ordering::AcqRel);
@@ -1195,51 +1343,8 @@ impl Store for RocksStore {
     }
 
     fn prune(&self, cuts: &[Cut]) -> Result<Pruned> {
-        let mut writer = self
-            .writer
-            .lock()
-            .map_err(|_| corrupt("writer lock poisoned"))?;
-        let cf_heads = self.cf(CF_HEADS);
-        let mut batch = WriteBatch::default();
-        let mut done = Pruned::default();
-        let mut changed: HashMap<Vec<u8>, LogState> = HashMap::new();
-        let mut most = Offset(0);
-        for cut in cuts {
-            let lk = log_key(&cut.topic, &cut.author);
-            // A second cut of the same log in this call sees the first one.
-            let state = match changed.get(&lk).or_else(|| writer.states.get(&lk)) {
-                Some(s) => *s,
-                None => self.load_state(&lk)?,
-            };
-            // The head event stays: offsets are never reused (the newest arrival is
-            // always some log's head), and the chain continues from it.
-            let Some(head) = state.head else { continue };
-            let below = cut.below.min(head.seq);
-            if below <= state.base {
-                continue;
-            }
-            let (d, top) = self.delete_events(&mut batch, &cut.topic, &lk, state.base, below)?;
-            done.events += d.events;
-            done.bytes += d.bytes;
-            let pruned_to = state.pruned_to.max(top);
-            most = most.max(pruned_to);
-            batch.put_cf(cf_heads, &lk, encode_head(&head, below, pruned_to));
-            changed.insert(
-                lk,
-                LogState {
-                    base: below,
-                    pruned_to,
-                    ..state
-                },
-            );
-        }
-        if !batch.is_empty() {
-            // Buffered: a pruning lost to a power cut is redone by the next pass.
-            self.db.write(batch)?;
-        }
-        self.pruned_to.fetch_max(most.0, Ordering::AcqRel);
-        writer.states.extend(changed);
-        Ok(done)
+        let prepared = self.prepare_prune(cuts)?;
+        self.commit_prune(prepared)
     }
 
     fn flush(&self) -> Result<()> {

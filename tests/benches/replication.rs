@@ -295,10 +295,29 @@ fn catch_up_with(extra: &str, count: usize) -> (f64, f64, u64) {
     let t0 = Instant::now();
     lab.node_mut(1).spawn();
     let mut most = 0u64;
-    wait_for("catch-up", 600, || {
+    let deadline = t0 + Duration::from_secs(300);
+    while lab.node(1).events() != count as u64 {
         most = most.max(dir_bytes(&db));
-        lab.node(1).events() == count as u64
-    });
+        if Instant::now() > deadline {
+            let n = lab.node(1);
+            let metrics = n.req("GET", "/metrics", None).body;
+            let log = n.log();
+            panic!(
+                "catch-up timed out: {}\n{}\n{}",
+                n.get("/v1/status"),
+                metrics
+                    .lines()
+                    .filter(|l| l.starts_with("murmur_pull")
+                        || l.starts_with("murmur_pruned")
+                        || l.starts_with("murmur_store_disk")
+                        || l.starts_with("murmur_sync"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                log.lines().rev().take(40).collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let secs = t0.elapsed().as_secs_f64();
     // Encoded size of one event of this benchmark (signed encoding on the wire).
     let one = murmur_core::testing::chain_with(&murmur_core::testing::key(1), "catch/up", 1, |_| {

@@ -385,3 +385,46 @@ fn a_follower_that_falls_behind_past_pruning_is_stopped_and_told() {
     assert_eq!(r.status, 410, "{}", r.body);
     assert_eq!(r.json()["code"], "pruned");
 }
+
+/// A node catching up into a disk budget stays within it: 200,000 events (about
+/// 110 MB stored whole) pulled by a node with `store.max_disk_mb = 16`. Its pulls pause
+/// past 60% of the budget while pruning makes room, and resume; the database, sampled
+/// every 20 ms, never passes the budget, and the node ends holding the log's head.
+#[test]
+fn a_node_catching_up_into_a_disk_budget_stays_within_it() {
+    let a = Node::start("");
+    let payload = "x".repeat(256);
+    for b in 0..200 {
+        let evs: Vec<Value> = (0..1000)
+            .map(|i| json!({"topic": "backlog/t", "data": format!("{b}-{i}-{payload}")}))
+            .collect();
+        let r = a.post("/v1/events/batch", &json!({ "events": evs }));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let b = Node::start("[store]\nmax_disk_mb = 16\n");
+    let db = b.dir.join("db");
+    let dial = b.cli(&["dial", &a.tcp_addr()]);
+    assert!(dial.status.success(), "{}", common::stderr(&dial));
+    let head = |n: &Node| n.get("/v1/topics")["topics"][0]["logs"][0]["head_seq"].as_u64();
+    let t0 = std::time::Instant::now();
+    let mut most = 0u64;
+    while head(&b) != Some(199_999) {
+        most = most.max(dir_bytes(&db));
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "catch-up stalled: {}\n{}",
+            b.get("/v1/status"),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pauses = b.metric("murmur_pull_pauses_total");
+    eprintln!(
+        "caught up 200,000 events into a 16 MiB budget in {:?}: at most {:.1} MiB sampled, pulls paused {pauses} times",
+        t0.elapsed(),
+        most as f64 / (1 << 20) as f64
+    );
+    assert!(most <= 16 << 20, "{most} bytes on disk");
+    assert!(pauses > 0, "the budget never paused the pulls");
+    assert_eq!(b.metric("murmur_pulls_paused"), 0);
+}

@@ -94,8 +94,10 @@ pub struct Config {
 /// Pulls pause when the database passes this share of its disk budget (the budget's
 /// pruning starts at 50%): a catch-up writes faster than pruning and compaction free.
 const PULL_PAUSE_PCT: u64 = 60;
-/// And resume below this share.
-const PULL_RESUME_PCT: u64 = 45;
+/// And resume at or below this share: where the budget's pruning starts, so that a
+/// database between the two is always either pruning or pulling (resuming lower once
+/// left pulls paused above a database too small to prune).
+const PULL_RESUME_PCT: u64 = crate::retention::BUDGET_HIGH_PCT;
 /// How often the database's size is read while a budget is set (a directory listing).
 const DISK_CHECK_EVERY: Duration = Duration::from_millis(20);
 
