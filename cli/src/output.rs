@@ -254,7 +254,7 @@ pub fn topics(t: &TopicsResponse, json: bool) -> anyhow::Result<()> {
             .map(|l| l.head_time)
             .max_by_key(|t| (t.ms, t.logical));
         let forks = topic.logs.iter().filter(|l| l.frozen_at.is_some()).count();
-        let pruned: u64 = topic.logs.iter().map(|l| l.base).sum();
+        let pruned = topic.pruned;
         println!(
             "{:width$}  {:>5}  {:>9}  {}{}{}",
             topic.topic,
@@ -266,10 +266,10 @@ pub fn topics(t: &TopicsResponse, json: bool) -> anyhow::Result<()> {
             } else {
                 String::new()
             },
-            if pruned > 0 {
-                format!("  ({pruned} pruned)")
-            } else {
-                String::new()
+            match (pruned, topic.oldest_time) {
+                (0, _) => String::new(),
+                (_, Some(o)) => format!("  ({pruned} pruned; oldest held {})", time(o)),
+                (_, None) => format!("  ({pruned} pruned)"),
             }
         );
     }

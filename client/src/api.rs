@@ -140,6 +140,9 @@ pub struct LogJson {
     /// Fork position if the log is frozen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frozen_at: Option<u64>,
+    /// Time of the oldest event the log holds (at its base).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_time: Option<TimeJson>,
 }
 
 /// One topic with its logs.
@@ -149,6 +152,12 @@ pub struct TopicJson {
     pub topic: String,
     /// Events held (sum over logs).
     pub events: u64,
+    /// Events pruned by retention (sum of the logs' bases).
+    #[serde(default)]
+    pub pruned: u64,
+    /// Time of the oldest event held in the topic (over its logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_time: Option<TimeJson>,
     /// Its logs.
     pub logs: Vec<LogJson>,
 }

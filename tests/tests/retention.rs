@@ -80,7 +80,7 @@ fn retention_prunes_by_rule_and_nothing_pruned_comes_back_from_a_peer() {
         .find(|l| l.starts_with("sensors/d1/t"))
         .unwrap_or_default();
     assert!(
-        line.contains(" 50 ") && line.contains("(150 pruned)"),
+        line.contains(" 50 ") && line.contains("(150 pruned; oldest held "),
         "{listing}"
     );
     assert!(a.metric("murmur_pruned_bytes_total{rule=\"sensors/#\"}") > 150 * 100);
@@ -95,6 +95,19 @@ fn retention_prunes_by_rule_and_nothing_pruned_comes_back_from_a_peer() {
         (log["base"].as_u64(), log["head_seq"].as_u64()),
         (Some(150), Some(199))
     );
+    // The oldest event held is the one at the base: its time is the topic's oldest.
+    let page = a.get("/v1/events?pattern=sensors/d1/t&from=0&limit=1");
+    let first = &page["events"][0];
+    assert_eq!(first["seq"], 150, "{page}");
+    assert_eq!(log["oldest_time"], first["time"], "{topics}");
+    let topic = topics["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == "sensors/d1/t")
+        .unwrap();
+    assert_eq!(topic["oldest_time"], first["time"]);
+    assert_eq!(topic["pruned"], 150);
 
     // A follower resuming from an offset retention pruned past is told, not moved on:
     // 410 `pruned` naming where to resume; skipping is its choice.

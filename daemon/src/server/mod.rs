@@ -455,18 +455,41 @@ async fn event_by_id(
 
 async fn topics(State(st): State<Shared>) -> ApiResult<Json<TopicsResponse>> {
     let store = st.store.clone();
-    let logs = blocking(move || store.logs()).await?;
+    // With each log, the time of its oldest event held (one read at its base).
+    let logs = blocking(move || {
+        let logs = store.logs()?;
+        let mut out = Vec::with_capacity(logs.len());
+        for l in logs {
+            let oldest = store
+                .log_range(&l.author, &l.topic, l.base, 1)?
+                .first()
+                .map(|e| e.time());
+            out.push((l, oldest));
+        }
+        Ok(out)
+    })
+    .await?;
     let mut topics: Vec<TopicJson> = Vec::new();
-    for l in logs {
+    for (l, oldest) in logs {
         if topics.last().is_none_or(|t| t.topic != l.topic.as_str()) {
             topics.push(TopicJson {
                 topic: l.topic.to_string(),
                 events: 0,
+                pruned: 0,
+                oldest_time: None,
                 logs: Vec::new(),
             });
         }
         if let Some(t) = topics.last_mut() {
             t.events += l.held();
+            t.pruned += l.base.0;
+            let oldest = oldest.map(crate::api::time_json);
+            if let Some(o) = oldest
+                && t.oldest_time
+                    .is_none_or(|t| (o.ms, o.logical) < (t.ms, t.logical))
+            {
+                t.oldest_time = Some(o);
+            }
             t.logs.push(LogJson {
                 author: l.author.to_string(),
                 base: l.base.0,
@@ -474,6 +497,7 @@ async fn topics(State(st): State<Shared>) -> ApiResult<Json<TopicsResponse>> {
                 head_id: l.head.id.to_string(),
                 head_time: crate::api::time_json(l.head.time),
                 frozen_at: l.frozen_at.map(|s| s.0),
+                oldest_time: oldest,
             });
         }
     }
