@@ -77,6 +77,11 @@ enum Command {
         #[command(subcommand)]
         action: Option<TopicsAction>,
     },
+    /// Show or change retention rules at runtime (kept across restarts; first match wins)
+    Retention {
+        #[command(subcommand)]
+        action: Option<RetentionAction>,
+    },
     /// Shared documents (automerge): get, set, delete, counters, lists, text, history
     Doc {
         #[command(subcommand)]
@@ -125,6 +130,32 @@ enum TopicsAction {
         /// A pattern added before
         pattern: String,
     },
+}
+
+#[derive(Subcommand)]
+enum RetentionAction {
+    /// Add a rule for PATTERN, or replace the one it has (a new rule goes first: the
+    /// first rule that matches a topic decides)
+    Set {
+        /// MQTT-style pattern, e.g. sensors/#
+        pattern: String,
+        /// Keep events younger than this (event time), e.g. 7days, 12h
+        #[arg(long, value_name = "AGE")]
+        max_age: Option<String>,
+        /// Keep this many newest events per log (author and topic); 1 = latest only
+        #[arg(long, value_name = "N")]
+        max_events: Option<u64>,
+        /// Never prune these topics
+        #[arg(long, conflicts_with_all = ["max_age", "max_events"])]
+        keep: bool,
+    },
+    /// Remove the rule for PATTERN
+    Rm {
+        /// A pattern of a rule in force
+        pattern: String,
+    },
+    /// Drop the rules set at runtime: the config file's [[retention]] apply again
+    Reset,
 }
 
 #[derive(Args)]
@@ -320,6 +351,59 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let (Some(i), false) = (interest, g.json) {
                 println!("\nreplicating: {}", i.patterns.join(", "));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retention { action } => {
+            use murmur_client::api::{RetentionJson, RetentionRequest, RetentionRuleJson};
+            let mut c = Client::new(&socket(g)?);
+            let now: RetentionJson = c.get("/v1/retention").await?;
+            let req = match action {
+                None => None,
+                Some(RetentionAction::Reset) => Some(RetentionRequest {
+                    rules: None,
+                    reset: true,
+                }),
+                Some(RetentionAction::Set {
+                    pattern,
+                    max_age,
+                    max_events,
+                    keep,
+                }) => {
+                    let rule = RetentionRuleJson {
+                        pattern: pattern.clone(),
+                        max_age,
+                        max_events_per_log: max_events,
+                        keep,
+                    };
+                    let mut rules = now.rules.clone();
+                    match rules.iter_mut().find(|r| r.pattern == pattern) {
+                        Some(r) => *r = rule,
+                        None => rules.insert(0, rule),
+                    }
+                    Some(RetentionRequest {
+                        rules: Some(rules),
+                        reset: false,
+                    })
+                }
+                Some(RetentionAction::Rm { pattern }) => {
+                    let mut rules = now.rules.clone();
+                    let before = rules.len();
+                    rules.retain(|r| r.pattern != pattern);
+                    anyhow::ensure!(
+                        rules.len() < before,
+                        "no retention rule for {pattern:?} (murmur retention lists them)"
+                    );
+                    Some(RetentionRequest {
+                        rules: Some(rules),
+                        reset: false,
+                    })
+                }
+            };
+            let shown = match req {
+                Some(req) => c.post("/v1/retention", &req).await?,
+                None => now,
+            };
+            output::retention(&shown, g.json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Peers => {

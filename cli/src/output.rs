@@ -231,6 +231,43 @@ pub fn log(page: &EventsPage, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn retention(r: &murmur_client::api::RetentionJson, json: bool) -> anyhow::Result<()> {
+    if json {
+        return json_line(r);
+    }
+    let from = if r.source == "runtime" {
+        "set at runtime (murmur retention reset goes back to the config's)"
+    } else {
+        "from the config file"
+    };
+    if r.rules.is_empty() {
+        println!("no retention rules ({from}): every topic is kept whole");
+    } else {
+        println!("retention rules, {from}; the first that matches a topic decides:");
+        for rule in &r.rules {
+            let mut what = Vec::new();
+            if let Some(a) = &rule.max_age {
+                what.push(format!("events younger than {a}"));
+            }
+            if let Some(n) = rule.max_events_per_log {
+                what.push(format!("the newest {n} per log"));
+            }
+            if rule.keep {
+                what.push("everything, never pruned".into());
+            }
+            println!("  {:24} keep {}", rule.pattern, what.join(" and "));
+        }
+        println!("  (topics no rule matches are kept whole)");
+    }
+    if r.max_disk_mb > 0 {
+        println!(
+            "disk budget {} MiB (store.max_disk_mb): past half of it the oldest events of topics not kept go",
+            r.max_disk_mb
+        );
+    }
+    Ok(())
+}
+
 pub fn topics(t: &TopicsResponse, json: bool) -> anyhow::Result<()> {
     if json {
         return json_line(t);

@@ -367,6 +367,49 @@ pub struct InterestResponse {
     pub patterns: Vec<String>,
 }
 
+/// One retention rule as the API shows and takes it (see `[[retention]]` in the
+/// config): at least one of `max_age`, `max_events_per_log`, or `keep`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRuleJson {
+    /// The topics it covers (`sensors/#`).
+    pub pattern: String,
+    /// Keep events younger than this (event time), e.g. `7days`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    /// Keep this many newest events per log; 1 = latest only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_events_per_log: Option<u64>,
+    /// Never prune these topics.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep: bool,
+}
+
+/// `GET`/`POST /v1/retention`: the rules in force, first match wins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetentionJson {
+    /// The rules, in order.
+    pub rules: Vec<RetentionRuleJson>,
+    /// `config` (the `[[retention]]` rules of the config file) or `runtime` (set
+    /// through the API, kept in the data dir across restarts).
+    pub source: String,
+    /// The disk budget, MiB (0: none; set in the config only).
+    pub max_disk_mb: u64,
+}
+
+/// `POST /v1/retention`: replace the rules (kept across restarts), or go back to the
+/// config's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRequest {
+    /// The new rules, in order (an empty list keeps everything).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<RetentionRuleJson>>,
+    /// Drop the rules set at runtime: the config's apply again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
+}
+
 /// Counters of the document manager (in [`Status`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DocsStats {

@@ -94,8 +94,14 @@ pub struct RetentionRule {
 impl Config {
     /// The retention policy of the `[[retention]]` rules.
     pub fn retention_policy(&self) -> Result<murmur_core::retention::Policy, String> {
-        let rules = self
-            .retention
+        policy_of(&self.retention)
+    }
+}
+
+/// The retention policy of `rules`, each checked.
+pub fn policy_of(rules: &[RetentionRule]) -> Result<murmur_core::retention::Policy, String> {
+    {
+        let rules = rules
             .iter()
             .map(|r| {
                 Ok(murmur_core::retention::Rule {

@@ -139,37 +139,30 @@ fn parse_addrs(list: &[String]) -> anyhow::Result<Vec<murmur_p2p::Multiaddr>> {
 /// node's own logs always (the peer holds what this node signed; going on from a stale
 /// head would fork its own log), others as `retention::Policy::may_restart` says.
 fn restart_check(
-    config: &Config,
+    rules: crate::retention::Rules,
     own: murmur_core::AuthorId,
     clock: Arc<NodeClock>,
-) -> anyhow::Result<murmur_core::sync::RestartCheck> {
-    let policy = config
-        .retention_policy()
-        .map_err(|e| anyhow::anyhow!("retention: {e}"))?;
-    Ok(murmur_core::sync::RestartCheck(Arc::new(
-        move |first, peer_head| {
-            first.author() == own || policy.may_restart(first, peer_head, clock.wall_ms())
-        },
-    )))
+) -> murmur_core::sync::RestartCheck {
+    murmur_core::sync::RestartCheck(Arc::new(move |first, peer_head| {
+        first.author() == own
+            || rules
+                .policy()
+                .may_restart(first, peer_head, clock.wall_ms())
+    }))
 }
 
 /// Where a far-behind log's pull starts: this node's retention window
 /// (`retention::Policy::keeps_from`), never for its own logs.
 fn keeps_from(
-    config: &Config,
+    rules: crate::retention::Rules,
     own: murmur_core::AuthorId,
-) -> anyhow::Result<murmur_core::sync::KeepsFrom> {
-    let policy = config
-        .retention_policy()
-        .map_err(|e| anyhow::anyhow!("retention: {e}"))?;
-    Ok(murmur_core::sync::KeepsFrom(Arc::new(
-        move |topic, author, peer_head| {
-            if *author == own {
-                return None;
-            }
-            policy.keeps_from(topic, peer_head)
-        },
-    )))
+) -> murmur_core::sync::KeepsFrom {
+    murmur_core::sync::KeepsFrom(Arc::new(move |topic, author, peer_head| {
+        if *author == own {
+            return None;
+        }
+        rules.policy().keeps_from(topic, peer_head)
+    }))
 }
 
 /// The check every event from a peer passes before it is stored (document changes
@@ -188,6 +181,8 @@ struct Shared {
     hold: ingest::Hold,
     /// The writer's state: while the disk is full the replicator pulls nothing.
     failing: ingest::WriteFailing,
+    /// The retention rules in force (the sync machine's restart and window hooks).
+    rules: crate::retention::Rules,
 }
 
 fn start_network(
@@ -204,6 +199,7 @@ fn start_network(
         clock,
         hold,
         failing,
+        rules,
     } = shared;
     let psk = match &config.p2p.psk_file {
         Some(path) => {
@@ -283,8 +279,8 @@ fn start_network(
             sync: murmur_core::sync::Config {
                 check: Some(body_check(config)),
                 request_timeout: config.p2p.sync_timeout,
-                may_restart: Some(restart_check(config, key.author(), clock.clone())?),
-                keeps_from: Some(keeps_from(config, key.author())?),
+                may_restart: Some(restart_check(rules.clone(), key.author(), clock.clone())),
+                keeps_from: Some(keeps_from(rules, key.author())),
                 ..murmur_core::sync::Config::default()
             },
             peers_file,
@@ -538,6 +534,8 @@ pub async fn run(
         SyncPolicy::Os => Durability::Buffered,
     };
     let failing = ingest::WriteFailing::default();
+    // The retention rules: the config's, or those set at runtime (kept in the data dir).
+    let rules = crate::retention::Rules::load(&data_dir, &config)?;
     tokio::spawn(store_watchdog(
         store.clone(),
         data_dir.clone(),
@@ -568,6 +566,7 @@ pub async fn run(
                 clock: clock.clone(),
                 hold: hold.clone(),
                 failing: failing.clone(),
+                rules: rules.clone(),
             },
             &mut registry,
         )?)
@@ -596,12 +595,9 @@ pub async fn run(
     )
     .context("cannot start the document thread")?;
 
-    // Retention (validated with the config): the writer carries out its cuts.
-    let policy = config
-        .retention_policy()
-        .map_err(|e| anyhow::anyhow!("retention: {e}"))?;
+    // Retention (its rules checked at load): the writer carries out its cuts.
     tokio::spawn(crate::retention::run(
-        policy,
+        rules.clone(),
         config.store.prune_interval,
         config.store.max_disk_mb.saturating_mul(1 << 20),
         store.clone(),
@@ -650,6 +646,7 @@ pub async fn run(
         store_problem: store_problem.clone(),
         failing: failing.clone(),
         disk_budget: config.store.max_disk_mb.saturating_mul(1 << 20),
+        rules: rules.clone(),
     });
     tracing::info!(
         author = %key.author(),

@@ -11,14 +11,122 @@ use murmur_store::RocksStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::NodeClock;
+use crate::config::{Config, RetentionRule};
 use crate::ingest;
 use crate::metrics::Metrics;
+
+/// File in the data dir that keeps the rules set at runtime (JSON), which replace the
+/// config's `[[retention]]` rules until reset.
+pub const RULES_FILE: &str = "retention.json";
+
+/// The retention rules in force, shared by the retention task, the sync machine's
+/// restart and window hooks, and the API, which may replace them at runtime. Each
+/// reader takes the current policy at each use.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    current: Arc<std::sync::RwLock<Current>>,
+    file: std::path::PathBuf,
+    config: Vec<RetentionRule>,
+}
+
+#[derive(Debug)]
+struct Current {
+    policy: Arc<Policy>,
+    rules: Vec<RetentionRule>,
+    runtime: bool,
+}
+
+impl Rules {
+    /// The rules of `data_dir`'s rules file if there is one (set at runtime), else the
+    /// config's. A rules file that does not parse or check stops the start, naming it.
+    pub fn load(data_dir: &std::path::Path, config: &Config) -> anyhow::Result<Rules> {
+        let file = data_dir.join(RULES_FILE);
+        let (rules, runtime) = match std::fs::read(&file) {
+            Ok(bytes) => {
+                let rules: Vec<RetentionRule> = serde_json::from_slice(&bytes).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: {e} (retention rules set at runtime; fix or delete the file to use the config's)",
+                        file.display()
+                    )
+                })?;
+                (rules, true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (config.retention.clone(), false),
+            Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", file.display())),
+        };
+        let policy = crate::config::policy_of(&rules).map_err(|e| {
+            anyhow::anyhow!(
+                "retention ({}): {e}",
+                if runtime {
+                    file.display().to_string()
+                } else {
+                    "config".into()
+                }
+            )
+        })?;
+        Ok(Rules {
+            current: Arc::new(std::sync::RwLock::new(Current {
+                policy: Arc::new(policy),
+                rules,
+                runtime,
+            })),
+            file,
+            config: config.retention.clone(),
+        })
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.read(|c| c.policy.clone())
+    }
+
+    /// The rules in force, and whether they were set at runtime.
+    pub fn rules(&self) -> (Vec<RetentionRule>, bool) {
+        self.read(|c| (c.rules.clone(), c.runtime))
+    }
+
+    /// Replaces the rules (checked first), keeping them in the rules file across
+    /// restarts; `None` goes back to the config's and deletes the file.
+    pub fn set(&self, rules: Option<Vec<RetentionRule>>) -> Result<(), String> {
+        let runtime = rules.is_some();
+        let rules = rules.unwrap_or_else(|| self.config.clone());
+        let policy = crate::config::policy_of(&rules)?;
+        if runtime {
+            let json = serde_json::to_vec_pretty(&rules).map_err(|e| e.to_string())?;
+            write_replacing(&self.file, &json)
+                .map_err(|e| format!("cannot write {}: {e}", self.file.display()))?;
+        } else {
+            match std::fs::remove_file(&self.file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("cannot remove {}: {e}", self.file.display())),
+            }
+        }
+        let mut c = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *c = Current {
+            policy: Arc::new(policy),
+            rules,
+            runtime,
+        };
+        Ok(())
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Current) -> T) -> T {
+        f(&self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
 
 /// Runs passes until `shutdown`: the rules' cuts, then, while the database is over
 /// `max_disk` bytes (0: no budget), the budget's.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
-    policy: Policy,
+    rules: Rules,
     every: Duration,
     max_disk: u64,
     store: Arc<RocksStore>,
@@ -28,10 +136,6 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     metrics.store_disk_budget_bytes.set(max_disk as i64);
-    if policy.keeps_everything() && max_disk == 0 {
-        return;
-    }
-    let policy = Arc::new(policy);
     // The first pass after one interval: not during the startup scan.
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -45,12 +149,14 @@ pub async fn run(
     // After a budget pass that found nothing to prune, the next waits this long.
     let mut budget_quiet_until: Option<tokio::time::Instant> = None;
     loop {
-        let rules = tokio::select! {
+        let rules_due = tokio::select! {
             _ = tick.tick() => true,
             _ = budget_tick.tick(), if max_disk > 0 => false,
             _ = shutdown.cancelled() => return,
         };
-        if rules && !policy.keeps_everything() {
+        // The rules in force now (they may change at runtime).
+        let policy = rules.policy();
+        if rules_due && !policy.keeps_everything() {
             match pass(&policy, &store, &writer, &clock, &metrics).await {
                 Ok(pruned) => uncompacted += pruned.bytes,
                 Err(e) => {
@@ -98,6 +204,16 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Writes `path` whole: a synced temporary file renamed over it.
+fn write_replacing(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// How often the disk budget is checked (a directory listing).

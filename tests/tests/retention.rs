@@ -441,3 +441,73 @@ fn a_node_catching_up_into_a_disk_budget_stays_within_it() {
     assert!(pauses > 0, "the budget never paused the pulls");
     assert_eq!(b.metric("murmur_pulls_paused"), 0);
 }
+
+/// Rules set at runtime (`murmur retention`): they apply at the next pass, survive a
+/// restart, refuse a bad rule with a clear message, and a reset goes back to the
+/// config's.
+#[test]
+fn retention_rules_set_at_runtime_apply_and_survive_a_restart() {
+    let mut n = Node::start("[store]\nprune_interval = \"1s\"\n");
+    publish_batch(&n, "sensors/a", 100);
+    publish_batch(&n, "logs/a", 100);
+    let shown = n.cli(&["retention"]);
+    assert!(
+        common::stdout(&shown).contains("no retention rules (from the config file)"),
+        "{}",
+        common::stdout(&shown)
+    );
+    let set = n.cli(&["retention", "set", "sensors/#", "--max-events", "10"]);
+    assert!(set.status.success(), "{}", common::stderr(&set));
+    assert!(
+        common::stdout(&set).contains("sensors/#") && common::stdout(&set).contains("newest 10"),
+        "{}",
+        common::stdout(&set)
+    );
+    let set = n.cli(&["retention", "set", "logs/#", "--max-age", "1h"]);
+    assert!(set.status.success(), "{}", common::stderr(&set));
+    wait_for("the runtime rule to prune", 20, || {
+        n.metric("murmur_pruned_events_total{rule=\"sensors/#\"}") == 90
+    });
+    assert_eq!(n.topic_events("logs/a"), 100, "events younger than 1h stay");
+    // A rule without a limit, a bad age: refused, saying why; nothing changes.
+    let bad = n.cli(&["retention", "set", "x/#"]);
+    assert!(!bad.status.success());
+    assert!(
+        common::stderr(&bad).contains("no limit"),
+        "{}",
+        common::stderr(&bad)
+    );
+    let r = n.post(
+        "/v1/retention",
+        &json!({"rules": [{"pattern": "x/#", "max_age": "soon"}]}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["code"], "bad_rule", "{}", r.body);
+    // Kept across a restart, in order (the newest rule first).
+    n.stop();
+    n.spawn();
+    let now = n.get("/v1/retention");
+    assert_eq!(now["source"], "runtime", "{now}");
+    let patterns: Vec<&str> = now["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["pattern"].as_str())
+        .collect();
+    assert_eq!(patterns, vec!["logs/#", "sensors/#"]);
+    let rm = n.cli(&["retention", "rm", "logs/#"]);
+    assert!(rm.status.success(), "{}", common::stderr(&rm));
+    assert_eq!(n.get("/v1/retention")["rules"].as_array().unwrap().len(), 1);
+    // Reset: the config's rules (none), and the file is gone.
+    let reset = n.cli(&["retention", "reset"]);
+    assert!(reset.status.success(), "{}", common::stderr(&reset));
+    let now = n.get("/v1/retention");
+    assert_eq!(
+        (
+            now["source"].as_str(),
+            now["rules"].as_array().map(Vec::len)
+        ),
+        (Some("config"), Some(0))
+    );
+    assert!(!n.dir.join("retention.json").exists());
+}

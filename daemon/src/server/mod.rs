@@ -88,6 +88,8 @@ pub struct AppState {
     pub failing: crate::ingest::WriteFailing,
     /// The database's disk budget, bytes (0: none).
     pub disk_budget: u64,
+    /// The retention rules in force (replaceable at runtime).
+    pub rules: crate::retention::Rules,
 }
 
 type Shared = Arc<AppState>;
@@ -118,6 +120,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/sync", post(sync_now))
         .route("/v1/replication", get(replication))
         .route("/v1/interest", get(interest_list).post(interest_change))
+        .route("/v1/retention", get(retention_list).post(retention_change))
         .route("/v1/docs", get(docs::list))
         .route("/v1/doc", get(docs::get_doc).post(docs::change))
         .route("/v1/doc/history", get(docs::history))
@@ -766,6 +769,72 @@ fn stopping() -> ApiError {
 async fn replication(State(st): State<Shared>) -> ApiResult<Json<crate::api::ReplicationJson>> {
     let (_, replicator) = network(&st)?;
     Ok(Json(replicator.status().await.map_err(|_| stopping())?))
+}
+
+fn retention_json(st: &AppState) -> crate::api::RetentionJson {
+    let (rules, runtime) = st.rules.rules();
+    crate::api::RetentionJson {
+        rules: rules
+            .into_iter()
+            .map(|r| crate::api::RetentionRuleJson {
+                pattern: r.pattern,
+                max_age: r.max_age.map(|d| humantime::format_duration(d).to_string()),
+                max_events_per_log: r.max_events_per_log,
+                keep: r.keep,
+            })
+            .collect(),
+        source: if runtime { "runtime" } else { "config" }.into(),
+        max_disk_mb: st.disk_budget >> 20,
+    }
+}
+
+async fn retention_list(State(st): State<Shared>) -> Json<crate::api::RetentionJson> {
+    Json(retention_json(&st))
+}
+
+async fn retention_change(
+    State(st): State<Shared>,
+    body: Result<JsonBody<crate::api::RetentionRequest>, ApiError>,
+) -> ApiResult<Json<crate::api::RetentionJson>> {
+    let JsonBody(req) = body?;
+    let rules = match (req.rules, req.reset) {
+        (Some(_), true) | (None, false) => {
+            return Err(ApiError::bad("bad_request", "give rules, or reset: true"));
+        }
+        (None, true) => None,
+        (Some(rules), false) => Some(
+            rules
+                .into_iter()
+                .map(|r| {
+                    let max_age = r
+                        .max_age
+                        .as_deref()
+                        .map(humantime::parse_duration)
+                        .transpose()
+                        .map_err(|e| {
+                            ApiError::bad(
+                                "bad_rule",
+                                format!("{}: max_age: {e} (e.g. 7days, 12h)", r.pattern),
+                            )
+                        })?;
+                    Ok(crate::config::RetentionRule {
+                        pattern: r.pattern,
+                        max_age,
+                        max_events_per_log: r.max_events_per_log,
+                        keep: r.keep,
+                    })
+                })
+                .collect::<Result<Vec<_>, ApiError>>()?,
+        ),
+    };
+    let rules_handle = st.rules.clone();
+    let outcome = tokio::task::spawn_blocking(move || rules_handle.set(rules))
+        .await
+        .map_err(|_| stopping())?;
+    outcome.map_err(|e| ApiError::bad("bad_rule", e))?;
+    let now = retention_json(&st);
+    tracing::info!(source = %now.source, rules = now.rules.len(), "retention rules changed");
+    Ok(Json(now))
 }
 
 async fn interest(
