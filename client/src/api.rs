@@ -152,7 +152,8 @@ pub struct TopicJson {
     pub topic: String,
     /// Events held (sum over logs).
     pub events: u64,
-    /// Events pruned by retention (sum of the logs' bases).
+    /// Events below the logs' bases: pruned here by retention, or never held (a log
+    /// that started at a peer's base, or pulled from this node's window).
     #[serde(default)]
     pub pruned: u64,
     /// Time of the oldest event held in the topic (over its logs).

@@ -280,7 +280,7 @@ fn start_network(
                 check: Some(body_check(config)),
                 request_timeout: config.p2p.sync_timeout,
                 may_restart: Some(restart_check(rules.clone(), key.author(), clock.clone())),
-                keeps_from: Some(keeps_from(rules, key.author())),
+                keeps_from: Some(keeps_from(rules.clone(), key.author())),
                 ..murmur_core::sync::Config::default()
             },
             peers_file,
@@ -289,6 +289,7 @@ fn start_network(
             own: (key.author(), hold),
             failing,
             max_disk: config.store.max_disk_mb.saturating_mul(1 << 20),
+            retention: rules.clone(),
         },
         metrics,
         inbox,

@@ -27,6 +27,20 @@ pub struct Rules {
     current: Arc<std::sync::RwLock<Current>>,
     file: std::path::PathBuf,
     config: Vec<RetentionRule>,
+    /// The last disk budget pass found nothing it may prune (topics kept, documents,
+    /// heads): pausing pulls would then wait for room that never comes.
+    exhausted: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Why rules could not be set.
+#[derive(Debug, thiserror::Error)]
+pub enum SetError {
+    /// A rule is wrong (no limit, a bad pattern…).
+    #[error("{0}")]
+    Invalid(String),
+    /// The rules file could not be written or removed.
+    #[error("{0}")]
+    Io(String),
 }
 
 #[derive(Debug)]
@@ -72,7 +86,18 @@ impl Rules {
             })),
             file,
             config: config.retention.clone(),
+            exhausted: Arc::default(),
         })
+    }
+
+    /// Whether the last disk budget pass found nothing it may prune.
+    pub fn budget_exhausted(&self) -> bool {
+        self.exhausted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_budget_exhausted(&self, on: bool) {
+        self.exhausted
+            .store(on, std::sync::atomic::Ordering::Release);
     }
 
     /// The policy in force.
@@ -86,26 +111,33 @@ impl Rules {
     }
 
     /// Replaces the rules (checked first), keeping them in the rules file across
-    /// restarts; `None` goes back to the config's and deletes the file.
-    pub fn set(&self, rules: Option<Vec<RetentionRule>>) -> Result<(), String> {
+    /// restarts; `None` goes back to the config's and deletes the file. One change at
+    /// a time: the file and the rules in force change under one lock.
+    pub fn set(&self, rules: Option<Vec<RetentionRule>>) -> Result<(), SetError> {
         let runtime = rules.is_some();
         let rules = rules.unwrap_or_else(|| self.config.clone());
-        let policy = crate::config::policy_of(&rules)?;
-        if runtime {
-            let json = serde_json::to_vec_pretty(&rules).map_err(|e| e.to_string())?;
-            write_replacing(&self.file, &json)
-                .map_err(|e| format!("cannot write {}: {e}", self.file.display()))?;
-        } else {
-            match std::fs::remove_file(&self.file) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("cannot remove {}: {e}", self.file.display())),
-            }
-        }
+        let policy = crate::config::policy_of(&rules).map_err(SetError::Invalid)?;
         let mut c = self
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if runtime {
+            let json =
+                serde_json::to_vec_pretty(&rules).map_err(|e| SetError::Io(e.to_string()))?;
+            write_replacing(&self.file, &json)
+                .map_err(|e| SetError::Io(format!("cannot write {}: {e}", self.file.display())))?;
+        } else {
+            match std::fs::remove_file(&self.file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(SetError::Io(format!(
+                        "cannot remove {}: {e}",
+                        self.file.display()
+                    )));
+                }
+            }
+        }
         *c = Current {
             policy: Arc::new(policy),
             rules,
@@ -166,11 +198,18 @@ pub async fn run(
         }
         let mut over_budget = false;
         let quiet = budget_quiet_until.is_some_and(|t| tokio::time::Instant::now() < t);
-        if max_disk > 0 && !quiet && store.disk_bytes() > max_disk / 100 * BUDGET_HIGH_PCT {
+        let high = max_disk > 0 && store.disk_bytes() > max_disk / 100 * BUDGET_HIGH_PCT;
+        if !high {
+            rules.set_budget_exhausted(false);
+        }
+        if high && !quiet {
             match budget_pass(&policy, max_disk, &store, &writer, &metrics).await {
                 Ok(pruned) => {
                     uncompacted += pruned.bytes;
                     over_budget = pruned.events > 0;
+                    // Nothing left to prune: pulls must not wait for room (see
+                    // `Rules::budget_exhausted`).
+                    rules.set_budget_exhausted(pruned.events == 0);
                     budget_quiet_until =
                         (pruned.events == 0).then(|| tokio::time::Instant::now() + BUDGET_QUIET);
                 }

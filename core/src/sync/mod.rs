@@ -813,7 +813,9 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                         restart = true;
                     }
                 }
-                Ok(h) if !probe => {
+                // (Not after a skip ahead: the range must first be allowed to start the
+                // log over; the next window is asked for once it is.)
+                Ok(h) if !probe && !skipped => {
                     let next = Seq(h.first.0.saturating_add(u64::from(h.count)));
                     prefetch = self.prefetch(&key, author, next, now, store);
                 }
@@ -998,6 +1000,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         self.next_req += 1;
         let req = self.next_req;
         p.inflight = Some((req, next, limit));
+        p.skipped = false;
         s.deadline = now + self.config.request_timeout;
         Some(Output::Send {
             to: key.0.clone(),

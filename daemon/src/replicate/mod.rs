@@ -89,6 +89,8 @@ pub struct Config {
     /// The database's disk budget, bytes (0: none): past [`PULL_PAUSE_PCT`] of it,
     /// pulls pause until pruning brings it under [`PULL_RESUME_PCT`].
     pub max_disk: u64,
+    /// Retention's state: when the budget finds nothing left to prune, pulls go on.
+    pub retention: crate::retention::Rules,
 }
 
 /// Pulls pause when the database passes this share of its disk budget (the budget's
@@ -425,11 +427,15 @@ impl Replicator {
         self.disk_checked = Some(now);
         let disk = self.store.disk_bytes();
         let paused = self.machine.pulls_paused();
-        let over = if paused {
-            disk > max / 100 * PULL_RESUME_PCT
-        } else {
-            disk > max / 100 * PULL_PAUSE_PCT
-        };
+        // With nothing left the budget may prune (kept topics, documents, heads), a
+        // pause would wait for room that never comes: the disk fills instead, and a
+        // full disk stops the pulls by itself.
+        let over = !self.config.retention.budget_exhausted()
+            && if paused {
+                disk > max / 100 * PULL_RESUME_PCT
+            } else {
+                disk > max / 100 * PULL_PAUSE_PCT
+            };
         if over == paused {
             return;
         }

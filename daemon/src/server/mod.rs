@@ -831,7 +831,14 @@ async fn retention_change(
     let outcome = tokio::task::spawn_blocking(move || rules_handle.set(rules))
         .await
         .map_err(|_| stopping())?;
-    outcome.map_err(|e| ApiError::bad("bad_rule", e))?;
+    outcome.map_err(|e| match e {
+        crate::retention::SetError::Invalid(e) => ApiError::bad("bad_rule", e),
+        crate::retention::SetError::Io(e) => ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            e,
+        ),
+    })?;
     let now = retention_json(&st);
     tracing::info!(source = %now.source, rules = now.rules.len(), "retention rules changed");
     Ok(Json(now))
