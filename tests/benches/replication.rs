@@ -297,7 +297,7 @@ fn catch_up_with(extra: &str, count: usize) -> (f64, f64, u64) {
     let mut most = 0u64;
     let deadline = t0 + Duration::from_secs(300);
     while lab.node(1).events() != count as u64 {
-        most = most.max(dir_bytes(&db));
+        most = most.max(common::dir_bytes(&db));
         if Instant::now() > deadline {
             let n = lab.node(1);
             let metrics = n.req("GET", "/metrics", None).body;
@@ -326,18 +326,6 @@ fn catch_up_with(extra: &str, count: usize) -> (f64, f64, u64) {
         .bytes()
         .len() as f64;
     (count as f64 / secs, count as f64 * one / secs / 1e6, most)
-}
-
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// One node publishing `count` events on 50 topics in batches of 1,000 (one client):

@@ -1157,29 +1157,6 @@ fn two_sites_behind_nat_meet_through_a_relay_and_replicate_both_ways() {
     );
 }
 
-/// Unmounts a file system the test mounted (lazily: a daemon may still hold it).
-struct Mounted(std::path::PathBuf);
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// Retention on a small disk: a host whose data dir is a 64 MiB tmpfs, with
 /// `store.max_disk_mb = 32`, receives 1,000,000 events of 256 bytes (about 570 MB
 /// stored whole) from a publisher on another host. Its database, sampled every 100 ms
@@ -1190,17 +1167,7 @@ fn a_host_on_a_64_mib_disk_with_a_32_mib_budget_takes_a_million_events() {
     if !root_or_skip("a_host_on_a_64_mib_disk_with_a_32_mib_budget_takes_a_million_events") {
         return;
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("murmur-small")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-        .arg(tmp.path())
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs");
-    let _mounted = Mounted(tmp.path().to_path_buf());
+    let tmp = common::Tmpfs::mount("64m");
     let data = tmp.path().join("node");
     std::fs::create_dir(&data).unwrap();
     let mut lab = Lab::empty(2);
@@ -1225,7 +1192,7 @@ fn a_host_on_a_64_mib_disk_with_a_32_mib_budget_takes_a_million_events() {
             let mut most = 0u64;
             let mut samples = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                most = most.max(dir_bytes(&db));
+                most = most.max(common::dir_bytes(&db));
                 samples += 1;
                 std::thread::sleep(Duration::from_millis(100));
             }

@@ -752,13 +752,6 @@ fn idle_connections_cannot_use_up_descriptors_and_publishing_resumes() {
 }
 
 /// Unmounts on drop, also when the test fails.
-struct Mounted(std::path::PathBuf);
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_disk_answers_507_loses_nothing_and_publishing_resumes_once_space_is_freed() {
     if !common::netns::root_or_skip(
@@ -767,17 +760,7 @@ fn a_full_disk_answers_507_loses_nothing_and_publishing_resumes_once_space_is_fr
         return;
     }
     // A 48 MiB file system of our own (tmpfs), filled with 1 MiB events.
-    let tmp = tempfile::Builder::new()
-        .prefix("murmur-full")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
-        .arg(tmp.path())
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs");
-    let _mounted = Mounted(tmp.path().to_path_buf());
+    let tmp = common::Tmpfs::mount("48m");
     // Something else on the same disk, which the operator deletes to make room.
     let ballast = tmp.path().join("ballast");
     std::fs::write(&ballast, vec![7u8; 12 << 20]).unwrap();
@@ -928,17 +911,7 @@ fn a_full_disk_pauses_pulling_keeps_serving_and_catches_up_once_space_is_freed()
     ) {
         return;
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("murmur-full")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
-        .arg(tmp.path())
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs");
-    let _mounted = Mounted(tmp.path().to_path_buf());
+    let tmp = common::Tmpfs::mount("48m");
     let ballast = tmp.path().join("ballast");
     std::fs::write(&ballast, vec![7u8; 12 << 20]).unwrap();
     let data = tmp.path().join("node");

@@ -179,16 +179,6 @@ fn retention_prunes_by_rule_and_nothing_pruned_comes_back_from_a_peer() {
     );
 }
 
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
-}
-
 /// Pruning gives the disk back: 100,000 events of 256 bytes on 10 topics, then a
 /// restart with "keep 1,000 per log": once pruned and compacted, the database is a
 /// small fraction of what it was, and the store verifies clean.
@@ -205,7 +195,7 @@ fn pruned_space_returns_to_the_disk() {
     }
     n.stop();
     let db = n.dir.join("db");
-    let before = dir_bytes(&db);
+    let before = common::dir_bytes(&db);
     let config = "[store]\nprune_interval = \"1s\"\n\n[[retention]]\npattern = \"sensors/#\"\nmax_events_per_log = 1000\n";
     std::fs::write(
         n.dir.join("murmur.toml"),
@@ -234,7 +224,7 @@ fn pruned_space_returns_to_the_disk() {
         "{status}"
     );
     n.stop();
-    let after = dir_bytes(&db);
+    let after = common::dir_bytes(&db);
     eprintln!(
         "disk: {before} bytes for 100,000 events, {after} bytes after pruning to 10,000 ({:.1}%)",
         after as f64 * 100.0 / before as f64
@@ -266,12 +256,12 @@ fn a_disk_budget_holds_while_events_keep_coming() {
         assert_eq!(r.status, 200, "{}", r.body);
         let due = start + Duration::from_millis(500) * (b + 1);
         while std::time::Instant::now() < due {
-            most = most.max(dir_bytes(&db));
+            most = most.max(common::dir_bytes(&db));
             std::thread::sleep(Duration::from_millis(100));
         }
     }
     for _ in 0..20 {
-        most = most.max(dir_bytes(&db));
+        most = most.max(common::dir_bytes(&db));
         std::thread::sleep(Duration::from_millis(100));
     }
     let pruned = n.metric("murmur_pruned_events_total{rule=\"store.max_disk_mb\"}");
@@ -422,7 +412,7 @@ fn a_node_catching_up_into_a_disk_budget_stays_within_it() {
     let t0 = std::time::Instant::now();
     let mut most = 0u64;
     while head(&b) != Some(199_999) {
-        most = most.max(dir_bytes(&db));
+        most = most.max(common::dir_bytes(&db));
         assert!(
             t0.elapsed() < Duration::from_secs(120),
             "catch-up stalled: {}\n{}",
