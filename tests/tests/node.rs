@@ -752,6 +752,22 @@ fn idle_connections_cannot_use_up_descriptors_and_publishing_resumes() {
 }
 
 /// Unmounts on drop, also when the test fails.
+/// Publishes 1 MB events on `big/t` until the disk is full: the events acknowledged,
+/// and the 507 answer that ended it.
+fn fill_disk(n: &Node) -> (u64, common::Response) {
+    let big = "x".repeat(1_000_000);
+    let mut acked = 0u64;
+    for _ in 0..200 {
+        let r = n.post("/v1/events", &json!({"topic": "big/t", "data": big}));
+        if r.status != 200 {
+            assert_eq!(r.status, 507, "{}", r.body);
+            return (acked, r);
+        }
+        acked += 1;
+    }
+    panic!("the disk never filled after {acked} events of 1 MB");
+}
+
 #[test]
 fn a_full_disk_answers_507_loses_nothing_and_publishing_resumes_once_space_is_freed() {
     if !common::netns::root_or_skip(
@@ -767,20 +783,7 @@ fn a_full_disk_answers_507_loses_nothing_and_publishing_resumes_once_space_is_fr
     let data = tmp.path().join("node");
     std::fs::create_dir(&data).unwrap();
     let mut n = Node::start_at(&data, "[p2p]\nenabled = false\n");
-    let big = "x".repeat(1_000_000);
-    let mut acked = 0u64;
-    let mut full = None;
-    for _ in 0..200 {
-        let r = n.post("/v1/events", &json!({"topic": "big/t", "data": big}));
-        if r.status == 200 {
-            acked += 1;
-        } else {
-            full = Some(r);
-            break;
-        }
-    }
-    let r = full.expect("the 48 MiB disk never filled");
-    assert_eq!(r.status, 507, "{}", r.body);
+    let (acked, r) = fill_disk(&n);
     assert_eq!(r.json()["code"], "disk_full", "{}", r.body);
     assert!(acked > 10, "{acked}");
     // Still serving, and everything acknowledged is there.
@@ -925,20 +928,7 @@ fn a_full_disk_pauses_pulling_keeps_serving_and_catches_up_once_space_is_freed()
     });
 
     // Fill the disk with the node's own events.
-    let big = "x".repeat(1_000_000);
-    let mut acked = 0u64;
-    let mut refused = None;
-    for _ in 0..200 {
-        let r = full.post("/v1/events", &json!({"topic": "big/t", "data": big}));
-        if r.status == 200 {
-            acked += 1;
-        } else {
-            refused = Some(r);
-            break;
-        }
-    }
-    let r = refused.expect("the 48 MiB disk never filled");
-    assert_eq!(r.status, 507, "{}", r.body);
+    let (acked, _) = fill_disk(&full);
     let status = full.get("/v1/status");
     assert_eq!(status["disk_full"], true, "{status}");
     assert_eq!(full.metric("murmur_store_disk_full"), 1);
