@@ -693,6 +693,8 @@ prune_interval = "1m"
 # topics not marked keep = true go first, down to 30% (the rest is RocksDB's working
 # room: memtable flushes, and compactions that write before they delete). Topics marked
 # keep that fill the disk alone end in the disk-full state (publishing answers 507).
+# A catch-up pauses its pulls past 60% until pruning makes room (live gossip goes on),
+# and the memtables get at most an eighth of the budget.
 max_disk_mb = 0
 
 # Retention: none by default (every event is kept). Rules are matched against a topic
@@ -711,6 +713,9 @@ max_disk_mb = 0
 # [[retention]]            # configuration: kept whole
 # pattern = "config/#"
 # keep = true
+
+# `murmur retention set|rm|reset` changes the rules on a running node; those replace
+# these until reset (kept in <data dir>/retention.json).
 
 [clock]
 # Remote times up to this far ahead of our wall clock move our clock, so later local
