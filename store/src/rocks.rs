@@ -273,13 +273,6 @@ pub struct PreparedPrune {
     logs: Vec<PreparedLog>,
 }
 
-impl PreparedPrune {
-    /// Events it deletes.
-    pub fn events(&self) -> u64 {
-        self.logs.iter().map(|l| l.done.events).sum()
-    }
-}
-
 #[derive(Debug)]
 struct PreparedLog {
     lk: Vec<u8>,

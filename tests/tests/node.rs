@@ -752,6 +752,18 @@ fn idle_connections_cannot_use_up_descriptors_and_publishing_resumes() {
 }
 
 /// Unmounts on drop, also when the test fails.
+/// A 48 MiB file system of our own (tmpfs, to be filled with 1 MB events): the mount,
+/// a 12 MiB ballast file on it (something else on the same disk, which the operator
+/// deletes to make room), and an empty data dir for the node.
+fn small_disk() -> (common::Tmpfs, std::path::PathBuf, std::path::PathBuf) {
+    let tmp = common::Tmpfs::mount("48m");
+    let ballast = tmp.path().join("ballast");
+    std::fs::write(&ballast, vec![7u8; 12 << 20]).unwrap();
+    let data = tmp.path().join("node");
+    std::fs::create_dir(&data).unwrap();
+    (tmp, ballast, data)
+}
+
 /// Publishes 1 MB events on `big/t` until the disk is full: the events acknowledged,
 /// and the 507 answer that ended it.
 fn fill_disk(n: &Node) -> (u64, common::Response) {
@@ -775,13 +787,7 @@ fn a_full_disk_answers_507_loses_nothing_and_publishing_resumes_once_space_is_fr
     ) {
         return;
     }
-    // A 48 MiB file system of our own (tmpfs), filled with 1 MiB events.
-    let tmp = common::Tmpfs::mount("48m");
-    // Something else on the same disk, which the operator deletes to make room.
-    let ballast = tmp.path().join("ballast");
-    std::fs::write(&ballast, vec![7u8; 12 << 20]).unwrap();
-    let data = tmp.path().join("node");
-    std::fs::create_dir(&data).unwrap();
+    let (_disk, ballast, data) = small_disk();
     let mut n = Node::start_at(&data, "[p2p]\nenabled = false\n");
     let (acked, r) = fill_disk(&n);
     assert_eq!(r.json()["code"], "disk_full", "{}", r.body);
@@ -914,11 +920,7 @@ fn a_full_disk_pauses_pulling_keeps_serving_and_catches_up_once_space_is_freed()
     ) {
         return;
     }
-    let tmp = common::Tmpfs::mount("48m");
-    let ballast = tmp.path().join("ballast");
-    std::fs::write(&ballast, vec![7u8; 12 << 20]).unwrap();
-    let data = tmp.path().join("node");
-    std::fs::create_dir(&data).unwrap();
+    let (_disk, ballast, data) = small_disk();
     let full = Node::start_at(&data, common::LOOPBACK_P2P);
     let peer = Node::start("");
     let dial = peer.cli(&["dial", &full.tcp_addr()]);

@@ -423,7 +423,6 @@ pub fn stderr(o: &Output) -> String {
 }
 
 /// Bytes of the files directly in `dir` (a database directory), 0 if unreadable.
-#[allow(dead_code)]
 pub fn dir_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|d| {
@@ -439,12 +438,10 @@ pub fn dir_bytes(dir: &std::path::Path) -> u64 {
 /// A tmpfs of `size` (e.g. "48m") mounted by the test on a fresh directory in /tmp:
 /// a small disk of its own. Unmounted (lazily: a daemon may still hold it) on drop.
 /// Needs root.
-#[allow(dead_code)]
 pub struct Tmpfs {
     dir: tempfile::TempDir,
 }
 
-#[allow(dead_code)]
 impl Tmpfs {
     pub fn mount(size: &str) -> Tmpfs {
         let dir = tempfile::Builder::new()
