@@ -145,8 +145,12 @@ enum RetentionAction {
         /// Keep this many newest events per log (author and topic); 1 = latest only
         #[arg(long, value_name = "N")]
         max_events: Option<u64>,
+        /// Keep the newest SIZE of each topic (its logs together), e.g. 64MiB; the
+        /// oldest events go first
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_bytes: Option<u64>,
         /// Never prune these topics
-        #[arg(long, conflicts_with_all = ["max_age", "max_events"])]
+        #[arg(long, conflicts_with_all = ["max_age", "max_events", "max_bytes"])]
         keep: bool,
     },
     /// Remove the rule for PATTERN
@@ -251,6 +255,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A size with an optional unit (64MiB, 1GB, 4096), in bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{e} (e.g. 64MiB, 1GB, 4096)"))
 }
 
 fn data_dir(g: &Global) -> anyhow::Result<PathBuf> {
@@ -367,12 +378,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     pattern,
                     max_age,
                     max_events,
+                    max_bytes,
                     keep,
                 }) => {
                     let rule = RetentionRuleJson {
                         pattern: pattern.clone(),
                         max_age,
                         max_events_per_log: max_events,
+                        max_bytes,
                         keep,
                     };
                     let mut rules = now.rules.clone();

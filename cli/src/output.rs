@@ -252,6 +252,9 @@ pub fn retention(r: &murmur_client::api::RetentionJson, json: bool) -> anyhow::R
             if let Some(n) = rule.max_events_per_log {
                 what.push(format!("the newest {n} per log"));
             }
+            if let Some(b) = rule.max_bytes {
+                what.push(format!("the newest {} per topic", size(b)));
+            }
             if rule.keep {
                 what.push("everything, never pruned".into());
             }
@@ -283,7 +286,10 @@ pub fn topics(t: &TopicsResponse, json: bool) -> anyhow::Result<()> {
         .max()
         .unwrap_or(5)
         .max(5);
-    println!("{:width$}  {:>5}  {:>9}  LATEST", "TOPIC", "LOGS", "EVENTS");
+    println!(
+        "{:width$}  {:>5}  {:>9}  {:>10}  LATEST",
+        "TOPIC", "LOGS", "EVENTS", "SIZE"
+    );
     for topic in &t.topics {
         let latest = topic
             .logs
@@ -293,10 +299,11 @@ pub fn topics(t: &TopicsResponse, json: bool) -> anyhow::Result<()> {
         let forks = topic.logs.iter().filter(|l| l.frozen_at.is_some()).count();
         let pruned = topic.pruned;
         println!(
-            "{:width$}  {:>5}  {:>9}  {}{}{}",
+            "{:width$}  {:>5}  {:>9}  {:>10}  {}{}{}",
             topic.topic,
             topic.logs.len(),
             topic.events,
+            size(topic.bytes),
             latest.map(time).unwrap_or_default(),
             if forks > 0 {
                 format!("  ({forks} forked)")
@@ -369,4 +376,9 @@ pub fn peers(p: &PeersResponse, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A size for people: 64.0 MiB.
+fn size(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().iec().to_string()
 }

@@ -143,6 +143,9 @@ pub struct LogJson {
     /// Time of the oldest event the log holds (at its base).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_time: Option<TimeJson>,
+    /// Bytes of the events held (encoded, as `max_bytes` rules count them).
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// One topic with its logs.
@@ -159,6 +162,10 @@ pub struct TopicJson {
     /// Time of the oldest event held in the topic (over its logs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_time: Option<TimeJson>,
+    /// Bytes of the events held (encoded, over its logs; what a `max_bytes` rule
+    /// counts).
+    #[serde(default)]
+    pub bytes: u64,
     /// Its logs.
     pub logs: Vec<LogJson>,
 }
@@ -369,7 +376,7 @@ pub struct InterestResponse {
 }
 
 /// One retention rule as the API shows and takes it (see `[[retention]]` in the
-/// config): at least one of `max_age`, `max_events_per_log`, or `keep`.
+/// config): at least one of `max_age`, `max_events_per_log`, `max_bytes`, or `keep`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionRuleJson {
@@ -381,6 +388,10 @@ pub struct RetentionRuleJson {
     /// Keep this many newest events per log; 1 = latest only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_events_per_log: Option<u64>,
+    /// Keep the newest this many bytes of each topic (its logs together; encoded
+    /// events), the oldest going first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
     /// Never prune these topics.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep: bool,

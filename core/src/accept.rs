@@ -56,6 +56,9 @@ pub struct LogState {
     /// One past the highest local offset of an event pruned from this log (0: none):
     /// a reader from an offset below it may have missed events of this log.
     pub pruned_to: crate::id::Offset,
+    /// Encoded bytes of the events held (`base..=head`): what a `max_bytes` retention
+    /// rule counts. The store adds each appended event and takes away what it prunes.
+    pub bytes: u64,
 }
 
 /// Proof that an author signed two different events at the same position of one log.
@@ -213,6 +216,7 @@ mod tests {
             frozen_at: None,
             base: Seq(0),
             pruned_to: crate::id::Offset(0),
+            bytes: 0,
         }
     }
 

@@ -3,7 +3,9 @@
 //! Rules are matched against a log's topic in order; the first match decides. A rule
 //! keeps a log's newest `max_events_per_log` events, and/or its events younger than
 //! `max_age` (by event time, the author's hybrid logical clock, which replication
-//! keeps within `clock.max_drift` of each node's clock). `keep` marks topics never
+//! keeps within `clock.max_drift` of each node's clock), and/or the newest `max_bytes`
+//! of the topic (its logs together, the oldest events by event time going first; the
+//! store keeps each log's held bytes in its head record). `keep` marks topics never
 //! pruned. A topic no rule matches is kept whole, as before retention existed.
 //!
 //! A cut never removes a log's head event (the store keeps it: the chain continues from
@@ -29,6 +31,11 @@ pub struct Rule {
     pub max_age: Option<Duration>,
     /// Keep at most this many newest events per log (at least 1).
     pub max_events_per_log: Option<u64>,
+    /// Keep at most this many bytes per topic (all its logs together; encoded event
+    /// bytes, about half of what they take on disk with their indexes), the oldest
+    /// events going first. Each log's head stays, so a topic with more authors than
+    /// fit holds one event per author.
+    pub max_bytes: Option<u64>,
     /// Never prune these topics (no limit may be set with it).
     pub keep: bool,
 }
@@ -42,14 +49,21 @@ impl Rule {
                 "{p}: max_events_per_log must be at least 1 (the newest event of a log always stays)"
             ));
         }
-        if self.keep && (self.max_age.is_some() || self.max_events_per_log.is_some()) {
+        if self.max_bytes == Some(0) {
+            return Err(format!(
+                "{p}: max_bytes must be at least 1 (the newest event of a log always stays)"
+            ));
+        }
+        let limited =
+            self.max_age.is_some() || self.max_events_per_log.is_some() || self.max_bytes.is_some();
+        if self.keep && limited {
             return Err(format!(
                 "{p}: keep = true with a limit; choose one (a rule that keeps a topic whole, or limits)"
             ));
         }
-        if !self.keep && self.max_age.is_none() && self.max_events_per_log.is_none() {
+        if !self.keep && !limited {
             return Err(format!(
-                "{p}: no limit; set max_age, max_events_per_log, or keep = true"
+                "{p}: no limit; set max_age, max_events_per_log, max_bytes, or keep = true"
             ));
         }
         Ok(())
@@ -112,65 +126,78 @@ impl Policy {
     }
 
     /// The cuts one pass makes over `logs` at `now_ms` (the node's clock, ms since
-    /// the epoch), reading at most [`SCAN_BUDGET`] events.
+    /// the epoch), reading at most [`SCAN_BUDGET`] events. A rule's limits all apply:
+    /// a log keeps what every one of them keeps. `max_bytes` counts a topic's logs
+    /// together and cuts its oldest events first, by event time across the logs.
     pub fn plan<S: ReadStore>(
         &self,
         logs: &[LogSummary],
         now_ms: u64,
         store: &S,
     ) -> Result<Vec<Planned>, S::Error> {
+        let mut topics: std::collections::BTreeMap<&Topic, Vec<&LogSummary>> =
+            std::collections::BTreeMap::new();
+        for log in logs {
+            topics.entry(&log.topic).or_default().push(log);
+        }
         let mut out = Vec::new();
         let mut budget = SCAN_BUDGET;
         let mut cut_budget = CUT_BUDGET;
-        let mut docs: Option<(Topic, bool)> = None;
-        for log in logs {
-            let Some((i, rule)) = self.rule_for(&log.topic) else {
+        for (topic, group) in topics {
+            let Some((i, rule)) = self.rule_for(topic) else {
                 continue;
             };
-            if rule.keep || log.base >= log.head.seq {
+            if rule.keep || group.iter().all(|l| l.base >= l.head.seq) {
                 continue;
             }
             // Document topics wait for snapshot compaction (see the module docs).
-            let is_doc = match &docs {
-                Some((t, d)) if *t == log.topic => *d,
-                _ => {
-                    let d = !store.docs_of(&log.topic, 1)?.is_empty();
-                    docs = Some((log.topic.clone(), d));
-                    d
-                }
-            };
-            if is_doc {
+            if !store.docs_of(topic, 1)?.is_empty() {
                 continue;
             }
-            let mut below = log.base;
-            if let Some(n) = rule.max_events_per_log {
-                below = below.max(Seq((log.head.seq.0 + 1).saturating_sub(n)));
+            let mut cuts = Vec::with_capacity(group.len());
+            for log in &group {
+                let mut below = log.base;
+                if let Some(n) = rule.max_events_per_log {
+                    below = below.max(Seq((log.head.seq.0 + 1).saturating_sub(n)));
+                }
+                if let Some(age) = rule.max_age {
+                    let cutoff =
+                        now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+                    if log.head.time.ms < cutoff {
+                        // All but the head are older: no need to read them.
+                        below = below.max(log.head.seq);
+                    } else {
+                        let (at, read) = first_at_or_after(store, log, below, cutoff, budget)?;
+                        budget -= read;
+                        below = below.max(at);
+                    }
+                }
+                cuts.push(below);
             }
-            if let Some(age) = rule.max_age {
-                let cutoff =
-                    now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
-                if log.head.time.ms < cutoff {
-                    // All but the head are older: no need to read them.
-                    below = below.max(log.head.seq);
-                } else {
-                    let (at, read) = first_at_or_after(store, log, below, cutoff, budget)?;
-                    budget -= read;
-                    below = below.max(at);
+            if let Some(max) = rule.max_bytes {
+                let held: u64 = group.iter().map(|l| l.bytes).sum();
+                if held > max {
+                    budget -= free_oldest(store, &group, held - max, budget, &mut cuts)?;
                 }
             }
-            let below = below
-                .min(log.head.seq)
-                .min(Seq(log.base.0.saturating_add(cut_budget)));
-            if below > log.base {
-                cut_budget -= below.0 - log.base.0;
-                out.push(Planned {
-                    cut: Cut {
-                        topic: log.topic.clone(),
-                        author: log.author,
-                        below,
-                    },
-                    rule: Some(i),
-                });
+            for (log, below) in group.iter().zip(cuts) {
+                let below = below
+                    .min(log.head.seq)
+                    .min(Seq(log.base.0.saturating_add(cut_budget)));
+                if below > log.base {
+                    cut_budget -= below.0 - log.base.0;
+                    out.push(Planned {
+                        cut: Cut {
+                            topic: log.topic.clone(),
+                            author: log.author,
+                            below,
+                        },
+                        rule: Some(i),
+                    });
+                }
+                if cut_budget == 0 {
+                    break;
+                }
             }
             if budget == 0 || cut_budget == 0 {
                 break;
@@ -190,7 +217,8 @@ impl Policy {
     ///   peer's range (`first + n <= peer_head + 1`);
     /// - `max_age = a`: `first` itself is at most a quarter of `a` younger than the
     ///   cutoff, so what lies below it is (nearly) all older than the window. A peer
-    ///   sending only a suffix of a log is refused, past that slack.
+    ///   sending only a suffix of a log is refused, past that slack;
+    /// - `max_bytes`: always (see the comment in the body).
     ///
     /// A topic that no rule covers, or that a rule keeps, stays as it is (and behind).
     pub fn may_restart(&self, first: &crate::Event, peer_head: Seq, now_ms: u64) -> bool {
@@ -207,7 +235,10 @@ impl Policy {
             let a = u64::try_from(a.as_millis()).unwrap_or(u64::MAX);
             first.time().ms <= now_ms.saturating_sub(a).saturating_add(a / 4)
         });
-        by_count || by_age
+        // What a topic's bytes keep cannot be told from one log's seqs: the peer's base
+        // is taken (what lies below it is that log's oldest, the first a cut by bytes
+        // removes; refusing would leave the log behind for good once no peer holds it).
+        by_count || by_age || rule.max_bytes.is_some()
     }
 
     /// The lowest seq this policy keeps of a log of `topic` whose head is at `head`, by
@@ -301,6 +332,66 @@ impl Policy {
     }
 }
 
+/// Moves `cuts` (one per log of `group`, one topic's logs) up so that at least `over`
+/// bytes of the topic's oldest events go, oldest first by event time across the logs,
+/// never a head, reading at most `budget` events from the logs' bases (fewer freed
+/// when the budget ends first: the next pass goes on). Events below a cut already made
+/// (by count or age) count as freed. Returns the events read.
+fn free_oldest<S: ReadStore>(
+    store: &S,
+    group: &[&LogSummary],
+    over: u64,
+    budget: usize,
+    cuts: &mut [Seq],
+) -> Result<usize, S::Error> {
+    use std::cmp::Reverse;
+    use std::collections::{BinaryHeap, VecDeque};
+    let window = (WINDOW / group.len().max(1)).max(16);
+    let mut next: Vec<Seq> = group.iter().map(|l| l.base).collect();
+    let mut bufs: Vec<VecDeque<crate::Event>> = vec![VecDeque::new(); group.len()];
+    let mut heap = BinaryHeap::new();
+    let mut read = 0usize;
+    // Refills log `i`'s buffer (below its head only) and queues its oldest event.
+    let mut refill = |i: usize,
+                      bufs: &mut Vec<VecDeque<crate::Event>>,
+                      heap: &mut BinaryHeap<Reverse<(crate::Timestamp, usize)>>,
+                      read: &mut usize|
+     -> Result<(), S::Error> {
+        if bufs[i].is_empty() && *read < budget && next[i] < group[i].head.seq {
+            let limit = window.min(budget - *read);
+            let got = store.log_range(&group[i].author, &group[i].topic, next[i], limit)?;
+            *read += got.len();
+            for ev in got {
+                if ev.seq() >= group[i].head.seq {
+                    break;
+                }
+                next[i] = Seq(ev.seq().0 + 1);
+                bufs[i].push_back(ev);
+            }
+        }
+        if let Some(ev) = bufs[i].front() {
+            heap.push(Reverse((ev.time(), i)));
+        }
+        Ok(())
+    };
+    for i in 0..group.len() {
+        refill(i, &mut bufs, &mut heap, &mut read)?;
+    }
+    let mut freed = 0u64;
+    while freed < over {
+        let Some(Reverse((_, i))) = heap.pop() else {
+            break;
+        };
+        let Some(ev) = bufs[i].pop_front() else {
+            continue;
+        };
+        freed += ev.bytes().len() as u64;
+        cuts[i] = cuts[i].max(Seq(ev.seq().0 + 1));
+        refill(i, &mut bufs, &mut heap, &mut read)?;
+    }
+    Ok(read)
+}
+
 /// The seq of `log`'s first event (from `from` on) with time at or after `cutoff`,
 /// reading at most `budget` events (stopping early gives a smaller cut, never a wrong
 /// one), and how many it read. A log's times rise with its seqs (the author's clock is
@@ -337,6 +428,7 @@ mod tests {
             pattern: Pattern::new(p).unwrap(),
             max_age: None,
             max_events_per_log: None,
+            max_bytes: None,
             keep: false,
         }
     }

@@ -69,6 +69,8 @@ pub struct LogSummary {
     pub base: Seq,
     /// One past the highest offset pruned from the log (see [`LogState::pruned_to`]).
     pub pruned_to: Offset,
+    /// Encoded bytes of the events held (see [`LogState::bytes`]).
+    pub bytes: u64,
 }
 
 impl LogSummary {

@@ -12,6 +12,7 @@ fn rule(p: &str) -> Rule {
         pattern: Pattern::new(p).unwrap(),
         max_age: None,
         max_events_per_log: None,
+        max_bytes: None,
         keep: false,
     }
 }
@@ -73,6 +74,83 @@ fn a_pass_cuts_by_count_and_by_age_and_keeps_the_rest() {
         .unwrap();
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].cut.below, Seq(99));
+}
+
+/// `max_bytes` counts a topic's logs together and cuts its oldest events first, by
+/// event time across the logs, down to the limit (never below it by more than one
+/// event), and never a log's head.
+#[test]
+fn max_bytes_cuts_the_topics_oldest_events_across_its_logs() {
+    let store = MemoryStore::new();
+    let (a, b, c) = (key(1), key(2), key(3));
+    // testing::chain times are 1_700_000_000_000 + seq ms, for every author.
+    let ea = chain(&a, "m/x", 100, "v");
+    let eb = chain(&b, "m/x", 50, "v");
+    let ec = chain(&c, "m/x", 1, "v");
+    let other = chain(&a, "n/y", 100, "v");
+    for evs in [&ea, &eb, &ec, &other] {
+        store.insert(evs, Durability::Sync).unwrap();
+    }
+    let size = |e: &murmur_core::Event| e.bytes().len() as u64;
+    let total: u64 = ea.iter().chain(&eb).chain(&ec).map(size).sum();
+    let max = total * 2 / 5;
+    let policy = Policy::new(vec![Rule {
+        max_bytes: Some(max),
+        ..rule("m/#")
+    }])
+    .unwrap();
+    let plan = policy.plan(&store.logs().unwrap(), 0, &store).unwrap();
+    assert!(
+        plan.iter().all(|p| p.cut.topic.as_str() == "m/x"),
+        "{plan:?}"
+    );
+    store
+        .prune(&plan.iter().map(|p| p.cut.clone()).collect::<Vec<_>>())
+        .unwrap();
+    let logs = store.logs().unwrap();
+    let held: u64 = logs
+        .iter()
+        .filter(|l| l.topic.as_str() == "m/x")
+        .map(|l| l.bytes)
+        .sum();
+    let largest = ea.iter().chain(&eb).map(size).max().unwrap();
+    assert!(held <= max && held + largest > max, "held {held} of {max}");
+    // Oldest first across the logs: nothing kept is older than anything cut.
+    let base = |k: &murmur_core::Keypair| {
+        logs.iter()
+            .find(|l| l.topic.as_str() == "m/x" && l.author == k.author())
+            .unwrap()
+            .base
+            .0 as usize
+    };
+    let (ba, bb) = (base(&a), base(&b));
+    assert!(ba > 0 && bb > 0, "both logs were cut: {ba}, {bb}");
+    let newest_cut = ea[..ba].iter().chain(&eb[..bb]).map(|e| e.time()).max();
+    let oldest_kept = ea[ba..].iter().chain(&eb[bb..]).map(|e| e.time()).min();
+    assert!(
+        newest_cut <= oldest_kept,
+        "{newest_cut:?} > {oldest_kept:?}"
+    );
+    // The single-event log is its own head: it stays, old as it is.
+    assert_eq!(base(&c), 0);
+    // Another topic is untouched, and the next pass has nothing to do.
+    assert!(
+        logs.iter()
+            .any(|l| l.topic.as_str() == "n/y" && l.base == Seq(0))
+    );
+    assert!(
+        policy
+            .plan(&store.logs().unwrap(), 0, &store)
+            .unwrap()
+            .is_empty()
+    );
+    // A limit of 0 is refused with the reason.
+    let err = Policy::new(vec![Rule {
+        max_bytes: Some(0),
+        ..rule("m/#")
+    }])
+    .unwrap_err();
+    assert!(err.contains("max_bytes"), "{err}");
 }
 
 /// A pass cuts at most `CUT_BUDGET` events (the writer deletes them in one batch); a

@@ -806,6 +806,7 @@ fn a_peer_that_pruned_is_no_violator_and_nothing_pruned_comes_back() {
             pattern: murmur_core::Pattern::new("#").unwrap(),
             max_age: None,
             max_events_per_log: Some(n),
+            max_bytes: None,
             keep: false,
         }])
         .unwrap();
@@ -879,6 +880,7 @@ fn a_node_far_behind_pulls_only_its_window() {
         pattern: murmur_core::Pattern::new("#").unwrap(),
         max_age: None,
         max_events_per_log: Some(3),
+        max_bytes: None,
         keep: false,
     }])
     .unwrap();

@@ -87,8 +87,45 @@ pub struct RetentionRule {
     pub max_age: Option<Duration>,
     /// Keep this many newest events per log (per author and topic); 1 = latest only.
     pub max_events_per_log: Option<u64>,
+    /// Keep the newest this many bytes of each topic it covers (its logs together,
+    /// counted as encoded events: about half of what they take on disk): an integer,
+    /// or a size such as "64 MiB".
+    #[serde(with = "byte_size")]
+    pub max_bytes: Option<u64>,
     /// Never prune these topics.
     pub keep: bool,
+}
+
+/// A size in the config: an integer (bytes) or a string with a unit ("64 MiB",
+/// "1GB"); written back as an integer (so a rule saved at runtime reads back exactly).
+mod byte_size {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<Size>::deserialize(d)? {
+            None => Ok(None),
+            Some(Size::Bytes(n)) => Ok(Some(n)),
+            Some(Size::Text(t)) => t
+                .parse::<bytesize::ByteSize>()
+                .map(|b| Some(b.as_u64()))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{t:?} is not a size (e.g. \"64 MiB\", \"1GB\", 4096)"
+                    ))
+                }),
+        }
+    }
 }
 
 impl Config {
@@ -109,6 +146,7 @@ pub fn policy_of(rules: &[RetentionRule]) -> Result<murmur_core::retention::Poli
                         .map_err(|e| format!("{:?}: {e}", r.pattern))?,
                     max_age: r.max_age,
                     max_events_per_log: r.max_events_per_log,
+                    max_bytes: r.max_bytes,
                     keep: r.keep,
                 })
             })
@@ -710,6 +748,10 @@ max_disk_mb = 0
 # pattern = "sensors/#"
 # max_age = "7days"
 #
+# [[retention]]            # logs: the newest 256 MiB of each topic, oldest first
+# pattern = "logs/#"
+# max_bytes = "256 MiB"   # encoded events (the disk holds about twice that)
+#
 # [[retention]]            # configuration: kept whole
 # pattern = "config/#"
 # keep = true
@@ -808,18 +850,37 @@ mod tests {
         let c = Config::from_toml(&rules, Path::new("x")).unwrap();
         let p = c.retention_policy().unwrap();
         let r = p.rules();
-        assert_eq!(r.len(), 3);
+        assert_eq!(r.len(), 4);
         assert_eq!(r[0].max_events_per_log, Some(1));
         assert_eq!(r[1].max_age, Some(Duration::from_secs(7 * 86_400)));
-        assert!(r[2].keep);
+        assert_eq!(r[2].max_bytes, Some(256 << 20));
+        assert!(r[3].keep);
+        // Sizes read as integers too, and are written back as integers (a rule set at
+        // runtime is saved as JSON and must read back the same).
+        let c = Config::from_toml(
+            "[[retention]]\npattern = \"a/#\"\nmax_bytes = 1234567\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.retention[0].max_bytes, Some(1_234_567));
+        let json = serde_json::to_string(&c.retention).unwrap();
+        let back: Vec<RetentionRule> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c.retention);
         for bad in [
             "[[retention]]\npattern = \"a/#\"\n",
             "[[retention]]\npattern = \"a/#\"\nmax_events_per_log = 0\n",
+            "[[retention]]\npattern = \"a/#\"\nmax_bytes = 0\n",
+            "[[retention]]\npattern = \"a/#\"\nmax_bytes = \"lots\"\n",
             "[[retention]]\npattern = \"a/#\"\nkeep = true\nmax_age = \"1h\"\n",
             "[[retention]]\npattern = \"a/#/b\"\nkeep = true\n",
         ] {
-            let e = Config::from_toml(bad, Path::new("x")).unwrap_err();
-            assert!(e.to_string().contains("retention"), "{bad}: {e}");
+            let e = Config::from_toml(bad, Path::new("x"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("retention") || e.contains("is not a size"),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -29,6 +29,7 @@ pub(crate) fn policy(r: &scenario::Retention, topic: &Topic) -> anyhow::Result<P
         pattern: Pattern::new(topic.as_str())?,
         max_age: r.max_age_s.map(Duration::from_secs_f64),
         max_events_per_log: r.max_events_per_log,
+        max_bytes: r.max_bytes,
         keep: false,
     }])
     .map_err(|e| anyhow::anyhow!("retention: {e}"))

@@ -52,6 +52,8 @@ struct LogCursor {
     next: Seq,
     prev: Option<EventId>,
     pending: Vec<Event>,
+    /// Bytes of the events stored (to check the head record's count).
+    bytes: u64,
 }
 
 /// Re-checks the whole store. Reads every event once, in order; memory stays bounded
@@ -94,7 +96,7 @@ pub fn verify(store: &RocksStore) -> Result<Report, StoreError> {
             r.logs += 1;
             // A pruned log starts at its base, with no link to check before it.
             let base = match db.get_pinned_cf(heads_cf, lk)? {
-                Some(v) => decode_head(&v)?.1,
+                Some(v) => decode_head(&v)?.base,
                 None => Seq(0),
             };
             cur = Some(LogCursor {
@@ -103,9 +105,11 @@ pub fn verify(store: &RocksStore) -> Result<Report, StoreError> {
                 next: base,
                 prev: None,
                 pending: Vec::new(),
+                bytes: 0,
             });
         }
         let Some(c) = cur.as_mut() else { break };
+        c.bytes += v.len() as u64;
         match Event::decode(Bytes::copy_from_slice(v), MAX_EVENT_BYTES) {
             Err(e) => r.problem(format!("{} seq {seq}: does not decode: {e}", c.name)),
             Ok(ev) => {
@@ -238,13 +242,20 @@ fn finish_log(store: &RocksStore, mut c: LogCursor, r: &mut Report) -> Result<()
     match store.db().get_pinned_cf(heads, &c.key)? {
         None => r.problem(format!("{}: no head record", c.name)),
         Some(v) => {
-            let (h, _, _) = decode_head(&v)?;
+            let rec = decode_head(&v)?;
+            let h = rec.head;
             if Some(h.id) != c.prev || h.seq.next() != Some(c.next) {
                 r.problem(format!(
                     "{}: head says seq {}, log ends at seq {}",
                     c.name,
                     h.seq,
                     c.next.0.saturating_sub(1)
+                ));
+            }
+            if rec.bytes != c.bytes {
+                r.problem(format!(
+                    "{}: head record counts {} bytes held, the log holds {}",
+                    c.name, rec.bytes, c.bytes
                 ));
             }
         }
@@ -297,8 +308,8 @@ pub fn scan(store: &RocksStore, cancel: &AtomicBool) -> Result<Option<Scan>, Sto
     let snap = store.db().snapshot();
     let mut in_heads = 0u64;
     let heads = scan_family(store, &snap, "heads", cancel, |v| {
-        let (h, base, _) = decode_head(v)?;
-        in_heads += h.seq.0 + 1 - base.0;
+        let rec = decode_head(v)?;
+        in_heads += rec.head.seq.0 + 1 - rec.base.0;
         Ok(())
     })?;
     let family = |name| scan_family(store, &snap, name, cancel, |_| Ok(()));

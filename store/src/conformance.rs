@@ -313,9 +313,16 @@ pub(crate) fn prune_cuts_a_prefix<S: Store>(s: &S) {
         done.bytes,
         a[..7].iter().map(|e| e.bytes().len() as u64).sum::<u64>()
     );
+    let size = |c: &[Event]| c.iter().map(|e| e.bytes().len() as u64).sum::<u64>();
     let st = s.log_state(&k.author(), a[0].topic()).unwrap();
     assert_eq!(st.base, Seq(7));
     assert_eq!(st.head.unwrap().id, a[9].id());
+    // The bytes held count what stays (what `max_bytes` rules read).
+    assert_eq!(st.bytes, size(&a[7..]));
+    assert_eq!(
+        s.log_state(&j.author(), b[0].topic()).unwrap().bytes,
+        size(&b)
+    );
     // a5 and a6 were at offsets 9 and 10: a reader from below 11 may have missed some.
     assert_eq!((st.pruned_to, s.pruned_to()), (Offset(11), Offset(11)));
     // Reads start at the base; ids below it are gone.
@@ -354,6 +361,11 @@ pub(crate) fn prune_cuts_a_prefix<S: Store>(s: &S) {
     let logs = s.logs().unwrap();
     let base_of = |t: &str| logs.iter().find(|l| l.topic.as_str() == t).unwrap().base;
     assert_eq!((base_of("s/a"), base_of("s/b")), (Seq(11), Seq(2)));
+    let bytes_of = |t: &str| logs.iter().find(|l| l.topic.as_str() == t).unwrap().bytes;
+    assert_eq!(
+        (bytes_of("s/a"), bytes_of("s/b")),
+        (size(&more[11..]), size(&b[2..]))
+    );
     let vv = s.version_vector(a[0].topic()).unwrap();
     assert_eq!(vv.get(&k.author()).unwrap().seq, Seq(11));
 }
@@ -371,6 +383,12 @@ pub(crate) fn restart_log_starts_a_log_over<S: Store>(s: &S) {
     );
     let st = s.log_state(&k.author(), c[0].topic()).unwrap();
     assert_eq!((st.base, st.head.unwrap().id), (Seq(8), c[9].id()));
+    let size = |c: &[Event]| c.iter().map(|e| e.bytes().len() as u64).sum::<u64>();
+    assert_eq!(
+        st.bytes,
+        size(&c[8..10]),
+        "what it held before is not counted"
+    );
     let held = s.log_range(&k.author(), c[0].topic(), Seq(0), 100).unwrap();
     assert_eq!(
         held.iter().map(|e| e.seq().0).collect::<Vec<_>>(),
@@ -399,6 +417,7 @@ pub(crate) fn restart_log_starts_a_log_over<S: Store>(s: &S) {
     s.restart_log(&d[20..], Durability::Sync).unwrap();
     let st = s.log_state(&j.author(), d[0].topic()).unwrap();
     assert_eq!((st.base, st.head.unwrap().seq), (Seq(20), Seq(29)));
+    assert_eq!(st.bytes, size(&d[20..]));
 }
 
 macro_rules! conformance_tests {
@@ -517,8 +536,9 @@ mod rocks {
         assert_eq!((report.logs, report.events, report.arrivals), (1, 51, 51));
     }
 
-    /// A schema 1 store (the id index without offsets) is upgraded at open; a pruned
-    /// store reopens with its bases and verifies clean.
+    /// A schema 1 store (the id index without offsets, 52-byte head records) is
+    /// upgraded at open, counting each log's bytes; a pruned store reopens with its
+    /// bases and byte counts and verifies clean.
     #[test]
     fn schema_1_is_upgraded_and_a_pruned_store_reopens_and_verifies() {
         use murmur_core::storage::Cut;
@@ -536,12 +556,21 @@ mod rocks {
                 db.put_cf(by_id, e.id().0, crate::keys::event_key(&lk, e.seq()))
                     .unwrap();
             }
+            let heads = db.cf_handle("heads").unwrap();
+            let record = db.get_cf(heads, &lk).unwrap().unwrap();
+            db.put_cf(heads, &lk, &record[..52]).unwrap();
             db.put_cf(db.cf_handle("meta").unwrap(), b"schema", 1u32.to_be_bytes())
                 .unwrap();
         }
+        let size = |c: &[Event]| c.iter().map(|e| e.bytes().len() as u64).sum::<u64>();
         {
             let s = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap();
-            assert!(crate::check::verify(&s).unwrap().is_clean());
+            let r = crate::check::verify(&s).unwrap();
+            assert!(r.is_clean(), "{:?}", r.problems);
+            assert_eq!(
+                s.log_state(&k.author(), c[0].topic()).unwrap().bytes,
+                size(&c)
+            );
             let cut = Cut {
                 topic: c[0].topic().clone(),
                 author: k.author(),
@@ -554,6 +583,7 @@ mod rocks {
         let s = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap();
         let st = s.log_state(&k.author(), c[0].topic()).unwrap();
         assert_eq!((st.base, st.head.unwrap().seq), (Seq(30), Seq(39)));
+        assert_eq!(st.bytes, size(&c[30..]));
         assert_eq!(s.next_offset(), Offset(40));
         let report = crate::check::verify(&s).unwrap();
         assert!(report.is_clean(), "{:?}", report.problems);
@@ -570,6 +600,27 @@ mod rocks {
         let err = RocksStore::open(s._dir.path(), &RocksConfig::default()).unwrap_err();
         assert!(matches!(err, StoreError::Locked(_)), "{err}");
         assert!(err.to_string().contains("in use by another process"));
+    }
+
+    #[test]
+    fn verify_finds_a_wrong_byte_count() {
+        let s = tmp();
+        let k = key(1);
+        let c = chain(&k, "w", 5);
+        s.insert(&c, Durability::Sync).unwrap();
+        let db = s.db();
+        let heads = db.cf_handle("heads").unwrap();
+        let lk = crate::keys::log_key(c[0].topic(), &k.author());
+        let mut rec = crate::rocks::decode_head(&db.get_cf(heads, &lk).unwrap().unwrap()).unwrap();
+        rec.bytes += 1;
+        db.put_cf(heads, &lk, crate::rocks::encode_head(&rec))
+            .unwrap();
+        let r = crate::check::verify(&s).unwrap();
+        assert!(
+            r.problems.iter().any(|p| p.contains("bytes held")),
+            "{:?}",
+            r.problems
+        );
     }
 
     #[test]

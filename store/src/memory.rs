@@ -23,6 +23,7 @@ struct Log {
     events: std::collections::VecDeque<(Offset, Event)>,
     head: Option<Head>,
     pruned_to: Offset,
+    bytes: u64,
 }
 
 #[derive(Default)]
@@ -45,6 +46,7 @@ impl Inner {
             frozen_at: self.forks.get(id).map(ForkProof::seq),
             base: log.map_or(Seq(0), |l| l.base),
             pruned_to: log.map_or(Offset(0), |l| l.pruned_to),
+            bytes: log.map_or(0, |l| l.bytes),
         }
     }
 
@@ -108,6 +110,7 @@ impl Store for MemoryStore {
                     let log = inner.logs.entry(id).or_default();
                     log.events.push_back((offset, ev.clone()));
                     log.head = Some(Head::of(ev));
+                    log.bytes += ev.bytes().len() as u64;
                     Outcome::Appended(offset)
                 }
                 Verdict::Duplicate => Outcome::Duplicate,
@@ -155,6 +158,7 @@ impl Store for MemoryStore {
                 }
                 let log = inner.logs.entry(id).or_default();
                 log.head = None;
+                log.bytes = 0;
                 log.base = first.seq();
                 log.pruned_to = log.pruned_to.max(top);
             }
@@ -178,18 +182,21 @@ impl Store for MemoryStore {
             }
             let n = usize::try_from(below.0 - log.base.0).unwrap_or(usize::MAX);
             let mut top = log.pruned_to;
+            let mut freed = 0u64;
             let gone: Vec<EventId> = log
                 .events
                 .drain(..n.min(log.events.len()))
                 .map(|(o, ev)| {
                     done.events += 1;
                     done.bytes += ev.bytes().len() as u64;
+                    freed += ev.bytes().len() as u64;
                     top = top.max(Offset(o.0 + 1));
                     ev.id()
                 })
                 .collect();
             log.pruned_to = top;
             log.base = below;
+            log.bytes -= freed;
             for id in gone {
                 inner.by_id.remove(&id);
             }
@@ -322,6 +329,7 @@ impl ReadStore for MemoryStore {
                         .map(ForkProof::seq),
                     base: log.base,
                     pruned_to: log.pruned_to,
+                    bytes: log.bytes,
                 })
             })
             .collect())

@@ -437,10 +437,10 @@ fn old_bases(src: &RocksStore) -> std::collections::HashMap<Vec<u8>, murmur_core
     let mut it = src.db().raw_iterator_cf(src.cf(crate::rocks::CF_HEADS));
     it.seek_to_first();
     while let (Some(k), Some(v)) = (it.key(), it.value()) {
-        if let Ok((_, base, _)) = crate::rocks::decode_head(v)
-            && base.0 > 0
+        if let Ok(rec) = crate::rocks::decode_head(v)
+            && rec.base.0 > 0
         {
-            out.insert(k.to_vec(), base);
+            out.insert(k.to_vec(), rec.base);
         }
         it.next();
     }

@@ -5,7 +5,7 @@
 //! | family | key | value |
 //! |---|---|---|
 //! | `events` | event key | canonical event bytes |
-//! | `heads` | log key | seq (8) · id (32) · time ms (8) · logical (4) [· base (8), once pruned] |
+//! | `heads` | log key | seq (8) · id (32) · time ms (8) · logical (4) · base (8) · pruned-to offset (8) · bytes held (8) |
 //! | `by_id` | event id (32) | event key · offset (8, big-endian) |
 //! | `arrivals` | offset (8, big-endian) | event key |
 //! | `forks` | log key | len of first event (4) · first event · second event |
@@ -49,9 +49,10 @@ use crate::keys::{event_key, log_key, split_log_key, topic_of, topic_prefix};
 
 /// Schema version written to `meta`; a store with a newer one is refused. Version 2
 /// (retention) adds the offset to the id index (pruning deletes an event's arrival
-/// entry through it) and the base to pruned logs' head records. A version 1 store is
-/// upgraded at open.
-pub const SCHEMA_VERSION: u32 = 2;
+/// entry through it) and the base to pruned logs' head records; version 3 the bytes
+/// each log holds (`max_bytes` rules) to every head record. Older stores are upgraded
+/// at open.
+pub const SCHEMA_VERSION: u32 = 3;
 
 pub(crate) const CF_EVENTS: &str = "events";
 pub(crate) const CF_HEADS: &str = "heads";
@@ -564,6 +565,9 @@ impl RocksStore {
                 if found < 2 {
                     self.upgrade_to_2()?;
                 }
+                if found < 3 {
+                    self.upgrade_to_3()?;
+                }
             }
         }
         Ok(())
@@ -601,6 +605,43 @@ impl RocksStore {
         Ok(())
     }
 
+    /// Version 2 → 3: every head record gains the bytes its log holds, summed over its
+    /// stored events. Idempotent, like the step before.
+    fn upgrade_to_3(&self) -> Result<()> {
+        let (events, heads) = (self.cf(CF_EVENTS), self.cf(CF_HEADS));
+        let mut it = self.db.raw_iterator_cf(heads);
+        it.seek_to_first();
+        let mut batch = WriteBatch::default();
+        let mut logs = 0u64;
+        while let (Some(lk), Some(v)) = (it.key(), it.value()) {
+            let mut rec = decode_head(v)?;
+            rec.bytes = 0;
+            let mut ev = self.db.raw_iterator_cf(events);
+            ev.seek(event_key(lk, rec.base));
+            while let (Some(k), Some(v)) = (ev.key(), ev.value()) {
+                if !k.starts_with(lk) || k.len() != lk.len() + 8 {
+                    break;
+                }
+                rec.bytes += v.len() as u64;
+                ev.next();
+            }
+            ev.status()?;
+            batch.put_cf(heads, lk, encode_head(&rec));
+            logs += 1;
+            if batch.len() >= 4096 {
+                self.db.write(std::mem::take(&mut batch))?;
+            }
+            it.next();
+        }
+        it.status()?;
+        batch.put_cf(self.cf(CF_META), b"schema", 3u32.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        tracing::info!(logs, "store upgraded to schema 3 (bytes per log)");
+        Ok(())
+    }
+
     fn load_next_offset(&self) -> Result<u64> {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_ARRIVALS));
         it.seek_to_last();
@@ -628,7 +669,9 @@ impl RocksStore {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_HEADS));
         it.seek_to_first();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let (head, _, pruned_to) = decode_head(v)?;
+            let HeadRecord {
+                head, pruned_to, ..
+            } = decode_head(v)?;
             self.pruned_to.fetch_max(pruned_to.0, Ordering::AcqRel);
             let at = self
                 .db
@@ -673,15 +716,18 @@ impl RocksStore {
             Some(v) => Some(decode_fork(&v)?.seq()),
             None => None,
         };
-        let (head, base, pruned_to) = match head {
-            Some((h, b, p)) => (Some(h), b, p),
-            None => (None, Seq(0), Offset(0)),
-        };
-        Ok(LogState {
-            head,
-            frozen_at,
-            base,
-            pruned_to,
+        Ok(match head {
+            Some(r) => LogState {
+                head: Some(r.head),
+                frozen_at,
+                base: r.base,
+                pruned_to: r.pruned_to,
+                bytes: r.bytes,
+            },
+            None => LogState {
+                frozen_at,
+                ..LogState::default()
+            },
         })
     }
 
@@ -753,6 +799,7 @@ impl RocksStore {
                     crate::docs::index(&mut batch, self, ev, offset, &ek);
                     staged.insert(ek, i);
                     next_state.head = Some(head);
+                    next_state.bytes += ev.bytes().len() as u64;
                     offset += 1;
                     Outcome::Appended(Offset(offset - 1))
                 }
@@ -779,7 +826,7 @@ impl RocksStore {
         // 1,024 events is one head write instead of 1,024.
         for (lk, st) in &overlay {
             if let Some(head) = st.head {
-                batch.put_cf(cf_heads, lk, encode_head(&head, st.base, st.pruned_to));
+                batch.put_cf(cf_heads, lk, encode_head(&HeadRecord::of(head, st)));
             }
         }
         if !batch.is_empty() {
@@ -906,15 +953,14 @@ impl RocksStore {
             done.bytes += log.done.bytes;
             let pruned_to = state.pruned_to.max(log.top);
             most = most.max(pruned_to);
-            batch.put_cf(cf_heads, &log.lk, encode_head(&head, log.below, pruned_to));
-            changed.insert(
-                log.lk,
-                LogState {
-                    base: log.below,
-                    pruned_to,
-                    ..state
-                },
-            );
+            let next = LogState {
+                base: log.below,
+                pruned_to,
+                bytes: state.bytes.saturating_sub(log.done.bytes),
+                ..state
+            };
+            batch.put_cf(cf_heads, &log.lk, encode_head(&HeadRecord::of(head, &next)));
+            changed.insert(log.lk, next);
         }
         if !batch.is_empty() {
             // Buffered: a pruning lost to a power cut is redone by the next pass.
@@ -1003,18 +1049,39 @@ fn decode_event(v: Vec<u8>) -> Result<Event> {
         .map_err(|e| corrupt(format!("stored event: {e}")))
 }
 
-/// A log's head record: the head, and once pruned its base and pruned-to offset.
-pub(crate) fn encode_head(h: &Head, base: Seq, pruned_to: Offset) -> Vec<u8> {
-    let pruned = base.0 > 0 || pruned_to.0 > 0;
-    let mut v = vec![0u8; if pruned { 68 } else { 52 }];
-    v[..8].copy_from_slice(&h.seq.0.to_be_bytes());
-    v[8..40].copy_from_slice(&h.id.0);
-    v[40..48].copy_from_slice(&h.time.ms.to_be_bytes());
-    v[48..52].copy_from_slice(&h.time.logical.to_be_bytes());
-    if pruned {
-        v[52..60].copy_from_slice(&base.0.to_be_bytes());
-        v[60..68].copy_from_slice(&pruned_to.0.to_be_bytes());
+/// A log's head record: its head, its base and pruned-to offset (see [`LogState`]),
+/// and the bytes it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeadRecord {
+    pub(crate) head: Head,
+    pub(crate) base: Seq,
+    pub(crate) pruned_to: Offset,
+    pub(crate) bytes: u64,
+}
+
+impl HeadRecord {
+    fn of(head: Head, st: &LogState) -> Self {
+        HeadRecord {
+            head,
+            base: st.base,
+            pruned_to: st.pruned_to,
+            bytes: st.bytes,
+        }
     }
+}
+
+/// Length of a head record (older schemas wrote 52 bytes, or 68 once pruned).
+const HEAD_RECORD_LEN: usize = 76;
+
+pub(crate) fn encode_head(r: &HeadRecord) -> Vec<u8> {
+    let mut v = vec![0u8; HEAD_RECORD_LEN];
+    v[..8].copy_from_slice(&r.head.seq.0.to_be_bytes());
+    v[8..40].copy_from_slice(&r.head.id.0);
+    v[40..48].copy_from_slice(&r.head.time.ms.to_be_bytes());
+    v[48..52].copy_from_slice(&r.head.time.logical.to_be_bytes());
+    v[52..60].copy_from_slice(&r.base.0.to_be_bytes());
+    v[60..68].copy_from_slice(&r.pruned_to.0.to_be_bytes());
+    v[68..76].copy_from_slice(&r.bytes.to_be_bytes());
     v
 }
 
@@ -1036,18 +1103,29 @@ pub(crate) fn split_by_id(v: &[u8]) -> Result<(&[u8], u64)> {
     Ok((ek, u64::from_be_bytes(off.try_into().unwrap_or([0; 8]))))
 }
 
-/// A head record's head, base and pruned-to offset.
-pub(crate) fn decode_head(v: &[u8]) -> Result<(Head, Seq, Offset)> {
+/// A head record. The shorter records of schemas 1 and 2 read with 0 bytes held (the
+/// upgrade to schema 3 counts them).
+pub(crate) fn decode_head(v: &[u8]) -> Result<HeadRecord> {
     let u64_at = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().unwrap_or([0; 8]));
-    let (base, pruned_to) = match v.len() {
-        52 => (Seq(0), Offset(0)),
-        68 => (Seq(u64_at(52)), Offset(u64_at(60))),
-        _ => return Err(corrupt("head record is neither 52 nor 68 bytes")),
+    let (base, pruned_to, bytes) = match v.len() {
+        52 => (Seq(0), Offset(0), 0),
+        68 => (Seq(u64_at(52)), Offset(u64_at(60)), 0),
+        HEAD_RECORD_LEN => (Seq(u64_at(52)), Offset(u64_at(60)), u64_at(68)),
+        n => {
+            return Err(corrupt(format!(
+                "head record is {n} bytes, not 52, 68 or 76"
+            )));
+        }
     };
     if base.0 > u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])) {
         return Err(corrupt("head record's base is past its head"));
     }
-    Ok((decode_head_only(&v[..52])?, base, pruned_to))
+    Ok(HeadRecord {
+        head: decode_head_only(&v[..52])?,
+        base,
+        pruned_to,
+        bytes,
+    })
 }
 
 fn decode_head_only(v: &[u8]) -> Result<Head> {
@@ -1189,21 +1267,21 @@ impl ReadStore for RocksStore {
         let mut out = Vec::new();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             let (topic, author) = split_log_key(k).ok_or_else(|| corrupt("head key"))?;
-            let (head, base, pruned_to) = decode_head(v)?;
-            out.push((topic, author, head, base, pruned_to, k.to_vec()));
+            out.push((topic, author, decode_head(v)?, k.to_vec()));
             it.next();
         }
         it.status()?;
         out.into_iter()
-            .map(|(topic, author, head, base, pruned_to, lk)| {
+            .map(|(topic, author, rec, lk)| {
                 let frozen_at = self.load_state(&lk)?.frozen_at;
                 Ok(LogSummary {
                     topic,
                     author,
-                    head,
+                    head: rec.head,
                     frozen_at,
-                    base,
-                    pruned_to,
+                    base: rec.base,
+                    pruned_to: rec.pruned_to,
+                    bytes: rec.bytes,
                 })
             })
             .collect()
@@ -1219,7 +1297,7 @@ impl ReadStore for RocksStore {
                 break;
             }
             let (_, author) = split_log_key(k).ok_or_else(|| corrupt("head key"))?;
-            let (h, _, _) = decode_head(v)?;
+            let h = decode_head(v)?.head;
             vv.insert(
                 author,
                 vv::Entry {
@@ -1326,6 +1404,7 @@ impl Store for RocksStore {
                     base: first.seq(),
                     frozen_at: state.frozen_at,
                     pruned_to,
+                    bytes: 0,
                 },
             );
         }

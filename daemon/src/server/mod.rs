@@ -480,12 +480,14 @@ async fn topics(State(st): State<Shared>) -> ApiResult<Json<TopicsResponse>> {
                 events: 0,
                 pruned: 0,
                 oldest_time: None,
+                bytes: 0,
                 logs: Vec::new(),
             });
         }
         if let Some(t) = topics.last_mut() {
             t.events += l.held();
             t.pruned += l.base.0;
+            t.bytes += l.bytes;
             let oldest = oldest.map(crate::api::time_json);
             if let Some(o) = oldest
                 && t.oldest_time
@@ -501,6 +503,7 @@ async fn topics(State(st): State<Shared>) -> ApiResult<Json<TopicsResponse>> {
                 head_time: crate::api::time_json(l.head.time),
                 frozen_at: l.frozen_at.map(|s| s.0),
                 oldest_time: oldest,
+                bytes: l.bytes,
             });
         }
     }
@@ -780,6 +783,7 @@ fn retention_json(st: &AppState) -> crate::api::RetentionJson {
                 pattern: r.pattern,
                 max_age: r.max_age.map(|d| humantime::format_duration(d).to_string()),
                 max_events_per_log: r.max_events_per_log,
+                max_bytes: r.max_bytes,
                 keep: r.keep,
             })
             .collect(),
@@ -821,6 +825,7 @@ async fn retention_change(
                         pattern: r.pattern,
                         max_age,
                         max_events_per_log: r.max_events_per_log,
+                        max_bytes: r.max_bytes,
                         keep: r.keep,
                     })
                 })
