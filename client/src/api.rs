@@ -439,6 +439,10 @@ pub struct DocsStats {
     /// Changes skipped because they crash automerge.
     #[serde(default)]
     pub poisoned: u64,
+    /// Snapshots whose content filled a document's compacted history (a log of its
+    /// topic started over at a peer's base).
+    #[serde(default)]
+    pub snapshots_applied: u64,
 }
 
 /// The remote author whose events were furthest ahead of this node's clock.

@@ -100,6 +100,7 @@ pub mod keys;
 pub mod replicate;
 pub mod retention;
 pub mod run;
+pub mod snapshot;
 pub mod storage;
 pub mod sync;
 pub mod testing;

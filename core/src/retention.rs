@@ -17,6 +17,7 @@
 //! The policy is pure: it reads the store and returns cuts; the daemon's writer carries
 //! them out ([`crate::storage::Store::prune`]), and the simulator can run the same code.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::storage::{Cut, LogSummary, ReadStore};
@@ -135,12 +136,40 @@ impl Policy {
         now_ms: u64,
         store: &S,
     ) -> Result<Vec<Planned>, S::Error> {
+        Ok(self.plan_inner(logs, now_ms, store, None)?.cuts)
+    }
+
+    /// The cuts one pass makes in document topics, which [`Policy::plan`] leaves out: as
+    /// the rules say, but never past what this node's own snapshots cover (`covers`,
+    /// per topic; see [`crate::snapshot`]). Topics whose rule would cut more than the
+    /// snapshots cover (or that have none) are listed in `want_snapshots`: a new round
+    /// of snapshots lets the next pass cut there.
+    pub fn plan_docs<S: ReadStore>(
+        &self,
+        logs: &[LogSummary],
+        now_ms: u64,
+        store: &S,
+        covers: &HashMap<Topic, DocCover>,
+    ) -> Result<DocPlan, S::Error> {
+        self.plan_inner(logs, now_ms, store, Some(covers))
+    }
+
+    /// `plan` (`docs` is `None`: document topics skipped) or `plan_docs` (only
+    /// document topics, capped by `docs`).
+    fn plan_inner<S: ReadStore>(
+        &self,
+        logs: &[LogSummary],
+        now_ms: u64,
+        store: &S,
+        docs: Option<&HashMap<Topic, DocCover>>,
+    ) -> Result<DocPlan, S::Error> {
         let mut topics: std::collections::BTreeMap<&Topic, Vec<&LogSummary>> =
             std::collections::BTreeMap::new();
         for log in logs {
             topics.entry(&log.topic).or_default().push(log);
         }
         let mut out = Vec::new();
+        let mut want_snapshots = Vec::new();
         let mut budget = SCAN_BUDGET;
         let mut cut_budget = CUT_BUDGET;
         for (topic, group) in topics {
@@ -150,8 +179,8 @@ impl Policy {
             if rule.keep || group.iter().all(|l| l.base >= l.head.seq) {
                 continue;
             }
-            // Document topics wait for snapshot compaction (see the module docs).
-            if !store.docs_of(topic, 1)?.is_empty() {
+            // Document topics go behind snapshots only (see the module docs).
+            if store.docs_of(topic, 1)?.is_empty() == docs.is_some() {
                 continue;
             }
             let mut cuts = Vec::with_capacity(group.len());
@@ -180,6 +209,23 @@ impl Policy {
                     budget -= free_oldest(store, &group, held - max, budget, &mut cuts)?;
                 }
             }
+            if let Some(docs) = docs {
+                let cover = docs.get(topic);
+                let mut wants = false;
+                for (log, cut) in group.iter().zip(cuts.iter_mut()) {
+                    let covered = cover
+                        .and_then(|c| c.get(&log.author))
+                        .map_or(log.base, |s| Seq(s.0.saturating_add(1)));
+                    let want = (*cut).min(log.head.seq);
+                    if want > covered.max(log.base) {
+                        wants = true;
+                        *cut = covered.max(log.base);
+                    }
+                }
+                if wants {
+                    want_snapshots.push(topic.clone());
+                }
+            }
             for (log, below) in group.iter().zip(cuts) {
                 let below = below
                     .min(log.head.seq)
@@ -203,8 +249,25 @@ impl Policy {
                 break;
             }
         }
-        Ok(out)
+        Ok(DocPlan {
+            cuts: out,
+            want_snapshots,
+        })
     }
+}
+
+/// What this node's own snapshots cover in one document topic: per author, the
+/// highest seq whose changes (to every document of the topic) are in a snapshot this
+/// node published. A log's events go only up to there.
+pub type DocCover = HashMap<crate::AuthorId, Seq>;
+
+/// What [`Policy::plan_docs`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DocPlan {
+    /// The cuts to make now.
+    pub cuts: Vec<Planned>,
+    /// Topics whose rule would cut past what this node's snapshots cover.
+    pub want_snapshots: Vec<Topic>,
 }
 
 impl Policy {

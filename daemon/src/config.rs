@@ -170,6 +170,11 @@ pub struct DocsConfig {
     /// Documents untouched this long are snapshotted and dropped from memory.
     #[serde(with = "humantime_serde")]
     pub idle_evict: Duration,
+    /// A document topic that a retention rule prunes is compacted behind snapshot
+    /// events this node publishes (one per document, replicated to every node of the
+    /// topic): at most one round of them per topic this often.
+    #[serde(with = "humantime_serde")]
+    pub compaction_interval: Duration,
 }
 
 impl Default for DocsConfig {
@@ -181,6 +186,7 @@ impl Default for DocsConfig {
             max_doc_bytes: d.max_doc_bytes,
             max_memory_mb: d.max_memory_bytes >> 20,
             idle_evict: d.idle_evict,
+            compaction_interval: Duration::from_secs(600),
         }
     }
 }
@@ -714,6 +720,10 @@ max_doc_bytes = 67108864
 max_memory_mb = 256
 # Documents untouched this long are snapshotted and dropped from memory.
 idle_evict = "10m"
+# A document topic that a [[retention]] rule prunes is compacted behind snapshot
+# events this node publishes (one per document, replicated to every node of the
+# topic, which a node joining later starts from): at most one round per topic this often.
+compaction_interval = "10m"
 
 [store]
 # "fsync": acknowledge a publish after the WAL is fsynced (survives power loss).

@@ -154,6 +154,10 @@ pub struct Metrics {
     pub docs_changes: Family<Origin, Counter>,
     /// Document changes found to crash automerge (skipped from then on).
     pub docs_poisoned: Counter,
+    /// Document snapshot events this node published (to compact their topics).
+    pub doc_snapshots_published: Counter,
+    /// Document snapshots whose content this node took to fill a compacted history.
+    pub doc_snapshots_applied: Counter,
     /// Events pruned by retention, by rule.
     pub pruned_events: Family<RuleLabel, Counter>,
     /// Their bytes, by rule.
@@ -201,6 +205,8 @@ impl Metrics {
             docs_memory_bytes: Gauge::default(),
             docs_changes: Family::default(),
             docs_poisoned: Counter::default(),
+            doc_snapshots_published: Counter::default(),
+            doc_snapshots_applied: Counter::default(),
             pruned_events: Family::default(),
             pruned_bytes: Family::default(),
             prune_passes: Counter::default(),
@@ -371,6 +377,16 @@ impl Metrics {
             "docs_poisoned_changes",
             "Document changes found to crash automerge, skipped from then on",
             m.docs_poisoned.clone(),
+        );
+        r.register(
+            "doc_snapshots_published",
+            "Document snapshot events this node published, behind which it compacts their topics",
+            m.doc_snapshots_published.clone(),
+        );
+        r.register(
+            "doc_snapshots_applied",
+            "Document snapshots whose content this node took to fill a history compacted away (a log it started over at a peer's base)",
+            m.doc_snapshots_applied.clone(),
         );
         r.register(
             "pruned_events",

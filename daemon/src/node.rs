@@ -137,18 +137,62 @@ fn parse_addrs(list: &[String]) -> anyhow::Result<Vec<murmur_p2p::Multiaddr>> {
 
 /// When a log may start over at a peer's base (the peer pruned past our head): the
 /// node's own logs always (the peer holds what this node signed; going on from a stale
-/// head would fork its own log), others as `retention::Policy::may_restart` says.
+/// head would fork its own log); a document topic's only on a snapshot that covers
+/// what lies below the base ([`doc_restart`]); others as
+/// `retention::Policy::may_restart` says.
 fn restart_check(
     rules: crate::retention::Rules,
     own: murmur_core::AuthorId,
     clock: Arc<NodeClock>,
+    store: Arc<RocksStore>,
 ) -> murmur_core::sync::RestartCheck {
-    murmur_core::sync::RestartCheck(Arc::new(move |first, peer_head| {
-        first.author() == own
-            || rules
+    murmur_core::sync::RestartCheck(Arc::new(move |range, peer_head| {
+        let Some(first) = range.first() else {
+            return false;
+        };
+        if first.author() == own {
+            return true;
+        }
+        match doc_restart(&store, range) {
+            Some(ok) => ok,
+            None => rules
                 .policy()
-                .may_restart(first, peer_head, clock.wall_ms())
+                .may_restart(first, peer_head, clock.wall_ms()),
+        }
     }))
+}
+
+/// Whether a log of a document topic may start over at the first event of `range`
+/// (`None`: not a document topic). Only on a snapshot that covers the author's log up
+/// to the event before it (`murmur_core::snapshot`): one in the range (the
+/// compacting node's own log keeps its snapshots just past its base), or one held
+/// here. Whatever this node's rules, since the history below is gone from the peers,
+/// and the snapshots hold it.
+fn doc_restart(store: &RocksStore, range: &[murmur_core::Event]) -> Option<bool> {
+    use murmur_core::snapshot::{DocSnapshot, is_snapshot};
+    let first = range.first()?;
+    let doc_topic = range
+        .iter()
+        .any(|e| matches!(e.body(), murmur_core::Body::Doc { .. }) || is_snapshot(e))
+        || store
+            .docs_of(first.topic(), 1)
+            .map_or(true, |d| !d.is_empty());
+    if !doc_topic {
+        return None;
+    }
+    if range
+        .iter()
+        .any(|ev| DocSnapshot::of(ev).is_some_and(|s| s.is_ok_and(|s| s.covers_below(ev, first))))
+    {
+        return Some(true);
+    }
+    match store.snapshot_events(first.topic()) {
+        Ok(held) => Some(held.iter().any(|(ev, s)| s.covers_below(ev, first))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the snapshots of a document topic");
+            Some(false)
+        }
+    }
 }
 
 /// Where a far-behind log's pull starts: this node's retention window
@@ -267,6 +311,7 @@ fn start_network(
         .map(|t| murmur_core::Pattern::new(t.as_str()))
         .collect::<Result<Vec<_>, _>>()?;
     let (replicator, inbox) = replicate::channel(REPLICATOR_QUEUE);
+    let restart = restart_check(rules.clone(), key.author(), clock.clone(), store.clone());
     let replicator_thread = replicate::spawn(
         store,
         handle.clone(),
@@ -279,7 +324,7 @@ fn start_network(
             sync: murmur_core::sync::Config {
                 check: Some(body_check(config)),
                 request_timeout: config.p2p.sync_timeout,
-                may_restart: Some(restart_check(rules.clone(), key.author(), clock.clone())),
+                may_restart: Some(restart),
                 keeps_from: Some(keeps_from(rules.clone(), key.author())),
                 ..murmur_core::sync::Config::default()
             },
@@ -605,6 +650,11 @@ pub async fn run(
         ingest.clone(),
         clock.clone(),
         metrics.clone(),
+        crate::retention::Compaction::new(
+            docs.clone(),
+            key.author(),
+            config.docs.compaction_interval,
+        ),
         shutdown.clone(),
     ));
 

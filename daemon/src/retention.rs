@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use murmur_core::ReadStore;
-use murmur_core::retention::Policy;
+use std::collections::HashMap;
+
+use murmur_core::retention::{DocCover, Policy};
+use murmur_core::{ReadStore, Topic};
 use murmur_store::RocksStore;
 use tokio_util::sync::CancellationToken;
 
@@ -154,6 +156,72 @@ impl Rules {
     }
 }
 
+/// Document compaction's state in the retention task: what this node's own snapshots
+/// cover per document topic, and when each topic last had a round.
+pub struct Compaction {
+    /// The document thread, which makes the snapshots.
+    pub docs: crate::docs::Handle,
+    /// This node's author key (its snapshots are the ones it compacts behind).
+    pub own: murmur_core::AuthorId,
+    /// Least time between two rounds of one topic (`docs.compaction_interval`).
+    pub every: Duration,
+    covers: HashMap<Topic, DocCover>,
+    rounds: HashMap<Topic, tokio::time::Instant>,
+    /// Per topic, the version vector just after its last round (what it covered, and
+    /// this node's own head past the snapshots it published): a topic where nothing
+    /// else happened since needs no new round, even if its rule would cut further (the
+    /// snapshots themselves moved the own log's head).
+    after_round: HashMap<Topic, DocCover>,
+}
+
+impl Compaction {
+    /// No rounds made yet (what earlier ones cover is read back from the store).
+    pub fn new(docs: crate::docs::Handle, own: murmur_core::AuthorId, every: Duration) -> Self {
+        Compaction {
+            docs,
+            own,
+            every,
+            covers: HashMap::new(),
+            rounds: HashMap::new(),
+            after_round: HashMap::new(),
+        }
+    }
+}
+
+/// What this node's own snapshot events held in `topic` cover, for every document of
+/// the topic (per author, the least over the documents' newest snapshots): `None` when
+/// a document has none (a round is due).
+fn own_cover(
+    store: &RocksStore,
+    topic: &Topic,
+    own: &murmur_core::AuthorId,
+) -> Result<Option<DocCover>, String> {
+    let docs = store.docs_of(topic, 1025).map_err(|e| e.to_string())?;
+    let mut newest: HashMap<String, DocCover> = HashMap::new();
+    for (ev, snap) in store.snapshot_events(topic).map_err(|e| e.to_string())? {
+        if ev.author() == *own {
+            // Its own log is covered up to the snapshot (`DocSnapshot::covers_below`).
+            let mut c: DocCover = snap.covers.iter().map(|c| (c.author, c.seq)).collect();
+            c.insert(*own, murmur_core::Seq(ev.seq().0.saturating_sub(1)));
+            newest.insert(snap.doc.clone(), c);
+        }
+    }
+    let mut cover: Option<DocCover> = None;
+    for doc in docs {
+        let Some(this) = newest.get(doc.as_str()) else {
+            return Ok(None);
+        };
+        cover = Some(match cover {
+            None => this.clone(),
+            Some(c) => c
+                .into_iter()
+                .filter_map(|(a, s)| this.get(&a).map(|t| (a, s.min(*t))))
+                .collect(),
+        });
+    }
+    Ok(cover)
+}
+
 /// Runs passes until `shutdown`: the rules' cuts, then, while the database is over
 /// `max_disk` bytes (0: no budget), the budget's.
 #[allow(clippy::too_many_arguments)]
@@ -165,6 +233,7 @@ pub async fn run(
     writer: ingest::Handle,
     clock: Arc<NodeClock>,
     metrics: Metrics,
+    mut compaction: Compaction,
     shutdown: CancellationToken,
 ) {
     metrics.store_disk_budget_bytes.set(max_disk as i64);
@@ -189,7 +258,7 @@ pub async fn run(
         // The rules in force now (they may change at runtime).
         let policy = rules.policy();
         if rules_due && !policy.keeps_everything() {
-            match pass(&policy, &store, &writer, &clock, &metrics).await {
+            match pass(&policy, &store, &writer, &clock, &metrics, &mut compaction).await {
                 Ok(pruned) => uncompacted += pruned.bytes,
                 Err(e) => {
                     tracing::warn!(error = %e, "retention pass failed; the next one retries")
@@ -346,24 +415,85 @@ async fn prune(
     writer.prune(prepared).await
 }
 
-/// One pass: plan, prune, count.
+/// One pass: plan (document topics only behind this node's snapshots), prune, count;
+/// then a round of snapshots for the document topics that want one.
 pub async fn pass(
     policy: &Arc<Policy>,
     store: &Arc<RocksStore>,
     writer: &ingest::Handle,
     clock: &NodeClock,
     metrics: &Metrics,
+    compaction: &mut Compaction,
 ) -> Result<murmur_core::Pruned, String> {
     let now = clock.wall_ms();
-    let plan = {
+    let (plan, want_snapshots, recovered) = {
         let (policy, store) = (policy.clone(), store.clone());
+        let mut covers = compaction.covers.clone();
+        let own = compaction.own;
         tokio::task::spawn_blocking(move || {
             let logs = store.logs().map_err(|e| e.to_string())?;
-            policy.plan(&logs, now, &*store).map_err(|e| e.to_string())
+            let mut plan = policy
+                .plan(&logs, now, &*store)
+                .map_err(|e| e.to_string())?;
+            // What earlier rounds cover, read back once per topic after a start.
+            let mut recovered = Vec::new();
+            let mut topics: Vec<&Topic> = logs.iter().map(|l| &l.topic).collect();
+            topics.dedup();
+            for topic in topics {
+                if !covers.contains_key(topic)
+                    && policy.rule_for(topic).is_some_and(|(_, r)| !r.keep)
+                    && !store
+                        .docs_of(topic, 1)
+                        .map_err(|e| e.to_string())?
+                        .is_empty()
+                    && let Some(c) = own_cover(&store, topic, &own)?
+                {
+                    covers.insert(topic.clone(), c.clone());
+                    recovered.push((topic.clone(), c));
+                }
+            }
+            let docs = policy
+                .plan_docs(&logs, now, &*store, &covers)
+                .map_err(|e| e.to_string())?;
+            plan.extend(docs.cuts);
+            Ok::<_, String>((plan, docs.want_snapshots, recovered))
         })
         .await
         .map_err(|e| e.to_string())??
     };
+    compaction.covers.extend(recovered);
+    for topic in want_snapshots {
+        let due = compaction
+            .rounds
+            .get(&topic)
+            .is_none_or(|t| t.elapsed() >= compaction.every);
+        let now_vv: DocCover = store
+            .version_vector(&topic)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|(a, e)| (*a, e.seq))
+            .collect();
+        if !due || compaction.after_round.get(&topic) == Some(&now_vv) {
+            continue;
+        }
+        compaction
+            .rounds
+            .insert(topic.clone(), tokio::time::Instant::now());
+        match compaction.docs.snapshot_round(topic.clone()).await {
+            Ok((cover, last)) => {
+                tracing::info!(%topic, "published document snapshots: the topic is compacted behind them at the next pass");
+                let mut after = cover.clone();
+                if let Some(seq) = last {
+                    after.insert(compaction.own, seq);
+                }
+                compaction.after_round.insert(topic.clone(), after);
+                compaction.covers.insert(topic, cover);
+            }
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "cannot snapshot the topic's documents; it is not compacted")
+            }
+        }
+    }
     if plan.is_empty() {
         return Ok(murmur_core::Pruned::default());
     }

@@ -46,8 +46,11 @@ pub(crate) fn hooks(
     window_pulls: bool,
 ) {
     let (p, c) = (policy.clone(), clock.clone());
-    cfg.may_restart = Some(sync::RestartCheck(Arc::new(move |first, peer_head| {
-        Some(first.author()) == own || p.may_restart(first, peer_head, c.load(Ordering::Relaxed))
+    cfg.may_restart = Some(sync::RestartCheck(Arc::new(move |range, peer_head| {
+        range.first().is_some_and(|first| {
+            Some(first.author()) == own
+                || p.may_restart(first, peer_head, c.load(Ordering::Relaxed))
+        })
     })));
     if !window_pulls {
         return;

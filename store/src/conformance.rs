@@ -602,6 +602,63 @@ mod rocks {
         assert!(err.to_string().contains("in use by another process"));
     }
 
+    /// A document snapshot event is indexed among its document's changes and as a
+    /// snapshot of its topic; pruning it takes it out of both.
+    #[test]
+    fn snapshot_events_are_indexed_and_pruned_with_their_event() {
+        use murmur_core::snapshot::{CONTENT_TYPE, DocSnapshot};
+        let s = tmp();
+        let k = key(1);
+        let a0 = doc_event(&k, "t/d", "a", 0, None);
+        let snap = DocSnapshot::new(
+            "a",
+            &murmur_core::VersionVector::new(),
+            b"automerge".to_vec(),
+        );
+        let ev = |seq: u64, prev: &Event| {
+            Event::sign(
+                &Draft {
+                    topic: Topic::new("t/d").unwrap(),
+                    seq: Seq(seq),
+                    prev: Some(prev.id()),
+                    time: Timestamp::from_ms(2 + seq),
+                    body: Payload::Data {
+                        content_type: Some(CONTENT_TYPE.into()),
+                        data: Bytes::from(snap.encode()),
+                    },
+                },
+                &k,
+            )
+            .unwrap()
+        };
+        let s1 = ev(1, &a0);
+        let s2 = ev(2, &s1);
+        let a3 = doc_event(&k, "t/d", "a", 3, Some(&s2));
+        s.insert(&[a0, s1.clone(), s2.clone(), a3], Durability::Sync)
+            .unwrap();
+        let topic = Topic::new("t/d").unwrap();
+        let doc = DocId::new("a").unwrap();
+        let changes = s.doc_changes(&topic, &doc, Offset(0), 10).unwrap();
+        assert_eq!(changes.len(), 4, "the snapshots are among the changes");
+        let held = s.snapshot_events(&topic).unwrap();
+        assert_eq!(
+            held.iter().map(|(e, _)| e.id()).collect::<Vec<_>>(),
+            vec![s1.id(), s2.id()]
+        );
+        assert_eq!(held[0].1, snap);
+        s.prune(&[murmur_core::storage::Cut {
+            topic: topic.clone(),
+            author: k.author(),
+            below: Seq(2),
+        }])
+        .unwrap();
+        let held = s.snapshot_events(&topic).unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].0.id(), s2.id());
+        assert_eq!(s.doc_changes(&topic, &doc, Offset(0), 10).unwrap().len(), 2);
+        assert!(crate::check::verify(&s).unwrap().is_clean());
+    }
+
     #[test]
     fn verify_finds_a_wrong_byte_count() {
         let s = tmp();

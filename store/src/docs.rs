@@ -7,11 +7,17 @@
 //! | `c` · topic · 0 · doc · 0 · offset (8, BE) | event key | with the event, same batch |
 //! | `a` · offset (8, BE) | topic · 0 · doc | with the event, same batch |
 //! | `s` · topic · 0 · doc | through (8, BE) · automerge bytes | by the daemon |
+//! | `p` · topic · 0 · offset (8, BE) | event key | with a snapshot event, same batch |
 //!
 //! `c` lists one document's changes in arrival order (a document's tail after a
 //! snapshot, its history); `a` lists document changes by arrival (what changed since a
 //! point); `s` is the newest snapshot with the offset it covers: every change of the
 //! document with a smaller offset is in it. Topics and document ids never contain NUL.
+//!
+//! A snapshot event (`murmur_core::snapshot`: a data event carrying a document's
+//! automerge save, published by a node that compacts the topic) is indexed among its
+//! document's changes (`c`, `a`), so the document thread sees it in order, and under
+//! `p`, so the snapshots a topic's logs may start over on are one prefix scan.
 
 use murmur_core::storage::{DocArrival, Snapshot};
 use murmur_core::{DocId, Event, Offset, Topic};
@@ -56,6 +62,19 @@ fn snapshot_key(topic: &str, doc: &str) -> Vec<u8> {
     k
 }
 
+fn snapshot_event_prefix(topic: &str) -> Vec<u8> {
+    let mut k = vec![b'p'];
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k
+}
+
+fn snapshot_event_key(topic: &str, offset: u64) -> Vec<u8> {
+    let mut k = snapshot_event_prefix(topic);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
 fn split_name(v: &[u8]) -> Option<(Topic, DocId)> {
     let nul = v.iter().position(|b| *b == 0)?;
     let topic = Topic::new(std::str::from_utf8(&v[..nul]).ok()?).ok()?;
@@ -71,20 +90,65 @@ pub(crate) fn index(
     offset: u64,
     ek: &[u8],
 ) {
-    if let murmur_core::Body::Doc { doc, .. } = ev.body() {
+    if let Some((doc, snapshot)) = murmur_core::snapshot::document_of(ev) {
+        let doc = doc.as_str();
         let cf = store.cf(CF_DOCS);
         let topic = ev.topic().as_str();
         batch.put_cf(cf, change_key(topic, doc, offset), ek);
         batch.put_cf(cf, arrival_key(offset), doc_name(topic, doc));
+        if snapshot {
+            batch.put_cf(cf, snapshot_event_key(topic, offset), ek);
+        }
     }
 }
 
 /// Removes a pruned document change from the indexes (the other half of [`index`]).
 pub(crate) fn unindex(deletes: &mut crate::rocks::Deletes, ev: &Event, offset: u64) {
-    if let murmur_core::Body::Doc { doc, .. } = ev.body() {
-        deletes.key(CF_DOCS, change_key(ev.topic().as_str(), doc, offset));
+    if let Some((doc, snapshot)) = murmur_core::snapshot::document_of(ev) {
+        let doc = doc.as_str();
+        let topic = ev.topic().as_str();
+        deletes.key(CF_DOCS, change_key(topic, doc, offset));
         deletes.key(CF_DOCS, arrival_key(offset).to_vec());
+        if snapshot {
+            deletes.key(CF_DOCS, snapshot_event_key(topic, offset));
+        }
     }
+}
+
+/// Most snapshot events [`snapshot_events`] reads.
+pub const MAX_SNAPSHOT_EVENTS: usize = 4096;
+
+/// The snapshot events held in a topic (at most [`MAX_SNAPSHOT_EVENTS`], newest
+/// last), decoded.
+pub(crate) fn snapshot_events(
+    store: &RocksStore,
+    topic: &Topic,
+) -> Result<Vec<(Event, murmur_core::snapshot::DocSnapshot)>> {
+    let prefix = snapshot_event_prefix(topic.as_str());
+    let mut it = store.db().raw_iterator_cf(store.cf(CF_DOCS));
+    it.seek_for_prev(snapshot_event_key(topic.as_str(), u64::MAX));
+    let mut keys = Vec::new();
+    while keys.len() < MAX_SNAPSHOT_EVENTS {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            break;
+        };
+        if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
+            break;
+        }
+        keys.push(v.to_vec());
+        it.prev();
+    }
+    it.status()?;
+    let mut out = Vec::with_capacity(keys.len());
+    for ek in keys.into_iter().rev() {
+        let Some(ev) = store.event_at(&ek)? else {
+            return Err(corrupt("snapshot index names a missing event"));
+        };
+        if let Some(Ok(s)) = murmur_core::snapshot::DocSnapshot::of(&ev) {
+            out.push((ev, s));
+        }
+    }
+    Ok(out)
 }
 
 /// Up to `limit` changes of one document with offsets from `from` on, in arrival

@@ -11,7 +11,7 @@ use murmur_core::storage::{
     Store,
 };
 use murmur_core::vv::{self, VersionVector};
-use murmur_core::{AuthorId, Body, DocId, Event, EventId, Offset, Pattern, Seq, Topic};
+use murmur_core::{AuthorId, DocId, Event, EventId, Offset, Pattern, Seq, Topic};
 
 type LogId = (Topic, AuthorId);
 
@@ -98,9 +98,7 @@ impl Store for MemoryStore {
                     let offset = Offset(inner.arrivals.len() as u64);
                     inner.by_id.insert(ev.id(), (id.clone(), ev.seq()));
                     inner.arrivals.push((id.clone(), ev.seq()));
-                    if let Body::Doc { doc, .. } = ev.body()
-                        && let Ok(doc) = DocId::new(doc)
-                    {
+                    if let Some((doc, _)) = murmur_core::snapshot::document_of(ev) {
                         let topic = ev.topic().clone();
                         inner
                             .doc_changes

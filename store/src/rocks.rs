@@ -986,6 +986,15 @@ impl RocksStore {
         }
     }
 
+    /// The document snapshot events held in `topic` (see `murmur_core::snapshot`),
+    /// oldest first, at most the newest [`crate::docs::MAX_SNAPSHOT_EVENTS`].
+    pub fn snapshot_events(
+        &self,
+        topic: &Topic,
+    ) -> Result<Vec<(Event, murmur_core::snapshot::DocSnapshot)>> {
+        crate::docs::snapshot_events(self, topic)
+    }
+
     /// Compacts the families pruning deletes from (events, id index, arrivals), so the
     /// space of pruned events returns to the file system. Runs beside writes (RocksDB
     /// compacts in its own threads); takes as long as rewriting what remains.

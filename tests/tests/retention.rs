@@ -651,3 +651,186 @@ fn max_bytes_keeps_the_newest_bytes_of_a_topic_across_its_authors() {
         common::stderr(&v)
     );
 }
+
+/// A document topic under a rule is compacted behind snapshot events its node
+/// publishes: its logs are cut, its documents read the same (also after a restart), a
+/// node that joins afterwards gets the documents from the snapshots and only the
+/// window of history, a node that holds the whole history never takes a snapshot's
+/// word for it, and changes made after the compaction apply everywhere.
+#[test]
+fn a_document_topic_is_compacted_behind_snapshots_and_a_late_joiner_gets_the_documents() {
+    const T: &str = "site/7";
+    let change = |n: &Node, doc: &str, ops: Value| {
+        let r = n.post("/v1/doc", &json!({"topic": T, "doc": doc, "ops": ops}));
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    // The document's value (null while the node has none).
+    let doc = |n: &Node, doc: &str| {
+        let r = n.req("GET", &format!("/v1/doc?topic={T}&doc={doc}"), None);
+        if r.status == 200 {
+            r.json()["value"].clone()
+        } else {
+            Value::Null
+        }
+    };
+    let logs = |n: &Node| -> Vec<(u64, u64)> {
+        n.get("/v1/topics")["topics"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["topic"] == T).cloned())
+            .and_then(|t| t["logs"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|l| {
+                (
+                    l["base"].as_u64().unwrap_or_default(),
+                    l["head_seq"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    let mut a = Node::start(
+        "[store]\nprune_interval = \"1s\"\n\n[docs]\ncompaction_interval = \"1s\"\n\n\
+         [[retention]]\npattern = \"site/#\"\nmax_events_per_log = 5\n",
+    );
+    let mut b = Node::start("");
+    let dial = b.cli(&["dial", &a.tcp_addr()]);
+    assert!(dial.status.success(), "{}", common::stderr(&dial));
+    wait_for("A and B connected", 10, || {
+        a.get("/v1/status")["peers"] == 1
+    });
+    // Two authors, two documents: 100 + 40 changes by A, 30 by B.
+    for i in 0..100 {
+        change(
+            &a,
+            "cfg",
+            json!([{"op": "set", "path": format!("k{}", i % 10), "value": i}]),
+        );
+    }
+    for i in 0..40 {
+        change(
+            &a,
+            "inv",
+            json!([{"op": "set", "path": format!("item{i}"), "value": i}]),
+        );
+    }
+    for i in 0..30 {
+        change(
+            &b,
+            "cfg",
+            json!([{"op": "set", "path": format!("b{}", i % 3), "value": i}]),
+        );
+    }
+    wait_for("A to compact the topic behind its snapshots", 30, || {
+        let l = logs(&a);
+        l.len() == 2 && l.iter().all(|(base, head)| *base > 0 && head - base < 10)
+    });
+    assert!(a.metric("murmur_doc_snapshots_published_total") >= 2);
+    // B holds the whole history (no rule) and everything A published, snapshots too.
+    wait_for("B to hold A's snapshots", 20, || {
+        b.get("/v1/topics")["topics"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["topic"] == T).cloned())
+            .is_some_and(|t| t["events"].as_u64().unwrap_or_default() >= 172)
+    });
+    let (cfg, inv) = (doc(&b, "cfg"), doc(&b, "inv"));
+    assert_eq!(cfg["k9"], 99, "{cfg}");
+    assert_eq!(cfg["b2"], 29, "{cfg}");
+    assert_eq!(inv["item39"], 39, "{inv}");
+    assert_eq!(doc(&a, "cfg"), cfg, "A reads the same after compacting");
+    assert_eq!(doc(&a, "inv"), inv);
+    // A point in time cannot be rebuilt from a compacted history: said, not wrong.
+    let r = a.req(
+        "GET",
+        &format!("/v1/doc?topic={T}&doc=cfg&at_offset=3"),
+        None,
+    );
+    assert!(
+        r.status >= 400 && r.body.contains("compacted"),
+        "{} {}",
+        r.status,
+        r.body
+    );
+    // B applied A's snapshots as events but never took their content: it holds the
+    // whole history. It leaves, so that the node joining next can only learn from A.
+    assert_eq!(
+        b.metric("murmur_doc_snapshots_applied_total"),
+        0,
+        "a node with the whole history never takes a snapshot's word"
+    );
+    b.stop();
+    // After a restart, from A's own store.
+    a.stop();
+    a.spawn();
+    assert_eq!(doc(&a, "cfg"), cfg);
+    assert_eq!(doc(&a, "inv"), inv);
+
+    // C joins after the compaction, knowing only A, with no rules of its own.
+    let c = Node::start("");
+    let dial = c.cli(&["dial", &a.tcp_addr()]);
+    assert!(dial.status.success(), "{}", common::stderr(&dial));
+    let got = common::try_wait_for(60, || {
+        let _ = c.post("/v1/sync", &json!({}));
+        std::thread::sleep(Duration::from_millis(300));
+        // (B's log starts over at C only once A's snapshots are held there: the
+        // round after the one that brought them.)
+        doc(&c, "cfg") == cfg && doc(&c, "inv") == inv && logs(&c).len() == 2
+    });
+    assert!(
+        got,
+        "C did not get the documents: cfg {} inv {}\ntopics {}\nA's topics {}\n{}",
+        doc(&c, "cfg"),
+        doc(&c, "inv"),
+        c.get("/v1/topics"),
+        a.get("/v1/topics"),
+        c.log()
+    );
+    // Only the window of history came: every log starts past seq 0.
+    let held = logs(&c);
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert!(held.iter().all(|(base, _)| *base > 0), "{held:?}");
+    assert!(c.metric("murmur_doc_snapshots_applied_total") >= 1);
+    // Changes after the compaction build on what the snapshots hold, both ways.
+    change(
+        &a,
+        "cfg",
+        json!([{"op": "set", "path": "after", "value": "yes"}]),
+    );
+    change(
+        &c,
+        "inv",
+        json!([{"op": "set", "path": "from_c", "value": 1}]),
+    );
+    wait_for("A to apply C's change", 30, || {
+        let _ = a.post("/v1/sync", &json!({}));
+        std::thread::sleep(Duration::from_millis(300));
+        doc(&a, "inv")["from_c"] == 1
+    });
+    wait_for(
+        "C to apply A's new change on top of the snapshot",
+        30,
+        || {
+            let _ = c.post("/v1/sync", &json!({}));
+            std::thread::sleep(Duration::from_millis(300));
+            doc(&c, "cfg")["after"] == "yes"
+        },
+    );
+    let now = doc(&c, "cfg");
+    assert_eq!(now["k9"], 99, "{now}");
+    assert_eq!(doc(&c, "cfg")["missing"], Value::Null);
+    // Publishing a snapshot by hand is refused.
+    let r = a.post(
+        "/v1/events",
+        &json!({"topic": T, "data": "x", "content_type": "application/vnd.murmur.doc-snapshot"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    for mut n in [a, c] {
+        n.stop();
+        let v = n.cli(&["verify"]);
+        assert!(
+            v.status.success(),
+            "{}\n{}",
+            common::stdout(&v),
+            common::stderr(&v)
+        );
+    }
+}

@@ -75,8 +75,9 @@ pub struct Config {
     pub check: Option<BodyCheck>,
     /// Whether a log may start over at a peer's base when the peer pruned past our
     /// head (retention): the log then takes the peer's range and drops what it held
-    /// ([`crate::storage::Store::restart_log`]). Asked with the range's first event and
-    /// the peer's head, so that a range that leaves out events this node would keep
+    /// ([`crate::storage::Store::restart_log`]). Asked with the range (its first event
+    /// is where the log would start; a document snapshot in it may cover what lies
+    /// below, see [`crate::snapshot`]) and the peer's head, so that a range that leaves out events this node would keep
     /// (a peer sending only a suffix) is refused. Refused, the pull ends as if the peer
     /// had nothing. `None`: never.
     pub may_restart: Option<RestartCheck>,
@@ -103,9 +104,9 @@ impl std::fmt::Debug for KeepsFrom {
     }
 }
 
-/// The function behind a [`RestartCheck`]: `(first event of the peer's range, the
-/// peer's head seq)`.
-pub type RestartFn = dyn Fn(&Event, Seq) -> bool + Send + std::marker::Sync;
+/// The function behind a [`RestartCheck`]: `(the peer's range, never empty, as decoded
+/// and verified; the peer's head seq)`.
+pub type RestartFn = dyn Fn(&[Event], Seq) -> bool + Send + std::marker::Sync;
 
 /// Which topics' logs may start over at a peer's base (see [`Config::may_restart`]).
 #[derive(Clone)]
@@ -824,7 +825,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             }
             match crate::run::decode(&run, MAX_FRAME_BYTES) {
                 Ok(_) if pruned => Vec::new(),
-                Ok(evs) if restart && evs.first().is_none_or(|f| !self.may_restart(f, pull_to)) => {
+                Ok(evs) if restart && (evs.is_empty() || !self.may_restart(&evs, pull_to)) => {
                     Vec::new()
                 }
                 Ok(evs) => evs,
@@ -961,12 +962,13 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         out
     }
 
-    /// Whether a log may start over at `first` (see [`Config::may_restart`]).
-    fn may_restart(&self, first: &Event, peer_head: Seq) -> bool {
+    /// Whether a log may start over at the first event of `range` (see
+    /// [`Config::may_restart`]).
+    fn may_restart(&self, range: &[Event], peer_head: Seq) -> bool {
         self.config
             .may_restart
             .as_ref()
-            .is_some_and(|f| (f.0)(first, peer_head))
+            .is_some_and(|f| (f.0)(range, peer_head))
     }
 
     /// Asks for the window of `author`'s log that starts at `next`, if the pull wants

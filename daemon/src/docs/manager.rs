@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use automerge::{Automerge, Change, ReadDoc};
-use murmur_core::{AuthorId, Body, DocId, Offset, Payload, ReadStore, Topic};
+use murmur_core::{AuthorId, Body, DocId, Offset, Payload, ReadStore, Seq, Topic};
 use murmur_store::{RocksStore, Snapshot};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +32,10 @@ const CHANGE_BATCH: usize = 256;
 /// Changes with missing dependencies a document may hold before it is dropped from
 /// memory (it reloads when asked for; the changes stay in the store).
 const MAX_PENDING: u64 = 10_000;
+
+/// Most documents of one topic a snapshot round covers (a topic with more is not
+/// compacted).
+const MAX_ROUND_DOCS: usize = 1024;
 
 /// Most rebuilds of one document while skipping changes that crash automerge.
 const MAX_REBUILDS: usize = 64;
@@ -162,6 +166,7 @@ impl Manager {
                     self.stats.memory_bytes = self.memory();
                     let _ = reply.send(self.stats.clone());
                 }
+                Command::SnapshotRound { topic, reply } => self.snapshot_round(topic, reply),
                 Command::Arrived => self.arrived(),
                 Command::Tick => self.evict(Instant::now()),
                 Command::Forget(keys) => {
@@ -197,6 +202,7 @@ impl Manager {
             self.open(key)?;
             match self.catch_up(key)? {
                 CatchUp::Done => {
+                    self.fill_gap(key)?;
                     if opened {
                         trim();
                     }
@@ -435,8 +441,16 @@ impl Manager {
         }
         for key in touched {
             // A document dropped for a rebuild is rebuilt when next asked for.
-            if let Err(e) = self.catch_up(&key) {
-                tracing::error!(doc = %key.1, error = %e, "cannot apply document changes");
+            match self.catch_up(&key) {
+                Ok(CatchUp::Done) => {
+                    if let Err(e) = self.fill_gap(&key) {
+                        tracing::error!(doc = %key.1, error = %e, "cannot fill a document's history from a snapshot");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(doc = %key.1, error = %e, "cannot apply document changes")
+                }
             }
         }
         self.evict(Instant::now());
@@ -568,6 +582,184 @@ impl Manager {
         self.evict(Instant::now());
     }
 
+    /// Publishes a snapshot event of every document of `topic` (see
+    /// `murmur_core::snapshot`), covering the topic's version vector as it was before the
+    /// documents were caught up (each change it names is indexed with its event, so the
+    /// catch-up applies it: the snapshots hold at least that). Refused, publishing
+    /// nothing, if a document waits for changes it depends on, holds a change skipped as
+    /// poison, or is too large for one event.
+    fn snapshot_round(
+        &mut self,
+        topic: Topic,
+        reply: oneshot::Sender<
+            Result<(murmur_core::retention::DocCover, Option<murmur_core::Seq>), DocError>,
+        >,
+    ) {
+        use murmur_core::snapshot::{CONTENT_TYPE, DocSnapshot, MAX_SAVE_BYTES};
+        let made = (|| -> Result<(Vec<PublishItem>, murmur_core::VersionVector), DocError> {
+            let store_err = |e: murmur_store::StoreError| DocError::Store(e.to_string());
+            let vv = self.store.version_vector(&topic).map_err(store_err)?;
+            let docs = self
+                .store
+                .docs_of(&topic, MAX_ROUND_DOCS + 1)
+                .map_err(store_err)?;
+            if docs.len() > MAX_ROUND_DOCS {
+                return Err(DocError::TooLarge(format!(
+                    "{topic} has more than {MAX_ROUND_DOCS} documents: not compacted"
+                )));
+            }
+            let mut items = Vec::with_capacity(docs.len());
+            for doc in docs {
+                let key = (topic.clone(), doc);
+                if self.poison.get(&key).is_some_and(|p| !p.is_empty()) {
+                    return Err(DocError::Unavailable(format!(
+                        "document {} holds a change that crashes automerge: not compacted",
+                        key.1
+                    )));
+                }
+                let l = self.load(&key)?;
+                if !l.doc.get_missing_deps(&[]).is_empty() {
+                    return Err(DocError::Unavailable(format!(
+                        "document {} waits for changes it depends on: not compacted yet",
+                        key.1
+                    )));
+                }
+                let save = l.doc.save();
+                if save.len() > MAX_SAVE_BYTES {
+                    return Err(DocError::TooLarge(format!(
+                        "document {} saves to {} bytes, more than a snapshot event holds ({MAX_SAVE_BYTES}): not compacted",
+                        key.1,
+                        save.len()
+                    )));
+                }
+                items.push(PublishItem {
+                    topic: topic.clone(),
+                    payload: Payload::Data {
+                        content_type: Some(CONTENT_TYPE.to_owned()),
+                        data: bytes::Bytes::from(
+                            DocSnapshot::new(key.1.as_str(), &vv, save).encode(),
+                        ),
+                    },
+                });
+            }
+            trim();
+            Ok((items, vv))
+        })();
+        let (items, vv) = match made {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let mut cover: murmur_core::retention::DocCover =
+            vv.iter().map(|(a, e)| (*a, e.seq)).collect();
+        let own = self.author;
+        if items.is_empty() {
+            let _ = reply.send(Ok((cover, None)));
+            return;
+        }
+        match self.ingest.submit(items) {
+            Ok(pending) => {
+                let metrics = self.metrics.clone();
+                self.rt.spawn(async move {
+                    let answer = match pending.await {
+                        Ok(Ok(done)) => {
+                            metrics.doc_snapshots_published.inc_by(done.len() as u64);
+                            // This node's own log is covered up to its first snapshot
+                            // (see `DocSnapshot::covers_below`): it starts there.
+                            if let Some(first) = done.first() {
+                                cover.insert(own, Seq(first.event.seq().0.saturating_sub(1)));
+                            }
+                            Ok((cover, done.last().map(|d| d.event.seq())))
+                        }
+                        Ok(Err(e)) => Err(DocError::Ingest(e)),
+                        Err(_) => Err(DocError::Ingest(IngestError::ShuttingDown)),
+                    };
+                    let _ = reply.send(answer);
+                });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(DocError::Ingest(e)));
+            }
+        }
+    }
+
+    /// A document whose history here has a gap takes what it lacks from the snapshots
+    /// of it that this node holds, newest first, until the gap is closed. A gap: the
+    /// document is empty or waits for changes it depends on, and a log of its topic
+    /// here starts past seq 0 (it started over at a peer's base, the changes below it
+    /// compacted away fleet-wide; or this node pruned it, its own snapshots holding
+    /// what went). A node that holds the whole history of the topic never takes a
+    /// snapshot's word for it (see docs/design.md, "Document compaction").
+    fn fill_gap(&mut self, key: &(Topic, DocId)) -> Result<(), DocError> {
+        let Some(l) = self.loaded.get(key) else {
+            return Ok(());
+        };
+        if !l.doc.get_heads().is_empty() && l.doc.get_missing_deps(&[]).is_empty() {
+            return Ok(());
+        }
+        let store_err = |e: murmur_store::StoreError| DocError::Store(e.to_string());
+        let snaps: Vec<_> = self
+            .store
+            .snapshot_events(&key.0)
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|(_, s)| s.doc == key.1.as_str())
+            .collect();
+        if snaps.is_empty() {
+            return Ok(());
+        }
+        let mut started_over = false;
+        for c in snaps.iter().flat_map(|(_, s)| &s.covers) {
+            if self
+                .store
+                .log_state(&c.author, &key.0)
+                .map_err(store_err)?
+                .base
+                .0
+                > 0
+            {
+                started_over = true;
+                break;
+            }
+        }
+        if !started_over {
+            return Ok(());
+        }
+        let Some(l) = self.loaded.get_mut(key) else {
+            return Ok(());
+        };
+        for (ev, s) in snaps.iter().rev() {
+            let doc = &mut l.doc;
+            let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                doc.load_incremental(&s.save)
+            }));
+            match loaded {
+                Ok(Ok(_)) => {
+                    l.unsaved += 1;
+                    l.size += s.save.len() as u64;
+                    self.stats.snapshots_applied += 1;
+                    self.metrics.doc_snapshots_applied.inc();
+                    tracing::info!(doc = %key.1, topic = %key.0, by = %ev.author().short(), "filled the document's compacted history from a snapshot");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(doc = %key.1, topic = %key.0, error = %e, "a document snapshot does not load")
+                }
+                Err(_) => {
+                    // automerge's state may be half-updated: rebuild from the store.
+                    tracing::error!(doc = %key.1, topic = %key.0, "a document snapshot crashed automerge");
+                    self.loaded.remove(key);
+                    return Ok(());
+                }
+            }
+            if !l.doc.get_heads().is_empty() && l.doc.get_missing_deps(&[]).is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Makes one change to a loaded document and returns it.
     fn local_change(
         &mut self,
@@ -649,6 +841,23 @@ impl Manager {
         path: &str,
         point: &Point,
     ) -> Result<DocState, DocError> {
+        // A history compacted here (a log of the topic pruned behind snapshots, or
+        // started over at a peer's base) cannot be replayed from its start.
+        let store_err = |e: murmur_store::StoreError| DocError::Store(e.to_string());
+        let vv = self.store.version_vector(&key.0).map_err(store_err)?;
+        for (author, _) in vv.iter() {
+            let base = self
+                .store
+                .log_state(author, &key.0)
+                .map_err(store_err)?
+                .base;
+            if base.0 > 0 {
+                return Err(DocError::NoSuchPoint(format!(
+                    "the history of {} was compacted here (retention keeps it behind snapshots): a point in time cannot be rebuilt; read the document as it is now",
+                    key.0
+                )));
+            }
+        }
         let poison = self.poison.get(key).cloned().unwrap_or_default();
         let mut doc = Automerge::new();
         let mut from = Offset(0);

@@ -170,6 +170,14 @@ enum Command {
         reply: oneshot::Sender<Result<DocState, DocError>>,
     },
     Stats(oneshot::Sender<DocsStats>),
+    /// Publish a snapshot of every document of the topic (see
+    /// `murmur_core::snapshot`); answers, once they are durable, with what they cover.
+    SnapshotRound {
+        topic: Topic,
+        reply: oneshot::Sender<
+            Result<(murmur_core::retention::DocCover, Option<murmur_core::Seq>), DocError>,
+        >,
+    },
     /// New events were stored.
     Arrived,
     /// Time passed: idle eviction.
@@ -230,6 +238,18 @@ impl Handle {
             reply,
         })
         .await?
+    }
+
+    /// Publishes a snapshot of every document of `topic`, signed by this node, and
+    /// answers once they are durable with what they cover: the topic's version vector
+    /// read before the documents were caught up, so each snapshot holds at least that;
+    /// and the seq of the last snapshot event (`None`: the topic has no documents).
+    pub async fn snapshot_round(
+        &self,
+        topic: Topic,
+    ) -> Result<(murmur_core::retention::DocCover, Option<murmur_core::Seq>), DocError> {
+        self.ask(|reply| Command::SnapshotRound { topic, reply })
+            .await?
     }
 
     /// Counters.

@@ -203,6 +203,14 @@ fn check_content_type(ct: &Option<String>) -> ApiResult<()> {
                 "content_type must be 1..=127 bytes of printable ASCII",
             ))
         }
+        Some(c) if c.eq_ignore_ascii_case(murmur_core::snapshot::CONTENT_TYPE) => {
+            Err(ApiError::bad(
+                "invalid_content_type",
+                format!(
+                    "content_type {c} is reserved: document snapshots are written by the node itself"
+                ),
+            ))
+        }
         _ => Ok(()),
     }
 }
