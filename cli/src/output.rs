@@ -103,6 +103,12 @@ pub fn status(s: &Status, repl: Option<&ReplicationJson>, json: bool) -> anyhow:
             d.applied,
             d.snapshots
         );
+        if d.snapshots_applied > 0 || d.snapshots_refused > 0 {
+            println!(
+                "            {} compacted histories filled from peers' snapshots, {} false snapshots set aside",
+                d.snapshots_applied, d.snapshots_refused
+            );
+        }
     }
     if let Some(p) = &s.store_problem {
         println!("store       DAMAGED: {p}");

@@ -443,6 +443,9 @@ pub struct DocsStats {
     /// topic started over at a peer's base).
     #[serde(default)]
     pub snapshots_applied: u64,
+    /// Other nodes' snapshots found false against the history held here, set aside.
+    #[serde(default)]
+    pub snapshots_refused: u64,
 }
 
 /// The remote author whose events were furthest ahead of this node's clock.

@@ -11,8 +11,9 @@
 //! A cut never removes a log's head event (the store keeps it: the chain continues from
 //! it, and offsets are never reused), so `max_age` leaves the newest event of a quiet
 //! log, and `max_events_per_log = 1` is "latest value per author", like a compacted
-//! Kafka topic. Document topics are skipped: their changes go only behind a snapshot,
-//! which is not built yet.
+//! Kafka topic. Document topics are cut only behind this node's own snapshots of
+//! their documents ([`Policy::plan_docs`], [`crate::snapshot`]): [`Policy::plan`] leaves
+//! them out.
 //!
 //! The policy is pure: it reads the store and returns cuts; the daemon's writer carries
 //! them out ([`crate::storage::Store::prune`]), and the simulator can run the same code.
@@ -274,17 +275,27 @@ impl Policy {
     /// Whether a log may start over at `first`, a peer's base, when the peer pruned
     /// past this node's head (`sync::Config::may_restart`), `peer_head` being the
     /// peer's head seq and `now_ms` this node's clock. Only if a rule that prunes
-    /// covers the topic (document topics never), and the events left out, those below
+    /// covers the topic (a document topic's logs are the daemon's to decide, on
+    /// snapshots: see [`crate::snapshot`]), and the events left out, those below
     /// `first`, are ones this rule would not keep:
     /// - `max_events_per_log = n`: the newest `n` up to the peer's head all lie in the
     ///   peer's range (`first + n <= peer_head + 1`);
     /// - `max_age = a`: `first` itself is at most a quarter of `a` younger than the
     ///   cutoff, so what lies below it is (nearly) all older than the window. A peer
     ///   sending only a suffix of a log is refused, past that slack;
-    /// - `max_bytes`: always (see the comment in the body).
+    /// - `max_bytes`: only a log that holds nothing here (`held`, the events of it this
+    ///   node holds; `None`: unknown, taken as some). A topic's bytes cannot be told
+    ///   from one log's seqs, and starting over drops what the log holds: a peer (or
+    ///   one with a smaller limit) must not wipe a log this node's own limit keeps.
     ///
     /// A topic that no rule covers, or that a rule keeps, stays as it is (and behind).
-    pub fn may_restart(&self, first: &crate::Event, peer_head: Seq, now_ms: u64) -> bool {
+    pub fn may_restart(
+        &self,
+        first: &crate::Event,
+        peer_head: Seq,
+        now_ms: u64,
+        held: Option<u64>,
+    ) -> bool {
         let Some((_, rule)) = self.rule_for(first.topic()) else {
             return false;
         };
@@ -298,10 +309,8 @@ impl Policy {
             let a = u64::try_from(a.as_millis()).unwrap_or(u64::MAX);
             first.time().ms <= now_ms.saturating_sub(a).saturating_add(a / 4)
         });
-        // What a topic's bytes keep cannot be told from one log's seqs: the peer's base
-        // is taken (what lies below it is that log's oldest, the first a cut by bytes
-        // removes; refusing would leave the log behind for good once no peer holds it).
-        by_count || by_age || rule.max_bytes.is_some()
+        let by_bytes = rule.max_bytes.is_some() && held == Some(0);
+        by_count || by_age || by_bytes
     }
 
     /// The lowest seq this policy keeps of a log of `topic` whose head is at `head`, by
@@ -409,14 +418,17 @@ fn free_oldest<S: ReadStore>(
 ) -> Result<usize, S::Error> {
     use std::cmp::Reverse;
     use std::collections::{BinaryHeap, VecDeque};
+    // Per log, what the merge needs of each event read (seq, time, size), not the
+    // event: a window is read at a time, then dropped.
+    type Seen = (Seq, crate::Timestamp, u64);
     let window = (WINDOW / group.len().max(1)).max(16);
     let mut next: Vec<Seq> = group.iter().map(|l| l.base).collect();
-    let mut bufs: Vec<VecDeque<crate::Event>> = vec![VecDeque::new(); group.len()];
+    let mut bufs: Vec<VecDeque<Seen>> = vec![VecDeque::new(); group.len()];
     let mut heap = BinaryHeap::new();
     let mut read = 0usize;
     // Refills log `i`'s buffer (below its head only) and queues its oldest event.
     let mut refill = |i: usize,
-                      bufs: &mut Vec<VecDeque<crate::Event>>,
+                      bufs: &mut Vec<VecDeque<Seen>>,
                       heap: &mut BinaryHeap<Reverse<(crate::Timestamp, usize)>>,
                       read: &mut usize|
      -> Result<(), S::Error> {
@@ -429,11 +441,11 @@ fn free_oldest<S: ReadStore>(
                     break;
                 }
                 next[i] = Seq(ev.seq().0 + 1);
-                bufs[i].push_back(ev);
+                bufs[i].push_back((ev.seq(), ev.time(), ev.bytes().len() as u64));
             }
         }
-        if let Some(ev) = bufs[i].front() {
-            heap.push(Reverse((ev.time(), i)));
+        if let Some((_, time, _)) = bufs[i].front() {
+            heap.push(Reverse((*time, i)));
         }
         Ok(())
     };
@@ -445,11 +457,11 @@ fn free_oldest<S: ReadStore>(
         let Some(Reverse((_, i))) = heap.pop() else {
             break;
         };
-        let Some(ev) = bufs[i].pop_front() else {
+        let Some((seq, _, size)) = bufs[i].pop_front() else {
             continue;
         };
-        freed += ev.bytes().len() as u64;
-        cuts[i] = cuts[i].max(Seq(ev.seq().0 + 1));
+        freed += size;
+        cuts[i] = cuts[i].max(Seq(seq.0 + 1));
         refill(i, &mut bufs, &mut heap, &mut read)?;
     }
     Ok(read)

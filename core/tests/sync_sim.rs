@@ -811,7 +811,7 @@ fn a_peer_that_pruned_is_no_violator_and_nothing_pruned_comes_back() {
         }])
         .unwrap();
         murmur_core::sync::RestartCheck(std::sync::Arc::new(move |range: &[Event], head: Seq| {
-            p.may_restart(&range[0], head, 0)
+            p.may_restart(&range[0], head, 0, None)
         }))
     };
     for (n, restarts) in [(3, true), (5, false)] {
@@ -888,7 +888,7 @@ fn a_node_far_behind_pulls_only_its_window() {
         let (p1, p2) = (policy.clone(), policy.clone());
         Config {
             may_restart: Some(murmur_core::sync::RestartCheck(std::sync::Arc::new(
-                move |range: &[Event], head: Seq| p1.may_restart(&range[0], head, 0),
+                move |range: &[Event], head: Seq| p1.may_restart(&range[0], head, 0, None),
             ))),
             keeps_from: Some(murmur_core::sync::KeepsFrom(std::sync::Arc::new(
                 move |t: &murmur_core::Topic, _: &murmur_core::AuthorId, head: Seq| {

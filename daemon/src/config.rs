@@ -747,8 +747,9 @@ max_disk_mb = 0
 
 # Retention: none by default (every event is kept). Rules are matched against a topic
 # in order and the first match decides; a topic no rule matches is kept whole. A log's
-# newest event always stays (the chain continues from it). Document topics are not
-# pruned yet. For example, a device fleet:
+# newest event always stays (the chain continues from it). Document topics are cut
+# only behind snapshots this node publishes (see [docs] compaction_interval). For
+# example, a device fleet:
 #
 # [[retention]]            # heartbeats and status: latest value per device
 # pattern = "status/#"

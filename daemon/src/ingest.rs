@@ -164,6 +164,12 @@ enum Command {
         snap: Snapshot,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// A document snapshot event found false: out of its topic's snapshots.
+    RefuseSnapshot {
+        topic: Topic,
+        offset: Offset,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Retention's prefix cuts (read and prepared beforehand), after what was queued
     /// before them.
     Prune {
@@ -279,6 +285,21 @@ impl Handle {
                 topic,
                 doc,
                 snap,
+                reply,
+            })
+            .map_err(|_| IngestError::ShuttingDown.to_string())?;
+        rx.blocking_recv()
+            .map_err(|_| IngestError::ShuttingDown.to_string())?
+    }
+
+    /// Takes a snapshot event found false out of its topic's snapshots, durably.
+    /// Blocks: call it from a thread, not a task.
+    pub fn refuse_snapshot(&self, topic: Topic, offset: Offset) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Command::RefuseSnapshot {
+                topic,
+                offset,
                 reply,
             })
             .map_err(|_| IngestError::ShuttingDown.to_string())?;
@@ -493,6 +514,16 @@ impl Writer {
                         let saved = self.store.save_snapshot(&topic, &doc, &snap);
                         let _ = reply.send(saved.map_err(|e| e.to_string()));
                     }
+                    Command::RefuseSnapshot {
+                        topic,
+                        offset,
+                        reply,
+                    } => {
+                        self.commit(std::mem::take(&mut batch));
+                        n = 0;
+                        let done = self.store.refuse_snapshot_event(&topic, offset);
+                        let _ = reply.send(done.map_err(|e| e.to_string()));
+                    }
                     Command::ConfirmOwnLogs(reply) => {
                         self.commit(std::mem::take(&mut batch));
                         n = 0;
@@ -524,7 +555,9 @@ impl Writer {
             match msg {
                 Command::Job(job) => rest.jobs.push(job),
                 Command::Write(w) => rest.writes.push(w),
-                Command::Snapshot { reply, .. } | Command::ConfirmOwnLogs(reply) => {
+                Command::Snapshot { reply, .. }
+                | Command::RefuseSnapshot { reply, .. }
+                | Command::ConfirmOwnLogs(reply) => {
                     let _ = reply.send(Err(IngestError::ShuttingDown.to_string()));
                 }
                 Command::Prune { reply, .. } => {

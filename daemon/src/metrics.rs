@@ -158,6 +158,8 @@ pub struct Metrics {
     pub doc_snapshots_published: Counter,
     /// Document snapshots whose content this node took to fill a compacted history.
     pub doc_snapshots_applied: Counter,
+    /// Other nodes' document snapshots found false against the history held here.
+    pub doc_snapshots_refused: Counter,
     /// Events pruned by retention, by rule.
     pub pruned_events: Family<RuleLabel, Counter>,
     /// Their bytes, by rule.
@@ -207,6 +209,7 @@ impl Metrics {
             docs_poisoned: Counter::default(),
             doc_snapshots_published: Counter::default(),
             doc_snapshots_applied: Counter::default(),
+            doc_snapshots_refused: Counter::default(),
             pruned_events: Family::default(),
             pruned_bytes: Family::default(),
             prune_passes: Counter::default(),
@@ -387,6 +390,11 @@ impl Metrics {
             "doc_snapshots_applied",
             "Document snapshots whose content this node took to fill a history compacted away (a log it started over at a peer's base)",
             m.doc_snapshots_applied.clone(),
+        );
+        r.register(
+            "doc_snapshots_refused",
+            "Other nodes' document snapshots found false against the history held here (leaving out a change they claim to cover, or holding a change its author never signed): set aside, never used",
+            m.doc_snapshots_refused.clone(),
         );
         r.register(
             "pruned_events",

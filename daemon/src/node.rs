@@ -153,32 +153,52 @@ fn restart_check(
         if first.author() == own {
             return true;
         }
-        match doc_restart(&store, range) {
+        let held = store
+            .log_state(&first.author(), first.topic())
+            .ok()
+            .map(|s| {
+                s.head
+                    .map_or(0, |h| h.seq.0 + 1 - s.base.0.min(h.seq.0 + 1))
+            });
+        let policy = rules.policy();
+        match doc_restart(&store, &policy, range, held) {
             Some(ok) => ok,
-            None => rules
-                .policy()
-                .may_restart(first, peer_head, clock.wall_ms()),
+            None => policy.may_restart(first, peer_head, clock.wall_ms(), held),
         }
     }))
 }
 
+/// Most held snapshot events (newest first) a restart of a document topic's log looks
+/// through for one that covers it.
+const RESTART_SNAPSHOTS: usize = 64;
+
 /// Whether a log of a document topic may start over at the first event of `range`
-/// (`None`: not a document topic). Only on a snapshot that covers the author's log up
-/// to the event before it (`murmur_core::snapshot`): one in the range (the
-/// compacting node's own log keeps its snapshots just past its base), or one held
-/// here. Whatever this node's rules, since the history below is gone from the peers,
-/// and the snapshots hold it.
-fn doc_restart(store: &RocksStore, range: &[murmur_core::Event]) -> Option<bool> {
-    use murmur_core::snapshot::{DocSnapshot, is_snapshot};
+/// (`None`: not a document topic), `held` being the events of that log held here.
+/// Only on a snapshot that covers the author's log up to the event before it
+/// (`murmur_core::snapshot`): one in the range (the compacting node's own log keeps
+/// its snapshots just past its base), or one held here. And only a log this node
+/// prunes, or one it holds nothing of (a node that keeps the topic whole drops
+/// nothing it holds; it stays behind instead, as for any kept topic).
+fn doc_restart(
+    store: &RocksStore,
+    policy: &murmur_core::retention::Policy,
+    range: &[murmur_core::Event],
+    held: Option<u64>,
+) -> Option<bool> {
+    use murmur_core::snapshot::DocSnapshot;
     let first = range.first()?;
-    let doc_topic = range
-        .iter()
-        .any(|e| matches!(e.body(), murmur_core::Body::Doc { .. }) || is_snapshot(e))
-        || store
-            .docs_of(first.topic(), 1)
-            .map_or(true, |d| !d.is_empty());
+    let doc_topic = range.iter().any(|e| {
+        matches!(e.body(), murmur_core::Body::Doc { .. })
+            || DocSnapshot::of(e).is_some_and(|s| s.is_ok())
+    }) || store
+        .docs_of(first.topic(), 1)
+        .map_or(true, |d| !d.is_empty());
     if !doc_topic {
         return None;
+    }
+    let prunes = policy.rule_for(first.topic()).is_some_and(|(_, r)| !r.keep);
+    if !prunes && held != Some(0) {
+        return Some(false);
     }
     if range
         .iter()
@@ -186,8 +206,13 @@ fn doc_restart(store: &RocksStore, range: &[murmur_core::Event]) -> Option<bool>
     {
         return Some(true);
     }
-    match store.snapshot_events(first.topic()) {
-        Ok(held) => Some(held.iter().any(|(ev, s)| s.covers_below(ev, first))),
+    let mut covered = false;
+    let found = store.snapshot_events(first.topic(), None, RESTART_SNAPSHOTS, |ev, s| {
+        covered = s.covers_below(&ev, first);
+        !covered
+    });
+    match found {
+        Ok(()) => Some(covered),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the snapshots of a document topic");
             Some(false)

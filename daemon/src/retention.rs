@@ -169,8 +169,9 @@ pub struct Compaction {
     rounds: HashMap<Topic, tokio::time::Instant>,
     /// Per topic, the version vector just after its last round (what it covered, and
     /// this node's own head past the snapshots it published): a topic where nothing
-    /// else happened since needs no new round, even if its rule would cut further (the
-    /// snapshots themselves moved the own log's head).
+    /// but snapshots arrived since needs no new round, even if its rule would cut
+    /// further (snapshots, this node's and other compacting nodes', move the logs'
+    /// heads; a round for them would make the other nodes' next round due, forever).
     after_round: HashMap<Topic, DocCover>,
 }
 
@@ -188,6 +189,10 @@ impl Compaction {
     }
 }
 
+/// Most documents of a topic whose cover is read back from the store after a start (a
+/// topic with more has a new round instead).
+const OWN_COVER_DOCS: usize = 256;
+
 /// What this node's own snapshot events held in `topic` cover, for every document of
 /// the topic (per author, the least over the documents' newest snapshots): `None` when
 /// a document has none (a round is due).
@@ -196,16 +201,26 @@ fn own_cover(
     topic: &Topic,
     own: &murmur_core::AuthorId,
 ) -> Result<Option<DocCover>, String> {
-    let docs = store.docs_of(topic, 1025).map_err(|e| e.to_string())?;
-    let mut newest: HashMap<String, DocCover> = HashMap::new();
-    for (ev, snap) in store.snapshot_events(topic).map_err(|e| e.to_string())? {
-        if ev.author() == *own {
-            // Its own log is covered up to the snapshot (`DocSnapshot::covers_below`).
-            let mut c: DocCover = snap.covers.iter().map(|c| (c.author, c.seq)).collect();
-            c.insert(*own, murmur_core::Seq(ev.seq().0.saturating_sub(1)));
-            newest.insert(snap.doc.clone(), c);
-        }
+    let docs = store
+        .docs_of(topic, OWN_COVER_DOCS + 1)
+        .map_err(|e| e.to_string())?;
+    if docs.len() > OWN_COVER_DOCS {
+        return Ok(None);
     }
+    // The newest of this node's snapshots of each document (newest first: the first
+    // one seen per document), read one at a time.
+    let mut newest: HashMap<String, DocCover> = HashMap::new();
+    store
+        .snapshot_events(topic, None, OWN_COVER_DOCS * 4, |ev, snap| {
+            if ev.author() == *own && !newest.contains_key(&snap.doc) {
+                // Its own log is covered up to the snapshot (`DocSnapshot::covers_below`).
+                let mut c: DocCover = snap.covers.iter().map(|c| (c.author, c.seq)).collect();
+                c.insert(*own, murmur_core::Seq(ev.seq().0.saturating_sub(1)));
+                newest.insert(snap.doc, c);
+            }
+            newest.len() < docs.len()
+        })
+        .map_err(|e| e.to_string())?;
     let mut cover: Option<DocCover> = None;
     for doc in docs {
         let Some(this) = newest.get(doc.as_str()) else {
@@ -220,6 +235,43 @@ fn own_cover(
         });
     }
     Ok(cover)
+}
+
+/// Most events read past a topic's last round to find one that is not a snapshot
+/// (more: taken as new).
+const NEWS_SCAN: usize = 4096;
+
+/// Whether `topic` holds an event past `after` (per author, the seq its last round
+/// reached) that is not a document snapshot: what makes a new round worth its cost.
+fn more_than_snapshots(
+    store: &RocksStore,
+    topic: &Topic,
+    after: &DocCover,
+) -> Result<bool, String> {
+    let vv = store.version_vector(topic).map_err(|e| e.to_string())?;
+    let mut read = 0;
+    for (author, head) in vv.iter() {
+        let mut from = match after.get(author) {
+            Some(s) if *s >= head.seq => continue,
+            Some(s) => murmur_core::Seq(s.0 + 1),
+            None => return Ok(true),
+        };
+        while from <= head.seq {
+            if read >= NEWS_SCAN {
+                return Ok(true);
+            }
+            let page = store
+                .log_range(author, topic, from, 256)
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { break };
+            read += page.len();
+            if page.iter().any(|e| !murmur_core::snapshot::is_snapshot(e)) {
+                return Ok(true);
+            }
+            from = murmur_core::Seq(last.seq().0 + 1);
+        }
+    }
+    Ok(false)
 }
 
 /// Runs passes until `shutdown`: the rules' cuts, then, while the database is over
@@ -446,7 +498,10 @@ pub async fn pass(
                         .docs_of(topic, 1)
                         .map_err(|e| e.to_string())?
                         .is_empty()
-                    && let Some(c) = own_cover(&store, topic, &own)?
+                    && let Some(c) = own_cover(&store, topic, &own).unwrap_or_else(|e| {
+                        tracing::warn!(%topic, error = %e, "cannot read back what this node's snapshots cover; a new round will");
+                        None
+                    })
                 {
                     covers.insert(topic.clone(), c.clone());
                     recovered.push((topic.clone(), c));
@@ -467,14 +522,17 @@ pub async fn pass(
             .rounds
             .get(&topic)
             .is_none_or(|t| t.elapsed() >= compaction.every);
-        let now_vv: DocCover = store
-            .version_vector(&topic)
-            .map_err(|e| e.to_string())?
-            .iter()
-            .map(|(a, e)| (*a, e.seq))
-            .collect();
-        if !due || compaction.after_round.get(&topic) == Some(&now_vv) {
+        if !due {
             continue;
+        }
+        if let Some(after) = compaction.after_round.get(&topic) {
+            let (s, t, a) = (store.clone(), topic.clone(), after.clone());
+            let news = tokio::task::spawn_blocking(move || more_than_snapshots(&s, &t, &a))
+                .await
+                .map_err(|e| e.to_string())??;
+            if !news {
+                continue;
+            }
         }
         compaction
             .rounds

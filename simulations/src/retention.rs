@@ -29,7 +29,7 @@ pub(crate) fn policy(r: &scenario::Retention, topic: &Topic) -> anyhow::Result<P
         pattern: Pattern::new(topic.as_str())?,
         max_age: r.max_age_s.map(Duration::from_secs_f64),
         max_events_per_log: r.max_events_per_log,
-        max_bytes: r.max_bytes,
+        max_bytes: None,
         keep: false,
     }])
     .map_err(|e| anyhow::anyhow!("retention: {e}"))
@@ -49,7 +49,7 @@ pub(crate) fn hooks(
     cfg.may_restart = Some(sync::RestartCheck(Arc::new(move |range, peer_head| {
         range.first().is_some_and(|first| {
             Some(first.author()) == own
-                || p.may_restart(first, peer_head, c.load(Ordering::Relaxed))
+                || p.may_restart(first, peer_head, c.load(Ordering::Relaxed), None)
         })
     })));
     if !window_pulls {

@@ -140,8 +140,6 @@ pub struct Retention {
     pub max_events_per_log: Option<u64>,
     /// Keep events younger than this, s.
     pub max_age_s: Option<f64>,
-    /// Keep the newest this many bytes of the topic (all logs together).
-    pub max_bytes: Option<u64>,
     /// Interval of each node's prune passes, s (the daemon's `store.prune_interval`).
     #[serde(default = "every_s")]
     pub every_s: f64,

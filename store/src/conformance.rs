@@ -640,19 +640,38 @@ mod rocks {
         let doc = DocId::new("a").unwrap();
         let changes = s.doc_changes(&topic, &doc, Offset(0), 10).unwrap();
         assert_eq!(changes.len(), 4, "the snapshots are among the changes");
-        let held = s.snapshot_events(&topic).unwrap();
+        let held = |doc: Option<&DocId>| {
+            let mut out = Vec::new();
+            s.snapshot_events(&topic, doc, 10, |e, snap| {
+                out.push((e, snap));
+                true
+            })
+            .unwrap();
+            out
+        };
         assert_eq!(
-            held.iter().map(|(e, _)| e.id()).collect::<Vec<_>>(),
-            vec![s1.id(), s2.id()]
+            held(None).iter().map(|(e, _)| e.id()).collect::<Vec<_>>(),
+            vec![s2.id(), s1.id()],
+            "newest first"
         );
-        assert_eq!(held[0].1, snap);
+        assert_eq!(held(None)[0].1, snap);
+        assert_eq!(held(Some(&doc)).len(), 2);
+        assert!(held(Some(&DocId::new("b").unwrap())).is_empty());
+        // The visit stops when asked to.
+        let mut n = 0;
+        s.snapshot_events(&topic, None, 10, |_, _| {
+            n += 1;
+            false
+        })
+        .unwrap();
+        assert_eq!(n, 1);
         s.prune(&[murmur_core::storage::Cut {
             topic: topic.clone(),
             author: k.author(),
             below: Seq(2),
         }])
         .unwrap();
-        let held = s.snapshot_events(&topic).unwrap();
+        let held = held(None);
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].0.id(), s2.id());
         assert_eq!(s.doc_changes(&topic, &doc, Offset(0), 10).unwrap().len(), 2);

@@ -7,7 +7,7 @@
 //! | `c` · topic · 0 · doc · 0 · offset (8, BE) | event key | with the event, same batch |
 //! | `a` · offset (8, BE) | topic · 0 · doc | with the event, same batch |
 //! | `s` · topic · 0 · doc | through (8, BE) · automerge bytes | by the daemon |
-//! | `p` · topic · 0 · offset (8, BE) | event key | with a snapshot event, same batch |
+//! | `p` · topic · 0 · offset (8, BE) | event key · doc | with a snapshot event, same batch |
 //!
 //! `c` lists one document's changes in arrival order (a document's tail after a
 //! snapshot, its history); `a` lists document changes by arrival (what changed since a
@@ -97,7 +97,9 @@ pub(crate) fn index(
         batch.put_cf(cf, change_key(topic, doc, offset), ek);
         batch.put_cf(cf, arrival_key(offset), doc_name(topic, doc));
         if snapshot {
-            batch.put_cf(cf, snapshot_event_key(topic, offset), ek);
+            let mut v = ek.to_vec();
+            v.extend_from_slice(doc.as_bytes());
+            batch.put_cf(cf, snapshot_event_key(topic, offset), v);
         }
     }
 }
@@ -115,40 +117,115 @@ pub(crate) fn unindex(deletes: &mut crate::rocks::Deletes, ev: &Event, offset: u
     }
 }
 
-/// Most snapshot events [`snapshot_events`] reads.
-pub const MAX_SNAPSHOT_EVENTS: usize = 4096;
-
-/// The snapshot events held in a topic (at most [`MAX_SNAPSHOT_EVENTS`], newest
-/// last), decoded.
-pub(crate) fn snapshot_events(
+/// Takes a snapshot event out of its topic's snapshots (it was found false): it no
+/// longer lets a log start over or fills a document's gap. The event itself stays (it
+/// is its author's, and the evidence). Durable.
+pub(crate) fn refuse_snapshot_event(
     store: &RocksStore,
     topic: &Topic,
-) -> Result<Vec<(Event, murmur_core::snapshot::DocSnapshot)>> {
+    offset: Offset,
+) -> Result<()> {
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(true);
+    let mut batch = WriteBatch::default();
+    batch.delete_cf(
+        store.cf(CF_DOCS),
+        snapshot_event_key(topic.as_str(), offset.0),
+    );
+    store.db().write_opt(batch, &wo)?;
+    Ok(())
+}
+
+/// The snapshot events held in `topic` (of document `doc` only, if given), newest
+/// first, at most `limit`: where each is (offset, author, seq), read from the index
+/// alone.
+pub(crate) fn snapshot_refs(
+    store: &RocksStore,
+    topic: &Topic,
+    doc: Option<&DocId>,
+    limit: usize,
+) -> Result<Vec<SnapshotRef>> {
     let prefix = snapshot_event_prefix(topic.as_str());
+    // Event key: topic · 0 · author (32) · seq (8).
+    let ek_len = topic.as_str().len() + 1 + 32 + 8;
     let mut it = store.db().raw_iterator_cf(store.cf(CF_DOCS));
     it.seek_for_prev(snapshot_event_key(topic.as_str(), u64::MAX));
-    let mut keys = Vec::new();
-    while keys.len() < MAX_SNAPSHOT_EVENTS {
+    let mut out = Vec::new();
+    while out.len() < limit {
         let (Some(k), Some(v)) = (it.key(), it.value()) else {
             break;
         };
-        if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
+        if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 || v.len() < ek_len {
             break;
         }
-        keys.push(v.to_vec());
+        let (ek, of) = v.split_at(ek_len);
+        if doc.is_none_or(|d| d.as_str().as_bytes() == of) {
+            let off = u64::from_be_bytes(
+                k[prefix.len()..]
+                    .try_into()
+                    .map_err(|_| corrupt("snapshot index key"))?,
+            );
+            let (lk, seq) =
+                crate::keys::split_event_key(ek).ok_or_else(|| corrupt("snapshot index value"))?;
+            let (_, author) =
+                crate::keys::split_log_key(lk).ok_or_else(|| corrupt("snapshot index value"))?;
+            out.push(SnapshotRef {
+                offset: Offset(off),
+                author,
+                seq,
+            });
+        }
         it.prev();
     }
     it.status()?;
-    let mut out = Vec::with_capacity(keys.len());
-    for ek in keys.into_iter().rev() {
-        let Some(ev) = store.event_at(&ek)? else {
-            return Err(corrupt("snapshot index names a missing event"));
-        };
-        if let Some(Ok(s)) = murmur_core::snapshot::DocSnapshot::of(&ev) {
-            out.push((ev, s));
+    Ok(out)
+}
+
+/// Where a snapshot event is: see [`snapshot_refs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotRef {
+    /// Its offset here.
+    pub offset: Offset,
+    /// Its author (the node that made it).
+    pub author: murmur_core::AuthorId,
+    /// Its seq in the author's log of the topic.
+    pub seq: murmur_core::Seq,
+}
+
+/// Visits the snapshot events held in `topic` (of document `doc` only, if given),
+/// newest first, at most `limit` of them, one in memory at a time, until `f` says
+/// stop. An index entry whose event is gone meanwhile (pruned) is skipped, as is one
+/// whose payload does not decode.
+pub(crate) fn snapshot_events(
+    store: &RocksStore,
+    topic: &Topic,
+    doc: Option<&DocId>,
+    limit: usize,
+    mut f: impl FnMut(Event, murmur_core::snapshot::DocSnapshot) -> bool,
+) -> Result<()> {
+    for r in snapshot_refs(store, topic, doc, limit)? {
+        if let Some((ev, snap)) = snapshot_at(store, topic, &r)?
+            && !f(ev, snap)
+        {
+            break;
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// The snapshot event `r` names, if it is still held and decodes.
+pub(crate) fn snapshot_at(
+    store: &RocksStore,
+    topic: &Topic,
+    r: &SnapshotRef,
+) -> Result<Option<(Event, murmur_core::snapshot::DocSnapshot)>> {
+    let ek = crate::keys::event_key(&crate::keys::log_key(topic, &r.author), r.seq);
+    Ok(store
+        .event_at(&ek)?
+        .and_then(|ev| match murmur_core::snapshot::DocSnapshot::of(&ev) {
+            Some(Ok(s)) => Some((ev, s)),
+            _ => None,
+        }))
 }
 
 /// Up to `limit` changes of one document with offsets from `from` on, in arrival

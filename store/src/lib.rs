@@ -37,6 +37,7 @@ mod conformance;
 #[cfg(test)]
 mod damage_tests;
 
+pub use docs::SnapshotRef;
 pub use memory::MemoryStore;
 pub use murmur_core::storage::Snapshot;
 pub use rocks::{MARK_FILE, PreparedPrune, RocksConfig, RocksStore, SCHEMA_VERSION, StoreError};

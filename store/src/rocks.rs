@@ -986,13 +986,43 @@ impl RocksStore {
         }
     }
 
-    /// The document snapshot events held in `topic` (see `murmur_core::snapshot`),
-    /// oldest first, at most the newest [`crate::docs::MAX_SNAPSHOT_EVENTS`].
+    /// Visits the document snapshot events held in `topic` (see `murmur_core::snapshot`;
+    /// of document `doc` only, if given), newest first, at most `limit`, one in memory
+    /// at a time, until `f` returns false.
     pub fn snapshot_events(
         &self,
         topic: &Topic,
-    ) -> Result<Vec<(Event, murmur_core::snapshot::DocSnapshot)>> {
-        crate::docs::snapshot_events(self, topic)
+        doc: Option<&DocId>,
+        limit: usize,
+        f: impl FnMut(Event, murmur_core::snapshot::DocSnapshot) -> bool,
+    ) -> Result<()> {
+        crate::docs::snapshot_events(self, topic, doc, limit, f)
+    }
+
+    /// Where the document snapshot events held in `topic` are (of document `doc` only,
+    /// if given), newest first, at most `limit`, from the index alone.
+    pub fn snapshot_refs(
+        &self,
+        topic: &Topic,
+        doc: Option<&DocId>,
+        limit: usize,
+    ) -> Result<Vec<crate::docs::SnapshotRef>> {
+        crate::docs::snapshot_refs(self, topic, doc, limit)
+    }
+
+    /// The snapshot event `r` names, if it is still held and decodes.
+    pub fn snapshot_at(
+        &self,
+        topic: &Topic,
+        r: &crate::docs::SnapshotRef,
+    ) -> Result<Option<(Event, murmur_core::snapshot::DocSnapshot)>> {
+        crate::docs::snapshot_at(self, topic, r)
+    }
+
+    /// Takes the snapshot event at `offset` out of `topic`'s snapshots (found false; the
+    /// event stays).
+    pub fn refuse_snapshot_event(&self, topic: &Topic, offset: Offset) -> Result<()> {
+        crate::docs::refuse_snapshot_event(self, topic, offset)
     }
 
     /// Compacts the families pruning deletes from (events, id index, arrivals), so the

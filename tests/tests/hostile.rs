@@ -345,6 +345,84 @@ fn hostile_document_changes_are_refused_and_the_sender_banned() {
     assert_eq!(r.status, 404, "{}", r.body);
 }
 
+/// A member that publishes a false snapshot of a document (one that leaves out the
+/// victim's own changes it claims to cover) gets it stored as its event, but the
+/// victim, which holds that history, finds it false: it is set aside, never used, and
+/// counted; the document stays as it was.
+#[test]
+fn a_false_document_snapshot_is_found_out_by_a_node_holding_the_history() {
+    use murmur_core::snapshot::{CONTENT_TYPE, DocSnapshot};
+    let victim = Node::start("");
+    const T: &str = "site/x";
+    for i in 0..5 {
+        let r = victim.post(
+            "/v1/doc",
+            &json!({"topic": T, "doc": "plan", "ops": [{"op": "set", "path": "k", "value": i}]}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let author: murmur_core::AuthorId = victim.get("/v1/status")["author"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let log = victim.get("/v1/topics")["topics"][0]["logs"][0].clone();
+    let mut v = VersionVector::new();
+    v.insert(
+        author,
+        vv::Entry {
+            seq: Seq(log["head_seq"].as_u64().unwrap()),
+            id: log["head_id"].as_str().unwrap().parse().unwrap(),
+        },
+    );
+    // Claims the victim's five changes, holds an empty document.
+    let false_snapshot = DocSnapshot::new("plan", &v, automerge::Automerge::new().save());
+    let k = key(71);
+    let ev = murmur_core::Event::sign(
+        &murmur_core::Draft {
+            topic: murmur_core::Topic::new(T).unwrap(),
+            seq: Seq(0),
+            prev: None,
+            time: murmur_core::Timestamp {
+                ms: 1_700_000_000_000,
+                logical: 0,
+            },
+            body: murmur_core::Payload::Data {
+                content_type: Some(CONTENT_TYPE.into()),
+                data: Bytes::from(false_snapshot.encode()),
+            },
+        },
+        &k,
+    )
+    .unwrap();
+    let run = murmur_core::run::encode(std::slice::from_ref(&ev)).expect("a run");
+    let mut sent = false;
+    attack(
+        &victim,
+        46,
+        5,
+        |e| match e {
+            Event::PeerSubscribed { topic, .. } if topic == "murmur:#" && !sent => {
+                sent = true;
+                vec![Command::Publish {
+                    topic: "murmur:#".into(),
+                    data: run.clone(),
+                }]
+            }
+            _ => Vec::new(),
+        },
+        vec![Command::Subscribe("murmur:#".into())],
+    );
+    wait_for("the victim to find the snapshot false", 10, || {
+        victim.metric("murmur_doc_snapshots_refused_total") == 1
+    });
+    assert_eq!(victim.topic_events(T), 6, "stored as the member's event");
+    let doc = victim.get(&format!("/v1/doc?topic={T}&doc=plan"));
+    assert_eq!(doc["value"]["k"], 4, "{doc}");
+    assert_eq!(victim.metric("murmur_doc_snapshots_applied_total"), 0);
+    assert!(victim.log().contains("a false document snapshot"));
+}
+
 #[test]
 fn a_peer_announcing_10000_topics_changes_neither_the_channels_joined_nor_live_delivery() {
     let victim = Node::start("");

@@ -85,7 +85,8 @@ pub struct Config {
     /// seq (its own rule's `max_events_per_log`), so that a node far behind (new,
     /// reset, or back after the window) asks only for the window instead of pulling
     /// what it would prune at once. The log then starts over there, if `may_restart`
-    /// allows it (a document's log does not; the pull then asks from the node's head).
+    /// allows it (a document topic's log only on a snapshot covering what lies below;
+    /// refused, the pull asks from the node's head).
     /// `None`: from the head.
     pub keeps_from: Option<KeepsFrom>,
 }

@@ -37,6 +37,15 @@ const MAX_PENDING: u64 = 10_000;
 /// compacted).
 const MAX_ROUND_DOCS: usize = 1024;
 
+/// Most held changes of a document read to check another node's snapshot of it.
+const MAX_VERIFY_CHANGES: usize = 1_000_000;
+
+/// Most snapshots of a document (newest first) a gap is filled from.
+const GAP_SNAPSHOTS: usize = 16;
+
+/// Longest a snapshot round waits for local changes on their way to the disk.
+const ROUND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Most rebuilds of one document while skipping changes that crash automerge.
 const MAX_REBUILDS: usize = 64;
 
@@ -69,6 +78,8 @@ struct Loaded {
     pending: u64,
     /// Local changes made here and not yet read back from the store (skipped then).
     own: std::collections::HashSet<automerge::ChangeHash>,
+    /// Other nodes' snapshots (author, seq) applied to fill a hole (see `fill_gap`).
+    filled: std::collections::HashSet<(AuthorId, Seq)>,
     last_used: Instant,
 }
 
@@ -88,6 +99,13 @@ pub(super) struct Manager {
     /// Documents being rebuilt one change per apply call, to find a poisonous change.
     careful: BTreeSet<(Topic, DocId)>,
     metrics: Metrics,
+    /// Local change batches submitted and not yet durable or failed.
+    inflight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Local change batches that failed to write (each sends a `Forget`)…
+    failures: Arc<std::sync::atomic::AtomicUsize>,
+    /// …and the `Forget`s handled: while they differ, documents hold changes that
+    /// were never stored.
+    forgets_seen: usize,
 }
 
 impl Manager {
@@ -112,6 +130,9 @@ impl Manager {
             poison: HashMap::new(),
             careful: BTreeSet::new(),
             metrics,
+            inflight: Arc::default(),
+            failures: Arc::default(),
+            forgets_seen: 0,
         }
     }
 
@@ -170,6 +191,7 @@ impl Manager {
                 Command::Arrived => self.arrived(),
                 Command::Tick => self.evict(Instant::now()),
                 Command::Forget(keys) => {
+                    self.forgets_seen += 1;
                     for k in keys {
                         self.loaded.remove(&k);
                     }
@@ -255,6 +277,7 @@ impl Manager {
                 size,
                 pending: 0,
                 own: Default::default(),
+                filled: Default::default(),
                 last_used: Instant::now(),
             },
         );
@@ -306,6 +329,15 @@ impl Manager {
                     }
                 }
             }
+            // Snapshots by other nodes among them: checked against the history held
+            // here once the changes are applied (see `verify_snapshots`).
+            let snapshots: Vec<(Offset, murmur_core::Event)> = tail
+                .iter()
+                .filter(|(_, ev)| {
+                    ev.author() != self.author && murmur_core::snapshot::is_snapshot(ev)
+                })
+                .cloned()
+                .collect();
             let single = (changes.len() == 1).then(|| changes[0].hash());
             let fresh = changes.len() as u64;
             match apply_guarded(&mut l.doc, changes) {
@@ -333,6 +365,12 @@ impl Manager {
                     return Ok(CatchUp::Rebuild);
                 }
             }
+            if !snapshots.is_empty() {
+                self.verify_snapshots(key, &snapshots);
+            }
+            let Some(l) = self.loaded.get_mut(key) else {
+                return Ok(CatchUp::Done);
+            };
             l.unsaved += fresh;
             self.stats.applied += fresh;
             self.metrics.doc_changes("local", own);
@@ -540,6 +578,8 @@ impl Manager {
             Ok(pending) => {
                 let inbox = self.inbox.clone();
                 let metrics = self.metrics.clone();
+                let (inflight, failures) = (self.inflight.clone(), self.failures.clone());
+                inflight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 self.rt.spawn(async move {
                     match pending.await {
                         Ok(Ok(done)) => {
@@ -560,6 +600,7 @@ impl Manager {
                             };
                             // A write failed (disk trouble): reload the documents from
                             // what is stored.
+                            failures.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                             let _ = inbox
                                 .send(Command::Forget(touched.into_iter().collect()))
                                 .await;
@@ -568,6 +609,9 @@ impl Manager {
                             }
                         }
                     }
+                    // After the `Forget` is queued: a round that sees no batch in
+                    // flight also sees the failure counted.
+                    inflight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                 });
             }
             Err(e) => {
@@ -585,9 +629,7 @@ impl Manager {
     /// Publishes a snapshot event of every document of `topic` (see
     /// `murmur_core::snapshot`), covering the topic's version vector as it was before the
     /// documents were caught up (each change it names is indexed with its event, so the
-    /// catch-up applies it: the snapshots hold at least that). Refused, publishing
-    /// nothing, if a document waits for changes it depends on, holds a change skipped as
-    /// poison, or is too large for one event.
+    /// catch-up applies it: the snapshots hold at least that).
     fn snapshot_round(
         &mut self,
         topic: Topic,
@@ -595,153 +637,237 @@ impl Manager {
             Result<(murmur_core::retention::DocCover, Option<murmur_core::Seq>), DocError>,
         >,
     ) {
-        use murmur_core::snapshot::{CONTENT_TYPE, DocSnapshot, MAX_SAVE_BYTES};
-        let made = (|| -> Result<(Vec<PublishItem>, murmur_core::VersionVector), DocError> {
-            let store_err = |e: murmur_store::StoreError| DocError::Store(e.to_string());
-            let vv = self.store.version_vector(&topic).map_err(store_err)?;
-            let docs = self
-                .store
-                .docs_of(&topic, MAX_ROUND_DOCS + 1)
-                .map_err(store_err)?;
-            if docs.len() > MAX_ROUND_DOCS {
-                return Err(DocError::TooLarge(format!(
-                    "{topic} has more than {MAX_ROUND_DOCS} documents: not compacted"
-                )));
-            }
-            let mut items = Vec::with_capacity(docs.len());
-            for doc in docs {
-                let key = (topic.clone(), doc);
-                if self.poison.get(&key).is_some_and(|p| !p.is_empty()) {
-                    return Err(DocError::Unavailable(format!(
-                        "document {} holds a change that crashes automerge: not compacted",
-                        key.1
-                    )));
-                }
-                let l = self.load(&key)?;
-                if !l.doc.get_missing_deps(&[]).is_empty() {
-                    return Err(DocError::Unavailable(format!(
-                        "document {} waits for changes it depends on: not compacted yet",
-                        key.1
-                    )));
-                }
-                let save = l.doc.save();
-                if save.len() > MAX_SAVE_BYTES {
-                    return Err(DocError::TooLarge(format!(
-                        "document {} saves to {} bytes, more than a snapshot event holds ({MAX_SAVE_BYTES}): not compacted",
-                        key.1,
-                        save.len()
-                    )));
-                }
-                items.push(PublishItem {
-                    topic: topic.clone(),
-                    payload: Payload::Data {
-                        content_type: Some(CONTENT_TYPE.to_owned()),
-                        data: bytes::Bytes::from(
-                            DocSnapshot::new(key.1.as_str(), &vv, save).encode(),
-                        ),
-                    },
-                });
-            }
-            trim();
-            Ok((items, vv))
-        })();
-        let (items, vv) = match made {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
-        let mut cover: murmur_core::retention::DocCover =
-            vv.iter().map(|(a, e)| (*a, e.seq)).collect();
-        let own = self.author;
-        if items.is_empty() {
-            let _ = reply.send(Ok((cover, None)));
-            return;
+        let answer = self.publish_snapshots(&topic);
+        if let Err(e) = &answer {
+            tracing::debug!(%topic, error = %e, "no snapshot round");
         }
-        match self.ingest.submit(items) {
-            Ok(pending) => {
-                let metrics = self.metrics.clone();
-                self.rt.spawn(async move {
-                    let answer = match pending.await {
-                        Ok(Ok(done)) => {
-                            metrics.doc_snapshots_published.inc_by(done.len() as u64);
-                            // This node's own log is covered up to its first snapshot
-                            // (see `DocSnapshot::covers_below`): it starts there.
-                            if let Some(first) = done.first() {
-                                cover.insert(own, Seq(first.event.seq().0.saturating_sub(1)));
-                            }
-                            Ok((cover, done.last().map(|d| d.event.seq())))
-                        }
-                        Ok(Err(e)) => Err(DocError::Ingest(e)),
-                        Err(_) => Err(DocError::Ingest(IngestError::ShuttingDown)),
-                    };
-                    let _ = reply.send(answer);
-                });
-            }
-            Err(e) => {
-                let _ = reply.send(Err(DocError::Ingest(e)));
-            }
-        }
+        let _ = reply.send(answer);
     }
 
-    /// A document whose history here has a gap takes what it lacks from the snapshots
-    /// of it that this node holds, newest first, until the gap is closed. A gap: the
-    /// document is empty or waits for changes it depends on, and a log of its topic
-    /// here starts past seq 0 (it started over at a peer's base, the changes below it
-    /// compacted away fleet-wide; or this node pruned it, its own snapshots holding
-    /// what went). A node that holds the whole history of the topic never takes a
-    /// snapshot's word for it (see docs/design.md, "Document compaction").
+    /// The round: one document at a time (one save in memory), each first written as
+    /// this node's own snapshot (once the changes it covers are pruned, the document
+    /// reloads from it), then published and waited for. Refused, publishing nothing
+    /// more, if a document waits for changes it depends on, holds a change skipped as
+    /// poison, or is too large for one event; and while local changes are still being
+    /// written (they are in the documents but may yet fail).
+    fn publish_snapshots(
+        &mut self,
+        topic: &Topic,
+    ) -> Result<(murmur_core::retention::DocCover, Option<Seq>), DocError> {
+        use murmur_core::snapshot::{CONTENT_TYPE, DocSnapshot, MAX_SAVE_BYTES};
+        use std::sync::atomic::Ordering;
+        // No local change is made meanwhile (this thread makes them): wait for those
+        // on their way to the disk.
+        let deadline = Instant::now() + ROUND_WAIT;
+        while self.inflight.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                return Err(DocError::Unavailable(
+                    "local document changes are still being written; a later round compacts".into(),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if self.failures.load(Ordering::Acquire) != self.forgets_seen {
+            return Err(DocError::Unavailable(
+                "a local document change failed to write; the documents reload first".into(),
+            ));
+        }
+        let store_err = |e: murmur_store::StoreError| DocError::Store(e.to_string());
+        let vv = self.store.version_vector(topic).map_err(store_err)?;
+        let docs = self
+            .store
+            .docs_of(topic, MAX_ROUND_DOCS + 1)
+            .map_err(store_err)?;
+        if docs.len() > MAX_ROUND_DOCS {
+            return Err(DocError::TooLarge(format!(
+                "{topic} has more than {MAX_ROUND_DOCS} documents: not compacted"
+            )));
+        }
+        let mut cover: murmur_core::retention::DocCover =
+            vv.iter().map(|(a, e)| (*a, e.seq)).collect();
+        let (mut first, mut last) = (None, None);
+        for doc in docs {
+            let key = (topic.clone(), doc);
+            if self.poison.get(&key).is_some_and(|p| !p.is_empty()) {
+                return Err(DocError::Unavailable(format!(
+                    "document {} holds a change that crashes automerge: not compacted",
+                    key.1
+                )));
+            }
+            let l = self.load(&key)?;
+            if !l.doc.get_missing_deps(&[]).is_empty() {
+                return Err(DocError::Unavailable(format!(
+                    "document {} waits for changes it depends on: not compacted yet",
+                    key.1
+                )));
+            }
+            let save = l.doc.save();
+            if save.len() > MAX_SAVE_BYTES {
+                return Err(DocError::TooLarge(format!(
+                    "document {} saves to {} bytes, more than a snapshot event holds ({MAX_SAVE_BYTES}): not compacted",
+                    key.1,
+                    save.len()
+                )));
+            }
+            let local = Snapshot {
+                through: l.through,
+                bytes: save.clone(),
+            };
+            self.ingest
+                .save_snapshot(key.0.clone(), key.1.clone(), local)
+                .map_err(DocError::Store)?;
+            if let Some(l) = self.loaded.get_mut(&key) {
+                l.unsaved = 0;
+                l.size = save.len() as u64;
+            }
+            self.stats.snapshots += 1;
+            let item = PublishItem {
+                topic: topic.clone(),
+                payload: Payload::Data {
+                    content_type: Some(CONTENT_TYPE.to_owned()),
+                    data: bytes::Bytes::from(DocSnapshot::new(key.1.as_str(), &vv, save).encode()),
+                },
+            };
+            let done = self
+                .ingest
+                .submit(vec![item])
+                .map_err(DocError::Ingest)?
+                .blocking_recv()
+                .map_err(|_| DocError::Ingest(IngestError::ShuttingDown))?
+                .map_err(DocError::Ingest)?;
+            trim();
+            for p in done {
+                first.get_or_insert(p.event.seq());
+                last = Some(p.event.seq());
+                self.metrics.doc_snapshots_published.inc();
+            }
+        }
+        // This node's own log is covered up to its first snapshot (see
+        // `DocSnapshot::covers_below`): it starts there.
+        if let Some(f) = first {
+            cover.insert(self.author, Seq(f.0.saturating_sub(1)));
+        }
+        Ok((cover, last))
+    }
+
+    /// Checks other nodes' snapshots of a document against the changes of it held here
+    /// (`super::check_snapshot`). A false one is taken out of the topic's snapshots
+    /// (it then neither lets a log start over nor fills a gap here), logged and
+    /// counted; the event itself stays, as the evidence. At most
+    /// [`MAX_VERIFY_CHANGES`] held changes are read (a larger history is checked over
+    /// its first ones).
+    fn verify_snapshots(&mut self, key: &(Topic, DocId), snaps: &[(Offset, murmur_core::Event)]) {
+        let mut held = Vec::new();
+        let mut from = Offset(0);
+        while held.len() < MAX_VERIFY_CHANGES {
+            let page = match self.store.doc_changes(&key.0, &key.1, from, APPLY_BATCH) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(doc = %key.1, error = %e, "cannot read a document's changes to check a snapshot");
+                    return;
+                }
+            };
+            let n = page.len();
+            for (off, ev) in page {
+                from = Offset(off.0 + 1);
+                if let Body::Doc { change, .. } = ev.body()
+                    && let Ok(c) = Change::from_bytes(change.to_vec())
+                {
+                    held.push((ev.author(), ev.seq(), c));
+                }
+            }
+            if n < APPLY_BATCH {
+                break;
+            }
+        }
+        for (off, ev) in snaps {
+            let Some(Ok(snap)) = murmur_core::snapshot::DocSnapshot::of(ev) else {
+                continue;
+            };
+            if let Err(why) = super::check_snapshot(&snap, ev, &held) {
+                tracing::error!(doc = %key.1, topic = %key.0, by = %ev.author(), event = %ev.id(), reason = %why, "a false document snapshot: it is not used here");
+                self.stats.snapshots_refused += 1;
+                self.metrics.doc_snapshots_refused.inc();
+                if let Err(e) = self.ingest.refuse_snapshot(key.0.clone(), *off) {
+                    tracing::warn!(error = %e, "cannot set a false snapshot aside");
+                }
+            }
+        }
+        trim();
+    }
+
+    /// A document whose history here has a hole takes what it lacks from other nodes'
+    /// snapshots of it. A hole: a log of the topic here starts past seq 0 (it started
+    /// over at a peer's base, the changes below compacted away fleet-wide; or this node
+    /// pruned it, its own snapshots and local snapshot holding what went). Which of the
+    /// changes below a base touched this document cannot be told here, and its copy
+    /// may look whole without them (a change that depends on none of them), so the
+    /// newest snapshot of each other node is applied, once per load (applying what is
+    /// already held changes nothing). A node that holds the whole history of the topic
+    /// has no hole and never takes a snapshot's word for it; this node's own snapshots
+    /// hold nothing its local snapshot lacks. See docs/design.md, "Document compaction".
     fn fill_gap(&mut self, key: &(Topic, DocId)) -> Result<(), DocError> {
-        let Some(l) = self.loaded.get(key) else {
-            return Ok(());
-        };
-        if !l.doc.get_heads().is_empty() && l.doc.get_missing_deps(&[]).is_empty() {
+        if !self.loaded.contains_key(key) {
             return Ok(());
         }
         let store_err = |e: murmur_store::StoreError| DocError::Store(e.to_string());
-        let snaps: Vec<_> = self
+        let refs = self
             .store
-            .snapshot_events(&key.0)
-            .map_err(store_err)?
+            .snapshot_refs(&key.0, Some(&key.1), GAP_SNAPSHOTS)
+            .map_err(store_err)?;
+        let Some(l) = self.loaded.get(key) else {
+            return Ok(());
+        };
+        // Newest per other node, not applied to this copy yet.
+        let mut by: BTreeSet<AuthorId> = BTreeSet::new();
+        let refs: Vec<_> = refs
             .into_iter()
-            .filter(|(_, s)| s.doc == key.1.as_str())
+            .filter(|r| r.author != self.author && by.insert(r.author))
+            .filter(|r| !l.filled.contains(&(r.author, r.seq)))
             .collect();
-        if snaps.is_empty() {
+        if refs.is_empty() {
             return Ok(());
         }
-        let mut started_over = false;
-        for c in snaps.iter().flat_map(|(_, s)| &s.covers) {
+        // Only where a log of the topic starts past seq 0.
+        let vv = self.store.version_vector(&key.0).map_err(store_err)?;
+        let mut hole = false;
+        for (author, _) in vv.iter() {
             if self
                 .store
-                .log_state(&c.author, &key.0)
+                .log_state(author, &key.0)
                 .map_err(store_err)?
                 .base
                 .0
                 > 0
             {
-                started_over = true;
+                hole = true;
                 break;
             }
         }
-        if !started_over {
+        if !hole {
             return Ok(());
         }
-        let Some(l) = self.loaded.get_mut(key) else {
-            return Ok(());
-        };
-        for (ev, s) in snaps.iter().rev() {
+        for r in refs {
+            let Some((ev, snap)) = self.store.snapshot_at(&key.0, &r).map_err(store_err)? else {
+                continue;
+            };
+            let Some(l) = self.loaded.get_mut(key) else {
+                return Ok(());
+            };
+            l.filled.insert((r.author, r.seq));
             let doc = &mut l.doc;
             let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                doc.load_incremental(&s.save)
+                doc.load_incremental(&snap.save)
             }));
             match loaded {
-                Ok(Ok(_)) => {
-                    l.unsaved += 1;
-                    l.size += s.save.len() as u64;
-                    self.stats.snapshots_applied += 1;
-                    self.metrics.doc_snapshots_applied.inc();
-                    tracing::info!(doc = %key.1, topic = %key.0, by = %ev.author().short(), "filled the document's compacted history from a snapshot");
+                Ok(Ok(n)) => {
+                    if n > 0 {
+                        l.unsaved += 1;
+                        l.size += snap.save.len() as u64;
+                        self.stats.snapshots_applied += 1;
+                        self.metrics.doc_snapshots_applied.inc();
+                        tracing::info!(doc = %key.1, topic = %key.0, by = %ev.author().short(), changes = n, "filled the document's compacted history from a snapshot");
+                    }
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(doc = %key.1, topic = %key.0, error = %e, "a document snapshot does not load")
@@ -752,9 +878,6 @@ impl Manager {
                     self.loaded.remove(key);
                     return Ok(());
                 }
-            }
-            if !l.doc.get_heads().is_empty() && l.doc.get_missing_deps(&[]).is_empty() {
-                break;
             }
         }
         Ok(())

@@ -263,6 +263,65 @@ impl Handle {
     }
 }
 
+/// Checks a document snapshot, carried by the event `by`, against the changes of the document
+/// held here (each with its event's author and seq): what a node holding history can
+/// prove about another node's snapshot. A snapshot is false when it
+/// - leaves out a change it claims to cover (held here, by an author whose cover
+///   reaches that change's event), which a node starting from it would never get; or
+/// - holds a change by an author that differs from the change that author signed at
+///   the same automerge position (actor and seq), a change the author never made.
+///
+/// Changes held here that the snapshot does not claim to cover, and changes in it that
+/// are not held here yet, prove nothing. `Err` says what is wrong.
+pub fn check_snapshot(
+    snap: &murmur_core::snapshot::DocSnapshot,
+    by: &Event,
+    held: &[(AuthorId, murmur_core::Seq, Change)],
+) -> Result<(), String> {
+    use automerge::ReadDoc as _;
+    let loaded = std::panic::catch_unwind(|| Automerge::load(&snap.save));
+    let doc = match loaded {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => return Err(format!("its document does not load: {e}")),
+        Err(_) => return Err("its document crashes automerge".into()),
+    };
+    let mut at: std::collections::HashMap<(Vec<u8>, u64), automerge::ChangeHash> =
+        std::collections::HashMap::new();
+    for (author, seq, change) in held {
+        at.insert(
+            (change.actor_id().to_bytes().to_vec(), change.seq()),
+            change.hash(),
+        );
+        // The snapshot's own author is covered up to the snapshot itself.
+        let covered = if *author == by.author() {
+            *seq < by.seq()
+        } else {
+            snap.cover(author).is_some_and(|c| c.seq >= *seq)
+        };
+        if covered && doc.get_change_by_hash(&change.hash()).is_none() {
+            return Err(format!(
+                "it leaves out change {} by {} (seq {seq}) that it claims to cover",
+                hex(&change.hash()),
+                author.short()
+            ));
+        }
+    }
+    for change in doc.get_changes(&[]) {
+        if let Some(h) = at.get(&(change.actor_id().to_bytes().to_vec(), change.seq()))
+            && *h != change.hash()
+        {
+            return Err(format!(
+                "it holds change {} at position {} of actor {}, which signed change {} there",
+                hex(&change.hash()),
+                change.seq(),
+                change.actor_id(),
+                hex(h)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks the body of an event from a peer: a document change must parse as an
 /// automerge change, fit the size limit and be made by the event's author's actor.
 pub fn check_body(ev: &Event, max_change_bytes: usize) -> Result<(), String> {

@@ -221,3 +221,71 @@ fn merge_rules_are_as_documented() {
         "one value wins: {v}"
     );
 }
+
+/// A node holding history can prove a snapshot false: one that leaves out a change it
+/// claims to cover, or holds a change its author never signed at that position. What
+/// it does not claim, or what is not held yet, proves nothing.
+#[test]
+fn a_false_snapshot_is_told_from_a_true_one() {
+    use murmur_core::snapshot::DocSnapshot;
+    use murmur_core::testing::{chain, key};
+    use murmur_core::vv::{Entry, VersionVector};
+    use murmur_core::{AuthorId, Seq};
+
+    let a = key(1);
+    let author = a.author();
+    let actor = ActorId::from(author.0.as_slice());
+    // A's three changes to the document, carried by A's events at seqs 0..=2.
+    let mut doc = Automerge::new().with_actor(actor.clone());
+    let mut changes = Vec::new();
+    for i in 0..3 {
+        edit(&mut doc, json!([{"op": "set", "path": "k", "value": i}]));
+        changes.push(doc.get_last_local_change().unwrap().clone());
+    }
+    let held: Vec<(AuthorId, Seq, Change)> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (author, Seq(i as u64), c.clone()))
+        .collect();
+    // The snapshot is carried by node X's event.
+    let by = &chain(&key(9), "d", 1, "s")[0];
+    let covering = |seq: u64| {
+        let mut v = VersionVector::new();
+        v.insert(
+            author,
+            Entry {
+                seq: Seq(seq),
+                id: murmur_core::EventId([0; 32]),
+            },
+        );
+        v
+    };
+    let upto = |n: usize| {
+        let mut d = Automerge::new();
+        d.apply_changes(changes[..n].iter().cloned()).unwrap();
+        d.save()
+    };
+    // True: everything it covers is in it.
+    let s = DocSnapshot::new("d", &covering(2), upto(3));
+    assert_eq!(super::check_snapshot(&s, by, &held), Ok(()));
+    // Covering less than it holds, or holding less than is held here but not claiming
+    // it: fine.
+    let s = DocSnapshot::new("d", &covering(1), upto(2));
+    assert_eq!(super::check_snapshot(&s, by, &held), Ok(()));
+    // Leaving out a change it claims to cover: false.
+    let s = DocSnapshot::new("d", &covering(2), upto(2));
+    let e = super::check_snapshot(&s, by, &held).unwrap_err();
+    assert!(e.contains("leaves out"), "{e}");
+    // A change by A at A's first position that A never signed: false.
+    let mut forged = Automerge::new().with_actor(actor);
+    edit(
+        &mut forged,
+        json!([{"op": "set", "path": "k", "value": "forged"}]),
+    );
+    let s = DocSnapshot::new("d", &VersionVector::new(), forged.save());
+    let e = super::check_snapshot(&s, by, &held).unwrap_err();
+    assert!(e.contains("signed change"), "{e}");
+    // Not a document at all.
+    let s = DocSnapshot::new("d", &VersionVector::new(), b"junk".to_vec());
+    assert!(super::check_snapshot(&s, by, &held).is_err());
+}
