@@ -318,8 +318,12 @@ pub fn topics(t: &TopicsResponse, json: bool) -> anyhow::Result<()> {
             },
             match (pruned, topic.oldest_time) {
                 (0, _) => String::new(),
-                (_, Some(o)) => format!("  ({pruned} pruned; oldest held {})", time(o)),
-                (_, None) => format!("  ({pruned} pruned)"),
+                (_, Some(o)) => format!(
+                    "  ({pruned} pruned, {}; oldest held {})",
+                    size(topic.pruned_bytes),
+                    time(o)
+                ),
+                (_, None) => format!("  ({pruned} pruned, {})", size(topic.pruned_bytes)),
             }
         );
     }

@@ -146,6 +146,9 @@ pub struct LogJson {
     /// Bytes of the events held (encoded, as `max_bytes` rules count them).
     #[serde(default)]
     pub bytes: u64,
+    /// Bytes of its events deleted here (pruned, or dropped when it started over).
+    #[serde(default)]
+    pub pruned_bytes: u64,
 }
 
 /// One topic with its logs.
@@ -166,6 +169,10 @@ pub struct TopicJson {
     /// counts).
     #[serde(default)]
     pub bytes: u64,
+    /// Bytes of its events deleted here (over its logs: pruned by retention, or
+    /// dropped when a log started over at a peer's base).
+    #[serde(default)]
+    pub pruned_bytes: u64,
     /// Its logs.
     pub logs: Vec<LogJson>,
 }

@@ -59,6 +59,13 @@ pub struct LogState {
     /// Encoded bytes of the events held (`base..=head`): what a `max_bytes` retention
     /// rule counts. The store adds each appended event and takes away what it prunes.
     pub bytes: u64,
+    /// Encoded bytes of the events of this log deleted here (pruned, or dropped when
+    /// it started over at a peer's base).
+    pub pruned_bytes: u64,
+    /// The log started over at a peer's base here ([`crate::storage::Store::restart_log`]):
+    /// what lies below its base was never held since (a document topic's changes
+    /// there are known only from snapshots).
+    pub restarted: bool,
 }
 
 /// Proof that an author signed two different events at the same position of one log.
@@ -217,6 +224,8 @@ mod tests {
             base: Seq(0),
             pruned_to: crate::id::Offset(0),
             bytes: 0,
+            pruned_bytes: 0,
+            restarted: false,
         }
     }
 

@@ -71,6 +71,8 @@ pub struct LogSummary {
     pub pruned_to: Offset,
     /// Encoded bytes of the events held (see [`LogState::bytes`]).
     pub bytes: u64,
+    /// Encoded bytes deleted here (see [`LogState::pruned_bytes`]).
+    pub pruned_bytes: u64,
 }
 
 impl LogSummary {

@@ -237,41 +237,41 @@ fn own_cover(
     Ok(cover)
 }
 
-/// Most events read past a topic's last round to find one that is not a snapshot
-/// (more: taken as new).
-const NEWS_SCAN: usize = 4096;
+/// Most events past a topic's last round looked at to find one that is not a
+/// snapshot (more: taken as new).
+const NEWS_SCAN: u64 = 4096;
 
 /// Whether `topic` holds an event past `after` (per author, the seq its last round
 /// reached) that is not a document snapshot: what makes a new round worth its cost.
+/// Told from the snapshot index and the heads alone, without reading events.
 fn more_than_snapshots(
     store: &RocksStore,
     topic: &Topic,
     after: &DocCover,
 ) -> Result<bool, String> {
     let vv = store.version_vector(topic).map_err(|e| e.to_string())?;
-    let mut read = 0;
+    let mut past = 0u64;
     for (author, head) in vv.iter() {
-        let mut from = match after.get(author) {
-            Some(s) if *s >= head.seq => continue,
-            Some(s) => murmur_core::Seq(s.0 + 1),
+        match after.get(author) {
+            Some(s) if *s >= head.seq => {}
+            Some(s) => past += head.seq.0 - s.0,
             None => return Ok(true),
-        };
-        while from <= head.seq {
-            if read >= NEWS_SCAN {
-                return Ok(true);
-            }
-            let page = store
-                .log_range(author, topic, from, 256)
-                .map_err(|e| e.to_string())?;
-            let Some(last) = page.last() else { break };
-            read += page.len();
-            if page.iter().any(|e| !murmur_core::snapshot::is_snapshot(e)) {
-                return Ok(true);
-            }
-            from = murmur_core::Seq(last.seq().0 + 1);
         }
     }
-    Ok(false)
+    if past == 0 {
+        return Ok(false);
+    }
+    if past > NEWS_SCAN {
+        return Ok(true);
+    }
+    let limit = usize::try_from(past).unwrap_or(usize::MAX);
+    let snapshots = store
+        .snapshot_refs(topic, None, limit)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|r| after.get(&r.author).is_some_and(|s| r.seq > *s))
+        .count() as u64;
+    Ok(snapshots < past)
 }
 
 /// Runs passes until `shutdown`: the rules' cuts, then, while the database is over

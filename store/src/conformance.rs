@@ -317,8 +317,11 @@ pub(crate) fn prune_cuts_a_prefix<S: Store>(s: &S) {
     let st = s.log_state(&k.author(), a[0].topic()).unwrap();
     assert_eq!(st.base, Seq(7));
     assert_eq!(st.head.unwrap().id, a[9].id());
-    // The bytes held count what stays (what `max_bytes` rules read).
+    // The bytes held count what stays (what `max_bytes` rules read), and the bytes
+    // pruned what went; a log this node cut is not one that started over.
     assert_eq!(st.bytes, size(&a[7..]));
+    assert_eq!(st.pruned_bytes, size(&a[..7]));
+    assert!(!st.restarted);
     assert_eq!(
         s.log_state(&j.author(), b[0].topic()).unwrap().bytes,
         size(&b)
@@ -389,6 +392,8 @@ pub(crate) fn restart_log_starts_a_log_over<S: Store>(s: &S) {
         size(&c[8..10]),
         "what it held before is not counted"
     );
+    assert_eq!(st.pruned_bytes, size(&c[..5]), "what it dropped is");
+    assert!(st.restarted);
     let held = s.log_range(&k.author(), c[0].topic(), Seq(0), 100).unwrap();
     assert_eq!(
         held.iter().map(|e| e.seq().0).collect::<Vec<_>>(),

@@ -24,6 +24,8 @@ struct Log {
     head: Option<Head>,
     pruned_to: Offset,
     bytes: u64,
+    pruned_bytes: u64,
+    restarted: bool,
 }
 
 #[derive(Default)]
@@ -47,6 +49,8 @@ impl Inner {
             base: log.map_or(Seq(0), |l| l.base),
             pruned_to: log.map_or(Offset(0), |l| l.pruned_to),
             bytes: log.map_or(0, |l| l.bytes),
+            pruned_bytes: log.map_or(0, |l| l.pruned_bytes),
+            restarted: log.is_some_and(|l| l.restarted),
         }
     }
 
@@ -138,6 +142,7 @@ impl Store for MemoryStore {
             let id: LogId = (first.topic().clone(), first.author());
             if accept::restarts(&inner.state(&id), events) {
                 let mut top = Offset(0);
+                let mut dropped = 0u64;
                 let gone: Vec<EventId> = inner
                     .logs
                     .get_mut(&id)
@@ -146,6 +151,7 @@ impl Store for MemoryStore {
                             .drain(..)
                             .map(|(o, e)| {
                                 top = top.max(Offset(o.0 + 1));
+                                dropped += e.bytes().len() as u64;
                                 e.id()
                             })
                             .collect()
@@ -157,6 +163,8 @@ impl Store for MemoryStore {
                 let log = inner.logs.entry(id).or_default();
                 log.head = None;
                 log.bytes = 0;
+                log.pruned_bytes += dropped;
+                log.restarted = true;
                 log.base = first.seq();
                 log.pruned_to = log.pruned_to.max(top);
             }
@@ -195,6 +203,7 @@ impl Store for MemoryStore {
             log.pruned_to = top;
             log.base = below;
             log.bytes -= freed;
+            log.pruned_bytes += freed;
             for id in gone {
                 inner.by_id.remove(&id);
             }
@@ -328,6 +337,7 @@ impl ReadStore for MemoryStore {
                     base: log.base,
                     pruned_to: log.pruned_to,
                     bytes: log.bytes,
+                    pruned_bytes: log.pruned_bytes,
                 })
             })
             .collect())

@@ -5,7 +5,7 @@
 //! | family | key | value |
 //! |---|---|---|
 //! | `events` | event key | canonical event bytes |
-//! | `heads` | log key | seq (8) · id (32) · time ms (8) · logical (4) · base (8) · pruned-to offset (8) · bytes held (8) |
+//! | `heads` | log key | seq (8) · id (32) · time ms (8) · logical (4) · base (8) · pruned-to offset (8) · bytes held (8) · bytes pruned (8) · flags (1: started over) |
 //! | `by_id` | event id (32) | event key · offset (8, big-endian) |
 //! | `arrivals` | offset (8, big-endian) | event key |
 //! | `forks` | log key | len of first event (4) · first event · second event |
@@ -50,7 +50,8 @@ use crate::keys::{event_key, log_key, split_log_key, topic_of, topic_prefix};
 /// Schema version written to `meta`; a store with a newer one is refused. Version 2
 /// (retention) adds the offset to the id index (pruning deletes an event's arrival
 /// entry through it) and the base to pruned logs' head records; version 3 the bytes
-/// each log holds (`max_bytes` rules) to every head record. Older stores are upgraded
+/// each log holds (`max_bytes` rules) and has pruned, and whether it started over at a
+/// peer's base, to every head record. Older stores are upgraded
 /// at open.
 pub const SCHEMA_VERSION: u32 = 3;
 
@@ -616,6 +617,10 @@ impl RocksStore {
         while let (Some(lk), Some(v)) = (it.key(), it.value()) {
             let mut rec = decode_head(v)?;
             rec.bytes = 0;
+            // What older versions pruned is not known; they never started a log over
+            // in a document topic (a restart there is new with this version).
+            rec.pruned_bytes = 0;
+            rec.restarted = false;
             let mut ev = self.db.raw_iterator_cf(events);
             ev.seek(event_key(lk, rec.base));
             while let (Some(k), Some(v)) = (ev.key(), ev.value()) {
@@ -723,6 +728,8 @@ impl RocksStore {
                 base: r.base,
                 pruned_to: r.pruned_to,
                 bytes: r.bytes,
+                pruned_bytes: r.pruned_bytes,
+                restarted: r.restarted,
             },
             None => LogState {
                 frozen_at,
@@ -957,6 +964,7 @@ impl RocksStore {
                 base: log.below,
                 pruned_to,
                 bytes: state.bytes.saturating_sub(log.done.bytes),
+                pruned_bytes: state.pruned_bytes.saturating_add(log.done.bytes),
                 ..state
             };
             batch.put_cf(cf_heads, &log.lk, encode_head(&HeadRecord::of(head, &next)));
@@ -1088,14 +1096,16 @@ fn decode_event(v: Vec<u8>) -> Result<Event> {
         .map_err(|e| corrupt(format!("stored event: {e}")))
 }
 
-/// A log's head record: its head, its base and pruned-to offset (see [`LogState`]),
-/// and the bytes it holds.
+/// A log's head record: its head, its base and pruned-to offset, the bytes it holds
+/// and has pruned, and whether it started over (see [`LogState`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct HeadRecord {
     pub(crate) head: Head,
     pub(crate) base: Seq,
     pub(crate) pruned_to: Offset,
     pub(crate) bytes: u64,
+    pub(crate) pruned_bytes: u64,
+    pub(crate) restarted: bool,
 }
 
 impl HeadRecord {
@@ -1105,12 +1115,14 @@ impl HeadRecord {
             base: st.base,
             pruned_to: st.pruned_to,
             bytes: st.bytes,
+            pruned_bytes: st.pruned_bytes,
+            restarted: st.restarted,
         }
     }
 }
 
 /// Length of a head record (older schemas wrote 52 bytes, or 68 once pruned).
-const HEAD_RECORD_LEN: usize = 76;
+const HEAD_RECORD_LEN: usize = 85;
 
 pub(crate) fn encode_head(r: &HeadRecord) -> Vec<u8> {
     let mut v = vec![0u8; HEAD_RECORD_LEN];
@@ -1121,6 +1133,8 @@ pub(crate) fn encode_head(r: &HeadRecord) -> Vec<u8> {
     v[52..60].copy_from_slice(&r.base.0.to_be_bytes());
     v[60..68].copy_from_slice(&r.pruned_to.0.to_be_bytes());
     v[68..76].copy_from_slice(&r.bytes.to_be_bytes());
+    v[76..84].copy_from_slice(&r.pruned_bytes.to_be_bytes());
+    v[84] = u8::from(r.restarted);
     v
 }
 
@@ -1146,13 +1160,23 @@ pub(crate) fn split_by_id(v: &[u8]) -> Result<(&[u8], u64)> {
 /// upgrade to schema 3 counts them).
 pub(crate) fn decode_head(v: &[u8]) -> Result<HeadRecord> {
     let u64_at = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().unwrap_or([0; 8]));
-    let (base, pruned_to, bytes) = match v.len() {
-        52 => (Seq(0), Offset(0), 0),
-        68 => (Seq(u64_at(52)), Offset(u64_at(60)), 0),
-        HEAD_RECORD_LEN => (Seq(u64_at(52)), Offset(u64_at(60)), u64_at(68)),
+    let (base, pruned_to, bytes, pruned_bytes, restarted) = match v.len() {
+        52 => (Seq(0), Offset(0), 0, 0, false),
+        68 => (Seq(u64_at(52)), Offset(u64_at(60)), 0, 0, false),
+        HEAD_RECORD_LEN => (
+            Seq(u64_at(52)),
+            Offset(u64_at(60)),
+            u64_at(68),
+            u64_at(76),
+            match v[84] {
+                0 => false,
+                1 => true,
+                f => return Err(corrupt(format!("head record flags {f:#x}"))),
+            },
+        ),
         n => {
             return Err(corrupt(format!(
-                "head record is {n} bytes, not 52, 68 or 76"
+                "head record is {n} bytes, not 52, 68 or 85"
             )));
         }
     };
@@ -1164,6 +1188,8 @@ pub(crate) fn decode_head(v: &[u8]) -> Result<HeadRecord> {
         base,
         pruned_to,
         bytes,
+        pruned_bytes,
+        restarted,
     })
 }
 
@@ -1321,6 +1347,7 @@ impl ReadStore for RocksStore {
                     base: rec.base,
                     pruned_to: rec.pruned_to,
                     bytes: rec.bytes,
+                    pruned_bytes: rec.pruned_bytes,
                 })
             })
             .collect()
@@ -1423,9 +1450,10 @@ impl Store for RocksStore {
         let mut overlay = HashMap::new();
         if accept::restarts(&state, events) {
             let mut pruned_to = state.pruned_to;
+            let mut dropped = 0;
             if let Some(head) = state.head {
                 let mut deletes = Deletes::default();
-                let (_, top) = self.delete_events(
+                let (done, top) = self.delete_events(
                     &mut deletes,
                     first.topic(),
                     &lk,
@@ -1434,6 +1462,7 @@ impl Store for RocksStore {
                 )?;
                 deletes.apply(self, &mut batch);
                 pruned_to = pruned_to.max(top);
+                dropped = done.bytes;
             }
             self.pruned_to.fetch_max(pruned_to.0, Ordering::AcqRel);
             overlay.insert(
@@ -1444,6 +1473,8 @@ impl Store for RocksStore {
                     frozen_at: state.frozen_at,
                     pruned_to,
                     bytes: 0,
+                    pruned_bytes: state.pruned_bytes.saturating_add(dropped),
+                    restarted: true,
                 },
             );
         }

@@ -80,7 +80,7 @@ fn retention_prunes_by_rule_and_nothing_pruned_comes_back_from_a_peer() {
         .find(|l| l.starts_with("sensors/d1/t"))
         .unwrap_or_default();
     assert!(
-        line.contains(" 50 ") && line.contains("(150 pruned; oldest held "),
+        line.contains(" 50 ") && line.contains("(150 pruned, ") && line.contains("; oldest held "),
         "{listing}"
     );
     assert!(a.metric("murmur_pruned_bytes_total{rule=\"sensors/#\"}") > 150 * 100);
@@ -108,6 +108,12 @@ fn retention_prunes_by_rule_and_nothing_pruned_comes_back_from_a_peer() {
         .unwrap();
     assert_eq!(topic["oldest_time"], first["time"]);
     assert_eq!(topic["pruned"], 150);
+    // The bytes pruned, per topic (and per log), as the metric counts them by rule.
+    assert_eq!(
+        topic["pruned_bytes"].as_u64(),
+        Some(a.metric("murmur_pruned_bytes_total{rule=\"sensors/#\"}")),
+        "{topic}"
+    );
 
     // A follower resuming from an offset retention pruned past is told, not moved on:
     // 410 `pruned` naming where to resume; skipping is its choice.

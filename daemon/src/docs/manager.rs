@@ -37,6 +37,9 @@ const MAX_PENDING: u64 = 10_000;
 /// compacted).
 const MAX_ROUND_DOCS: usize = 1024;
 
+/// Most snapshot events remembered as checked.
+const MAX_VERIFIED: usize = 10_000;
+
 /// Most held changes of a document read to check another node's snapshot of it.
 const MAX_VERIFY_CHANGES: usize = 1_000_000;
 
@@ -99,6 +102,8 @@ pub(super) struct Manager {
     /// Documents being rebuilt one change per apply call, to find a poisonous change.
     careful: BTreeSet<(Topic, DocId)>,
     metrics: Metrics,
+    /// Other nodes' snapshot events checked already (cleared past [`MAX_VERIFIED`]).
+    verified: std::collections::HashSet<murmur_core::EventId>,
     /// Local change batches submitted and not yet durable or failed.
     inflight: Arc<std::sync::atomic::AtomicUsize>,
     /// Local change batches that failed to write (each sends a `Forget`)…
@@ -130,6 +135,7 @@ impl Manager {
             poison: HashMap::new(),
             careful: BTreeSet::new(),
             metrics,
+            verified: Default::default(),
             inflight: Arc::default(),
             failures: Arc::default(),
             forgets_seen: 0,
@@ -685,22 +691,47 @@ impl Manager {
         }
         let mut cover: murmur_core::retention::DocCover =
             vv.iter().map(|(a, e)| (*a, e.seq)).collect();
+        // Every document is checked before any is published: a round publishes all of
+        // them or none (a round that failed half-way would publish again every
+        // interval, and its snapshots would never be cut).
+        let was_loaded: BTreeSet<DocId> = docs
+            .iter()
+            .filter(|d| self.loaded.contains_key(&(topic.clone(), (*d).clone())))
+            .cloned()
+            .collect();
+        for doc in &docs {
+            let key = (topic.clone(), doc.clone());
+            let l = self.load(&key)?;
+            let unfit = if !l.doc.get_missing_deps(&[]).is_empty() {
+                Some(DocError::Unavailable(format!(
+                    "document {} waits for changes it depends on: not compacted yet",
+                    key.1
+                )))
+            } else if l.doc.save().len() > MAX_SAVE_BYTES {
+                Some(DocError::TooLarge(format!(
+                    "document {} saves to more than a snapshot event holds ({MAX_SAVE_BYTES} bytes): not compacted",
+                    key.1
+                )))
+            } else if self.poison.get(&key).is_some_and(|p| !p.is_empty()) {
+                // (Checked after the load, which finds them.)
+                Some(DocError::Unavailable(format!(
+                    "document {} holds a change that crashes automerge: not compacted",
+                    key.1
+                )))
+            } else {
+                None
+            };
+            if !was_loaded.contains(doc) {
+                self.loaded.remove(&key);
+            }
+            if let Some(e) = unfit {
+                return Err(e);
+            }
+        }
         let (mut first, mut last) = (None, None);
         for doc in docs {
             let key = (topic.clone(), doc);
-            if self.poison.get(&key).is_some_and(|p| !p.is_empty()) {
-                return Err(DocError::Unavailable(format!(
-                    "document {} holds a change that crashes automerge: not compacted",
-                    key.1
-                )));
-            }
             let l = self.load(&key)?;
-            if !l.doc.get_missing_deps(&[]).is_empty() {
-                return Err(DocError::Unavailable(format!(
-                    "document {} waits for changes it depends on: not compacted yet",
-                    key.1
-                )));
-            }
             let save = l.doc.save();
             if save.len() > MAX_SAVE_BYTES {
                 return Err(DocError::TooLarge(format!(
@@ -735,6 +766,11 @@ impl Manager {
                 .blocking_recv()
                 .map_err(|_| DocError::Ingest(IngestError::ShuttingDown))?
                 .map_err(DocError::Ingest)?;
+            // One document in memory at a time: one the round loaded goes again (its
+            // local snapshot was just written).
+            if !was_loaded.contains(&key.1) {
+                self.loaded.remove(&key);
+            }
             trim();
             for p in done {
                 first.get_or_insert(p.event.seq());
@@ -757,6 +793,18 @@ impl Manager {
     /// [`MAX_VERIFY_CHANGES`] held changes are read (a larger history is checked over
     /// its first ones).
     fn verify_snapshots(&mut self, key: &(Topic, DocId), snaps: &[(Offset, murmur_core::Event)]) {
+        use automerge::ReadDoc as _;
+        // Each snapshot once (a reload replays the tail that holds it).
+        let snaps: Vec<_> = snaps
+            .iter()
+            .filter(|(_, ev)| !self.verified.contains(&ev.id()))
+            .collect();
+        if snaps.is_empty() {
+            return;
+        }
+        if self.verified.len() > MAX_VERIFIED {
+            self.verified.clear();
+        }
         let mut held = Vec::new();
         let mut from = Offset(0);
         while held.len() < MAX_VERIFY_CHANGES {
@@ -770,8 +818,14 @@ impl Manager {
             let n = page.len();
             for (off, ev) in page {
                 from = Offset(off.0 + 1);
+                // Only what this node's document holds: a change it skipped (poison,
+                // or refused by automerge) is in no honest snapshot either.
                 if let Body::Doc { change, .. } = ev.body()
                     && let Ok(c) = Change::from_bytes(change.to_vec())
+                    && self
+                        .loaded
+                        .get(key)
+                        .is_some_and(|l| l.doc.get_change_by_hash(&c.hash()).is_some())
                 {
                     held.push((ev.author(), ev.seq(), c));
                 }
@@ -781,6 +835,7 @@ impl Manager {
             }
         }
         for (off, ev) in snaps {
+            self.verified.insert(ev.id());
             let Some(Ok(snap)) = murmur_core::snapshot::DocSnapshot::of(ev) else {
                 continue;
             };
@@ -797,15 +852,15 @@ impl Manager {
     }
 
     /// A document whose history here has a hole takes what it lacks from other nodes'
-    /// snapshots of it. A hole: a log of the topic here starts past seq 0 (it started
-    /// over at a peer's base, the changes below compacted away fleet-wide; or this node
-    /// pruned it, its own snapshots and local snapshot holding what went). Which of the
-    /// changes below a base touched this document cannot be told here, and its copy
-    /// may look whole without them (a change that depends on none of them), so the
-    /// newest snapshot of each other node is applied, once per load (applying what is
-    /// already held changes nothing). A node that holds the whole history of the topic
-    /// has no hole and never takes a snapshot's word for it; this node's own snapshots
-    /// hold nothing its local snapshot lacks. See docs/design.md, "Document compaction".
+    /// snapshots of it. A hole: a log of the topic started over here at a peer's base
+    /// (`LogState::restarted`): the changes below it were compacted away fleet-wide
+    /// and never held here. (A log this node pruned itself is no hole: its own local
+    /// snapshot holds what went.) Which of the changes below a base touched this
+    /// document cannot be told here, and its copy may look whole without them (a
+    /// change that depends on none of them), so the newest snapshot of each other node
+    /// is applied, once per load (applying what is already held changes nothing). A
+    /// node that holds the whole history of the topic, or cut it only itself, never
+    /// takes a snapshot's word for it. See docs/design.md, "Document compaction".
     fn fill_gap(&mut self, key: &(Topic, DocId)) -> Result<(), DocError> {
         if !self.loaded.contains_key(key) {
             return Ok(());
@@ -828,7 +883,7 @@ impl Manager {
         if refs.is_empty() {
             return Ok(());
         }
-        // Only where a log of the topic starts past seq 0.
+        // Only where a log of the topic started over at a peer's base.
         let vv = self.store.version_vector(&key.0).map_err(store_err)?;
         let mut hole = false;
         for (author, _) in vv.iter() {
@@ -836,9 +891,7 @@ impl Manager {
                 .store
                 .log_state(author, &key.0)
                 .map_err(store_err)?
-                .base
-                .0
-                > 0
+                .restarted
             {
                 hole = true;
                 break;

@@ -272,19 +272,28 @@ impl Handle {
 ///   the same automerge position (actor and seq), a change the author never made.
 ///
 /// Changes held here that the snapshot does not claim to cover, and changes in it that
-/// are not held here yet, prove nothing. `Err` says what is wrong.
+/// are not held here yet, prove nothing. `held` must hold only changes the checking
+/// node's own document holds (one it skipped, as poison or as refused by automerge,
+/// is in no honest snapshot either). `Err` says what is wrong.
 pub fn check_snapshot(
     snap: &murmur_core::snapshot::DocSnapshot,
     by: &Event,
     held: &[(AuthorId, murmur_core::Seq, Change)],
 ) -> Result<(), String> {
+    std::panic::catch_unwind(|| check_snapshot_unguarded(snap, by, held))
+        .unwrap_or_else(|_| Err("its document crashes automerge".into()))
+}
+
+fn check_snapshot_unguarded(
+    snap: &murmur_core::snapshot::DocSnapshot,
+    by: &Event,
+    held: &[(AuthorId, murmur_core::Seq, Change)],
+) -> Result<(), String> {
     use automerge::ReadDoc as _;
-    let loaded = std::panic::catch_unwind(|| Automerge::load(&snap.save));
-    let doc = match loaded {
-        Ok(Ok(d)) => d,
-        Ok(Err(e)) => return Err(format!("its document does not load: {e}")),
-        Err(_) => return Err("its document crashes automerge".into()),
-    };
+    let doc =
+        Automerge::load(&snap.save).map_err(|e| format!("its document does not load: {e}"))?;
+    let covers: std::collections::HashMap<AuthorId, murmur_core::Seq> =
+        snap.covers.iter().map(|c| (c.author, c.seq)).collect();
     let mut at: std::collections::HashMap<(Vec<u8>, u64), automerge::ChangeHash> =
         std::collections::HashMap::new();
     for (author, seq, change) in held {
@@ -296,7 +305,7 @@ pub fn check_snapshot(
         let covered = if *author == by.author() {
             *seq < by.seq()
         } else {
-            snap.cover(author).is_some_and(|c| c.seq >= *seq)
+            covers.get(author).is_some_and(|c| *c >= *seq)
         };
         if covered && doc.get_change_by_hash(&change.hash()).is_none() {
             return Err(format!(

@@ -489,6 +489,7 @@ async fn topics(State(st): State<Shared>) -> ApiResult<Json<TopicsResponse>> {
                 pruned: 0,
                 oldest_time: None,
                 bytes: 0,
+                pruned_bytes: 0,
                 logs: Vec::new(),
             });
         }
@@ -496,6 +497,7 @@ async fn topics(State(st): State<Shared>) -> ApiResult<Json<TopicsResponse>> {
             t.events += l.held();
             t.pruned += l.base.0;
             t.bytes += l.bytes;
+            t.pruned_bytes += l.pruned_bytes;
             let oldest = oldest.map(crate::api::time_json);
             if let Some(o) = oldest
                 && t.oldest_time
@@ -512,6 +514,7 @@ async fn topics(State(st): State<Shared>) -> ApiResult<Json<TopicsResponse>> {
                 frozen_at: l.frozen_at.map(|s| s.0),
                 oldest_time: oldest,
                 bytes: l.bytes,
+                pruned_bytes: l.pruned_bytes,
             });
         }
     }
