@@ -115,6 +115,8 @@ pub struct Metrics {
     pub store_disk_full: Gauge,
     /// 1 while pulls are paused because the database is over its budget's pull limit.
     pub pulls_paused: Gauge,
+    /// 1 while live gossip is held by the disk budget (past 75% of it).
+    pub gossip_held: Gauge,
     /// Times pulls were paused by the disk budget.
     pub pull_pauses: Counter,
     /// RocksDB memtables + block cache, bytes.
@@ -188,6 +190,7 @@ impl Metrics {
             store_disk_budget_bytes: Gauge::default(),
             store_disk_full: Gauge::default(),
             pulls_paused: Gauge::default(),
+            gossip_held: Gauge::default(),
             pull_pauses: Counter::default(),
             store_memory_bytes: Gauge::default(),
             resident_bytes: Gauge::default(),
@@ -293,6 +296,11 @@ impl Metrics {
             "pulls_paused",
             "1 while sync pulls are paused because the database is over 60% of store.max_disk_mb (until pruning brings it to 50%); live gossip goes on",
             m.pulls_paused.clone(),
+        );
+        r.register(
+            "gossip_held",
+            "1 while live gossip is left to the peers because the database is over 75% of store.max_disk_mb (until pruning brings it to 50%; what was left is pulled then)",
+            m.gossip_held.clone(),
         );
         r.register(
             "pull_pauses",

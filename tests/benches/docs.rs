@@ -1,7 +1,8 @@
 //! Document benchmark, on a real daemon over its socket (no root needed). Prints, in one
 //! run: local change rate, remote change apply rate, snapshot save and load time and
 //! on-disk size for a document of 100,000 changes, and the daemon's resident memory
-//! holding it.
+//! holding it; then compaction: what the node holds of the topic, and how long a new
+//! device takes to get the document, from the whole history and from snapshots.
 //!
 //! Run: `scripts/bench` (or `cargo bench -p murmur-tests --bench docs` after
 //! `cargo build --release --bins`). `MURMUR_BENCH_QUICK=1` uses 20,000 changes.
@@ -220,5 +221,79 @@ fn main() {
     );
     println!();
     println!("(saved again: {:.2} MB)", mb(saved.len()));
+    drop(store);
+
+    // Compaction: a new device joins the site, once from a node holding the whole
+    // history, once from the same node after it compacted the topic behind snapshots
+    // (a rule keeping 100 events per log).
+    let join = |from: &Node| -> (f64, u64) {
+        let j = Node::start("");
+        let t = Instant::now();
+        let dial = j.cli(&["dial", &from.tcp_addr()]);
+        assert!(dial.status.success(), "{}", common::stderr(&dial));
+        let mut asked = Instant::now();
+        loop {
+            let r = j.req("GET", &format!("/v1/doc?topic={TOPIC}&doc={DOC}"), None);
+            if r.status == 200 && r.json()["value"] == doc["value"] {
+                break;
+            }
+            assert!(t.elapsed().as_secs() < 600, "the join did not finish");
+            if asked.elapsed().as_millis() >= 500 {
+                let _ = j.post("/v1/sync", &json!({}));
+                asked = Instant::now();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (t.elapsed().as_secs_f64(), j.events())
+    };
+    let held_bytes = |n: &Node| -> u64 {
+        n.get("/v1/topics")["topics"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["topic"] == TOPIC).cloned())
+            .and_then(|t| t["bytes"].as_u64())
+            .unwrap_or(0)
+    };
+    n.spawn();
+    let bytes_whole = held_bytes(&n);
+    let (join_whole, events_whole) = join(&n);
+    assert!(n.stop().success());
+    std::fs::write(
+        n.dir.join("murmur.toml"),
+        format!(
+            "[docs]\nsnapshot_every = 5000\ncompaction_interval = \"1s\"\n\n[store]\nprune_interval = \"1s\"\n\n\
+             [[retention]]\npattern = \"bench/#\"\nmax_events_per_log = 100\n{}",
+            common::LOOPBACK_P2P
+        ),
+    )
+    .expect("config");
+    n.spawn();
+    let t5 = Instant::now();
+    while held_bytes(&n) >= bytes_whole / 2 {
+        assert!(t5.elapsed().as_secs() < 300, "compaction did not happen");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let compact_secs = t5.elapsed().as_secs_f64();
+    let bytes_compacted = held_bytes(&n);
+    let (join_compacted, events_compacted) = join(&n);
+    assert!(n.stop().success());
+    println!();
+    println!(
+        "| compaction (a rule keeping 100 events per log) | whole history | compacted | ratio |"
+    );
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| topic held by the node (encoded events, MB) | {:.2} | {:.2} | {:.1}% |",
+        mb(bytes_whole as usize),
+        mb(bytes_compacted as usize),
+        100.0 * bytes_compacted as f64 / bytes_whole as f64
+    );
+    println!(
+        "| a new device joins: the document complete after (s) | {join_whole:.2} | {join_compacted:.2} | {:.1}× faster |",
+        join_whole / join_compacted
+    );
+    println!("| events the new device holds | {events_whole} | {events_compacted} | |");
+    println!(
+        "(compacted {compact_secs:.1} s after the restart with the rule: first pass, round, next pass)"
+    );
     println!("finished in {:.0} s", started.elapsed().as_secs_f64());
 }
