@@ -1,5 +1,10 @@
 //! Multi-host scenarios: real daemons in network namespaces joined by a bridge (see
 //! `common/netns.rs`). Needs root; all traffic stays inside the namespaces.
+//!
+//! The tests run one at a time ([`one_at_a_time`]): each starts up to thirty daemons,
+//! and several measure what a host lives with (a disk budget sampled through a
+//! million-event run, publish→follow latency) on a machine of two cores, which two
+//! labs at once would share.
 
 mod common;
 
@@ -8,6 +13,14 @@ use std::time::{Duration, Instant};
 use common::netns::{Lab, root_or_skip};
 use common::{Node, wait_for};
 use serde_json::{Value, json};
+
+/// Held by every test for its whole run: the labs do not share the machine.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LABS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed while holding it leaves nothing behind that the next needs.
+    LABS.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// mDNS on, libp2p on the host's own interfaces (inside its namespace), quick rounds.
 fn config(_: usize) -> String {
@@ -37,6 +50,7 @@ fn all_equal(lab: &Lab, events: u64) -> bool {
 
 #[test]
 fn three_hosts_find_each_other_by_mdns_and_replicate_both_ways() {
+    let _lab = one_at_a_time();
     if !root_or_skip("three_hosts_find_each_other_by_mdns_and_replicate_both_ways") {
         return;
     }
@@ -63,6 +77,7 @@ fn three_hosts_find_each_other_by_mdns_and_replicate_both_ways() {
 
 #[test]
 fn a_partition_heals_and_both_sides_converge() {
+    let _lab = one_at_a_time();
     if !root_or_skip("a_partition_heals_and_both_sides_converge") {
         return;
     }
@@ -101,6 +116,7 @@ fn connected_to(n: &Node, peer_id: &str) -> bool {
 
 #[test]
 fn five_hosts_in_a_kademlia_chain_meet_through_discovery() {
+    let _lab = one_at_a_time();
     if !root_or_skip("five_hosts_in_a_kademlia_chain_meet_through_discovery") {
         return;
     }
@@ -135,6 +151,7 @@ fn five_hosts_in_a_kademlia_chain_meet_through_discovery() {
 
 #[test]
 fn a_killed_host_catches_up_100k_events_after_restart() {
+    let _lab = one_at_a_time();
     if !root_or_skip("a_killed_host_catches_up_100k_events_after_restart") {
         return;
     }
@@ -167,6 +184,7 @@ fn a_killed_host_catches_up_100k_events_after_restart() {
 
 #[test]
 fn a_lossy_slow_link_still_delivers_every_event_exactly_once() {
+    let _lab = one_at_a_time();
     if !root_or_skip("a_lossy_slow_link_still_delivers_every_event_exactly_once") {
         return;
     }
@@ -215,6 +233,7 @@ fn a_lossy_slow_link_still_delivers_every_event_exactly_once() {
 
 #[test]
 fn a_non_member_without_the_fleet_key_cannot_connect() {
+    let _lab = one_at_a_time();
     if !root_or_skip("a_non_member_without_the_fleet_key_cannot_connect") {
         return;
     }
@@ -265,6 +284,7 @@ fn a_non_member_without_the_fleet_key_cannot_connect() {
 
 #[test]
 fn a_shared_document_converges_after_conflicting_edits_across_a_partition() {
+    let _lab = one_at_a_time();
     if !root_or_skip("a_shared_document_converges_after_conflicting_edits_across_a_partition") {
         return;
     }
@@ -364,6 +384,7 @@ fn a_shared_document_converges_after_conflicting_edits_across_a_partition() {
 
 #[test]
 fn a_host_whose_clock_runs_a_day_ahead_neither_stops_nor_drags_the_fleet() {
+    let _lab = one_at_a_time();
     if !root_or_skip("a_host_whose_clock_runs_a_day_ahead_neither_stops_nor_drags_the_fleet") {
         return;
     }
@@ -502,6 +523,7 @@ fn damage(dir: &std::path::Path, what: Damage) -> std::path::PathBuf {
 /// another host, then publishes after them without forking its own log.
 #[test]
 fn a_damaged_store_is_refused_repaired_and_refilled_from_a_peer() {
+    let _lab = one_at_a_time();
     if !root_or_skip("a_damaged_store_is_refused_repaired_and_refilled_from_a_peer") {
         return;
     }
@@ -765,6 +787,7 @@ fn many_topics_report(lab: &Lab) -> String {
 
 #[test]
 fn two_thousand_topics_on_five_hosts_still_travel_by_live_push() {
+    let _lab = one_at_a_time();
     if !root_or_skip("two_thousand_topics_on_five_hosts_still_travel_by_live_push") {
         return;
     }
@@ -869,6 +892,7 @@ fn two_thousand_topics_on_five_hosts_still_travel_by_live_push() {
 
 #[test]
 fn a_peer_that_freezes_mid_catch_up_is_noticed_and_another_peer_finishes_it() {
+    let _lab = one_at_a_time();
     if !root_or_skip("a_peer_that_freezes_mid_catch_up_is_noticed_and_another_peer_finishes_it") {
         return;
     }
@@ -965,6 +989,7 @@ fn a_peer_that_freezes_mid_catch_up_is_noticed_and_another_peer_finishes_it() {
 
 #[test]
 fn thirty_hosts_with_kademlia_only_find_the_few_that_want_a_topic() {
+    let _lab = one_at_a_time();
     if !root_or_skip("thirty_hosts_with_kademlia_only_find_the_few_that_want_a_topic") {
         return;
     }
@@ -1132,6 +1157,7 @@ fn nat_lab(symmetric: bool) -> (Duration, String, String) {
 
 #[test]
 fn two_sites_behind_nat_meet_through_a_relay_and_replicate_both_ways() {
+    let _lab = one_at_a_time();
     if !root_or_skip("two_sites_behind_nat_meet_through_a_relay_and_replicate_both_ways") {
         return;
     }
@@ -1164,6 +1190,7 @@ fn two_sites_behind_nat_meet_through_a_relay_and_replicate_both_ways() {
 /// the publisher's newest events, and every log's head); and `murmur verify` passes.
 #[test]
 fn a_host_on_a_64_mib_disk_with_a_32_mib_budget_takes_a_million_events() {
+    let _lab = one_at_a_time();
     if !root_or_skip("a_host_on_a_64_mib_disk_with_a_32_mib_budget_takes_a_million_events") {
         return;
     }
