@@ -17,6 +17,18 @@ fn publish_batch(n: &Node, topic: &str, count: usize) {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+/// Stops `n` and checks its store with `murmur verify`.
+fn stop_and_verify(n: &mut Node) {
+    n.stop();
+    let v = n.cli(&["verify"]);
+    assert!(
+        v.status.success(),
+        "{}\n{}",
+        common::stdout(&v),
+        common::stderr(&v)
+    );
+}
+
 /// The events of `topic` that `n` serves from offset 0.
 fn held(n: &Node, topic: &str) -> Vec<String> {
     let page = n.get(&format!("/v1/events?pattern={topic}&from=0&limit=10000"));
@@ -175,14 +187,7 @@ fn retention_prunes_by_rule_and_nothing_pruned_comes_back_from_a_peer() {
     });
 
     // The pruned store verifies clean.
-    a.stop();
-    let v = a.cli(&["verify"]);
-    assert!(
-        v.status.success(),
-        "{}\n{}",
-        common::stdout(&v),
-        common::stderr(&v)
-    );
+    stop_and_verify(&mut a);
 }
 
 /// Pruning gives the disk back: 100,000 events of 256 bytes on 10 topics, then a
@@ -291,9 +296,7 @@ fn a_disk_budget_holds_while_events_keep_coming() {
     // The newest batch is whole: the oldest events went first.
     let last = n.get("/v1/status")["held"].as_u64().unwrap();
     assert!(last >= 4000, "{last}");
-    n.stop();
-    let v = n.cli(&["verify"]);
-    assert!(v.status.success(), "{}", common::stdout(&v));
+    stop_and_verify(&mut n);
 }
 
 /// A device that was off while its fleet pruned past what it held comes back and gets
@@ -648,14 +651,7 @@ fn max_bytes_keeps_the_newest_bytes_of_a_topic_across_its_authors() {
         "{}",
         common::stderr(&bad)
     );
-    a.stop();
-    let v = a.cli(&["verify"]);
-    assert!(
-        v.status.success(),
-        "{}\n{}",
-        common::stdout(&v),
-        common::stderr(&v)
-    );
+    stop_and_verify(&mut a);
 }
 
 /// A document topic under a rule is compacted behind snapshot events its node
@@ -843,14 +839,7 @@ fn a_document_topic_is_compacted_behind_snapshots_and_a_late_joiner_gets_the_doc
     );
     assert_eq!(r.status, 400, "{}", r.body);
     for mut n in [a, c] {
-        n.stop();
-        let v = n.cli(&["verify"]);
-        assert!(
-            v.status.success(),
-            "{}\n{}",
-            common::stdout(&v),
-            common::stderr(&v)
-        );
+        stop_and_verify(&mut n);
     }
 }
 
