@@ -111,6 +111,19 @@ impl DocSnapshot {
         self.covers.iter().find(|c| c.author == *author)
     }
 
+    /// Per author, the highest seq this snapshot, carried by the event `by`, covers:
+    /// its covers, and its own author's log up to the event before it (see
+    /// [`DocSnapshot::covers_below`]).
+    pub fn cover_map(&self, by: &Event) -> crate::retention::DocCover {
+        let mut map: crate::retention::DocCover =
+            self.covers.iter().map(|c| (c.author, c.seq)).collect();
+        match by.seq().0.checked_sub(1) {
+            Some(before) => map.insert(by.author(), Seq(before)),
+            None => map.remove(&by.author()),
+        };
+        map
+    }
+
     /// Whether this snapshot, carried by the event `by`, covers the log of `first`'s
     /// author up to the event before `first` (so the log may start at `first`).
     /// - The snapshot's own author's log: up to the snapshot itself, always. Every

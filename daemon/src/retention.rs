@@ -173,6 +173,8 @@ pub struct Compaction {
     /// further (snapshots, this node's and other compacting nodes', move the logs'
     /// heads; a round for them would make the other nodes' next round due, forever).
     after_round: HashMap<Topic, DocCover>,
+    /// Topics whose cover was read back from the store since the start.
+    read_back: std::collections::HashSet<Topic>,
 }
 
 impl Compaction {
@@ -185,6 +187,7 @@ impl Compaction {
             covers: HashMap::new(),
             rounds: HashMap::new(),
             after_round: HashMap::new(),
+            read_back: Default::default(),
         }
     }
 }
@@ -207,27 +210,28 @@ fn own_cover(
     if docs.len() > OWN_COVER_DOCS {
         return Ok(None);
     }
-    // The newest of this node's snapshots of each document (newest first: the first
-    // one seen per document), read one at a time.
-    let mut newest: HashMap<String, DocCover> = HashMap::new();
-    store
-        .snapshot_events(topic, None, OWN_COVER_DOCS * 4, |ev, snap| {
-            if ev.author() == *own && !newest.contains_key(&snap.doc) {
-                // Its own log is covered up to the snapshot (`DocSnapshot::covers_below`).
-                let mut c: DocCover = snap.covers.iter().map(|c| (c.author, c.seq)).collect();
-                c.insert(*own, murmur_core::Seq(ev.seq().0.saturating_sub(1)));
-                newest.insert(snap.doc, c);
-            }
-            newest.len() < docs.len()
-        })
-        .map_err(|e| e.to_string())?;
+    // The newest of this node's snapshots of each document, found in the index (newest
+    // first: the first of this node's seen per document); only those are read.
+    let mut newest = HashMap::new();
+    for r in store
+        .snapshot_refs(topic, None, OWN_COVER_DOCS * 4)
+        .map_err(|e| e.to_string())?
+    {
+        if r.author == *own && !newest.contains_key(&r.doc) {
+            newest.insert(r.doc.clone(), r);
+        }
+    }
     let mut cover: Option<DocCover> = None;
     for doc in docs {
-        let Some(this) = newest.get(doc.as_str()) else {
+        let Some(r) = newest.get(&doc) else {
             return Ok(None);
         };
+        let Some((ev, snap)) = store.snapshot_at(topic, r).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let this = snap.cover_map(&ev);
         cover = Some(match cover {
-            None => this.clone(),
+            None => this,
             Some(c) => c
                 .into_iter()
                 .filter_map(|(a, s)| this.get(&a).map(|t| (a, s.min(*t))))
@@ -481,30 +485,35 @@ pub async fn pass(
     let (plan, want_snapshots, recovered) = {
         let (policy, store) = (policy.clone(), store.clone());
         let mut covers = compaction.covers.clone();
+        let read_back = compaction.read_back.clone();
         let own = compaction.own;
         tokio::task::spawn_blocking(move || {
             let logs = store.logs().map_err(|e| e.to_string())?;
             let mut plan = policy
                 .plan(&logs, now, &*store)
                 .map_err(|e| e.to_string())?;
-            // What earlier rounds cover, read back once per topic after a start.
+            // What earlier rounds cover, read back once per topic after a start (a
+            // topic without this node's snapshots gets them from its first round).
             let mut recovered = Vec::new();
             let mut topics: Vec<&Topic> = logs.iter().map(|l| &l.topic).collect();
             topics.dedup();
             for topic in topics {
                 if !covers.contains_key(topic)
+                    && !read_back.contains(topic)
                     && policy.rule_for(topic).is_some_and(|(_, r)| !r.keep)
                     && !store
                         .docs_of(topic, 1)
                         .map_err(|e| e.to_string())?
                         .is_empty()
-                    && let Some(c) = own_cover(&store, topic, &own).unwrap_or_else(|e| {
+                {
+                    let cover = own_cover(&store, topic, &own).unwrap_or_else(|e| {
                         tracing::warn!(%topic, error = %e, "cannot read back what this node's snapshots cover; a new round will");
                         None
-                    })
-                {
-                    covers.insert(topic.clone(), c.clone());
-                    recovered.push((topic.clone(), c));
+                    });
+                    if let Some(c) = &cover {
+                        covers.insert(topic.clone(), c.clone());
+                    }
+                    recovered.push((topic.clone(), cover));
                 }
             }
             let docs = policy
@@ -516,7 +525,12 @@ pub async fn pass(
         .await
         .map_err(|e| e.to_string())??
     };
-    compaction.covers.extend(recovered);
+    for (topic, cover) in recovered {
+        compaction.read_back.insert(topic.clone());
+        if let Some(c) = cover {
+            compaction.covers.insert(topic, c);
+        }
+    }
     for topic in want_snapshots {
         let due = compaction
             .rounds

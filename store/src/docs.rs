@@ -169,10 +169,15 @@ pub(crate) fn snapshot_refs(
                 crate::keys::split_event_key(ek).ok_or_else(|| corrupt("snapshot index value"))?;
             let (_, author) =
                 crate::keys::split_log_key(lk).ok_or_else(|| corrupt("snapshot index value"))?;
+            let doc = std::str::from_utf8(of)
+                .ok()
+                .and_then(|d| DocId::new(d).ok())
+                .ok_or_else(|| corrupt("snapshot index value"))?;
             out.push(SnapshotRef {
                 offset: Offset(off),
                 author,
                 seq,
+                doc,
             });
         }
         it.prev();
@@ -182,7 +187,7 @@ pub(crate) fn snapshot_refs(
 }
 
 /// Where a snapshot event is: see [`snapshot_refs`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotRef {
     /// Its offset here.
     pub offset: Offset,
@@ -190,6 +195,8 @@ pub struct SnapshotRef {
     pub author: murmur_core::AuthorId,
     /// Its seq in the author's log of the topic.
     pub seq: murmur_core::Seq,
+    /// The document it is a snapshot of.
+    pub doc: DocId,
 }
 
 /// Visits the snapshot events held in `topic` (of document `doc` only, if given),

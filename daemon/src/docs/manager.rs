@@ -884,20 +884,7 @@ impl Manager {
             return Ok(());
         }
         // Only where a log of the topic started over at a peer's base.
-        let vv = self.store.version_vector(&key.0).map_err(store_err)?;
-        let mut hole = false;
-        for (author, _) in vv.iter() {
-            if self
-                .store
-                .log_state(author, &key.0)
-                .map_err(store_err)?
-                .restarted
-            {
-                hole = true;
-                break;
-            }
-        }
-        if !hole {
+        if !any_log(&self.store, &key.0, |s| s.restarted)? {
             return Ok(());
         }
         for r in refs {
@@ -1019,20 +1006,11 @@ impl Manager {
     ) -> Result<DocState, DocError> {
         // A history compacted here (a log of the topic pruned behind snapshots, or
         // started over at a peer's base) cannot be replayed from its start.
-        let store_err = |e: murmur_store::StoreError| DocError::Store(e.to_string());
-        let vv = self.store.version_vector(&key.0).map_err(store_err)?;
-        for (author, _) in vv.iter() {
-            let base = self
-                .store
-                .log_state(author, &key.0)
-                .map_err(store_err)?
-                .base;
-            if base.0 > 0 {
-                return Err(DocError::NoSuchPoint(format!(
-                    "the history of {} was compacted here (retention keeps it behind snapshots): a point in time cannot be rebuilt; read the document as it is now",
-                    key.0
-                )));
-            }
+        if any_log(&self.store, &key.0, |s| s.base.0 > 0)? {
+            return Err(DocError::NoSuchPoint(format!(
+                "the history of {} was compacted here (retention keeps it behind snapshots): a point in time cannot be rebuilt; read the document as it is now",
+                key.0
+            )));
         }
         let poison = self.poison.get(key).cloned().unwrap_or_default();
         let mut doc = Automerge::new();
@@ -1105,6 +1083,21 @@ impl Manager {
         }
         state(&doc, path)
     }
+}
+
+/// Whether some log of `topic` held here is in a state `pred` picks out.
+fn any_log(
+    store: &RocksStore,
+    topic: &Topic,
+    pred: impl Fn(&murmur_core::LogState) -> bool,
+) -> Result<bool, DocError> {
+    let store_err = |e: murmur_store::StoreError| DocError::Store(e.to_string());
+    for (author, _) in store.version_vector(topic).map_err(store_err)?.iter() {
+        if pred(&store.log_state(author, topic).map_err(store_err)?) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn state(doc: &Automerge, path: &str) -> Result<DocState, DocError> {

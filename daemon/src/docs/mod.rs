@@ -292,8 +292,7 @@ fn check_snapshot_unguarded(
     use automerge::ReadDoc as _;
     let doc =
         Automerge::load(&snap.save).map_err(|e| format!("its document does not load: {e}"))?;
-    let covers: std::collections::HashMap<AuthorId, murmur_core::Seq> =
-        snap.covers.iter().map(|c| (c.author, c.seq)).collect();
+    let covers = snap.cover_map(by);
     let mut at: std::collections::HashMap<(Vec<u8>, u64), automerge::ChangeHash> =
         std::collections::HashMap::new();
     for (author, seq, change) in held {
@@ -301,12 +300,7 @@ fn check_snapshot_unguarded(
             (change.actor_id().to_bytes().to_vec(), change.seq()),
             change.hash(),
         );
-        // The snapshot's own author is covered up to the snapshot itself.
-        let covered = if *author == by.author() {
-            *seq < by.seq()
-        } else {
-            covers.get(author).is_some_and(|c| *c >= *seq)
-        };
+        let covered = covers.get(author).is_some_and(|c| *c >= *seq);
         if covered && doc.get_change_by_hash(&change.hash()).is_none() {
             return Err(format!(
                 "it leaves out change {} by {} (seq {seq}) that it claims to cover",
