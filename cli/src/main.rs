@@ -5,6 +5,7 @@
 //! directory.
 
 mod doc;
+mod fleet;
 mod output;
 mod stream;
 
@@ -86,6 +87,11 @@ enum Command {
     Doc {
         #[command(subcommand)]
         action: doc::DocAction,
+    },
+    /// Fleet membership and permissions: init, admin, admit, join, grant, revoke, status
+    Fleet {
+        #[command(subcommand)]
+        action: fleet::FleetAction,
     },
     /// Connected peers: id, address, how found, latency
     Peers,
@@ -419,6 +425,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output::retention(&shown, g.json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Fleet { action } => fleet::run(action, || socket(g), g.json).await,
         Command::Peers => {
             let p: murmur_client::api::PeersResponse =
                 Client::new(&socket(g)?).get("/v1/peers").await?;

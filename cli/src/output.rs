@@ -75,6 +75,9 @@ pub fn status(s: &Status, repl: Option<&ReplicationJson>, json: bool) -> anyhow:
         ),
         None => println!("peers       replication off"),
     }
+    if let Some(f) = &s.fleet {
+        println!("fleet       {f}");
+    }
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     if s.disk_budget_bytes > 0 {
         println!(

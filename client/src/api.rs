@@ -258,6 +258,107 @@ pub struct Status {
     /// The clock: its last time, the drift limit, and remote clocks found ahead of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<ClockStatus>,
+    /// The fleet: `open`, or closed and whether this node is admitted (see
+    /// `GET /v1/fleet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<String>,
+}
+
+/// `GET /v1/fleet`: the fleet's membership and policy as this node knows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetJson {
+    /// `open` (no root configured: every peer is a member) or `closed`.
+    pub mode: String,
+    /// The fleet's root key (closed fleets).
+    #[serde(default)]
+    pub root: String,
+    /// This node's id (its key): what `murmur fleet admit` takes.
+    pub node: String,
+    /// Whether this node has a certificate.
+    pub admitted: bool,
+    /// This node's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own: Option<MemberJson>,
+    /// Members known (from the policy log and from peers at connect).
+    #[serde(default)]
+    pub members: Vec<MemberJson>,
+    /// Grants in force, by role.
+    #[serde(default)]
+    pub grants: Vec<GrantJson>,
+    /// Revocations.
+    #[serde(default)]
+    pub revocations: Vec<RevocationJson>,
+}
+
+/// A member's certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberJson {
+    /// Its node id.
+    pub node: String,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Topic patterns its certificate alone lets it write.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// When the certificate expires.
+    pub expires: TimeJson,
+    /// Who issued it (the root, or an admin key).
+    pub issuer: String,
+    /// `ok`, `expires_soon` (within 30 days), `expired`, `revoked`.
+    pub state: String,
+    /// Connected to this node now.
+    pub connected: bool,
+}
+
+/// A grant in force.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantJson {
+    /// The role.
+    pub role: String,
+    /// Topic patterns.
+    pub topics: Vec<String>,
+    /// May publish data.
+    pub publish: bool,
+    /// May write documents.
+    pub docs: bool,
+    /// When the grant was issued.
+    pub issued: TimeJson,
+}
+
+/// A revocation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevocationJson {
+    /// The node (or admin key) revoked.
+    pub node: String,
+    /// Why.
+    pub reason: String,
+    /// From when its events are refused.
+    pub effective: TimeJson,
+}
+
+/// `POST /v1/fleet/join`: install this node's certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The certificate as `murmur fleet admit` prints it (`murmur-cert:…`).
+    pub cert: String,
+}
+
+/// `POST /v1/fleet/policy`: publish a signed policy entry (made by `murmur fleet
+/// grant|revoke` with an admin or root key, which never leaves that machine).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyRequest {
+    /// The entry's encoding, base64.
+    pub entry_b64: String,
+}
+
+/// The answer to a join or a policy entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetChange {
+    /// What happened, for people.
+    pub message: String,
+    /// The event that carries it on the policy topic, if one was published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Published>,
 }
 
 /// One connected peer.

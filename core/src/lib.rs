@@ -94,6 +94,7 @@
 pub mod accept;
 pub mod channel;
 pub mod event;
+pub mod fleet;
 pub mod hlc;
 pub mod id;
 pub mod keys;

@@ -191,6 +191,16 @@ pub enum Output<P, M> {
         /// `malformed`, `wrong_channel`, `bad_body`, `bad_signature`, `pending_full`.
         reason: &'static str,
     },
+    /// A gossiped run the fleet's policy refuses (see [`sync::Config::permit`]): not
+    /// stored, not forwarded, rejected for gossipsub's score, not banned for.
+    Refused {
+        /// The peer that forwarded it.
+        from: P,
+        /// The first event refused.
+        event: Box<Event>,
+        /// Why.
+        reason: crate::fleet::Refusal,
+    },
     /// Gossiped events we already held.
     Duplicates(u64),
     /// A gossiped event conflicted with a held one at its seq: the store kept the fork
@@ -698,6 +708,23 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                     continue;
                 }
                 Ok(evs) if self.bad_body(&evs) => "bad_body",
+                // Before the signatures: a lookup is cheaper than a verification.
+                Ok(evs) if let Some((i, reason)) = self.not_permitted(&evs) => {
+                    outs.push(Output::Refused {
+                        from: g.from.clone(),
+                        event: Box::new(evs[i].clone()),
+                        reason,
+                    });
+                    // gossipsub's score counts it against the sender like any invalid
+                    // message; the daemon does not ban for it (the sender may not know
+                    // the policy that refuses it yet: see `sync::Config::permit`).
+                    outs.push(Output::Verdict {
+                        id: g.id,
+                        from: g.from,
+                        verdict: Verdict::Reject,
+                    });
+                    continue;
+                }
                 Ok(events) => {
                     valid.push(Arrived {
                         from: g.from,
@@ -1015,6 +1042,15 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         });
         let failed = self.sync.peer_gone(&peer);
         self.sync_outputs(failed, store, outs);
+    }
+
+    /// The first event of a run that the fleet's policy refuses, and why (the whole
+    /// run is refused: anti-entropy brings a permitted prefix).
+    fn not_permitted(&self, evs: &[Event]) -> Option<(usize, crate::fleet::Refusal)> {
+        let permit = self.config.sync.permit.as_ref()?;
+        evs.iter()
+            .enumerate()
+            .find_map(|(i, ev)| (permit.0)(ev).err().map(|r| (i, r)))
     }
 
     fn bad_body(&self, evs: &[Event]) -> bool {

@@ -119,8 +119,12 @@ impl Policy {
         self.rules.iter().all(|r| r.keep)
     }
 
-    /// The first rule matching `topic`, with its index.
+    /// The first rule matching `topic`, with its index. The fleet's own topics
+    /// (`$fleet/…`, the policy log) match none: they are kept whole, by construction.
     pub fn rule_for(&self, topic: &Topic) -> Option<(usize, &Rule)> {
+        if crate::fleet::is_reserved(topic) {
+            return None;
+        }
         self.rules
             .iter()
             .enumerate()
@@ -331,7 +335,7 @@ impl Policy {
     /// Whether the disk budget may prune `topic`: every topic but those a `keep` rule
     /// covers (and document topics, which the caller skips).
     pub fn budget_may_prune(&self, topic: &Topic) -> bool {
-        self.rule_for(topic).is_none_or(|(_, r)| !r.keep)
+        !crate::fleet::is_reserved(topic) && self.rule_for(topic).is_none_or(|(_, r)| !r.keep)
     }
 
     /// The cuts that free about `events` events when the store is over its disk

@@ -1302,3 +1302,114 @@ fn paused_pulls_still_take_gossip_and_resume_with_a_round() {
     });
     assert_eq!(sends_to(&outs, 1).len(), 1, "a round on resuming: {outs:?}");
 }
+
+/// The fleet's permissions in the machine: a revoked author's run is refused by gossip
+/// (rejected for the score, never banned for: the sender may not know yet), and a pull
+/// from a peer that holds its whole log stores the prefix from before the revocation
+/// and stops at the first refused event. A stranger's events are refused too.
+#[test]
+fn the_fleets_policy_refuses_gossip_and_ends_a_pull_at_the_first_refused_event() {
+    use murmur_core::fleet::{Cert, CertBody, Entry, Fleet, Kind, Rule, SignedRule};
+    let root = key(200);
+    let (member, thief, stranger) = (key(1), key(2), key(3));
+    let t0_ms = 1_700_000_000_000u64;
+    let mut fleet = Fleet::new(root.author(), 1_000);
+    for k in [&member, &thief] {
+        let cert = Cert::issue(
+            CertBody {
+                fleet: root.author(),
+                kind: Kind::Member,
+                subject: k.author(),
+                roles: vec!["s".into()],
+                topics: vec![],
+                issued_ms: t0_ms - 1,
+                expires_ms: t0_ms + 1_000_000,
+                issuer: root.author(),
+            },
+            &root,
+            None,
+        );
+        fleet.apply(Entry::Member(cert)).unwrap();
+    }
+    let rule = |r: Rule| Entry::Rule(SignedRule::issue(root.author(), r, t0_ms, &root, None));
+    fleet
+        .apply(rule(Rule::Grant {
+            role: "s".into(),
+            topics: vec!["a/#".into()],
+            publish: true,
+            docs: false,
+        }))
+        .unwrap();
+    // The thief's events at seq 3 and later (time t0 + seq) come after its revocation.
+    fleet
+        .apply(rule(Rule::Revoke {
+            subject: thief.author(),
+            reason: "stolen".into(),
+            effective_ms: t0_ms + 3,
+        }))
+        .unwrap();
+    let permit = sync::PermitCheck(std::sync::Arc::new(move |ev: &Event| fleet.may_write(ev)));
+    let mut cfg = config("#");
+    cfg.sync.permit = Some(permit);
+    let t0 = Instant::now();
+    let stolen = chain(&thief, "a/t", 6, "x");
+    let mut nodes: Vec<(MemoryStore, Replicator<usize, M>)> = vec![
+        (MemoryStore::new(), Replicator::new(cfg, None)),
+        (MemoryStore::new(), Replicator::new(config("#"), None)),
+    ];
+    nodes[1].0.insert(&stolen, Durability::Buffered).unwrap();
+
+    // Gossip: refused, rejected, counted, never banned for.
+    let (s, m) = &mut nodes[0];
+    for id in 0..5 {
+        let outs = go(m, t0, &*s, |m| {
+            m.gossiped(vec![gossip(1, id, &stolen[3..])], &*s)
+        });
+        assert_eq!(verdicts(&outs), vec![(id, Verdict::Reject)]);
+        assert!(
+            outs.iter().any(
+                |o| matches!(o, Output::Refused { reason, .. } if reason.reason() == "revoked")
+            )
+        );
+        assert!(
+            !outs
+                .iter()
+                .any(|o| matches!(o, Output::Ban { .. } | Output::Persist { .. })),
+            "{outs:?}"
+        );
+    }
+    let strange = chain(&stranger, "a/t", 1, "s");
+    let outs = go(m, t0, &*s, |m| {
+        m.gossiped(vec![gossip(1, 9, &strange)], &*s)
+    });
+    assert!(
+        outs.iter().any(
+            |o| matches!(o, Output::Refused { reason, .. } if reason.reason() == "not_a_member")
+        )
+    );
+    assert_eq!(head(s, &strange[0]), None);
+    // A member's events pass.
+    let fine = chain(&member, "a/t", 2, "m");
+    go(m, t0, &*s, |m| m.gossiped(vec![gossip(1, 10, &fine)], &*s));
+    assert_eq!(head(s, &fine[1]), Some(Seq(1)));
+
+    // A round with the peer that holds the whole stolen log: the prefix only.
+    let outs = {
+        let (s, m) = &mut nodes[0];
+        go(m, t0, &*s, |m| m.connected(1, t0, &*s))
+    };
+    let mut all = outs.clone();
+    pump2(&mut nodes, 0, outs, t0);
+    let (s, m) = &mut nodes[0];
+    assert_eq!(
+        head(s, &stolen[0]),
+        Some(Seq(2)),
+        "only what came before the revocation"
+    );
+    // The round ends (the pull stopped at the refused event) and runs again later
+    // without storing more.
+    let later = t0 + Duration::from_secs(3);
+    all.extend(go(m, later, &*s, |m| m.tick(later, &*s)));
+    assert_eq!(head(s, &stolen[0]), Some(Seq(2)));
+    assert!(!all.iter().any(|o| matches!(o, Output::Ban { .. })));
+}

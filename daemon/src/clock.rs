@@ -67,6 +67,11 @@ impl NodeClock {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How far ahead a remote time may be and still move this clock.
+    pub fn max_drift(&self) -> std::time::Duration {
+        self.lock().clock.max_drift()
+    }
+
     /// The wall clock in ms since the epoch, with the configured offset.
     pub fn wall_ms(&self) -> u64 {
         let now = SystemTime::now()

@@ -74,6 +74,32 @@ pub struct Config {
     /// Retention rules (`[[retention]]` tables), the first matching a topic deciding.
     /// None: every event is kept.
     pub retention: Vec<RetentionRule>,
+    /// Fleet membership and permissions.
+    pub fleet: FleetConfig,
+}
+
+/// Fleet membership and permissions (see `murmur fleet`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// The fleet's root public key (hex, printed by `murmur fleet init`). Set: a closed
+    /// fleet (peers need a certificate from it, events a grant). Unset: an open fleet,
+    /// every peer that connects is a member and may write anything.
+    pub root: Option<String>,
+}
+
+impl FleetConfig {
+    /// The root key, if set and valid.
+    pub fn root_key(&self) -> Result<Option<murmur_core::AuthorId>, ConfigError> {
+        match &self.root {
+            None => Ok(None),
+            Some(r) => r
+                .trim()
+                .parse::<murmur_core::AuthorId>()
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid(format!("fleet.root {r:?}: {e} (expected the 64 hex digits `murmur fleet init` printed)"))),
+        }
+    }
 }
 
 /// One retention rule (see `murmur_core::retention`).
@@ -818,6 +844,13 @@ sync_timeout = "10s"
 # Lag watchdog: what this node lacks from a peer has not shrunk for this long: warn,
 # count, show in `murmur status`, and try the next peer that replicates the topic.
 lag_watch = "60s"
+
+[fleet]
+# Closed fleet: the root key printed by `murmur fleet init`. Peers then need a
+# certificate from it (`murmur fleet admit` / `murmur fleet join`) to connect, and every
+# event needs a grant for its topic (`murmur fleet grant`). Without it the fleet is
+# open: any peer that connects (with the psk_file's key, if set) may write anything.
+# root = "…64 hex digits…"
 
 [log]
 # "text" or "json".

@@ -422,6 +422,8 @@ struct Writer {
     metrics: Metrics,
     notify: Arc<watch::Sender<Committed>>,
     published: Option<crate::replicate::Handle>,
+    /// Policy entries are applied as they become durable.
+    fleet: Option<crate::fleet::Guard>,
 }
 
 /// The writer's inbox, made before it starts (the writer and the replicator each need
@@ -453,6 +455,7 @@ pub fn spawn(
     metrics: Metrics,
     notify: Arc<watch::Sender<Committed>>,
     published: Option<crate::replicate::Handle>,
+    fleet: Option<crate::fleet::Guard>,
 ) -> std::io::Result<JoinHandle<()>> {
     let writer = Writer {
         store,
@@ -466,6 +469,7 @@ pub fn spawn(
         metrics,
         notify,
         published,
+        fleet,
     };
     std::thread::Builder::new()
         .name("murmur-writer".into())
@@ -701,6 +705,15 @@ impl Writer {
             .observe(t0.elapsed().as_secs_f64());
         self.metrics.commits.inc();
         self.metrics.commit_events.observe(events.len() as f64);
+        if let Some(g) = &self.fleet {
+            g.observe(
+                events
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(_, o)| matches!(o, Outcome::Appended(_)))
+                    .map(|(e, _)| e),
+            );
+        }
         let small = events.len() <= ANNOUNCE_EVENTS
             && events.iter().map(|e| e.bytes().len()).sum::<usize>() <= ANNOUNCE_BYTES;
         let appended: Vec<(Offset, Event)> = if small {

@@ -18,6 +18,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod docs;
+pub mod fleet;
 pub mod follow;
 pub mod ingest;
 pub mod keyfile;

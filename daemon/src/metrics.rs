@@ -162,6 +162,12 @@ pub struct Metrics {
     pub doc_snapshots_applied: Counter,
     /// Other nodes' document snapshots found false against the history held here.
     pub doc_snapshots_refused: Counter,
+    /// Remote events the fleet's policy refused, by reason.
+    pub fleet_events_refused: Family<Reason, Counter>,
+    /// Peers refused at connect, or dropped, by the fleet's policy, by reason.
+    pub fleet_peers_refused: Family<Reason, Counter>,
+    /// Policy entries applied (certificates, grants, revocations), by kind.
+    pub fleet_entries: Family<Reason, Counter>,
     /// Events pruned by retention, by rule.
     pub pruned_events: Family<RuleLabel, Counter>,
     /// Their bytes, by rule.
@@ -213,6 +219,9 @@ impl Metrics {
             doc_snapshots_published: Counter::default(),
             doc_snapshots_applied: Counter::default(),
             doc_snapshots_refused: Counter::default(),
+            fleet_events_refused: Family::default(),
+            fleet_peers_refused: Family::default(),
+            fleet_entries: Family::default(),
             pruned_events: Family::default(),
             pruned_bytes: Family::default(),
             prune_passes: Counter::default(),
@@ -326,6 +335,21 @@ impl Metrics {
             "rejected",
             "Remote input refused, by reason",
             m.rejected.clone(),
+        );
+        r.register(
+            "fleet_events_refused",
+            "Remote events refused by the fleet's policy (not stored, not forwarded), by reason: not_a_member, no_grant, revoked, expired, reserved",
+            m.fleet_events_refused.clone(),
+        );
+        r.register(
+            "fleet_peers_refused",
+            "Peers refused at connect or dropped by the fleet's policy, by reason: no_credentials, bad_cert, not_a_member, expired, revoked",
+            m.fleet_peers_refused.clone(),
+        );
+        r.register(
+            "fleet_entries",
+            "Fleet policy entries applied, by kind: member, grant, revoke",
+            m.fleet_entries.clone(),
         );
         r.register(
             "duplicates",
@@ -509,6 +533,15 @@ impl Metrics {
                 path: path.to_owned(),
             })
             .inc_by(n);
+    }
+
+    /// Counts an event, or a peer, the fleet's policy refused (or an entry applied).
+    pub fn count(family: &Family<Reason, Counter>, reason: &str) {
+        family
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts refused remote input.

@@ -252,6 +252,8 @@ struct Shared {
     failing: ingest::WriteFailing,
     /// The retention rules in force (the sync machine's restart and window hooks).
     rules: crate::retention::Rules,
+    /// The fleet's membership and permissions (`None`: open).
+    fleet: Option<crate::fleet::Guard>,
 }
 
 fn start_network(
@@ -269,6 +271,7 @@ fn start_network(
         hold,
         failing,
         rules,
+        fleet,
     } = shared;
     let psk = match &config.p2p.psk_file {
         Some(path) => {
@@ -311,6 +314,7 @@ fn start_network(
             ..murmur_p2p::RelayLimits::default()
         }),
         relays: parse_addrs(&config.p2p.relays)?,
+        admission: fleet.as_ref().map(crate::fleet::Guard::credentials),
         ..murmur_p2p::Config::default()
     };
     let (handle, mut events, event_loop) =
@@ -331,10 +335,17 @@ fn start_network(
         }
         Err(_) => config.p2p.topics.clone(),
     };
-    let topics = patterns
+    let mut topics = patterns
         .iter()
         .map(|t| murmur_core::Pattern::new(t.as_str()))
         .collect::<Result<Vec<_>, _>>()?;
+    // A closed fleet's policy log replicates on every node, whatever its interest.
+    if fleet.is_some() {
+        let policy = murmur_core::Pattern::new(murmur_core::fleet::POLICY_TOPIC)?;
+        if !topics.contains(&policy) {
+            topics.push(policy);
+        }
+    }
     let (replicator, inbox) = replicate::channel(REPLICATOR_QUEUE);
     let restart = restart_check(rules.clone(), key.author(), clock.clone(), store.clone());
     let replicator_thread = replicate::spawn(
@@ -351,6 +362,7 @@ fn start_network(
                 request_timeout: config.p2p.sync_timeout,
                 may_restart: Some(restart),
                 keeps_from: Some(keeps_from(rules.clone(), key.author())),
+                permit: fleet.as_ref().map(crate::fleet::Guard::permit_check),
                 ..murmur_core::sync::Config::default()
             },
             peers_file,
@@ -360,6 +372,7 @@ fn start_network(
             failing,
             max_disk: config.store.max_disk_mb.saturating_mul(1 << 20),
             retention: rules.clone(),
+            fleet,
         },
         metrics,
         inbox,
@@ -605,6 +618,31 @@ pub async fn run(
         SyncPolicy::Os => Durability::Buffered,
     };
     let failing = ingest::WriteFailing::default();
+    let fleet = match config.fleet.root_key()? {
+        None => {
+            if config.p2p.enabled {
+                tracing::info!(
+                    "open fleet (no fleet.root): every peer that connects is a member and may write anything"
+                );
+            }
+            None
+        }
+        Some(root) => {
+            let (dir, st, c, m) = (
+                data_dir.clone(),
+                store.clone(),
+                clock.clone(),
+                metrics.clone(),
+            );
+            let author = key.author();
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    crate::fleet::Guard::open(root, &dir, author, &*st, c, m)
+                })
+                .await??,
+            )
+        }
+    };
     // The retention rules: the config's, or those set at runtime (kept in the data dir).
     let rules = crate::retention::Rules::load(&data_dir, &config)?;
     tokio::spawn(store_watchdog(
@@ -638,6 +676,7 @@ pub async fn run(
                 hold: hold.clone(),
                 failing: failing.clone(),
                 rules: rules.clone(),
+                fleet: fleet.clone(),
             },
             &mut registry,
         )?)
@@ -653,6 +692,7 @@ pub async fn run(
         metrics.clone(),
         offsets_tx,
         net.as_ref().map(|n| n.replicator.clone()),
+        fleet.clone(),
     )
     .context("cannot start the writer thread")?;
 
@@ -723,7 +763,14 @@ pub async fn run(
         failing: failing.clone(),
         disk_budget: config.store.max_disk_mb.saturating_mul(1 << 20),
         rules: rules.clone(),
+        fleet,
     });
+    // A member publishes its certificate on the policy topic once, so that nodes it
+    // never meets learn its roles.
+    {
+        let state = state.clone();
+        tokio::spawn(async move { server::publish_own_cert(&state).await });
+    }
     tracing::info!(
         author = %key.author(),
         data_dir = %data_dir.display(),

@@ -11,7 +11,7 @@ use libp2p::{
 use murmur_core::MAX_EVENT_BYTES;
 
 use crate::Error;
-use crate::codec::{PROTOCOL, SyncCodec};
+use crate::codec::{ADMIT_PROTOCOL, AdmitCodec, PROTOCOL, SyncCodec};
 
 /// Network settings.
 #[derive(Debug, Clone)]
@@ -43,6 +43,14 @@ pub struct Config {
     /// Private fleet: only peers with this pre-shared key can connect (libp2p pnet).
     /// pnet works over TCP only, so QUIC is off when a key is set.
     pub psk: Option<[u8; 32]>,
+    /// Admission: this node's credentials (a fleet membership certificate). When set,
+    /// a new peer is held back (no [`crate::Event::Connected`], its gossip and sync
+    /// dropped) until it has shown credentials ([`crate::Event::Credentials`]) and the
+    /// daemon admitted it ([`crate::Command::Admit`]), or is disconnected after
+    /// [`Config::admission_timeout`]. `None`: every peer that connects is a peer.
+    pub admission: Option<Vec<u8>>,
+    /// How long a new peer has to show credentials.
+    pub admission_timeout: Duration,
 }
 
 impl Default for Config {
@@ -67,6 +75,8 @@ impl Default for Config {
             links: 8,
             relay_server: None,
             relays: Vec::new(),
+            admission: None,
+            admission_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -106,6 +116,7 @@ pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) sync: request_response::Behaviour<SyncCodec>,
+    pub(crate) admit: request_response::Behaviour<AdmitCodec>,
     pub(crate) gossip: gossipsub::Behaviour<gossipsub::IdentityTransform, SubscriptionFilter>,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
@@ -121,6 +132,7 @@ pub(crate) struct Parts {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     sync: request_response::Behaviour<SyncCodec>,
+    admit: request_response::Behaviour<AdmitCodec>,
     gossip: gossipsub::Behaviour<gossipsub::IdentityTransform, SubscriptionFilter>,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -136,6 +148,7 @@ impl Parts {
             identify: self.identify,
             ping: self.ping,
             sync: self.sync,
+            admit: self.admit,
             gossip: self.gossip,
             kad: self.kad,
             mdns: self.mdns,
@@ -407,6 +420,11 @@ pub(crate) fn build(
         ),
         ping: ping::Behaviour::new(ping::Config::new()),
         sync,
+        admit: request_response::Behaviour::with_codec(
+            AdmitCodec,
+            [(ADMIT_PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(config.admission_timeout),
+        ),
         gossip,
         kad,
         mdns: mdns.into(),

@@ -72,3 +72,84 @@ impl libp2p::request_response::Codec for SyncCodec {
         io.close().await
     }
 }
+
+/// The admission protocol's name: each side sends its credentials (a fleet membership
+/// certificate) as a request right after the connection is made and answers the other
+/// side's with its own.
+pub const ADMIT_PROTOCOL: StreamProtocol = StreamProtocol::new("/murmur/admit/1");
+
+/// Largest credentials frame.
+pub const MAX_CREDENTIALS: usize = 16 * 1024;
+
+/// Codec for credentials: a 4-byte big-endian length (checked before allocating), then
+/// the bytes; the same both ways. The bytes are the daemon's to judge.
+#[derive(Debug, Clone, Default)]
+pub struct AdmitCodec;
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut prefix = [0u8; 4];
+    io.read_exact(&mut prefix).await?;
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_CREDENTIALS {
+        return Err(invalid(format!(
+            "credentials of {len} bytes; the limit is {MAX_CREDENTIALS}"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    io.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .ok()
+        .filter(|l| *l as usize <= MAX_CREDENTIALS)
+        .ok_or_else(|| invalid("credentials too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
+impl libp2p::request_response::Codec for AdmitCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res).await
+    }
+}

@@ -76,6 +76,14 @@ pub enum Command {
     RoutingTable(oneshot::Sender<Vec<PeerId>>),
     /// Stop the event loop (at shutdown; other handles may still be alive).
     Stop,
+    /// Admit a peer held back for its credentials (see [`Config::admission`]): it
+    /// becomes a peer ([`Event::Connected`]).
+    ///
+    /// [`Config::admission`]: crate::Config::admission
+    Admit(PeerId),
+    /// This node's credentials changed (it joined the fleet): shown to peers from
+    /// their next connection on. Peers connected now are dialed again.
+    SetCredentials(Vec<u8>),
     /// Disconnect a misbehaving peer and refuse it for `for_`.
     Ban {
         /// The peer.
@@ -90,8 +98,17 @@ pub enum Command {
 pub enum Event {
     /// First connection to a peer.
     Connected(PeerId),
-    /// Last connection to a peer closed.
+    /// Last connection to a peer closed (also for a peer never admitted).
     Disconnected(PeerId),
+    /// A new peer's credentials, when admission is on: judge them and answer
+    /// [`Command::Admit`] or [`Command::Ban`]. `None`: it showed none in time (or does
+    /// not speak the protocol); it is disconnected already.
+    Credentials {
+        /// The peer.
+        peer: PeerId,
+        /// What it showed.
+        proof: Option<Vec<u8>>,
+    },
     /// A sync message from a peer.
     Sync {
         /// The peer.
@@ -270,6 +287,12 @@ pub struct EventLoop {
     sync_out: std::collections::HashMap<PeerId, SyncOut>,
     /// Sync messages dropped because a peer's waiting line was full.
     sync_dropped: u64,
+    /// This node's credentials, when admission is on.
+    admission: Option<Vec<u8>>,
+    admission_timeout: Duration,
+    /// Peers connected but not admitted yet: until when they may show credentials,
+    /// and whether they have.
+    unadmitted: BTreeMap<PeerId, (std::time::Instant, bool)>,
 }
 
 /// Sync messages on their way to one peer. Each message is a stream until the peer's
@@ -301,6 +324,8 @@ const REDIAL_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 const FOUND_BY_MAX: usize = 1024;
 /// Most peers kept out at once (bans and strangers).
 const BANNED_MAX: usize = 4096;
+/// How long a peer that showed no credentials in time is kept out.
+const NOT_ADMITTED_KEPT_OUT: Duration = Duration::from_secs(60);
 /// How long a peer of another libp2p network is kept out after identify showed it.
 const STRANGER_KEPT_OUT: Duration = Duration::from_secs(600);
 
@@ -469,6 +494,9 @@ pub fn spawn(
         relays,
         sync_out: std::collections::HashMap::new(),
         sync_dropped: 0,
+        admission: config.admission.clone(),
+        admission_timeout: config.admission_timeout,
+        unadmitted: BTreeMap::new(),
     };
     Ok((handle, ev_rx, lp))
 }
@@ -507,6 +535,8 @@ impl EventLoop {
         let start = tokio::time::Instant::now() + REDIAL_EVERY;
         let mut redial = tokio::time::interval_at(start, REDIAL_EVERY);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut admission = tokio::time::interval(Duration::from_millis(500));
+        admission.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let waiting = !self.backlog.is_empty();
             tokio::select! {
@@ -531,9 +561,42 @@ impl EventLoop {
                 },
                 ev = self.swarm.select_next_some(), if !waiting => self.swarm_event(ev),
                 _ = redial.tick() => self.redial(),
+                _ = admission.tick(), if !self.unadmitted.is_empty() => self.admission_due(),
             }
         }
         tracing::debug!(dropped = self.dropped_events, "network loop stopped");
+    }
+
+    /// Peers that showed no credentials in time: disconnected, kept out for a while,
+    /// and reported (the daemon counts them).
+    fn admission_due(&mut self) {
+        let now = std::time::Instant::now();
+        let due: Vec<(PeerId, bool)> = self
+            .unadmitted
+            .iter()
+            .filter(|(_, (until, _))| *until <= now)
+            .map(|(p, (_, shown))| (*p, *shown))
+            .collect();
+        for (peer, shown) in due {
+            self.unadmitted.remove(&peer);
+            tracing::info!(%peer, "peer not admitted in time; disconnecting");
+            self.keep_out(peer, NOT_ADMITTED_KEPT_OUT);
+            let _ = self.swarm.disconnect_peer_id(peer);
+            if !shown {
+                self.emit(Event::Credentials { peer, proof: None });
+            }
+        }
+    }
+
+    /// A peer's credentials arrived (as its request or its answer to ours): handed to
+    /// the daemon once.
+    fn credentials(&mut self, peer: PeerId, proof: Option<Vec<u8>>) {
+        if let Some((_, shown)) = self.unadmitted.get_mut(&peer)
+            && !*shown
+        {
+            *shown = true;
+            self.emit(Event::Credentials { peer, proof });
+        }
     }
 
     /// Dials peers that mDNS still announces but that we are not connected to: mDNS
@@ -787,9 +850,11 @@ impl EventLoop {
             }
             Command::Peers(reply) => {
                 let gossip = &self.swarm.behaviour().gossip;
+                // Peers held back for their credentials are not peers yet.
                 let peers = self
                     .peers
                     .values()
+                    .filter(|p| !self.unadmitted.contains_key(&p.peer))
                     .cloned()
                     .map(|mut p| {
                         p.score = gossip.peer_score(&p.peer);
@@ -819,7 +884,17 @@ impl EventLoop {
                     self.lookups.insert(id, want);
                 }
             }
+            Command::Admit(peer) => {
+                if self.unadmitted.remove(&peer).is_some() && self.swarm.is_connected(&peer) {
+                    tracing::debug!(%peer, "admitted");
+                    self.emit(Event::Connected(peer));
+                }
+            }
+            Command::SetCredentials(creds) => {
+                self.admission = Some(creds);
+            }
             Command::Ban { peer, for_ } => {
+                self.unadmitted.remove(&peer);
                 tracing::warn!(%peer, ?for_, "banning peer");
                 self.keep_out(peer, for_);
                 let _ = self.swarm.disconnect_peer_id(peer);
@@ -888,7 +963,19 @@ impl EventLoop {
                         },
                     );
                     self.count_paths();
-                    self.emit(Event::Connected(peer_id));
+                    match &self.admission {
+                        // Held back until it shows credentials the daemon accepts.
+                        Some(ours) => {
+                            let until = std::time::Instant::now() + self.admission_timeout;
+                            self.unadmitted.insert(peer_id, (until, false));
+                            let ours = ours.clone();
+                            self.swarm
+                                .behaviour_mut()
+                                .admit
+                                .send_request(&peer_id, ours);
+                        }
+                        None => self.emit(Event::Connected(peer_id)),
+                    }
                 } else if path == "direct"
                     && let Some(p) = self.peers.get_mut(&peer_id)
                     && p.path == "relayed"
@@ -913,6 +1000,8 @@ impl EventLoop {
                 // What waited can no longer go; the sessions fail as the peer left.
                 self.sync_out.remove(&peer_id);
                 self.count_paths();
+                // Also for a peer never admitted: it may have announced channels.
+                self.unadmitted.remove(&peer_id);
                 self.emit(Event::Disconnected(peer_id));
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -962,7 +1051,10 @@ impl EventLoop {
                         request, channel, ..
                     } => {
                         let _ = self.swarm.behaviour_mut().sync.send_response(channel, ());
-                        self.emit(Event::Sync { peer, msg: request });
+                        // Not admitted (yet): nothing it says is heard.
+                        if !self.unadmitted.contains_key(&peer) {
+                            self.emit(Event::Sync { peer, msg: request });
+                        }
                     }
                     request_response::Message::Response { .. } => self.sync_sent(peer),
                 }
@@ -977,6 +1069,48 @@ impl EventLoop {
                 peer, error, ..
             }) => {
                 tracing::debug!(%peer, %error, "bad inbound sync message");
+            }
+            BehaviourEvent::Admit(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        let ours = self.admission.clone().unwrap_or_default();
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .admit
+                            .send_response(channel, ours);
+                        self.credentials(peer, Some(request));
+                    }
+                    request_response::Message::Response { response, .. } => {
+                        self.credentials(peer, Some(response));
+                    }
+                }
+            }
+            BehaviourEvent::Admit(request_response::Event::OutboundFailure {
+                peer, error, ..
+            }) => {
+                // It cannot take ours (does not speak the protocol, or timed out): it
+                // may still have sent its own; if not, the deadline decides.
+                tracing::debug!(%peer, %error, "credentials not delivered");
+            }
+            BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) if self.unadmitted.contains_key(&propagation_source) => {
+                // Not admitted (yet): dropped, not forwarded, not held against it.
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossip
+                    .report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        gossipsub::MessageAcceptance::Ignore,
+                    );
+                let _ = message;
             }
             BehaviourEvent::Gossip(gossipsub::Event::Message {
                 propagation_source,

@@ -21,11 +21,26 @@ pub mod psk;
 pub use behaviour::{
     Config, IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_GOSSIP_BYTES, RelayLimits, gossip, score,
 };
-pub use codec::{PROTOCOL, SyncCodec};
+pub use codec::{ADMIT_PROTOCOL, AdmitCodec, MAX_CREDENTIALS, PROTOCOL, SyncCodec};
 pub use event_loop::{Command, Event, EventLoop, Handle, PeerInfo, Verdict, spawn};
 pub use libp2p::gossipsub::MessageId;
 pub use libp2p::metrics::Registry;
 pub use libp2p::{Multiaddr, PeerId};
+
+/// The ed25519 public key (a murmur node key, its author id) behind a peer id; `None`
+/// for a peer id of another key type.
+pub fn key_of(peer: &PeerId) -> Option<[u8; 32]> {
+    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    // An ed25519 peer id is the identity multihash (code 0) of the protobuf public key.
+    if mh.code() != 0 {
+        return None;
+    }
+    libp2p::identity::PublicKey::try_decode_protobuf(mh.digest())
+        .ok()?
+        .try_into_ed25519()
+        .ok()
+        .map(|k| k.to_bytes())
+}
 
 /// Errors starting the network.
 #[derive(Debug, thiserror::Error)]

@@ -89,6 +89,24 @@ pub struct Config {
     /// refused, the pull asks from the node's head).
     /// `None`: from the head.
     pub keeps_from: Option<KeepsFrom>,
+    /// The fleet's permissions ([`crate::fleet::Fleet::may_write`]): an event refused
+    /// is not stored, and the pull of its log ends before it for the round
+    /// ([`Output::Refused`]). The replication machine asks it of gossip too. `None`:
+    /// an open fleet, every valid event is stored.
+    pub permit: Option<PermitCheck>,
+}
+
+/// The function behind a [`PermitCheck`].
+pub type PermitFn = dyn Fn(&Event) -> Result<(), crate::fleet::Refusal> + Send + std::marker::Sync;
+
+/// Whether an event's author may write it (see [`Config::permit`]).
+#[derive(Clone)]
+pub struct PermitCheck(pub std::sync::Arc<PermitFn>);
+
+impl std::fmt::Debug for PermitCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PermitCheck")
+    }
 }
 
 /// The function behind a [`KeepsFrom`]: `(topic, author, the peer's head seq)`.
@@ -143,6 +161,7 @@ impl Default for Config {
             check: None,
             may_restart: None,
             keeps_from: None,
+            permit: None,
         }
     }
 }
@@ -223,6 +242,16 @@ pub enum Output<P> {
     },
     /// A fork was proven (stored, the log frozen). The proof is also sent to the peer.
     Fork(Box<ForkProof>),
+    /// A pulled event the fleet's policy refuses ([`Config::permit`]): not stored, the
+    /// pull of its log ended before it.
+    Refused {
+        /// The peer that sent it.
+        from: P,
+        /// The event.
+        event: Box<Event>,
+        /// Why.
+        reason: crate::fleet::Refusal,
+    },
     /// Write `events` (verified, in order) to the store, then hand the outcomes to
     /// [`Sync::persisted`] with `ticket`.
     Persist {
@@ -927,6 +956,43 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         {
             return self.violation(key, Violation::BadEvent(e));
         }
+        // The fleet's permissions: what the author may not write is not stored. The
+        // window's permitted prefix is (a revoked author's events from before its
+        // revocation stay valid), and the pull of this log ends there for this round.
+        // Not a violation: the peer may not know the policy that refuses it yet.
+        let mut events = events;
+        let mut refused_out = None;
+        if let Some(permit) = &self.config.permit
+            && let Some((i, reason)) = events
+                .iter()
+                .enumerate()
+                .find_map(|(i, ev)| (permit.0)(ev).err().map(|r| (i, r)))
+        {
+            refused_out = Some(Output::Refused {
+                from: from.clone(),
+                event: Box::new(events[i].clone()),
+                reason,
+            });
+            prefetch = None;
+            events.truncate(i);
+            if let Some(s) = self.sessions.get_mut(&key)
+                && let Some(p) = s.pulls.get_mut(&author)
+            {
+                p.inflight = None;
+                match events.last() {
+                    Some(last) => p.to = last.seq(),
+                    None if p.persisting > 0 => p.to = Seq(0),
+                    None => {
+                        s.pulls.remove(&author);
+                    }
+                }
+            }
+            if events.is_empty() {
+                let mut out: Outs<P> = refused_out.into_iter().collect();
+                out.extend(self.advance(key, now, store));
+                return out;
+            }
+        }
         // Verified: hand it to the driver to write, and ask for the next window now.
         let last = events.last().map(|e| Anchor {
             seq: e.seq(),
@@ -952,7 +1018,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                 events: events.clone(),
             },
         );
-        let mut out: Outs<P> = prefetch.into_iter().collect();
+        let mut out: Outs<P> = refused_out.into_iter().chain(prefetch).collect();
         out.push(Output::Persist {
             ticket,
             events,

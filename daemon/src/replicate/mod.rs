@@ -91,6 +91,8 @@ pub struct Config {
     pub max_disk: u64,
     /// Retention's state: when the budget finds nothing left to prune, pulls go on.
     pub retention: crate::retention::Rules,
+    /// The fleet's membership and permissions (`None`: an open fleet).
+    pub fleet: Option<crate::fleet::Guard>,
 }
 
 /// Pulls pause when the database passes this share of its disk budget (the budget's
@@ -116,6 +118,18 @@ const GOSSIP_BATCH: usize = 256;
 pub const KNOWN_PEERS_MAX: usize = 256;
 /// How long a misbehaving peer is kept out.
 const BAN: Duration = Duration::from_secs(600);
+/// How long a peer that showed no certificate is kept out: most often a member that
+/// has not joined yet (`murmur fleet join` comes after the daemon started).
+const NO_CREDENTIALS: Duration = Duration::from_secs(10);
+/// How long a peer whose certificate is refused (another fleet, expired, forged) is
+/// kept out; a revoked one gets [`BAN`].
+const NOT_ADMITTED: Duration = Duration::from_secs(60);
+/// Least time between the rounds with every peer that a policy change starts (events
+/// refused for a certificate or grant that had not arrived yet are pulled again).
+const POLICY_ROUNDS_EVERY: Duration = Duration::from_secs(2);
+/// How often connected peers are checked against the policy without a change (a
+/// certificate that expired).
+const STANDING_EVERY: Duration = Duration::from_secs(5);
 /// Largest gossip message accepted: one event of the maximum size, as a run.
 pub(crate) const GOSSIP_MAX_BYTES: usize = murmur_p2p::MAX_GOSSIP_BYTES;
 /// Most durable events gathered from queued batches into one round of gossip.
@@ -141,6 +155,11 @@ struct Replicator {
     disk_checked: Option<Instant>,
     /// The database is past [`GOSSIP_HOLD_PCT`] of its budget: gossip is held too.
     budget_hold: bool,
+    /// The fleet policy's generation last acted on, and when.
+    policy_seen: (u64, Option<Instant>),
+    /// Refusals by the fleet's policy since the last log line about them.
+    refusals_unlogged: u64,
+    refusals_logged: Option<Instant>,
 }
 
 /// What the thread waits for.
@@ -258,6 +277,9 @@ pub fn spawn(
         writing: VecDeque::new(),
         disk_checked: None,
         budget_hold: false,
+        policy_seen: (0, None),
+        refusals_unlogged: 0,
+        refusals_logged: None,
     };
     let thread = std::thread::Builder::new()
         .name("murmur-replicator".into())
@@ -485,6 +507,7 @@ impl Replicator {
     async fn tick(&mut self, now: Instant) {
         let outs = self.machine.tick(now, &*self.store);
         self.outputs(outs).await;
+        self.follow_policy(now).await;
         self.save_known();
         self.metrics
             .sync_sessions
@@ -493,8 +516,108 @@ impl Replicator {
         self.metrics.expire_bans(now);
     }
 
+    /// After the fleet's policy changed (at most every [`POLICY_ROUNDS_EVERY`]): peers
+    /// that no longer stand (revoked) are dropped, and a round runs with every other
+    /// peer, so that what was refused for a certificate or grant that had not arrived
+    /// yet is pulled again. Expiry comes with time alone, so the peers are also looked
+    /// at every [`STANDING_EVERY`].
+    async fn follow_policy(&mut self, now: Instant) {
+        let Some(g) = self.config.fleet.clone() else {
+            return;
+        };
+        let generation = g.generation();
+        let (seen, at) = self.policy_seen;
+        let changed = generation != seen;
+        let due = at.is_none_or(|t| now.duration_since(t) >= POLICY_ROUNDS_EVERY);
+        // Expiry passes with time alone: look at the peers every so often anyway.
+        let periodic = at.is_none_or(|t| now.duration_since(t) >= STANDING_EVERY);
+        if !(periodic || (changed && due)) {
+            return;
+        }
+        self.policy_seen = (generation, Some(now));
+        let peers: Vec<PeerId> = self.machine.peers().iter().copied().collect();
+        for peer in peers {
+            if let Err(r) = g.stands(&peer) {
+                tracing::warn!(%peer, reason = %r, "dropping a peer the fleet's policy no longer admits");
+                Metrics::count(&self.metrics.fleet_peers_refused, r.reason());
+                self.keep_out(peer, r.reason(), BAN);
+            }
+        }
+        if changed {
+            let outs = self.machine.sync_now(None, now, &*self.store);
+            self.outputs(outs).await;
+        }
+    }
+
+    /// A new peer's credentials: admitted, or kept out.
+    async fn credentials(&mut self, peer: PeerId, proof: Option<Vec<u8>>) {
+        let Some(g) = self.config.fleet.clone() else {
+            // An open fleet never asks; admit whatever shows up.
+            self.net.send(NetCommand::Admit(peer)).await;
+            return;
+        };
+        match g.judge(&peer, proof.as_deref()) {
+            Ok(()) => {
+                tracing::debug!(%peer, "admitted to the fleet");
+                self.net.send(NetCommand::Admit(peer)).await;
+            }
+            Err(r) => {
+                let reason = if proof.as_deref().is_none_or(<[u8]>::is_empty) {
+                    "no_credentials"
+                } else {
+                    r.reason()
+                };
+                tracing::warn!(%peer, reason, error = %r, "peer not admitted to the fleet");
+                Metrics::count(&self.metrics.fleet_peers_refused, reason);
+                let for_ = match (&r, reason) {
+                    (murmur_core::fleet::Refusal::Revoked { .. }, _) => BAN,
+                    (_, "no_credentials") => NO_CREDENTIALS,
+                    _ => NOT_ADMITTED,
+                };
+                self.keep_out(peer, reason, for_);
+            }
+        }
+    }
+
+    /// Disconnects `peer` and keeps it out for `for_` (fleet refusals; bans for
+    /// misbehaviour go through [`Replicator::ban`]).
+    fn keep_out(&mut self, peer: PeerId, reason: &'static str, for_: Duration) {
+        if self.known.remove(&peer).is_some() {
+            self.known_dirty = true;
+        }
+        if self.net.try_send(NetCommand::Ban { peer, for_ }) {
+            self.metrics
+                .banned(reason, &peer.to_string(), Instant::now() + for_);
+        }
+    }
+
+    /// An event the fleet's policy refused: counted, and logged at most every 10 s.
+    fn refused(
+        &mut self,
+        from: PeerId,
+        ev: &Event,
+        reason: &murmur_core::fleet::Refusal,
+        via: &str,
+    ) {
+        Metrics::count(&self.metrics.fleet_events_refused, reason.reason());
+        self.refusals_unlogged += 1;
+        let now = Instant::now();
+        if self
+            .refusals_logged
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+        {
+            tracing::warn!(peer = %from, via, topic = %ev.topic(), author = %ev.author(), seq = %ev.seq(), refused = self.refusals_unlogged, error = %reason, "events refused by the fleet's policy (not stored, not forwarded)");
+            self.refusals_unlogged = 0;
+            self.refusals_logged = Some(now);
+        }
+    }
+
     async fn net_event(&mut self, ev: murmur_p2p::Event, now: Instant) {
         let outs = match ev {
+            murmur_p2p::Event::Credentials { peer, proof } => {
+                self.credentials(peer, proof).await;
+                Vec::new()
+            }
             murmur_p2p::Event::Connected(peer) => self.machine.connected(peer, now, &*self.store),
             murmur_p2p::Event::Disconnected(peer) => {
                 self.forget_lag(&peer);
@@ -602,6 +725,16 @@ impl Replicator {
                 }
                 // The machine hands the sync machine's writes on as Output::Persist.
                 Output::Sync(proto::Output::Persist { .. }) => {}
+                Output::Sync(proto::Output::Refused {
+                    from,
+                    event,
+                    reason,
+                }) => self.refused(from, &event, &reason, "sync"),
+                Output::Refused {
+                    from,
+                    event,
+                    reason,
+                } => self.refused(from, &event, &reason, "gossip"),
                 Output::Sync(proto::Output::Fork(proof)) => {
                     tracing::warn!(author = %proof.author(), topic = %proof.topic(), seq = %proof.seq(), "fork proven: log frozen");
                 }

@@ -70,6 +70,10 @@ pub(super) async fn change(
 ) -> ApiResult<Json<ChangeJson>> {
     let topic = parse_topic(&req.topic)?;
     let doc = parse_doc(&req.doc)?;
+    if let Some(g) = &st.fleet {
+        g.may_publish(&topic, true)
+            .map_err(|r| super::refuse(&st, super::fleet::forbidden(&r)))?;
+    }
     if let Some(m) = &req.message
         && m.len() > 1024
     {

@@ -30,6 +30,7 @@ use crate::follow;
 
 mod docs;
 mod error;
+mod fleet;
 pub mod listener;
 use crate::ingest::{self, PublishItem};
 use crate::metrics::{self, Kind, Metrics};
@@ -90,9 +91,23 @@ pub struct AppState {
     pub disk_budget: u64,
     /// The retention rules in force (replaceable at runtime).
     pub rules: crate::retention::Rules,
+    /// The fleet's membership and permissions (`None`: an open fleet).
+    pub fleet: Option<crate::fleet::Guard>,
 }
 
 type Shared = Arc<AppState>;
+
+/// Publishes this node's fleet certificate on the policy topic if it is not there yet
+/// (logged, not fatal: the next start or join tries again).
+pub async fn publish_own_cert(state: &AppState) {
+    match fleet::publish_own(state).await {
+        Ok(Some(p)) => tracing::info!(seq = p.seq, "published this node's fleet certificate"),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e.message, "cannot publish this node's fleet certificate yet")
+        }
+    }
+}
 
 /// Builds the router.
 pub fn router(state: Shared) -> Router {
@@ -125,6 +140,9 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/doc", get(docs::get_doc).post(docs::change))
         .route("/v1/doc/history", get(docs::history))
         .route("/v1/doc/follow", get(docs::follow))
+        .route("/v1/fleet", get(fleet::status))
+        .route("/v1/fleet/join", post(fleet::join))
+        .route("/v1/fleet/policy", post(fleet::policy))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -191,6 +209,20 @@ fn parse_pattern(s: &str) -> ApiResult<Pattern> {
         .map_err(|e| ApiError::bad("invalid_pattern", format!("invalid pattern {s:?}: {e}")))
 }
 
+/// `$fleet/…` topics are written by the node itself.
+fn check_reserved(topic: &Topic) -> ApiResult<()> {
+    if murmur_core::fleet::is_reserved(topic) {
+        return Err(ApiError::bad(
+            "reserved_topic",
+            format!(
+                "topic {topic} is reserved: {}… topics are written by the node itself (the fleet policy: `murmur fleet grant|revoke`)",
+                murmur_core::fleet::RESERVED_PREFIX
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_content_type(ct: &Option<String>) -> ApiResult<()> {
     match ct {
         Some(c)
@@ -217,6 +249,7 @@ fn check_content_type(ct: &Option<String>) -> ApiResult<()> {
 
 fn item(req: PublishRequest, max_payload: usize) -> ApiResult<PublishItem> {
     let topic = parse_topic(&req.topic)?;
+    check_reserved(&topic)?;
     check_content_type(&req.content_type)?;
     let data: Bytes = match (req.data, req.data_b64) {
         (Some(_), Some(_)) => {
@@ -270,6 +303,17 @@ async fn commit(
     items: Vec<PublishItem>,
     kind: &str,
 ) -> ApiResult<Vec<ingest::Published>> {
+    // The fleet's permissions, checked here for every local publish (the node's own
+    // policy entries excepted: their authority is their own signature).
+    if let Some(g) = &st.fleet
+        && kind != "fleet"
+    {
+        for it in &items {
+            let docs = matches!(it.payload, Payload::Doc { .. });
+            g.may_publish(&it.topic, docs)
+                .map_err(|r| refuse(st, fleet::forbidden(&r)))?;
+        }
+    }
     let done = st
         .ingest
         .publish(items)
@@ -354,7 +398,9 @@ async fn publish_raw(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Published>> {
     let body = body.map_err(|e| refuse(&st, body_error(e)))?;
-    let topic = parse_topic(&topic).map_err(|e| refuse(&st, e))?;
+    let topic = parse_topic(&topic)
+        .and_then(|t| check_reserved(&t).map(|()| t))
+        .map_err(|e| refuse(&st, e))?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -575,6 +621,16 @@ async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
         store_problem: st.store_problem.get().cloned(),
         disk_budget_bytes: st.disk_budget,
         disk_full: st.failing.disk_full(),
+        fleet: Some(match &st.fleet {
+            None => "open".into(),
+            Some(g) => match g.own() {
+                Some(c) => format!("closed, admitted (roles: {})", c.body.roles.join(", ")),
+                None => format!(
+                    "closed, NOT admitted: peers refuse this node until `murmur fleet join CERT` (an admin runs `murmur fleet admit {}`)",
+                    st.author
+                ),
+            },
+        }),
     }))
 }
 

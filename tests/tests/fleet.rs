@@ -1,0 +1,309 @@
+//! A closed fleet with real daemons on loopback (mDNS off, explicit dials): admission
+//! at connect, grants and the local 403, a revocation while the fleet is split in two,
+//! and a certificate that expires.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Node, stderr, stdout, wait_for};
+use serde_json::{Value, json};
+
+/// A new fleet: its root key in `dir`, and the root's public key.
+fn fleet_init(dir: &Path) -> (std::path::PathBuf, String) {
+    let key = dir.join("root.key");
+    let out = Command::new(common::binary())
+        .args(["fleet", "init", "--key"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let root = text
+        .lines()
+        .find_map(|l| l.strip_prefix("root = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no root line in {text}"))
+        .to_owned();
+    (key, root)
+}
+
+fn config(root: &str, extra: &str) -> String {
+    format!("[fleet]\nroot = \"{root}\"\n{extra}")
+}
+
+fn node_id(n: &Node) -> String {
+    n.get("/v1/status")["author"].as_str().unwrap().to_owned()
+}
+
+/// `murmur fleet admit` for `n`, signed by `key`; the certificate line.
+fn admit(key: &Path, n: &Node, args: &[&str]) -> String {
+    let id = node_id(n);
+    let out = Command::new(common::binary())
+        .args(["fleet", "admit", &id, "--key"])
+        .arg(key)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_owned()
+}
+
+fn join(n: &Node, cert: &str) {
+    let out = n.cli(&["fleet", "join", cert]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Runs a `murmur fleet` command that signs with `key` against node `n`.
+fn signed(n: &Node, key: &Path, args: &[&str]) {
+    let mut a: Vec<&str> = vec!["fleet"];
+    a.extend_from_slice(args);
+    let k = key.to_str().unwrap();
+    a.extend_from_slice(&["--key", k]);
+    let out = n.cli(&a);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn dial(from: &Node, to: &Node) {
+    let out = from.cli(&["dial", &to.tcp_addr()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn peers(n: &Node) -> usize {
+    n.get("/v1/peers")["peers"].as_array().map_or(0, Vec::len)
+}
+
+fn publish(n: &Node, topic: &str, data: &str) -> common::Response {
+    n.post("/v1/events", &json!({"topic": topic, "data": data}))
+}
+
+/// Events of `author` held in `topic` (its log's head and base).
+fn held_from(n: &Node, topic: &str, author: &str) -> u64 {
+    n.get("/v1/topics")["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["topic"] == topic)
+        .flat_map(|t| t["logs"].as_array().cloned().unwrap_or_default())
+        .filter(|l| l["author"] == author)
+        .map(|l| l["head_seq"].as_u64().unwrap() + 1 - l["base"].as_u64().unwrap())
+        .sum()
+}
+
+fn fleet(n: &Node) -> Value {
+    n.get("/v1/fleet")
+}
+
+#[test]
+fn only_certified_nodes_join_and_each_writes_only_what_it_is_granted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, root) = fleet_init(tmp.path());
+    let cfg = config(&root, "");
+    let a = Node::start(&cfg);
+    let b = Node::start(&cfg);
+    // C has the fleet's config (and would have the PSK in a real fleet) but no
+    // certificate.
+    let c = Node::start(&cfg);
+    let st = c.get("/v1/status");
+    assert!(
+        st["fleet"].as_str().unwrap().contains("NOT admitted"),
+        "{st}"
+    );
+
+    join(&a, &admit(&key, &a, &["--role", "sensor", "--role", "ops"]));
+    join(&b, &admit(&key, &b, &["--role", "sensor"]));
+    assert!(
+        a.get("/v1/status")["fleet"]
+            .as_str()
+            .unwrap()
+            .contains("admitted (roles: sensor, ops)")
+    );
+    signed(&a, &key, &["grant", "sensor", "sensors/#"]);
+
+    dial(&b, &a);
+    wait_for("A and B to admit each other", 20, || {
+        peers(&a) == 1 && peers(&b) == 1
+    });
+    dial(&c, &a);
+    wait_for("A to refuse C", 20, || {
+        a.metric("murmur_fleet_peers_refused_total{reason=\"no_credentials\"}") >= 1
+    });
+    assert_eq!(peers(&a), 1, "C must not be among A's peers");
+    wait_for("C to be let go", 20, || peers(&c) == 0);
+
+    // Granted: replicates. Not granted: a local 403 that names what is missing.
+    assert_eq!(publish(&b, "sensors/b", "21.5").status, 200);
+    wait_for("A to get B's reading", 20, || {
+        a.topic_events("sensors/b") == 1
+    });
+    let r = publish(&b, "cmd/reboot", "now");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.body.contains("no grant to publish on cmd/reboot"),
+        "{}",
+        r.body
+    );
+    // Reserved topics are the node's own.
+    let r = publish(&b, "$fleet/policy", "x");
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // A grant published on A reaches B through the policy log.
+    let r = publish(&a, "cmd/reboot", "now");
+    assert_eq!(r.status, 403, "{}", r.body);
+    signed(&a, &key, &["grant", "ops", "cmd/#"]);
+    assert_eq!(publish(&a, "cmd/reboot", "now").status, 200);
+    wait_for("B to get A's command", 20, || {
+        b.topic_events("cmd/reboot") == 1
+    });
+    wait_for("B to know both members and both grants", 20, || {
+        let f = fleet(&b);
+        f["members"].as_array().unwrap().len() == 2 && f["grants"].as_array().unwrap().len() == 2
+    });
+    // C learns nothing: it never got past admission.
+    assert_eq!(c.topic_events("sensors/b"), 0);
+
+    // Once admitted, C joins (after A's short keep-out) and catches up.
+    join(&c, &admit(&key, &c, &["--role", "sensor"]));
+    wait_for("C to be admitted", 60, || {
+        let _ = c.cli(&["dial", &a.tcp_addr()]);
+        peers(&c) == 1
+    });
+    if !common::try_wait_for(20, || c.topic_events("sensors/b") == 1) {
+        panic!("C did not catch up:\n{}\nA:\n{}", c.log(), a.log());
+    }
+    let status = c.cli(&["fleet", "status"]);
+    assert!(status.status.success());
+    let text = stdout(&status);
+    assert!(text.contains("grant:  ops may publish on cmd/#"), "{text}");
+}
+
+#[test]
+fn a_node_revoked_while_the_fleet_is_split_is_refused_everywhere_after_the_heal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, root) = fleet_init(tmp.path());
+    let cfg = config(&root, "");
+    // Two halves: A - B and C - D; C is the device that will be stolen.
+    let nodes: Vec<Node> = (0..4).map(|_| Node::start(&cfg)).collect();
+    let (a, b, c, d) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
+    for n in &nodes {
+        join(n, &admit(&key, n, &["--role", "sensor"]));
+    }
+    signed(a, &key, &["grant", "sensor", "sensors/#"]);
+    let thief = node_id(c);
+    // The grant reaches C and D once they meet a node that has it: connect everyone
+    // first, then split.
+    dial(b, a);
+    dial(c, a);
+    dial(d, c);
+    wait_for("the grant to reach every node", 30, || {
+        nodes
+            .iter()
+            .all(|n| fleet(n)["grants"].as_array().unwrap().len() == 1)
+    });
+    for i in 0..5 {
+        assert_eq!(publish(c, "sensors/c", &format!("before{i}")).status, 200);
+    }
+    wait_for("C's first readings everywhere", 30, || {
+        nodes.iter().all(|n| held_from(n, "sensors/c", &thief) == 5)
+    });
+    // Split: C - D stop talking to A - B (stopping A's side of each link is enough;
+    // the daemons are restarted with no dials between the halves).
+    let mut nodes = nodes;
+    for n in nodes.iter_mut() {
+        n.stop();
+        let _ = std::fs::remove_file(n.dir.join("peers"));
+        n.spawn();
+    }
+    let (a, b, c, d) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
+    dial(b, a);
+    dial(d, c);
+    wait_for("the two halves", 20, || peers(a) == 1 && peers(c) == 1);
+
+    // Revoked on A's side; C's side does not know and goes on.
+    signed(
+        a,
+        &key,
+        &["revoke", &thief, "--reason", "stolen from the van"],
+    );
+    wait_for("B to know of the revocation", 20, || {
+        fleet(b)["revocations"].as_array().unwrap().len() == 1
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    for i in 0..5 {
+        assert_eq!(publish(c, "sensors/c", &format!("after{i}")).status, 200);
+    }
+    wait_for("D to take C's new readings (it does not know)", 20, || {
+        held_from(d, "sensors/c", &thief) == 10
+    });
+
+    // Heal: D meets A.
+    dial(d, a);
+    wait_for("D to learn of the revocation", 30, || {
+        fleet(d)["revocations"].as_array().unwrap().len() == 1
+    });
+    wait_for("D to drop C", 30, || {
+        !d.get("/v1/peers")["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["peer"] == c.get("/v1/status")["peer_id"])
+    });
+    wait_for(
+        "A to refuse what D offers of C's log past the revocation",
+        30,
+        || a.metric("murmur_fleet_events_refused_total{reason=\"revoked\"}") >= 1,
+    );
+    // A and B hold exactly what C wrote before its revocation.
+    assert_eq!(held_from(a, "sensors/c", &thief), 5);
+    assert_eq!(held_from(b, "sensors/c", &thief), 5);
+    // C cannot get back in anywhere.
+    let _ = c.cli(&["dial", &a.tcp_addr()]);
+    let _ = c.cli(&["dial", &d.tcp_addr()]);
+    wait_for("C to be refused by A and D", 30, || {
+        a.metric("murmur_fleet_peers_refused_total{reason=\"revoked\"}") >= 1 && peers(c) == 0
+    });
+    // And it cannot publish either, once it knows (it learned when D still spoke to
+    // it, or never: either way its events go nowhere).
+    let f = fleet(a);
+    let rev = &f["revocations"][0];
+    assert_eq!(rev["node"], thief.as_str());
+    assert_eq!(rev["reason"], "stolen from the van");
+}
+
+#[test]
+fn a_certificate_that_expires_is_refused_after_its_expiry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, root) = fleet_init(tmp.path());
+    // A tight drift limit: expiry is tolerated only that long.
+    let cfg = config(&root, "\n[clock]\nmax_drift = \"1s\"\n");
+    let a = Node::start(&cfg);
+    let e = Node::start(&cfg);
+    join(&a, &admit(&key, &a, &["--role", "sensor"]));
+    join(
+        &e,
+        &admit(&key, &e, &["--role", "sensor", "--expires", "6s"]),
+    );
+    signed(&a, &key, &["grant", "sensor", "sensors/#"]);
+    dial(&e, &a);
+    wait_for("E to be admitted", 20, || peers(&a) == 1);
+    // E may publish once it has the grant (from A's policy log).
+    wait_for("E to learn the grant", 20, || {
+        fleet(&e)["grants"].as_array().unwrap().len() == 1
+    });
+    assert_eq!(publish(&e, "sensors/e", "1").status, 200);
+    wait_for("A to get E's reading", 20, || {
+        a.topic_events("sensors/e") == 1
+    });
+    // Past expiry (and the drift limit): dropped, refused, and its local publishes
+    // answered 403.
+    wait_for("A to drop E", 30, || peers(&a) == 0);
+    assert!(a.metric("murmur_fleet_peers_refused_total{reason=\"expired\"}") >= 1);
+    let r = publish(&e, "sensors/e", "2");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("expired"), "{}", r.body);
+    let _ = e.cli(&["dial", &a.tcp_addr()]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(peers(&a), 0, "an expired node must not get back in");
+    assert_eq!(a.topic_events("sensors/e"), 1);
+}
