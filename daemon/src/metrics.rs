@@ -32,6 +32,15 @@ pub struct RuleLabel {
     pub rule: String,
 }
 
+/// Labels of an event the fleet's policy refused: why, and how it came.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Refused {
+    /// `not_a_member`, `no_grant`, `revoked`, `expired`, `reserved`.
+    pub reason: String,
+    /// `gossip` or `sync`.
+    pub path: String,
+}
+
 /// Label for how an event arrived.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Path {
@@ -163,7 +172,7 @@ pub struct Metrics {
     /// Other nodes' document snapshots found false against the history held here.
     pub doc_snapshots_refused: Counter,
     /// Remote events the fleet's policy refused, by reason.
-    pub fleet_events_refused: Family<Reason, Counter>,
+    pub fleet_events_refused: Family<Refused, Counter>,
     /// Peers refused at connect, or dropped, by the fleet's policy, by reason.
     pub fleet_peers_refused: Family<Reason, Counter>,
     /// Policy entries applied (certificates, grants, revocations), by kind.
@@ -338,7 +347,7 @@ impl Metrics {
         );
         r.register(
             "fleet_events_refused",
-            "Remote events refused by the fleet's policy (not stored, not forwarded), by reason: not_a_member, no_grant, revoked, expired, reserved",
+            "Remote events refused by the fleet's policy (not stored, not forwarded), by reason (not_a_member, no_grant, revoked, expired, reserved) and path (gossip, sync)",
             m.fleet_events_refused.clone(),
         );
         r.register(

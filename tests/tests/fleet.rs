@@ -249,11 +249,20 @@ fn a_node_revoked_while_the_fleet_is_split_is_refused_everywhere_after_the_heal(
             .iter()
             .any(|p| p["peer"] == c.get("/v1/status")["peer_id"])
     });
-    wait_for(
-        "A to refuse what D offers of C's log past the revocation",
-        30,
-        || a.metric("murmur_fleet_events_refused_total{reason=\"revoked\"}") >= 1,
-    );
+    if !common::try_wait_for(30, || {
+        a.metric("murmur_fleet_events_refused_total{reason=\"revoked\",path=\"sync\"}") >= 1
+    }) {
+        let m = a.req("GET", "/metrics", None).body;
+        panic!(
+            "A did not refuse C's log past the revocation:\n{}\n{}\nD:\n{}",
+            m.lines()
+                .filter(|l| l.contains("fleet"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            a.log(),
+            d.log()
+        );
+    }
     // A and B hold exactly what C wrote before its revocation.
     assert_eq!(held_from(a, "sensors/c", &thief), 5);
     assert_eq!(held_from(b, "sensors/c", &thief), 5);
@@ -306,4 +315,170 @@ fn a_certificate_that_expires_is_refused_after_its_expiry() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(peers(&a), 0, "an expired node must not get back in");
     assert_eq!(a.topic_events("sensors/e"), 1);
+}
+
+/// A member with the `sensor` role only, built from murmur-p2p itself, gets past
+/// admission (its certificate is real) and then forges what its daemon would have
+/// refused: its own validly signed events on `cmd/reboot`, by gossip and in answer to a
+/// sync round. The host refuses both, stores nothing of them, counts them, and does not
+/// ban the member for it (a peer may simply not know the policy yet).
+#[test]
+fn a_members_forged_writes_beyond_its_grant_are_refused_by_gossip_and_by_sync() {
+    use base64::Engine;
+    use murmur_core::fleet::{Cert, CertBody, Entry, Kind, Rule, SignedRule};
+    use murmur_core::sync::Message;
+    use murmur_core::testing::{chain, key};
+    use murmur_core::{Seq, VersionVector, vv};
+    use murmur_p2p::{Command as Net, Event as NetEvent};
+    use std::time::Duration;
+
+    let root = key(200);
+    let victim = Node::start(&config(&root.author().to_string(), ""));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let member = |subject: murmur_core::AuthorId, roles: &[&str]| {
+        Cert::issue(
+            CertBody {
+                fleet: root.author(),
+                kind: Kind::Member,
+                subject,
+                roles: roles.iter().map(|s| s.to_string()).collect(),
+                topics: vec![],
+                issued_ms: now - 1000,
+                expires_ms: now + 3_600_000,
+                issuer: root.author(),
+            },
+            &root,
+            None,
+        )
+    };
+    let vid: murmur_core::AuthorId = node_id(&victim).parse().unwrap();
+    join(
+        &victim,
+        &murmur_daemon::fleet::cert_to_text(&member(vid, &["sensor", "ops"])),
+    );
+    for (role, topic) in [("sensor", "sensors/#"), ("ops", "cmd/#")] {
+        let e = Entry::Rule(SignedRule::issue(
+            root.author(),
+            Rule::Grant {
+                role: role.into(),
+                topics: vec![topic.into()],
+                publish: true,
+                docs: false,
+            },
+            now,
+            &root,
+            None,
+        ));
+        let r = victim.post(
+            "/v1/fleet/policy",
+            &json!({"entry_b64": base64::engine::general_purpose::STANDARD.encode(e.encode())}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // The victim holds cmd/reboot (its own command), so its rounds ask peers for it.
+    assert_eq!(publish(&victim, "cmd/reboot", "by ops").status, 200);
+
+    // The sensor: seed 77 is both its libp2p identity and its event key.
+    let seed = [77u8; 32];
+    let sensor = murmur_core::Keypair::from_seed(&seed);
+    let cert = member(sensor.author(), &["sensor"]);
+    let forged = chain(&sensor, "cmd/reboot", 3, "forged");
+    let mut theirs = VersionVector::new();
+    theirs.insert(
+        sensor.author(),
+        vv::Entry {
+            seq: Seq(2),
+            id: forged[2].id(),
+        },
+    );
+    let addr = victim.tcp_addr();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (admitted, hung_up) = rt.block_on(async move {
+        let cfg = murmur_p2p::Config {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: vec![addr.parse().unwrap()],
+            mdns: false,
+            admission: Some(cert.encode()),
+            ..murmur_p2p::Config::default()
+        };
+        let (net, mut events, lp) =
+            murmur_p2p::spawn(seed, &cfg, &mut murmur_p2p::Registry::default()).unwrap();
+        tokio::spawn(lp.run());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+        let (mut admitted, mut gossiped) = (false, false);
+        loop {
+            let ev = match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(ev)) => ev,
+                _ => return (admitted, false),
+            };
+            let cmds = match ev {
+                NetEvent::Credentials { peer, .. } => vec![Net::Admit(peer)],
+                NetEvent::Connected(_) => {
+                    admitted = true;
+                    vec![Net::Subscribe("murmur:#".into())]
+                }
+                NetEvent::Disconnected(_) if admitted => return (admitted, true),
+                NetEvent::PeerSubscribed { topic, .. } if topic == "murmur:#" && !gossiped => {
+                    gossiped = true;
+                    vec![Net::Publish {
+                        topic: "murmur:#".into(),
+                        data: murmur_core::run::encode(&forged).unwrap(),
+                    }]
+                }
+                NetEvent::Sync {
+                    peer,
+                    msg: Message::Hello { topic, .. },
+                } if topic.as_str() == "cmd/reboot" => vec![Net::Sync {
+                    peer,
+                    msg: Message::Vector {
+                        topic,
+                        vv: theirs.clone(),
+                    },
+                }],
+                NetEvent::Sync {
+                    peer,
+                    msg:
+                        Message::Want {
+                            req, topic, author, ..
+                        },
+                } if author == sensor.author() => vec![Net::Sync {
+                    peer,
+                    msg: Message::Events {
+                        req,
+                        topic,
+                        author,
+                        run: bytes::Bytes::from(murmur_core::run::encode(&forged).unwrap()),
+                    },
+                }],
+                _ => Vec::new(),
+            };
+            for c in cmds {
+                net.send(c).await;
+            }
+        }
+    });
+    assert!(
+        admitted,
+        "the sensor's certificate was refused:\n{}",
+        victim.log()
+    );
+    assert!(
+        !hung_up,
+        "the victim banned a member for writes it refused:\n{}",
+        victim.log()
+    );
+    assert_eq!(
+        victim.topic_events("cmd/reboot"),
+        1,
+        "only the victim's own command"
+    );
+    for path in ["gossip", "sync"] {
+        let n = victim.metric(&format!(
+            "murmur_fleet_events_refused_total{{reason=\"no_grant\",path=\"{path}\"}}"
+        ));
+        assert!(n >= 1, "refused by {path}: {n}\n{}", victim.log());
+    }
 }

@@ -599,7 +599,13 @@ impl Replicator {
         reason: &murmur_core::fleet::Refusal,
         via: &str,
     ) {
-        Metrics::count(&self.metrics.fleet_events_refused, reason.reason());
+        self.metrics
+            .fleet_events_refused
+            .get_or_create(&crate::metrics::Refused {
+                reason: reason.reason().to_owned(),
+                path: via.to_owned(),
+            })
+            .inc();
         self.refusals_unlogged += 1;
         let now = Instant::now();
         if self
