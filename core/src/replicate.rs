@@ -649,6 +649,30 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         outs
     }
 
+    /// The fleet's policy changed, or time passed a certificate's expiry: every peer
+    /// `stands` refuses is banned ([`Output::Ban`] with the refusal's label, e.g.
+    /// `revoked`), and if the policy `changed`, a round runs with every other peer, so
+    /// that events refused for a certificate or grant that had not arrived yet are
+    /// pulled again.
+    pub fn policy_changed<S: ReadStore>(
+        &mut self,
+        changed: bool,
+        stands: impl Fn(&P) -> Result<(), crate::fleet::Refusal>,
+        now: Instant,
+        store: &S,
+    ) -> Outs<P, M> {
+        let mut outs = Vec::new();
+        let peers: Vec<P> = self.peers.iter().cloned().collect();
+        for peer in peers {
+            match stands(&peer) {
+                Err(r) => self.ban_into(peer, r.reason(), store, &mut outs),
+                Ok(()) if changed => self.round(peer, now, store, &mut outs),
+                Ok(()) => {}
+            }
+        }
+        outs
+    }
+
     /// Durable local events: gossip them as runs, consecutive events of one log in one
     /// message (framing, message ids and IDONTWANT are paid per run).
     pub fn published(&mut self, mut events: Vec<Event>) -> Outs<P, M> {

@@ -17,7 +17,7 @@ impl Sim {
             let i = self
                 .rng
                 .random_range(self.sc.publishers..self.sc.nodes.max(self.sc.publishers + 1));
-            if i < self.sc.nodes && self.nodes[i].online && !self.nodes[i].forger {
+            if i < self.sc.nodes && self.nodes[i].online && !self.nodes[i].byzantine() {
                 self.nodes[i].online = false;
                 let back = self.now + (self.sc.churn_offline_s * US as f64) as u64;
                 // (No draw without wipes, so runs without them stay as they were.)
@@ -70,6 +70,7 @@ impl Sim {
                 &self.topic,
                 &self.verifier,
                 node.policy.as_ref().map(|p| (p, own, &self.wall)),
+                node.fleet.as_ref(),
             ),
             None,
         );

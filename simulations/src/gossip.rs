@@ -17,7 +17,14 @@ impl Sim {
     /// A received run, after `validate_ms`: the node's replication machine checks,
     /// verifies and stores it, holds what lies past a gap, and gives the verdict.
     pub(crate) fn validated(&mut self, node: usize, from: usize, id: MsgId, run: Arc<Vec<u8>>) {
-        let channel = self.channel.clone();
+        // The channel of the run's topic: the one topic's, or the fleet's policy log's
+        // (every node of a closed fleet is on both).
+        let channel = match murmur_core::run::header(&run) {
+            Ok(h) if murmur_core::fleet::is_reserved(&h.topic) => Pattern::new(h.topic.as_str())
+                .map(|p| murmur_core::channel::name(&p))
+                .unwrap_or_else(|_| self.channel.clone()),
+            _ => self.channel.clone(),
+        };
         let n = &mut self.nodes[node];
         let outs = n.machine.gossiped(
             vec![Gossip {

@@ -59,6 +59,7 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
 mod faults;
+mod fleet;
 mod gossip;
 mod network;
 mod plumtree;
@@ -67,9 +68,10 @@ mod report;
 mod retention;
 mod scenario;
 
+pub use fleet::FleetReport;
 pub use report::Report;
 pub use retention::RetentionReport;
-pub use scenario::{Partition, Push, Retention, Scenario, Swizzle};
+pub use scenario::{FleetPolicy, Partition, Push, Retention, Scenario, Swizzle};
 
 /// Bytes added to every message for transport framing (TCP/IP, Noise, Yamux, protocol
 /// headers), as measured on loopback for small messages.
@@ -160,6 +162,8 @@ enum Ev {
     },
     /// A node's retention pass.
     Prune(usize),
+    /// Node 0 revokes the last node (see `Scenario::fleet`).
+    Revoke,
 }
 
 struct Queued {
@@ -230,6 +234,20 @@ struct Node {
     cut_below: HashMap<AuthorId, u64>,
     /// Came back without its store (a reset device).
     reset: bool,
+    /// Publishes what the fleet does not allow (a revoked device, an author without
+    /// the grant): not checked as an honest node, like a forger.
+    hostile: bool,
+    /// Its copy of the fleet's policy (a closed fleet).
+    fleet: Option<Arc<std::sync::RwLock<murmur_core::fleet::Fleet>>>,
+    /// When it learned of the revocation, µs.
+    knew_at: Option<u64>,
+}
+
+impl Node {
+    /// Not an honest node: a forger, or a node the fleet shuts out.
+    fn byzantine(&self) -> bool {
+        self.forger || self.hostile
+    }
 }
 
 /// The simulation.
@@ -287,6 +305,8 @@ pub struct Sim {
     ret: RetentionReport,
     /// Each publisher's last seq, at the end.
     final_heads: Vec<(AuthorId, u64)>,
+    /// A closed fleet's state and report.
+    fleet: Option<fleet::FleetSim>,
 }
 
 const US: u64 = 1_000_000;
@@ -325,6 +345,20 @@ impl Sim {
         let topic = Topic::new("sim/events")?;
         let verifier = replication::shared_verifier(sc.verify_push);
         let wall = Arc::new(std::sync::atomic::AtomicU64::new(retention::wall_ms(0)));
+        // A closed fleet: the last node (revoked later) and the `unprivileged` before it
+        // publish too.
+        let fleet_authors = sc.fleet.as_ref().map_or(0, |f| f.unprivileged + 1);
+        let is_author = |i: usize| i < sc.publishers + sc.forgers || i >= n - fleet_authors;
+        let keys: Vec<Option<Keypair>> = (0..n)
+            .map(|i| is_author(i).then(|| author_key(i, sc.seed)))
+            .collect();
+        let (fleet_sim, base_policy) = match sc.fleet {
+            Some(_) => {
+                let (f, p) = fleet::FleetSim::new(&sc, &topic, &keys)?;
+                (Some(f), Some(p))
+            }
+            None => (None, None),
+        };
         let mut nodes = Vec::with_capacity(n);
         for (i, nb) in neighbors.into_iter().enumerate() {
             let interested = i < sc.publishers || rng.random_range(0.0..1.0) < sc.interested;
@@ -333,8 +367,11 @@ impl Sim {
             let clone_of = (i >= sc.publishers + sc.forgers)
                 .then(|| i - sc.publishers - sc.forgers)
                 .filter(|&k| k < sc.clones);
-            let author = (i < sc.publishers || forger)
-                .then(|| (author_key(i, sc.seed), Clock::default(), None));
+            let hostile = fleet_authors > 0 && i >= n - fleet_authors;
+            let author = keys[i].clone().map(|k| (k, Clock::default(), None));
+            let policy_copy = base_policy
+                .as_ref()
+                .map(|p| Arc::new(std::sync::RwLock::new(p.clone())));
             // Archives keep everything (drawn only with retention on, so other runs
             // stay as they were).
             let policy = match &sc.retention {
@@ -358,6 +395,7 @@ impl Sim {
                         &topic,
                         &verifier,
                         policy.as_ref().map(|p| (p, own, &wall)),
+                        policy_copy.as_ref(),
                     ),
                     None,
                 ),
@@ -387,6 +425,9 @@ impl Sim {
                 policy,
                 cut_below: HashMap::new(),
                 reset: false,
+                hostile,
+                fleet: policy_copy,
+                knew_at: None,
             });
         }
         let channel = murmur_core::channel::name(&Pattern::new(topic.as_str())?);
@@ -423,6 +464,7 @@ impl Sim {
             wall,
             ret: RetentionReport::default(),
             final_heads: Vec::new(),
+            fleet: fleet_sim,
             nodes,
             sc,
         };
@@ -454,6 +496,13 @@ impl Sim {
         for p in 0..sim.sc.publishers + sim.sc.forgers {
             let t = sim.rng.random_range(0..gap);
             sim.at(t, Ev::Publish(p));
+        }
+        if let Some(f) = sim.sc.fleet.clone() {
+            for p in n - f.unprivileged - 1..n {
+                let t = sim.rng.random_range(0..gap);
+                sim.at(t, Ev::Publish(p));
+            }
+            sim.at((f.revoke_at * US as f64) as u64, Ev::Revoke);
         }
         if sim.sc.clones > 0 {
             sim.at((sim.sc.clone_at * US as f64) as u64, Ev::CloneKeys);
@@ -574,6 +623,7 @@ impl Sim {
             Ev::Rejoin { node, wiped } => self.rejoin(node, wiped),
             Ev::CloneKeys => self.clone_keys(),
             Ev::Swizzle { cut } => self.swizzle(cut),
+            Ev::Revoke => self.revoke()?,
             Ev::Prune(i) => {
                 if self.nodes[i].online {
                     self.retention_pass(i);
@@ -746,7 +796,7 @@ impl Sim {
         let per = |f: fn(&Node) -> u64| {
             self.nodes
                 .iter()
-                .filter(|n| n.interested && !n.forger)
+                .filter(|n| n.interested && !n.byzantine())
                 .map(f)
                 .sum::<u64>() as f64
                 / interested.max(1) as f64
@@ -785,7 +835,7 @@ impl Sim {
             fork_proven_at: (!self.fork_at.is_empty()).then(|| {
                 self.nodes
                     .iter()
-                    .filter(|n| n.interested && !n.forger)
+                    .filter(|n| n.interested && !n.byzantine())
                     .filter(|n| {
                         let Ok(proofs) = n.store.forks();
                         self.fork_at
@@ -797,6 +847,7 @@ impl Sim {
             violations: self.violations,
             violation_examples: self.violation_examples.clone(),
             retention: self.sc.retention.is_some().then(|| self.ret.clone()),
+            fleet: self.fleet_report(),
         }
     }
 }

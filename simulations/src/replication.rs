@@ -34,6 +34,8 @@ impl Sim {
             .any(|(a, s)| *a == ev.author() && ev.seq().0 >= *s);
         if forger {
             self.forged += 1;
+        } else if !self.fleet_counts(&ev) {
+            // An event the fleet does not allow: honest nodes must not hold it.
         } else if past_fork {
             self.past_fork.insert(ev.id());
         } else {
@@ -41,7 +43,13 @@ impl Sim {
             self.published.insert(ev.id(), (self.now, Vec::new()));
         }
         self.store(p, std::slice::from_ref(&ev));
-        // Durable: the machine makes the gossip message, as the daemon's does.
+        self.push_own(p, ev);
+        Ok(())
+    }
+
+    /// Node `p`'s own durable event: its machine makes the gossip message, as the
+    /// daemon's does, and it goes out.
+    pub(crate) fn push_own(&mut self, p: usize, ev: Event) {
         let Some(bytes) = self.nodes[p]
             .machine
             .published(vec![ev])
@@ -51,7 +59,7 @@ impl Sim {
                 _ => None,
             })
         else {
-            return Ok(());
+            return;
         };
         let id = *blake3::hash(&bytes).as_bytes();
         self.nodes[p].seen.insert(id);
@@ -78,7 +86,6 @@ impl Sim {
         for to in to {
             self.send_after(durable, p, to, msg.clone());
         }
-        Ok(())
     }
 
     /// Stores events at node `i`, recording first arrivals and checking the invariants.
@@ -86,7 +93,7 @@ impl Sim {
         let outcomes = self.write(i, events);
         // A fork met here must leave its proof in the store.
         for (ev, o) in events.iter().zip(&outcomes) {
-            if matches!(o, Outcome::Fork(_)) && !self.nodes[i].forger {
+            if matches!(o, Outcome::Fork(_)) && !self.nodes[i].byzantine() {
                 self.forks_met += 1;
                 let proven = match self.nodes[i].store.forks() {
                     Ok(f) => f.iter().any(|p| p.author() == ev.author()),
@@ -131,6 +138,7 @@ impl Sim {
         for ev in &appended {
             self.arrived(i, ev.id());
         }
+        self.observe_policy(i, &appended);
         self.check_stored(i, &appended);
         self.check_retained(i, &appended);
         outcomes
@@ -140,12 +148,19 @@ impl Sim {
     /// events an honest author (or a cloned device) published (anything else got past
     /// verification), and a log's head never goes back.
     pub(crate) fn check_stored(&mut self, i: usize, events: &[&Event]) {
-        if self.nodes[i].forger || events.is_empty() {
+        if self.nodes[i].byzantine() || events.is_empty() {
             return;
         }
         let mut authors: Vec<AuthorId> = Vec::new();
-        for ev in events {
-            if !self.published.contains_key(&ev.id()) && !self.past_fork.contains(&ev.id()) {
+        // The policy log is the fleet's (applied and checked by `observe_policy`).
+        let topic = self.topic.clone();
+        for ev in events.iter().filter(|e| *e.topic() == topic) {
+            let fleet_event = self.fleet.as_ref().is_some_and(|f| {
+                f.unprivileged.contains(&ev.author()) || f.after.contains(&ev.id())
+            });
+            if fleet_event {
+                self.check_permitted(i, ev);
+            } else if !self.published.contains_key(&ev.id()) && !self.past_fork.contains(&ev.id()) {
                 self.violation(format!(
                     "node {i} stored event {:?} (seq {}), which no honest author published",
                     ev.id(),
@@ -191,7 +206,7 @@ impl Sim {
         }
         if let Some((_, times)) = self.published.get_mut(&id)
             && self.nodes[i].interested
-            && !self.nodes[i].forger
+            && !self.nodes[i].byzantine()
         {
             times.push(self.now);
         }
@@ -244,9 +259,12 @@ impl Sim {
                     let at = self.now + (self.sc.lookup_ms * 1000.0) as u64;
                     self.at(at, Ev::Found { node: i, key, want });
                 }
-                Output::Ban { peer, .. } => {
+                Output::Ban { peer, reason } => {
+                    self.link_dropped(i, reason);
                     self.nodes[i].banned.insert(peer);
                 }
+                Output::Refused { reason, .. }
+                | Output::Sync(sync::Output::Refused { reason, .. }) => self.refused(i, &reason),
                 _ => {}
             }
         }
@@ -254,7 +272,7 @@ impl Sim {
 
     /// A fork met at an honest node must leave its proof in the store.
     fn fork_met(&mut self, i: usize, author: AuthorId, seq: Seq) {
-        if self.nodes[i].forger {
+        if self.nodes[i].byzantine() {
             return;
         }
         self.forks_met += 1;
@@ -338,7 +356,7 @@ impl Sim {
     pub(crate) fn interested_count(&self) -> usize {
         self.nodes
             .iter()
-            .filter(|n| n.interested && !n.forger)
+            .filter(|n| n.interested && !n.byzantine())
             .count()
     }
 }
@@ -356,6 +374,7 @@ pub(crate) fn machine_config(
         Option<AuthorId>,
         &Arc<std::sync::atomic::AtomicU64>,
     )>,
+    fleet: Option<&Arc<std::sync::RwLock<murmur_core::fleet::Fleet>>>,
 ) -> replicate::Config {
     let mut sync = sync::Config {
         durability: Durability::Buffered,
@@ -365,13 +384,20 @@ pub(crate) fn machine_config(
         let window_pulls = sc.retention.as_ref().is_none_or(|r| r.window_pulls);
         retention::hooks(&mut sync, policy, own, wall, window_pulls);
     }
-    let interest = if interested {
+    let mut interest = if interested {
         Pattern::new(topic.as_str())
             .map(|p| vec![p])
             .unwrap_or_default()
     } else {
         Vec::new()
     };
+    // A closed fleet: the permission check, and the policy log on every node.
+    if let Some(f) = fleet {
+        if sc.fleet.as_ref().is_none_or(|f| f.enforce) {
+            sync.permit = Some(crate::fleet::permit(f));
+        }
+        interest.extend(Pattern::new(murmur_core::fleet::POLICY_TOPIC).ok());
+    }
     replicate::Config {
         interest,
         round_every: Duration::from_micros((sc.anti_entropy_s * US as f64) as u64),

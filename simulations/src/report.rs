@@ -56,6 +56,8 @@ pub struct Report {
     pub violation_examples: Vec<String>,
     /// What retention did, when the scenario has it.
     pub retention: Option<crate::RetentionReport>,
+    /// What the fleet's permissions did, in a closed fleet.
+    pub fleet: Option<crate::FleetReport>,
 }
 
 impl Report {
@@ -132,6 +134,33 @@ impl Report {
                 r.converged_on_window,
                 r.archives_complete,
                 r.archives,
+            )
+        }) + &self.fleet.as_ref().map_or(String::new(), |f| {
+            let s = |t: Option<f64>| t.map_or("never".to_string(), |t| format!("{t:.1} s"));
+            let refused = f
+                .refused
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "| fleet: revocation issued at | {:.1} s |\n\
+                 | honest nodes that know of it at the end | {} of {} |\n\
+                 | time until half / every honest node knew of it | {} / {} |\n\
+                 | revoked author's events after its revocation / stored by nodes not yet knowing | {} / {} |\n\
+                 | events of authors without the grant published / stored by honest nodes | {} / 0 (else a violation) |\n\
+                 | refused by the permission check at honest nodes | {} |\n\
+                 | links honest nodes dropped to peers no longer admitted | {} |\n",
+                f.revoked_at_s,
+                f.knew,
+                f.honest,
+                s(f.knew_after_s.0),
+                s(f.knew_after_s.1),
+                f.published_after,
+                f.stored_unknowing,
+                f.unprivileged_published,
+                if refused.is_empty() { "none".into() } else { refused },
+                f.links_dropped,
             )
         })
     }

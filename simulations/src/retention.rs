@@ -193,7 +193,7 @@ impl Sim {
         self.ret.archives = self
             .nodes
             .iter()
-            .filter(|n| n.interested && !n.forger && n.policy.is_none())
+            .filter(|n| n.interested && !n.byzantine() && n.policy.is_none())
             .count();
         self.ret.peak_held.1 = self
             .sc
@@ -201,7 +201,7 @@ impl Sim {
             .as_ref()
             .and_then(|r| r.max_events_per_log)
             .map_or(0, |k| k * self.final_heads.len() as u64);
-        let honest = |n: &Node| n.interested && !n.forger;
+        let honest = |n: &Node| n.interested && !n.byzantine();
         self.ret.converged_on_window = (0..self.nodes.len())
             .filter(|&i| honest(&self.nodes[i]) && self.nodes[i].policy.is_some())
             .all(|i| self.holds_window(i));

@@ -129,6 +129,29 @@ pub struct Scenario {
     /// Retention: interested nodes prune the topic with the daemon's policy. `None`:
     /// every node keeps everything.
     pub retention: Option<Retention>,
+    /// A closed fleet: every node runs the daemon's permission check
+    /// (`fleet::Fleet::may_write` in its replication machine) and replicates the
+    /// policy log. `None`: an open fleet.
+    pub fleet: Option<FleetPolicy>,
+}
+
+/// A closed fleet's scenario: the publishers hold the grant for the topic; node 0 (an
+/// admin's node, never in a partition's small side) revokes the last node, itself a
+/// publisher that keeps publishing and serving its store after its revocation (it
+/// ignores it); the `unprivileged` nodes before it publish from the start without a
+/// grant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetPolicy {
+    /// When node 0 revokes the last node, s (effective at once).
+    pub revoke_at: f64,
+    /// Authors without a grant for the topic (members all the same).
+    #[serde(default)]
+    pub unprivileged: usize,
+    /// Nodes run the permission check (as the daemon does). Only for showing what the
+    /// invariant catches without it: `false` leaves it out of every machine.
+    #[serde(default = "yes")]
+    pub enforce: bool,
 }
 
 /// Retention on the topic: one rule, as a `[[retention]]` entry of the daemon's
@@ -233,6 +256,7 @@ impl Default for Scenario {
             churn_wipe: 0.0,
             swizzle: None,
             retention: None,
+            fleet: None,
         }
     }
 }

@@ -245,3 +245,45 @@ fn retention_at_a_thousand_nodes_keeps_the_window_and_nothing_comes_back() {
     assert!(ret.stored_outside_window > 0, "{ret:?}");
     assert_eq!(ret.refetched_pruned, 0, "{ret:?}");
 }
+
+#[test]
+fn a_closed_fleet_of_a_thousand_refuses_what_its_policy_refuses_and_learns_a_hidden_revocation_at_the_heal()
+ {
+    let sc: Scenario = toml::from_str(include_str!("../scenarios/permissions.toml")).unwrap();
+    let r = Sim::new(sc.clone()).unwrap().run().unwrap();
+    println!("{}", r.table());
+    let f = r.fleet.clone().expect("fleet figures");
+    assert_eq!(r.violations, 0, "{:?}", r.violation_examples);
+    assert!(r.complete, "every honest node holds every permitted event");
+    assert_eq!(
+        f.knew, f.honest,
+        "every honest node knows of the revocation: {f:?}"
+    );
+    // Hidden from the cut third until the heal (30 s after the revocation), then
+    // known everywhere within seconds.
+    let all = f.knew_after_s.1.expect("every node knew");
+    assert!((30.0..40.0).contains(&all), "{f:?}");
+    assert!(
+        f.published_after > 0 && f.unprivileged_published > 0,
+        "{f:?}"
+    );
+    assert!(
+        f.stored_unknowing > 0,
+        "the cut third took them before it knew: {f:?}"
+    );
+    assert!(f.refused.get("revoked").is_some_and(|n| *n > 0), "{f:?}");
+    assert!(f.refused.get("no_grant").is_some_and(|n| *n > 0), "{f:?}");
+    assert!(f.links_dropped > 0, "{f:?}");
+
+    // Without the check in the machines, the invariant sees what gets in.
+    let mut without = sc;
+    without.nodes = 200;
+    if let Some(f) = without.fleet.as_mut() {
+        f.enforce = false;
+    }
+    let r = Sim::new(without).unwrap().run().unwrap();
+    assert!(
+        r.violations > 0,
+        "the invariant must catch unpermitted events"
+    );
+}

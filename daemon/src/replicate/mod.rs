@@ -535,18 +535,10 @@ impl Replicator {
             return;
         }
         self.policy_seen = (generation, Some(now));
-        let peers: Vec<PeerId> = self.machine.peers().iter().copied().collect();
-        for peer in peers {
-            if let Err(r) = g.stands(&peer) {
-                tracing::warn!(%peer, reason = %r, "dropping a peer the fleet's policy no longer admits");
-                Metrics::count(&self.metrics.fleet_peers_refused, r.reason());
-                self.keep_out(peer, r.reason(), BAN);
-            }
-        }
-        if changed {
-            let outs = self.machine.sync_now(None, now, &*self.store);
-            self.outputs(outs).await;
-        }
+        let outs = self
+            .machine
+            .policy_changed(changed, |peer| g.stands(peer), now, &*self.store);
+        self.outputs(outs).await;
     }
 
     /// A new peer's credentials: admitted, or kept out.
@@ -841,6 +833,11 @@ impl Replicator {
         let why = match reason {
             "bad_gossip" => "forwarded invalid events",
             "sync_violation" => "broke the sync protocol",
+            "revoked" | "expired" | "not_a_member" => {
+                // The fleet's policy no longer admits it (see `follow_policy`).
+                Metrics::count(&self.metrics.fleet_peers_refused, reason);
+                "is no longer admitted by the fleet's policy"
+            }
             other => other,
         };
         tracing::warn!(%peer, why, "disconnecting a misbehaving peer for {BAN:?}");
