@@ -12,7 +12,8 @@
 //! `cargo build --release --bins`). `MURMUR_BENCH_QUICK=1` skips the 1,000,000 runs;
 //! `MURMUR_BENCH_ONLY=catch-up` runs only the catch-up rows, `MURMUR_BENCH_ONLY=retention`
 //! only retention's (publishing and catching up with pruning running, beside the same
-//! without it).
+//! without it), `MURMUR_BENCH_ONLY=fleet` only the closed fleet's (the same fan-out and
+//! catch-up with every event checked against the fleet's policy, beside an open one).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -236,13 +237,19 @@ fn net_bytes(ns: &str) -> (u64, u64) {
 /// One publisher, 4 followers: events/s until every follower holds everything, and
 /// bytes per event per follower: received, and received + sent (forwarding).
 fn fan_out(count: usize) -> (f64, f64, f64) {
-    let lab = Lab::new(5, config);
+    fan_out_in(Lab::new(5, config), count)
+}
+
+/// [`fan_out`] on a lab made by the caller (a closed fleet, say).
+fn fan_out_in(lab: Lab, count: usize) -> (f64, f64, f64) {
     connected(&lab, 5);
     let before: Vec<(u64, u64)> = (1..5).map(|i| net_bytes(&lab.hosts[i].ns)).collect();
+    // What the hosts hold already (a closed fleet's policy log).
+    let held: Vec<u64> = (0..5).map(|i| lab.node(i).events()).collect();
     let t0 = Instant::now();
     publish_batches(lab.node(0), "fan/out", count);
     wait_for("every follower to hold every event", 300, || {
-        (1..5).all(|i| lab.node(i).events() == count as u64)
+        (1..5).all(|i| lab.node(i).events() == held[i] + count as u64)
     });
     let rate = count as f64 / t0.elapsed().as_secs_f64();
     let after: Vec<(u64, u64)> = (1..5).map(|i| net_bytes(&lab.hosts[i].ns)).collect();
@@ -281,14 +288,20 @@ fn catch_up(count: usize) -> (f64, f64) {
 /// sections after it): (events/s, MB/s, the most bytes its database took on disk,
 /// sampled every 50 ms).
 fn catch_up_with(extra: &str, count: usize) -> (f64, f64, u64) {
-    let mut lab = Lab::new(2, |i| {
+    let lab = Lab::new(2, |i| {
         if i == 1 {
             format!("{}{extra}", config(i))
         } else {
             config(i)
         }
     });
+    catch_up_in(lab, count)
+}
+
+/// [`catch_up_with`] on a two-host lab made by the caller.
+fn catch_up_in(mut lab: Lab, count: usize) -> (f64, f64, u64) {
     connected(&lab, 2);
+    let held = lab.node(1).events();
     lab.node_mut(1).kill();
     publish_batches(lab.node(0), "catch/up", count);
     let db = lab.node(1).dir.join("db");
@@ -296,7 +309,7 @@ fn catch_up_with(extra: &str, count: usize) -> (f64, f64, u64) {
     lab.node_mut(1).spawn();
     let mut most = 0u64;
     let deadline = t0 + Duration::from_secs(300);
-    while lab.node(1).events() != count as u64 {
+    while lab.node(1).events() != held + count as u64 {
         most = most.max(common::dir_bytes(&db));
         if Instant::now() > deadline {
             let n = lab.node(1);
@@ -384,6 +397,84 @@ fn retention_rows(quick: bool) {
         "| the same into a 32 MiB disk budget | {tight:.0} ({:.0}%); {:.1} MiB |",
         tight / free * 100.0,
         mib(tight_disk)
+    );
+}
+
+/// A lab of `n` hosts in a closed fleet: every host admitted with a certificate from a
+/// root made here (role `bench`), and the role granted `#`; returns once every host
+/// holds the grant.
+fn closed_lab(n: usize) -> Lab {
+    use base64::Engine;
+    use murmur_core::fleet::{Cert, CertBody, Entry, Kind, Rule, SignedRule};
+    let root = murmur_core::Keypair::from_seed(&[0xB0; 32]);
+    let lab = Lab::new(n, |i| {
+        format!("{}[fleet]\nroot = \"{}\"\n", config(i), root.author())
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for i in 0..n {
+        let node = lab.node(i);
+        let subject = node.get("/v1/status")["author"].as_str().unwrap().parse().unwrap();
+        let cert = Cert::issue(
+            CertBody {
+                fleet: root.author(),
+                kind: Kind::Member,
+                subject,
+                roles: vec!["bench".into()],
+                topics: vec![],
+                issued_ms: now - 1000,
+                expires_ms: now + 86_400_000,
+                issuer: root.author(),
+            },
+            &root,
+            None,
+        );
+        let r = node.post(
+            "/v1/fleet/join",
+            &json!({"cert": murmur_daemon::fleet::cert_to_text(&cert)}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let grant = Entry::Rule(SignedRule::issue(
+        root.author(),
+        Rule::Grant {
+            role: "bench".into(),
+            topics: vec!["#".into()],
+            publish: true,
+            docs: true,
+        },
+        now,
+        &root,
+        None,
+    ));
+    let r = lab.node(0).post(
+        "/v1/fleet/policy",
+        &json!({"entry_b64": base64::engine::general_purpose::STANDARD.encode(grant.encode())}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    connected(&lab, n);
+    wait_for("every host to hold the grant", 60, || {
+        (0..n).all(|i| !lab.node(i).get("/v1/fleet")["grants"].as_array().unwrap().is_empty())
+    });
+    lab
+}
+
+/// The same replication, open and closed (every event checked against the fleet's
+/// policy on arrival), in one run: sustained gossip to 4 followers and a catch-up.
+fn fleet_rows(quick: bool) {
+    let count = if quick { 50_000 } else { 100_000 };
+    let (open_fan, _, _) = fan_out(count);
+    let (closed_fan, _, _) = fan_out_in(closed_lab(5), count);
+    let (open_cu, _, _) = catch_up_with("", count);
+    let (closed_cu, _, _) = catch_up_in(closed_lab(2), count);
+    println!(
+        "| sustained replication 1 → 4 followers, {count} events (events/s): open / closed fleet | {open_fan:.0} / {closed_fan:.0} (**{:.1}%**) |",
+        closed_fan / open_fan * 100.0
+    );
+    println!(
+        "| catch-up of {count} events (events/s): open / closed fleet | {open_cu:.0} / {closed_cu:.0} (**{:.1}%**) |",
+        closed_cu / open_cu * 100.0
     );
 }
 
@@ -476,6 +567,14 @@ fn main() {
         println!("finished in {:.0} s", started.elapsed().as_secs_f64());
         return;
     }
+    if only == "fleet" {
+        println!("| measurement | value |");
+        println!("|---|---:|");
+        fleet_rows(quick);
+        println!();
+        println!("finished in {:.0} s", started.elapsed().as_secs_f64());
+        return;
+    }
     if only_catch_up {
         catch_up_rows(quick);
         println!();
@@ -523,6 +622,7 @@ fn main() {
     );
     catch_up_rows(quick);
     retention_rows(quick);
+    fleet_rows(quick);
     println!();
     println!("finished in {:.0} s", started.elapsed().as_secs_f64());
 }
