@@ -487,6 +487,22 @@ impl Entry {
     }
 }
 
+/// Whether `ev` writes a document (a change, or a snapshot): the `docs` right.
+fn is_document(ev: &Event) -> bool {
+    match ev.body() {
+        Body::Doc { .. } => true,
+        Body::Data { content_type, .. } => content_type == Some(crate::snapshot::CONTENT_TYPE),
+    }
+}
+
+fn no_grant(author: AuthorId, topic: &Topic, docs: bool) -> Refusal {
+    Refusal::NoGrant {
+        author,
+        topic: topic.clone(),
+        right: if docs { "write documents" } else { "publish" },
+    }
+}
+
 /// Whether `topic` is one of the fleet's own.
 pub fn is_reserved(topic: &Topic) -> bool {
     topic.as_str().starts_with(RESERVED_PREFIX)
@@ -813,11 +829,7 @@ impl Fleet {
             }
             return self.standing(&author, at, 0).map(|_| ());
         }
-        let docs = match ev.body() {
-            Body::Doc { .. } => true,
-            Body::Data { content_type, .. } => content_type == Some(crate::snapshot::CONTENT_TYPE),
-        };
-        self.may_author(&author, topic, docs, at)
+        self.may_author(&author, topic, is_document(ev), at)
     }
 
     /// Whether `author` may write in `topic` at `at_ms` (documents if `docs`, else
@@ -838,31 +850,83 @@ impl Fleet {
             });
         }
         let cert = self.standing(&author, at_ms, 0)?;
-        if cert
-            .body
+        if self.granted(cert, topic, docs) {
+            Ok(())
+        } else {
+            Err(no_grant(author, topic, docs))
+        }
+    }
+
+    /// Whether `cert`'s own topics or one of its roles' grants cover `topic` (for
+    /// documents if `docs`).
+    fn granted(&self, cert: &Cert, topic: &Topic, docs: bool) -> bool {
+        cert.body
             .topics
             .iter()
             .any(|p| Pattern::new(p).is_ok_and(|p| p.matches(topic)))
+            || cert
+                .body
+                .roles
+                .iter()
+                .filter_map(|r| self.in_force.get(r))
+                .any(|g| {
+                    (if docs { g.docs } else { g.publish })
+                        && g.topics.iter().any(|p| p.matches(topic))
+                })
+    }
+
+    /// The first of `events` that [`Fleet::may_write`] refuses, and why. A gossiped run
+    /// and a synced window are one log (one author, one topic): the certificate and
+    /// the grant are then looked up once, and each event costs two comparisons of its
+    /// time (expiry, revocation) and its kind (data or document). Anything else is
+    /// asked event by event.
+    pub fn first_refused(&self, events: &[Event]) -> Option<(usize, Refusal)> {
+        let first = events.first()?;
+        let (author, topic) = (first.author(), first.topic());
+        if is_reserved(topic)
+            || events
+                .iter()
+                .any(|e| e.author() != author || e.topic() != topic)
         {
-            return Ok(());
+            return events
+                .iter()
+                .enumerate()
+                .find_map(|(i, e)| self.may_write(e).err().map(|r| (i, r)));
         }
-        let granted = cert
-            .body
-            .roles
-            .iter()
-            .filter_map(|r| self.in_force.get(r))
-            .any(|g| {
-                (if docs { g.docs } else { g.publish }) && g.topics.iter().any(|p| p.matches(topic))
-            });
-        if granted {
-            Ok(())
-        } else {
-            Err(Refusal::NoGrant {
-                author,
-                topic: topic.clone(),
-                right: if docs { "write documents" } else { "publish" },
-            })
+        let Some(cert) = self.members.get(&author) else {
+            return Some((0, Refusal::NotAMember(author)));
+        };
+        let revoked = self.revoked.get(&author);
+        let mut granted: [Option<bool>; 2] = [None, None];
+        for (i, ev) in events.iter().enumerate() {
+            let at = ev.time().ms;
+            if let Some(r) = revoked
+                && at >= r.effective_ms
+            {
+                return Some((
+                    i,
+                    Refusal::Revoked {
+                        author,
+                        effective_ms: r.effective_ms,
+                        reason: r.reason.clone(),
+                    },
+                ));
+            }
+            if at > cert.body.expires_ms {
+                return Some((
+                    i,
+                    Refusal::Expired {
+                        author,
+                        expires_ms: cert.body.expires_ms,
+                    },
+                ));
+            }
+            let docs = is_document(ev);
+            if !*granted[usize::from(docs)].get_or_insert_with(|| self.granted(cert, topic, docs)) {
+                return Some((i, no_grant(author, topic, docs)));
+            }
         }
+        None
     }
 
     /// Whether a peer offering `cert` (as key `peer`) may connect at `now_ms`: the

@@ -1071,10 +1071,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     /// The first event of a run that the fleet's policy refuses, and why (the whole
     /// run is refused: anti-entropy brings a permitted prefix).
     fn not_permitted(&self, evs: &[Event]) -> Option<(usize, crate::fleet::Refusal)> {
-        let permit = self.config.sync.permit.as_ref()?;
-        evs.iter()
-            .enumerate()
-            .find_map(|(i, ev)| (permit.0)(ev).err().map(|r| (i, r)))
+        (self.config.sync.permit.as_ref()?.0)(evs)
     }
 
     fn bad_body(&self, evs: &[Event]) -> bool {

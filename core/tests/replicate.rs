@@ -1348,7 +1348,9 @@ fn the_fleets_policy_refuses_gossip_and_ends_a_pull_at_the_first_refused_event()
             effective_ms: t0_ms + 3,
         }))
         .unwrap();
-    let permit = sync::PermitCheck(std::sync::Arc::new(move |ev: &Event| fleet.may_write(ev)));
+    let permit = sync::PermitCheck(std::sync::Arc::new(move |evs: &[Event]| {
+        fleet.first_refused(evs)
+    }));
     let mut cfg = config("#");
     cfg.sync.permit = Some(permit);
     let t0 = Instant::now();

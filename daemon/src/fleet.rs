@@ -179,7 +179,7 @@ impl Guard {
     /// The check the replication machine asks of every remote event.
     pub fn permit_check(&self) -> PermitCheck {
         let g = self.clone();
-        PermitCheck(Arc::new(move |ev: &Event| g.fleet().may_write(ev)))
+        PermitCheck(Arc::new(move |evs: &[Event]| g.fleet().first_refused(evs)))
     }
 
     /// Applies the policy entries among `events` (just stored). Entries were checked

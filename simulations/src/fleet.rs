@@ -146,10 +146,10 @@ impl FleetSim {
 /// A node's permission check, on its own copy of the policy.
 pub(crate) fn permit(fleet: &Arc<RwLock<Fleet>>) -> sync::PermitCheck {
     let f = fleet.clone();
-    sync::PermitCheck(Arc::new(move |ev: &Event| {
+    sync::PermitCheck(Arc::new(move |evs: &[Event]| {
         f.read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .may_write(ev)
+            .first_refused(evs)
     }))
 }
 

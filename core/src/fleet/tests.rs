@@ -457,3 +457,52 @@ fn the_policy_topic_takes_only_valid_entries_from_members_or_a_nodes_own_certifi
         "reserved"
     );
 }
+
+#[test]
+fn a_range_is_judged_as_its_events_one_by_one() {
+    let lab = Lab::new();
+    let (m, thief, stranger) = (key(1), key(2), key(3));
+    let mut f = lab.fleet();
+    f.apply(Entry::Member(lab.member(&m, &["sensor"], &[])))
+        .unwrap();
+    f.apply(Entry::Member(lab.member(&thief, &["sensor"], &[])))
+        .unwrap();
+    f.apply(lab.rule(grant("sensor", &["sensors/#"], true, false), T0))
+        .unwrap();
+    f.apply(lab.rule(
+        Rule::Revoke {
+            subject: thief.author(),
+            reason: "r".into(),
+            effective_ms: T0 + 3,
+        },
+        T0,
+    ))
+    .unwrap();
+    let one_by_one = |evs: &[Event]| {
+        evs.iter()
+            .enumerate()
+            .find_map(|(i, e)| f.may_write(e).err().map(|r| (i, r)))
+    };
+    // testing::chain times its events at 1_700_000_000_000 + seq.
+    let cases = vec![
+        crate::testing::chain(&m, "sensors/a", 5, "x"),
+        crate::testing::chain(&m, "cmd/a", 3, "x"),
+        crate::testing::chain(&thief, "sensors/a", 6, "x"),
+        crate::testing::chain(&stranger, "sensors/a", 2, "x"),
+        // Mixed logs: asked one by one.
+        [
+            crate::testing::chain(&m, "sensors/a", 2, "x"),
+            crate::testing::chain(&thief, "cmd/a", 2, "y"),
+        ]
+        .concat(),
+        Vec::new(),
+    ];
+    for evs in cases {
+        assert_eq!(f.first_refused(&evs), one_by_one(&evs), "{evs:?}");
+    }
+    assert_eq!(
+        f.first_refused(&crate::testing::chain(&thief, "sensors/a", 6, "x"))
+            .map(|r| r.0),
+        Some(3)
+    );
+}

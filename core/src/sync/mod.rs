@@ -97,7 +97,10 @@ pub struct Config {
 }
 
 /// The function behind a [`PermitCheck`].
-pub type PermitFn = dyn Fn(&Event) -> Result<(), crate::fleet::Refusal> + Send + std::marker::Sync;
+/// (The first event of a range, one log in order, that may not be stored, and why:
+/// [`crate::fleet::Fleet::first_refused`].)
+pub type PermitFn =
+    dyn Fn(&[Event]) -> Option<(usize, crate::fleet::Refusal)> + Send + std::marker::Sync;
 
 /// Whether an event's author may write it (see [`Config::permit`]).
 #[derive(Clone)]
@@ -963,10 +966,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         let mut events = events;
         let mut refused_out = None;
         if let Some(permit) = &self.config.permit
-            && let Some((i, reason)) = events
-                .iter()
-                .enumerate()
-                .find_map(|(i, ev)| (permit.0)(ev).err().map(|r| (i, r)))
+            && let Some((i, reason)) = (permit.0)(&events)
         {
             refused_out = Some(Output::Refused {
                 from: from.clone(),

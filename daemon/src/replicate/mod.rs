@@ -264,6 +264,10 @@ pub fn spawn(
         },
         confirm,
     );
+    let r_generation = config
+        .fleet
+        .as_ref()
+        .map_or(0, crate::fleet::Guard::generation);
     let r = Replicator {
         machine,
         store,
@@ -277,7 +281,8 @@ pub fn spawn(
         writing: VecDeque::new(),
         disk_checked: None,
         budget_hold: false,
-        policy_seen: (0, None),
+        // The policy as loaded at start is not a change: no extra rounds for it.
+        policy_seen: (r_generation, None),
         refusals_unlogged: 0,
         refusals_logged: None,
     };
