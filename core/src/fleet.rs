@@ -54,6 +54,9 @@ pub const MAX_LIST: usize = 64;
 pub const MAX_NAME: usize = 128;
 /// Most policy entries a node holds (grants, revocations and certificates).
 pub const MAX_ENTRIES: usize = 100_000;
+/// Most events one node may write on the policy topic (its log there is kept
+/// forever on every node).
+pub const MAX_POLICY_EVENTS: u64 = 4096;
 /// Largest encoded certificate or entry.
 pub const MAX_ENTRY_BYTES: usize = 16 * 1024;
 
@@ -560,6 +563,8 @@ pub struct Fleet {
     members: BTreeMap<AuthorId, Cert>,
     in_force: BTreeMap<String, Grant>,
     revoked: BTreeMap<AuthorId, Revocation>,
+    /// The root's own revocations: what decides whether an admin's signature stands.
+    root_revoked: BTreeMap<AuthorId, Revocation>,
 }
 
 const CERTS_PER_SUBJECT: usize = 4;
@@ -580,6 +585,7 @@ impl Fleet {
             members: BTreeMap::new(),
             in_force: BTreeMap::new(),
             revoked: BTreeMap::new(),
+            root_revoked: BTreeMap::new(),
         }
     }
 
@@ -604,12 +610,16 @@ impl Fleet {
     }
 
     /// Learns a member certificate (from a policy entry, or offered at connect).
-    /// Verified here.
+    /// Verified here. One signed by an admin the root had revoked by then is void and
+    /// not kept.
     pub fn learn(&mut self, cert: Cert) -> Result<Applied, FleetError> {
         if cert.body.kind != Kind::Member {
             return Err(FleetError::Invalid("not a member certificate".into()));
         }
         cert.verify(&self.root)?;
+        if !self.by_standing_admin(cert.admin(), cert.body.issued_ms) {
+            return Ok(Applied::Nothing);
+        }
         let list = self.certs.entry(cert.body.subject).or_default();
         if list.contains(&cert) {
             return Ok(Applied::Nothing);
@@ -629,20 +639,38 @@ impl Fleet {
             )
         });
         if list.len() > CERTS_PER_SUBJECT {
-            list.remove(0);
-            self.entries -= 1;
+            // Void ones go first, then the oldest an admin signed; the root's stay.
+            let voided = |c: &Cert| !Self::stands(&self.root_revoked, c.admin(), c.body.issued_ms);
+            let victim = list
+                .iter()
+                .position(voided)
+                .or_else(|| list.iter().position(|c| c.chain.is_some()));
+            if let Some(i) = victim {
+                list.remove(i);
+                self.entries -= 1;
+            }
         }
         self.derive();
         Ok(Applied::Member)
     }
 
-    /// Applies a policy entry (verified here).
+    /// Whether something signed by `admin` (None: the root) at `issued_ms` stands by
+    /// the root's revocations known now (they are final: what this voids stays void).
+    fn by_standing_admin(&self, admin: Option<AuthorId>, issued_ms: u64) -> bool {
+        Self::stands(&self.root_revoked, admin, issued_ms)
+    }
+
+    /// Applies a policy entry (verified here). A rule signed by an admin the root had
+    /// revoked by then is void and not kept.
     pub fn apply(&mut self, entry: Entry) -> Result<Applied, FleetError> {
         let rule = match entry {
             Entry::Member(c) => return self.learn(c),
             Entry::Rule(r) => r,
         };
         rule.verify(&self.root)?;
+        if !self.by_standing_admin(rule.admin(), rule.body.issued_ms) {
+            return Ok(Applied::Nothing);
+        }
         let (list, applied) = match &rule.body.rule {
             Rule::Grant { role, .. } => {
                 (self.grants.entry(role.clone()).or_default(), Applied::Grant)
@@ -663,21 +691,28 @@ impl Fleet {
         list.push(rule);
         list.sort_by_key(|r| (r.body.issued_ms, *blake3::hash(&r.signature).as_bytes()));
         if list.len() > RULES_PER_KEY {
-            // The oldest grant of a role is superseded; a revocation list keeps the
-            // earliest effective ones (they are what counts).
-            match applied {
-                Applied::Revoke => {
-                    list.sort_by_key(|r| match &r.body.rule {
-                        Rule::Revoke { effective_ms, .. } => *effective_ms,
-                        Rule::Grant { .. } => u64::MAX,
-                    });
-                    list.pop();
-                }
-                _ => {
-                    list.remove(0);
-                }
+            // Void ones go first; then, of what admins signed, the oldest grant of a
+            // role (superseded) or the latest-effective revocation of a key (the
+            // earliest is what counts). The root's are never dropped.
+            let voided =
+                |r: &SignedRule| !Self::stands(&self.root_revoked, r.admin(), r.body.issued_ms);
+            let effective = |r: &SignedRule| match &r.body.rule {
+                Rule::Revoke { effective_ms, .. } => *effective_ms,
+                Rule::Grant { .. } => 0,
+            };
+            let victim = list.iter().position(voided).or_else(|| match applied {
+                Applied::Revoke => list
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.chain.is_some())
+                    .max_by_key(|(_, r)| effective(r))
+                    .map(|(i, _)| i),
+                _ => list.iter().position(|r| r.chain.is_some()),
+            });
+            if let Some(i) = victim {
+                list.remove(i);
+                self.entries -= 1;
             }
-            self.entries -= 1;
         }
         self.derive();
         Ok(applied)
@@ -688,8 +723,8 @@ impl Fleet {
         self.apply(Entry::of(ev)?)
     }
 
-    /// Whether something signed by `admin` (None: the root) at `issued_ms` stands:
-    /// a revoked admin's signatures from its revocation on are void.
+    /// Whether something signed by `admin` (None: the root) at `issued_ms` stands
+    /// against `revoked`: a revoked admin's signatures from its revocation on are void.
     fn stands(
         revoked: &BTreeMap<AuthorId, Revocation>,
         admin: Option<AuthorId>,
@@ -698,41 +733,44 @@ impl Fleet {
         admin.is_none_or(|a| revoked.get(&a).is_none_or(|r| issued_ms < r.effective_ms))
     }
 
-    /// Recomputes what is in force. Revocations first: they decide which admins'
-    /// signatures stand. A revocation signed by a revoked admin after its own
-    /// revocation is void too, so this is run to a fixed point (admin revocations are
-    /// few; it settles in a step or two).
+    /// Recomputes what is in force. Only the root revokes an admin: the root's
+    /// revocations decide which admins' signatures stand (no fixed point, nothing an
+    /// admin signs can bring an admin back); then every revocation that stands counts
+    /// against members (the earliest per key), and the newest standing grant per role
+    /// and certificate per member are in force.
     fn derive(&mut self) {
+        let mut root_revoked: BTreeMap<AuthorId, Revocation> = BTreeMap::new();
         let mut revoked: BTreeMap<AuthorId, Revocation> = BTreeMap::new();
-        for _ in 0..8 {
-            let mut next: BTreeMap<AuthorId, Revocation> = BTreeMap::new();
-            for (subject, rules) in &self.revokes {
-                for r in rules {
-                    let Rule::Revoke {
-                        reason,
-                        effective_ms,
-                        ..
-                    } = &r.body.rule
-                    else {
-                        continue;
-                    };
-                    if !Self::stands(&revoked, r.admin(), r.body.issued_ms) {
-                        continue;
-                    }
-                    let e = next.entry(*subject).or_insert(Revocation {
-                        effective_ms: *effective_ms,
-                        reason: reason.clone(),
-                    });
-                    if *effective_ms < e.effective_ms {
-                        e.effective_ms = *effective_ms;
-                        e.reason = reason.clone();
-                    }
+        let earliest =
+            |map: &mut BTreeMap<AuthorId, Revocation>, subject: AuthorId, r: &SignedRule| {
+                let Rule::Revoke {
+                    reason,
+                    effective_ms,
+                    ..
+                } = &r.body.rule
+                else {
+                    return;
+                };
+                let e = map.entry(subject).or_insert(Revocation {
+                    effective_ms: *effective_ms,
+                    reason: reason.clone(),
+                });
+                if *effective_ms < e.effective_ms {
+                    e.effective_ms = *effective_ms;
+                    e.reason = reason.clone();
+                }
+            };
+        for (subject, rules) in &self.revokes {
+            for r in rules.iter().filter(|r| r.chain.is_none()) {
+                earliest(&mut root_revoked, *subject, r);
+            }
+        }
+        for (subject, rules) in &self.revokes {
+            for r in rules {
+                if Self::stands(&root_revoked, r.admin(), r.body.issued_ms) {
+                    earliest(&mut revoked, *subject, r);
                 }
             }
-            if next == revoked {
-                break;
-            }
-            revoked = next;
         }
         self.in_force = self
             .grants
@@ -741,7 +779,7 @@ impl Fleet {
                 let r = rules
                     .iter()
                     .rev()
-                    .find(|r| Self::stands(&revoked, r.admin(), r.body.issued_ms))?;
+                    .find(|r| Self::stands(&root_revoked, r.admin(), r.body.issued_ms))?;
                 let Rule::Grant {
                     topics,
                     publish,
@@ -769,10 +807,11 @@ impl Fleet {
                 let c = certs
                     .iter()
                     .rev()
-                    .find(|c| Self::stands(&revoked, c.admin(), c.body.issued_ms))?;
+                    .find(|c| Self::stands(&root_revoked, c.admin(), c.body.issued_ms))?;
                 Some((*subject, c.clone()))
             })
             .collect();
+        self.root_revoked = root_revoked;
         self.revoked = revoked;
     }
 
@@ -822,9 +861,35 @@ impl Fleet {
             entry
                 .verify(&self.root)
                 .map_err(|e| reserved(e.to_string()))?;
+            if ev.seq().0 >= MAX_POLICY_EVENTS {
+                return Err(reserved(format!(
+                    "more than {MAX_POLICY_EVENTS} policy events from one node"
+                )));
+            }
+            // A node may publish its own certificate before anyone knows it, but only
+            // one that stands at the event's time (a revoked or expired node cannot
+            // keep writing here).
             if let Entry::Member(c) = &entry
                 && c.body.subject == author
             {
+                if let Some(r) = self.revoked.get(&author)
+                    && at >= r.effective_ms
+                {
+                    return Err(Refusal::Revoked {
+                        author,
+                        effective_ms: r.effective_ms,
+                        reason: r.reason.clone(),
+                    });
+                }
+                if at > c.body.expires_ms {
+                    return Err(Refusal::Expired {
+                        author,
+                        expires_ms: c.body.expires_ms,
+                    });
+                }
+                if !self.by_standing_admin(c.admin(), c.body.issued_ms) {
+                    return Err(Refusal::NotAMember(author));
+                }
                 return Ok(());
             }
             return self.standing(&author, at, 0).map(|_| ());

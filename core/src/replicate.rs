@@ -192,7 +192,7 @@ pub enum Output<P, M> {
         reason: &'static str,
     },
     /// A gossiped run the fleet's policy refuses (see [`sync::Config::permit`]): not
-    /// stored, not forwarded, rejected for gossipsub's score, not banned for.
+    /// stored, not forwarded, not held against the sender (ignored for gossipsub).
     Refused {
         /// The peer that forwarded it.
         from: P,
@@ -739,13 +739,15 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                         event: Box::new(evs[i].clone()),
                         reason,
                     });
-                    // gossipsub's score counts it against the sender like any invalid
-                    // message; the daemon does not ban for it (the sender may not know
-                    // the policy that refuses it yet: see `sync::Config::permit`).
+                    // Dropped, not forwarded, and not held against the sender, not
+                    // even in gossipsub's score (three rejects graylist a peer): it may
+                    // not know the policy that refuses it yet, and cutting it off would
+                    // split the fleet exactly while a revocation spreads. Cheap to
+                    // refuse: no signature was verified.
                     outs.push(Output::Verdict {
                         id: g.id,
                         from: g.from,
-                        verdict: Verdict::Reject,
+                        verdict: Verdict::Ignore,
                     });
                     continue;
                 }

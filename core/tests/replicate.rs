@@ -1304,7 +1304,7 @@ fn paused_pulls_still_take_gossip_and_resume_with_a_round() {
 }
 
 /// The fleet's permissions in the machine: a revoked author's run is refused by gossip
-/// (rejected for the score, never banned for: the sender may not know yet), and a pull
+/// (not forwarded, not held against the sender: it may not know yet), and a pull
 /// from a peer that holds its whole log stores the prefix from before the revocation
 /// and stops at the first refused event. A stranger's events are refused too.
 #[test]
@@ -1367,7 +1367,7 @@ fn the_fleets_policy_refuses_gossip_and_ends_a_pull_at_the_first_refused_event()
         let outs = go(m, t0, &*s, |m| {
             m.gossiped(vec![gossip(1, id, &stolen[3..])], &*s)
         });
-        assert_eq!(verdicts(&outs), vec![(id, Verdict::Reject)]);
+        assert_eq!(verdicts(&outs), vec![(id, Verdict::Ignore)]);
         assert!(
             outs.iter().any(
                 |o| matches!(o, Output::Refused { reason, .. } if reason.reason() == "revoked")

@@ -727,6 +727,22 @@ fn a_fork_is_proven_frozen_and_passed_on() {
     };
     let outs = n2.handle(0, fake, now);
     assert!(outs.iter().any(|o| matches!(o, Output::Misbehaved { .. })));
+    // A real proof about a log node 2 does not hold stores nothing: it would be a way
+    // to store events of any topic past every check (interest, a fleet's permissions).
+    let other = key(78);
+    let x = murmur_core::testing::chain(&other, "elsewhere", 1, "x");
+    let y = murmur_core::testing::chain(&other, "elsewhere", 1, "y");
+    let before = n2.store.next_offset();
+    let outs = n2.handle(
+        0,
+        Message::Fork {
+            a: x[0].bytes().clone(),
+            b: y[0].bytes().clone(),
+        },
+        now,
+    );
+    assert!(outs.is_empty(), "{outs:?}");
+    assert_eq!(n2.store.next_offset(), before);
 }
 
 #[test]

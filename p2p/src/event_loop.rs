@@ -82,7 +82,7 @@ pub enum Command {
     /// [`Config::admission`]: crate::Config::admission
     Admit(PeerId),
     /// This node's credentials changed (it joined the fleet): shown to peers from
-    /// their next connection on. Peers connected now are dialed again.
+    /// their next connection on.
     SetCredentials(Vec<u8>),
     /// Disconnect a misbehaving peer and refuse it for `for_`.
     Ban {
@@ -293,7 +293,16 @@ pub struct EventLoop {
     /// Peers connected but not admitted yet: until when they may show credentials,
     /// and whether they have.
     unadmitted: BTreeMap<PeerId, (std::time::Instant, bool)>,
+    /// Peers admitted (admission on): only they are heard. A peer refused, banned or
+    /// gone is not in it, even while its connection is still closing.
+    admitted: std::collections::HashSet<PeerId>,
+    /// Sync messages a peer sent while held back (its side admitted us first):
+    /// handed on when it is admitted (at most [`HELD_SYNC_MAX`] per peer).
+    held_sync: std::collections::HashMap<PeerId, Vec<Message>>,
 }
+
+/// Most sync messages kept for a peer not admitted yet.
+const HELD_SYNC_MAX: usize = 256;
 
 /// Sync messages on their way to one peer. Each message is a stream until the peer's
 /// empty answer. yamux closes the whole connection when a side opens more streams
@@ -497,6 +506,8 @@ pub fn spawn(
         admission: config.admission.clone(),
         admission_timeout: config.admission_timeout,
         unadmitted: BTreeMap::new(),
+        admitted: std::collections::HashSet::new(),
+        held_sync: std::collections::HashMap::new(),
     };
     Ok((handle, ev_rx, lp))
 }
@@ -571,21 +582,28 @@ impl EventLoop {
     /// and reported (the daemon counts them).
     fn admission_due(&mut self) {
         let now = std::time::Instant::now();
-        let due: Vec<(PeerId, bool)> = self
+        // Only those that showed nothing: credentials shown wait for the daemon's
+        // verdict, however long its queue is.
+        let due: Vec<PeerId> = self
             .unadmitted
             .iter()
-            .filter(|(_, (until, _))| *until <= now)
-            .map(|(p, (_, shown))| (*p, *shown))
+            .filter(|(_, (until, shown))| *until <= now && !*shown)
+            .map(|(p, _)| *p)
             .collect();
-        for (peer, shown) in due {
+        for peer in due {
             self.unadmitted.remove(&peer);
-            tracing::info!(%peer, "peer not admitted in time; disconnecting");
+            self.held_sync.remove(&peer);
+            tracing::info!(%peer, "peer showed no credentials in time; disconnecting");
             self.keep_out(peer, NOT_ADMITTED_KEPT_OUT);
             let _ = self.swarm.disconnect_peer_id(peer);
-            if !shown {
-                self.emit(Event::Credentials { peer, proof: None });
-            }
+            self.emit(Event::Credentials { peer, proof: None });
         }
+    }
+
+    /// Whether what `peer` sends is heard: always in an open fleet, only once admitted
+    /// in a closed one.
+    fn heard(&self, peer: &PeerId) -> bool {
+        self.admission.is_none() || self.admitted.contains(peer)
     }
 
     /// A peer's credentials arrived (as its request or its answer to ours): handed to
@@ -887,7 +905,12 @@ impl EventLoop {
             Command::Admit(peer) => {
                 if self.unadmitted.remove(&peer).is_some() && self.swarm.is_connected(&peer) {
                     tracing::debug!(%peer, "admitted");
+                    self.admitted.insert(peer);
                     self.emit(Event::Connected(peer));
+                    // What it asked while held back (its side admitted us first).
+                    for msg in self.held_sync.remove(&peer).unwrap_or_default() {
+                        self.emit(Event::Sync { peer, msg });
+                    }
                 }
             }
             Command::SetCredentials(creds) => {
@@ -895,6 +918,8 @@ impl EventLoop {
             }
             Command::Ban { peer, for_ } => {
                 self.unadmitted.remove(&peer);
+                self.admitted.remove(&peer);
+                self.held_sync.remove(&peer);
                 tracing::warn!(%peer, ?for_, "banning peer");
                 self.keep_out(peer, for_);
                 let _ = self.swarm.disconnect_peer_id(peer);
@@ -1002,6 +1027,8 @@ impl EventLoop {
                 self.count_paths();
                 // Also for a peer never admitted: it may have announced channels.
                 self.unadmitted.remove(&peer_id);
+                self.admitted.remove(&peer_id);
+                self.held_sync.remove(&peer_id);
                 self.emit(Event::Disconnected(peer_id));
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -1051,9 +1078,15 @@ impl EventLoop {
                         request, channel, ..
                     } => {
                         let _ = self.swarm.behaviour_mut().sync.send_response(channel, ());
-                        // Not admitted (yet): nothing it says is heard.
-                        if !self.unadmitted.contains_key(&peer) {
+                        if self.heard(&peer) {
                             self.emit(Event::Sync { peer, msg: request });
+                        } else if self.unadmitted.contains_key(&peer) {
+                            // Held back: kept until it is admitted (bounded), so a round
+                            // it started the moment its side admitted us is not lost.
+                            let held = self.held_sync.entry(peer).or_default();
+                            if held.len() < HELD_SYNC_MAX {
+                                held.push(request);
+                            }
                         }
                     }
                     request_response::Message::Response { .. } => self.sync_sent(peer),
@@ -1099,7 +1132,7 @@ impl EventLoop {
                 propagation_source,
                 message_id,
                 message,
-            }) if self.unadmitted.contains_key(&propagation_source) => {
+            }) if !self.heard(&propagation_source) => {
                 // Not admitted (yet): dropped, not forwarded, not held against it.
                 let _ = self
                     .swarm

@@ -506,3 +506,104 @@ fn a_range_is_judged_as_its_events_one_by_one() {
         Some(3)
     );
 }
+
+#[test]
+fn a_revoked_admin_cannot_undo_its_revocation_or_push_the_roots_entries_out() {
+    let lab = Lab::new();
+    let member = key(1);
+    let mut f = lab.fleet();
+    f.apply(Entry::Member(lab.member(&member, &["sensor"], &[])))
+        .unwrap();
+    let by_root = |rule: Rule, at: u64| {
+        Entry::Rule(SignedRule::issue(
+            lab.root.author(),
+            rule,
+            at,
+            &lab.root,
+            None,
+        ))
+    };
+    // The root revokes the admin from T0 + 10, and the member from T0 + 500.
+    f.apply(by_root(
+        Rule::Revoke {
+            subject: lab.admin.author(),
+            reason: "leaked".into(),
+            effective_ms: T0 + 10,
+        },
+        T0 + 20,
+    ))
+    .unwrap();
+    f.apply(by_root(
+        Rule::Revoke {
+            subject: member.author(),
+            reason: "stolen".into(),
+            effective_ms: T0 + 500,
+        },
+        T0 + 20,
+    ))
+    .unwrap();
+    // The leaked admin key floods: revocations of itself from time 0 (which would have
+    // flipped the old fixed point), later revocations of the member, grants, certs.
+    for i in 0..40 {
+        f.apply(lab.rule(
+            Rule::Revoke {
+                subject: lab.admin.author(),
+                reason: "undo".into(),
+                effective_ms: 0,
+            },
+            T0 + 30 + i,
+        ))
+        .unwrap();
+        f.apply(lab.rule(
+            Rule::Revoke {
+                subject: member.author(),
+                reason: "later".into(),
+                effective_ms: T0 + 900 + i,
+            },
+            T0 + 30 + i,
+        ))
+        .unwrap();
+        let mut b = body(&lab.root, Kind::Member, &member, &["admin-made"], &[]);
+        b.issued_ms = T0 + 30 + i;
+        f.apply(Entry::Member(Cert::issue(
+            b,
+            &lab.admin,
+            Some(lab.admin_cert.clone()),
+        )))
+        .unwrap();
+    }
+    assert_eq!(f.revocations()[&lab.admin.author()].effective_ms, T0 + 10);
+    assert_eq!(f.revocations()[&member.author()].reason, "stolen");
+    // The member's certificate is the one from before the admin's revocation.
+    assert_eq!(
+        f.members()[&member.author()].body.roles,
+        vec!["sensor".to_string()]
+    );
+}
+
+#[test]
+fn a_revoked_or_expired_node_cannot_keep_publishing_its_own_certificate() {
+    let lab = Lab::new();
+    let node = key(1);
+    let mut f = lab.fleet();
+    let own = Entry::Member(lab.member(&node, &[], &[]));
+    f.may_write(&event(&node, POLICY_TOPIC, T0, own.payload()))
+        .unwrap();
+    f.apply(lab.rule(
+        Rule::Revoke {
+            subject: node.author(),
+            reason: "gone".into(),
+            effective_ms: T0 + 5,
+        },
+        T0,
+    ))
+    .unwrap();
+    let r = f
+        .may_write(&event(&node, POLICY_TOPIC, T0 + 5, own.payload()))
+        .unwrap_err();
+    assert_eq!(r.reason(), "revoked");
+    let r = f
+        .may_write(&event(&node, POLICY_TOPIC, T0 + 400 * DAY, own.payload()))
+        .unwrap_err();
+    assert_eq!(r.reason(), "revoked");
+}

@@ -534,7 +534,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                 author,
                 run,
             } => self.on_events(from, req, topic, author, run, now, store),
-            Message::Fork { a, b } => self.on_fork(from, a, b),
+            Message::Fork { a, b } => self.on_fork(from, a, b, store),
         }
     }
 
@@ -1215,7 +1215,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         out
     }
 
-    fn on_fork(&mut self, from: P, a: Bytes, b: Bytes) -> Outs<P> {
+    fn on_fork<S: ReadStore>(&mut self, from: P, a: Bytes, b: Bytes, store: &S) -> Outs<P> {
         let decode = |x: Bytes| Event::decode(x, MAX_EVENT_BYTES);
         let (a, b) = match (decode(a), decode(b)) {
             (Ok(a), Ok(b)) => (a, b),
@@ -1233,7 +1233,50 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                 violation: Violation::BadForkProof(why.into()),
             }];
         }
-        // Writing both makes the store record the fork if it holds either event.
+        // A proof matters only about a log this node holds at that seq: otherwise it
+        // would be a way to store two events of any log, any topic, past every check
+        // (a fleet's permissions, interest). Ignored, not a violation: the peer may
+        // tell every neighbour of a fork it found.
+        // It holds one of the two, or its head is just before them and one of them
+        // continues it (that one is then an ordinary next event of a held log).
+        let (author, topic, seq) = (
+            proof.ours.author(),
+            proof.ours.topic().clone(),
+            proof.ours.seq(),
+        );
+        let sides = [proof.ours.id(), proof.theirs.id()];
+        let held = store
+            .log_range(&author, &topic, seq, 1)
+            .ok()
+            .and_then(|evs| evs.into_iter().next())
+            .is_some_and(|e| e.seq() == seq && sides.contains(&e.id()));
+        let continues = || {
+            store
+                .log_state(&author, &topic)
+                .ok()
+                .and_then(|st| st.head)
+                .is_some_and(|h| {
+                    h.seq.next() == Some(seq)
+                        && [&proof.ours, &proof.theirs]
+                            .iter()
+                            .any(|e| e.prev() == Some(h.id))
+                })
+        };
+        if !held && !continues() {
+            return Vec::new();
+        }
+        if let Some(permit) = &self.config.permit {
+            for ev in [&proof.ours, &proof.theirs] {
+                if let Some((_, reason)) = (permit.0)(std::slice::from_ref(ev)) {
+                    return vec![Output::Refused {
+                        from,
+                        event: Box::new(ev.clone()),
+                        reason,
+                    }];
+                }
+            }
+        }
+        // Writing both makes the store record the fork (it holds one of them).
         self.next_ticket += 1;
         let ticket = self.next_ticket;
         let events = vec![proof.ours.clone(), proof.theirs.clone()];
