@@ -719,7 +719,8 @@ pub async fn run(
             docs.clone(),
             key.author(),
             config.docs.compaction_interval,
-        ),
+        )
+        .with_fleet(fleet.clone()),
         shutdown.clone(),
     ));
 

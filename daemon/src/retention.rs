@@ -175,6 +175,9 @@ pub struct Compaction {
     after_round: HashMap<Topic, DocCover>,
     /// Topics whose cover was read back from the store since the start.
     read_back: std::collections::HashSet<Topic>,
+    /// A closed fleet: snapshots only where this node holds the `docs` right (its
+    /// peers would refuse the others).
+    fleet: Option<crate::fleet::Guard>,
 }
 
 impl Compaction {
@@ -188,7 +191,14 @@ impl Compaction {
             rounds: HashMap::new(),
             after_round: HashMap::new(),
             read_back: Default::default(),
+            fleet: None,
         }
+    }
+
+    /// In a closed fleet: snapshots only where this node may write documents.
+    pub fn with_fleet(mut self, fleet: Option<crate::fleet::Guard>) -> Self {
+        self.fleet = fleet;
+        self
     }
 }
 
@@ -551,6 +561,12 @@ pub async fn pass(
         compaction
             .rounds
             .insert(topic.clone(), tokio::time::Instant::now());
+        if let Some(g) = &compaction.fleet
+            && let Err(r) = g.may_publish(&topic, true)
+        {
+            tracing::info!(%topic, reason = %r, "not compacting a document topic: this node may not write documents there (its snapshots would be refused)");
+            continue;
+        }
         match compaction.docs.snapshot_round(topic.clone()).await {
             Ok((cover, last)) => {
                 tracing::info!(%topic, "published document snapshots: the topic is compacted behind them at the next pass");

@@ -421,23 +421,30 @@ fn a_members_forged_writes_beyond_its_grant_are_refused_by_gossip_and_by_sync() 
                     vec![Net::Subscribe("murmur:#".into())]
                 }
                 NetEvent::Disconnected(_) if admitted => return (admitted, true),
-                NetEvent::PeerSubscribed { topic, .. } if topic == "murmur:#" && !gossiped => {
-                    gossiped = true;
-                    vec![Net::Publish {
-                        topic: "murmur:#".into(),
-                        data: murmur_core::run::encode(&forged).unwrap(),
-                    }]
-                }
+                // The victim's round on cmd/reboot: it has admitted the sensor (its
+                // rounds start only then), so its gossip is heard from now on. Forged
+                // run by gossip, and a vector that offers the same log to sync.
                 NetEvent::Sync {
                     peer,
                     msg: Message::Hello { topic, .. },
-                } if topic.as_str() == "cmd/reboot" => vec![Net::Sync {
-                    peer,
-                    msg: Message::Vector {
-                        topic,
-                        vv: theirs.clone(),
-                    },
-                }],
+                } if topic.as_str() == "cmd/reboot" => {
+                    let mut cmds = Vec::new();
+                    if !gossiped {
+                        gossiped = true;
+                        cmds.push(Net::Publish {
+                            topic: "murmur:#".into(),
+                            data: murmur_core::run::encode(&forged).unwrap(),
+                        });
+                    }
+                    cmds.push(Net::Sync {
+                        peer,
+                        msg: Message::Vector {
+                            topic,
+                            vv: theirs.clone(),
+                        },
+                    });
+                    cmds
+                }
                 NetEvent::Sync {
                     peer,
                     msg:

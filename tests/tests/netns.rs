@@ -1289,3 +1289,258 @@ fn a_host_on_a_64_mib_disk_with_a_32_mib_budget_takes_a_million_events() {
         common::stderr(&v)
     );
 }
+
+/// Host `i` drops every packet to and from `addrs` (nftables), or takes the rule away.
+fn split(lab: &Lab, i: usize, addrs: &[&str]) {
+    let ns = &lab.hosts[i].ns;
+    let nft = |args: &[&str]| {
+        let mut a = vec!["netns", "exec", ns.as_str(), "nft"];
+        a.extend_from_slice(args);
+        common::netns::run("ip", &a);
+    };
+    nft(&["add", "table", "inet", "split"]);
+    let set = format!("{{ {} }}", addrs.join(", "));
+    for (hook, dir) in [("input", "saddr"), ("output", "daddr")] {
+        let chain = format!("{{ type filter hook {hook} priority 0; }}");
+        nft(&["add", "chain", "inet", "split", hook, &chain]);
+        let rule = format!("ip {dir} {set} drop");
+        let mut a = vec!["add", "rule", "inet", "split", hook];
+        a.extend(rule.split_whitespace());
+        nft(&a);
+    }
+}
+
+fn unsplit(lab: &Lab, i: usize) {
+    let ns = &lab.hosts[i].ns;
+    common::netns::run(
+        "ip",
+        &[
+            "netns", "exec", ns, "nft", "delete", "table", "inet", "split",
+        ],
+    );
+}
+
+/// Events of `author` held in `topic` on `n`.
+fn held_from(n: &Node, topic: &str, author: &str) -> u64 {
+    n.get("/v1/topics")["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["topic"] == topic)
+        .flat_map(|t| t["logs"].as_array().cloned().unwrap_or_default())
+        .filter(|l| l["author"] == author)
+        .map(|l| l["head_seq"].as_u64().unwrap() + 1 - l["base"].as_u64().unwrap())
+        .sum()
+}
+
+/// A closed fleet with the pre-shared key, on five hosts: the fifth has the key and the
+/// fleet's root but no certificate, and never gets in. Host 2 is revoked while the
+/// fleet is split in two by nftables (hosts 0, 1 | 2, 3) and keeps publishing to host
+/// 3, which does not know. After the heal every host refuses its new events and has
+/// dropped its connections; what it wrote before its revocation stays.
+#[test]
+fn a_device_revoked_while_the_fleet_is_split_is_shut_out_everywhere_after_the_heal() {
+    use base64::Engine;
+    use murmur_core::fleet::{Cert, CertBody, Entry, Kind, Rule, SignedRule};
+    let _lab = one_at_a_time();
+    if !root_or_skip(
+        "a_device_revoked_while_the_fleet_is_split_is_shut_out_everywhere_after_the_heal",
+    ) {
+        return;
+    }
+    let key = tempfile::NamedTempFile::new_in("/tmp").unwrap();
+    let out = std::process::Command::new(common::binary())
+        .arg("genpsk")
+        .output()
+        .unwrap();
+    std::fs::write(key.path(), &out.stdout).unwrap();
+    let psk = key.path().display().to_string();
+    let root = murmur_core::Keypair::from_seed(&[0xC4; 32]);
+    let lab = Lab::new(5, |_| {
+        format!(
+            "[p2p]\nmdns = true\nlisten = [\"/ip4/0.0.0.0/tcp/7470\"]\nanti_entropy_interval = \"2s\"\npsk_file = \"{psk}\"\n[fleet]\nroot = \"{}\"\n",
+            root.author()
+        )
+    });
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let policy = |n: &Node, rule: Rule| {
+        let e = Entry::Rule(SignedRule::issue(root.author(), rule, now(), &root, None));
+        let r = n.post(
+            "/v1/fleet/policy",
+            &json!({"entry_b64": base64::engine::general_purpose::STANDARD.encode(e.encode())}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    let ids: Vec<String> = (0..5)
+        .map(|i| {
+            lab.node(i).get("/v1/status")["author"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for (i, id) in ids.iter().enumerate().take(4) {
+        let cert = Cert::issue(
+            CertBody {
+                fleet: root.author(),
+                kind: Kind::Member,
+                subject: id.parse().unwrap(),
+                roles: vec!["sensor".into()],
+                topics: vec![],
+                issued_ms: now() - 1000,
+                expires_ms: now() + 3_600_000,
+                issuer: root.author(),
+            },
+            &root,
+            None,
+        );
+        let r = lab.node(i).post(
+            "/v1/fleet/join",
+            &json!({"cert": murmur_daemon::fleet::cert_to_text(&cert)}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    policy(
+        lab.node(0),
+        Rule::Grant {
+            role: "sensor".into(),
+            topics: vec!["sensors/#".into()],
+            publish: true,
+            docs: false,
+        },
+    );
+    // The members find each other by mDNS (those that met before joining were kept
+    // out for 10 s) and learn the grant.
+    wait_for(
+        "the four members to be fully connected and granted",
+        120,
+        || {
+            (0..4).all(|i| {
+                lab.node(i).get("/v1/status")["peers"] == 3
+                    && !lab.node(i).get("/v1/fleet")["grants"]
+                        .as_array()
+                        .unwrap()
+                        .is_empty()
+            })
+        },
+    );
+    // The fifth, with the key and the root but no certificate, is refused.
+    assert_eq!(lab.node(4).get("/v1/status")["peers"], 0);
+    assert!(
+        (0..4).any(|i| lab
+            .node(i)
+            .metric("murmur_fleet_peers_refused_total{reason=\"no_credentials\"}")
+            >= 1),
+        "a member refused the fifth host"
+    );
+
+    let thief = ids[2].as_str();
+    for i in 0..5 {
+        let r = lab.node(2).post(
+            "/v1/events",
+            &json!({"topic": "sensors/c", "data": format!("before{i}")}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    wait_for("the thief's first readings on every member", 30, || {
+        (0..4).all(|i| held_from(lab.node(i), "sensors/c", thief) == 5)
+    });
+    assert_eq!(held_from(lab.node(4), "sensors/c", thief), 0);
+
+    // Split: hosts 0 and 1 hear nothing of 2 and 3. Revoked on 0's side.
+    let other_side = ["10.77.0.3", "10.77.0.4"];
+    split(&lab, 0, &other_side);
+    split(&lab, 1, &other_side);
+    policy(
+        lab.node(0),
+        Rule::Revoke {
+            subject: thief.parse().unwrap(),
+            reason: "stolen".into(),
+            effective_ms: now(),
+        },
+    );
+    wait_for("host 1 to know of the revocation", 30, || {
+        lab.node(1).get("/v1/fleet")["revocations"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    for i in 0..5 {
+        let r = lab.node(2).post(
+            "/v1/events",
+            &json!({"topic": "sensors/c", "data": format!("after{i}")}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    wait_for(
+        "host 3 to take the new readings (it does not know)",
+        30,
+        || held_from(lab.node(3), "sensors/c", thief) == 10,
+    );
+    assert_eq!(
+        lab.node(3).get("/v1/fleet")["revocations"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+
+    // Heal.
+    unsplit(&lab, 0);
+    unsplit(&lab, 1);
+    wait_for("host 3 to learn of the revocation", 60, || {
+        lab.node(3).get("/v1/fleet")["revocations"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    let thief_peer = lab.node(2).get("/v1/status")["peer_id"].clone();
+    wait_for("every member to have dropped the thief", 60, || {
+        [0, 1, 3].iter().all(|&i| {
+            !lab.node(i).get("/v1/peers")["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["peer"] == thief_peer)
+        })
+    });
+    wait_for(
+        "host 0 or 1 to refuse host 3's copy of what the thief wrote after",
+        60,
+        || {
+            [0, 1].iter().any(|&i| {
+                lab.node(i)
+                    .metric("murmur_fleet_events_refused_total{reason=\"revoked\",path=\"sync\"}")
+                    >= 1
+            })
+        },
+    );
+    // The thief's new events after the heal go nowhere.
+    for i in 0..3 {
+        let _ = lab.node(2).post(
+            "/v1/events",
+            &json!({"topic": "sensors/c", "data": format!("later{i}")}),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(held_from(lab.node(0), "sensors/c", thief), 5);
+    assert_eq!(held_from(lab.node(1), "sensors/c", thief), 5);
+    assert_eq!(
+        held_from(lab.node(3), "sensors/c", thief),
+        10,
+        "host 3 keeps what it took before it knew (purging it is not built), and nothing after"
+    );
+    assert_eq!(
+        lab.node(2).get("/v1/status")["peers"],
+        0,
+        "the thief has no peer left"
+    );
+}
