@@ -662,6 +662,9 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         store: &S,
     ) -> Outs<P, M> {
         let mut outs = Vec::new();
+        if changed {
+            self.sync.forget_refused();
+        }
         let peers: Vec<P> = self.peers.iter().cloned().collect();
         for peer in peers {
             match stands(&peer) {
@@ -734,6 +737,8 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                 Ok(evs) if self.bad_body(&evs) => "bad_body",
                 // Before the signatures: a lookup is cheaper than a verification.
                 Ok(evs) if let Some((i, reason)) = self.not_permitted(&evs) => {
+                    self.sync
+                        .remember_refused(evs[i].topic(), evs[i].author(), evs[i].seq());
                     outs.push(Output::Refused {
                         from: g.from.clone(),
                         event: Box::new(evs[i].clone()),
@@ -1354,7 +1359,22 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         let Ok(ours) = store.version_vector(topic) else {
             return;
         };
-        let behind = ours.lacking(theirs);
+        // Not what the fleet's policy refused: that is not lag.
+        let behind = ours
+            .wants_from(theirs)
+            .iter()
+            .map(|w| {
+                let to = match self.sync.refused_cap(topic, &w.author) {
+                    Some(cap) if cap < w.to => cap,
+                    _ => w.to,
+                };
+                if to < w.from {
+                    0
+                } else {
+                    to.0.saturating_sub(w.from.0).saturating_add(1)
+                }
+            })
+            .fold(0, u64::saturating_add);
         if behind == 0 {
             self.watch.remove(&key);
             return;

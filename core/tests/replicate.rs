@@ -1400,18 +1400,41 @@ fn the_fleets_policy_refuses_gossip_and_ends_a_pull_at_the_first_refused_event()
         let (s, m) = &mut nodes[0];
         go(m, t0, &*s, |m| m.connected(1, t0, &*s))
     };
-    let mut all = outs.clone();
+    let all = outs.clone();
     pump2(&mut nodes, 0, outs, t0);
-    let (s, m) = &mut nodes[0];
+    let s = &nodes[0].0;
     assert_eq!(
         head(s, &stolen[0]),
         Some(Seq(2)),
         "only what came before the revocation"
     );
-    // The round ends (the pull stopped at the refused event) and runs again later
-    // without storing more.
-    let later = t0 + Duration::from_secs(3);
-    all.extend(go(m, later, &*s, |m| m.tick(later, &*s)));
-    assert_eq!(head(s, &stolen[0]), Some(Seq(2)));
+    // (The gossip refused from seq 3 on already: the pull stopped before it.)
     assert!(!all.iter().any(|o| matches!(o, Output::Ban { .. })));
+    // The next round asks for nothing past the refused point, and the lag watch does
+    // not count it as lag.
+    let refused = |outs: &[Output<usize, M>]| {
+        outs.iter()
+            .filter(|o| matches!(o, Output::Sync(sync::Output::Refused { .. })))
+            .count()
+    };
+    let later = t0 + Duration::from_secs(3);
+    let outs = {
+        let (s, m) = &mut nodes[0];
+        go(m, later, &*s, |m| m.sync_now(Some(1), later, &*s))
+    };
+    let mut again = outs.clone();
+    pump2(&mut nodes, 0, outs, later);
+    let (s, m) = &mut nodes[0];
+    again.extend(go(m, later, &*s, |m| m.tick(later, &*s)));
+    assert_eq!(head(s, &stolen[0]), Some(Seq(2)));
+    // The peer's vector came with that round: had the refused events counted as lag,
+    // the watch would report them once `lag_watch` (60 s) passed.
+    let much_later = t0 + Duration::from_secs(120);
+    let watch = m.stalled(&1, &topic_of(&stolen[0]), much_later);
+    assert!(watch.is_none(), "refused events are not lag: {watch:?}");
+    assert_eq!(refused(&again), 0, "nothing was pulled to be refused again");
+}
+
+fn topic_of(ev: &Event) -> Topic {
+    ev.topic().clone()
 }

@@ -251,7 +251,16 @@ impl Guard {
         };
         let cert = Cert::decode(proof).map_err(Refusal::BadCert)?;
         let now = now_ms(&self.0.clock);
-        self.fleet_mut().admit(cert, &key, now)
+        let mut f = self.fleet_mut();
+        let known = f.members().get(&key) == Some(&cert);
+        f.admit(cert, &key, now)?;
+        drop(f);
+        // A certificate learned here is a policy change: events refused for want of it
+        // (from this peer, or relayed before it connected) may pass now.
+        if !known {
+            self.0.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     /// Whether a connected peer still stands (after a policy change, or as time

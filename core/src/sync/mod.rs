@@ -345,7 +345,15 @@ pub struct Sync<P> {
     next_ticket: u64,
     /// Whether this node pulls (off while its store cannot write: it still serves).
     pulling: bool,
+    /// Per log, the first seq the fleet's policy refused ([`Config::permit`]): pulls
+    /// stop before it and the lag watch does not count past it, until the policy
+    /// changes ([`Sync::forget_refused`]). At most [`REFUSED_MAX`] logs.
+    refused: BTreeMap<(Topic, AuthorId), Seq>,
 }
+
+/// Most logs remembered as refused from some seq on (beyond it, the memory starts over:
+/// a refused window costs one pull per round again, nothing worse).
+const REFUSED_MAX: usize = 4096;
 
 type Outs<P> = Vec<Output<P>>;
 
@@ -359,6 +367,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             pending: BTreeMap::new(),
             next_ticket: 0,
             pulling: true,
+            refused: BTreeMap::new(),
         }
     }
 
@@ -435,11 +444,38 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             s.sent_vector = true; // a targeted pull does not reconcile vectors
             self.sessions.insert(key.clone(), s);
         }
+        let to = match self.refused_cap(&key.1, &author) {
+            Some(cap) if cap < to => cap,
+            _ => to,
+        };
         if let Some(s) = self.sessions.get_mut(&key) {
             let p = s.pulls.entry(author).or_insert(Pull::new(to, false));
             p.to = p.to.max(to);
         }
         self.advance(key, now, store)
+    }
+
+    /// Remembers that the fleet's policy refused `author`'s log in `topic` from `seq`
+    /// on (a window here, or a gossiped run: the replication machine tells it).
+    pub fn remember_refused(&mut self, topic: &Topic, author: AuthorId, seq: Seq) {
+        if self.refused.len() >= REFUSED_MAX {
+            self.refused.clear();
+        }
+        let e = self.refused.entry((topic.clone(), author)).or_insert(seq);
+        *e = (*e).min(seq);
+    }
+
+    /// The last seq of `author`'s log in `topic` worth pulling: before the first the
+    /// policy refused, if it refused any.
+    pub fn refused_cap(&self, topic: &Topic, author: &AuthorId) -> Option<Seq> {
+        self.refused
+            .get(&(topic.clone(), *author))
+            .map(|s| Seq(s.0.saturating_sub(1)))
+    }
+
+    /// The policy changed: what it refused may pass now.
+    pub fn forget_refused(&mut self) {
+        self.refused.clear();
     }
 
     /// Handles a message from `from`.
@@ -632,13 +668,16 @@ impl<P: Clone + Ord + Debug> Sync<P> {
                 Ok(_) => {}
                 Err(e) => return vec![failed_store(from, topic, e)],
             }
+            // Not past what the fleet's policy refused in this log.
+            let to = match self.refused.get(&(topic.clone(), want.author)) {
+                Some(r) if r.0 <= want.from.0 => continue,
+                Some(r) => want.to.min(Seq(r.0 - 1)),
+                None => want.to,
+            };
             // A repeated vector (a duplicate, or the peer's next round) extends a pull
             // that is under way instead of restarting it.
-            let p = s
-                .pulls
-                .entry(want.author)
-                .or_insert(Pull::new(want.to, false));
-            p.to = p.to.max(want.to);
+            let p = s.pulls.entry(want.author).or_insert(Pull::new(to, false));
+            p.to = p.to.max(to);
         }
         // Pass on the proof of every fork we know in a log the peer holds up to the fork
         // (a node that only ever sees one side of a cloned key would not learn of the
@@ -968,6 +1007,7 @@ impl<P: Clone + Ord + Debug> Sync<P> {
         if let Some(permit) = &self.config.permit
             && let Some((i, reason)) = (permit.0)(&events)
         {
+            self.remember_refused(&topic, author, events[i].seq());
             refused_out = Some(Output::Refused {
                 from: from.clone(),
                 event: Box::new(events[i].clone()),
