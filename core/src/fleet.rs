@@ -498,6 +498,33 @@ fn is_document(ev: &Event) -> bool {
     }
 }
 
+/// Whether `author`'s certificate `cert` holds at `at_ms`: not revoked by then
+/// (`revoked`, its revocation in force), not expired (with `slack_ms`).
+fn holds_at(
+    author: &AuthorId,
+    cert: &Cert,
+    revoked: Option<&Revocation>,
+    at_ms: u64,
+    slack_ms: u64,
+) -> Result<(), Refusal> {
+    if let Some(r) = revoked
+        && at_ms >= r.effective_ms
+    {
+        return Err(Refusal::Revoked {
+            author: *author,
+            effective_ms: r.effective_ms,
+            reason: r.reason.clone(),
+        });
+    }
+    if at_ms > cert.body.expires_ms.saturating_add(slack_ms) {
+        return Err(Refusal::Expired {
+            author: *author,
+            expires_ms: cert.body.expires_ms,
+        });
+    }
+    Ok(())
+}
+
 fn no_grant(author: AuthorId, topic: &Topic, docs: bool) -> Refusal {
     Refusal::NoGrant {
         author,
@@ -822,21 +849,7 @@ impl Fleet {
             .members
             .get(author)
             .ok_or(Refusal::NotAMember(*author))?;
-        if let Some(r) = self.revoked.get(author)
-            && at_ms >= r.effective_ms
-        {
-            return Err(Refusal::Revoked {
-                author: *author,
-                effective_ms: r.effective_ms,
-                reason: r.reason.clone(),
-            });
-        }
-        if at_ms > cert.body.expires_ms.saturating_add(slack_ms) {
-            return Err(Refusal::Expired {
-                author: *author,
-                expires_ms: cert.body.expires_ms,
-            });
-        }
+        holds_at(author, cert, self.revoked.get(author), at_ms, slack_ms)?;
         Ok(cert)
     }
 
@@ -872,21 +885,7 @@ impl Fleet {
             if let Entry::Member(c) = &entry
                 && c.body.subject == author
             {
-                if let Some(r) = self.revoked.get(&author)
-                    && at >= r.effective_ms
-                {
-                    return Err(Refusal::Revoked {
-                        author,
-                        effective_ms: r.effective_ms,
-                        reason: r.reason.clone(),
-                    });
-                }
-                if at > c.body.expires_ms {
-                    return Err(Refusal::Expired {
-                        author,
-                        expires_ms: c.body.expires_ms,
-                    });
-                }
+                holds_at(&author, c, self.revoked.get(&author), at, 0)?;
                 if !self.by_standing_admin(c.admin(), c.body.issued_ms) {
                     return Err(Refusal::NotAMember(author));
                 }
@@ -964,27 +963,8 @@ impl Fleet {
         let revoked = self.revoked.get(&author);
         let mut granted: [Option<bool>; 2] = [None, None];
         for (i, ev) in events.iter().enumerate() {
-            let at = ev.time().ms;
-            if let Some(r) = revoked
-                && at >= r.effective_ms
-            {
-                return Some((
-                    i,
-                    Refusal::Revoked {
-                        author,
-                        effective_ms: r.effective_ms,
-                        reason: r.reason.clone(),
-                    },
-                ));
-            }
-            if at > cert.body.expires_ms {
-                return Some((
-                    i,
-                    Refusal::Expired {
-                        author,
-                        expires_ms: cert.body.expires_ms,
-                    },
-                ));
+            if let Err(r) = holds_at(&author, cert, revoked, ev.time().ms, 0) {
+                return Some((i, r));
             }
             let docs = is_document(ev);
             if !*granted[usize::from(docs)].get_or_insert_with(|| self.granted(cert, topic, docs)) {

@@ -133,3 +133,49 @@ fn settle_with<O, T, S: crate::storage::Store>(
     }
     done
 }
+
+/// A member certificate of `root`'s fleet for `subject` with `roles`, signed by the
+/// root itself, valid from `issued_ms` to `expires_ms`.
+pub fn member_cert(
+    root: &Keypair,
+    subject: crate::AuthorId,
+    roles: &[&str],
+    issued_ms: u64,
+    expires_ms: u64,
+) -> crate::fleet::Cert {
+    crate::fleet::Cert::issue(
+        crate::fleet::CertBody {
+            fleet: root.author(),
+            kind: crate::fleet::Kind::Member,
+            subject,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            topics: Vec::new(),
+            issued_ms,
+            expires_ms,
+            issuer: root.author(),
+        },
+        root,
+        None,
+    )
+}
+
+/// `rule`, signed by the fleet's `root` itself at `issued_ms`.
+pub fn root_rule(root: &Keypair, rule: crate::fleet::Rule, issued_ms: u64) -> crate::fleet::Entry {
+    crate::fleet::Entry::Rule(crate::fleet::SignedRule::issue(
+        root.author(),
+        rule,
+        issued_ms,
+        root,
+        None,
+    ))
+}
+
+/// A grant to `role` of publishing in `topics` (and writing documents if `docs`).
+pub fn grant(role: &str, topics: &[&str], docs: bool) -> crate::fleet::Rule {
+    crate::fleet::Rule::Grant {
+        role: role.to_owned(),
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+        publish: true,
+        docs,
+    }
+}

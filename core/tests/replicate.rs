@@ -1309,37 +1309,18 @@ fn paused_pulls_still_take_gossip_and_resume_with_a_round() {
 /// and stops at the first refused event. A stranger's events are refused too.
 #[test]
 fn the_fleets_policy_refuses_gossip_and_ends_a_pull_at_the_first_refused_event() {
-    use murmur_core::fleet::{Cert, CertBody, Entry, Fleet, Kind, Rule, SignedRule};
+    use murmur_core::fleet::{Entry, Fleet, Rule};
+    use murmur_core::testing::{grant, member_cert, root_rule};
     let root = key(200);
     let (member, thief, stranger) = (key(1), key(2), key(3));
     let t0_ms = 1_700_000_000_000u64;
     let mut fleet = Fleet::new(root.author(), 1_000);
     for k in [&member, &thief] {
-        let cert = Cert::issue(
-            CertBody {
-                fleet: root.author(),
-                kind: Kind::Member,
-                subject: k.author(),
-                roles: vec!["s".into()],
-                topics: vec![],
-                issued_ms: t0_ms - 1,
-                expires_ms: t0_ms + 1_000_000,
-                issuer: root.author(),
-            },
-            &root,
-            None,
-        );
+        let cert = member_cert(&root, k.author(), &["s"], t0_ms - 1, t0_ms + 1_000_000);
         fleet.apply(Entry::Member(cert)).unwrap();
     }
-    let rule = |r: Rule| Entry::Rule(SignedRule::issue(root.author(), r, t0_ms, &root, None));
-    fleet
-        .apply(rule(Rule::Grant {
-            role: "s".into(),
-            topics: vec!["a/#".into()],
-            publish: true,
-            docs: false,
-        }))
-        .unwrap();
+    let rule = |r: Rule| root_rule(&root, r, t0_ms);
+    fleet.apply(rule(grant("s", &["a/#"], false))).unwrap();
     // The thief's events at seq 3 and later (time t0 + seq) come after its revocation.
     fleet
         .apply(rule(Rule::Revoke {

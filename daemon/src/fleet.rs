@@ -50,11 +50,6 @@ pub fn cert_from_text(text: &str) -> Result<Cert, String> {
     Cert::decode(&bytes).map_err(|e| e.to_string())
 }
 
-/// Wall-clock ms (the node clock's offset applies: labs test expiry with it).
-fn now_ms(clock: &crate::clock::NodeClock) -> u64 {
-    clock.wall_ms()
-}
-
 struct Inner {
     fleet: RwLock<Fleet>,
     own: RwLock<Option<Cert>>,
@@ -228,7 +223,7 @@ impl Guard {
 
     /// Whether this node may publish in `topic` now (documents if `docs`).
     pub fn may_publish(&self, topic: &Topic, docs: bool) -> Result<(), Refusal> {
-        let now = now_ms(&self.0.clock);
+        let now = self.0.clock.wall_ms();
         self.fleet().may_author(&self.0.author, topic, docs, now)
     }
 
@@ -250,7 +245,7 @@ impl Guard {
             _ => return Err(Refusal::NotAMember(key)),
         };
         let cert = Cert::decode(proof).map_err(Refusal::BadCert)?;
-        let now = now_ms(&self.0.clock);
+        let now = self.0.clock.wall_ms();
         let mut f = self.fleet_mut();
         let known = f.members().get(&key) == Some(&cert);
         f.admit(cert, &key, now)?;
@@ -269,7 +264,7 @@ impl Guard {
         let Some(key) = murmur_p2p::key_of(peer).map(AuthorId) else {
             return Ok(());
         };
-        let now = now_ms(&self.0.clock);
+        let now = self.0.clock.wall_ms();
         self.fleet().still_admitted(&key, now)
     }
 
@@ -278,7 +273,7 @@ impl Guard {
     /// from now on. Returns whether it was new.
     pub fn join(&self, cert: Cert) -> Result<bool, String> {
         check_own(&cert, &self.root(), &self.0.author)?;
-        let now = now_ms(&self.0.clock);
+        let now = self.0.clock.wall_ms();
         if cert.body.expires_ms < now {
             return Err(format!(
                 "the certificate expired at {}",
@@ -319,7 +314,7 @@ impl Guard {
 
     /// What `murmur fleet status` shows.
     pub fn status(&self, connected: &[murmur_p2p::PeerId]) -> crate::api::FleetJson {
-        let now = now_ms(&self.0.clock);
+        let now = self.0.clock.wall_ms();
         let f = self.fleet();
         let connected: std::collections::BTreeSet<AuthorId> = connected
             .iter()

@@ -279,14 +279,22 @@ impl Handle {
     /// Stores a document snapshot (replacing the previous one), durably. Blocks: call it
     /// from a thread, not a task.
     pub fn save_snapshot(&self, topic: Topic, doc: DocId, snap: Snapshot) -> Result<(), String> {
+        self.ask_blocking(|reply| Command::Snapshot {
+            topic,
+            doc,
+            snap,
+            reply,
+        })
+    }
+
+    /// Sends the writer `make(reply)` and waits for its answer, blocking the thread.
+    fn ask_blocking(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Command,
+    ) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .blocking_send(Command::Snapshot {
-                topic,
-                doc,
-                snap,
-                reply,
-            })
+            .blocking_send(make(reply))
             .map_err(|_| IngestError::ShuttingDown.to_string())?;
         rx.blocking_recv()
             .map_err(|_| IngestError::ShuttingDown.to_string())?
@@ -295,16 +303,11 @@ impl Handle {
     /// Takes a snapshot event found false out of its topic's snapshots, durably.
     /// Blocks: call it from a thread, not a task.
     pub fn refuse_snapshot(&self, topic: Topic, offset: Offset) -> Result<(), String> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .blocking_send(Command::RefuseSnapshot {
-                topic,
-                offset,
-                reply,
-            })
-            .map_err(|_| IngestError::ShuttingDown.to_string())?;
-        rx.blocking_recv()
-            .map_err(|_| IngestError::ShuttingDown.to_string())?
+        self.ask_blocking(|reply| Command::RefuseSnapshot {
+            topic,
+            offset,
+            reply,
+        })
     }
 
     /// Writes retention's prepared cuts (`RocksStore::prepare_prune`), in queue order.

@@ -11,7 +11,8 @@
 
 use std::sync::RwLock;
 
-use murmur_core::fleet::{Applied, Cert, CertBody, Entry, Fleet, Kind, Rule, SignedRule};
+use murmur_core::fleet::{Applied, Fleet, Rule};
+use murmur_core::testing;
 
 use super::*;
 
@@ -57,11 +58,6 @@ pub struct FleetReport {
     pub links_dropped: u64,
 }
 
-/// The wall clock (ms) of the simulated fleet.
-fn wall(now_us: u64) -> u64 {
-    retention::wall_ms(now_us)
-}
-
 impl FleetSim {
     /// The fleet for `sc`: the root, every author's certificate, the grant, and the
     /// policy every node starts with (as if the log had replicated before the run).
@@ -83,7 +79,7 @@ impl FleetSim {
         seed[..8].copy_from_slice(&sc.seed.to_le_bytes());
         let root = Keypair::from_seed(&seed);
         let mut fleet = Fleet::new(root.author(), 60_000);
-        let t0 = wall(0);
+        let t0 = retention::wall_ms(0);
         let authors: Vec<Option<AuthorId>> = keys
             .iter()
             .map(|k| k.as_ref().map(Keypair::author))
@@ -97,34 +93,15 @@ impl FleetSim {
             } else {
                 "writer"
             };
-            let cert = Cert::issue(
-                CertBody {
-                    fleet: root.author(),
-                    kind: Kind::Member,
-                    subject: *a,
-                    roles: vec![role.into()],
-                    topics: vec![],
-                    issued_ms: t0 - 1_000,
-                    expires_ms: t0 + 365 * 86_400_000,
-                    issuer: root.author(),
-                },
-                &root,
-                None,
-            );
-            fleet.apply(Entry::Member(cert))?;
+            let (from, to) = (t0 - 1_000, t0 + 365 * 86_400_000);
+            let cert = testing::member_cert(&root, *a, &[role], from, to);
+            fleet.apply(murmur_core::fleet::Entry::Member(cert))?;
         }
-        fleet.apply(Entry::Rule(SignedRule::issue(
-            root.author(),
-            Rule::Grant {
-                role: "writer".into(),
-                topics: vec![topic.to_string()],
-                publish: true,
-                docs: false,
-            },
-            t0 - 1_000,
+        fleet.apply(testing::root_rule(
             &root,
-            None,
-        )))?;
+            testing::grant("writer", &[topic.as_str()], false),
+            t0 - 1_000,
+        ))?;
         let revoked =
             authors[n - 1].ok_or_else(|| anyhow::anyhow!("fleet: the last node has no key"))?;
         Ok((
@@ -156,23 +133,18 @@ pub(crate) fn permit(fleet: &Arc<RwLock<Fleet>>) -> sync::PermitCheck {
 impl Sim {
     /// Node 0 revokes the last node: a policy event, stored and pushed like any.
     pub(crate) fn revoke(&mut self) -> anyhow::Result<()> {
-        let now_ms = wall(self.now);
+        let now_ms = retention::wall_ms(self.now);
         let Some(fs) = self.fleet.as_mut() else {
             return Ok(());
         };
         fs.revoked_from = Some((now_ms, self.now));
         fs.report.revoked_at_s = self.now as f64 / US as f64;
-        let entry = Entry::Rule(SignedRule::issue(
-            fs.root.author(),
-            Rule::Revoke {
-                subject: fs.revoked.1,
-                reason: "stolen".into(),
-                effective_ms: now_ms,
-            },
-            now_ms,
-            &fs.root,
-            None,
-        ));
+        let revoke = Rule::Revoke {
+            subject: fs.revoked.1,
+            reason: "stolen".into(),
+            effective_ms: now_ms,
+        };
+        let entry = testing::root_rule(&fs.root, revoke, now_ms);
         let Some((key, clock, _)) = self.nodes[0].author.as_mut() else {
             anyhow::bail!("fleet: node 0 has no key");
         };
@@ -224,7 +196,7 @@ impl Sim {
         if !changed {
             return;
         }
-        let now_ms = wall(self.now);
+        let now_ms = retention::wall_ms(self.now);
         let authors = self
             .fleet
             .as_ref()

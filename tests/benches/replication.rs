@@ -404,59 +404,25 @@ fn retention_rows(quick: bool) {
 /// root made here (role `bench`), and the role granted `#`; returns once every host
 /// holds the grant.
 fn closed_lab(n: usize) -> Lab {
-    use base64::Engine;
-    use murmur_core::fleet::{Cert, CertBody, Entry, Kind, Rule, SignedRule};
+    use murmur_core::testing::{grant, member_cert, root_rule};
     let root = murmur_core::Keypair::from_seed(&[0xB0; 32]);
     let lab = Lab::new(n, |i| {
         format!("{}[fleet]\nroot = \"{}\"\n", config(i), root.author())
     });
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = common::now_ms();
     for i in 0..n {
         let node = lab.node(i);
-        let subject = node.get("/v1/status")["author"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let cert = Cert::issue(
-            CertBody {
-                fleet: root.author(),
-                kind: Kind::Member,
-                subject,
-                roles: vec!["bench".into()],
-                topics: vec![],
-                issued_ms: now - 1000,
-                expires_ms: now + 86_400_000,
-                issuer: root.author(),
-            },
+        let cert = member_cert(
             &root,
-            None,
+            node.id().parse().unwrap(),
+            &["bench"],
+            now - 1000,
+            now + 86_400_000,
         );
-        let r = node.post(
-            "/v1/fleet/join",
-            &json!({"cert": murmur_daemon::fleet::cert_to_text(&cert)}),
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
+        node.fleet_join(&cert);
     }
-    let grant = Entry::Rule(SignedRule::issue(
-        root.author(),
-        Rule::Grant {
-            role: "bench".into(),
-            topics: vec!["#".into()],
-            publish: true,
-            docs: true,
-        },
-        now,
-        &root,
-        None,
-    ));
-    let r = lab.node(0).post(
-        "/v1/fleet/policy",
-        &json!({"entry_b64": base64::engine::general_purpose::STANDARD.encode(grant.encode())}),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
+    lab.node(0)
+        .fleet_entry(&root_rule(&root, grant("bench", &["#"], true), now));
     connected(&lab, n);
     wait_for("every host to hold the grant", 60, || {
         (0..n).all(|i| {
@@ -499,7 +465,8 @@ fn fleet_rows(quick: bool) {
 /// `Fleet::first_refused` on 100,000 events of a member granted by a role, a window of
 /// 1,024 at a time as a catch-up asks it, in this process: ns per event.
 fn permit_ns() -> f64 {
-    use murmur_core::fleet::{Cert, CertBody, Entry, Fleet, Kind, Rule, SignedRule};
+    use murmur_core::fleet::{Entry, Fleet};
+    use murmur_core::testing::{grant, member_cert, root_rule};
     let root = murmur_core::Keypair::from_seed(&[0xB1; 32]);
     let author = murmur_core::testing::key(5);
     let events = murmur_core::testing::chain_with(&author, "catch/up", 100_000, |i| {
@@ -507,34 +474,21 @@ fn permit_ns() -> f64 {
     });
     let t = events[0].time().ms;
     let mut fleet = Fleet::new(root.author(), 60_000);
-    let body = CertBody {
-        fleet: root.author(),
-        kind: Kind::Member,
-        subject: author.author(),
-        roles: vec!["a".into(), "bench".into()],
-        topics: vec![],
-        issued_ms: t - 1,
-        expires_ms: t + 86_400_000,
-        issuer: root.author(),
-    };
-    fleet
-        .apply(Entry::Member(Cert::issue(body, &root, None)))
-        .unwrap();
+    let cert = member_cert(
+        &root,
+        author.author(),
+        &["a", "bench"],
+        t - 1,
+        t + 86_400_000,
+    );
+    fleet.apply(Entry::Member(cert)).unwrap();
     for role in ["a", "bench"] {
-        let rule = Rule::Grant {
-            role: role.into(),
-            topics: vec!["other/#".into(), "catch/#".into()],
-            publish: true,
-            docs: false,
-        };
         fleet
-            .apply(Entry::Rule(SignedRule::issue(
-                root.author(),
-                rule,
-                t,
+            .apply(root_rule(
                 &root,
-                None,
-            )))
+                grant(role, &["other/#", "catch/#"], false),
+                t,
+            ))
             .unwrap();
     }
     let lock = std::sync::RwLock::new(fleet);
@@ -630,18 +584,15 @@ fn main() {
         "murmur replication benchmark: {PAYLOAD}-byte payloads, real daemons in network namespaces, fsync"
     );
     println!();
-    if only == "retention" {
+    let rows: Option<fn(bool)> = match only.as_str() {
+        "retention" => Some(retention_rows),
+        "fleet" => Some(fleet_rows),
+        _ => None,
+    };
+    if let Some(rows) = rows {
         println!("| measurement | value |");
         println!("|---|---:|");
-        retention_rows(quick);
-        println!();
-        println!("finished in {:.0} s", started.elapsed().as_secs_f64());
-        return;
-    }
-    if only == "fleet" {
-        println!("| measurement | value |");
-        println!("|---|---:|");
-        fleet_rows(quick);
+        rows(quick);
         println!();
         println!("finished in {:.0} s", started.elapsed().as_secs_f64());
         return;

@@ -33,13 +33,9 @@ fn config(root: &str, extra: &str) -> String {
     format!("[fleet]\nroot = \"{root}\"\n{extra}")
 }
 
-fn node_id(n: &Node) -> String {
-    n.get("/v1/status")["author"].as_str().unwrap().to_owned()
-}
-
 /// `murmur fleet admit` for `n`, signed by `key`; the certificate line.
 fn admit(key: &Path, n: &Node, args: &[&str]) -> String {
-    let id = node_id(n);
+    let id = n.id();
     let out = Command::new(common::binary())
         .args(["fleet", "admit", &id, "--key"])
         .arg(key)
@@ -76,19 +72,6 @@ fn peers(n: &Node) -> usize {
 
 fn publish(n: &Node, topic: &str, data: &str) -> common::Response {
     n.post("/v1/events", &json!({"topic": topic, "data": data}))
-}
-
-/// Events of `author` held in `topic` (its log's head and base).
-fn held_from(n: &Node, topic: &str, author: &str) -> u64 {
-    n.get("/v1/topics")["topics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["topic"] == topic)
-        .flat_map(|t| t["logs"].as_array().cloned().unwrap_or_default())
-        .filter(|l| l["author"] == author)
-        .map(|l| l["head_seq"].as_u64().unwrap() + 1 - l["base"].as_u64().unwrap())
-        .sum()
 }
 
 fn fleet(n: &Node) -> Value {
@@ -190,7 +173,7 @@ fn a_node_revoked_while_the_fleet_is_split_is_refused_everywhere_after_the_heal(
         join(n, &admit(&key, n, &["--role", "sensor"]));
     }
     signed(a, &key, &["grant", "sensor", "sensors/#"]);
-    let thief = node_id(c);
+    let thief = c.id();
     // The grant reaches C and D once they meet a node that has it: connect everyone
     // first, then split.
     dial(b, a);
@@ -205,7 +188,7 @@ fn a_node_revoked_while_the_fleet_is_split_is_refused_everywhere_after_the_heal(
         assert_eq!(publish(c, "sensors/c", &format!("before{i}")).status, 200);
     }
     wait_for("C's first readings everywhere", 30, || {
-        nodes.iter().all(|n| held_from(n, "sensors/c", &thief) == 5)
+        nodes.iter().all(|n| n.log_len("sensors/c", &thief) == 5)
     });
     // Split: C - D stop talking to A - B (stopping A's side of each link is enough;
     // the daemons are restarted with no dials between the halves).
@@ -234,7 +217,7 @@ fn a_node_revoked_while_the_fleet_is_split_is_refused_everywhere_after_the_heal(
         assert_eq!(publish(c, "sensors/c", &format!("after{i}")).status, 200);
     }
     wait_for("D to take C's new readings (it does not know)", 20, || {
-        held_from(d, "sensors/c", &thief) == 10
+        d.log_len("sensors/c", &thief) == 10
     });
 
     // Heal: D meets A.
@@ -264,8 +247,8 @@ fn a_node_revoked_while_the_fleet_is_split_is_refused_everywhere_after_the_heal(
         );
     }
     // A and B hold exactly what C wrote before its revocation.
-    assert_eq!(held_from(a, "sensors/c", &thief), 5);
-    assert_eq!(held_from(b, "sensors/c", &thief), 5);
+    assert_eq!(a.log_len("sensors/c", &thief), 5);
+    assert_eq!(b.log_len("sensors/c", &thief), 5);
     // C cannot get back in anywhere.
     let _ = c.cli(&["dial", &a.tcp_addr()]);
     let _ = c.cli(&["dial", &d.tcp_addr()]);
@@ -324,59 +307,21 @@ fn a_certificate_that_expires_is_refused_after_its_expiry() {
 /// ban the member for it (a peer may simply not know the policy yet).
 #[test]
 fn a_members_forged_writes_beyond_its_grant_are_refused_by_gossip_and_by_sync() {
-    use base64::Engine;
-    use murmur_core::fleet::{Cert, CertBody, Entry, Kind, Rule, SignedRule};
     use murmur_core::sync::Message;
-    use murmur_core::testing::{chain, key};
+    use murmur_core::testing::{chain, grant, key, root_rule};
     use murmur_core::{Seq, VersionVector, vv};
     use murmur_p2p::{Command as Net, Event as NetEvent};
     use std::time::Duration;
 
     let root = key(200);
     let victim = Node::start(&config(&root.author().to_string(), ""));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let now = common::now_ms();
     let member = |subject: murmur_core::AuthorId, roles: &[&str]| {
-        Cert::issue(
-            CertBody {
-                fleet: root.author(),
-                kind: Kind::Member,
-                subject,
-                roles: roles.iter().map(|s| s.to_string()).collect(),
-                topics: vec![],
-                issued_ms: now - 1000,
-                expires_ms: now + 3_600_000,
-                issuer: root.author(),
-            },
-            &root,
-            None,
-        )
+        murmur_core::testing::member_cert(&root, subject, roles, now - 1000, now + 3_600_000)
     };
-    let vid: murmur_core::AuthorId = node_id(&victim).parse().unwrap();
-    join(
-        &victim,
-        &murmur_daemon::fleet::cert_to_text(&member(vid, &["sensor", "ops"])),
-    );
+    victim.fleet_join(&member(victim.id().parse().unwrap(), &["sensor", "ops"]));
     for (role, topic) in [("sensor", "sensors/#"), ("ops", "cmd/#")] {
-        let e = Entry::Rule(SignedRule::issue(
-            root.author(),
-            Rule::Grant {
-                role: role.into(),
-                topics: vec![topic.into()],
-                publish: true,
-                docs: false,
-            },
-            now,
-            &root,
-            None,
-        ));
-        let r = victim.post(
-            "/v1/fleet/policy",
-            &json!({"entry_b64": base64::engine::general_purpose::STANDARD.encode(e.encode())}),
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
+        victim.fleet_entry(&root_rule(&root, grant(role, &[topic], false), now));
     }
     // The victim holds cmd/reboot (its own command), so its rounds ask peers for it.
     assert_eq!(publish(&victim, "cmd/reboot", "by ops").status, 200);

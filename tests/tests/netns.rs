@@ -237,13 +237,7 @@ fn a_non_member_without_the_fleet_key_cannot_connect() {
     if !root_or_skip("a_non_member_without_the_fleet_key_cannot_connect") {
         return;
     }
-    let key = tempfile::NamedTempFile::new_in("/tmp").unwrap();
-    let out = std::process::Command::new(common::binary())
-        .arg("genpsk")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    std::fs::write(key.path(), &out.stdout).unwrap();
+    let key = common::psk_file();
     let path = key.path().display().to_string();
     let lab = Lab::new(3, |i| {
         let psk = if i < 2 {
@@ -1320,19 +1314,6 @@ fn unsplit(lab: &Lab, i: usize) {
     );
 }
 
-/// Events of `author` held in `topic` on `n`.
-fn held_from(n: &Node, topic: &str, author: &str) -> u64 {
-    n.get("/v1/topics")["topics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["topic"] == topic)
-        .flat_map(|t| t["logs"].as_array().cloned().unwrap_or_default())
-        .filter(|l| l["author"] == author)
-        .map(|l| l["head_seq"].as_u64().unwrap() + 1 - l["base"].as_u64().unwrap())
-        .sum()
-}
-
 /// A closed fleet with the pre-shared key, on five hosts: the fifth has the key and the
 /// fleet's root but no certificate, and never gets in. Host 2 is revoked while the
 /// fleet is split in two by nftables (hosts 0, 1 | 2, 3) and keeps publishing to host
@@ -1340,20 +1321,15 @@ fn held_from(n: &Node, topic: &str, author: &str) -> u64 {
 /// dropped its connections; what it wrote before its revocation stays.
 #[test]
 fn a_device_revoked_while_the_fleet_is_split_is_shut_out_everywhere_after_the_heal() {
-    use base64::Engine;
-    use murmur_core::fleet::{Cert, CertBody, Entry, Kind, Rule, SignedRule};
+    use murmur_core::fleet::Rule;
+    use murmur_core::testing::{grant, member_cert, root_rule};
     let _lab = one_at_a_time();
     if !root_or_skip(
         "a_device_revoked_while_the_fleet_is_split_is_shut_out_everywhere_after_the_heal",
     ) {
         return;
     }
-    let key = tempfile::NamedTempFile::new_in("/tmp").unwrap();
-    let out = std::process::Command::new(common::binary())
-        .arg("genpsk")
-        .output()
-        .unwrap();
-    std::fs::write(key.path(), &out.stdout).unwrap();
+    let key = common::psk_file();
     let psk = key.path().display().to_string();
     let root = murmur_core::Keypair::from_seed(&[0xC4; 32]);
     let lab = Lab::new(5, |_| {
@@ -1362,58 +1338,23 @@ fn a_device_revoked_while_the_fleet_is_split_is_shut_out_everywhere_after_the_he
             root.author()
         )
     });
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
-    let policy = |n: &Node, rule: Rule| {
-        let e = Entry::Rule(SignedRule::issue(root.author(), rule, now(), &root, None));
-        let r = n.post(
-            "/v1/fleet/policy",
-            &json!({"entry_b64": base64::engine::general_purpose::STANDARD.encode(e.encode())}),
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
-    };
-    let ids: Vec<String> = (0..5)
-        .map(|i| {
-            lab.node(i).get("/v1/status")["author"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let now = common::now_ms;
+    let ids: Vec<String> = (0..5).map(|i| lab.node(i).id()).collect();
     for (i, id) in ids.iter().enumerate().take(4) {
-        let cert = Cert::issue(
-            CertBody {
-                fleet: root.author(),
-                kind: Kind::Member,
-                subject: id.parse().unwrap(),
-                roles: vec!["sensor".into()],
-                topics: vec![],
-                issued_ms: now() - 1000,
-                expires_ms: now() + 3_600_000,
-                issuer: root.author(),
-            },
+        let cert = member_cert(
             &root,
-            None,
+            id.parse().unwrap(),
+            &["sensor"],
+            now() - 1000,
+            now() + 3_600_000,
         );
-        let r = lab.node(i).post(
-            "/v1/fleet/join",
-            &json!({"cert": murmur_daemon::fleet::cert_to_text(&cert)}),
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
+        lab.node(i).fleet_join(&cert);
     }
-    policy(
-        lab.node(0),
-        Rule::Grant {
-            role: "sensor".into(),
-            topics: vec!["sensors/#".into()],
-            publish: true,
-            docs: false,
-        },
-    );
+    lab.node(0).fleet_entry(&root_rule(
+        &root,
+        grant("sensor", &["sensors/#"], false),
+        now(),
+    ));
     // The members find each other by mDNS (those that met before joining were kept
     // out for 10 s) and learn the grant.
     wait_for(
@@ -1448,22 +1389,23 @@ fn a_device_revoked_while_the_fleet_is_split_is_shut_out_everywhere_after_the_he
         assert_eq!(r.status, 200, "{}", r.body);
     }
     wait_for("the thief's first readings on every member", 30, || {
-        (0..4).all(|i| held_from(lab.node(i), "sensors/c", thief) == 5)
+        (0..4).all(|i| lab.node(i).log_len("sensors/c", thief) == 5)
     });
-    assert_eq!(held_from(lab.node(4), "sensors/c", thief), 0);
+    assert_eq!(lab.node(4).log_len("sensors/c", thief), 0);
 
     // Split: hosts 0 and 1 hear nothing of 2 and 3. Revoked on 0's side.
     let other_side = ["10.77.0.3", "10.77.0.4"];
     split(&lab, 0, &other_side);
     split(&lab, 1, &other_side);
-    policy(
-        lab.node(0),
+    lab.node(0).fleet_entry(&root_rule(
+        &root,
         Rule::Revoke {
             subject: thief.parse().unwrap(),
             reason: "stolen".into(),
             effective_ms: now(),
         },
-    );
+        now(),
+    ));
     wait_for("host 1 to know of the revocation", 30, || {
         lab.node(1).get("/v1/fleet")["revocations"]
             .as_array()
@@ -1482,7 +1424,7 @@ fn a_device_revoked_while_the_fleet_is_split_is_shut_out_everywhere_after_the_he
     wait_for(
         "host 3 to take the new readings (it does not know)",
         30,
-        || held_from(lab.node(3), "sensors/c", thief) == 10,
+        || lab.node(3).log_len("sensors/c", thief) == 10,
     );
     assert_eq!(
         lab.node(3).get("/v1/fleet")["revocations"]
@@ -1531,10 +1473,10 @@ fn a_device_revoked_while_the_fleet_is_split_is_shut_out_everywhere_after_the_he
         );
     }
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(held_from(lab.node(0), "sensors/c", thief), 5);
-    assert_eq!(held_from(lab.node(1), "sensors/c", thief), 5);
+    assert_eq!(lab.node(0).log_len("sensors/c", thief), 5);
+    assert_eq!(lab.node(1).log_len("sensors/c", thief), 5);
     assert_eq!(
-        held_from(lab.node(3), "sensors/c", thief),
+        lab.node(3).log_len("sensors/c", thief),
         10,
         "host 3 keeps what it took before it knew (purging it is not built), and nothing after"
     );

@@ -56,12 +56,19 @@ pub(crate) async fn publish_own(st: &super::AppState) -> ApiResult<Option<crate:
     let Some(entry) = g.own_entry() else {
         return Ok(None);
     };
+    publish_entry(st, &entry).await.map(Some)
+}
+
+/// Publishes a policy entry on the policy topic, durably.
+async fn publish_entry(st: &super::AppState, entry: &Entry) -> ApiResult<crate::api::Published> {
     let item = PublishItem {
         topic: crate::fleet::policy_topic(),
         payload: entry.payload(),
     };
     let done = commit(st, vec![item], "fleet").await?;
-    Ok(done.first().map(published))
+    done.first()
+        .map(published)
+        .ok_or_else(|| ApiError::internal("empty commit"))
 }
 
 pub(super) async fn join(
@@ -120,13 +127,9 @@ pub(super) async fn policy(
             }
         },
     };
-    let item = PublishItem {
-        topic: crate::fleet::policy_topic(),
-        payload: entry.payload(),
-    };
-    let done = commit(&st, vec![item], "fleet").await?;
+    let event = publish_entry(&st, &entry).await?;
     Ok(Json(FleetChange {
         message,
-        event: done.first().map(published),
+        event: Some(event),
     }))
 }

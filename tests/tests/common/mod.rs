@@ -11,6 +11,23 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// Wall-clock ms since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A new pre-shared fleet key file (`murmur genpsk`), removed when dropped.
+pub fn psk_file() -> tempfile::NamedTempFile {
+    let key = tempfile::NamedTempFile::new_in("/tmp").unwrap();
+    let out = Command::new(binary()).arg("genpsk").output().unwrap();
+    assert!(out.status.success());
+    std::fs::write(key.path(), &out.stdout).unwrap();
+    key
+}
+
 /// The `murmur` binary: `$MURMUR_BIN`, or `murmur` next to the test's `deps/` directory
 /// (the README's test command builds it first).
 pub fn binary() -> PathBuf {
@@ -298,6 +315,42 @@ impl Node {
 
     /// The value of the metric series `series` (name and labels as exposed, e.g.
     /// `murmur_events_received_total{path="gossip"}`), 0 when absent.
+    /// Installs `cert` as this node's fleet certificate (`POST /v1/fleet/join`).
+    pub fn fleet_join(&self, cert: &murmur_core::fleet::Cert) {
+        let text = murmur_daemon::fleet::cert_to_text(cert);
+        let r = self.post("/v1/fleet/join", &serde_json::json!({ "cert": text }));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+
+    /// Publishes a signed policy entry on the fleet's policy log (`POST /v1/fleet/policy`).
+    pub fn fleet_entry(&self, entry: &murmur_core::fleet::Entry) {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(entry.encode());
+        let r = self.post("/v1/fleet/policy", &serde_json::json!({ "entry_b64": b64 }));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+
+    /// Events of `author`'s log in `topic` held here (from its head and base).
+    pub fn log_len(&self, topic: &str, author: &str) -> u64 {
+        self.get("/v1/topics")["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["topic"] == topic)
+            .flat_map(|t| t["logs"].as_array().cloned().unwrap_or_default())
+            .filter(|l| l["author"] == author)
+            .map(|l| l["head_seq"].as_u64().unwrap() + 1 - l["base"].as_u64().unwrap())
+            .sum()
+    }
+
+    /// This node's id (its key, the author of its events).
+    pub fn id(&self) -> String {
+        self.get("/v1/status")["author"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     pub fn metric(&self, series: &str) -> u64 {
         let m = self.req("GET", "/metrics", None).body;
         m.lines()
