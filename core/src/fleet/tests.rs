@@ -607,3 +607,30 @@ fn a_revoked_or_expired_node_cannot_keep_publishing_its_own_certificate() {
         .unwrap_err();
     assert_eq!(r.reason(), "revoked");
 }
+
+#[test]
+fn one_node_writes_at_most_max_policy_events_on_the_policy_topic() {
+    let lab = Lab::new();
+    let node = key(1);
+    let mut f = lab.fleet();
+    f.apply(Entry::Member(lab.member(&node, &[], &[]))).unwrap();
+    let entry = lab.rule(grant("a", &["#"], true, false), T0);
+    let at = |seq: u64| {
+        Event::sign(
+            &Draft {
+                topic: Topic::new(POLICY_TOPIC).unwrap(),
+                seq: Seq(seq),
+                prev: (seq > 0).then_some(crate::id::EventId([0; 32])),
+                time: Timestamp::from_ms(T0),
+                body: entry.payload(),
+            },
+            &node,
+        )
+        .unwrap()
+    };
+    f.may_write(&at(MAX_POLICY_EVENTS - 1)).unwrap();
+    assert_eq!(
+        f.may_write(&at(MAX_POLICY_EVENTS)).unwrap_err().reason(),
+        "reserved"
+    );
+}
