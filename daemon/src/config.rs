@@ -412,8 +412,8 @@ pub struct StoreConfig {
     /// How often retention prunes (when `[[retention]]` rules or a disk budget exist).
     #[serde(with = "humantime_serde")]
     pub prune_interval: Duration,
-    /// Disk budget of the database, MiB (0: none). Past 50% of it, the oldest events
-    /// of topics not marked `keep` are pruned down to 30%; the rest is RocksDB's
+    /// Disk budget of the database, MiB (0: none). Past 40% of it, the oldest events
+    /// of topics not marked `keep` are pruned down to 25%; the rest is RocksDB's
     /// working room.
     pub max_disk_mb: u64,
 }
@@ -763,12 +763,12 @@ write_buffer_mb = 16
 max_open_files = 256
 # How often retention prunes, when [[retention]] rules or a disk budget exist.
 prune_interval = "1m"
-# Disk budget of the database, MiB (0: none). Past 50% of it, the oldest events of
-# topics not marked keep = true go first, down to 30% (the rest is RocksDB's working
+# Disk budget of the database, MiB (0: none). Past 40% of it, the oldest events of
+# topics not marked keep = true go first, down to 25% (the rest is RocksDB's working
 # room: memtable flushes, and compactions that write before they delete). Topics marked
 # keep that fill the disk alone end in the disk-full state (publishing answers 507).
-# A catch-up pauses its pulls past 60% until pruning makes room (live gossip goes on),
-# and the memtables get at most an eighth of the budget.
+# A catch-up pauses its pulls past 50% until pruning makes room (live gossip goes on
+# until 55%), and the memtables get at most an eighth of the budget.
 max_disk_mb = 0
 
 # Retention: none by default (every event is kept). Rules are matched against a topic

@@ -124,7 +124,7 @@ pub struct Metrics {
     pub store_disk_full: Gauge,
     /// 1 while pulls are paused because the database is over its budget's pull limit.
     pub pulls_paused: Gauge,
-    /// 1 while live gossip is held by the disk budget (past 75% of it).
+    /// 1 while live gossip is held by the disk budget (past 55% of it).
     pub gossip_held: Gauge,
     /// Times pulls were paused by the disk budget.
     pub pull_pauses: Counter,
@@ -312,12 +312,12 @@ impl Metrics {
         );
         r.register(
             "pulls_paused",
-            "1 while sync pulls are paused because the database is over 60% of store.max_disk_mb (until pruning brings it to 50%); live gossip goes on",
+            "1 while sync pulls are paused because the database is over 50% of store.max_disk_mb (until pruning brings it to 40%); live gossip goes on",
             m.pulls_paused.clone(),
         );
         r.register(
             "gossip_held",
-            "1 while live gossip is left to the peers because the database is over 75% of store.max_disk_mb (until pruning brings it to 50%; what was left is pulled then)",
+            "1 while live gossip is left to the peers because the database is over 55% of store.max_disk_mb (until pruning brings it to 40%; what was left is pulled then)",
             m.gossip_held.clone(),
         );
         r.register(

@@ -400,7 +400,7 @@ fn a_follower_that_falls_behind_past_pruning_is_stopped_and_told() {
 
 /// A node catching up into a disk budget stays within it: 200,000 events (about
 /// 110 MB stored whole) pulled by a node with `store.max_disk_mb = 16`. Its pulls pause
-/// past 60% of the budget while pruning makes room, and resume; the database, sampled
+/// past 50% of the budget while pruning makes room, and resume; the database, sampled
 /// every 20 ms, never passes the budget, and the node ends holding the log's head.
 #[test]
 fn a_node_catching_up_into_a_disk_budget_stays_within_it() {

@@ -95,20 +95,7 @@ pub struct Config {
     pub fleet: Option<crate::fleet::Guard>,
 }
 
-/// Pulls pause when the database passes this share of its disk budget (the budget's
-/// pruning starts at 50%): a catch-up writes faster than pruning and compaction free.
-const PULL_PAUSE_PCT: u64 = 60;
-/// And resume at or below this share: where the budget's pruning starts, so that a
-/// database between the two is always either pruning or pulling (resuming lower once
-/// left pulls paused above a database too small to prune).
-const PULL_RESUME_PCT: u64 = crate::retention::BUDGET_HIGH_PCT;
-/// Past this share of the budget live gossip is held too (left to the peers, as when
-/// the disk is full: nothing stored, nothing forwarded), until pruning brings the
-/// database back to [`PULL_RESUME_PCT`]; what was left is pulled then, paced like any
-/// catch-up. Live events arriving faster than pruning and compaction free room would
-/// otherwise take the database past its budget (34.1 MiB of 32 on a slow run of the
-/// netns million-event test).
-const GOSSIP_HOLD_PCT: u64 = 75;
+use crate::retention::{BUDGET_HIGH_PCT as PULL_RESUME_PCT, GOSSIP_HOLD_PCT, PULL_PAUSE_PCT};
 /// How often the database's size is read while a budget is set (a directory listing).
 const DISK_CHECK_EVERY: Duration = Duration::from_millis(20);
 
@@ -441,7 +428,7 @@ impl Replicator {
         }
         if self.budget_hold && !disk_full {
             tracing::info!(
-                "the database is past 75% of its disk budget: live events are left to the peers (pulled later) until pruning makes room"
+                "the database is past {GOSSIP_HOLD_PCT}% of its disk budget: live events are left to the peers (pulled later) until pruning makes room"
             );
         } else if full {
             tracing::warn!(
