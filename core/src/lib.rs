@@ -98,6 +98,7 @@ pub mod fleet;
 pub mod hlc;
 pub mod id;
 pub mod keys;
+pub mod push;
 pub mod replicate;
 pub mod retention;
 pub mod run;

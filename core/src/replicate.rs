@@ -227,6 +227,17 @@ pub enum Output<P, M> {
         /// Most new connections to make.
         want: usize,
     },
+    /// A connected peer's own events came by sync after a round with it had ended on
+    /// their topic: its live push to us was lost (see [`crate::push`]). `reconnect`:
+    /// enough in a row; the driver should close the connection and dial again.
+    PushLost {
+        /// The peer.
+        peer: P,
+        /// Its events that came by sync.
+        events: u64,
+        /// Close the connection and dial again.
+        reconnect: bool,
+    },
     /// Join the gossip channel of an interest pattern.
     Subscribe(Pattern),
     /// Leave the gossip channel of a pattern no longer of interest.
@@ -388,6 +399,8 @@ pub struct Replicator<P, M> {
     full: bool,
     /// Pulls paused (see [`Replicator::set_pulls_paused`]).
     paused: bool,
+    /// Whether each peer's live push reaches us.
+    push: crate::push::PushWatch<P>,
     _msg: std::marker::PhantomData<fn() -> M>,
 }
 
@@ -444,6 +457,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             last_watch: None,
             full: false,
             paused: false,
+            push: Default::default(),
             _msg: std::marker::PhantomData,
         }
     }
@@ -492,6 +506,11 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     ) -> Outs<P, M> {
         let mut outs = Vec::new();
         let was = self.pulling();
+        if full != self.full {
+            // Gossip is ignored from now on, or was until now: what sync brings next
+            // may have been pushed and ignored.
+            self.push.forget_rounds();
+        }
         self.full = full;
         self.paused = paused;
         let pulling = self.pulling();
@@ -572,9 +591,18 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         outs
     }
 
+    /// `peer`, connecting now, signs its own events as `author` (a node's key is its
+    /// network identity): its live push is watched (see [`crate::push`]). Called just
+    /// before [`Replicator::connected`], whose round is the first that counts. Drivers
+    /// that cannot tell leave it out, and nothing is watched.
+    pub fn peer_author(&mut self, peer: P, author: AuthorId) {
+        self.push.author(peer, author);
+    }
+
     /// A peer disconnected: its sessions fail.
     pub fn disconnected<S: ReadStore>(&mut self, peer: &P, store: &S) -> Outs<P, M> {
         self.peers.remove(peer);
+        self.push.gone(peer);
         self.channels.remove(peer);
         let (order, set) = &mut self.queued;
         order.retain(|(p, _)| p != peer);
@@ -818,6 +846,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         store: &S,
     ) -> Outs<P, M> {
         let mut outs = Vec::new();
+        self.push.at(now);
         match ticket.0 {
             TicketOf::Sync(t) => {
                 let o = self.sync.persisted(t, result, now, store);
@@ -900,6 +929,9 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                 events: evs,
             } = a;
             let topic = evs[0].topic().clone();
+            if self.push.is_own(&from, &evs[0].author()) {
+                self.push.pushed(&from);
+            }
             // Neighbours off this channel that want the topic: the run is kept (and
             // re-encoded, if it brought anything new) only for them.
             let bridge_to = channel::cover(&topic, &self.joined, &self.channels, Some(&on));
@@ -924,6 +956,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                     // The author forked at our head: a round with the sender proves it.
                     Some(Outcome::PrevMismatch) if !round => {
                         round = true;
+                        self.push.round_started(&from, ev.topic());
                         let o = self
                             .sync
                             .start(from.clone(), ev.topic().clone(), now, store);
@@ -958,6 +991,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
 
     /// Time passed: sync deadlines, gaps due for a pull, the periodic round.
     pub fn tick<S: ReadStore>(&mut self, now: Instant, store: &S) -> Outs<P, M> {
+        self.push.at(now);
         let mut outs = Vec::new();
         let o = self.sync.tick(now);
         self.sync_outputs(o, store, &mut outs);
@@ -1022,6 +1056,8 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         store: &S,
     ) -> (bool, Outs<P, M>) {
         let mut outs = Vec::new();
+        // Channels change: rounds from before say nothing about pushes after.
+        self.push.forget_rounds();
         let before = self.config.interest.len();
         let mut added = false;
         if let Some(p) = remove {
@@ -1240,6 +1276,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             return;
         }
         if self.sync.sessions() < self.config.sync.max_sessions && self.queued.0.is_empty() {
+            self.push.round_started(&peer, &topic);
             let o = self.sync.start(peer, topic, now, store);
             self.sync_outputs(o, store, outs);
             return;
@@ -1263,6 +1300,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                 && self.interested(&topic)
                 && self.peer_wants(&peer, &topic)
             {
+                self.push.round_started(&peer, &topic);
                 let o = self.sync.start(peer, topic, now, store);
                 self.sync_outputs(o, store, outs);
             }
@@ -1272,6 +1310,42 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     /// Sessions waiting for room.
     pub fn queued(&self) -> usize {
         self.queued.0.len()
+    }
+
+    /// Events a round stored that a connected peer wrote after an earlier round with it
+    /// on their topic had ended, on a channel both sides are on: its push was lost.
+    /// One output per such peer.
+    fn lost_pushes<'a>(&mut self, events: impl Iterator<Item = &'a Event>) -> Vec<Output<P, M>> {
+        if self.full {
+            return Vec::new();
+        }
+        let mut by_peer: BTreeMap<P, u64> = BTreeMap::new();
+        for e in events {
+            let Some(peer) = self.push.peer_of(&e.author()) else {
+                continue;
+            };
+            let shared = self.channels.get(peer).is_some_and(|theirs| {
+                self.joined
+                    .iter()
+                    .any(|c| c.matches(e.topic()) && theirs.contains(c))
+            });
+            if shared && self.push.is_caught_up(peer, e.topic()) {
+                *by_peer.entry(peer.clone()).or_insert(0) += 1;
+            }
+        }
+        let mut outs = Vec::new();
+        for (peer, events) in by_peer {
+            let mut reconnect = false;
+            for _ in 0..events {
+                reconnect |= self.push.missed(&peer) == crate::push::Missed::Reconnect;
+            }
+            outs.push(Output::PushLost {
+                peer,
+                events,
+                reconnect,
+            });
+        }
+        outs
     }
 
     /// Passes the sync machine's outputs on, and acts on them: a stored range may let
@@ -1303,15 +1377,18 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             let mut done = None;
             let mut ban = None;
             let mut failed = None;
+            let mut lost = Vec::new();
             match &out {
                 sync::Output::Stored { events, .. } => {
                     drain = events
                         .iter()
                         .map(|(_, e)| (e.topic().clone(), e.author()))
                         .collect();
+                    lost = self.lost_pushes(events.iter().map(|(_, e)| e));
                 }
                 sync::Output::Done { peer, topic, .. } => {
                     self.retries.remove(&(peer.clone(), topic.clone()));
+                    self.push.caught_up(peer, topic);
                     done = Some(topic.clone());
                 }
                 sync::Output::Failed {
@@ -1323,6 +1400,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                 _ => {}
             }
             outs.push(Output::Sync(out));
+            outs.extend(lost);
             for (topic, author) in drain {
                 self.drain(&topic, author, store, outs);
             }

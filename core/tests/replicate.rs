@@ -1419,3 +1419,145 @@ fn the_fleets_policy_refuses_gossip_and_ends_a_pull_at_the_first_refused_event()
 fn topic_of(ev: &Event) -> Topic {
     ev.topic().clone()
 }
+
+/// Delivers the sync messages among `outs` (sent by node `from`) and every answer, until
+/// nothing is left, and returns what node `watch` output on the way.
+fn pump_watching(
+    nodes: &mut [(MemoryStore, Replicator<usize, M>)],
+    from: usize,
+    outs: Vec<Output<usize, M>>,
+    now: Instant,
+    watch: usize,
+) -> Vec<Output<usize, M>> {
+    let mut seen = Vec::new();
+    let mut queue: Vec<(usize, usize, Message)> = Vec::new();
+    let sends = |from: usize, outs: &[Output<usize, M>], q: &mut Vec<(usize, usize, Message)>| {
+        for o in outs {
+            if let Output::Sync(sync::Output::Send { to, msg }) = o {
+                q.push((*to, from, msg.clone()));
+            }
+        }
+    };
+    sends(from, &outs, &mut queue);
+    if from == watch {
+        seen.extend(outs);
+    }
+    for _ in 0..10_000 {
+        let Some((to, from, msg)) = queue.pop() else {
+            return seen;
+        };
+        let (store, m) = &mut nodes[to];
+        let outs = go(m, now, &*store, |m| m.sync_message(from, msg, now, &*store));
+        sends(to, &outs, &mut queue);
+        if to == watch {
+            seen.extend(outs);
+        }
+    }
+    panic!("the exchange never ended");
+}
+
+fn push_lost(outs: &[Output<usize, M>]) -> Vec<(usize, u64, bool)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::PushLost {
+                peer,
+                events,
+                reconnect,
+            } => Some((*peer, *events, *reconnect)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Live push is watched per peer: once a round with a peer has ended on a topic, that
+/// peer's own later events there must come by its push. Three that came by sync
+/// instead (through another peer's round) report the push lost and ask for a
+/// reconnect; events from before that first round, or while gossip is ignored (a full
+/// store), or from a peer whose author key is not known, are not counted.
+#[test]
+fn a_peers_own_events_that_come_by_sync_after_a_round_report_its_push_lost() {
+    let t0 = Instant::now();
+    let publisher = key(1);
+    let theirs = chain(&publisher, "a/t", 5, "p");
+    // 0 watches; 1 publishes (its push to 0 is lost); 2 got everything and relays.
+    let mut nodes: Vec<(MemoryStore, Replicator<usize, M>)> = (0..3)
+        .map(|_| (MemoryStore::new(), Replicator::new(config("#"), None)))
+        .collect();
+    nodes[1]
+        .0
+        .insert(&theirs[..1], Durability::Buffered)
+        .unwrap();
+    nodes[2].0.insert(&theirs, Durability::Buffered).unwrap();
+    // Rounds run on the topics a node holds.
+    let own = chain(&key(3), "a/t", 1, "w");
+    nodes[0].0.insert(&own, Durability::Buffered).unwrap();
+    for (s, m) in &mut nodes {
+        m.start(&*s);
+    }
+    for (s, m) in &mut nodes[1..] {
+        // Their own rounds with 0 are not run here.
+        m.connected(0, t0, &*s);
+    }
+    // Node 0 meets 1 (whose author key it knows) and 2, both on the channel it is on.
+    let (s, m) = &mut nodes[0];
+    m.peer_author(1, publisher.author());
+    let to_1 = go(m, t0, &*s, |m| m.connected(1, t0, &*s));
+    m.peer_subscribed(1, "murmur:#");
+    m.peer_subscribed(2, "murmur:#");
+    // Its first round with 1: not a lost push (nothing was caught up before).
+    let seen = pump_watching(&mut nodes, 0, to_1, t0, 0);
+    assert!(push_lost(&seen).is_empty(), "{seen:?}");
+    assert_eq!(head(&nodes[0].0, &theirs[0]), Some(Seq(0)));
+    // 1 writes seq 1-4; its push to 0 is lost, 2 has them. 0's round with 2 pulls
+    // them: four of 1's own events after a round with it ended, by sync.
+    let (s, m) = &mut nodes[0];
+    let to_2 = go(m, t0, &*s, |m| m.connected(2, t0, &*s));
+    let seen = pump_watching(&mut nodes, 0, to_2, t0, 0);
+    assert_eq!(head(&nodes[0].0, &theirs[0]), Some(Seq(4)));
+    assert_eq!(push_lost(&seen), vec![(1, 4, true)], "{seen:?}");
+}
+
+/// The same pulls are no lost push while the watcher ignores gossip (its store is
+/// full), and a peer whose author key is unknown is never watched.
+#[test]
+fn sync_deliveries_are_not_counted_against_a_push_that_could_not_be_taken() {
+    let t0 = Instant::now();
+    let publisher = key(1);
+    let theirs = chain(&publisher, "a/t", 5, "p");
+    for case in ["unknown author", "full store"] {
+        let mut nodes: Vec<(MemoryStore, Replicator<usize, M>)> = (0..3)
+            .map(|_| (MemoryStore::new(), Replicator::new(config("#"), None)))
+            .collect();
+        nodes[1]
+            .0
+            .insert(&theirs[..1], Durability::Buffered)
+            .unwrap();
+        nodes[2].0.insert(&theirs, Durability::Buffered).unwrap();
+        let own = chain(&key(3), "a/t", 1, "w");
+        nodes[0].0.insert(&own, Durability::Buffered).unwrap();
+        for (s, m) in &mut nodes {
+            m.start(&*s);
+        }
+        for (s, m) in &mut nodes[1..] {
+            m.connected(0, t0, &*s);
+        }
+        let (s, m) = &mut nodes[0];
+        if case != "unknown author" {
+            m.peer_author(1, publisher.author());
+        }
+        let to_1 = go(m, t0, &*s, |m| m.connected(1, t0, &*s));
+        m.peer_subscribed(1, "murmur:#");
+        m.peer_subscribed(2, "murmur:#");
+        pump_watching(&mut nodes, 0, to_1, t0, 0);
+        let (s, m) = &mut nodes[0];
+        if case == "full store" {
+            // Full for a while (gossip ignored), then writing again.
+            m.set_store_full(true, t0, &*s);
+            m.set_store_full(false, t0, &*s);
+        }
+        let to_2 = go(m, t0, &*s, |m| m.connected(2, t0, &*s));
+        let seen = pump_watching(&mut nodes, 0, to_2, t0, 0);
+        assert_eq!(head(&nodes[0].0, &theirs[0]), Some(Seq(4)), "{case}");
+        assert!(push_lost(&seen).is_empty(), "{case}: {seen:?}");
+    }
+}

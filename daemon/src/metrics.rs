@@ -138,6 +138,11 @@ pub struct Metrics {
     pub rejected: Family<Reason, Counter>,
     /// Gossiped events we already held.
     pub duplicates: Counter,
+    /// A connected peer's own events that came by sync after a round with it had
+    /// ended on their topic: its live push to us was lost.
+    pub push_lost: Counter,
+    /// Connections closed and dialed again because a peer's live push was lost.
+    pub push_reconnects: Counter,
     /// Rendezvous lookups for peers that replicate a topic we want.
     pub topic_lookups: Counter,
     /// Sync rounds finished, by outcome.
@@ -212,6 +217,8 @@ impl Metrics {
             events_received: Family::default(),
             rejected: Family::default(),
             duplicates: Counter::default(),
+            push_lost: Counter::default(),
+            push_reconnects: Counter::default(),
             topic_lookups: Counter::default(),
             sync_rounds: Family::default(),
             sync_sessions: Gauge::default(),
@@ -364,6 +371,16 @@ impl Metrics {
             "duplicates",
             "Gossiped events already held",
             m.duplicates.clone(),
+        );
+        r.register(
+            "push_lost",
+            "A connected peer's own events that came by sync after a round with it had ended on their topic: its live push to us was lost",
+            m.push_lost.clone(),
+        );
+        r.register(
+            "push_reconnects",
+            "Connections closed and dialed again because a peer's live push was lost (3 of its events in a row came by sync; at most once a minute per peer)",
+            m.push_reconnects.clone(),
         );
         r.register(
             "topic_lookups",

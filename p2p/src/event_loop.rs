@@ -91,6 +91,10 @@ pub enum Command {
         /// How long.
         for_: Duration,
     },
+    /// Close the connections to a peer and dial it again: its live push stopped
+    /// reaching us while the connection stayed up (a gossip stream given up), and a
+    /// new connection opens new streams.
+    Reconnect(PeerId),
 }
 
 /// What the network tells the daemon.
@@ -296,10 +300,17 @@ pub struct EventLoop {
     /// Peers admitted (admission on): only they are heard. A peer refused, banned or
     /// gone is not in it, even while its connection is still closing.
     admitted: std::collections::HashSet<PeerId>,
+    /// Peers being reconnected ([`Command::Reconnect`]): dialed again once their last
+    /// connection has closed, at the address we had dialed (`None`: it dialed us; by
+    /// whatever addresses discovery knows). At most [`RECONNECTING_MAX`].
+    reconnecting: std::collections::HashMap<PeerId, Option<Multiaddr>>,
     /// Sync messages a peer sent while held back (its side admitted us first):
     /// handed on when it is admitted (at most [`HELD_SYNC_MAX`] per peer).
     held_sync: std::collections::HashMap<PeerId, Vec<Message>>,
 }
+
+/// Most peers being reconnected at once.
+const RECONNECTING_MAX: usize = 64;
 
 /// Most sync messages kept for a peer not admitted yet.
 const HELD_SYNC_MAX: usize = 256;
@@ -507,6 +518,7 @@ pub fn spawn(
         admission_timeout: config.admission_timeout,
         unadmitted: BTreeMap::new(),
         admitted: std::collections::HashSet::new(),
+        reconnecting: std::collections::HashMap::new(),
         held_sync: std::collections::HashMap::new(),
     };
     Ok((handle, ev_rx, lp))
@@ -916,6 +928,17 @@ impl EventLoop {
             Command::SetCredentials(creds) => {
                 self.admission = Some(creds);
             }
+            Command::Reconnect(peer) => {
+                if self.reconnecting.len() < RECONNECTING_MAX
+                    && let Some(p) = self.peers.get(&peer)
+                {
+                    // An inbound connection's address is the peer's outgoing port.
+                    let addr = (p.how != "inbound").then(|| p.addr.clone());
+                    tracing::info!(%peer, "reconnecting");
+                    self.reconnecting.insert(peer, addr);
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
             Command::Ban { peer, for_ } => {
                 self.unadmitted.remove(&peer);
                 self.admitted.remove(&peer);
@@ -1030,6 +1053,20 @@ impl EventLoop {
                 self.admitted.remove(&peer_id);
                 self.held_sync.remove(&peer_id);
                 self.emit(Event::Disconnected(peer_id));
+                if let Some(addr) = self.reconnecting.remove(&peer_id)
+                    && !self.is_banned(&peer_id)
+                {
+                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer_id)
+                        .addresses(addr.into_iter().collect())
+                        .extend_addresses_through_behaviour()
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        // It dialed us: it dials again (mDNS, Kademlia, its own list).
+                        tracing::debug!(peer = %peer_id, error = %e, "could not dial a reconnected peer");
+                    } else if self.found_by.len() < FOUND_BY_MAX {
+                        self.found_by.insert(peer_id, "reconnect");
+                    }
+                }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 let found_by_mdns = peer_id

@@ -756,6 +756,7 @@ fn many_topics_report(lab: &Lab) -> String {
                 || l.starts_with("murmur_commit_seconds_sum")
                 || l.starts_with("murmur_commits_total")
                 || l.starts_with("murmur_duplicates_total")
+                || l.starts_with("murmur_push_")
                 || l.starts_with("murmur_p2p_gossipsub_failed_messages")
                 || l.starts_with("murmur_p2p_gossipsub_mesh_peer_counts")
                 || l.starts_with("murmur_p2p_gossipsub_topic_msg_recv_counts")
@@ -771,7 +772,10 @@ fn many_topics_report(lab: &Lab) -> String {
         }
         why.push_str(&format!("  peers {}\n", n.get("/v1/peers")["peers"]));
         for l in n.log().lines().filter(|l| {
-            l.contains(" WARN ") || l.contains("disconnected") || l.contains(" connected ")
+            l.contains(" WARN ")
+                || l.contains(" ERROR ")
+                || l.contains("disconnected")
+                || l.contains(" connected ")
         }) {
             why.push_str(&format!("  | {l}\n"));
         }
@@ -850,10 +854,13 @@ fn two_thousand_topics_on_five_hosts_still_travel_by_live_push() {
         (0..5).all(|i| lab.node(i).events() == (DEVICES + 800) as u64)
     });
     let (mut gossip, mut sync) = (0, 0);
+    // Per host, so that a failure says where the push was lost.
+    let mut by_host = String::new();
     for (i, (g0, s0)) in before.iter().enumerate() {
         let (g, s) = received_by_path(lab.node(i));
         gossip += g - g0;
         sync += s - s0;
+        by_host.push_str(&format!(" host {i} {}/{};", g - g0, s - s0));
     }
     let share = gossip as f64 / (gossip + sync) as f64;
     if share < 0.99 {
@@ -875,7 +882,7 @@ fn two_thousand_topics_on_five_hosts_still_travel_by_live_push() {
     );
     assert!(
         share >= 0.99,
-        "only {:.2}% came by live push",
+        "only {:.2}% came by live push (gossip/sync by host:{by_host})",
         share * 100.0
     );
     assert!(

@@ -608,7 +608,13 @@ impl Replicator {
                 self.credentials(peer, proof).await;
                 Vec::new()
             }
-            murmur_p2p::Event::Connected(peer) => self.machine.connected(peer, now, &*self.store),
+            murmur_p2p::Event::Connected(peer) => {
+                // Its node key signs its events: its live push is watched.
+                if let Some(key) = murmur_p2p::key_of(&peer) {
+                    self.machine.peer_author(peer, murmur_core::AuthorId(key));
+                }
+                self.machine.connected(peer, now, &*self.store)
+            }
             murmur_p2p::Event::Disconnected(peer) => {
                 self.forget_lag(&peer);
                 self.machine.disconnected(&peer, &*self.store)
@@ -764,6 +770,19 @@ impl Replicator {
                     tracing::warn!(author = %ev.author(), topic = %ev.topic(), seq = %ev.seq(), "fork proven by gossip: log frozen");
                 }
                 Output::Ban { peer, reason } => self.ban(peer, reason),
+                Output::PushLost {
+                    peer,
+                    events,
+                    reconnect,
+                } => {
+                    self.metrics.push_lost.inc_by(events);
+                    if reconnect {
+                        tracing::warn!(%peer, "this peer's live push no longer reaches us (its own events came by sync after rounds with it had ended): reconnecting");
+                        if self.net.try_send(NetCommand::Reconnect(peer)) {
+                            self.metrics.push_reconnects.inc();
+                        }
+                    }
+                }
                 Output::Lagging {
                     peer,
                     topic,

@@ -363,6 +363,15 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // Lost live pushes are repaired by reconnecting, quietly for the test: said
+        // here, so a run shows where they happen (`--nocapture`, or a failing test).
+        for l in self
+            .log()
+            .lines()
+            .filter(|l| l.contains("live push no longer reaches us"))
+        {
+            eprintln!("{}: {l}", self.dir.display());
+        }
         self.kill();
     }
 }
