@@ -84,8 +84,9 @@ pub enum FleetAction {
         #[arg(long, env = "MURMUR_FLEET_KEY", default_value = DEFAULT_KEY, value_name = "FILE")]
         key: PathBuf,
     },
-    /// Shut a node (or an admin key) out: its connections are dropped everywhere and its
-    /// events timed from the effective time on are refused
+    /// Shut a node (or an admin key) out: its connections are dropped everywhere, its
+    /// events timed from the effective time on are refused, and nodes that stored some
+    /// before they knew take them back
     Revoke {
         /// The node id (or admin key) to revoke
         node: String,
@@ -93,9 +94,14 @@ pub enum FleetAction {
         #[arg(long)]
         reason: String,
         /// From when its events are refused: RFC 3339 (e.g. the time the device was
-        /// stolen), default now
-        #[arg(long, value_name = "TIME")]
+        /// stolen), default now. An earlier time takes back what it wrote since then,
+        /// on every node
+        #[arg(long, value_name = "TIME", conflicts_with = "everything")]
         at: Option<String>,
+        /// Refuse everything it ever wrote, and take it back on every node (each log
+        /// keeps its first event; document changes stay)
+        #[arg(long)]
+        everything: bool,
         /// The signing key (root or admin)
         #[arg(long, env = "MURMUR_FLEET_KEY", default_value = DEFAULT_KEY, value_name = "FILE")]
         key: PathBuf,
@@ -201,7 +207,7 @@ pub async fn run(
             println!("fleet root key written to {} (mode 0600)", key.display());
             println!();
             println!("Keep this file off the devices (and backed up: it cannot be replaced).");
-            println!("Put this in every device's config (murmur.toml):");
+            println!("Put this in every device's config (murmur.toml), in place of `open = true`:");
             println!();
             println!("[fleet]");
             println!("root = \"{}\"", k.author());
@@ -340,12 +346,14 @@ pub async fn run(
             node,
             reason,
             at,
+            everything,
             key,
         } => {
             let subject = parse_node(&node)?;
             let now = now_ms();
             let effective_ms = match at {
                 Some(t) => parse_time(&t)?,
+                None if everything => 0,
                 None => now,
             };
             let (k, root, chain) = signer(&key)?;
@@ -450,8 +458,13 @@ fn print_status(f: &FleetJson) {
         );
     }
     for r in &f.revocations {
+        let back = if r.taken_back > 0 {
+            format!(" ({} events taken back here)", r.taken_back)
+        } else {
+            String::new()
+        };
         println!(
-            "revoked: {} from {}: {}",
+            "revoked: {} from {}: {}{back}",
             &r.node[..8.min(r.node.len())],
             time_text(r.effective.ms),
             r.reason

@@ -334,6 +334,10 @@ pub struct RevocationJson {
     pub reason: String,
     /// From when its events are refused.
     pub effective: TimeJson,
+    /// Events it wrote after that which this node had stored before it learned of the
+    /// revocation, and took back (since the daemon started).
+    #[serde(default)]
+    pub taken_back: u64,
 }
 
 /// `POST /v1/fleet/join`: install this node's certificate.

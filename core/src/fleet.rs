@@ -636,6 +636,53 @@ impl Fleet {
         &self.revoked
     }
 
+    /// Where a log stops standing because its author was revoked: the first seq of the
+    /// run of events at its end timed at or after the revocation (read back from the
+    /// head, so the cost is what would be taken back). `None` when
+    /// the author is not revoked, its head was written before, or the topic is
+    /// reserved (the policy log is kept whole). A node that learns of a revocation
+    /// late takes these events back ([`crate::storage::Store::truncate`]).
+    pub fn revoked_suffix<S: crate::storage::ReadStore>(
+        &self,
+        store: &S,
+        topic: &Topic,
+        author: &AuthorId,
+        base: crate::id::Seq,
+        head: crate::id::Seq,
+    ) -> Result<Option<crate::id::Seq>, S::Error> {
+        let Some(r) = self.revoked.get(author) else {
+            return Ok(None);
+        };
+        if is_reserved(topic) {
+            return Ok(None);
+        }
+        let mut first = None;
+        // Exclusive end of the part not yet read; the head alone first (most logs of a
+        // revoked key end before its revocation), then 1,024 at a time.
+        let mut end = head.0.saturating_add(1);
+        let mut window = 1;
+        while end > base.0 {
+            let from = end.saturating_sub(window).max(base.0);
+            window = 1024;
+            let limit = usize::try_from(end - from).unwrap_or(1024);
+            let evs = store.log_range(author, topic, crate::id::Seq(from), limit)?;
+            let mut run = !evs.is_empty();
+            for e in evs.iter().rev() {
+                if e.time().ms >= r.effective_ms {
+                    first = Some(e.seq());
+                } else {
+                    run = false;
+                    break;
+                }
+            }
+            if !run {
+                break;
+            }
+            end = from;
+        }
+        Ok(first)
+    }
+
     /// Learns a member certificate (from a policy entry, or offered at connect).
     /// Verified here. One signed by an admin the root had revoked by then is void and
     /// not kept.

@@ -6,22 +6,24 @@
 //! If it comes by sync instead, the peer's push to us was lost. A push path can die
 //! without a word while the connection stays up (a gossip stream that failed to open
 //! a few times is given up for the connection's life), and then only the periodic
-//! rounds bring that peer's events: minutes late on a real fleet. A few such events
+//! rounds bring that peer's events: minutes late on a real fleet. A few such ranges
 //! in a row, and the driver is told to reconnect: a new connection opens new streams.
 //!
 //! Only what a round proves is counted: the peer's own events (its node key is its
 //! author key), on a topic of a channel both sides are on, after a round with it on
-//! that topic ended, while this node was taking gossip in. A single event that a
+//! that topic ended, while this node was taking gossip in. A single range that a
 //! round pulled a moment before its push arrived is a race; [`STRIKES`] in a row,
-//! with no push from the peer between them, is not.
+//! with no push from the peer between them, is not. A path so congested that
+//! gossipsub drops what it cannot send looks the same, if nothing gets through
+//! between three ranges; reconnecting then costs a round, at most once a minute.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::{AuthorId, Topic};
 
-/// Events of a peer's own that must come by sync, with none by its push between them,
-/// before a reconnect is asked for.
+/// Ranges of a peer's own events that must come by sync, with none of its events by
+/// its push between them, before a reconnect is asked for.
 pub const STRIKES: u32 = 3;
 
 /// Reconnects with one peer are asked for at most this often.
@@ -133,7 +135,7 @@ impl<P: Ord + Clone> PushWatch<P> {
         self.strikes.remove(peer);
     }
 
-    /// One of `peer`'s own events on a caught-up topic came by sync.
+    /// A range of `peer`'s own events on a caught-up topic came by sync.
     pub fn missed(&mut self, peer: &P) -> Missed {
         let Some(now) = self.now else {
             return Missed::Counted;
@@ -173,8 +175,9 @@ impl<P: Ord + Clone> PushWatch<P> {
     }
 
     /// Gossip may not be taken in (a full disk or a budget's hold begins or ends, the
-    /// interest changes): events that come by sync from now on may have been pushed
-    /// and ignored. Starts over; rounds in progress count for nothing.
+    /// interest changes), or pulls pause (a round then ends without holding all the
+    /// peer had): events that come by sync from now on may have been pushed and
+    /// ignored, or never asked for. Starts over; rounds in progress count for nothing.
     pub fn forget_rounds(&mut self) {
         self.generation += 1;
         self.caught_up.clear();

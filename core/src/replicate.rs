@@ -506,9 +506,10 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     ) -> Outs<P, M> {
         let mut outs = Vec::new();
         let was = self.pulling();
-        if full != self.full {
+        if full != self.full || paused != self.paused {
             // Gossip is ignored from now on, or was until now: what sync brings next
-            // may have been pushed and ignored.
+            // may have been pushed and ignored. And a round cut short by a pause ends
+            // without holding all the peer had.
             self.push.forget_rounds();
         }
         self.full = full;
@@ -1335,10 +1336,10 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         }
         let mut outs = Vec::new();
         for (peer, events) in by_peer {
-            let mut reconnect = false;
-            for _ in 0..events {
-                reconnect |= self.push.missed(&peer) == crate::push::Missed::Reconnect;
-            }
+            // One strike per stored range, not per event: a window of 100 lost events
+            // is one loss, and a congested path that still pushes between losses
+            // starts the count over.
+            let reconnect = self.push.missed(&peer) == crate::push::Missed::Reconnect;
             outs.push(Output::PushLost {
                 peer,
                 events,

@@ -238,6 +238,16 @@ pub trait Store: ReadStore {
     /// nothing. Fork proofs stay. Readers of arrivals skip the deleted offsets.
     fn prune(&self, cuts: &[Cut]) -> Result<Pruned, Self::Error>;
 
+    /// Takes back a log's events from seq `from` on, atomically, with their indexes:
+    /// the head goes back to the event before `from`. A log always keeps its first
+    /// held event (a cut at or below the base stops above it): its head anchors the
+    /// chain, and what retention pruned below it must not come back. Fork proofs stay;
+    /// offsets are never reused; readers of arrivals skip the deleted ones. For a
+    /// fleet's revocation learned late: what the revoked key wrote after it goes. Not
+    /// for document topics (other authors' changes may depend on the ones it would
+    /// take away).
+    fn truncate(&self, topic: &Topic, author: &AuthorId, from: Seq) -> Result<Pruned, Self::Error>;
+
     /// Starts a log over at `events[0]`, atomically: when the events begin past what the
     /// log can continue from ([`crate::accept::restarts`]: above its head + 1), every
     /// event held of the log goes (with its indexes), its base becomes the first

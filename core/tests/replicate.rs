@@ -1470,10 +1470,10 @@ fn push_lost(outs: &[Output<usize, M>]) -> Vec<(usize, u64, bool)> {
 }
 
 /// Live push is watched per peer: once a round with a peer has ended on a topic, that
-/// peer's own later events there must come by its push. Three that came by sync
-/// instead (through another peer's round) report the push lost and ask for a
-/// reconnect; events from before that first round, or while gossip is ignored (a full
-/// store), or from a peer whose author key is not known, are not counted.
+/// peer's own later events there must come by its push. Ranges of them that come by
+/// sync instead (another peer's rounds) report the push lost; three ranges in a row,
+/// with no push from it between, ask for a reconnect. Events from before the first
+/// round with it are not counted.
 #[test]
 fn a_peers_own_events_that_come_by_sync_after_a_round_report_its_push_lost() {
     let t0 = Instant::now();
@@ -1487,7 +1487,10 @@ fn a_peers_own_events_that_come_by_sync_after_a_round_report_its_push_lost() {
         .0
         .insert(&theirs[..1], Durability::Buffered)
         .unwrap();
-    nodes[2].0.insert(&theirs, Durability::Buffered).unwrap();
+    nodes[2]
+        .0
+        .insert(&theirs[..1], Durability::Buffered)
+        .unwrap();
     // Rounds run on the topics a node holds.
     let own = chain(&key(3), "a/t", 1, "w");
     nodes[0].0.insert(&own, Durability::Buffered).unwrap();
@@ -1508,23 +1511,64 @@ fn a_peers_own_events_that_come_by_sync_after_a_round_report_its_push_lost() {
     let seen = pump_watching(&mut nodes, 0, to_1, t0, 0);
     assert!(push_lost(&seen).is_empty(), "{seen:?}");
     assert_eq!(head(&nodes[0].0, &theirs[0]), Some(Seq(0)));
-    // 1 writes seq 1-4; its push to 0 is lost, 2 has them. 0's round with 2 pulls
-    // them: four of 1's own events after a round with it ended, by sync.
+    // 1 writes seq 1-4; its push to 0 is lost, 2 has them. 0's rounds with 2 pull
+    // them, in three ranges: 1's own events after a round with it ended, by sync.
     let (s, m) = &mut nodes[0];
     let to_2 = go(m, t0, &*s, |m| m.connected(2, t0, &*s));
+    nodes[2]
+        .0
+        .insert(&theirs[..2], Durability::Buffered)
+        .unwrap();
     let seen = pump_watching(&mut nodes, 0, to_2, t0, 0);
-    assert_eq!(head(&nodes[0].0, &theirs[0]), Some(Seq(4)));
-    assert_eq!(push_lost(&seen), vec![(1, 4, true)], "{seen:?}");
+    assert_eq!(head(&nodes[0].0, &theirs[0]), Some(Seq(1)));
+    assert_eq!(push_lost(&seen), vec![(1, 1, false)], "{seen:?}");
+    nodes[2]
+        .0
+        .insert(&theirs[2..4], Durability::Buffered)
+        .unwrap();
+    let (s, m) = &mut nodes[0];
+    let again = go(m, t0, &*s, |m| m.sync_now(Some(2), t0, &*s));
+    let seen = pump_watching(&mut nodes, 0, again, t0, 0);
+    assert_eq!(push_lost(&seen), vec![(1, 2, false)], "{seen:?}");
+    // A push from 1 between the ranges starts the count over.
+    let (s, m) = &mut nodes[0];
+    let direct = chain(&publisher, "a/t", 5, "p");
+    let outs = go(m, t0, &*s, |m| {
+        m.gossiped(vec![gossip(1, 7, &direct[4..])], &*s)
+    });
+    assert_eq!(verdicts(&outs), vec![(7, Verdict::Accept)]);
+    assert!(push_lost(&outs).is_empty());
+    nodes[2]
+        .0
+        .insert(&direct[4..], Durability::Buffered)
+        .unwrap();
+    let more = chain(&publisher, "a/t", 8, "p");
+    for (i, range) in [&more[5..6], &more[6..7], &more[7..8]]
+        .into_iter()
+        .enumerate()
+    {
+        nodes[2].0.insert(range, Durability::Buffered).unwrap();
+        let (s, m) = &mut nodes[0];
+        let again = go(m, t0, &*s, |m| m.sync_now(Some(2), t0, &*s));
+        let seen = pump_watching(&mut nodes, 0, again, t0, 0);
+        assert_eq!(
+            push_lost(&seen),
+            vec![(1, 1, i == 2)],
+            "range {i}: {seen:?}"
+        );
+    }
+    assert_eq!(head(&nodes[0].0, &more[0]), Some(Seq(7)));
 }
 
 /// The same pulls are no lost push while the watcher ignores gossip (its store is
-/// full), and a peer whose author key is unknown is never watched.
+/// full) or after its pulls paused (rounds then end early), and a peer whose author
+/// key is unknown is never watched.
 #[test]
 fn sync_deliveries_are_not_counted_against_a_push_that_could_not_be_taken() {
     let t0 = Instant::now();
     let publisher = key(1);
     let theirs = chain(&publisher, "a/t", 5, "p");
-    for case in ["unknown author", "full store"] {
+    for case in ["unknown author", "full store", "paused pulls"] {
         let mut nodes: Vec<(MemoryStore, Replicator<usize, M>)> = (0..3)
             .map(|_| (MemoryStore::new(), Replicator::new(config("#"), None)))
             .collect();
@@ -1555,9 +1599,70 @@ fn sync_deliveries_are_not_counted_against_a_push_that_could_not_be_taken() {
             m.set_store_full(true, t0, &*s);
             m.set_store_full(false, t0, &*s);
         }
+        if case == "paused pulls" {
+            // A pause ends rounds early ("done" without holding all the peer had).
+            m.set_pulls_paused(true, t0, &*s);
+            m.set_pulls_paused(false, t0, &*s);
+        }
         let to_2 = go(m, t0, &*s, |m| m.connected(2, t0, &*s));
         let seen = pump_watching(&mut nodes, 0, to_2, t0, 0);
         assert_eq!(head(&nodes[0].0, &theirs[0]), Some(Seq(4)), "{case}");
         assert!(push_lost(&seen).is_empty(), "{case}: {seen:?}");
     }
+}
+
+/// A window that arrives after pulls were paused (a disk budget's hold, a full disk)
+/// is not written: writing what was in flight when the pause began took a node past
+/// its budget. A round after the pause asks for it again.
+#[test]
+fn a_window_that_arrives_after_a_pause_is_not_written() {
+    let t0 = Instant::now();
+    let theirs = chain(&key(2), "a/t", 5, "b");
+    let own = chain(&key(3), "a/t", 1, "w");
+    let mut nodes: Vec<(MemoryStore, Replicator<usize, M>)> = (0..2)
+        .map(|_| (MemoryStore::new(), Replicator::new(config("#"), None)))
+        .collect();
+    nodes[0].0.insert(&own, Durability::Buffered).unwrap();
+    nodes[1].0.insert(&theirs, Durability::Buffered).unwrap();
+    for (s, m) in &mut nodes {
+        m.start(&*s);
+    }
+    let (s1, m1) = &mut nodes[1];
+    m1.connected(0, t0, &*s1);
+    // Node 0's round with 1, message by message, until 1 answers with a window.
+    let (s0, m0) = &mut nodes[0];
+    let mut to_1 = sends_to(&go(m0, t0, &*s0, |m| m.connected(1, t0, &*s0)), 1);
+    let mut window = None;
+    for _ in 0..20 {
+        let Some(msg) = to_1.pop() else { break };
+        let (s1, m1) = &mut nodes[1];
+        for answer in sends_to(&go(m1, t0, &*s1, |m| m.sync_message(0, msg, t0, &*s1)), 0) {
+            if matches!(answer, Message::Events { .. }) {
+                window = Some(answer);
+            } else {
+                let (s0, m0) = &mut nodes[0];
+                to_1.extend(sends_to(
+                    &go(m0, t0, &*s0, |m| m.sync_message(1, answer, t0, &*s0)),
+                    1,
+                ));
+            }
+        }
+        if window.is_some() {
+            break;
+        }
+    }
+    let window = window.expect("node 1 answered with a window");
+    // Paused while the window was on its way: it arrives and is not written.
+    let (s0, m0) = &mut nodes[0];
+    m0.set_pulls_paused(true, t0, &*s0);
+    let outs = m0.sync_message(1, window.clone(), t0, &*s0);
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Persist { .. })),
+        "{outs:?}"
+    );
+    assert_eq!(head(s0, &theirs[0]), None);
+    // Resumed: a round brings it.
+    let outs = go(m0, t0, &*s0, |m| m.set_pulls_paused(false, t0, &*s0));
+    pump2(&mut nodes, 0, outs, t0);
+    assert_eq!(head(&nodes[0].0, &theirs[0]), Some(Seq(4)));
 }

@@ -82,13 +82,42 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct FleetConfig {
-    /// The fleet's root public key (hex, printed by `murmur fleet init`). Set: a closed
-    /// fleet (peers need a certificate from it, events a grant). Unset: an open fleet,
-    /// every peer that connects is a member and may write anything.
+    /// The fleet's root public key (hex, printed by `murmur fleet init`): a closed
+    /// fleet (peers need a certificate from it, events a grant).
     pub root: Option<String>,
+    /// An open fleet, chosen explicitly: every peer that connects is a member and may
+    /// write anything. A node that speaks to the network must choose one or the other
+    /// (`murmur init` writes `open = true` into the config it creates).
+    pub open: bool,
 }
 
+/// Who may join and write: the choice [`FleetConfig::mode`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetMode {
+    /// Every peer that connects is a member and may write anything.
+    Open,
+    /// Peers need a certificate from this root key, events a grant.
+    Closed(murmur_core::AuthorId),
+}
+
+/// What a node that speaks to the network is told when its config chose no fleet.
+pub const NO_FLEET_CHOICE: &str = "the config must say who may join this fleet. A closed fleet      (peers need a certificate, events a grant): `murmur fleet init` on the operator's machine,      then `[fleet] root = \"<the key it printed>\"` on every node. An open fleet (every peer      that connects may write anything; keep it to a network only you reach, with      p2p.psk_file): `[fleet] open = true`";
+
 impl FleetConfig {
+    /// The fleet's mode: a root key is a closed fleet, `open = true` an open one;
+    /// both, or neither, is an error ([`NO_FLEET_CHOICE`]).
+    pub fn mode(&self) -> Result<FleetMode, ConfigError> {
+        match (self.root_key()?, self.open) {
+            (Some(_), true) => Err(ConfigError::Invalid(
+                "fleet.root and fleet.open = true: a fleet is closed (root) or open, not both"
+                    .into(),
+            )),
+            (Some(root), false) => Ok(FleetMode::Closed(root)),
+            (None, true) => Ok(FleetMode::Open),
+            (None, false) => Err(ConfigError::Invalid(NO_FLEET_CHOICE.into())),
+        }
+    }
+
     /// The root key, if set and valid.
     pub fn root_key(&self) -> Result<Option<murmur_core::AuthorId>, ConfigError> {
         match &self.root {
@@ -578,6 +607,13 @@ impl Config {
     /// Checks ranges and relations between values.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.fleet.open && self.fleet.root.is_some() {
+            return bad(
+                "fleet.root and fleet.open = true: a fleet is closed (root) or open, not both"
+                    .into(),
+            );
+        }
+        self.fleet.root_key()?;
         let max_payload = murmur_core::MAX_EVENT_BYTES - 4096;
         if self.api.max_payload_bytes == 0 || self.api.max_payload_bytes > max_payload {
             return bad(format!("api.max_payload_bytes must be 1..={max_payload}"));
@@ -846,10 +882,13 @@ sync_timeout = "10s"
 lag_watch = "60s"
 
 [fleet]
+# Who may join and write; every node that speaks to the network must choose.
+# Open: any peer that connects (with the psk_file's key, if set) may write anything.
+# Fine for a lab or a network only you reach; remove this line for a closed fleet.
+open = true
 # Closed fleet: the root key printed by `murmur fleet init`. Peers then need a
 # certificate from it (`murmur fleet admit` / `murmur fleet join`) to connect, and every
-# event needs a grant for its topic (`murmur fleet grant`). Without it the fleet is
-# open: any peer that connects (with the psk_file's key, if set) may write anything.
+# event needs a grant for its topic (`murmur fleet grant`).
 # root = "…64 hex digits…"
 
 [log]
@@ -877,8 +916,33 @@ mod tests {
 
     #[test]
     fn example_parses_to_the_defaults() {
-        let c = Config::from_toml(EXAMPLE, Path::new("example")).unwrap();
+        let mut c = Config::from_toml(EXAMPLE, Path::new("example")).unwrap();
+        // The one choice the example makes for the user, out loud: an open fleet.
+        assert_eq!(c.fleet.mode().unwrap(), FleetMode::Open);
+        c.fleet.open = false;
         assert_eq!(c, Config::default());
+    }
+
+    /// A node that speaks to the network must choose its fleet: closed (a root key),
+    /// or open, explicitly; neither, or both, is refused with what to write.
+    #[test]
+    fn the_fleet_must_be_chosen_open_or_closed() {
+        let root = murmur_core::testing::key(9).author().to_string();
+        let mode = |t: &str| Config::from_toml(t, Path::new("x")).and_then(|c| c.fleet.mode());
+        assert_eq!(mode("[fleet]\nopen = true\n").unwrap(), FleetMode::Open);
+        assert_eq!(
+            mode(&format!("[fleet]\nroot = \"{root}\"\n")).unwrap(),
+            FleetMode::Closed(root.parse().unwrap())
+        );
+        let none = mode("").unwrap_err().to_string();
+        assert!(
+            none.contains("[fleet] open = true") && none.contains("murmur fleet init"),
+            "{none}"
+        );
+        let both = mode(&format!("[fleet]\nroot = \"{root}\"\nopen = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(both.contains("not both"), "{both}");
     }
 
     /// The example's commented retention rules, uncommented, are the policy they say.

@@ -58,6 +58,8 @@ struct Inner {
     clock: Arc<crate::clock::NodeClock>,
     /// Bumped whenever the policy changes.
     generation: AtomicU64,
+    /// Events taken back per revoked key since start (see [`Guard::take_back_plan`]).
+    taken_back: std::sync::Mutex<std::collections::BTreeMap<AuthorId, u64>>,
     /// Whether this node's certificate is in the policy log (by this node).
     own_published: AtomicBool,
     metrics: Metrics,
@@ -105,6 +107,7 @@ impl Guard {
             cert_file,
             clock,
             generation: AtomicU64::new(0),
+            taken_back: Default::default(),
             own_published: AtomicBool::new(false),
             metrics,
         }));
@@ -219,6 +222,49 @@ impl Guard {
         if self.fleet_mut().learn(cert.clone()).is_ok() {
             self.0.generation.fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    /// What this node holds that revoked keys wrote after their revocation, stored
+    /// before it knew: per log, the first seq to take back ([`Fleet::revoked_suffix`]).
+    /// Never this node's own logs (a revoked node signing at those seqs again would
+    /// fork them), the policy log, or document topics (other authors' changes may
+    /// build on the ones taken back).
+    pub fn take_back_plan(
+        &self,
+        store: &impl ReadStore,
+    ) -> Result<Vec<(Topic, AuthorId, Seq)>, String> {
+        let f = self.fleet();
+        if f.revocations().is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut plan = Vec::new();
+        for log in store.logs().map_err(|e| e.to_string())? {
+            if log.author == self.0.author || !f.revocations().contains_key(&log.author) {
+                continue;
+            }
+            let from = f
+                .revoked_suffix(store, &log.topic, &log.author, log.base, log.head.seq)
+                .map_err(|e| e.to_string())?;
+            let Some(from) = from else { continue };
+            let docs = store.docs_of(&log.topic, 1).map_err(|e| e.to_string())?;
+            if !docs.is_empty() {
+                tracing::warn!(author = %log.author, topic = %log.topic, from = %from, "a revoked key wrote document changes after its revocation; they stay (other changes may build on them), and nothing more of it is accepted");
+                continue;
+            }
+            plan.push((log.topic, log.author, from));
+        }
+        Ok(plan)
+    }
+
+    /// Counts `n` events of `author` taken back.
+    pub fn taken_back(&self, author: AuthorId, n: u64) {
+        *self
+            .0
+            .taken_back
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(author)
+            .or_insert(0) += n;
     }
 
     /// Whether this node may publish in `topic` now (documents if `docs`).
@@ -351,6 +397,14 @@ impl Guard {
                     node: k.to_string(),
                     reason: r.reason.clone(),
                     effective: time(r.effective_ms),
+                    taken_back: self
+                        .0
+                        .taken_back
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get(k)
+                        .copied()
+                        .unwrap_or(0),
                 })
                 .collect(),
         }

@@ -176,6 +176,14 @@ enum Command {
         cuts: murmur_store::PreparedPrune,
         reply: oneshot::Sender<Result<murmur_core::Pruned, String>>,
     },
+    /// A log's suffix taken back (a revocation learned late), after what was queued
+    /// before it.
+    Truncate {
+        topic: Topic,
+        author: murmur_core::AuthorId,
+        from: murmur_core::Seq,
+        reply: oneshot::Sender<Result<murmur_core::Pruned, String>>,
+    },
     /// Finish what is queued, refuse anything later, exit.
     Stop,
 }
@@ -318,6 +326,28 @@ impl Handle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Prune { cuts, reply })
+            .await
+            .map_err(|_| IngestError::ShuttingDown.to_string())?;
+        rx.await
+            .map_err(|_| IngestError::ShuttingDown.to_string())?
+    }
+
+    /// Takes back the events of one log from seq `from` on (`Store::truncate`), in
+    /// queue order.
+    pub async fn truncate(
+        &self,
+        topic: Topic,
+        author: murmur_core::AuthorId,
+        from: murmur_core::Seq,
+    ) -> Result<murmur_core::Pruned, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Truncate {
+                topic,
+                author,
+                from,
+                reply,
+            })
             .await
             .map_err(|_| IngestError::ShuttingDown.to_string())?;
         rx.await
@@ -543,6 +573,17 @@ impl Writer {
                         let done = self.store.commit_prune(cuts);
                         let _ = reply.send(done.map_err(|e| e.to_string()));
                     }
+                    Command::Truncate {
+                        topic,
+                        author,
+                        from,
+                        reply,
+                    } => {
+                        self.commit(std::mem::take(&mut batch));
+                        n = 0;
+                        let done = self.store.truncate(&topic, &author, from);
+                        let _ = reply.send(done.map_err(|e| e.to_string()));
+                    }
                     Command::Stop => {
                         stopping = true;
                         break;
@@ -567,7 +608,7 @@ impl Writer {
                 | Command::ConfirmOwnLogs(reply) => {
                     let _ = reply.send(Err(IngestError::ShuttingDown.to_string()));
                 }
-                Command::Prune { reply, .. } => {
+                Command::Prune { reply, .. } | Command::Truncate { reply, .. } => {
                     let _ = reply.send(Err(IngestError::ShuttingDown.to_string()));
                 }
                 Command::Stop => {}

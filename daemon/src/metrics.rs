@@ -182,6 +182,9 @@ pub struct Metrics {
     pub fleet_peers_refused: Family<Reason, Counter>,
     /// Policy entries applied (certificates, grants, revocations), by kind.
     pub fleet_entries: Family<Reason, Counter>,
+    /// Events revoked keys wrote after their revocation, stored before this node knew
+    /// of it, and taken back.
+    pub fleet_taken_back: Counter,
     /// Events pruned by retention, by rule.
     pub pruned_events: Family<RuleLabel, Counter>,
     /// Their bytes, by rule.
@@ -238,6 +241,7 @@ impl Metrics {
             fleet_events_refused: Family::default(),
             fleet_peers_refused: Family::default(),
             fleet_entries: Family::default(),
+            fleet_taken_back: Counter::default(),
             pruned_events: Family::default(),
             pruned_bytes: Family::default(),
             prune_passes: Counter::default(),
@@ -368,6 +372,11 @@ impl Metrics {
             m.fleet_entries.clone(),
         );
         r.register(
+            "fleet_events_taken_back",
+            "Events revoked keys wrote after their revocation that this node had stored before it learned of it, and took back",
+            m.fleet_taken_back.clone(),
+        );
+        r.register(
             "duplicates",
             "Gossiped events already held",
             m.duplicates.clone(),
@@ -379,7 +388,7 @@ impl Metrics {
         );
         r.register(
             "push_reconnects",
-            "Connections closed and dialed again because a peer's live push was lost (3 of its events in a row came by sync; at most once a minute per peer)",
+            "Connections closed and dialed again because a peer's live push was lost (3 ranges of its events in a row came by sync; at most once a minute per peer)",
             m.push_reconnects.clone(),
         );
         r.register(

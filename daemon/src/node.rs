@@ -363,6 +363,10 @@ fn start_network(
                 may_restart: Some(restart),
                 keeps_from: Some(keeps_from(rules.clone(), key.author())),
                 permit: fleet.as_ref().map(crate::fleet::Guard::permit_check),
+                window: crate::retention::budget_window(
+                    config.store.max_disk_mb.saturating_mul(1 << 20),
+                    murmur_core::sync::Config::default().window,
+                ),
                 ..murmur_core::sync::Config::default()
             },
             peers_file,
@@ -618,16 +622,25 @@ pub async fn run(
         SyncPolicy::Os => Durability::Buffered,
     };
     let failing = ingest::WriteFailing::default();
-    let fleet = match config.fleet.root_key()? {
-        None => {
+    // A node without a network needs no choice: it meets no one.
+    let mode = if config.p2p.enabled {
+        config.fleet.mode()?
+    } else {
+        config
+            .fleet
+            .mode()
+            .unwrap_or(crate::config::FleetMode::Open)
+    };
+    let fleet = match mode {
+        crate::config::FleetMode::Open => {
             if config.p2p.enabled {
                 tracing::info!(
-                    "open fleet (no fleet.root): every peer that connects is a member and may write anything"
+                    "open fleet (fleet.open = true): every peer that connects is a member and may write anything"
                 );
             }
             None
         }
-        Some(root) => {
+        crate::config::FleetMode::Closed(root) => {
             let (dir, st, c, m) = (
                 data_dir.clone(),
                 store.clone(),

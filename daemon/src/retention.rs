@@ -419,13 +419,35 @@ pub(crate) const PULL_PAUSE_PCT: u64 = 50;
 pub(crate) const GOSSIP_HOLD_PCT: u64 = 55;
 /// The write buffer's most, rounded up (an eighth of the budget).
 const WRITE_BUFFER_PCT: u64 = 13;
+/// Sync writes handed to the store writer and not yet done when a pause begins: at
+/// most the replicator's writes in flight, each a window (see [`budget_window`]).
+const IN_FLIGHT_PCT: u64 = 5;
 const _: () = assert!(
     BUDGET_LOW_PCT < BUDGET_HIGH_PCT
         && BUDGET_HIGH_PCT < PULL_PAUSE_PCT
         && PULL_PAUSE_PCT < GOSSIP_HOLD_PCT
-        // Five points for what is in flight when the hold begins.
-        && GOSSIP_HOLD_PCT + WRITE_BUFFER_PCT + BUDGET_LOW_PCT <= 95
+        && GOSSIP_HOLD_PCT + WRITE_BUFFER_PCT + BUDGET_LOW_PCT + IN_FLIGHT_PCT <= 100
 );
+
+/// Bytes an event is taken to occupy when a window is sized (a 256-byte event is
+/// about 570 on disk, indexes included).
+const EVENT_BYTES: u64 = 600;
+
+/// Events per sync window under a disk budget of `max_disk` bytes (0: none, `most`):
+/// the replicator's writes in flight, each a window, stay within
+/// [`IN_FLIGHT_PCT`] of the budget, so that what lands after a pause began cannot
+/// take the database over it (windows still on the wire then are dropped: see
+/// `murmur_core::sync`). At least 64, at most `most`.
+pub fn budget_window(max_disk: u64, most: u32) -> u32 {
+    if max_disk == 0 {
+        return most;
+    }
+    let writes = crate::replicate::WRITES_IN_FLIGHT as u64;
+    let events = max_disk / 100 * IN_FLIGHT_PCT / writes / EVENT_BYTES;
+    u32::try_from(events)
+        .unwrap_or(most)
+        .clamp(64.min(most), most)
+}
 
 /// Pruned bytes after which the store is compacted (rules' pruning, not over the
 /// budget): as much as it occupies on disk (so a compaction, which rewrites what

@@ -425,8 +425,69 @@ pub(crate) fn restart_log_starts_a_log_over<S: Store>(s: &S) {
     assert_eq!(st.bytes, size(&d[20..]));
 }
 
+/// `truncate` takes a log's suffix back: the head goes back, the events, their ids
+/// and arrivals go, the byte counts follow, offsets are not reused, and the log
+/// continues from its new head. The first held event always stays.
+pub fn truncate_takes_a_suffix_back<S: Store>(s: &S) {
+    let (k, other) = (key(1), key(2));
+    let c = chain(&k, "t", 8);
+    let o = chain(&other, "t", 2);
+    s.insert(&c[..6], Durability::Sync).unwrap();
+    s.insert(&o, Durability::Sync).unwrap();
+    let (a, t) = (k.author(), c[0].topic().clone());
+    let size = |evs: &[Event]| evs.iter().map(|e| e.bytes().len() as u64).sum::<u64>();
+    let next = s.next_offset();
+    // Nothing past the head, nothing of an unknown log.
+    assert_eq!(s.truncate(&t, &a, Seq(6)).unwrap().events, 0);
+    assert_eq!(
+        s.truncate(&Topic::new("none").unwrap(), &a, Seq(0))
+            .unwrap()
+            .events,
+        0
+    );
+    let done = s.truncate(&t, &a, Seq(3)).unwrap();
+    assert_eq!((done.events, done.bytes), (3, size(&c[3..6])));
+    let st = s.log_state(&a, &t).unwrap();
+    assert_eq!(st.head.map(|h| (h.seq, h.id)), Some((Seq(2), c[2].id())));
+    assert_eq!(st.bytes, size(&c[..3]));
+    assert_eq!(st.pruned_bytes, size(&c[3..6]));
+    assert_eq!(s.log_range(&a, &t, Seq(0), 100).unwrap(), c[..3].to_vec());
+    for e in &c[3..6] {
+        assert_eq!(s.event(&e.id()).unwrap(), None);
+    }
+    assert_eq!(
+        s.version_vector(&t).unwrap().get(&a).map(|e| e.seq),
+        Some(Seq(2))
+    );
+    // Arrivals skip what went; the other author's stay; no offset is reused.
+    let page = s.arrivals(Offset(0), None, 100, 100).unwrap();
+    assert_eq!(page.events.len(), 5);
+    assert!(
+        page.events
+            .iter()
+            .all(|(_, e)| e.seq() < Seq(3) || e.author() != a)
+    );
+    assert_eq!(s.next_offset(), next);
+    // The log continues from its new head (the same events, or others).
+    assert_eq!(
+        appended(&s.insert(&c[3..], Durability::Sync).unwrap()),
+        vec![next.0, next.0 + 1, next.0 + 2, next.0 + 3, next.0 + 4]
+    );
+    // A cut at or below the first held event keeps it.
+    let done = s.truncate(&t, &a, Seq(0)).unwrap();
+    assert_eq!(done.events, 7);
+    let st = s.log_state(&a, &t).unwrap();
+    assert_eq!(st.head.map(|h| h.seq), Some(Seq(0)));
+    assert_eq!(s.log_range(&a, &t, Seq(0), 100).unwrap(), c[..1].to_vec());
+}
+
 macro_rules! conformance_tests {
     ($make:expr) => {
+        #[test]
+        fn truncate_takes_a_suffix_back() {
+            let s = $make;
+            $crate::conformance::truncate_takes_a_suffix_back(&*s);
+        }
         #[test]
         fn restart_log_starts_a_log_over() {
             let s = $make;
@@ -539,6 +600,37 @@ mod rocks {
         let report = crate::check::verify(&s).unwrap();
         assert!(report.is_clean(), "{:?}", report.problems);
         assert_eq!((report.logs, report.events, report.arrivals), (1, 51, 51));
+    }
+
+    /// A truncated store reopens where it was: the newest arrivals were taken back, and
+    /// the next offset does not fall back to reuse theirs; `murmur verify` is clean.
+    #[test]
+    fn a_truncated_store_reopens_without_reusing_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(1);
+        let c = chain(&k, "r", 10);
+        {
+            let s = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap();
+            s.insert(&c, Durability::Sync).unwrap();
+            assert_eq!(
+                s.truncate(c[0].topic(), &k.author(), Seq(4))
+                    .unwrap()
+                    .events,
+                6
+            );
+            s.flush().unwrap();
+        }
+        let s = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap();
+        assert_eq!(s.next_offset(), Offset(10));
+        let head = s.log_state(&k.author(), c[0].topic()).unwrap().head;
+        assert_eq!(head.map(|h| h.seq), Some(Seq(3)));
+        let report = crate::check::verify(&s).unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+        assert_eq!((report.logs, report.events, report.arrivals), (1, 4, 4));
+        assert_eq!(
+            s.insert(&c[4..5], Durability::Sync).unwrap(),
+            vec![Outcome::Appended(Offset(10))]
+        );
     }
 
     /// A schema 1 store (the id index without offsets, 52-byte head records) is

@@ -211,6 +211,41 @@ impl Store for MemoryStore {
         Ok(done)
     }
 
+    fn truncate(&self, topic: &Topic, author: &AuthorId, from: Seq) -> Result<Pruned, Infallible> {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let id: LogId = (topic.clone(), *author);
+        let Some(log) = inner.logs.get_mut(&id) else {
+            return Ok(Pruned::default());
+        };
+        // The first held event stays (as in the RocksDB store).
+        let from = from.max(Seq(log.base.0 + 1));
+        let mut done = Pruned::default();
+        let mut gone = Vec::new();
+        while let Some((off, ev)) = log.events.back() {
+            if ev.seq() < from {
+                break;
+            }
+            done.events += 1;
+            done.bytes += ev.bytes().len() as u64;
+            log.pruned_to = log.pruned_to.max(Offset(off.0 + 1));
+            gone.push((*off, ev.id()));
+            log.events.pop_back();
+        }
+        if done.events == 0 {
+            return Ok(done);
+        }
+        log.head = log.events.back().map(|(_, ev)| Head::of(ev));
+        log.bytes -= done.bytes;
+        log.pruned_bytes += done.bytes;
+        for (off, ev_id) in gone {
+            inner.by_id.remove(&ev_id);
+            if let Some((t, doc)) = inner.doc_arrivals.remove(&off) {
+                inner.doc_changes.remove(&(t, doc, off));
+            }
+        }
+        Ok(done)
+    }
+
     fn save_snapshot(&self, topic: &Topic, doc: &DocId, snap: &Snapshot) -> Result<(), Infallible> {
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         inner

@@ -76,6 +76,9 @@ const FAMILIES: [&str; 7] = [
 const META_OWN_UNCONFIRMED: &[u8] = b"own_logs_unconfirmed";
 /// Written by [`RocksStore::probe_write`] (unix seconds of the last probe).
 const META_WRITE_PROBE: &[u8] = b"write_probe";
+/// The least next offset (u64, big-endian), written when a log is truncated: its
+/// events may have been the newest arrivals, and offsets are never reused.
+const META_NEXT_FLOOR: &[u8] = b"next_offset_floor";
 
 /// Most log states cached in memory; the cache is dropped whole when it grows past this
 /// (it refills from the `heads` family on demand).
@@ -664,7 +667,15 @@ impl RocksStore {
             _ => 0,
         };
         it.status()?;
-        Ok(next)
+        let floor = match self.db.get_cf(self.cf(CF_META), META_NEXT_FLOOR)? {
+            Some(v) => u64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("next_offset_floor is not 8 bytes"))?,
+            ),
+            None => 0,
+        };
+        Ok(next.max(floor))
     }
 
     /// Startup check, O(logs): every head names a stored event that is in the id index,
@@ -1480,6 +1491,64 @@ impl Store for RocksStore {
         }
         self.insert_locked(&mut writer, batch, overlay, events, durability)
     }
+    fn truncate(&self, topic: &Topic, author: &AuthorId, from: Seq) -> Result<Pruned> {
+        let mut writer = self
+            .writer
+            .lock()
+            .map_err(|_| corrupt("writer lock poisoned"))?;
+        let lk = log_key(topic, author);
+        let state = match writer.states.get(&lk) {
+            Some(s) => *s,
+            None => self.load_state(&lk)?,
+        };
+        let Some(head) = state.head else {
+            return Ok(Pruned::default());
+        };
+        // The first held event stays: the head anchors the chain, and the base keeps
+        // what retention pruned from coming back.
+        let from = from.max(Seq(state.base.0 + 1));
+        if from > head.seq {
+            return Ok(Pruned::default());
+        }
+        let Some(before) = self
+            .log_range(author, topic, Seq(from.0 - 1), 1)?
+            .into_iter()
+            .next()
+        else {
+            return Err(corrupt(format!(
+                "log {topic} of {author}: no event at seq {} below its head",
+                from.0 - 1
+            )));
+        };
+        let mut deletes = Deletes::default();
+        let (done, top) =
+            self.delete_events(&mut deletes, topic, &lk, from, Seq(head.seq.0 + 1))?;
+        let mut batch = WriteBatch::default();
+        deletes.apply(self, &mut batch);
+        let next = LogState {
+            head: Some(Head::of(&before)),
+            pruned_to: state.pruned_to.max(top),
+            bytes: state.bytes.saturating_sub(done.bytes),
+            pruned_bytes: state.pruned_bytes.saturating_add(done.bytes),
+            ..state
+        };
+        if let Some(h) = next.head {
+            batch.put_cf(
+                self.cf(CF_HEADS),
+                &lk,
+                encode_head(&HeadRecord::of(h, &next)),
+            );
+        }
+        let next_offset = self.next_offset.load(Ordering::Acquire);
+        batch.put_cf(self.cf(CF_META), META_NEXT_FLOOR, next_offset.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        self.pruned_to.fetch_max(next.pruned_to.0, Ordering::AcqRel);
+        writer.states.insert(lk, next);
+        Ok(done)
+    }
+
     fn save_snapshot(&self, topic: &Topic, doc: &DocId, snap: &Snapshot) -> Result<()> {
         crate::docs::save_snapshot(self, topic, doc, snap)
     }

@@ -434,3 +434,81 @@ fn a_members_forged_writes_beyond_its_grant_are_refused_by_gossip_and_by_sync() 
         assert!(n >= 1, "refused by {path}: {n}\n{}", victim.log());
     }
 }
+
+/// What a node takes back when it learns of a revocation late: the run of the revoked
+/// key's events at the end of a log timed at or after the revocation (read back from
+/// the head), nothing of a key not revoked, nothing of the policy log; and the store
+/// takes exactly that suffix back.
+#[test]
+fn a_revoked_keys_events_from_its_revocation_on_are_found_and_taken_back() {
+    use murmur_core::fleet::{Fleet, Rule};
+    use murmur_core::testing::{chain, key, member_cert, root_rule};
+    use murmur_core::{Durability, ReadStore, Seq, Store, Topic};
+    let root = key(0xC5);
+    let (thief, honest) = (key(1), key(2));
+    // chain() times event i at T + i ms.
+    const T: u64 = 1_700_000_000_000;
+    let stolen = chain(&thief, "sensors/a", 3000, "t");
+    let kept = chain(&honest, "sensors/a", 10, "h");
+    let store = murmur_store::MemoryStore::new();
+    store.insert(&stolen, Durability::Buffered).unwrap();
+    store.insert(&kept, Durability::Buffered).unwrap();
+    let mut fleet = Fleet::new(root.author(), 0);
+    for k in [&thief, &honest] {
+        fleet
+            .learn(member_cert(
+                &root,
+                k.author(),
+                &["sensor"],
+                T - 1,
+                T + 86_400_000,
+            ))
+            .unwrap();
+    }
+    let topic = Topic::new("sensors/a").unwrap();
+    let suffix = |f: &Fleet, who: &murmur_core::Keypair| {
+        let st = store.log_state(&who.author(), &topic).unwrap();
+        f.revoked_suffix(&store, &topic, &who.author(), st.base, st.head.unwrap().seq)
+            .unwrap()
+    };
+    assert_eq!(suffix(&fleet, &thief), None, "not revoked");
+    // Revoked at the time of its event 1234: from there on (over two windows of reads).
+    let revoke = |at: u64| {
+        root_rule(
+            &root,
+            Rule::Revoke {
+                subject: thief.author(),
+                reason: "stolen".into(),
+                effective_ms: at,
+            },
+            T,
+        )
+    };
+    fleet.apply(revoke(T + 1234)).unwrap();
+    assert_eq!(suffix(&fleet, &thief), Some(Seq(1234)));
+    assert_eq!(suffix(&fleet, &honest), None, "another key");
+    // Revoked after its head: nothing to take back.
+    let mut later = Fleet::new(root.author(), 0);
+    later.apply(revoke(T + 5000)).unwrap();
+    assert_eq!(suffix(&later, &thief), None);
+    // The policy log is never cut.
+    let policy = Topic::new(murmur_core::fleet::POLICY_TOPIC).unwrap();
+    assert_eq!(
+        fleet
+            .revoked_suffix(&store, &policy, &thief.author(), Seq(0), Seq(10))
+            .unwrap(),
+        None
+    );
+    // And the store takes exactly that back.
+    let done = store.truncate(&topic, &thief.author(), Seq(1234)).unwrap();
+    assert_eq!(done.events, 3000 - 1234);
+    assert_eq!(
+        store
+            .log_state(&thief.author(), &topic)
+            .unwrap()
+            .head
+            .map(|h| h.seq),
+        Some(Seq(1233))
+    );
+    assert_eq!(suffix(&fleet, &thief), None, "nothing left to take back");
+}

@@ -857,6 +857,17 @@ impl<P: Clone + Ord + Debug> Sync<P> {
             _ => return Vec::new(),
         };
         pull.inflight = None;
+        // Paused (a full disk, a disk budget's hold) since it was asked for: not
+        // written. Writing what was in flight when the pause began took a node over
+        // its disk budget; the pull ends, and a round after the pause asks again.
+        if !self.pulling && !probe {
+            if pull.persisting > 0 {
+                pull.to = Seq(0);
+            } else if let Some(s) = self.sessions.get_mut(&key) {
+                s.pulls.remove(&author);
+            }
+            return self.advance(key, now, store);
+        }
         if let Some(s) = self.sessions.get_mut(&key) {
             s.deadline = now + self.config.request_timeout;
         }

@@ -122,7 +122,7 @@ pub(crate) const GOSSIP_MAX_BYTES: usize = murmur_p2p::MAX_GOSSIP_BYTES;
 /// Most durable events gathered from queued batches into one round of gossip.
 const PUBLISH_COALESCE: usize = 8192;
 /// Most writes handed to the store writer and not yet done.
-const WRITES_IN_FLIGHT: usize = 16;
+pub(crate) const WRITES_IN_FLIGHT: usize = 16;
 
 struct Replicator {
     machine: Machine<PeerId, MessageId>,
@@ -531,6 +531,52 @@ impl Replicator {
             .machine
             .policy_changed(changed, |peer| g.stands(peer), now, &*self.store);
         self.outputs(outs).await;
+        if changed {
+            self.take_back(g);
+        }
+    }
+
+    /// Takes back what revoked keys wrote after their revocation and this node stored
+    /// before it knew (a revocation learned late, or at startup after a crash midway),
+    /// on its own task: the plan reads logs back, and the writer, in queue order,
+    /// takes each log's suffix. Nothing of theirs is stored again: the policy refuses
+    /// it by gossip and by sync alike.
+    fn take_back(&self, g: crate::fleet::Guard) {
+        let (store, writer, metrics) = (
+            self.store.clone(),
+            self.writer.clone(),
+            self.metrics.clone(),
+        );
+        tokio::spawn(async move {
+            let plan = {
+                let g = g.clone();
+                tokio::task::spawn_blocking(move || g.take_back_plan(&*store)).await
+            };
+            let plan = match plan {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not look for events of revoked keys to take back; the next policy change retries");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not look for events of revoked keys to take back");
+                    return;
+                }
+            };
+            for (topic, author, from) in plan {
+                match writer.truncate(topic.clone(), author, from).await {
+                    Ok(done) if done.events > 0 => {
+                        metrics.fleet_taken_back.inc_by(done.events);
+                        g.taken_back(author, done.events);
+                        tracing::warn!(%author, %topic, from = %from, events = done.events, "took back what a revoked key wrote after its revocation (stored before this node knew of it)");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(%author, %topic, error = %e, "could not take back a revoked key's events");
+                    }
+                }
+            }
+        });
     }
 
     /// A new peer's credentials: admitted, or kept out.
@@ -777,7 +823,7 @@ impl Replicator {
                 } => {
                     self.metrics.push_lost.inc_by(events);
                     if reconnect {
-                        tracing::warn!(%peer, "this peer's live push no longer reaches us (its own events came by sync after rounds with it had ended): reconnecting");
+                        tracing::warn!(%peer, "this peer's live push no longer reaches us (three ranges of its own events in a row came by sync after rounds with it had ended): reconnecting");
                         if self.net.try_send(NetCommand::Reconnect(peer)) {
                             self.metrics.push_reconnects.inc();
                         }

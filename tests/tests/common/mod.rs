@@ -156,6 +156,14 @@ impl Node {
     /// (Re)starts the daemon on this data dir and waits until it answers.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
+        // Tests run open fleets unless their config chooses (a node that speaks to the
+        // network must: `FleetConfig::mode`).
+        let cfg_path = self.dir.join("murmur.toml");
+        if let Ok(cfg) = std::fs::read_to_string(&cfg_path)
+            && !cfg.contains("[fleet]")
+        {
+            std::fs::write(&cfg_path, format!("{cfg}\n[fleet]\nopen = true\n")).unwrap();
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
