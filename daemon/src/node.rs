@@ -561,6 +561,10 @@ pub async fn run(
     let shutdown = shutdown_all.child_token();
     let reopen = Arc::new(std::sync::atomic::AtomicBool::new(false));
     config.validate()?;
+    // Who may join: chosen before anything is created or heard.
+    if config.p2p.enabled {
+        config.fleet.mode()?;
+    }
     // Descriptors: raise the soft limit, keep room for RocksDB's files, libp2p's
     // connections and the daemon's own, and cap API connections to what is left.
     let nofile = server::listener::raise_nofile();

@@ -330,6 +330,41 @@ fn errors_when_no_daemon_or_a_second_daemon() {
     // The first daemon is unaffected.
     assert_eq!(n.get("/v1/status")["events"], 0);
 
+    // A node that would speak to the network must say who may join its fleet; it
+    // refuses to start, before it creates anything, and says what to write.
+    let unchosen = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::write(
+        unchosen.path().join("murmur.toml"),
+        "[store]\nsync = \"os\"\n",
+    )
+    .unwrap();
+    let o = Command::new(binary())
+        .args(["daemon", "--data-dir"])
+        .arg(unchosen.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("[fleet] open = true") && e.contains("murmur fleet init"),
+        "{e}"
+    );
+    assert!(!unchosen.path().join("db").exists(), "nothing created");
+    // `murmur init` writes the open choice, out loud, into the config it creates.
+    let fresh = tempfile::tempdir_in("/tmp").unwrap();
+    let init = Command::new(binary())
+        .args(["--data-dir"])
+        .arg(fresh.path())
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", stderr(&init));
+    let written = std::fs::read_to_string(fresh.path().join("murmur.toml")).unwrap();
+    assert!(
+        written.contains("\n[fleet]\n") && written.contains("\nopen = true\n"),
+        "{written}"
+    );
+
     let bad = tempfile::tempdir_in("/tmp").unwrap();
     std::fs::write(bad.path().join("murmur.toml"), "[store]\nsynk = \"os\"\n").unwrap();
     let o = Command::new(binary())
