@@ -99,7 +99,8 @@ pub enum FleetAction {
         #[arg(long, value_name = "TIME", conflicts_with = "everything")]
         at: Option<String>,
         /// Refuse everything it ever wrote, and take it back on every node (each log
-        /// keeps its first event; document changes stay)
+        /// keeps its first event; document changes stay). For an admin key this also
+        /// voids every certificate and grant it ever signed
         #[arg(long)]
         everything: bool,
         /// The signing key (root or admin)
@@ -393,7 +394,7 @@ fn chain_expires_before(cert: &Cert) -> bool {
 fn print_status(f: &FleetJson) {
     if f.mode == "open" {
         println!(
-            "fleet:   open (no fleet.root): every peer that connects is a member and may write anything"
+            "fleet:   open (fleet.open = true): every peer that connects is a member and may write anything"
         );
         println!("node:    {}", f.node);
         return;

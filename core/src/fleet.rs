@@ -533,6 +533,51 @@ fn no_grant(author: AuthorId, topic: &Topic, docs: bool) -> Refusal {
     }
 }
 
+/// Where a log stops standing because its author was revoked from `effective_ms`: the
+/// first seq of the run of events at its end timed at or after then (read back from
+/// the head, the head alone first, then 1,024 at a time, so the cost is what would be
+/// taken back). `None` when its head was written before, or the topic is reserved
+/// (the policy log is kept whole). A node that learns of a revocation late takes these
+/// events back ([`crate::storage::Store::truncate`]); [`Fleet::revocations`] says who
+/// and from when.
+pub fn revoked_suffix<S: crate::storage::ReadStore>(
+    store: &S,
+    topic: &Topic,
+    author: &AuthorId,
+    base: crate::id::Seq,
+    head: crate::id::Seq,
+    effective_ms: u64,
+) -> Result<Option<crate::id::Seq>, S::Error> {
+    if is_reserved(topic) {
+        return Ok(None);
+    }
+    let mut first = None;
+    // Exclusive end of the part not yet read; the head alone first (most logs of a
+    // revoked key end before its revocation), then 1,024 at a time.
+    let mut end = head.0.saturating_add(1);
+    let mut window = 1;
+    while end > base.0 {
+        let from = end.saturating_sub(window).max(base.0);
+        window = 1024;
+        let limit = usize::try_from(end - from).unwrap_or(1024);
+        let evs = store.log_range(author, topic, crate::id::Seq(from), limit)?;
+        let mut run = !evs.is_empty();
+        for e in evs.iter().rev() {
+            if e.time().ms >= effective_ms {
+                first = Some(e.seq());
+            } else {
+                run = false;
+                break;
+            }
+        }
+        if !run {
+            break;
+        }
+        end = from;
+    }
+    Ok(first)
+}
+
 /// Whether `topic` is one of the fleet's own.
 pub fn is_reserved(topic: &Topic) -> bool {
     topic.as_str().starts_with(RESERVED_PREFIX)
@@ -634,53 +679,6 @@ impl Fleet {
     /// Revocations in force, by key.
     pub fn revocations(&self) -> &BTreeMap<AuthorId, Revocation> {
         &self.revoked
-    }
-
-    /// Where a log stops standing because its author was revoked: the first seq of the
-    /// run of events at its end timed at or after the revocation (read back from the
-    /// head, so the cost is what would be taken back). `None` when
-    /// the author is not revoked, its head was written before, or the topic is
-    /// reserved (the policy log is kept whole). A node that learns of a revocation
-    /// late takes these events back ([`crate::storage::Store::truncate`]).
-    pub fn revoked_suffix<S: crate::storage::ReadStore>(
-        &self,
-        store: &S,
-        topic: &Topic,
-        author: &AuthorId,
-        base: crate::id::Seq,
-        head: crate::id::Seq,
-    ) -> Result<Option<crate::id::Seq>, S::Error> {
-        let Some(r) = self.revoked.get(author) else {
-            return Ok(None);
-        };
-        if is_reserved(topic) {
-            return Ok(None);
-        }
-        let mut first = None;
-        // Exclusive end of the part not yet read; the head alone first (most logs of a
-        // revoked key end before its revocation), then 1,024 at a time.
-        let mut end = head.0.saturating_add(1);
-        let mut window = 1;
-        while end > base.0 {
-            let from = end.saturating_sub(window).max(base.0);
-            window = 1024;
-            let limit = usize::try_from(end - from).unwrap_or(1024);
-            let evs = store.log_range(author, topic, crate::id::Seq(from), limit)?;
-            let mut run = !evs.is_empty();
-            for e in evs.iter().rev() {
-                if e.time().ms >= r.effective_ms {
-                    first = Some(e.seq());
-                } else {
-                    run = false;
-                    break;
-                }
-            }
-            if !run {
-                break;
-            }
-            end = from;
-        }
-        Ok(first)
     }
 
     /// Learns a member certificate (from a policy entry, or offered at connect).

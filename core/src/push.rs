@@ -6,24 +6,24 @@
 //! If it comes by sync instead, the peer's push to us was lost. A push path can die
 //! without a word while the connection stays up (a gossip stream that failed to open
 //! a few times is given up for the connection's life), and then only the periodic
-//! rounds bring that peer's events: minutes late on a real fleet. A few such ranges
+//! rounds bring that peer's events: minutes late on a real fleet. A few such rounds
 //! in a row, and the driver is told to reconnect: a new connection opens new streams.
 //!
 //! Only what a round proves is counted: the peer's own events (its node key is its
 //! author key), on a topic of a channel both sides are on, after a round with it on
-//! that topic ended, while this node was taking gossip in. A single range that a
-//! round pulled a moment before its push arrived is a race; [`STRIKES`] in a row,
+//! that topic ended, while this node was taking gossip in. A single round that
+//! pulled an event a moment before its push arrived is a race; [`STRIKES`] in a row,
 //! with no push from the peer between them, is not. A path so congested that
 //! gossipsub drops what it cannot send looks the same, if nothing gets through
-//! between three ranges; reconnecting then costs a round, at most once a minute.
+//! between three rounds; reconnecting then costs a round, at most once a minute.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::{AuthorId, Topic};
 
-/// Ranges of a peer's own events that must come by sync, with none of its events by
-/// its push between them, before a reconnect is asked for.
+/// Sessions in a row that must bring a peer's own events by sync, with none of its
+/// events by its push between them, before a reconnect is asked for.
 pub const STRIKES: u32 = 3;
 
 /// Reconnects with one peer are asked for at most this often.
@@ -62,6 +62,10 @@ pub(crate) struct PushWatch<P> {
     generation: u64,
     /// Lost pushes in a row, per peer.
     strikes: BTreeMap<P, u32>,
+    /// Sessions (the peer pulled from, the topic) that have already counted a strike
+    /// against a peer (the third): one session pulling a lost push in several windows
+    /// is one loss.
+    struck: BTreeSet<(P, Topic, P)>,
     /// When a reconnect was last asked for, per peer (kept across connections).
     reconnected: BTreeMap<P, Instant>,
     /// The driver's latest time.
@@ -77,6 +81,7 @@ impl<P> Default for PushWatch<P> {
             started: BTreeMap::new(),
             generation: 0,
             strikes: BTreeMap::new(),
+            struck: BTreeSet::new(),
             reconnected: BTreeMap::new(),
             now: None,
         }
@@ -114,9 +119,30 @@ impl<P: Ord + Clone> PushWatch<P> {
         }
     }
 
+    /// A session with `peer` on `topic` failed: it proves nothing.
+    pub fn round_failed(&mut self, peer: &P, topic: &Topic) {
+        self.started.remove(&(peer.clone(), topic.clone()));
+        self.session_ended(peer, topic);
+    }
+
+    fn session_ended(&mut self, peer: &P, topic: &Topic) {
+        self.struck.retain(|(p, t, _)| !(p == peer && t == topic));
+    }
+
+    /// Whether a session with `from` on `topic` may still count a strike against
+    /// `author_peer` (once per session), and marks it counted.
+    pub fn first_in_session(&mut self, from: &P, topic: &Topic, author_peer: &P) -> bool {
+        if self.struck.len() >= CAUGHT_UP_MAX {
+            return false;
+        }
+        self.struck
+            .insert((from.clone(), topic.clone(), author_peer.clone()))
+    }
+
     /// A session with `peer` on `topic` ended well: if it was a round that ran while
     /// gossip was taken in throughout, we held all the peer had there.
     pub fn caught_up(&mut self, peer: &P, topic: &Topic) {
+        self.session_ended(peer, topic);
         let key = (peer.clone(), topic.clone());
         if self.started.remove(&key) == Some(self.generation)
             && self.caught_up.len() < CAUGHT_UP_MAX
@@ -135,7 +161,7 @@ impl<P: Ord + Clone> PushWatch<P> {
         self.strikes.remove(peer);
     }
 
-    /// A range of `peer`'s own events on a caught-up topic came by sync.
+    /// A session brought `peer`'s own events on a caught-up topic by sync.
     pub fn missed(&mut self, peer: &P) -> Missed {
         let Some(now) = self.now else {
             return Missed::Counted;
@@ -171,6 +197,7 @@ impl<P: Ord + Clone> PushWatch<P> {
         }
         self.caught_up.retain(|(p, _)| p != peer);
         self.started.retain(|(p, _), _| p != peer);
+        self.struck.retain(|(p, _, a)| p != peer && a != peer);
         self.strikes.remove(peer);
     }
 

@@ -957,10 +957,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                     // The author forked at our head: a round with the sender proves it.
                     Some(Outcome::PrevMismatch) if !round => {
                         round = true;
-                        self.push.round_started(&from, ev.topic());
-                        let o = self
-                            .sync
-                            .start(from.clone(), ev.topic().clone(), now, store);
+                        let o = self.begin_round(from.clone(), ev.topic().clone(), now, store);
                         self.sync_outputs(o, store, outs);
                     }
                     Some(Outcome::Duplicate) => duplicates += 1,
@@ -1277,8 +1274,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             return;
         }
         if self.sync.sessions() < self.config.sync.max_sessions && self.queued.0.is_empty() {
-            self.push.round_started(&peer, &topic);
-            let o = self.sync.start(peer, topic, now, store);
+            let o = self.begin_round(peer, topic, now, store);
             self.sync_outputs(o, store, outs);
             return;
         }
@@ -1301,8 +1297,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                 && self.interested(&topic)
                 && self.peer_wants(&peer, &topic)
             {
-                self.push.round_started(&peer, &topic);
-                let o = self.sync.start(peer, topic, now, store);
+                let o = self.begin_round(peer, topic, now, store);
                 self.sync_outputs(o, store, outs);
             }
         }
@@ -1313,14 +1308,18 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
         self.queued.0.len()
     }
 
-    /// Events a round stored that a connected peer wrote after an earlier round with it
-    /// on their topic had ended, on a channel both sides are on: its push was lost.
-    /// One output per such peer.
-    fn lost_pushes<'a>(&mut self, events: impl Iterator<Item = &'a Event>) -> Vec<Output<P, M>> {
+    /// Events a session with `from` stored that a connected peer wrote after an earlier
+    /// round with it on their topic had ended, on a channel both sides are on: its
+    /// push was lost. One output per such peer; one strike per session.
+    fn lost_pushes<'a>(
+        &mut self,
+        from: &P,
+        events: impl Iterator<Item = &'a Event>,
+    ) -> Vec<Output<P, M>> {
         if self.full {
             return Vec::new();
         }
-        let mut by_peer: BTreeMap<P, u64> = BTreeMap::new();
+        let mut by_peer: BTreeMap<P, (u64, Topic)> = BTreeMap::new();
         for e in events {
             let Some(peer) = self.push.peer_of(&e.author()) else {
                 continue;
@@ -1331,15 +1330,19 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                     .any(|c| c.matches(e.topic()) && theirs.contains(c))
             });
             if shared && self.push.is_caught_up(peer, e.topic()) {
-                *by_peer.entry(peer.clone()).or_insert(0) += 1;
+                by_peer
+                    .entry(peer.clone())
+                    .or_insert((0, e.topic().clone()))
+                    .0 += 1;
             }
         }
         let mut outs = Vec::new();
-        for (peer, events) in by_peer {
-            // One strike per stored range, not per event: a window of 100 lost events
-            // is one loss, and a congested path that still pushes between losses
-            // starts the count over.
-            let reconnect = self.push.missed(&peer) == crate::push::Missed::Reconnect;
+        for (peer, (events, topic)) in by_peer {
+            // One strike per session, not per window or event: a lost run pulled in
+            // several windows is one loss, and a congested path that still pushes
+            // between losses starts the count over.
+            let reconnect = self.push.first_in_session(from, &topic, &peer)
+                && self.push.missed(&peer) == crate::push::Missed::Reconnect;
             outs.push(Output::PushLost {
                 peer,
                 events,
@@ -1347,6 +1350,30 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             });
         }
         outs
+    }
+
+    /// A round with `peer` on `topic`: started, and remembered by the push watch if it
+    /// really began (a session with the peer on the topic may be running already).
+    fn begin_round<S: ReadStore>(
+        &mut self,
+        peer: P,
+        topic: Topic,
+        now: Instant,
+        store: &S,
+    ) -> Vec<sync::Output<P>> {
+        let o = self.sync.start(peer.clone(), topic.clone(), now, store);
+        if o.iter().any(|x| {
+            matches!(
+                x,
+                sync::Output::Send {
+                    msg: sync::Message::Hello { .. },
+                    ..
+                }
+            )
+        }) {
+            self.push.round_started(&peer, &topic);
+        }
+        o
     }
 
     /// Passes the sync machine's outputs on, and acts on them: a stored range may let
@@ -1380,12 +1407,12 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
             let mut failed = None;
             let mut lost = Vec::new();
             match &out {
-                sync::Output::Stored { events, .. } => {
+                sync::Output::Stored { from, events } => {
                     drain = events
                         .iter()
                         .map(|(_, e)| (e.topic().clone(), e.author()))
                         .collect();
-                    lost = self.lost_pushes(events.iter().map(|(_, e)| e));
+                    lost = self.lost_pushes(from, events.iter().map(|(_, e)| e));
                 }
                 sync::Output::Done { peer, topic, .. } => {
                     self.retries.remove(&(peer.clone(), topic.clone()));
@@ -1396,7 +1423,10 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
                     peer,
                     topic,
                     reason,
-                } => failed = Some((peer.clone(), topic.clone(), reason.clone())),
+                } => {
+                    self.push.round_failed(peer, topic);
+                    failed = Some((peer.clone(), topic.clone(), reason.clone()));
+                }
                 sync::Output::Misbehaved { peer, .. } => ban = Some(peer.clone()),
                 _ => {}
             }

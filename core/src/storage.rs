@@ -242,7 +242,8 @@ pub trait Store: ReadStore {
     /// the head goes back to the event before `from`. A log always keeps its first
     /// held event (a cut at or below the base stops above it): its head anchors the
     /// chain, and what retention pruned below it must not come back. Fork proofs stay;
-    /// offsets are never reused; readers of arrivals skip the deleted ones. For a
+    /// offsets are never reused; readers of arrivals skip the deleted ones, and are
+    /// not told they missed anything (`pruned_to` stays: taken back, not lost). For a
     /// fleet's revocation learned late: what the revoked key wrote after it goes. Not
     /// for document topics (other authors' changes may depend on the ones it would
     /// take away).

@@ -10,7 +10,7 @@
 //!   peers that no longer stand when the policy changes ([`Guard::generation`]).
 //! - Local publishing asks [`Guard::may_publish`] (403 naming the missing grant).
 //!
-//! Without `fleet.root` the fleet is open: no guard, every peer that connects (with
+//! In an open fleet (`fleet.open = true`) there is no guard: every peer that connects (with
 //! the pre-shared key, if one is set) is a member and may write anything.
 
 use std::path::{Path, PathBuf};
@@ -225,7 +225,7 @@ impl Guard {
     }
 
     /// What this node holds that revoked keys wrote after their revocation, stored
-    /// before it knew: per log, the first seq to take back ([`Fleet::revoked_suffix`]).
+    /// before it knew: per log, the first seq to take back ([`fleet::revoked_suffix`]).
     /// Never this node's own logs (a revoked node signing at those seqs again would
     /// fork them), the policy log, or document topics (other authors' changes may
     /// build on the ones taken back).
@@ -233,22 +233,38 @@ impl Guard {
         &self,
         store: &impl ReadStore,
     ) -> Result<Vec<(Topic, AuthorId, Seq)>, String> {
-        let f = self.fleet();
-        if f.revocations().is_empty() {
+        // A copy: the policy's lock is not held while the store is read (the writer
+        // applying an entry would wait, and every permit check behind it).
+        let revoked: std::collections::BTreeMap<AuthorId, u64> = self
+            .fleet()
+            .revocations()
+            .iter()
+            .map(|(k, r)| (*k, r.effective_ms))
+            .collect();
+        if revoked.is_empty() {
             return Ok(Vec::new());
         }
         let mut plan = Vec::new();
         for log in store.logs().map_err(|e| e.to_string())? {
-            if log.author == self.0.author || !f.revocations().contains_key(&log.author) {
+            let Some(&effective_ms) = revoked.get(&log.author) else {
+                continue;
+            };
+            if log.author == self.0.author {
                 continue;
             }
-            let from = f
-                .revoked_suffix(store, &log.topic, &log.author, log.base, log.head.seq)
-                .map_err(|e| e.to_string())?;
+            let from = fleet::revoked_suffix(
+                store,
+                &log.topic,
+                &log.author,
+                log.base,
+                log.head.seq,
+                effective_ms,
+            )
+            .map_err(|e| e.to_string())?;
             let Some(from) = from else { continue };
             let docs = store.docs_of(&log.topic, 1).map_err(|e| e.to_string())?;
             if !docs.is_empty() {
-                tracing::warn!(author = %log.author, topic = %log.topic, from = %from, "a revoked key wrote document changes after its revocation; they stay (other changes may build on them), and nothing more of it is accepted");
+                tracing::info!(author = %log.author, topic = %log.topic, from = %from, "a revoked key's events after its revocation stay in a topic with documents (other changes may build on them); nothing more of it is accepted");
                 continue;
             }
             plan.push((log.topic, log.author, from));

@@ -176,13 +176,11 @@ enum Command {
         cuts: murmur_store::PreparedPrune,
         reply: oneshot::Sender<Result<murmur_core::Pruned, String>>,
     },
-    /// A log's suffix taken back (a revocation learned late), after what was queued
-    /// before it.
-    Truncate {
-        topic: Topic,
-        author: murmur_core::AuthorId,
-        from: murmur_core::Seq,
-        reply: oneshot::Sender<Result<murmur_core::Pruned, String>>,
+    /// What revoked keys wrote after their revocation, found and taken back, after
+    /// what was queued before (see [`Handle::take_back`]).
+    TakeBack {
+        fleet: crate::fleet::Guard,
+        reply: oneshot::Sender<Result<TakenBack, String>>,
     },
     /// Finish what is queued, refuse anything later, exit.
     Stop,
@@ -199,6 +197,15 @@ struct Write {
 /// The result of a [`Handle::write`]: the store's outcome per event, or why nothing
 /// was written.
 pub type Written = Result<Vec<Outcome>, String>;
+
+/// What [`Handle::take_back`] took back, per log: its topic, author, the first seq
+/// taken back, and what went.
+pub type TakenBack = Vec<(
+    Topic,
+    murmur_core::AuthorId,
+    murmur_core::Seq,
+    murmur_core::Pruned,
+)>;
 
 struct Job {
     items: Vec<PublishItem>,
@@ -332,22 +339,14 @@ impl Handle {
             .map_err(|_| IngestError::ShuttingDown.to_string())?
     }
 
-    /// Takes back the events of one log from seq `from` on (`Store::truncate`), in
-    /// queue order.
-    pub async fn truncate(
-        &self,
-        topic: Topic,
-        author: murmur_core::AuthorId,
-        from: murmur_core::Seq,
-    ) -> Result<murmur_core::Pruned, String> {
+    /// Finds what revoked keys wrote after their revocation (`Guard::take_back_plan`)
+    /// and takes it back (`Store::truncate`), on the writer, after everything queued
+    /// before: writes checked under the policy before the revocation land first, and
+    /// are found. Per log: its topic, author, the first seq taken back, and what went.
+    pub async fn take_back(&self, fleet: crate::fleet::Guard) -> Result<TakenBack, String> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Truncate {
-                topic,
-                author,
-                from,
-                reply,
-            })
+            .send(Command::TakeBack { fleet, reply })
             .await
             .map_err(|_| IngestError::ShuttingDown.to_string())?;
         rx.await
@@ -573,16 +572,10 @@ impl Writer {
                         let done = self.store.commit_prune(cuts);
                         let _ = reply.send(done.map_err(|e| e.to_string()));
                     }
-                    Command::Truncate {
-                        topic,
-                        author,
-                        from,
-                        reply,
-                    } => {
+                    Command::TakeBack { fleet, reply } => {
                         self.commit(std::mem::take(&mut batch));
                         n = 0;
-                        let done = self.store.truncate(&topic, &author, from);
-                        let _ = reply.send(done.map_err(|e| e.to_string()));
+                        let _ = reply.send(self.take_back(&fleet));
                     }
                     Command::Stop => {
                         stopping = true;
@@ -608,7 +601,10 @@ impl Writer {
                 | Command::ConfirmOwnLogs(reply) => {
                     let _ = reply.send(Err(IngestError::ShuttingDown.to_string()));
                 }
-                Command::Prune { reply, .. } | Command::Truncate { reply, .. } => {
+                Command::Prune { reply, .. } => {
+                    let _ = reply.send(Err(IngestError::ShuttingDown.to_string()));
+                }
+                Command::TakeBack { reply, .. } => {
                     let _ = reply.send(Err(IngestError::ShuttingDown.to_string()));
                 }
                 Command::Stop => {}
@@ -653,6 +649,21 @@ impl Writer {
 
     /// Signs the batch's publishes and writes them with its replicated events in one
     /// insert (one WriteBatch, one WAL sync), then answers everyone.
+    /// [`Handle::take_back`], on the writer.
+    fn take_back(&self, fleet: &crate::fleet::Guard) -> Result<TakenBack, String> {
+        let mut done = Vec::new();
+        for (topic, author, from) in fleet.take_back_plan(&*self.store)? {
+            let pruned = self
+                .store
+                .truncate(&topic, &author, from)
+                .map_err(|e| e.to_string())?;
+            if pruned.events > 0 {
+                done.push((topic, author, from, pruned));
+            }
+        }
+        Ok(done)
+    }
+
     fn commit(&mut self, batch: Batch) {
         let Batch {
             jobs,

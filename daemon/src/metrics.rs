@@ -388,7 +388,7 @@ impl Metrics {
         );
         r.register(
             "push_reconnects",
-            "Connections closed and dialed again because a peer's live push was lost (3 ranges of its events in a row came by sync; at most once a minute per peer)",
+            "Connections closed and dialed again because a peer's live push was lost (3 rounds in a row brought its events by sync; at most once a minute per peer)",
             m.push_reconnects.clone(),
         );
         r.register(

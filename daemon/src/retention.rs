@@ -339,14 +339,21 @@ pub async fn run(
         }
         if high && !quiet {
             match budget_pass(&policy, max_disk, &store, &writer, &metrics).await {
-                Ok(pruned) => {
+                Ok(Some(pruned)) => {
                     uncompacted += pruned.bytes;
                     over_budget = pruned.events > 0;
-                    // Nothing left to prune: pulls must not wait for room (see
-                    // `Rules::budget_exhausted`).
-                    rules.set_budget_exhausted(pruned.events == 0);
-                    budget_quiet_until =
-                        (pruned.events == 0).then(|| tokio::time::Instant::now() + BUDGET_QUIET);
+                    rules.set_budget_exhausted(false);
+                    budget_quiet_until = None;
+                }
+                // Nothing left it may prune: pulls must not wait for room (see
+                // `Rules::budget_exhausted`), and the next look waits. (A plan whose
+                // cuts a concurrent change voided pruned nothing but is no such
+                // sign: it was `Some` and the next pass, 250 ms on, plans again.
+                // Counting it as exhausted once lifted the hold and the pauses for
+                // 30 s, and a fast run took a host to 55.3 MiB of its 32.)
+                Ok(None) => {
+                    rules.set_budget_exhausted(true);
+                    budget_quiet_until = Some(tokio::time::Instant::now() + BUDGET_QUIET);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "disk budget pass failed; the next one retries")
@@ -466,14 +473,14 @@ pub const BUDGET_LABEL: &str = "store.max_disk_mb";
 
 /// The disk budget's pass: the oldest events of topics not marked keep, about as many
 /// as bring the database to [`BUDGET_LOW_PCT`] of `max_disk` (by its bytes per event
-/// held).
+/// held). `None`: nothing it may prune.
 async fn budget_pass(
     policy: &Arc<Policy>,
     max_disk: u64,
     store: &Arc<RocksStore>,
     writer: &ingest::Handle,
     metrics: &Metrics,
-) -> Result<murmur_core::Pruned, String> {
+) -> Result<Option<murmur_core::Pruned>, String> {
     let plan = {
         let (policy, store) = (policy.clone(), store.clone());
         tokio::task::spawn_blocking(move || {
@@ -496,7 +503,7 @@ async fn budget_pass(
             disk = store.disk_bytes(),
             "over the disk budget and nothing left to prune (topics marked keep, document topics, heads): the disk may fill"
         );
-        return Ok(murmur_core::Pruned::default());
+        return Ok(None);
     }
     let cuts = plan.into_iter().map(|p| p.cut).collect();
     let done = prune(store, writer, cuts).await?;
@@ -508,7 +515,7 @@ async fn budget_pass(
         max_disk,
         "over the disk budget: pruned the oldest events"
     );
-    Ok(done)
+    Ok(Some(done))
 }
 
 /// Carries out `cuts`: what they delete is read on the blocking pool, and the store's

@@ -997,6 +997,9 @@ impl EventLoop {
                     "direct"
                 };
                 if num_established.get() == 1 {
+                    // A reconnect that never saw its last connection close (another
+                    // came first) is over.
+                    self.reconnecting.remove(&peer_id);
                     tracing::info!(peer = %peer_id, %addr, how, path, "connected");
                     let how = self.found_by.remove(&peer_id).unwrap_or(how);
                     self.peers.insert(

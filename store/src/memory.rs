@@ -60,9 +60,14 @@ impl Inner {
         log.events.get(usize::try_from(i).ok()?).map(|(_, e)| e)
     }
 
+    /// The event stored at offset `off`, if it is still there (a truncated log may
+    /// hold another event at that seq now, stored at a later offset).
     fn at_offset(&self, off: Offset) -> Option<&Event> {
         let (log, seq) = self.arrivals.get(usize::try_from(off.0).ok()?)?;
-        self.at(log, *seq)
+        let l = self.logs.get(log)?;
+        let i = seq.0.checked_sub(l.base.0)?;
+        let (stored_at, ev) = l.events.get(usize::try_from(i).ok()?)?;
+        (*stored_at == off).then_some(ev)
     }
 }
 
@@ -227,7 +232,6 @@ impl Store for MemoryStore {
             }
             done.events += 1;
             done.bytes += ev.bytes().len() as u64;
-            log.pruned_to = log.pruned_to.max(Offset(off.0 + 1));
             gone.push((*off, ev.id()));
             log.events.pop_back();
         }
@@ -328,13 +332,13 @@ impl ReadStore for MemoryStore {
             events: Vec::new(),
             next: from,
         };
-        for (i, (log, seq)) in inner.arrivals.iter().enumerate().skip(start).take(max_scan) {
+        for (i, (log, _)) in inner.arrivals.iter().enumerate().skip(start).take(max_scan) {
             if page.events.len() >= limit {
                 break;
             }
             page.next = Offset(i as u64 + 1);
             if filter.is_none_or(|p| p.matches(&log.0))
-                && let Some(ev) = inner.at(log, *seq)
+                && let Some(ev) = inner.at_offset(Offset(i as u64))
             {
                 page.events.push((Offset(i as u64), ev.clone()));
             }

@@ -324,6 +324,14 @@ pub fn rebuild(db: &Path, config: &RocksConfig, stamp: u64) -> Result<RepairRepo
         src.check_schema()?;
         let dst = RocksStore::open(&tmp, config)?;
         salvage(&src, &dst, &mut report)?;
+        // Offsets the old store handed out past the last one salvaged (events taken
+        // back from its end, or lost) are handed out again: say so, as for a move.
+        if let Ok(next) = src.load_next_offset()
+            && next > dst.next_offset().0
+            && report.offsets_changed_from.is_none()
+        {
+            report.offsets_changed_from = Some(dst.next_offset().0);
+        }
         dst.set_own_logs_unconfirmed(stamp)?;
         dst.flush()?;
     }

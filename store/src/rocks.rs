@@ -276,6 +276,8 @@ impl Deletes {
 #[derive(Debug, Default)]
 pub struct PreparedPrune {
     logs: Vec<PreparedLog>,
+    /// [`RocksStore::truncate`]s done before it was prepared.
+    truncations: u64,
 }
 
 #[derive(Debug)]
@@ -305,6 +307,9 @@ pub struct RocksStore {
     next_offset: AtomicU64,
     /// The highest `pruned_to` of any log (see `ReadStore::pruned_to`).
     pruned_to: AtomicU64,
+    /// Truncations so far: a prune prepared before one is not committed (what it read
+    /// may name events a truncation took back and a write stored again).
+    truncations: AtomicU64,
     /// This open created the database (there was none).
     created: bool,
 }
@@ -422,6 +427,7 @@ impl RocksStore {
             }),
             next_offset: AtomicU64::new(0),
             pruned_to: AtomicU64::new(0),
+            truncations: AtomicU64::new(0),
             created: false,
         })
     }
@@ -650,7 +656,7 @@ impl RocksStore {
         Ok(())
     }
 
-    fn load_next_offset(&self) -> Result<u64> {
+    pub(crate) fn load_next_offset(&self) -> Result<u64> {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_ARRIVALS));
         it.seek_to_last();
         let next = match (it.key(), it.value()) {
@@ -941,7 +947,10 @@ impl RocksStore {
                 deletes,
             });
         }
-        Ok(PreparedPrune { logs })
+        Ok(PreparedPrune {
+            logs,
+            truncations: self.truncations.load(Ordering::Acquire),
+        })
     }
 
     /// Retention's second half: writes what [`RocksStore::prepare_prune`] prepared, in
@@ -952,6 +961,10 @@ impl RocksStore {
             .writer
             .lock()
             .map_err(|_| corrupt("writer lock poisoned"))?;
+        if prepared.truncations != self.truncations.load(Ordering::Acquire) {
+            // The next pass prepares it again.
+            return Ok(Pruned::default());
+        }
         let cf_heads = self.cf(CF_HEADS);
         let mut batch = WriteBatch::default();
         let mut done = Pruned::default();
@@ -1521,13 +1534,13 @@ impl Store for RocksStore {
             )));
         };
         let mut deletes = Deletes::default();
-        let (done, top) =
-            self.delete_events(&mut deletes, topic, &lk, from, Seq(head.seq.0 + 1))?;
+        // Not counted as pruned (`pruned_to`): a reader that had not read them misses
+        // nothing it should have; they were taken back, not lost.
+        let (done, _) = self.delete_events(&mut deletes, topic, &lk, from, Seq(head.seq.0 + 1))?;
         let mut batch = WriteBatch::default();
         deletes.apply(self, &mut batch);
         let next = LogState {
             head: Some(Head::of(&before)),
-            pruned_to: state.pruned_to.max(top),
             bytes: state.bytes.saturating_sub(done.bytes),
             pruned_bytes: state.pruned_bytes.saturating_add(done.bytes),
             ..state
@@ -1544,7 +1557,7 @@ impl Store for RocksStore {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(batch, &wo)?;
-        self.pruned_to.fetch_max(next.pruned_to.0, Ordering::AcqRel);
+        self.truncations.fetch_add(1, Ordering::AcqRel);
         writer.states.insert(lk, next);
         Ok(done)
     }

@@ -468,8 +468,16 @@ fn a_revoked_keys_events_from_its_revocation_on_are_found_and_taken_back() {
     let topic = Topic::new("sensors/a").unwrap();
     let suffix = |f: &Fleet, who: &murmur_core::Keypair| {
         let st = store.log_state(&who.author(), &topic).unwrap();
-        f.revoked_suffix(&store, &topic, &who.author(), st.base, st.head.unwrap().seq)
-            .unwrap()
+        let r = f.revocations().get(&who.author())?;
+        murmur_core::fleet::revoked_suffix(
+            &store,
+            &topic,
+            &who.author(),
+            st.base,
+            st.head.unwrap().seq,
+            r.effective_ms,
+        )
+        .unwrap()
     };
     assert_eq!(suffix(&fleet, &thief), None, "not revoked");
     // Revoked at the time of its event 1234: from there on (over two windows of reads).
@@ -494,8 +502,7 @@ fn a_revoked_keys_events_from_its_revocation_on_are_found_and_taken_back() {
     // The policy log is never cut.
     let policy = Topic::new(murmur_core::fleet::POLICY_TOPIC).unwrap();
     assert_eq!(
-        fleet
-            .revoked_suffix(&store, &policy, &thief.author(), Seq(0), Seq(10))
+        murmur_core::fleet::revoked_suffix(&store, &policy, &thief.author(), Seq(0), Seq(10), 0)
             .unwrap(),
         None
     );

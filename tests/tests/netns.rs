@@ -1278,6 +1278,24 @@ fn a_host_on_a_64_mib_disk_with_a_32_mib_budget_takes_a_million_events() {
         st["held"],
         received_by_path(n),
     );
+    if most > 32 << 20 {
+        // What the budget did: passes that pruned nothing, and every warning.
+        let log = n.log();
+        let passes = log.matches("pruned the oldest events").count();
+        eprintln!("{passes} budget passes");
+        for l in log
+            .lines()
+            .filter(|l| {
+                l.contains(" events=0 ")
+                    || l.contains("nothing left")
+                    || l.contains(" WARN ")
+                    || l.contains(" ERROR ")
+            })
+            .take(60)
+        {
+            eprintln!("  | {l}");
+        }
+    }
     assert!(most <= 32 << 20, "{most} bytes on disk");
     assert!(pruned > 500_000, "{pruned}");
     assert_eq!(st["disk_full"], Value::Null, "{st}");
@@ -1505,5 +1523,259 @@ fn a_device_revoked_while_the_fleet_is_split_is_shut_out_everywhere_after_the_he
         lab.node(2).get("/v1/status")["peers"],
         0,
         "the thief has no peer left"
+    );
+}
+
+/// A closed fleet with the pre-shared key, on three hosts and a fourth namespace:
+/// - host 2 has the `sensor` role only: its own `cmd/reboot` gets a local 403 naming
+///   the missing grant;
+/// - a forger in the fourth namespace, built from murmur-p2p with a real sensor
+///   certificate and the PSK, gets past admission and forges what a daemon would have
+///   refused: its validly signed events on `cmd/reboot`, by gossip and in answer to
+///   each host's sync rounds. Every host it reaches refuses both, stores nothing of
+///   them and does not ban it;
+/// - host 2 is then given a new certificate (it replaces the first everywhere, by the
+///   policy log) that expires 8 s later: afterwards the other hosts have dropped it
+///   and refuse it again when it dials, and its publishes get 403.
+#[test]
+fn a_sensor_is_refused_commands_by_every_host_and_shut_out_when_its_certificate_expires() {
+    use murmur_core::sync::Message;
+    use murmur_core::testing::{chain, grant, member_cert, root_rule};
+    use murmur_core::{Seq, VersionVector, vv};
+    use murmur_p2p::{Command as Net, Event as NetEvent};
+    let _lab = one_at_a_time();
+    if !root_or_skip(
+        "a_sensor_is_refused_commands_by_every_host_and_shut_out_when_its_certificate_expires",
+    ) {
+        return;
+    }
+    let key = common::psk_file();
+    let psk_text = std::fs::read_to_string(key.path()).unwrap();
+    let psk = murmur_p2p::psk::parse(&psk_text).unwrap();
+    let root = murmur_core::Keypair::from_seed(&[0xC6; 32]);
+    let cfg = format!(
+        "[p2p]\nmdns = true\nlisten = [\"/ip4/0.0.0.0/tcp/7470\"]\nanti_entropy_interval = \"2s\"\npsk_file = \"{}\"\n[fleet]\nroot = \"{}\"\n[clock]\nmax_drift = \"1s\"\n",
+        key.path().display(),
+        root.author()
+    );
+    let mut lab = Lab::empty(4);
+    for i in 0..3 {
+        lab.start(i, &cfg);
+    }
+    let now = common::now_ms();
+    let issued = now - 1000;
+    for i in 0..3 {
+        let roles: &[&str] = if i == 2 {
+            &["sensor"]
+        } else {
+            &["sensor", "ops"]
+        };
+        let id = lab.node(i).id().parse().unwrap();
+        lab.node(i)
+            .fleet_join(&member_cert(&root, id, roles, issued, now + 3_600_000));
+    }
+    for (role, topic) in [("sensor", "sensors/#"), ("ops", "cmd/#")] {
+        lab.node(0)
+            .fleet_entry(&root_rule(&root, grant(role, &[topic], false), now));
+    }
+    wait_for("the three hosts to be connected and granted", 60, || {
+        (0..3).all(|i| {
+            lab.node(i).get("/v1/status")["peers"] == 2
+                && lab.node(i).get("/v1/fleet")["grants"]
+                    .as_array()
+                    .unwrap()
+                    .len()
+                    == 2
+        })
+    });
+
+    // The sensor's own command: a local 403 that names the missing grant.
+    let r = lab.node(2).post(
+        "/v1/events",
+        &json!({"topic": "cmd/reboot", "data": "by a sensor"}),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.body.contains("no grant to publish on cmd/reboot"),
+        "{}",
+        r.body
+    );
+    // A command from ops: hosts 0 and 1 hold cmd/reboot, so their rounds ask peers.
+    let r = lab.node(0).post(
+        "/v1/events",
+        &json!({"topic": "cmd/reboot", "data": "by ops"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for("the command on host 1", 30, || {
+        lab.node(1).topic_events("cmd/reboot") == 1
+    });
+
+    // The forger: seed 78 is its network identity and its event key.
+    let seed = [78u8; 32];
+    let forger = murmur_core::Keypair::from_seed(&seed);
+    let cert = member_cert(&root, forger.author(), &["sensor"], issued, now + 3_600_000);
+    let targets: Vec<String> = (0..2).map(|i| lab.multiaddr(i)).collect();
+    let (admitted_by, hung_up) = common::netns::in_netns(&lab.hosts[3].ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let cfg = murmur_p2p::Config {
+                listen: vec!["/ip4/0.0.0.0/tcp/7470".parse().unwrap()],
+                bootstrap: targets.iter().map(|a| a.parse().unwrap()).collect(),
+                mdns: false,
+                psk: Some(psk),
+                admission: Some(cert.encode()),
+                ..murmur_p2p::Config::default()
+            };
+            let (net, mut events, lp) =
+                murmur_p2p::spawn(seed, &cfg, &mut murmur_p2p::Registry::default()).unwrap();
+            tokio::spawn(lp.run());
+            let mut admitted_by = std::collections::BTreeSet::new();
+            let mut hung_up = false;
+            // Forged runs gossiped so far.
+            let mut runs = 0u32;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
+                let cmds = match ev {
+                    NetEvent::Credentials { peer, .. } => vec![Net::Admit(peer)],
+                    NetEvent::Connected(peer) => {
+                        admitted_by.insert(peer);
+                        vec![Net::Subscribe("murmur:#".into())]
+                    }
+                    NetEvent::Disconnected(peer) if admitted_by.contains(&peer) => {
+                        hung_up = true;
+                        Vec::new()
+                    }
+                    NetEvent::Sync {
+                        peer,
+                        msg: Message::Hello { topic, .. },
+                    } if topic.as_str() == "cmd/reboot" => {
+                        let forged = chain(&forger, "cmd/reboot", 3, "w");
+                        let mut theirs = VersionVector::new();
+                        theirs.insert(
+                            forger.author(),
+                            vv::Entry {
+                                seq: Seq(2),
+                                id: forged[2].id(),
+                            },
+                        );
+                        vec![Net::Sync {
+                            peer,
+                            msg: Message::Vector { topic, vv: theirs },
+                        }]
+                    }
+                    // Asked for it: the forged log by sync, and then by gossip (after
+                    // the pull, so that the host's refusal by sync comes first: once
+                    // refused, a log is not pulled again until the policy changes).
+                    NetEvent::Sync {
+                        peer,
+                        msg:
+                            Message::Want {
+                                req, topic, author, ..
+                            },
+                    } if author == forger.author() => {
+                        let mut cmds = vec![Net::Sync {
+                            peer,
+                            msg: Message::Events {
+                                req,
+                                topic,
+                                author,
+                                run: bytes::Bytes::from(
+                                    murmur_core::run::encode(&chain(&forger, "cmd/reboot", 3, "w"))
+                                        .unwrap(),
+                                ),
+                            },
+                        }];
+                        if runs <= 6 {
+                            runs += 1;
+                            // A different run each time: gossipsub drops a repeat.
+                            let forged = chain(&forger, "cmd/reboot", 3, &format!("g{runs}"));
+                            cmds.push(Net::Publish {
+                                topic: "murmur:#".into(),
+                                data: murmur_core::run::encode(&forged).unwrap(),
+                            });
+                        }
+                        cmds
+                    }
+                    _ => Vec::new(),
+                };
+                for c in cmds {
+                    net.send(c).await;
+                }
+            }
+            let admitted_by: Vec<String> = admitted_by.iter().map(ToString::to_string).collect();
+            (admitted_by, hung_up)
+        })
+    });
+    assert!(!hung_up, "a host banned a member for writes it refused");
+    // Hosts 0 and 1 (which it dialed) refuse by both paths; host 2, if it found the
+    // forger through them, refuses what it was offered. None stores any of it.
+    for i in 0..3 {
+        let n = lab.node(i);
+        let peer_id = n.get("/v1/status")["peer_id"].as_str().unwrap().to_owned();
+        let reached = admitted_by.contains(&peer_id);
+        assert!(
+            reached || i == 2,
+            "host {i} admitted the forger's real certificate"
+        );
+        assert_eq!(
+            n.topic_events("cmd/reboot"),
+            1,
+            "host {i}: only the ops command"
+        );
+        let refused: Vec<u64> = ["gossip", "sync"]
+            .iter()
+            .map(|path| {
+                n.metric(&format!(
+                    "murmur_fleet_events_refused_total{{reason=\"no_grant\",path=\"{path}\"}}"
+                ))
+            })
+            .collect();
+        if i < 2 {
+            assert!(
+                refused.iter().all(|r| *r >= 1),
+                "host {i} refused by gossip and sync: {refused:?}\n{}",
+                n.log()
+            );
+        } else if reached {
+            assert!(refused.iter().any(|r| *r >= 1), "host 2: {refused:?}");
+        }
+    }
+
+    // Host 2's new certificate, good for 8 s more: past its expiry (and the drift
+    // limit) it is dropped, refused when it dials, and answered 403.
+    let renewed = common::now_ms();
+    let id2 = lab.node(2).id().parse().unwrap();
+    lab.node(2).fleet_join(&member_cert(
+        &root,
+        id2,
+        &["sensor"],
+        renewed,
+        renewed + 8_000,
+    ));
+    wait_for("hosts 0 and 1 to drop host 2", 60, || {
+        (0..2).all(|i| lab.node(i).get("/v1/status")["peers"] == 1)
+            && lab.node(2).get("/v1/status")["peers"] == 0
+    });
+    let r = lab
+        .node(2)
+        .post("/v1/events", &json!({"topic": "sensors/t", "data": "late"}));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("expired"), "{}", r.body);
+    let _ = lab.node(2).cli(&["dial", &lab.multiaddr(0)]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        lab.node(2).get("/v1/status")["peers"],
+        0,
+        "an expired node must not get back in"
+    );
+    assert!(
+        (0..2).any(|i| lab
+            .node(i)
+            .metric("murmur_fleet_peers_refused_total{reason=\"expired\"}")
+            >= 1),
+        "a host counted the expired certificate"
     );
 }

@@ -144,6 +144,10 @@ struct Replicator {
     budget_hold: bool,
     /// The fleet policy's generation last acted on, and when.
     policy_seen: (u64, Option<Instant>),
+    /// Whether revoked keys' events were looked for since start, and when to look
+    /// again after a change (see [`Replicator::take_back`]).
+    took_back_at_start: bool,
+    take_back_again: Option<Instant>,
     /// Refusals by the fleet's policy since the last log line about them.
     refusals_unlogged: u64,
     refusals_logged: Option<Instant>,
@@ -270,6 +274,8 @@ pub fn spawn(
         budget_hold: false,
         // The policy as loaded at start is not a change: no extra rounds for it.
         policy_seen: (r_generation, None),
+        took_back_at_start: false,
+        take_back_again: None,
         refusals_unlogged: 0,
         refusals_logged: None,
     };
@@ -531,49 +537,35 @@ impl Replicator {
             .machine
             .policy_changed(changed, |peer| g.stands(peer), now, &*self.store);
         self.outputs(outs).await;
-        if changed {
+        // At start (a crash may have come between a revocation and its take-back), on
+        // every change, and once more a little after one (writes checked under the
+        // policy before it may still have been on their way to the writer).
+        let again = self.take_back_again.is_some_and(|t| now >= t);
+        if changed || again || !self.took_back_at_start {
+            self.took_back_at_start = true;
+            self.take_back_again = changed.then(|| now + STANDING_EVERY);
             self.take_back(g);
         }
     }
 
     /// Takes back what revoked keys wrote after their revocation and this node stored
     /// before it knew (a revocation learned late, or at startup after a crash midway),
-    /// on its own task: the plan reads logs back, and the writer, in queue order,
-    /// takes each log's suffix. Nothing of theirs is stored again: the policy refuses
-    /// it by gossip and by sync alike.
+    /// on its own task: the store's writer, after what is queued before, finds each
+    /// log's suffix and takes it back. Nothing of theirs is stored again: the policy
+    /// refuses it by gossip and by sync alike.
     fn take_back(&self, g: crate::fleet::Guard) {
-        let (store, writer, metrics) = (
-            self.store.clone(),
-            self.writer.clone(),
-            self.metrics.clone(),
-        );
+        let (writer, metrics) = (self.writer.clone(), self.metrics.clone());
         tokio::spawn(async move {
-            let plan = {
-                let g = g.clone();
-                tokio::task::spawn_blocking(move || g.take_back_plan(&*store)).await
-            };
-            let plan = match plan {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "could not look for events of revoked keys to take back; the next policy change retries");
-                    return;
+            match writer.take_back(g.clone()).await {
+                Ok(done) => {
+                    for (topic, author, from, pruned) in done {
+                        metrics.fleet_taken_back.inc_by(pruned.events);
+                        g.taken_back(author, pruned.events);
+                        tracing::warn!(%author, %topic, from = %from, events = pruned.events, "took back what a revoked key wrote after its revocation (stored before this node knew of it)");
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not look for events of revoked keys to take back");
-                    return;
-                }
-            };
-            for (topic, author, from) in plan {
-                match writer.truncate(topic.clone(), author, from).await {
-                    Ok(done) if done.events > 0 => {
-                        metrics.fleet_taken_back.inc_by(done.events);
-                        g.taken_back(author, done.events);
-                        tracing::warn!(%author, %topic, from = %from, events = done.events, "took back what a revoked key wrote after its revocation (stored before this node knew of it)");
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(%author, %topic, error = %e, "could not take back a revoked key's events");
-                    }
+                    tracing::warn!(error = %e, "could not take back what revoked keys wrote after their revocation; the next policy change retries");
                 }
             }
         });
@@ -823,7 +815,7 @@ impl Replicator {
                 } => {
                     self.metrics.push_lost.inc_by(events);
                     if reconnect {
-                        tracing::warn!(%peer, "this peer's live push no longer reaches us (three ranges of its own events in a row came by sync after rounds with it had ended): reconnecting");
+                        tracing::warn!(%peer, "this peer's live push no longer reaches us (three rounds in a row brought its own events by sync after a round with it had ended): reconnecting");
                         if self.net.try_send(NetCommand::Reconnect(peer)) {
                             self.metrics.push_reconnects.inc();
                         }

@@ -15,7 +15,7 @@ fn guard(st: &Shared) -> ApiResult<&crate::fleet::Guard> {
         ApiError::new(
             StatusCode::CONFLICT,
             "open_fleet",
-            "this node runs an open fleet (no fleet.root in its config): there is no membership to change. Make a fleet with `murmur fleet init` and set fleet.root",
+            "this node runs an open fleet (fleet.open = true in its config): there is no membership to change. Make a fleet with `murmur fleet init` and set fleet.root in place of fleet.open",
         )
     })
 }

@@ -424,3 +424,20 @@ impl Drop for NatLab {
         tear_down(&mut self.hosts, self.namespaces.iter().map(String::as_str));
     }
 }
+
+/// Runs `f` on a thread of its own inside the network namespace `ns` (setns): the
+/// sockets it opens, and the threads it starts, live in that namespace. For a peer the
+/// test builds itself (from murmur-p2p) where a daemon would be.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns on a valid namespace fd changes only this thread's namespace.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("the thread in the namespace panicked")
+}
