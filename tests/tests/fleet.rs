@@ -147,7 +147,11 @@ fn only_certified_nodes_join_and_each_writes_only_what_it_is_granted() {
     assert_eq!(c.topic_events("sensors/b"), 0);
 
     // Once admitted, C joins (after A's short keep-out) and catches up.
-    join(&c, &admit(&key, &c, &["--role", "sensor"]));
+    // C's certificate runs out within 30 days: status says so.
+    join(
+        &c,
+        &admit(&key, &c, &["--role", "sensor", "--expires", "10d"]),
+    );
     wait_for("C to be admitted", 60, || {
         let _ = c.cli(&["dial", &a.tcp_addr()]);
         peers(&c) == 1
@@ -159,6 +163,29 @@ fn only_certified_nodes_join_and_each_writes_only_what_it_is_granted() {
     assert!(status.status.success());
     let text = stdout(&status);
     assert!(text.contains("grant:  ops may publish on cmd/#"), "{text}");
+    assert!(
+        text.contains("1 certificate(s) expire within 30 days"),
+        "{text}"
+    );
+    let states: Vec<(String, String)> = fleet(&c)["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["node"].as_str().unwrap().to_owned(),
+                m["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (node, state) in &states {
+        let want = if *node == c.id() {
+            "expires_soon"
+        } else {
+            "ok"
+        };
+        assert_eq!(state, want, "{node}: {states:?}");
+    }
 }
 
 #[test]

@@ -111,6 +111,50 @@ const NO_CREDENTIALS: Duration = Duration::from_secs(10);
 /// How long a peer whose certificate is refused (another fleet, expired, forged) is
 /// kept out; a revoked one gets [`BAN`].
 const NOT_ADMITTED: Duration = Duration::from_secs(60);
+/// How long a peer the fleet refuses at connect is kept out: a revoked one like a
+/// misbehaving one, one that showed no certificate briefly (it may join any moment),
+/// any other refusal (another fleet, expired, forged) for a minute.
+fn keep_out_for(refusal: &murmur_core::fleet::Refusal, showed_nothing: bool) -> Duration {
+    match refusal {
+        murmur_core::fleet::Refusal::Revoked { .. } => BAN,
+        _ if showed_nothing => NO_CREDENTIALS,
+        _ => NOT_ADMITTED,
+    }
+}
+
+#[cfg(test)]
+mod keep_out_tests {
+    use super::*;
+    use murmur_core::fleet::Refusal;
+
+    /// The README's numbers: 10 s without a certificate, 60 s for a refused one,
+    /// 10 minutes for a revoked one.
+    #[test]
+    fn refused_peers_are_kept_out_as_the_readme_says() {
+        let a = murmur_core::testing::key(1).author();
+        let revoked = Refusal::Revoked {
+            author: a,
+            effective_ms: 0,
+            reason: "stolen".into(),
+        };
+        let expired = Refusal::Expired {
+            author: a,
+            expires_ms: 0,
+        };
+        assert_eq!(keep_out_for(&revoked, false), Duration::from_secs(600));
+        assert_eq!(keep_out_for(&revoked, true), Duration::from_secs(600));
+        assert_eq!(
+            keep_out_for(&Refusal::NotAMember(a), true),
+            Duration::from_secs(10)
+        );
+        assert_eq!(keep_out_for(&expired, false), Duration::from_secs(60));
+        assert_eq!(
+            keep_out_for(&Refusal::NotAMember(a), false),
+            Duration::from_secs(60)
+        );
+    }
+}
+
 /// Least time between the rounds with every peer that a policy change starts (events
 /// refused for a certificate or grant that had not arrived yet are pulled again).
 const POLICY_ROUNDS_EVERY: Duration = Duration::from_secs(2);
@@ -591,11 +635,7 @@ impl Replicator {
                 };
                 tracing::warn!(%peer, reason, error = %r, "peer not admitted to the fleet");
                 Metrics::count(&self.metrics.fleet_peers_refused, reason);
-                let for_ = match (&r, reason) {
-                    (murmur_core::fleet::Refusal::Revoked { .. }, _) => BAN,
-                    (_, "no_credentials") => NO_CREDENTIALS,
-                    _ => NOT_ADMITTED,
-                };
+                let for_ = keep_out_for(&r, reason == "no_credentials");
                 self.keep_out(peer, reason, for_);
             }
         }
