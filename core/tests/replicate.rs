@@ -1228,6 +1228,19 @@ fn pump2(
     panic!("the exchange never ended");
 }
 
+/// Started machines, one per entry of `held`, each store holding those events.
+fn machines(held: &[&[Event]]) -> Vec<(MemoryStore, Replicator<usize, M>)> {
+    held.iter()
+        .map(|evs| {
+            let store = MemoryStore::new();
+            store.insert(evs, Durability::Buffered).unwrap();
+            let mut m = Replicator::new(config("#"), None);
+            m.start(&store);
+            (store, m)
+        })
+        .collect()
+}
+
 /// A node whose disk is full pulls nothing (no rounds of its own, none as the answering
 /// side, gossip ignored rather than written) and still serves its peers; once the store
 /// writes again, a round with every peer brings what it missed.
@@ -1236,14 +1249,7 @@ fn a_full_store_pulls_nothing_serves_its_peers_and_catches_up_once_it_writes_aga
     let t0 = Instant::now();
     let ours = chain(&key(1), "a/t", 5, "a");
     let theirs = chain(&key(2), "a/t", 5, "b");
-    let mut nodes: Vec<(MemoryStore, Replicator<usize, M>)> = (0..2)
-        .map(|_| (MemoryStore::new(), Replicator::new(config("#"), None)))
-        .collect();
-    nodes[0].0.insert(&ours, Durability::Buffered).unwrap();
-    nodes[1].0.insert(&theirs, Durability::Buffered).unwrap();
-    for (s, m) in &mut nodes {
-        m.start(&*s);
-    }
+    let mut nodes = machines(&[&ours, &theirs]);
     let (s, m) = &mut nodes[0];
     assert!(m.set_store_full(true, t0, &*s).is_empty());
     assert!(m.store_full());
@@ -1479,24 +1485,10 @@ fn a_peers_own_events_that_come_by_sync_after_a_round_report_its_push_lost() {
     let t0 = Instant::now();
     let publisher = key(1);
     let theirs = chain(&publisher, "a/t", 5, "p");
-    // 0 watches; 1 publishes (its push to 0 is lost); 2 got everything and relays.
-    let mut nodes: Vec<(MemoryStore, Replicator<usize, M>)> = (0..3)
-        .map(|_| (MemoryStore::new(), Replicator::new(config("#"), None)))
-        .collect();
-    nodes[1]
-        .0
-        .insert(&theirs[..1], Durability::Buffered)
-        .unwrap();
-    nodes[2]
-        .0
-        .insert(&theirs[..1], Durability::Buffered)
-        .unwrap();
-    // Rounds run on the topics a node holds.
+    // 0 watches; 1 publishes (its push to 0 is lost); 2 relays what 1 wrote.
+    // Rounds run on the topics a node holds: 0 holds one event of its own there.
     let own = chain(&key(3), "a/t", 1, "w");
-    nodes[0].0.insert(&own, Durability::Buffered).unwrap();
-    for (s, m) in &mut nodes {
-        m.start(&*s);
-    }
+    let mut nodes = machines(&[&own, &theirs[..1], &theirs[..1]]);
     for (s, m) in &mut nodes[1..] {
         // Their own rounds with 0 are not run here.
         m.connected(0, t0, &*s);
@@ -1569,19 +1561,8 @@ fn sync_deliveries_are_not_counted_against_a_push_that_could_not_be_taken() {
     let publisher = key(1);
     let theirs = chain(&publisher, "a/t", 5, "p");
     for case in ["unknown author", "full store", "paused pulls"] {
-        let mut nodes: Vec<(MemoryStore, Replicator<usize, M>)> = (0..3)
-            .map(|_| (MemoryStore::new(), Replicator::new(config("#"), None)))
-            .collect();
-        nodes[1]
-            .0
-            .insert(&theirs[..1], Durability::Buffered)
-            .unwrap();
-        nodes[2].0.insert(&theirs, Durability::Buffered).unwrap();
         let own = chain(&key(3), "a/t", 1, "w");
-        nodes[0].0.insert(&own, Durability::Buffered).unwrap();
-        for (s, m) in &mut nodes {
-            m.start(&*s);
-        }
+        let mut nodes = machines(&[&own, &theirs[..1], &theirs]);
         for (s, m) in &mut nodes[1..] {
             m.connected(0, t0, &*s);
         }
@@ -1619,14 +1600,7 @@ fn a_window_that_arrives_after_a_pause_is_not_written() {
     let t0 = Instant::now();
     let theirs = chain(&key(2), "a/t", 5, "b");
     let own = chain(&key(3), "a/t", 1, "w");
-    let mut nodes: Vec<(MemoryStore, Replicator<usize, M>)> = (0..2)
-        .map(|_| (MemoryStore::new(), Replicator::new(config("#"), None)))
-        .collect();
-    nodes[0].0.insert(&own, Durability::Buffered).unwrap();
-    nodes[1].0.insert(&theirs, Durability::Buffered).unwrap();
-    for (s, m) in &mut nodes {
-        m.start(&*s);
-    }
+    let mut nodes = machines(&[&own, &theirs]);
     let (s1, m1) = &mut nodes[1];
     m1.connected(0, t0, &*s1);
     // Node 0's round with 1, message by message, until 1 answers with a window.

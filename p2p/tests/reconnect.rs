@@ -5,29 +5,11 @@
 
 use std::time::Duration;
 
-use murmur_p2p::{Command, Event, Handle, Multiaddr, PeerId};
+use murmur_p2p::{Command, Event, Handle, PeerId};
 use tokio::sync::mpsc;
 
-async fn node(seed: u8) -> (Handle, mpsc::Receiver<Event>, Multiaddr) {
-    let config = murmur_p2p::Config {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a multiaddr")],
-        mdns: false,
-        links: 0,
-        ..murmur_p2p::Config::default()
-    };
-    let (handle, events, event_loop) =
-        murmur_p2p::spawn([seed; 32], &config, &mut murmur_p2p::Registry::default())
-            .expect("network starts");
-    tokio::spawn(event_loop.run());
-    for _ in 0..100 {
-        if let Some(a) = handle.addresses().await.into_iter().next() {
-            let a = a.with_p2p(handle.peer_id()).expect("a /p2p address");
-            return (handle, events, a);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the node did not start listening");
-}
+mod common;
+use common::node;
 
 /// Waits up to 10 s for an event `want` accepts; others are dropped.
 async fn next(events: &mut mpsc::Receiver<Event>, what: &str, want: impl Fn(&Event) -> bool) {
