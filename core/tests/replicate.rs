@@ -1208,24 +1208,7 @@ fn pump2(
     outs: Vec<Output<usize, M>>,
     now: Instant,
 ) {
-    let mut queue: Vec<(usize, usize, Message)> = Vec::new();
-    let sends = |from: usize, outs: &[Output<usize, M>], q: &mut Vec<(usize, usize, Message)>| {
-        for o in outs {
-            if let Output::Sync(sync::Output::Send { to, msg }) = o {
-                q.push((*to, from, msg.clone()));
-            }
-        }
-    };
-    sends(from, &outs, &mut queue);
-    for _ in 0..10_000 {
-        let Some((to, from, msg)) = queue.pop() else {
-            return;
-        };
-        let (store, m) = &mut nodes[to];
-        let outs = go(m, now, &*store, |m| m.sync_message(from, msg, now, &*store));
-        sends(to, &outs, &mut queue);
-    }
-    panic!("the exchange never ended");
+    pump_watching(nodes, from, outs, now, from);
 }
 
 /// Started machines, one per entry of `held`, each store holding those events.

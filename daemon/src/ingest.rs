@@ -325,18 +325,26 @@ impl Handle {
         })
     }
 
+    /// Sends the command `make` builds, waiting for room, and waits for its answer.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
+    ) -> Result<T, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| IngestError::ShuttingDown.to_string())?;
+        rx.await
+            .map_err(|_| IngestError::ShuttingDown.to_string())?
+    }
+
     /// Writes retention's prepared cuts (`RocksStore::prepare_prune`), in queue order.
     pub async fn prune(
         &self,
         cuts: murmur_store::PreparedPrune,
     ) -> Result<murmur_core::Pruned, String> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Prune { cuts, reply })
-            .await
-            .map_err(|_| IngestError::ShuttingDown.to_string())?;
-        rx.await
-            .map_err(|_| IngestError::ShuttingDown.to_string())?
+        self.ask(|reply| Command::Prune { cuts, reply }).await
     }
 
     /// Finds what revoked keys wrote after their revocation (`Guard::take_back_plan`)
@@ -344,24 +352,12 @@ impl Handle {
     /// before: writes checked under the policy before the revocation land first, and
     /// are found. Per log: its topic, author, the first seq taken back, and what went.
     pub async fn take_back(&self, fleet: crate::fleet::Guard) -> Result<TakenBack, String> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::TakeBack { fleet, reply })
-            .await
-            .map_err(|_| IngestError::ShuttingDown.to_string())?;
-        rx.await
-            .map_err(|_| IngestError::ShuttingDown.to_string())?
+        self.ask(|reply| Command::TakeBack { fleet, reply }).await
     }
 
     /// Records durably that the node's own logs are confirmed after a repair.
     pub async fn confirm_own_logs(&self) -> Result<(), String> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::ConfirmOwnLogs(reply))
-            .await
-            .map_err(|_| IngestError::ShuttingDown.to_string())?;
-        rx.await
-            .map_err(|_| IngestError::ShuttingDown.to_string())?
+        self.ask(Command::ConfirmOwnLogs).await
     }
 
     /// Stops the writer: jobs already queued are committed and answered, later ones

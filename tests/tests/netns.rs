@@ -1339,6 +1339,16 @@ fn unsplit(lab: &Lab, i: usize) {
     );
 }
 
+/// A host's config in a closed fleet's lab: mDNS, rounds every 2 s, the pre-shared key
+/// at `psk`, the fleet's `root`, and `extra` sections.
+fn closed_fleet(psk: &std::path::Path, root: &murmur_core::Keypair, extra: &str) -> String {
+    format!(
+        "[p2p]\nmdns = true\nlisten = [\"/ip4/0.0.0.0/tcp/7470\"]\nanti_entropy_interval = \"2s\"\npsk_file = \"{}\"\n[fleet]\nroot = \"{}\"\n{extra}",
+        psk.display(),
+        root.author()
+    )
+}
+
 /// A closed fleet with the pre-shared key, on five hosts: the fifth has the key and the
 /// fleet's root but no certificate, and never gets in. Host 2 is revoked while the
 /// fleet is split in two by nftables (hosts 0, 1 | 2, 3) and keeps publishing to host
@@ -1356,14 +1366,8 @@ fn a_device_revoked_while_the_fleet_is_split_is_shut_out_everywhere_after_the_he
         return;
     }
     let key = common::psk_file();
-    let psk = key.path().display().to_string();
     let root = murmur_core::Keypair::from_seed(&[0xC4; 32]);
-    let lab = Lab::new(5, |_| {
-        format!(
-            "[p2p]\nmdns = true\nlisten = [\"/ip4/0.0.0.0/tcp/7470\"]\nanti_entropy_interval = \"2s\"\npsk_file = \"{psk}\"\n[fleet]\nroot = \"{}\"\n",
-            root.author()
-        )
-    });
+    let lab = Lab::new(5, |_| closed_fleet(key.path(), &root, ""));
     let now = common::now_ms;
     let ids: Vec<String> = (0..5).map(|i| lab.node(i).id()).collect();
     for (i, id) in ids.iter().enumerate().take(4) {
@@ -1553,11 +1557,7 @@ fn a_sensor_is_refused_commands_by_every_host_and_shut_out_when_its_certificate_
     let psk_text = std::fs::read_to_string(key.path()).unwrap();
     let psk = murmur_p2p::psk::parse(&psk_text).unwrap();
     let root = murmur_core::Keypair::from_seed(&[0xC6; 32]);
-    let cfg = format!(
-        "[p2p]\nmdns = true\nlisten = [\"/ip4/0.0.0.0/tcp/7470\"]\nanti_entropy_interval = \"2s\"\npsk_file = \"{}\"\n[fleet]\nroot = \"{}\"\n[clock]\nmax_drift = \"1s\"\n",
-        key.path().display(),
-        root.author()
-    );
+    let cfg = closed_fleet(key.path(), &root, "[clock]\nmax_drift = \"1s\"\n");
     let mut lab = Lab::empty(4);
     for i in 0..3 {
         lab.start(i, &cfg);
