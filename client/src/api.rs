@@ -424,6 +424,44 @@ pub struct ErrorBody {
     pub code: String,
 }
 
+/// One node in the fleet view (`GET /v1/fleet/nodes`), from its latest heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeJson {
+    /// The node's id (its author key).
+    pub node: String,
+    /// Its host name, as it reports it.
+    #[serde(default)]
+    pub host: String,
+    /// Whether it is the node answering.
+    #[serde(default)]
+    pub this_node: bool,
+    /// `up`, or `stale`: not heard from in 3 of its heartbeat intervals.
+    pub state: String,
+    /// Its latest heartbeat's time (its clock), ms since the epoch.
+    pub seen_ms: u64,
+    /// Seconds from then to now (this node's clock).
+    pub seen_secs_ago: u64,
+    /// Problems: `stale`, `disk` (over 80% of its budget), `disk_full`,
+    /// `lag_growing`, `forks`, `cert_expiring` (within 30 days), `held`,
+    /// `store_problem`.
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// The heartbeat itself (version, uptime, events, disk, memory, peers, lag, forks,
+    /// clock, certificate expiry): the JSON the node published on `$fleet/health`.
+    pub heartbeat: serde_json::Value,
+}
+
+/// `GET /v1/fleet/nodes`: every node whose heartbeat this node holds, problems first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetNodesJson {
+    /// This node's clock, ms since the epoch.
+    pub now_ms: u64,
+    /// This node's heartbeat interval, ms (0: it publishes none).
+    pub interval_ms: u64,
+    /// The nodes.
+    pub nodes: Vec<NodeJson>,
+}
+
 /// How far this node and one peer differ on one topic, as of their last round.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerLagJson {

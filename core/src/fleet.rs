@@ -912,6 +912,17 @@ impl Fleet {
                 topic: topic.clone(),
                 why,
             };
+            if topic.as_str() == crate::health::HEALTH_TOPIC {
+                // A member's own heartbeat: small data of its content type.
+                match ev.body() {
+                    Body::Data {
+                        content_type: Some(crate::health::CONTENT_TYPE),
+                        data,
+                    } if data.len() <= crate::health::MAX_BYTES => {}
+                    _ => return Err(reserved("not a heartbeat".into())),
+                }
+                return self.standing(&author, at, 0).map(|_| ());
+            }
             if topic.as_str() != POLICY_TOPIC {
                 return Err(reserved("no node writes it".into()));
             }

@@ -95,6 +95,7 @@ pub mod accept;
 pub mod channel;
 pub mod event;
 pub mod fleet;
+pub mod health;
 pub mod hlc;
 pub mod id;
 pub mod keys;

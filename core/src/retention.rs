@@ -81,6 +81,20 @@ pub const SCAN_BUDGET: usize = 100_000;
 /// (retention turned on over a full store) goes over several passes.
 pub const CUT_BUDGET: u64 = 50_000;
 
+/// The rule index of a built-in rule (not one of the configured ones).
+pub const BUILT_IN: usize = usize::MAX;
+
+/// Heartbeats: the latest one per node.
+static HEALTH_RULE: std::sync::LazyLock<Option<Rule>> = std::sync::LazyLock::new(|| {
+    Some(Rule {
+        pattern: Pattern::new(crate::health::HEALTH_TOPIC).ok()?,
+        max_age: None,
+        max_events_per_log: Some(1),
+        max_bytes: None,
+        keep: false,
+    })
+});
+
 /// Events read at a time while looking for a `max_age` cut.
 const WINDOW: usize = 1024;
 
@@ -114,16 +128,15 @@ impl Policy {
         &self.rules
     }
 
-    /// Whether no rule prunes anything.
-    pub fn keeps_everything(&self) -> bool {
-        self.rules.iter().all(|r| r.keep)
-    }
-
     /// The first rule matching `topic`, with its index. The fleet's own topics
-    /// (`$fleet/…`, the policy log) match none: they are kept whole, by construction.
+    /// (`$fleet/…`) match none of the configured rules: the policy log is kept whole,
+    /// by construction, and heartbeats ([`crate::health::HEALTH_TOPIC`]) are kept
+    /// latest-only by the built-in rule (index [`BUILT_IN`]).
     pub fn rule_for(&self, topic: &Topic) -> Option<(usize, &Rule)> {
         if crate::fleet::is_reserved(topic) {
-            return None;
+            return (topic.as_str() == crate::health::HEALTH_TOPIC)
+                .then(|| HEALTH_RULE.as_ref().map(|r| (BUILT_IN, r)))
+                .flatten();
         }
         self.rules
             .iter()
@@ -509,6 +522,30 @@ mod tests {
             max_events_per_log: None,
             max_bytes: None,
             keep: false,
+        }
+    }
+
+    /// Heartbeats are kept latest-only with no rule configured, and no rule can keep
+    /// more of them (nor touch the policy log).
+    #[test]
+    fn heartbeats_are_latest_only_whatever_the_rules_say() {
+        let health = Topic::new(crate::health::HEALTH_TOPIC).unwrap();
+        let policy_log = Topic::new(crate::fleet::POLICY_TOPIC).unwrap();
+        for policy in [
+            Policy::default(),
+            Policy::new(vec![Rule {
+                keep: true,
+                ..rule("#")
+            }])
+            .unwrap(),
+        ] {
+            let (i, r) = policy.rule_for(&health).expect("a built-in rule");
+            assert_eq!(i, BUILT_IN);
+            assert_eq!(r.max_events_per_log, Some(1));
+            assert!(!r.keep);
+            assert!(policy.rule_for(&policy_log).is_none());
+            assert_eq!(policy.keeps_from(&health, Seq(9)), Some(Seq(9)));
+            assert!(!policy.budget_may_prune(&health));
         }
     }
 

@@ -121,6 +121,10 @@ impl AsRef<str> for Topic {
 }
 
 /// An MQTT-style topic filter: `sensors/+/temp`, `sensors/#`, `#`.
+///
+/// As in MQTT, a pattern that starts with a wildcard does not match topics that start
+/// with `$` (the fleet's own, `$fleet/…`): `#` is every application topic, and
+/// `$fleet/#` names the fleet's.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Pattern(String);
@@ -164,6 +168,10 @@ impl Pattern {
     /// Is there a topic both patterns match? (`sensors/#` and `+/7/temp` overlap;
     /// `sensors/#` and `cmd/#` do not.)
     pub fn overlaps(&self, other: &Pattern) -> bool {
+        let wild = |p: &Pattern| p.0.starts_with('#') || p.0.starts_with('+');
+        if (wild(self) && other.0.starts_with('$')) || (wild(other) && self.0.starts_with('$')) {
+            return false;
+        }
         let mut a = self.0.split('/');
         let mut b = other.0.split('/');
         loop {
@@ -182,6 +190,9 @@ impl Pattern {
 
     /// Does the topic name `topic` match this pattern? (No validation of `topic`.)
     pub fn matches_str(&self, topic: &str) -> bool {
+        if topic.starts_with('$') && (self.0.starts_with('#') || self.0.starts_with('+')) {
+            return false;
+        }
         let mut t = topic.split('/');
         for p in self.0.split('/') {
             match p {
@@ -240,6 +251,8 @@ mod tests {
             ("a/b", "a/b"),
             ("a/+", "+/b"),
             ("a/#", "a"),
+            ("$fleet/#", "$fleet/health"),
+            ("$fleet/+", "$fleet/policy"),
         ] {
             assert!(p(a).overlaps(&p(b)), "{a} {b}");
             assert!(p(b).overlaps(&p(a)), "{b} {a}");
@@ -250,6 +263,10 @@ mod tests {
             ("a/+", "a"),
             ("a/+/c", "a/b/d"),
             ("a/b", "a/b/c"),
+            // As in MQTT: a leading wildcard does not reach `$` topics.
+            ("#", "$fleet/health"),
+            ("+/health", "$fleet/health"),
+            ("+/#", "$fleet/#"),
         ] {
             assert!(!p(a).overlaps(&p(b)), "{a} {b}");
             assert!(!p(b).overlaps(&p(a)), "{b} {a}");
@@ -258,6 +275,18 @@ mod tests {
 
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_leading_wildcard_does_not_match_dollar_topics() {
+        let t = |s: &str| Topic::new(s).unwrap();
+        let p = |s: &str| Pattern::new(s).unwrap();
+        assert!(!p("#").matches(&t("$fleet/health")));
+        assert!(!p("+/health").matches(&t("$fleet/health")));
+        assert!(p("$fleet/#").matches(&t("$fleet/health")));
+        assert!(p("$fleet/+").matches(&t("$fleet/policy")));
+        assert!(p("#").matches(&t("a$/b")));
+        assert!(p("a/#").matches(&t("a/$b")));
+    }
 
     #[test]
     fn topic_validation() {

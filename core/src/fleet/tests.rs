@@ -458,6 +458,66 @@ fn the_policy_topic_takes_only_valid_entries_from_members_or_a_nodes_own_certifi
     );
 }
 
+/// Heartbeats: any member in standing writes its own (no grant needed), data of the
+/// heartbeat type and size only; a stranger or a revoked member cannot.
+#[test]
+fn a_member_writes_heartbeats_without_a_grant_and_a_stranger_cannot() {
+    use crate::health::{CONTENT_TYPE as HB, HEALTH_TOPIC, MAX_BYTES};
+    let lab = Lab::new();
+    let (node, stranger, gone) = (key(1), key(2), key(3));
+    let mut f = lab.fleet();
+    f.apply(Entry::Member(lab.member(&node, &[], &[]))).unwrap();
+    f.apply(Entry::Member(lab.member(&gone, &[], &[]))).unwrap();
+    f.apply(lab.rule(
+        Rule::Revoke {
+            subject: gone.author(),
+            reason: "stolen".into(),
+            effective_ms: T0,
+        },
+        T0,
+    ))
+    .unwrap();
+    let beat = |by: &Keypair, ct: Option<&str>, len: usize| {
+        event(
+            by,
+            HEALTH_TOPIC,
+            T0 + 1,
+            Payload::Data {
+                content_type: ct.map(str::to_owned),
+                data: bytes::Bytes::from(vec![b' '; len]),
+            },
+        )
+    };
+    f.may_write(&beat(&node, Some(HB), 100)).unwrap();
+    f.may_write(&beat(&node, Some(HB), MAX_BYTES)).unwrap();
+    for (ev, why) in [
+        (beat(&stranger, Some(HB), 100), "not_a_member"),
+        (beat(&node, Some(HB), MAX_BYTES + 1), "reserved"),
+        (beat(&node, Some("text/plain"), 100), "reserved"),
+        (beat(&node, None, 100), "reserved"),
+    ] {
+        assert_eq!(f.may_write(&ev).unwrap_err().reason(), why);
+    }
+    // Publishing it locally goes through the daemon's own path, never `may_author`.
+    assert_eq!(
+        f.may_author(
+            &node.author(),
+            &crate::Topic::new(HEALTH_TOPIC).unwrap(),
+            false,
+            T0
+        )
+        .unwrap_err()
+        .reason(),
+        "reserved"
+    );
+    assert_eq!(
+        f.may_write(&beat(&gone, Some(HB), 100))
+            .unwrap_err()
+            .reason(),
+        "revoked"
+    );
+}
+
 #[test]
 fn a_range_is_judged_as_its_events_one_by_one() {
     let lab = Lab::new();
