@@ -1,4 +1,5 @@
-//! `murmur fleet`: make a fleet, admit devices, grant, revoke, and look at it.
+//! `murmur fleet`: make a fleet, admit devices, grant, revoke, and look at it: its
+//! members and policy (`status`) and every node's health (`nodes`, the default).
 //!
 //! Keys that sign (the fleet's root, admin keys) are files on the admin's machine and
 //! never go to a daemon: this command signs certificates and policy entries itself and
@@ -12,8 +13,9 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use clap::Subcommand;
 use murmur_client::Client;
-use murmur_client::api::{FleetChange, FleetJson, JoinRequest, PolicyRequest};
+use murmur_client::api::{FleetChange, FleetJson, FleetNodesJson, JoinRequest, PolicyRequest};
 use murmur_core::fleet::{Cert, CertBody, Entry, Kind, Rule, SignedRule};
+use murmur_core::health::Heartbeat;
 use murmur_core::{AuthorId, Keypair};
 use murmur_daemon::fleet::{cert_from_text, cert_to_text};
 use murmur_daemon::keyfile;
@@ -109,6 +111,15 @@ pub enum FleetAction {
     },
     /// Members, roles, expiry, grants and revocations, as this node knows them
     Status,
+    /// Every node of the fleet from its heartbeat (also those this node never
+    /// connected to): last seen, state, events, disk, memory, peers, lag, problems.
+    /// The default of `murmur fleet`
+    Nodes {
+        /// Only nodes with a problem (stale, disk over 80%, growing lag, forks, a
+        /// certificate expiring within 30 days…); exits 1 if there is any
+        #[arg(long)]
+        problems: bool,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -382,6 +393,113 @@ pub async fn run(
             }
             Ok(ExitCode::SUCCESS)
         }
+        FleetAction::Nodes { problems } => {
+            let mut v: FleetNodesJson = Client::new(&socket()?).get("/v1/fleet/nodes").await?;
+            let any = v.nodes.iter().any(|n| !n.flags.is_empty());
+            if json {
+                if problems {
+                    v.nodes.retain(|n| !n.flags.is_empty());
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_nodes(&v, problems);
+            }
+            Ok(if problems && any {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+fn print_nodes(v: &FleetNodesJson, problems_only: bool) {
+    let stale = v.nodes.iter().filter(|n| n.state == "stale").count();
+    let flagged = v.nodes.iter().filter(|n| !n.flags.is_empty()).count();
+    println!(
+        "{} nodes: {} up, {stale} stale, {flagged} with problems (a node is stale after 3 of its heartbeat intervals)",
+        v.nodes.len(),
+        v.nodes.len() - stale
+    );
+    if v.interval_ms == 0 {
+        println!("(this node publishes no heartbeat: fleet.heartbeat_interval = \"0s\")");
+    }
+    if v.nodes.is_empty() {
+        println!(
+            "no heartbeats yet: each node publishes one every fleet.heartbeat_interval (30 s by default)"
+        );
+        return;
+    }
+    if problems_only && flagged == 0 {
+        return;
+    }
+    println!();
+    println!(
+        "{:<16} {:<17} {:<6} {:>9} {:>10} {:>19} {:>9} {:>5} {:>8}  FLAGS",
+        "HOST", "NODE", "STATE", "SEEN", "EVENTS", "DISK", "MEMORY", "PEERS", "LAG"
+    );
+    for n in v
+        .nodes
+        .iter()
+        .filter(|n| !problems_only || !n.flags.is_empty())
+    {
+        let hb: Heartbeat = serde_json::from_value(n.heartbeat.clone()).unwrap_or_default();
+        let disk = if hb.disk_budget_bytes > 0 {
+            format!(
+                "{}/{} {:>3}%",
+                crate::output::size(hb.disk_bytes),
+                crate::output::size(hb.disk_budget_bytes),
+                hb.disk_bytes.saturating_mul(100) / hb.disk_budget_bytes
+            )
+        } else {
+            crate::output::size(hb.disk_bytes)
+        };
+        let lag = if hb.lag_growing() {
+            format!("{}↑", hb.lag)
+        } else {
+            hb.lag.to_string()
+        };
+        let relayed = hb.peers.iter().filter(|p| p.path == "relayed").count();
+        let peers = if relayed > 0 {
+            format!("{}({relayed}r)", hb.peer_count)
+        } else {
+            hb.peer_count.to_string()
+        };
+        let mut host: String = n.host.chars().take(15).collect();
+        if n.this_node {
+            host.push('*');
+        }
+        println!(
+            "{:<16} {:<17} {:<6} {:>9} {:>10} {:>19} {:>9} {:>5} {:>8}  {}",
+            host,
+            format!("{}…", &n.node[..n.node.len().min(16)]),
+            n.state,
+            ago(n.seen_secs_ago),
+            hb.events,
+            disk,
+            crate::output::size(hb.memory_bytes),
+            peers,
+            lag,
+            n.flags.join(",")
+        );
+        if let Some(e) = hb
+            .cert_expires_ms
+            .filter(|_| n.flags.iter().any(|f| f == "cert_expiring"))
+        {
+            println!("{:<16} certificate expires {}", "", time_text(e));
+        }
+    }
+    println!();
+    println!(
+        "* this node. LAG: events behind at its last rounds (↑ growing). PEERS: (Nr) relayed."
+    );
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
     }
 }
 

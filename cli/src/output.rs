@@ -392,6 +392,6 @@ pub fn peers(p: &PeersResponse, json: bool) -> anyhow::Result<()> {
 }
 
 /// A size for people: 64.0 MiB.
-fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     bytesize::ByteSize(bytes).display().iec().to_string()
 }

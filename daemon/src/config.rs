@@ -78,8 +78,8 @@ pub struct Config {
     pub fleet: FleetConfig,
 }
 
-/// Fleet membership and permissions (see `murmur fleet`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// Fleet membership and permissions (see `murmur fleet`), and fleet health.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct FleetConfig {
     /// The fleet's root public key (hex, printed by `murmur fleet init`): a closed
@@ -89,6 +89,21 @@ pub struct FleetConfig {
     /// write anything. A node that speaks to the network must choose one or the other
     /// (`murmur init` writes `open = true` into the config it creates).
     pub open: bool,
+    /// How often this node publishes its heartbeat on `$fleet/health` (what
+    /// `murmur fleet nodes` and the dashboard show for every node). `0s`: never (the
+    /// node still shows the others').
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            root: None,
+            open: false,
+            heartbeat_interval: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Who may join and write: the choice [`FleetConfig::mode`] reads.
@@ -352,6 +367,11 @@ impl Default for P2pConfig {
 pub struct ApiConfig {
     /// Unix socket path; default `<data dir>/murmur.sock`. Created with mode 0600.
     pub socket: Option<PathBuf>,
+    /// Also serve the API, and the web dashboard at `/`, on this TCP address, e.g.
+    /// `"127.0.0.1:7480"` (off by default). Every API request over TCP needs the
+    /// bearer token in `<data dir>/api.token` (`murmur dashboard` prints the URL).
+    /// Plain HTTP: keep it on loopback, or put TLS in front.
+    pub http_listen: Option<std::net::SocketAddr>,
     /// Largest event payload accepted from local applications, bytes.
     pub max_payload_bytes: usize,
     /// Most events in one batch publish request.
@@ -380,6 +400,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             socket: None,
+            http_listen: None,
             max_payload_bytes: 1 << 20,
             max_batch_events: 10_000,
             max_request_bytes: 16 << 20,
@@ -607,6 +628,13 @@ impl Config {
     /// Checks ranges and relations between values.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        let hb = self.fleet.heartbeat_interval;
+        if !hb.is_zero() && (hb < Duration::from_secs(1) || hb > Duration::from_secs(24 * 3600)) {
+            return bad(format!(
+                "fleet.heartbeat_interval is {}: give 1s to 24h, or 0s for none",
+                humantime::format_duration(hb)
+            ));
+        }
         if self.fleet.open && self.fleet.root.is_some() {
             return bad(
                 "fleet.root and fleet.open = true: a fleet is closed (root) or open, not both"
@@ -743,6 +771,10 @@ pub const EXAMPLE: &str = r##"# murmur configuration. Every option is shown with
 [api]
 # Control socket (HTTP/1.1 + JSON, mode 0600). Default: <data dir>/murmur.sock
 # socket = "/run/murmur/murmur.sock"
+# The web dashboard and the API over TCP (for Prometheus too), off by default. Every
+# request needs the bearer token in <data dir>/api.token; `murmur dashboard` prints the
+# URL. Plain HTTP: keep it on loopback (or put TLS in front).
+# http_listen = "127.0.0.1:7480"
 # Largest event payload accepted from local applications, bytes.
 max_payload_bytes = 1048576
 # Most events in one batch publish request.
@@ -890,6 +922,10 @@ open = true
 # certificate from it (`murmur fleet admit` / `murmur fleet join`) to connect, and every
 # event needs a grant for its topic (`murmur fleet grant`).
 # root = "…64 hex digits…"
+# Every node publishes a small signed heartbeat (version, disk, memory, peers, lag,
+# forks) on $fleet/health, kept latest-only; `murmur fleet nodes` lists the whole
+# fleet from them and flags nodes not heard from in 3 intervals. "0s": none.
+heartbeat_interval = "30s"
 
 [log]
 # "text" or "json".

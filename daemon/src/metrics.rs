@@ -48,6 +48,13 @@ pub struct Path {
     pub path: String,
 }
 
+/// Label for a node's state in the fleet view: `up` or `stale`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct State {
+    /// `up` or `stale`.
+    pub state: String,
+}
+
 /// Label for sync round outcomes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoundOutcome {
@@ -185,6 +192,12 @@ pub struct Metrics {
     /// Events revoked keys wrote after their revocation, stored before this node knew
     /// of it, and taken back.
     pub fleet_taken_back: Counter,
+    /// Nodes in this node's fleet view (from heartbeats), by state.
+    pub fleet_nodes: Family<State, Gauge>,
+    /// Heartbeats this node published.
+    pub heartbeats_published: Counter,
+    /// The ingest queue's capacity, requests.
+    pub ingest_queue_capacity: Gauge,
     /// Events pruned by retention, by rule.
     pub pruned_events: Family<RuleLabel, Counter>,
     /// Their bytes, by rule.
@@ -242,6 +255,9 @@ impl Metrics {
             fleet_peers_refused: Family::default(),
             fleet_entries: Family::default(),
             fleet_taken_back: Counter::default(),
+            fleet_nodes: Family::default(),
+            heartbeats_published: Counter::default(),
+            ingest_queue_capacity: Gauge::default(),
             pruned_events: Family::default(),
             pruned_bytes: Family::default(),
             prune_passes: Counter::default(),
@@ -252,6 +268,26 @@ impl Metrics {
         }
         for origin in ["local", "remote"] {
             m.docs_changes.get_or_create_owned(&Origin { origin });
+        }
+        // What the alert rules and the Grafana dashboard (monitoring/) rate over.
+        for outcome in ["done", "failed", "lagging", "stuck"] {
+            m.session_series(outcome);
+        }
+        for path in ["gossip", "sync"] {
+            let _ = m.events_received.get_or_create(&Path { path: path.into() });
+        }
+        let _ = m.api_refused.get_or_create(&Reason {
+            reason: "queue_full".into(),
+        });
+        let heartbeats = RuleLabel {
+            rule: murmur_core::health::HEALTH_TOPIC.into(),
+        };
+        let _ = m.pruned_events.get_or_create(&heartbeats);
+        let _ = m.pruned_bytes.get_or_create(&heartbeats);
+        for state in ["up", "stale"] {
+            let _ = m.fleet_nodes.get_or_create(&State {
+                state: state.into(),
+            });
         }
         let r = registry.sub_registry_with_prefix("murmur");
         r.register(
@@ -375,6 +411,21 @@ impl Metrics {
             "fleet_events_taken_back",
             "Events revoked keys wrote after their revocation that this node had stored before it learned of it, and took back",
             m.fleet_taken_back.clone(),
+        );
+        r.register(
+            "fleet_nodes",
+            "Nodes in this node's fleet view, from their heartbeats on $fleet/health, by state: up, or stale (not heard from in 3 of their heartbeat intervals)",
+            m.fleet_nodes.clone(),
+        );
+        r.register(
+            "heartbeats_published",
+            "Heartbeats this node published on $fleet/health",
+            m.heartbeats_published.clone(),
+        );
+        r.register(
+            "ingest_queue_capacity_requests",
+            "Capacity of the ingest queue, requests (ingest.queue_requests)",
+            m.ingest_queue_capacity.clone(),
         );
         r.register(
             "duplicates",
@@ -590,11 +641,15 @@ impl Metrics {
 
     /// Counts a finished sync round.
     pub fn session(&self, outcome: &str) {
+        self.session_series(outcome).inc();
+    }
+
+    fn session_series(&self, outcome: &str) -> Counter {
         self.sync_rounds
             .get_or_create(&RoundOutcome {
                 outcome: outcome.to_owned(),
             })
-            .inc();
+            .clone()
     }
 
     /// Counts a refusal.

@@ -339,11 +339,17 @@ fn start_network(
         .iter()
         .map(|t| murmur_core::Pattern::new(t.as_str()))
         .collect::<Result<Vec<_>, _>>()?;
-    // A closed fleet's policy log replicates on every node, whatever its interest.
+    // A closed fleet's policy log replicates on every node, whatever its interest, and
+    // so do heartbeats (no pattern with a leading wildcard reaches `$fleet/…`).
+    let mut own = vec![murmur_core::Pattern::new(
+        murmur_core::health::HEALTH_TOPIC,
+    )?];
     if fleet.is_some() {
-        let policy = murmur_core::Pattern::new(murmur_core::fleet::POLICY_TOPIC)?;
-        if !topics.contains(&policy) {
-            topics.push(policy);
+        own.push(murmur_core::Pattern::new(murmur_core::fleet::POLICY_TOPIC)?);
+    }
+    for p in own {
+        if !topics.contains(&p) {
+            topics.push(p);
         }
     }
     let (replicator, inbox) = replicate::channel(REPLICATOR_QUEUE);
@@ -619,6 +625,9 @@ pub async fn run(
 
     let metrics = Metrics::new(&mut registry);
     metrics.stored_events.set(store.next_offset().0 as i64);
+    metrics
+        .ingest_queue_capacity
+        .set(i64::try_from(config.ingest.queue_requests).unwrap_or(i64::MAX));
     let (offsets_tx, offsets_rx) = watch::channel(ingest::Committed::at(store.next_offset()));
     let offsets_tx = Arc::new(offsets_tx);
     let durability = match config.store.sync {
@@ -782,6 +791,7 @@ pub async fn run(
         disk_budget: config.store.max_disk_mb.saturating_mul(1 << 20),
         rules: rules.clone(),
         fleet,
+        heartbeat_interval: config.fleet.heartbeat_interval,
     });
     // A member publishes its certificate on the policy topic once, so that nodes it
     // never meets learn its roles.
@@ -789,6 +799,11 @@ pub async fn run(
         let state = state.clone();
         tokio::spawn(async move { server::publish_own_cert(&state).await });
     }
+    // Heartbeats on `$fleet/health`, and the fleet view's gauges.
+    tokio::spawn(server::health::run(
+        state.clone(),
+        config.fleet.heartbeat_interval,
+    ));
     tracing::info!(
         author = %key.author(),
         data_dir = %data_dir.display(),
@@ -799,6 +814,52 @@ pub async fn run(
     );
 
     let app = server::router(state);
+    // The API and the dashboard over TCP, when asked for.
+    let tcp = match config.api.http_listen {
+        None => None,
+        Some(addr) => {
+            let token = server::dashboard::load_or_create_token(
+                &data_dir.join(server::dashboard::TOKEN_FILE),
+            )
+            .context("cannot read or create the API token (<data dir>/api.token)")?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on api.http_listen = {addr}"))?;
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "the API and dashboard listen beyond loopback over plain HTTP: the token crosses the network in the clear; put TLS in front");
+            }
+            tracing::info!(%addr, "dashboard and API over TCP (`murmur dashboard` prints the URL with its token)");
+            let serve = axum::serve(
+                server::listener::Capped::new(
+                    listener,
+                    api_slots,
+                    config.api.write_stall,
+                    config.api.idle_timeout,
+                ),
+                server::dashboard::router(app.clone(), token)
+                    .into_make_service_with_connect_info::<server::listener::ConnMeta>(),
+            )
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            Some(tokio::spawn(async move { serve.await }))
+        }
+    };
+
+    // Under systemd (`Type=notify`): ready now that the store is open and the API's
+    // socket is bound, and alive while the writer moves.
+    crate::service::ready(&format!(
+        "ready: {} events, socket {}",
+        store.next_offset().0,
+        socket.display()
+    ));
+    if let Some(timeout) = crate::service::watchdog() {
+        tracing::info!(?timeout, "service watchdog on");
+        tokio::spawn(crate::service::keep_alive(
+            timeout,
+            writer_handle.clone(),
+            shutdown.clone(),
+        ));
+    }
+
     let serve = axum::serve(
         server::listener::Capped::new(
             listener,
@@ -824,6 +885,10 @@ pub async fn run(
             }
         }
         () = shutdown.cancelled() => {
+            // A stop, not a reopen of the store (the node goes on: no STOPPING then).
+            if shutdown_all.is_cancelled() {
+                crate::service::stopping();
+            }
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
             match tokio::time::timeout(DRAIN_TIMEOUT, &mut served).await {
                 Ok(Ok(Ok(()))) => {}
@@ -835,6 +900,11 @@ pub async fn run(
                 }
             }
         }
+    }
+    if let Some(mut tcp) = tcp
+        && tokio::time::timeout(DRAIN_TIMEOUT, &mut tcp).await.is_err()
+    {
+        tcp.abort();
     }
     // Documents in memory are snapshotted; then the writer finishes what is queued.
     docs.stop().await;

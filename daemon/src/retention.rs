@@ -323,7 +323,8 @@ pub async fn run(
         };
         // The rules in force now (they may change at runtime).
         let policy = rules.policy();
-        if rules_due && !policy.keeps_everything() {
+        // Every node has a rule that prunes: the built-in one, heartbeats latest-only.
+        if rules_due {
             match pass(&policy, &store, &writer, &clock, &metrics, &mut compaction).await {
                 Ok(pruned) => uncompacted += pruned.bytes,
                 Err(e) => {
@@ -638,9 +639,17 @@ pub async fn pass(
         return Ok(murmur_core::Pruned::default());
     }
     // Counted by rule: prune each rule's cuts together.
-    let rules = policy.rules();
+    let rules = policy
+        .rules()
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i, r.pattern.as_str()))
+        .chain([(
+            murmur_core::retention::BUILT_IN,
+            murmur_core::health::HEALTH_TOPIC,
+        )]);
     let mut total = murmur_core::Pruned::default();
-    for (i, rule) in rules.iter().enumerate() {
+    for (i, pattern) in rules {
         let cuts: Vec<_> = plan
             .iter()
             .filter(|p| p.rule == Some(i))
@@ -650,16 +659,29 @@ pub async fn pass(
             continue;
         }
         let done = prune(store, writer, cuts).await?;
-        metrics.pruned(rule.pattern.as_str(), done);
+        metrics.pruned(pattern, done);
         total.events += done.events;
         total.bytes += done.bytes;
     }
     metrics.prune_passes.inc();
-    tracing::info!(
-        logs = plan.len(),
-        events = total.events,
-        bytes = total.bytes,
-        "retention pruned"
-    );
+    // Said when an operator's rule pruned; the built-in heartbeat rule prunes at every
+    // pass of every node, quietly.
+    if plan
+        .iter()
+        .any(|p| p.rule != Some(murmur_core::retention::BUILT_IN))
+    {
+        tracing::info!(
+            logs = plan.len(),
+            events = total.events,
+            bytes = total.bytes,
+            "retention pruned"
+        );
+    } else {
+        tracing::debug!(
+            logs = plan.len(),
+            events = total.events,
+            "retention pruned old heartbeats"
+        );
+    }
     Ok(total)
 }

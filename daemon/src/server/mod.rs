@@ -28,9 +28,11 @@ use crate::api::{
 use crate::api::{DialRequest, PeerJson, PeersResponse, SyncRequest};
 use crate::follow;
 
+pub mod dashboard;
 mod docs;
 mod error;
 mod fleet;
+pub mod health;
 pub mod listener;
 use crate::ingest::{self, PublishItem};
 use crate::metrics::{self, Kind, Metrics};
@@ -93,6 +95,8 @@ pub struct AppState {
     pub rules: crate::retention::Rules,
     /// The fleet's membership and permissions (`None`: an open fleet).
     pub fleet: Option<crate::fleet::Guard>,
+    /// How often this node publishes its heartbeat (zero: never).
+    pub heartbeat_interval: std::time::Duration,
 }
 
 type Shared = Arc<AppState>;
@@ -141,6 +145,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/doc/history", get(docs::history))
         .route("/v1/doc/follow", get(docs::follow))
         .route("/v1/fleet", get(fleet::status))
+        .route("/v1/fleet/nodes", get(health::nodes))
         .route("/v1/fleet/join", post(fleet::join))
         .route("/v1/fleet/policy", post(fleet::policy))
         .route("/metrics", get(metrics_text))
@@ -304,9 +309,11 @@ async fn commit(
     kind: &str,
 ) -> ApiResult<Vec<ingest::Published>> {
     // The fleet's permissions, checked here for every local publish (the node's own
-    // policy entries excepted: their authority is their own signature).
+    // policy entries excepted: their authority is their own signature; and its
+    // heartbeats, which every member writes).
     if let Some(g) = &st.fleet
         && kind != "fleet"
+        && kind != "heartbeat"
     {
         for it in &items {
             let docs = matches!(it.payload, Payload::Doc { .. });
