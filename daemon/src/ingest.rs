@@ -182,6 +182,8 @@ enum Command {
         fleet: crate::fleet::Guard,
         reply: oneshot::Sender<Result<TakenBack, String>>,
     },
+    /// Liveness: answered when the writer reaches it (after what was queued before).
+    Ping(oneshot::Sender<Result<(), String>>),
     /// Finish what is queued, refuse anything later, exit.
     Stop,
 }
@@ -353,6 +355,12 @@ impl Handle {
     /// are found. Per log: its topic, author, the first seq taken back, and what went.
     pub async fn take_back(&self, fleet: crate::fleet::Guard) -> Result<TakenBack, String> {
         self.ask(|reply| Command::TakeBack { fleet, reply }).await
+    }
+
+    /// Answers once the writer has taken everything queued before this call off its
+    /// queue: the service watchdog's sign that writes are moving.
+    pub async fn ping(&self) -> Result<(), String> {
+        self.ask(Command::Ping).await
     }
 
     /// Records durably that the node's own logs are confirmed after a repair.
@@ -573,6 +581,9 @@ impl Writer {
                         n = 0;
                         let _ = reply.send(self.take_back(&fleet));
                     }
+                    Command::Ping(reply) => {
+                        let _ = reply.send(Ok(()));
+                    }
                     Command::Stop => {
                         stopping = true;
                         break;
@@ -594,7 +605,8 @@ impl Writer {
                 Command::Write(w) => rest.writes.push(w),
                 Command::Snapshot { reply, .. }
                 | Command::RefuseSnapshot { reply, .. }
-                | Command::ConfirmOwnLogs(reply) => {
+                | Command::ConfirmOwnLogs(reply)
+                | Command::Ping(reply) => {
                     let _ = reply.send(Err(IngestError::ShuttingDown.to_string()));
                 }
                 Command::Prune { reply, .. } => {

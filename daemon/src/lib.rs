@@ -27,6 +27,7 @@ pub mod node;
 pub mod replicate;
 pub mod retention;
 pub mod server;
+pub mod service;
 
 pub use config::Config;
 pub use murmur_p2p::psk::to_file as psk_file;
