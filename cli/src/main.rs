@@ -88,10 +88,18 @@ enum Command {
         #[command(subcommand)]
         action: doc::DocAction,
     },
-    /// Fleet membership and permissions: init, admin, admit, join, grant, revoke, status
+    /// The fleet: every node's health (the default: `murmur fleet nodes`), and
+    /// membership and permissions: init, admin, admit, join, grant, revoke, status
     Fleet {
         #[command(subcommand)]
-        action: fleet::FleetAction,
+        action: Option<fleet::FleetAction>,
+    },
+    /// Print the web dashboard's URL, with its token (needs api.http_listen)
+    Dashboard {
+        /// Print only the API token (for Prometheus' credentials_file, or curl -H
+        /// "Authorization: Bearer …")
+        #[arg(long)]
+        token: bool,
     },
     /// Connected peers: id, address, how found, latency
     Peers,
@@ -270,8 +278,32 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("{e} (e.g. 64MiB, 1GB, 4096)"))
 }
 
+/// Where the packaged service keeps its config and data (`packaging/`).
+const SYSTEM_CONFIG: &str = "/etc/murmur/murmur.toml";
+const SYSTEM_DATA_DIR: &str = "/var/lib/murmur";
+
+/// The data directory: --data-dir (or MURMUR_DATA_DIR), else the user's; on a device
+/// where murmur runs as the packaged service and the user has none of their own, the
+/// service's.
 fn data_dir(g: &Global) -> anyhow::Result<PathBuf> {
-    Ok(config::resolve_data_dir(g.data_dir.as_deref(), None)?)
+    let dir = config::resolve_data_dir(g.data_dir.as_deref(), None)?;
+    if g.data_dir.is_none() && !dir.exists() && std::path::Path::new(SYSTEM_CONFIG).exists() {
+        return Ok(PathBuf::from(SYSTEM_DATA_DIR));
+    }
+    Ok(dir)
+}
+
+/// The config a client command reads: the data directory's, or the packaged service's
+/// for the service's data directory.
+fn client_config(dir: &std::path::Path) -> anyhow::Result<Config> {
+    let system = std::path::Path::new(SYSTEM_CONFIG);
+    if dir == std::path::Path::new(SYSTEM_DATA_DIR)
+        && system.exists()
+        && !dir.join(config::CONFIG_FILE).exists()
+    {
+        return Ok(Config::load(system)?);
+    }
+    Ok(Config::discover(None, dir)?)
 }
 
 /// The socket to talk to: --socket, else the data directory's config, else the default.
@@ -280,7 +312,7 @@ fn socket(g: &Global) -> anyhow::Result<PathBuf> {
         return Ok(s.clone());
     }
     let dir = data_dir(g)?;
-    let cfg = Config::discover(None, &dir)?;
+    let cfg = client_config(&dir)?;
     Ok(cfg.socket_path(&dir))
 }
 
@@ -425,7 +457,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output::retention(&shown, g.json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Fleet { action } => fleet::run(action, || socket(g), g.json).await,
+        Command::Fleet { action } => {
+            let action = action.unwrap_or(fleet::FleetAction::Nodes { problems: false });
+            fleet::run(action, || socket(g), g.json).await
+        }
+        Command::Dashboard { token } => dashboard(g, token),
         Command::Peers => {
             let p: murmur_client::api::PeersResponse =
                 Client::new(&socket(g)?).get("/v1/peers").await?;
@@ -476,6 +512,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `murmur dashboard`: the URL of the dashboard with the token in its fragment (which
+/// the browser keeps to itself: it is not sent to the server, nor logged).
+fn dashboard(g: &Global, token_only: bool) -> anyhow::Result<ExitCode> {
+    let dir = data_dir(g)?;
+    let cfg = client_config(&dir)?;
+    let path = dir.join(murmur_daemon::server::dashboard::TOKEN_FILE);
+    let Some(addr) = cfg.api.http_listen else {
+        bail!(
+            "the dashboard is off: set `http_listen = \"127.0.0.1:7480\"` under [api] in {} and restart the daemon",
+            dir.join(config::CONFIG_FILE).display()
+        );
+    };
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) => t.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "no token yet in {}: the daemon makes it when it starts with api.http_listen set",
+            path.display()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read {}", path.display()));
+        }
+    };
+    if token_only {
+        println!("{token}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let host = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    if g.json {
+        println!(
+            "{}",
+            serde_json::json!({ "url": format!("http://{host}/"), "token": token })
+        );
+    } else {
+        println!("http://{host}/#token={token}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init(g: &Global) -> anyhow::Result<ExitCode> {
@@ -689,7 +767,7 @@ async fn verify(g: &Global) -> anyhow::Result<ExitCode> {
     if !dir.join(config::DB_DIR).exists() {
         bail!("no murmur database in {}", dir.display());
     }
-    let cfg = Config::discover(None, &dir)?;
+    let cfg = client_config(&dir)?;
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let store = node::open_store(&dir, &cfg)?;
         Ok(murmur_store::check::verify(&store)?)
@@ -716,7 +794,7 @@ async fn repair(g: &Global, confirm_own_logs: bool) -> anyhow::Result<ExitCode> 
     if !db.exists() && !dir.join(format!("{}.repair-old", config::DB_DIR)).exists() {
         bail!("no murmur database in {}", dir.display());
     }
-    let cfg = Config::discover(None, &dir)?;
+    let cfg = client_config(&dir)?;
     let rc = murmur_store::RocksConfig {
         block_cache_bytes: cfg.store.block_cache_mb << 20,
         write_buffer_bytes: cfg.store.write_buffer_mb << 20,

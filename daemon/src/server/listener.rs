@@ -23,22 +23,62 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A Unix listener that holds at most `slots` connections open.
-pub struct Capped {
-    inner: UnixListener,
+/// A socket listener [`Capped`] can wrap: the control socket (Unix) or the dashboard's
+/// TCP address.
+pub trait RawListener: Send + 'static {
+    /// An accepted connection.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// A peer's address.
+    type Addr: Send;
+    /// Accepts the next connection.
+    fn accept_raw(&mut self)
+    -> impl Future<Output = io::Result<(Self::Stream, Self::Addr)>> + Send;
+    /// The bound address.
+    fn local(&self) -> io::Result<Self::Addr>;
+}
+
+impl RawListener for UnixListener {
+    type Stream = UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+    fn accept_raw(
+        &mut self,
+    ) -> impl Future<Output = io::Result<(Self::Stream, Self::Addr)>> + Send {
+        self.accept()
+    }
+    fn local(&self) -> io::Result<Self::Addr> {
+        self.local_addr()
+    }
+}
+
+impl RawListener for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+    fn accept_raw(
+        &mut self,
+    ) -> impl Future<Output = io::Result<(Self::Stream, Self::Addr)>> + Send {
+        self.accept()
+    }
+    fn local(&self) -> io::Result<Self::Addr> {
+        self.local_addr()
+    }
+}
+
+/// A listener that holds at most `slots` connections open.
+pub struct Capped<L = UnixListener> {
+    inner: L,
     slots: Arc<Semaphore>,
     stall: Duration,
     idle: Duration,
 }
 
-impl Capped {
+impl<L: RawListener> Capped<L> {
     /// Caps `inner` at `max` open connections; a write that waits `stall` for the
     /// client fails and closes its connection, and so does `idle` without any traffic
     /// and no follow stream.
-    pub fn new(inner: UnixListener, max: usize, stall: Duration, idle: Duration) -> Self {
+    pub fn new(inner: L, max: usize, stall: Duration, idle: Duration) -> Self {
         Capped {
             inner,
             slots: Arc::new(Semaphore::new(max.max(1))),
@@ -78,15 +118,18 @@ impl Drop for Streaming {
     }
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Capped>> for ConnMeta {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, Capped>) -> Self {
+impl<L: RawListener>
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Capped<L>>>
+    for ConnMeta
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Capped<L>>) -> Self {
         stream.io().meta.clone()
     }
 }
 
 /// An accepted connection; its slot is freed when it is dropped.
-pub struct Conn {
-    stream: UnixStream,
+pub struct Conn<S = UnixStream> {
+    stream: S,
     _slot: OwnedSemaphorePermit,
     stall: Duration,
     /// Armed when a write finds the client not reading; cleared by any progress.
@@ -100,7 +143,7 @@ pub struct Conn {
     meta: ConnMeta,
 }
 
-impl Conn {
+impl<S> Conn<S> {
     /// A write could not proceed: wait, unless the client has not read for `stall`.
     fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         let stall = self.stall;
@@ -155,11 +198,11 @@ impl Conn {
     }
 }
 
-impl axum::serve::Listener for Capped {
-    type Io = Conn;
-    type Addr = tokio::net::unix::SocketAddr;
+impl<L: RawListener> axum::serve::Listener for Capped<L> {
+    type Io = Conn<L::Stream>;
+    type Addr = L::Addr;
 
-    async fn accept(&mut self) -> (Conn, Self::Addr) {
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         // A slot first: without one, the next client stays in the backlog.
         let slot = match self.slots.clone().acquire_owned().await {
             Ok(s) => s,
@@ -168,7 +211,7 @@ impl axum::serve::Listener for Capped {
         };
         let mut failures = 0u64;
         loop {
-            match self.inner.accept().await {
+            match self.inner.accept_raw().await {
                 Ok((stream, addr)) => {
                     return (
                         Conn {
@@ -198,11 +241,11 @@ impl axum::serve::Listener for Capped {
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
+        self.inner.local()
     }
 }
 
-impl AsyncRead for Conn {
+impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -219,7 +262,7 @@ impl AsyncRead for Conn {
     }
 }
 
-impl AsyncWrite for Conn {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
