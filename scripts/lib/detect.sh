@@ -27,3 +27,20 @@ libclang_packages() {
         echo "libclang-dev"
     fi
 }
+
+# command_on_path NAME PATHLIST: succeeds when a directory of PATHLIST (colon-separated,
+# like $PATH) holds an executable file NAME, as `command -v` would find it; an empty
+# entry is the current directory, as for the shell. scripts/deps asks it for promtool
+# (scripts/check-monitoring) with the real $PATH; scripts/test-deps with made-up ones.
+command_on_path() {
+    local name=$1 dir
+    local -a dirs
+    IFS=: read -ra dirs <<<"$2:"
+    for dir in "${dirs[@]}"; do
+        [ -n "$dir" ] || dir=.
+        if [ -f "$dir/$name" ] && [ -x "$dir/$name" ]; then
+            return 0
+        fi
+    done
+    return 1
+}
