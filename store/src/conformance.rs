@@ -639,6 +639,43 @@ mod rocks {
         );
     }
 
+    /// Rolling back to an older murmur over a store a newer one wrote: the open is
+    /// refused with a message that names both versions, and nothing is changed (the
+    /// newer binary opens it again as it was).
+    #[test]
+    fn a_store_from_a_newer_murmur_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(1);
+        let c = chain(&k, "v", 3);
+        {
+            let s = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap();
+            s.insert(&c, Durability::Sync).unwrap();
+            let db = s.db();
+            db.put_cf(
+                db.cf_handle("meta").unwrap(),
+                b"schema",
+                (crate::rocks::SCHEMA_VERSION + 1).to_be_bytes(),
+            )
+            .unwrap();
+        }
+        let Err(err) = RocksStore::open(dir.path(), &RocksConfig::default()) else {
+            panic!("a store from a newer murmur was opened");
+        };
+        let text = err.to_string();
+        let newer = crate::rocks::SCHEMA_VERSION + 1;
+        assert!(
+            text.contains(&format!("schema version {newer} is newer"))
+                && text.contains(&format!("({})", crate::rocks::SCHEMA_VERSION))
+                && text.contains("upgrade murmur"),
+            "{text}"
+        );
+        // Refused twice the same way: the failed open wrote nothing over it.
+        let again = RocksStore::open(dir.path(), &RocksConfig::default())
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(again.as_deref(), Some(text.as_str()));
+    }
+
     /// A schema 1 store (the id index without offsets, 52-byte head records) is
     /// upgraded at open, counting each log's bytes; a pruned store reopens with its
     /// bases and byte counts and verifies clean.

@@ -433,7 +433,8 @@ fn a_peer_announcing_10000_topics_changes_neither_the_channels_joined_nor_live_d
         victim.get("/v1/status")["peers"] == 1
     });
     let channels = || victim.get("/v1/replication")["channels"].clone();
-    assert_eq!(channels(), json!(["murmur:#"]));
+    // Its interest, and the fleet's heartbeats (which every node replicates).
+    assert_eq!(channels(), json!(["murmur:#", "murmur:$fleet/health"]));
     // The announcer: 10,000 channels, one per topic a device might have, and a few
     // names that are not channels at all.
     let mut announce: Vec<Command> = (0..10_000)
@@ -451,7 +452,7 @@ fn a_peer_announcing_10000_topics_changes_neither_the_channels_joined_nor_live_d
         std::thread::sleep(Duration::from_secs(3));
         assert_eq!(
             channels(),
-            json!(["murmur:#"]),
+            json!(["murmur:#", "murmur:$fleet/health"]),
             "the victim joined nothing new"
         );
         // Live push on 200 topics still carries every event, all by gossip.
@@ -472,7 +473,7 @@ fn a_peer_announcing_10000_topics_changes_neither_the_channels_joined_nor_live_d
             "only {by_gossip} of 200 came by live push:\n{}",
             victim.req("GET", "/metrics", None).body
         );
-        assert_eq!(channels(), json!(["murmur:#"]));
+        assert_eq!(channels(), json!(["murmur:#", "murmur:$fleet/health"]));
         // Announcing is not misbehaving: the announcer is still connected.
         assert_eq!(victim.get("/v1/status")["peers"], 2);
         let _ = stop_tx.blocking_send(Command::Stop);

@@ -823,8 +823,8 @@ fn two_thousand_topics_on_five_hosts_still_travel_by_live_push() {
     for i in 0..5 {
         assert_eq!(
             lab.node(i).get("/v1/replication")["channels"],
-            json!(["murmur:#"]),
-            "one channel for 2,000 topics"
+            json!(["murmur:#", "murmur:$fleet/health"]),
+            "one channel for 2,000 topics (and the fleet's heartbeats)"
         );
     }
 
@@ -1777,5 +1777,325 @@ fn a_sensor_is_refused_commands_by_every_host_and_shut_out_when_its_certificate_
             .metric("murmur_fleet_peers_refused_total{reason=\"expired\"}")
             >= 1),
         "a host counted the expired certificate"
+    );
+}
+
+/// Host `i`'s fleet view: node id → state.
+fn fleet_view(n: &Node) -> std::collections::BTreeMap<String, String> {
+    n.get("/v1/fleet/nodes")["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|v| {
+            (
+                v["node"].as_str().unwrap_or_default().to_owned(),
+                v["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Every host's view, printed for a failure.
+fn fleet_views(lab: &Lab, ids: &[String]) -> String {
+    let short = |id: &str| {
+        ids.iter()
+            .position(|x| x == id)
+            .map_or("?".into(), |i| format!("h{i}"))
+    };
+    (0..lab.hosts.len())
+        .map(|i| {
+            let v = fleet_view(lab.node(i));
+            let states: Vec<String> = v
+                .iter()
+                .map(|(id, s)| format!("{}={s}", short(id)))
+                .collect();
+            format!("h{i} sees {}: {}", v.len(), states.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn ten_hosts_see_the_whole_fleet_and_two_partitioned_away_go_stale_then_come_back() {
+    let _lab = one_at_a_time();
+    if !root_or_skip(
+        "ten_hosts_see_the_whole_fleet_and_two_partitioned_away_go_stale_then_come_back",
+    ) {
+        return;
+    }
+    const N: usize = 10;
+    const INTERVAL: Duration = Duration::from_secs(2);
+    let lab = Lab::new(N, |i| {
+        format!(
+            "{}[fleet]\nopen = true\nheartbeat_interval = \"{}s\"\n",
+            config(i),
+            INTERVAL.as_secs()
+        )
+    });
+    let ids: Vec<String> = (0..N).map(|i| lab.node(i).id()).collect();
+    wait_for("every host connected to at least 3 others", 60, || {
+        (0..N).all(|i| lab.node(i).get("/v1/status")["peers"].as_u64() >= Some(3))
+    });
+    // Within 3 heartbeat intervals of a connected lab, every host lists all 10, up.
+    let t0 = Instant::now();
+    let all_up = |lab: &Lab| {
+        (0..N).all(|i| {
+            let v = fleet_view(lab.node(i));
+            v.len() == N && ids.iter().all(|id| v.get(id).is_some_and(|s| s == "up"))
+        })
+    };
+    while !all_up(&lab) {
+        assert!(
+            t0.elapsed() < INTERVAL * 3,
+            "not every host lists all {N} up within 3 heartbeat intervals:\n{}",
+            fleet_views(&lab, &ids)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "fleet view: all {N} hosts list all {N} up {:?} after the lab connected",
+        t0.elapsed()
+    );
+    // A node's own row carries its heartbeat: the next one counts its peers.
+    let me = || {
+        lab.node(0).get("/v1/fleet/nodes")["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["this_node"] == true)
+            .cloned()
+            .unwrap_or_default()
+    };
+    wait_for("host 0's heartbeat to count its peers", 10, || {
+        me()["heartbeat"]["peer_count"].as_u64() >= Some(3)
+    });
+    let me = me();
+    assert_eq!(me["node"], ids[0].as_str(), "{me}");
+    assert_eq!(me["heartbeat"]["interval_ms"], 2000, "{me}");
+
+    // Two hosts partitioned away: the other eight mark them stale, and they mark
+    // everyone but themselves stale. A node is stale after 3 of its intervals without
+    // a heartbeat, so this takes between 3 and 4 intervals (and a poll).
+    let away = [N - 2, N - 1];
+    for &i in &away {
+        lab.cut(i);
+    }
+    let t1 = Instant::now();
+    let split_seen = |lab: &Lab| {
+        (0..N).all(|i| {
+            let v = fleet_view(lab.node(i));
+            v.len() == N
+                && ids.iter().enumerate().all(|(j, id)| {
+                    let apart =
+                        away.contains(&i) != away.contains(&j) || (away.contains(&i) && i != j);
+                    v.get(id).map(String::as_str) == Some(if apart { "stale" } else { "up" })
+                })
+        })
+    };
+    while !split_seen(&lab) {
+        assert!(
+            t1.elapsed() < INTERVAL * 6,
+            "the partition is not seen everywhere within 6 heartbeat intervals:\n{}",
+            fleet_views(&lab, &ids)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "fleet view: the partition was seen on every host {:?} after the cut",
+        t1.elapsed()
+    );
+    // The gauge and the CLI say the same.
+    wait_for(
+        "murmur_fleet_nodes{state=\"stale\"} 2 on host 0",
+        10,
+        || lab.node(0).metric("murmur_fleet_nodes{state=\"stale\"}") == 2,
+    );
+    let out = lab.node(0).cli(&["fleet", "nodes", "--problems"]);
+    let text = common::stdout(&out);
+    eprintln!("host 0, `murmur fleet nodes --problems` during the split:\n{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("10 nodes: 8 up, 2 stale")
+            && away.iter().all(|&i| text.contains(&ids[i][..16])),
+        "{text}"
+    );
+
+    let t2 = Instant::now();
+    for &i in &away {
+        lab.heal(i);
+    }
+    wait_for("all 10 up on every host after the heal", 90, || {
+        all_up(&lab)
+    });
+    eprintln!(
+        "fleet view: all {N} up on every host {:?} after the heal",
+        t2.elapsed()
+    );
+    let out = lab.node(N - 1).cli(&["fleet", "nodes", "--problems"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stdout(&out));
+}
+
+/// The `points` of the polyline in the chart `<svg … data-series="{series}">` of a DOM.
+fn chart_points(dom: &str, series: &str) -> Vec<(f64, f64)> {
+    let Some(at) = dom.find(&format!("data-series=\"{series}\"")) else {
+        return Vec::new();
+    };
+    let svg = &dom[at..dom[at..].find("</svg>").map_or(dom.len(), |e| at + e)];
+    let Some(p) = svg.find("<polyline") else {
+        return Vec::new();
+    };
+    let poly = &svg[p..];
+    let Some(a) = poly.find("points=\"") else {
+        return Vec::new();
+    };
+    let rest = &poly[a + 8..];
+    rest[..rest.find('"').unwrap_or(0)]
+        .split_whitespace()
+        .filter_map(|xy| {
+            let (x, y) = xy.split_once(',')?;
+            Some((x.parse().ok()?, y.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Headless Chromium in namespace `ns`, loading `url` for `virtual_ms` of page time:
+/// `--dump-dom` (the DOM on stdout), or `--screenshot=FILE`.
+fn chromium(ns: &str, url: &str, virtual_ms: u64, what: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "chromium"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1400,2000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--virtual-time-budget={virtual_ms}"))
+        .arg(what)
+        .arg(url)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run chromium (scripts/deps installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "chromium {what}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The dashboard in a real browser, against a 3-host lab under load: the fleet table
+/// lists the three nodes and the publish chart has points of real data. With
+/// `MURMUR_SCREENSHOTS=DIR`, it also saves screenshots there (docs/ has the ones the
+/// README shows).
+#[test]
+fn the_dashboard_shows_the_fleet_and_live_charts_in_headless_chromium() {
+    let _lab = one_at_a_time();
+    if !root_or_skip("the_dashboard_shows_the_fleet_and_live_charts_in_headless_chromium") {
+        return;
+    }
+    let lab = Lab::new(3, |i| {
+        let api = if i == 0 {
+            "[api]\nhttp_listen = \"127.0.0.1:7480\"\n"
+        } else {
+            ""
+        };
+        format!(
+            "{}{api}[fleet]\nopen = true\nheartbeat_interval = \"2s\"\n",
+            config(i)
+        )
+    });
+    let ids: Vec<String> = (0..3).map(|i| lab.node(i).id()).collect();
+    wait_for("host 0's fleet view lists all three", 60, || {
+        let v = fleet_view(lab.node(0));
+        ids.iter().all(|id| v.get(id).is_some_and(|s| s == "up"))
+    });
+    let token = std::fs::read_to_string(lab.node(0).dir.join("api.token")).unwrap();
+    let url = format!("http://127.0.0.1:7480/#token={}", token.trim());
+    // Load, bounded: batches on every host while the browser looks (at most 120 s).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| lab.node(i).socket()).collect();
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let mut k = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && t.elapsed() < Duration::from_secs(120)
+            {
+                for (i, s) in dirs.iter().enumerate() {
+                    let evs: Vec<Value> = (0..50)
+                        .map(|j| json!({"topic": format!("sensors/h{i}/temp"), "data": format!("{}", k * 50 + j)}))
+                        .collect();
+                    let body = json!({ "events": evs }).to_string();
+                    let _ = common::request(s, "POST", "/v1/events/batch", Some(&body));
+                }
+                k += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            k
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let dom = chromium(&lab.hosts[0].ns, &url, 20_000, "--dump-dom");
+    // Screenshots in real time (virtual time would squeeze the charts' rates):
+    // playwright-core drives the same Chromium for 75 s (docs/screenshots/).
+    if let Some(dir) = std::env::var_os("MURMUR_SCREENSHOTS") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let shot = dir.join("dashboard.png");
+        let tool = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+        let npm = std::process::Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent"])
+            .current_dir(&tool)
+            .status()
+            .unwrap();
+        assert!(npm.success(), "npm install in {}", tool.display());
+        let st = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.hosts[0].ns, "node"])
+            .arg(tool.join("shoot.mjs"))
+            .arg(&url)
+            .arg(&shot)
+            .arg("75")
+            .status()
+            .unwrap();
+        assert!(st.success(), "docs/screenshots/shoot.mjs failed");
+        eprintln!("screenshot: {}", shot.display());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let batches = load.join().unwrap();
+    for id in &ids {
+        assert!(
+            dom.contains(&format!("data-node=\"{id}\"")),
+            "the fleet table has no row for {id}:\n{}",
+            &dom[..dom.len().min(4000)]
+        );
+    }
+    assert!(
+        !dom.contains("token missing or wrong")
+            || dom
+                .contains("id=\"auth-banner\" class=\"banner banner-auth\" role=\"alert\" hidden"),
+        "the page was refused its token"
+    );
+    let publish = chart_points(&dom, "publish");
+    // The chart's zero line is at y = 138 (app.js: top 10 + plot height 128): a point
+    // above it is a rate above zero.
+    assert!(
+        publish.len() >= 2 && publish.iter().any(|p| p.1 < 137.0),
+        "the publish chart has no points of real data ({batches} batches published): {publish:?}"
+    );
+    let peers = chart_points(&dom, "peers");
+    assert!(peers.len() >= 2, "the peers chart has no points: {peers:?}");
+    eprintln!(
+        "dashboard: 3 node rows, publish chart {} points, peers chart {} points",
+        publish.len(),
+        peers.len()
     );
 }

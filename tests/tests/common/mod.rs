@@ -157,12 +157,19 @@ impl Node {
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
         // Tests run open fleets unless their config chooses (a node that speaks to the
-        // network must: `FleetConfig::mode`).
+        // network must: `FleetConfig::mode`), and without heartbeats unless they ask:
+        // tests count the events they publish, and a heartbeat is one more.
         let cfg_path = self.dir.join("murmur.toml");
-        if let Ok(cfg) = std::fs::read_to_string(&cfg_path)
-            && !cfg.contains("[fleet]")
-        {
-            std::fs::write(&cfg_path, format!("{cfg}\n[fleet]\nopen = true\n")).unwrap();
+        if let Ok(cfg) = std::fs::read_to_string(&cfg_path) {
+            let quiet = "heartbeat_interval = \"0s\"\n";
+            let cfg = if !cfg.contains("[fleet]") {
+                format!("{cfg}\n[fleet]\nopen = true\n{quiet}")
+            } else if !cfg.contains("heartbeat_interval") {
+                cfg.replacen("[fleet]\n", &format!("[fleet]\n{quiet}"), 1)
+            } else {
+                cfg
+            };
+            std::fs::write(&cfg_path, cfg).unwrap();
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
