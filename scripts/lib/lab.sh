@@ -149,6 +149,17 @@ node_has() { # I KEY VALUE
     [ "$(node_stat "$1" "$2")" = "$3" ]
 }
 
+# Events node I holds in application topics (`murmur topics`, leaving out the fleet's
+# own `$fleet/…` topics: heartbeats arrive on every node all the time).
+app_events() {
+    mm "$1" topics 2>/dev/null |
+        awk 'NR > 1 && $1 !~ /^\$/ && $3 ~ /^[0-9]+$/ { s += $3 } END { print s + 0 }'
+}
+
+app_events_are() { # I COUNT
+    [ "$(app_events "$1")" = "$2" ]
+}
+
 # wait_exit WHAT NODE PID: waits (bounded) until process PID, a child such as a
 # follower, has exited; fails with WHAT and NODE's log if it does not, or fails.
 wait_exit() {
