@@ -416,11 +416,22 @@ pub async fn run(
 fn print_nodes(v: &FleetNodesJson, problems_only: bool) {
     let stale = v.nodes.iter().filter(|n| n.state == "stale").count();
     let flagged = v.nodes.iter().filter(|n| !n.flags.is_empty()).count();
+    let total = usize::try_from(v.total)
+        .unwrap_or(usize::MAX)
+        .max(v.nodes.len());
     println!(
-        "{} nodes: {} up, {stale} stale, {flagged} with problems (a node is stale after 3 of its heartbeat intervals)",
-        v.nodes.len(),
-        v.nodes.len() - stale
+        "{total} nodes: {} up, {stale} stale, {flagged} with problems (a node is stale after 3 of its heartbeat intervals)",
+        total - stale
     );
+    if total > v.nodes.len() {
+        println!("({} listed, problems first)", v.nodes.len());
+    }
+    if v.forgotten > 0 {
+        println!(
+            "({} more not heard from in fleet.forget_after: not listed)",
+            v.forgotten
+        );
+    }
     if v.interval_ms == 0 {
         println!("(this node publishes no heartbeat: fleet.heartbeat_interval = \"0s\")");
     }

@@ -293,17 +293,29 @@ fn data_dir(g: &Global) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The config a client command reads: the data directory's, or the packaged service's
-/// for the service's data directory.
-fn client_config(dir: &std::path::Path) -> anyhow::Result<Config> {
+/// The config a client command reads: the data directory's, or for the packaged
+/// service's data directory the service's (`/etc/murmur/murmur.toml`, as its unit
+/// says), and its path.
+fn client_config(dir: &std::path::Path) -> anyhow::Result<(Config, PathBuf)> {
     let system = std::path::Path::new(SYSTEM_CONFIG);
-    if dir == std::path::Path::new(SYSTEM_DATA_DIR)
-        && system.exists()
-        && !dir.join(config::CONFIG_FILE).exists()
-    {
-        return Ok(Config::load(system)?);
+    if dir == std::path::Path::new(SYSTEM_DATA_DIR) && system.exists() {
+        return Ok((Config::load(system)?, system.to_path_buf()));
     }
-    Ok(Config::discover(None, dir)?)
+    Ok((Config::discover(None, dir)?, dir.join(config::CONFIG_FILE)))
+}
+
+/// Offline commands on the packaged service's data directory, run as root, would
+/// leave files the service's own user cannot open: said before they start.
+fn warn_if_service_dir_as_root(dir: &std::path::Path, what: &str) {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && dir == std::path::Path::new(SYSTEM_DATA_DIR) {
+        eprintln!(
+            "note: {dir} belongs to the murmur service; files written as root may be unreadable to it. \
+             Prefer: systemctl stop murmur; runuser -u murmur -- murmur {what}",
+            dir = dir.display()
+        );
+    }
 }
 
 /// The socket to talk to: --socket, else the data directory's config, else the default.
@@ -312,7 +324,7 @@ fn socket(g: &Global) -> anyhow::Result<PathBuf> {
         return Ok(s.clone());
     }
     let dir = data_dir(g)?;
-    let cfg = client_config(&dir)?;
+    let (cfg, _) = client_config(&dir)?;
     Ok(cfg.socket_path(&dir))
 }
 
@@ -518,12 +530,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// the browser keeps to itself: it is not sent to the server, nor logged).
 fn dashboard(g: &Global, token_only: bool) -> anyhow::Result<ExitCode> {
     let dir = data_dir(g)?;
-    let cfg = client_config(&dir)?;
+    let (cfg, cfg_path) = client_config(&dir)?;
     let path = dir.join(murmur_daemon::server::dashboard::TOKEN_FILE);
     let Some(addr) = cfg.api.http_listen else {
         bail!(
             "the dashboard is off: set `http_listen = \"127.0.0.1:7480\"` under [api] in {} and restart the daemon",
-            dir.join(config::CONFIG_FILE).display()
+            cfg_path.display()
         );
     };
     let token = match std::fs::read_to_string(&path) {
@@ -557,7 +569,8 @@ fn dashboard(g: &Global, token_only: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn init(g: &Global) -> anyhow::Result<ExitCode> {
-    let dir = data_dir(g)?;
+    // The user's own (never the packaged service's, which its package set up).
+    let dir = config::resolve_data_dir(g.data_dir.as_deref(), None)?;
     node::ensure_data_dir(&dir)?;
     let key_path = dir.join(KEY_FILE);
     let (key, created) = keyfile::load_or_create(&key_path)?;
@@ -767,7 +780,8 @@ async fn verify(g: &Global) -> anyhow::Result<ExitCode> {
     if !dir.join(config::DB_DIR).exists() {
         bail!("no murmur database in {}", dir.display());
     }
-    let cfg = client_config(&dir)?;
+    warn_if_service_dir_as_root(&dir, "verify");
+    let (cfg, _) = client_config(&dir)?;
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let store = node::open_store(&dir, &cfg)?;
         Ok(murmur_store::check::verify(&store)?)
@@ -794,7 +808,8 @@ async fn repair(g: &Global, confirm_own_logs: bool) -> anyhow::Result<ExitCode> 
     if !db.exists() && !dir.join(format!("{}.repair-old", config::DB_DIR)).exists() {
         bail!("no murmur database in {}", dir.display());
     }
-    let cfg = client_config(&dir)?;
+    warn_if_service_dir_as_root(&dir, "repair");
+    let (cfg, _) = client_config(&dir)?;
     let rc = murmur_store::RocksConfig {
         block_cache_bytes: cfg.store.block_cache_mb << 20,
         write_buffer_bytes: cfg.store.write_buffer_mb << 20,

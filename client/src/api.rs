@@ -441,13 +441,14 @@ pub struct NodeJson {
     pub seen_ms: u64,
     /// Seconds from then to now (this node's clock).
     pub seen_secs_ago: u64,
-    /// Problems: `stale`, `disk` (over 80% of its budget), `disk_full`,
-    /// `lag_growing`, `forks`, `cert_expiring` (within 30 days), `held`,
-    /// `store_problem`.
+    /// Problems: `stale`, `disk` (over 80% of its budget), `lag_growing`, `forks`,
+    /// `cert_expiring` (within 30 days), `store_problem`. (A node whose disk is full,
+    /// or whose publishing is held after a repair, writes no heartbeat: it goes stale.)
     #[serde(default)]
     pub flags: Vec<String>,
     /// The heartbeat itself (version, uptime, events, disk, memory, peers, lag, forks,
-    /// clock, certificate expiry): the JSON the node published on `$fleet/health`.
+    /// clock, certificate expiry): the JSON the node published on `$fleet/health`, as
+    /// it published it (fields of newer versions included).
     pub heartbeat: serde_json::Value,
 }
 
@@ -458,6 +459,12 @@ pub struct FleetNodesJson {
     pub now_ms: u64,
     /// This node's heartbeat interval, ms (0: it publishes none).
     pub interval_ms: u64,
+    /// Nodes in the view (`nodes` lists at most 5,000 of them, problems first).
+    #[serde(default)]
+    pub total: u64,
+    /// Nodes left out: not heard from in `fleet.forget_after`.
+    #[serde(default)]
+    pub forgotten: u64,
     /// The nodes.
     pub nodes: Vec<NodeJson>,
 }

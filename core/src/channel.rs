@@ -26,6 +26,10 @@ pub const PREFIX: &str = "murmur:";
 /// peer [`MAX_PER_PEER`].
 pub const MAX_JOINED: usize = 32;
 
+/// Channels of the fleet's own topics (`$fleet/health`, and in a closed fleet
+/// `$fleet/policy`) that a node joins beside its [`MAX_JOINED`] interest patterns.
+pub const FLEET_CHANNELS: usize = 2;
+
 /// Most channels remembered per peer (room for nodes of a later version with more);
 /// announcements past it are dropped.
 pub const MAX_PER_PEER: usize = 64;

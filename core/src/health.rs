@@ -5,8 +5,8 @@
 //! heartbeat against the reader's clock.
 //!
 //! Pure: the daemon gathers the figures and publishes; this module says what a
-//! heartbeat holds and what counts as a problem, so the simulator and tests use the
-//! same rules.
+//! heartbeat holds and what counts as a problem, so the daemon, the CLI and the tests
+//! share one rule.
 
 use serde::{Deserialize, Serialize};
 
@@ -66,8 +66,6 @@ pub struct Heartbeat {
     pub disk_bytes: u64,
     /// The database's disk budget, bytes (0: none).
     pub disk_budget_bytes: u64,
-    /// Whether the store refuses writes for a full disk.
-    pub disk_full: bool,
     /// Resident memory of the daemon, bytes.
     pub memory_bytes: u64,
     /// Connected peers.
@@ -89,16 +87,36 @@ pub struct Heartbeat {
     pub clock_ahead_ms: u64,
     /// When the node's fleet certificate expires, ms since the epoch (closed fleets).
     pub cert_expires_ms: Option<u64>,
-    /// Publishing held after a repair.
-    pub held: bool,
     /// The store scan found damage.
     pub store_problem: bool,
 }
+
+// Not in a heartbeat: a full disk and a publishing hold after a repair. Either stops the
+// node's own writes, its heartbeats with them, so such a node goes stale in the others'
+// view; its own `murmur status` says which.
 
 impl Heartbeat {
     /// The JSON body.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// This heartbeat, trimmed to encode within [`MAX_BYTES`] (what a closed fleet's
+    /// peers accept): the named lag topics go first, then the named peers (the counts
+    /// stay), then the host name.
+    pub fn fitted(mut self) -> Self {
+        while self.encode().len() > MAX_BYTES {
+            if self.lag_topics.pop().is_some() || self.peers.pop().is_some() {
+                continue;
+            }
+            if !self.host.is_empty() {
+                self.host.clear();
+                continue;
+            }
+            self.version.truncate(32);
+            break;
+        }
+        self
     }
 
     /// Reads a heartbeat body, at most [`MAX_BYTES`].
@@ -143,8 +161,8 @@ impl State {
 pub struct Assessment {
     /// Up or stale.
     pub state: State,
-    /// Problems, by stable label: `stale`, `disk`, `disk_full`, `lag_growing`,
-    /// `forks`, `cert_expiring`, `held`, `store_problem`.
+    /// Problems, by stable label: `stale`, `disk`, `lag_growing`, `forks`,
+    /// `cert_expiring`, `store_problem`.
     pub flags: Vec<&'static str>,
 }
 
@@ -168,9 +186,6 @@ pub fn assess(hb: &Heartbeat, sent_ms: u64, now_ms: u64) -> Assessment {
     {
         flags.push("disk");
     }
-    if hb.disk_full {
-        flags.push("disk_full");
-    }
     if hb.lag_growing() {
         flags.push("lag_growing");
     }
@@ -182,9 +197,6 @@ pub fn assess(hb: &Heartbeat, sent_ms: u64, now_ms: u64) -> Assessment {
         .is_some_and(|e| e <= now_ms.saturating_add(CERT_WARN_MS))
     {
         flags.push("cert_expiring");
-    }
-    if hb.held {
-        flags.push("held");
     }
     if hb.store_problem {
         flags.push("store_problem");
@@ -239,20 +251,16 @@ mod tests {
             forks: 1,
             lag_history: vec![1, 5, 9],
             cert_expires_ms: Some(NOW + CERT_WARN_MS),
-            held: true,
             store_problem: true,
-            disk_full: true,
             ..hb()
         };
         assert_eq!(
             assess(&h, NOW, NOW).flags,
             vec![
                 "disk",
-                "disk_full",
                 "lag_growing",
                 "forks",
                 "cert_expiring",
-                "held",
                 "store_problem"
             ]
         );
@@ -278,6 +286,62 @@ mod tests {
             }
             .lag_growing()
         );
+    }
+
+    /// The largest heartbeat a node can make (every list full, every string at its
+    /// longest and all quotes, every number at its widest) fits once trimmed.
+    #[test]
+    fn the_largest_heartbeat_fits_once_trimmed() {
+        let big = Heartbeat {
+            version: "\"".repeat(64),
+            host: "\"".repeat(64),
+            interval_ms: u64::MAX,
+            uptime_secs: u64::MAX,
+            events: u64::MAX,
+            disk_bytes: u64::MAX,
+            disk_budget_bytes: u64::MAX,
+            memory_bytes: u64::MAX,
+            peer_count: u64::MAX,
+            peers: (0..MAX_PEERS)
+                .map(|i| PeerPath {
+                    peer: format!("{i:0>52}"),
+                    path: "relayed".into(),
+                })
+                .collect(),
+            lag: u64::MAX,
+            lag_history: vec![u64::MAX; LAG_HISTORY],
+            lag_topics: (0..MAX_LAG_TOPICS)
+                .map(|_| TopicLag {
+                    topic: "\"".repeat(255),
+                    behind: u64::MAX,
+                })
+                .collect(),
+            forks: u64::MAX,
+            clock_ahead_ms: u64::MAX,
+            cert_expires_ms: Some(u64::MAX),
+            store_problem: true,
+        };
+        let fitted = big.clone().fitted();
+        let bytes = fitted.encode();
+        assert!(bytes.len() <= MAX_BYTES, "{} bytes", bytes.len());
+        assert_eq!(Heartbeat::decode(&bytes), Ok(fitted.clone()));
+        // More than a node makes (a later version's longer lists): trimmed, the
+        // named lag topics first, the counts whole.
+        let over = Heartbeat {
+            lag_topics: (0..40).map(|_| big.lag_topics[0].clone()).collect(),
+            ..big.clone()
+        };
+        let trimmed = over.fitted();
+        assert!(trimmed.encode().len() <= MAX_BYTES);
+        assert!(trimmed.lag_topics.len() < 40);
+        assert_eq!(trimmed.peers.len(), MAX_PEERS);
+        assert_eq!(trimmed.peer_count, u64::MAX);
+        // A usual one is left as it is.
+        let usual = Heartbeat {
+            peers: big.peers[..4].to_vec(),
+            ..hb()
+        };
+        assert_eq!(usual.clone().fitted(), usual);
     }
 
     #[test]

@@ -1167,7 +1167,7 @@ impl<P: Clone + Ord + Debug, M: Clone + Debug> Replicator<P, M> {
     /// pattern replicates by anti-entropy only).
     fn join_interest(&mut self, outs: &mut Outs<P, M>) {
         for p in &self.config.interest {
-            if self.joined.len() >= channel::MAX_JOINED {
+            if self.joined.len() >= channel::MAX_JOINED + channel::FLEET_CHANNELS {
                 break;
             }
             if self.joined.insert(p.clone()) {

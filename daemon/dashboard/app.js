@@ -22,7 +22,7 @@ let memToken = '';
 function readToken() {
   const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
   if (m) {
-    memToken = decodeURIComponent(m[1]);
+    try { memToken = decodeURIComponent(m[1]); } catch (_) { memToken = m[1]; }
     try { sessionStorage.setItem(TOKEN_KEY, memToken); } catch (_) { /* storage off */ }
     const rest = location.hash.replace(/(?:^#|&)token=[^&]*/, '').replace(/^&/, '');
     history.replaceState(null, '', location.pathname + location.search + (rest ? '#' + rest : ''));
@@ -250,9 +250,7 @@ const FLAG_HELP = {
   lag_growing: 'replication lag growing',
   forks: 'logs frozen by forks',
   cert_expiring: 'fleet certificate expires soon',
-  held: 'publishing held after repair',
   store_problem: 'the store scan found a problem',
-  disk_full: 'disk full: publishing refused',
 };
 
 function isProblem(n) {

@@ -94,6 +94,10 @@ pub struct FleetConfig {
     /// node still shows the others').
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// A node not heard from in this long leaves the fleet view (a decommissioned or
+    /// re-keyed device stops being a problem). Its last heartbeat stays stored.
+    #[serde(with = "humantime_serde")]
+    pub forget_after: Duration,
 }
 
 impl Default for FleetConfig {
@@ -102,6 +106,7 @@ impl Default for FleetConfig {
             root: None,
             open: false,
             heartbeat_interval: Duration::from_secs(30),
+            forget_after: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -628,6 +633,14 @@ impl Config {
     /// Checks ranges and relations between values.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.fleet.forget_after <= self.fleet.heartbeat_interval * 3
+            || self.fleet.forget_after < Duration::from_secs(60)
+        {
+            return bad(format!(
+                "fleet.forget_after is {}: give at least 1m, and more than 3 heartbeat intervals (a node is stale after 3)",
+                humantime::format_duration(self.fleet.forget_after)
+            ));
+        }
         let hb = self.fleet.heartbeat_interval;
         if !hb.is_zero() && (hb < Duration::from_secs(1) || hb > Duration::from_secs(24 * 3600)) {
             return bad(format!(
@@ -882,7 +895,8 @@ listen = ["/ip4/0.0.0.0/tcp/7470", "/ip4/0.0.0.0/udp/7470/quic-v1"]
 bootstrap = []
 # Find peers on the local network by mDNS.
 mdns = true
-# Topic patterns this node replicates ("#": everything).
+# Topic patterns this node replicates ("#": every application topic; the fleet's own
+# $fleet/… topics are always replicated).
 topics = ["#"]
 # Most connections in total, and with one peer; beyond them new ones are refused.
 max_connections = 256
@@ -926,6 +940,8 @@ open = true
 # forks) on $fleet/health, kept latest-only; `murmur fleet nodes` lists the whole
 # fleet from them and flags nodes not heard from in 3 intervals. "0s": none.
 heartbeat_interval = "30s"
+# A node not heard from in this long leaves that list (a retired device).
+forget_after = "7days"
 
 [log]
 # "text" or "json".

@@ -792,6 +792,7 @@ pub async fn run(
         rules: rules.clone(),
         fleet,
         heartbeat_interval: config.fleet.heartbeat_interval,
+        forget_after: config.fleet.forget_after,
     });
     // A member publishes its certificate on the policy topic once, so that nodes it
     // never meets learn its roles.
@@ -813,7 +814,10 @@ pub async fn run(
         "murmur daemon ready"
     );
 
+    let commits = state.metrics.commits.clone();
     let app = server::router(state);
+    // One set of connection slots for the control socket and the TCP address.
+    let api_conns = Arc::new(Semaphore::new(api_slots.max(1)));
     // The API and the dashboard over TCP, when asked for.
     let tcp = match config.api.http_listen {
         None => None,
@@ -830,9 +834,9 @@ pub async fn run(
             }
             tracing::info!(%addr, "dashboard and API over TCP (`murmur dashboard` prints the URL with its token)");
             let serve = axum::serve(
-                server::listener::Capped::new(
+                server::listener::Capped::sharing(
                     listener,
-                    api_slots,
+                    api_conns.clone(),
                     config.api.write_stall,
                     config.api.idle_timeout,
                 ),
@@ -851,19 +855,34 @@ pub async fn run(
         store.next_offset().0,
         socket.display()
     ));
+    // STOPPING=1 as soon as a stop begins (not a reopen of the store: the node goes
+    // on), whichever way the server below ends.
+    {
+        let stop = shutdown_all.clone();
+        let this_run = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                // A stop cancels this run too: look at the stop first.
+                biased;
+                () = stop.cancelled() => crate::service::stopping(),
+                () = this_run.cancelled() => {}
+            }
+        });
+    }
     if let Some(timeout) = crate::service::watchdog() {
         tracing::info!(?timeout, "service watchdog on");
         tokio::spawn(crate::service::keep_alive(
             timeout,
             writer_handle.clone(),
+            commits,
             shutdown.clone(),
         ));
     }
 
     let serve = axum::serve(
-        server::listener::Capped::new(
+        server::listener::Capped::sharing(
             listener,
-            api_slots,
+            api_conns,
             config.api.write_stall,
             config.api.idle_timeout,
         ),
@@ -880,15 +899,12 @@ pub async fn run(
                 tracing::info!("shutting down: the API server has drained");
             } else {
                 // The server never stops by itself; if it does, shut the node down cleanly.
+                crate::service::stopping();
                 tracing::error!(?result, "the API server stopped unexpectedly; shutting down");
                 shutdown.cancel();
             }
         }
         () = shutdown.cancelled() => {
-            // A stop, not a reopen of the store (the node goes on: no STOPPING then).
-            if shutdown_all.is_cancelled() {
-                crate::service::stopping();
-            }
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
             match tokio::time::timeout(DRAIN_TIMEOUT, &mut served).await {
                 Ok(Ok(Ok(()))) => {}

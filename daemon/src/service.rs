@@ -36,34 +36,41 @@ pub fn watchdog() -> Option<Duration> {
     (sd_notify::watchdog_enabled(false, &mut usec) && usec > 0).then(|| Duration::from_micros(usec))
 }
 
-/// Sends `WATCHDOG=1` every third of `timeout` for as long as the store writer answers
-/// a ping within that third (a writer stuck on a hung disk stops the pings, and the
-/// service manager restarts the node). Ends at `shutdown`.
+/// Sends `WATCHDOG=1` every third of `timeout` for as long as the store writer moves:
+/// it answers a ping (queued behind its work) within that third, or it committed
+/// something since the last look (`commits`: a writer busy with a long queue is alive).
+/// A writer stuck on a hung disk does neither; the pings stop and the service manager
+/// restarts the node. Ends at `shutdown`.
 pub async fn keep_alive(
     timeout: Duration,
     writer: crate::ingest::Handle,
+    commits: prometheus_client::metrics::counter::Counter,
     shutdown: CancellationToken,
 ) {
     let period = (timeout / 3).max(Duration::from_millis(100));
     let mut silent = false;
+    let mut seen = commits.get();
     loop {
-        match tokio::time::timeout(period, writer.ping()).await {
-            Ok(Ok(())) => {
+        let answered = tokio::time::timeout(period, writer.ping()).await;
+        let moved = commits.get() != seen;
+        seen = commits.get();
+        match answered {
+            Ok(Err(_)) => return,
+            Err(_) if !moved => {
+                if !silent {
+                    tracing::warn!(
+                        waited = ?period,
+                        "the store writer neither answered nor committed: no watchdog ping (the service manager restarts the node if this lasts)"
+                    );
+                }
+                silent = true;
+            }
+            Ok(Ok(())) | Err(_) => {
                 if silent {
                     tracing::info!("the store writer answers again: watchdog pings resume");
                     silent = false;
                 }
                 send(&[NotifyState::Watchdog]);
-            }
-            Ok(Err(_)) => return,
-            Err(_) => {
-                if !silent {
-                    tracing::warn!(
-                        waited = ?period,
-                        "the store writer did not answer: no watchdog ping (the service manager restarts the node if this lasts)"
-                    );
-                }
-                silent = true;
             }
         }
         tokio::select! {

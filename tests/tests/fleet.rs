@@ -546,3 +546,50 @@ fn a_revoked_keys_events_from_its_revocation_on_are_found_and_taken_back() {
     );
     assert_eq!(suffix(&fleet, &thief), None, "nothing left to take back");
 }
+
+/// Heartbeats in a closed fleet: members with no grant at all still see each other in
+/// the fleet view (by push and by sync), and a heartbeat needs no grant; a node
+/// without a certificate is in nobody's view but its own.
+#[test]
+fn members_without_grants_see_each_other_in_the_fleet_view() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, root) = fleet_init(tmp.path());
+    let cfg = config(&root, "heartbeat_interval = \"1s\"\n");
+    let a = Node::start(&cfg);
+    let b = Node::start(&cfg);
+    let c = Node::start(&cfg);
+    join(&a, &admit(&key, &a, &[]));
+    join(&b, &admit(&key, &b, &[]));
+    dial(&b, &a);
+    dial(&c, &a);
+    wait_for("A and B to admit each other", 20, || {
+        peers(&a) == 1 && peers(&b) == 1
+    });
+    let view = |n: &Node| -> Vec<String> {
+        n.get("/v1/fleet/nodes")["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["state"] == "up")
+            .map(|v| v["node"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (ida, idb, idc) = (a.id(), b.id(), c.id());
+    wait_for("A and B to list each other, up", 20, || {
+        [&a, &b].iter().all(|n| {
+            let v = view(n);
+            v.contains(&ida) && v.contains(&idb)
+        })
+    });
+    // Two more heartbeats each: C's never arrive, and nothing was refused.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for n in [&a, &b] {
+        assert!(!view(n).contains(&idc), "{}", n.get("/v1/fleet/nodes"));
+        assert_eq!(
+            n.metric("murmur_fleet_events_refused_total{reason=\"reserved\",path=\"gossip\"}")
+                + n.metric("murmur_fleet_events_refused_total{reason=\"reserved\",path=\"sync\"}"),
+            0
+        );
+    }
+    assert_eq!(view(&c), vec![idc.clone()], "C sees only itself");
+}

@@ -69,6 +69,7 @@ pub(super) async fn change(
     JsonBody(req): JsonBody<ChangeRequest>,
 ) -> ApiResult<Json<ChangeJson>> {
     let topic = parse_topic(&req.topic)?;
+    super::check_reserved(&topic)?;
     let doc = parse_doc(&req.doc)?;
     if let Some(g) = &st.fleet {
         g.may_publish(&topic, true)

@@ -82,7 +82,6 @@ async fn gather(
         events: st.store.next_offset().0,
         disk_bytes,
         disk_budget_bytes: st.disk_budget,
-        disk_full: st.failing.disk_full(),
         memory_bytes: crate::metrics::resident_bytes(),
         peer_count,
         peers,
@@ -96,10 +95,12 @@ async fn gather(
             .as_ref()
             .and_then(|g| g.own())
             .map(|c| c.body.expires_ms),
-        held: st.ingest.held(),
         store_problem: st.store_problem.get().is_some(),
     })
 }
+
+/// When a node's second heartbeat goes out, after its first at start.
+const SECOND_BEAT: Duration = Duration::from_secs(5);
 
 /// Publishes a heartbeat every `interval` (the first at once) until shutdown, and
 /// keeps the fleet view's gauges current. `interval` zero: none are published; the
@@ -110,15 +111,23 @@ pub async fn run(st: Shared, interval: Duration) {
     } else {
         interval
     };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lag_history = Vec::new();
     let mut failing = false;
+    // The first at once (the node is back), the second soon after (its peers connected,
+    // its first rounds done), then one every interval.
+    let mut next = Duration::ZERO;
+    let mut sent = 0u32;
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            () = tokio::time::sleep(next) => {}
             () = st.shutdown.cancelled() => return,
         }
+        sent = sent.saturating_add(1);
+        next = if sent == 1 {
+            every.min(SECOND_BEAT)
+        } else {
+            every
+        };
         if !interval.is_zero() {
             match publish(&st, interval, &mut lag_history).await {
                 Ok(()) => failing = false,
@@ -140,7 +149,12 @@ pub async fn run(st: Shared, interval: Duration) {
                     })
                     .set(i64::try_from(n).unwrap_or(i64::MAX));
             };
-            set("up", view.nodes.len() - stale);
+            set(
+                "up",
+                usize::try_from(view.total)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(stale),
+            );
             set("stale", stale);
         }
     }
@@ -152,7 +166,7 @@ async fn publish(st: &AppState, interval: Duration, lag_history: &mut Vec<u64>) 
         topic: topic()?,
         payload: Payload::Data {
             content_type: Some(health::CONTENT_TYPE.into()),
-            data: beat.encode().into(),
+            data: beat.fitted().encode().into(),
         },
     };
     commit(st, vec![item], "heartbeat").await?;
@@ -160,16 +174,22 @@ async fn publish(st: &AppState, interval: Duration, lag_history: &mut Vec<u64>) 
     Ok(())
 }
 
+/// Most nodes one fleet view lists (problems first); `total` counts them all.
+pub const MAX_LISTED: usize = 5_000;
+
 /// The fleet view: every node's latest heartbeat, assessed at this node's clock,
-/// problems first (stale, then flagged), then by host and id.
+/// problems first (stale, then flagged), then by host and id. Nodes not heard from in
+/// `fleet.forget_after` are left out (counted in `forgotten`): a decommissioned device
+/// does not stay a problem forever.
 async fn view(st: &AppState) -> ApiResult<FleetNodesJson> {
     let store = st.store.clone();
     let topic = topic()?;
     let beats = blocking(move || {
-        let mut out = Vec::new();
-        for log in store.logs()?.into_iter().filter(|l| l.topic == topic) {
+        let heads = store.version_vector(&topic)?;
+        let mut out = Vec::with_capacity(heads.len());
+        for (author, head) in heads.iter() {
             if let Some(ev) = store
-                .log_range(&log.author, &topic, log.head.seq, 1)?
+                .log_range(author, &topic, head.seq, 1)?
                 .into_iter()
                 .next()
             {
@@ -180,36 +200,47 @@ async fn view(st: &AppState) -> ApiResult<FleetNodesJson> {
     })
     .await?;
     let now_ms = st.clock.wall_ms();
-    let mut nodes: Vec<NodeJson> = beats
-        .iter()
-        .filter_map(|ev| {
-            let murmur_core::Body::Data { data, .. } = ev.body() else {
-                return None;
-            };
-            let beat = Heartbeat::decode(data).ok()?;
-            let sent_ms = ev.time().ms;
-            let a = health::assess(&beat, sent_ms, now_ms);
-            Some(NodeJson {
-                node: ev.author().to_string(),
-                host: beat.host.clone(),
-                this_node: ev.author() == st.author,
-                state: a.state.label().into(),
-                seen_ms: sent_ms,
-                seen_secs_ago: now_ms.saturating_sub(sent_ms) / 1000,
-                flags: a.flags.iter().map(|f| (*f).to_owned()).collect(),
-                heartbeat: serde_json::to_value(&beat).unwrap_or_default(),
-            })
-        })
-        .collect();
+    let forget_ms = u64::try_from(st.forget_after.as_millis()).unwrap_or(u64::MAX);
+    let mut forgotten = 0u64;
+    let mut nodes: Vec<NodeJson> = Vec::with_capacity(beats.len());
+    for ev in &beats {
+        let murmur_core::Body::Data { data, .. } = ev.body() else {
+            continue;
+        };
+        let Ok(beat) = Heartbeat::decode(data) else {
+            continue;
+        };
+        let sent_ms = ev.time().ms;
+        if now_ms.saturating_sub(sent_ms) > forget_ms && ev.author() != st.author {
+            forgotten += 1;
+            continue;
+        }
+        let a = health::assess(&beat, sent_ms, now_ms);
+        nodes.push(NodeJson {
+            node: ev.author().to_string(),
+            host: beat.host.clone(),
+            this_node: ev.author() == st.author,
+            state: a.state.label().into(),
+            seen_ms: sent_ms,
+            seen_secs_ago: now_ms.saturating_sub(sent_ms) / 1000,
+            flags: a.flags.iter().map(|f| (*f).to_owned()).collect(),
+            // As the node wrote it: fields of newer versions stay.
+            heartbeat: serde_json::from_slice(data).unwrap_or_default(),
+        });
+    }
     nodes.sort_by(|a, b| {
         (b.state == "stale", !b.flags.is_empty())
             .cmp(&(a.state == "stale", !a.flags.is_empty()))
             .then_with(|| a.host.cmp(&b.host))
             .then_with(|| a.node.cmp(&b.node))
     });
+    let total = nodes.len() as u64;
+    nodes.truncate(MAX_LISTED);
     Ok(FleetNodesJson {
         now_ms,
         interval_ms: 0,
+        total,
+        forgotten,
         nodes,
     })
 }

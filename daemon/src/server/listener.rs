@@ -40,31 +40,25 @@ pub trait RawListener: Send + 'static {
     fn local(&self) -> io::Result<Self::Addr>;
 }
 
-impl RawListener for UnixListener {
-    type Stream = UnixStream;
-    type Addr = tokio::net::unix::SocketAddr;
-    fn accept_raw(
-        &mut self,
-    ) -> impl Future<Output = io::Result<(Self::Stream, Self::Addr)>> + Send {
-        self.accept()
-    }
-    fn local(&self) -> io::Result<Self::Addr> {
-        self.local_addr()
-    }
+/// The one way every listener type here accepts: tokio's own `accept`.
+macro_rules! raw_listener {
+    ($listener:ty, $stream:ty, $addr:ty) => {
+        impl RawListener for $listener {
+            type Stream = $stream;
+            type Addr = $addr;
+            fn accept_raw(
+                &mut self,
+            ) -> impl Future<Output = io::Result<(Self::Stream, Self::Addr)>> + Send {
+                self.accept()
+            }
+            fn local(&self) -> io::Result<Self::Addr> {
+                self.local_addr()
+            }
+        }
+    };
 }
-
-impl RawListener for TcpListener {
-    type Stream = tokio::net::TcpStream;
-    type Addr = std::net::SocketAddr;
-    fn accept_raw(
-        &mut self,
-    ) -> impl Future<Output = io::Result<(Self::Stream, Self::Addr)>> + Send {
-        self.accept()
-    }
-    fn local(&self) -> io::Result<Self::Addr> {
-        self.local_addr()
-    }
-}
+raw_listener!(UnixListener, UnixStream, tokio::net::unix::SocketAddr);
+raw_listener!(TcpListener, tokio::net::TcpStream, std::net::SocketAddr);
 
 /// A listener that holds at most `slots` connections open.
 pub struct Capped<L = UnixListener> {
@@ -79,9 +73,15 @@ impl<L: RawListener> Capped<L> {
     /// client fails and closes its connection, and so does `idle` without any traffic
     /// and no follow stream.
     pub fn new(inner: L, max: usize, stall: Duration, idle: Duration) -> Self {
+        Self::sharing(inner, Arc::new(Semaphore::new(max.max(1))), stall, idle)
+    }
+
+    /// Like [`Capped::new`], with the slots of another listener: the control socket and
+    /// the TCP address together hold at most the slots the descriptor budget allows.
+    pub fn sharing(inner: L, slots: Arc<Semaphore>, stall: Duration, idle: Duration) -> Self {
         Capped {
             inner,
-            slots: Arc::new(Semaphore::new(max.max(1))),
+            slots,
             stall,
             idle,
         }

@@ -97,6 +97,8 @@ pub struct AppState {
     pub fleet: Option<crate::fleet::Guard>,
     /// How often this node publishes its heartbeat (zero: never).
     pub heartbeat_interval: std::time::Duration,
+    /// Nodes not heard from in this long leave the fleet view.
+    pub forget_after: std::time::Duration,
 }
 
 type Shared = Arc<AppState>;
@@ -950,12 +952,20 @@ async fn interest_change(
     }
     let add = req.add.as_deref().map(parse_pattern).transpose()?;
     let remove = req.remove.as_deref().map(parse_pattern).transpose()?;
+    if let Some(p) = remove.as_ref().filter(|p| p.as_str().starts_with('$')) {
+        return Err(ApiError::bad(
+            "reserved_topic",
+            format!("{p} is the fleet's own: every node replicates it"),
+        ));
+    }
     if let Some(p) = &add {
         let Json(now) = interest(&st, None, None).await?;
         let removed = usize::from(remove.is_some());
+        // The fleet's own patterns (`$fleet/…`) do not count: they have channels of
+        // their own beside the interest's.
+        let mine = now.patterns.iter().filter(|q| !q.starts_with('$')).count();
         if !now.patterns.iter().any(|q| q == p.as_str())
-            && now.patterns.len() - removed.min(now.patterns.len())
-                >= murmur_core::channel::MAX_JOINED
+            && mine - removed.min(mine) >= murmur_core::channel::MAX_JOINED
         {
             return Err(ApiError::new(
                 axum::http::StatusCode::CONFLICT,
@@ -963,7 +973,7 @@ async fn interest_change(
                 format!(
                     "this node already replicates {} patterns, the most it can push live; \
                      remove one, or use a broader pattern (sensors/# covers sensors/a/temp and sensors/b/temp)",
-                    now.patterns.len()
+                    mine
                 ),
             ));
         }
