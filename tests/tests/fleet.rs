@@ -152,10 +152,25 @@ fn only_certified_nodes_join_and_each_writes_only_what_it_is_granted() {
         &c,
         &admit(&key, &c, &["--role", "sensor", "--expires", "10d"]),
     );
-    wait_for("C to be admitted", 60, || {
+    // Up to A's longest keep-out for a peer that showed credentials (60 s), and more.
+    let t = std::time::Instant::now();
+    let admitted = common::try_wait_for(90, || {
         let _ = c.cli(&["dial", &a.tcp_addr()]);
+        std::thread::sleep(std::time::Duration::from_millis(200));
         peers(&c) == 1
     });
+    if !admitted {
+        panic!(
+            "C was not admitted within 90 s (A refused peers: {} no_credentials, {} not_a_member, {} bad_cert, {} expired)\nC:\n{}\nA:\n{}",
+            a.metric("murmur_fleet_peers_refused_total{reason=\"no_credentials\"}"),
+            a.metric("murmur_fleet_peers_refused_total{reason=\"not_a_member\"}"),
+            a.metric("murmur_fleet_peers_refused_total{reason=\"bad_cert\"}"),
+            a.metric("murmur_fleet_peers_refused_total{reason=\"expired\"}"),
+            c.log(),
+            a.log()
+        );
+    }
+    eprintln!("C admitted {:?} after its certificate", t.elapsed());
     if !common::try_wait_for(20, || c.topic_events("sensors/b") == 1) {
         panic!("C did not catch up:\n{}\nA:\n{}", c.log(), a.log());
     }
