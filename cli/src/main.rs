@@ -210,6 +210,10 @@ struct PubArgs {
     /// Events per request with --lines
     #[arg(long, default_value_t = 1000, requires = "lines")]
     batch: usize,
+    /// An idempotency key: run again with the same key (within api.idempotency_window,
+    /// 24 h), the command prints what the first run published and stores nothing
+    #[arg(long, value_name = "KEY", conflicts_with = "lines")]
+    key: Option<String>,
 }
 
 #[derive(Args)]
@@ -693,12 +697,11 @@ async fn publish(g: &Global, args: PubArgs) -> anyhow::Result<ExitCode> {
     let mut client = Client::new(&socket(g)?);
     let input = read_input(&args)?;
     if !args.lines {
-        let p: Published = client
-            .post(
-                "/v1/events",
-                &request_for(&args.topic, &input, &args.content_type),
-            )
-            .await?;
+        let req = PublishRequest {
+            idempotency_key: args.key.clone(),
+            ..request_for(&args.topic, &input, &args.content_type)
+        };
+        let p: Published = client.post("/v1/events", &req).await?;
         output::published(&[p], g.json)?;
         return Ok(ExitCode::SUCCESS);
     }

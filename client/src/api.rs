@@ -21,6 +21,12 @@ pub struct PublishRequest {
     /// Optional MIME type, e.g. `application/json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// Optional idempotency key (1–128 printable ASCII bytes): a retry with the same key
+    /// within `api.idempotency_window` gets what the first publish stored (same seq,
+    /// id and offset), and nothing is stored again, across restarts too. (Header
+    /// `Idempotency-Key` on single and raw publishes.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// `POST /v1/events/batch`: publish many events atomically, with one WAL sync.

@@ -417,6 +417,7 @@ pub fn payload_request(topic: &str, data: &[u8]) -> PublishRequest {
         data,
         data_b64,
         content_type: None,
+        idempotency_key: None,
     }
 }
 

@@ -399,6 +399,10 @@ pub struct ApiConfig {
     /// is closed, e.g. `"60s"`.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// How long an idempotency key answers for what it published: a retry within it
+    /// gets the first result and stores nothing, e.g. `"24h"`.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
 }
 
 impl Default for ApiConfig {
@@ -414,6 +418,7 @@ impl Default for ApiConfig {
             max_connections: 256,
             write_stall: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            idempotency_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -807,6 +812,9 @@ write_stall = "30s"
 # Close a connection that sends and receives nothing for this long and has no follow
 # stream open (an idle keep-alive, a client that went away): its slot comes back.
 idle_timeout = "60s"
+# A publish with an idempotency key (field idempotency_key, or header Idempotency-Key)
+# retried within this window gets the first result; nothing is stored twice.
+idempotency_window = "24h"
 
 [ingest]
 # Publish requests waiting for the writer; beyond this the API answers 503 + Retry-After.

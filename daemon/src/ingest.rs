@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use murmur_core::{
     DocId, Draft, Durability, Event, Head, Keypair, Offset, Outcome, Payload, ReadStore, Seq,
@@ -46,6 +46,9 @@ pub struct PublishItem {
     pub topic: Topic,
     /// The body.
     pub payload: Payload,
+    /// An idempotency key: a publish with a key already used within the window is
+    /// answered with what the first one published, and stores nothing.
+    pub key: Option<String>,
 }
 
 impl PublishItem {
@@ -122,6 +125,10 @@ pub enum IngestError {
         "this node was repaired and is fetching its own logs back from its peers; publishing resumes once a sync round has confirmed them (murmur status)"
     )]
     OwnLogsUnconfirmed,
+    /// Idempotency keys that cannot be honoured: a batch mixing keys already used with
+    /// new ones, a key twice in one request, or a key whose event retention pruned.
+    #[error("{0}")]
+    Idempotency(String),
 }
 
 /// Publishing held after `murmur repair`. A repaired node may have lost the tail of its
@@ -444,7 +451,14 @@ pub struct WriterConfig {
     pub hold: Hold,
     /// Raised while commits fail for environmental reasons.
     pub failing: WriteFailing,
+    /// How long an idempotency key answers for what it published.
+    pub idempotency_window: Duration,
 }
+
+/// How often the writer deletes idempotency keys older than the window, and how many
+/// it reads per look.
+const KEYS_PRUNE_EVERY: Duration = Duration::from_secs(60);
+const KEYS_PRUNE_BUDGET: usize = 10_000;
 
 struct Writer {
     store: Arc<RocksStore>,
@@ -460,6 +474,9 @@ struct Writer {
     published: Option<crate::replicate::Handle>,
     /// Policy entries are applied as they become durable.
     fleet: Option<crate::fleet::Guard>,
+    idempotency_window: Duration,
+    /// When old idempotency keys were last deleted.
+    keys_pruned: Instant,
 }
 
 /// The writer's inbox, made before it starts (the writer and the replicator each need
@@ -506,6 +523,8 @@ pub fn spawn(
         notify,
         published,
         fleet,
+        idempotency_window: config.idempotency_window,
+        keys_pruned: Instant::now(),
     };
     std::thread::Builder::new()
         .name("murmur-writer".into())
@@ -525,6 +544,34 @@ impl Writer {
             let mut next = Some(first);
             while let Some(cmd) = next.take() {
                 match cmd {
+                    Command::Job(job) if job.items.iter().any(|i| i.key.is_some()) => {
+                        // A key also in this batch: write the batch first, so the
+                        // second use finds the first in the store.
+                        let in_batch = job.items.iter().filter_map(|i| i.key.as_ref()).any(|k| {
+                            batch
+                                .jobs
+                                .iter()
+                                .flat_map(|j| &j.items)
+                                .any(|i| i.key.as_ref() == Some(k))
+                        });
+                        if in_batch {
+                            self.commit(std::mem::take(&mut batch));
+                            n = 0;
+                        }
+                        match self.keyed(&job) {
+                            Ok(None) => {
+                                n += job.items.len();
+                                batch.jobs.push(job);
+                            }
+                            Ok(Some(first)) => {
+                                self.metrics.idempotent_repeats.inc_by(first.len() as u64);
+                                let _ = job.reply.send(Ok(first));
+                            }
+                            Err(e) => {
+                                let _ = job.reply.send(Err(e));
+                            }
+                        }
+                    }
                     Command::Job(job) => {
                         n += job.items.len();
                         batch.jobs.push(job);
@@ -595,6 +642,18 @@ impl Writer {
             }
             self.metrics.ingest_queue.set(rx.len() as i64);
             self.commit(batch);
+            if self.keys_pruned.elapsed() >= KEYS_PRUNE_EVERY {
+                self.keys_pruned = Instant::now();
+                let window = u64::try_from(self.idempotency_window.as_millis()).unwrap_or(u64::MAX);
+                let before = self.clock.wall_ms().saturating_sub(window);
+                match self.store.prune_idempotency(before, KEYS_PRUNE_BUDGET) {
+                    Ok((0, _)) => {}
+                    Ok((n, _)) => tracing::debug!(keys = n, "old idempotency keys deleted"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot delete old idempotency keys; the next look retries")
+                    }
+                }
+            }
         }
         // Refuse new work, then finish what was accepted before the stop.
         rx.close();
@@ -657,6 +716,53 @@ impl Writer {
 
     /// Signs the batch's publishes and writes them with its replicated events in one
     /// insert (one WriteBatch, one WAL sync), then answers everyone.
+    /// A job with idempotency keys: `None` when it is new (sign and write it), or what
+    /// its keys published before, within the window (every item keyed, every key
+    /// known): the same events, nothing stored. A job mixing known and new keys, or
+    /// with a key twice, is refused.
+    fn keyed(&self, job: &Job) -> Result<Option<Vec<Published>>, IngestError> {
+        let keys: Vec<&String> = job.items.iter().filter_map(|i| i.key.as_ref()).collect();
+        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        if let Some(k) = keys.iter().find(|k| !seen.insert(**k)) {
+            return Err(IngestError::Idempotency(format!(
+                "idempotency key {k:?} is given twice in one request"
+            )));
+        }
+        let now = self.clock.wall_ms();
+        let window = u64::try_from(self.idempotency_window.as_millis()).unwrap_or(u64::MAX);
+        let mut first = Vec::with_capacity(keys.len());
+        for k in &keys {
+            match self.store.idempotency(k) {
+                Err(e) => return Err(IngestError::Store(e.to_string())),
+                Ok(Some(found)) if now.saturating_sub(found.at_ms) <= window => {
+                    first.push((k, found));
+                }
+                Ok(_) => {}
+            }
+        }
+        if first.is_empty() {
+            return Ok(None);
+        }
+        if first.len() < job.items.len() {
+            return Err(IngestError::Idempotency(format!(
+                "this request mixes idempotency keys already used ({} of them, e.g. {:?}) with new ones or unkeyed events; a retry must repeat the first request whole",
+                first.len(),
+                first[0].0
+            )));
+        }
+        first
+            .into_iter()
+            .map(|(k, f)| match f.event {
+                Some((offset, event)) => Ok(Published { event, offset }),
+                None => Err(IngestError::Idempotency(format!(
+                    "idempotency key {k:?} published event {} already, which retention has pruned since",
+                    f.id
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
     /// [`Handle::take_back`], on the writer.
     fn take_back(&self, fleet: &crate::fleet::Guard) -> Result<TakenBack, String> {
         let mut done = Vec::new();
@@ -736,10 +842,20 @@ impl Writer {
             return;
         }
         let t0 = Instant::now();
+        // Each idempotency key with the event it publishes, written with it.
+        let keys: Vec<(String, murmur_core::EventId)> = jobs
+            .iter()
+            .flat_map(|j| &j.items)
+            .zip(&events[replicated..])
+            .filter_map(|(item, ev)| item.key.clone().map(|k| (k, ev.id())))
+            .collect();
         let written = if restart {
             self.store.restart_log(&events, durability)
-        } else {
+        } else if keys.is_empty() {
             self.store.insert(&events, durability)
+        } else {
+            self.store
+                .insert_keyed(&events, &keys, self.clock.wall_ms(), durability)
         };
         let outcomes = match written {
             Ok(o) => {

@@ -196,6 +196,8 @@ pub struct Metrics {
     pub fleet_nodes: Family<State, Gauge>,
     /// Heartbeats this node published.
     pub heartbeats_published: Counter,
+    /// Publishes answered from their idempotency key (a retry; nothing stored).
+    pub idempotent_repeats: Counter,
     /// The ingest queue's capacity, requests.
     pub ingest_queue_capacity: Gauge,
     /// Events pruned by retention, by rule.
@@ -257,6 +259,7 @@ impl Metrics {
             fleet_taken_back: Counter::default(),
             fleet_nodes: Family::default(),
             heartbeats_published: Counter::default(),
+            idempotent_repeats: Counter::default(),
             ingest_queue_capacity: Gauge::default(),
             pruned_events: Family::default(),
             pruned_bytes: Family::default(),
@@ -421,6 +424,11 @@ impl Metrics {
             "heartbeats_published",
             "Heartbeats this node published on $fleet/health",
             m.heartbeats_published.clone(),
+        );
+        r.register(
+            "idempotent_repeats",
+            "Events of publishes answered from their idempotency key: a retry got what the first publish stored, and nothing was stored again",
+            m.idempotent_repeats.clone(),
         );
         r.register(
             "ingest_queue_capacity_requests",

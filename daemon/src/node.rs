@@ -687,6 +687,7 @@ pub async fn run(
         durability,
         hold: hold.clone(),
         failing: failing.clone(),
+        idempotency_window: config.api.idempotency_window,
     };
     let (ingest, writer_inbox) = ingest::channel(&writer_config, metrics.clone());
     let net = if config.p2p.enabled {

@@ -639,6 +639,47 @@ mod rocks {
         );
     }
 
+    /// Idempotency keys are written with their events, answer with the event and its
+    /// offset after a reopen, and only keys older than the cutoff are deleted.
+    #[test]
+    fn idempotency_keys_are_durable_with_their_events_and_pruned_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(1);
+        let c = chain(&k, "i", 3);
+        {
+            let s = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap();
+            s.insert_keyed(
+                &c[..2],
+                &[("old".to_owned(), c[0].id())],
+                1_000,
+                Durability::Sync,
+            )
+            .unwrap();
+            s.insert_keyed(
+                &c[2..],
+                &[("new".to_owned(), c[2].id())],
+                5_000,
+                Durability::Sync,
+            )
+            .unwrap();
+            assert!(s.idempotency("none").unwrap().is_none());
+        }
+        let s = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap();
+        let old = s.idempotency("old").unwrap().unwrap();
+        assert_eq!((old.at_ms, old.id), (1_000, c[0].id()));
+        let (off, ev) = old.event.unwrap();
+        assert_eq!((off, ev.id()), (Offset(0), c[0].id()));
+        let new = s.idempotency("new").unwrap().unwrap();
+        assert_eq!(new.event.map(|(o, _)| o), Some(Offset(2)));
+        // Keys from before 2,000 ms go; a budget of 1 reads one key per call.
+        assert_eq!(s.prune_idempotency(2_000, 1).unwrap(), (0, false));
+        assert_eq!(s.prune_idempotency(2_000, 10).unwrap(), (1, true));
+        assert!(s.idempotency("old").unwrap().is_none());
+        assert!(s.idempotency("new").unwrap().is_some());
+        // Keys are not events: verify knows nothing of them.
+        assert!(crate::check::verify(&s).unwrap().is_clean());
+    }
+
     /// Rolling back to an older murmur over a store a newer one wrote: the open is
     /// refused with a message that names both versions, and nothing is changed (the
     /// newer binary opens it again as it was).

@@ -40,4 +40,6 @@ mod damage_tests;
 pub use docs::SnapshotRef;
 pub use memory::MemoryStore;
 pub use murmur_core::storage::Snapshot;
-pub use rocks::{MARK_FILE, PreparedPrune, RocksConfig, RocksStore, SCHEMA_VERSION, StoreError};
+pub use rocks::{
+    Keyed, MARK_FILE, PreparedPrune, RocksConfig, RocksStore, SCHEMA_VERSION, StoreError,
+};

@@ -488,6 +488,95 @@ impl RocksStore {
         writer.mark_at = Some(Instant::now());
     }
 
+    /// Inserts `events` like [`Store::insert`], and records each idempotency key of
+    /// `keys` (with the id of the event it published, at `now_ms`) in the same atomic
+    /// write: a key is durable exactly when its event is.
+    pub fn insert_keyed(
+        &self,
+        events: &[Event],
+        keys: &[(String, EventId)],
+        now_ms: u64,
+        durability: Durability,
+    ) -> Result<Vec<Outcome>> {
+        let mut writer = self
+            .writer
+            .lock()
+            .map_err(|_| corrupt("writer lock poisoned"))?;
+        let mut batch = WriteBatch::default();
+        let meta = self.cf(CF_META);
+        for (key, id) in keys {
+            batch.put_cf(meta, idem_key(key), idem_value(now_ms, id));
+        }
+        self.insert_locked(&mut writer, batch, HashMap::new(), events, durability)
+    }
+
+    /// What an idempotency key published: when (ms since the epoch), the event's id, and
+    /// the event with its offset if the store still holds it (retention may have pruned
+    /// it since).
+    pub fn idempotency(&self, key: &str) -> Result<Option<Keyed>> {
+        let Some(v) = self.db.get_cf(self.cf(CF_META), idem_key(key))? else {
+            return Ok(None);
+        };
+        if v.len() != 8 + 32 {
+            return Err(corrupt("idempotency entry is not 40 bytes"));
+        }
+        let at_ms = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&v[8..]);
+        let id = EventId(id);
+        let event = match self.db.get_pinned_cf(self.cf(CF_BY_ID), id.0)? {
+            Some(b) => {
+                let (ek, off) = split_by_id(&b)?;
+                self.get_event(ek)?.map(|e| (Offset(off), e))
+            }
+            None => None,
+        };
+        Ok(Some(Keyed { at_ms, id, event }))
+    }
+
+    /// Deletes idempotency keys recorded before `before_ms`, reading at most `budget`
+    /// of them; returns how many it deleted and whether it read them all. Call it from
+    /// the store's writer (a key written again meanwhile must not be deleted).
+    pub fn prune_idempotency(&self, before_ms: u64, budget: usize) -> Result<(usize, bool)> {
+        let meta = self.cf(CF_META);
+        let mut it = self.db.raw_iterator_cf(meta);
+        it.seek(IDEM_PREFIX);
+        let mut batch = WriteBatch::default();
+        let (mut read, mut deleted) = (0usize, 0usize);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(IDEM_PREFIX) {
+                return self.finish_idem_prune(batch, deleted, true);
+            }
+            if read >= budget {
+                return self.finish_idem_prune(batch, deleted, false);
+            }
+            read += 1;
+            let at = v
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_be_bytes);
+            if at < before_ms {
+                batch.delete_cf(meta, k);
+                deleted += 1;
+            }
+            it.next();
+        }
+        it.status()?;
+        self.finish_idem_prune(batch, deleted, true)
+    }
+
+    fn finish_idem_prune(
+        &self,
+        batch: WriteBatch,
+        deleted: usize,
+        all: bool,
+    ) -> Result<(usize, bool)> {
+        if !batch.is_empty() {
+            self.db.write(batch)?;
+        }
+        Ok((deleted, all))
+    }
+
     /// Set by `murmur repair` (unix seconds): the node may have lost events of its own
     /// logs that peers already hold. Until it is cleared, the daemon must not sign new
     /// events on its own logs (a different event at a seq it already published is a
@@ -1163,6 +1252,35 @@ pub(crate) fn encode_head(r: &HeadRecord) -> Vec<u8> {
 }
 
 /// A head record's head and base.
+/// Idempotency keys of local publishes, in the meta column family (no new column
+/// family: an older murmur opens the store and ignores them).
+const IDEM_PREFIX: &[u8] = b"idem\0";
+
+fn idem_key(key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(IDEM_PREFIX.len() + key.len());
+    k.extend_from_slice(IDEM_PREFIX);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn idem_value(at_ms: u64, id: &EventId) -> [u8; 40] {
+    let mut v = [0u8; 40];
+    v[..8].copy_from_slice(&at_ms.to_be_bytes());
+    v[8..].copy_from_slice(&id.0);
+    v
+}
+
+/// What an idempotency key published ([`RocksStore::idempotency`]).
+#[derive(Debug, Clone)]
+pub struct Keyed {
+    /// When it was published, ms since the epoch.
+    pub at_ms: u64,
+    /// The event's id.
+    pub id: EventId,
+    /// The event and its offset, if the store still holds it.
+    pub event: Option<(Offset, Event)>,
+}
+
 /// An id index value: the event key and the event's offset.
 pub(crate) fn by_id_value(ek: &[u8], offset: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(ek.len() + 8);

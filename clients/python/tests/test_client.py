@@ -114,6 +114,17 @@ class ClientTest(unittest.TestCase):
                 break
         return out
 
+    def test_a_retry_with_the_same_idempotency_key_stores_nothing(self):
+        c = self.c
+        first = c.publish("py/idem", "once", idempotency_key="py-key-1")
+        again = c.publish("py/idem", "once", idempotency_key="py-key-1")
+        self.assertEqual((again.seq, again.id, again.offset), (first.seq, first.id, first.offset))
+        events, _ = c.read("py/idem")
+        self.assertEqual(len(events), 1)
+        with self.assertRaises(MurmurError) as e:
+            c.publish("py/idem", "x", idempotency_key="has space")
+        self.assertEqual(e.exception.code, "invalid_idempotency_key")
+
     def test_publish_text_round_trip(self) -> None:
         p = self.c.publish("py/text", "héllo wörld", content_type="text/plain")
         self.assertIsInstance(p, murmur.Published)

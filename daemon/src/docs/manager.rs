@@ -569,6 +569,7 @@ impl Manager {
                     doc: key.1,
                     change: bytes::Bytes::copy_from_slice(change.raw_bytes()),
                 },
+                key: None,
             });
         }
         for key in &oversized {
@@ -758,6 +759,7 @@ impl Manager {
                     content_type: Some(CONTENT_TYPE.to_owned()),
                     data: bytes::Bytes::from(DocSnapshot::new(key.1.as_str(), &vv, save).encode()),
                 },
+                key: None,
             };
             let done = self
                 .ingest

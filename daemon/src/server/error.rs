@@ -75,6 +75,9 @@ impl From<IngestError> for ApiError {
             IngestError::DiskFull(_) => {
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", e.to_string())
             }
+            IngestError::Idempotency(_) => {
+                ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", e.to_string())
+            }
             IngestError::OwnLogsUnconfirmed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "own_logs_unconfirmed",

@@ -64,6 +64,7 @@ async fn publish_entry(st: &super::AppState, entry: &Entry) -> ApiResult<crate::
     let item = PublishItem {
         topic: crate::fleet::policy_topic(),
         payload: entry.payload(),
+        key: None,
     };
     let done = commit(st, vec![item], "fleet").await?;
     done.first()

@@ -168,6 +168,7 @@ async fn publish(st: &AppState, interval: Duration, lag_history: &mut Vec<u64>) 
             content_type: Some(health::CONTENT_TYPE.into()),
             data: beat.fitted().encode().into(),
         },
+        key: None,
     };
     commit(st, vec![item], "heartbeat").await?;
     st.metrics.heartbeats_published.inc();

@@ -254,10 +254,41 @@ fn check_content_type(ct: &Option<String>) -> ApiResult<()> {
     }
 }
 
+/// An idempotency key: 1–128 bytes of printable ASCII.
+fn check_key(key: Option<String>) -> ApiResult<Option<String>> {
+    match key {
+        Some(k) if k.is_empty() || k.len() > 128 || !k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Err(ApiError::bad(
+                "invalid_idempotency_key",
+                "an idempotency key is 1..=128 bytes of printable ASCII, no spaces",
+            ))
+        }
+        k => Ok(k),
+    }
+}
+
+/// The `Idempotency-Key` header, if any (for single and raw publishes).
+fn header_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => check_key(Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::bad(
+                        "invalid_idempotency_key",
+                        "the Idempotency-Key header is not printable ASCII",
+                    )
+                })?
+                .to_owned(),
+        )),
+    }
+}
+
 fn item(req: PublishRequest, max_payload: usize) -> ApiResult<PublishItem> {
     let topic = parse_topic(&req.topic)?;
     check_reserved(&topic)?;
     check_content_type(&req.content_type)?;
+    let key = check_key(req.idempotency_key)?;
     let data: Bytes = match (req.data, req.data_b64) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad(
@@ -290,6 +321,7 @@ fn item(req: PublishRequest, max_payload: usize) -> ApiResult<PublishItem> {
             content_type: req.content_type,
             data,
         },
+        key,
     })
 }
 
@@ -350,9 +382,22 @@ fn refuse(state: &AppState, e: ApiError) -> ApiError {
 
 async fn publish(
     State(st): State<Shared>,
+    headers: HeaderMap,
     body: Result<JsonBody<PublishRequest>, ApiError>,
 ) -> ApiResult<Json<Published>> {
-    let JsonBody(req) = body.map_err(|e| refuse(&st, e))?;
+    let JsonBody(mut req) = body.map_err(|e| refuse(&st, e))?;
+    if let Some(k) = header_key(&headers).map_err(|e| refuse(&st, e))? {
+        if req.idempotency_key.as_ref().is_some_and(|b| *b != k) {
+            return Err(refuse(
+                &st,
+                ApiError::bad(
+                    "invalid_idempotency_key",
+                    "the Idempotency-Key header and the body's idempotency_key differ",
+                ),
+            ));
+        }
+        req.idempotency_key = Some(k);
+    }
     let it = item(req, st.limits.max_payload).map_err(|e| refuse(&st, e))?;
     single(commit(&st, vec![it], "single").await?)
 }
@@ -418,12 +463,14 @@ async fn publish_raw(
         })
         .map(str::to_owned);
     check_content_type(&content_type).map_err(|e| refuse(&st, e))?;
+    let key = header_key(&headers).map_err(|e| refuse(&st, e))?;
     let it = PublishItem {
         topic,
         payload: Payload::Data {
             content_type,
             data: body,
         },
+        key,
     };
     single(commit(&st, vec![it], "raw").await?)
 }

@@ -223,11 +223,14 @@ def _payload(data: Data) -> Dict[str, str]:
     raise TypeError(f"data must be bytes or str, not {type(data).__name__}")
 
 
-def _publish_request(topic: str, data: Data, content_type: Optional[str]) -> Dict[str, str]:
+def _publish_request(topic: str, data: Data, content_type: Optional[str],
+                     idempotency_key: Optional[str] = None) -> Dict[str, str]:
     req = {"topic": topic}
     req.update(_payload(data))
     if content_type is not None:
         req["content_type"] = content_type
+    if idempotency_key is not None:
+        req["idempotency_key"] = idempotency_key
     return req
 
 
@@ -308,14 +311,19 @@ class Client:
 
     # --- events ---
 
-    def publish(self, topic: str, data: Data, content_type: Optional[str] = None) -> Published:
+    def publish(self, topic: str, data: Data, content_type: Optional[str] = None,
+                idempotency_key: Optional[str] = None) -> Published:
         """Publishes one event and returns it once durable.
 
         ``str`` data goes as UTF-8 text, ``bytes`` as base64 (any bytes round-trip).
         ``content_type`` is an optional MIME type kept with the event.
+        ``idempotency_key`` (1-128 printable ASCII bytes): a retry with the same key,
+        within the daemon's ``api.idempotency_window``, returns what the first call
+        stored and stores nothing, so retrying after a lost answer is safe.
         """
-        return Published.from_json(
-            self._request("POST", "/v1/events", _publish_request(topic, data, content_type)))
+        return Published.from_json(self._request(
+            "POST", "/v1/events",
+            _publish_request(topic, data, content_type, idempotency_key)))
 
     def publish_batch(self, events: Iterable[Sequence[Any]]) -> List[Published]:
         """Publishes ``(topic, data)`` or ``(topic, data, content_type)`` tuples
