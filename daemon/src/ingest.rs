@@ -52,6 +52,28 @@ pub struct PublishItem {
 }
 
 impl PublishItem {
+    /// What a retry must repeat to be the same request: topic, content type, body.
+    fn digest(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("murmur idempotent publish v1");
+        h.update(self.topic.as_str().as_bytes());
+        h.update(&[0]);
+        match &self.payload {
+            Payload::Data { content_type, data } => {
+                h.update(&[0]);
+                h.update(content_type.as_deref().unwrap_or("").as_bytes());
+                h.update(&[0]);
+                h.update(data);
+            }
+            Payload::Doc { doc, change } => {
+                h.update(&[1]);
+                h.update(doc.as_str().as_bytes());
+                h.update(&[0]);
+                h.update(change);
+            }
+        }
+        *h.finalize().as_bytes()
+    }
+
     fn cost(&self) -> usize {
         let body = match &self.payload {
             Payload::Data { data, .. } => data.len(),
@@ -457,8 +479,8 @@ pub struct WriterConfig {
 
 /// How often the writer deletes idempotency keys older than the window, and how many
 /// it reads per look.
-const KEYS_PRUNE_EVERY: Duration = Duration::from_secs(60);
-const KEYS_PRUNE_BUDGET: usize = 10_000;
+const KEYS_PRUNE_EVERY: Duration = Duration::from_secs(10);
+const KEYS_PRUNE_BUDGET: usize = 50_000;
 
 struct Writer {
     store: Arc<RocksStore>,
@@ -475,8 +497,9 @@ struct Writer {
     /// Policy entries are applied as they become durable.
     fleet: Option<crate::fleet::Guard>,
     idempotency_window: Duration,
-    /// When old idempotency keys were last deleted.
+    /// When old idempotency keys were last looked at, and where the next look goes on.
     keys_pruned: Instant,
+    keys_cursor: Option<String>,
 }
 
 /// The writer's inbox, made before it starts (the writer and the replicator each need
@@ -525,6 +548,7 @@ pub fn spawn(
         fleet,
         idempotency_window: config.idempotency_window,
         keys_pruned: Instant::now(),
+        keys_cursor: None,
     };
     std::thread::Builder::new()
         .name("murmur-writer".into())
@@ -646,9 +670,17 @@ impl Writer {
                 self.keys_pruned = Instant::now();
                 let window = u64::try_from(self.idempotency_window.as_millis()).unwrap_or(u64::MAX);
                 let before = self.clock.wall_ms().saturating_sub(window);
-                match self.store.prune_idempotency(before, KEYS_PRUNE_BUDGET) {
-                    Ok((0, _)) => {}
-                    Ok((n, _)) => tracing::debug!(keys = n, "old idempotency keys deleted"),
+                let from = self.keys_cursor.take();
+                match self
+                    .store
+                    .prune_idempotency(before, KEYS_PRUNE_BUDGET, from.as_deref())
+                {
+                    Ok((n, next)) => {
+                        self.keys_cursor = next;
+                        if n > 0 {
+                            tracing::debug!(keys = n, "old idempotency keys deleted");
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot delete old idempotency keys; the next look retries")
                     }
@@ -660,6 +692,11 @@ impl Writer {
         let mut rest = Batch::default();
         while let Ok(msg) = rx.try_recv() {
             match msg {
+                // A keyed job is not checked against its key here: refused, its
+                // retry after the restart is.
+                Command::Job(job) if job.items.iter().any(|i| i.key.is_some()) => {
+                    let _ = job.reply.send(Err(IngestError::ShuttingDown));
+                }
                 Command::Job(job) => rest.jobs.push(job),
                 Command::Write(w) => rest.writes.push(w),
                 Command::Snapshot { reply, .. }
@@ -714,8 +751,6 @@ impl Writer {
         Ok(events)
     }
 
-    /// Signs the batch's publishes and writes them with its replicated events in one
-    /// insert (one WriteBatch, one WAL sync), then answers everyone.
     /// A job with idempotency keys: `None` when it is new (sign and write it), or what
     /// its keys published before, within the window (every item keyed, every key
     /// known): the same events, nothing stored. A job mixing known and new keys, or
@@ -731,10 +766,16 @@ impl Writer {
         let now = self.clock.wall_ms();
         let window = u64::try_from(self.idempotency_window.as_millis()).unwrap_or(u64::MAX);
         let mut first = Vec::with_capacity(keys.len());
-        for k in &keys {
+        for item in &job.items {
+            let Some(k) = &item.key else { continue };
             match self.store.idempotency(k) {
                 Err(e) => return Err(IngestError::Store(e.to_string())),
                 Ok(Some(found)) if now.saturating_sub(found.at_ms) <= window => {
+                    if found.request != item.digest() {
+                        return Err(IngestError::Idempotency(format!(
+                            "idempotency key {k:?} was used for another request (another topic, content type or data) within the window"
+                        )));
+                    }
                     first.push((k, found));
                 }
                 Ok(_) => {}
@@ -778,6 +819,8 @@ impl Writer {
         Ok(done)
     }
 
+    /// Signs the batch's publishes and writes them with its replicated events in one
+    /// insert (one WriteBatch, one WAL sync), then answers everyone.
     fn commit(&mut self, batch: Batch) {
         let Batch {
             jobs,
@@ -843,11 +886,17 @@ impl Writer {
         }
         let t0 = Instant::now();
         // Each idempotency key with the event it publishes, written with it.
-        let keys: Vec<(String, murmur_core::EventId)> = jobs
+        let keys: Vec<murmur_store::KeyOf> = jobs
             .iter()
             .flat_map(|j| &j.items)
             .zip(&events[replicated..])
-            .filter_map(|(item, ev)| item.key.clone().map(|k| (k, ev.id())))
+            .filter_map(|(item, ev)| {
+                item.key.clone().map(|key| murmur_store::KeyOf {
+                    key,
+                    id: ev.id(),
+                    request: item.digest(),
+                })
+            })
             .collect();
         let written = if restart {
             self.store.restart_log(&events, durability)

@@ -643,37 +643,55 @@ mod rocks {
     /// offset after a reopen, and only keys older than the cutoff are deleted.
     #[test]
     fn idempotency_keys_are_durable_with_their_events_and_pruned_by_age() {
+        use crate::rocks::KeyOf;
         let dir = tempfile::tempdir().unwrap();
         let k = key(1);
         let c = chain(&k, "i", 3);
+        let of = |key: &str, e: &Event| KeyOf {
+            key: key.into(),
+            id: e.id(),
+            request: [7; 32],
+        };
         {
             let s = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap();
-            s.insert_keyed(
-                &c[..2],
-                &[("old".to_owned(), c[0].id())],
-                1_000,
-                Durability::Sync,
-            )
-            .unwrap();
-            s.insert_keyed(
-                &c[2..],
-                &[("new".to_owned(), c[2].id())],
-                5_000,
-                Durability::Sync,
-            )
-            .unwrap();
+            s.insert_keyed(&c[..2], &[of("old", &c[0])], 1_000, Durability::Sync)
+                .unwrap();
+            s.insert_keyed(&c[2..], &[of("new", &c[2])], 5_000, Durability::Sync)
+                .unwrap();
+            // A key whose event the acceptance rules refuse is not recorded.
+            let stranger = chain(&key(2), "i", 2);
+            let out = s
+                .insert_keyed(
+                    &stranger[1..],
+                    &[of("gap", &stranger[1])],
+                    5_000,
+                    Durability::Sync,
+                )
+                .unwrap();
+            assert!(!matches!(out[0], Outcome::Appended(_)), "{out:?}");
+            assert!(s.idempotency("gap").unwrap().is_none());
             assert!(s.idempotency("none").unwrap().is_none());
         }
         let s = RocksStore::open(dir.path(), &RocksConfig::default()).unwrap();
         let old = s.idempotency("old").unwrap().unwrap();
-        assert_eq!((old.at_ms, old.id), (1_000, c[0].id()));
+        assert_eq!(
+            (old.at_ms, old.id, old.request),
+            (1_000, c[0].id(), [7; 32])
+        );
         let (off, ev) = old.event.unwrap();
         assert_eq!((off, ev.id()), (Offset(0), c[0].id()));
         let new = s.idempotency("new").unwrap().unwrap();
         assert_eq!(new.event.map(|(o, _)| o), Some(Offset(2)));
-        // Keys from before 2,000 ms go; a budget of 1 reads one key per call.
-        assert_eq!(s.prune_idempotency(2_000, 1).unwrap(), (0, false));
-        assert_eq!(s.prune_idempotency(2_000, 10).unwrap(), (1, true));
+        // Keys from before 2,000 ms go, a budget at a time, going on where it stopped:
+        // "new" sorts first and stays, then "old" goes.
+        assert_eq!(
+            s.prune_idempotency(2_000, 1, None).unwrap(),
+            (0, Some("old".into()))
+        );
+        assert_eq!(
+            s.prune_idempotency(2_000, 1, Some("old")).unwrap(),
+            (1, None)
+        );
         assert!(s.idempotency("old").unwrap().is_none());
         assert!(s.idempotency("new").unwrap().is_some());
         // Keys are not events: verify knows nothing of them.

@@ -41,5 +41,5 @@ pub use docs::SnapshotRef;
 pub use memory::MemoryStore;
 pub use murmur_core::storage::Snapshot;
 pub use rocks::{
-    Keyed, MARK_FILE, PreparedPrune, RocksConfig, RocksStore, SCHEMA_VERSION, StoreError,
+    KeyOf, Keyed, MARK_FILE, PreparedPrune, RocksConfig, RocksStore, SCHEMA_VERSION, StoreError,
 };

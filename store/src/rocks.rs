@@ -494,7 +494,7 @@ impl RocksStore {
     pub fn insert_keyed(
         &self,
         events: &[Event],
-        keys: &[(String, EventId)],
+        keys: &[KeyOf],
         now_ms: u64,
         durability: Durability,
     ) -> Result<Vec<Outcome>> {
@@ -502,12 +502,15 @@ impl RocksStore {
             .writer
             .lock()
             .map_err(|_| corrupt("writer lock poisoned"))?;
-        let mut batch = WriteBatch::default();
-        let meta = self.cf(CF_META);
-        for (key, id) in keys {
-            batch.put_cf(meta, idem_key(key), idem_value(now_ms, id));
-        }
-        self.insert_locked(&mut writer, batch, HashMap::new(), events, durability)
+        let keys: HashMap<EventId, &KeyOf> = keys.iter().map(|k| (k.id, k)).collect();
+        self.insert_inner(
+            &mut writer,
+            WriteBatch::default(),
+            HashMap::new(),
+            events,
+            durability,
+            Some((&keys, now_ms)),
+        )
     }
 
     /// What an idempotency key published: when (ms since the epoch), the event's id, and
@@ -517,13 +520,15 @@ impl RocksStore {
         let Some(v) = self.db.get_cf(self.cf(CF_META), idem_key(key))? else {
             return Ok(None);
         };
-        if v.len() != 8 + 32 {
-            return Err(corrupt("idempotency entry is not 40 bytes"));
+        if v.len() != IDEM_VALUE {
+            return Err(corrupt("idempotency entry is not 72 bytes"));
         }
         let at_ms = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
         let mut id = [0u8; 32];
-        id.copy_from_slice(&v[8..]);
+        id.copy_from_slice(&v[8..40]);
         let id = EventId(id);
+        let mut request = [0u8; 32];
+        request.copy_from_slice(&v[40..]);
         let event = match self.db.get_pinned_cf(self.cf(CF_BY_ID), id.0)? {
             Some(b) => {
                 let (ek, off) = split_by_id(&b)?;
@@ -531,24 +536,36 @@ impl RocksStore {
             }
             None => None,
         };
-        Ok(Some(Keyed { at_ms, id, event }))
+        Ok(Some(Keyed {
+            at_ms,
+            id,
+            request,
+            event,
+        }))
     }
 
     /// Deletes idempotency keys recorded before `before_ms`, reading at most `budget`
-    /// of them; returns how many it deleted and whether it read them all. Call it from
-    /// the store's writer (a key written again meanwhile must not be deleted).
-    pub fn prune_idempotency(&self, before_ms: u64, budget: usize) -> Result<(usize, bool)> {
+    /// of them from the key `from` on (`None`: the first); returns how many it deleted
+    /// and where the next call goes on (`None`: it read to the end). Call it from the
+    /// store's writer (a key written again meanwhile must not be deleted).
+    pub fn prune_idempotency(
+        &self,
+        before_ms: u64,
+        budget: usize,
+        from: Option<&str>,
+    ) -> Result<(usize, Option<String>)> {
         let meta = self.cf(CF_META);
         let mut it = self.db.raw_iterator_cf(meta);
-        it.seek(IDEM_PREFIX);
+        it.seek(idem_key(from.unwrap_or("")));
         let mut batch = WriteBatch::default();
         let (mut read, mut deleted) = (0usize, 0usize);
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             if !k.starts_with(IDEM_PREFIX) {
-                return self.finish_idem_prune(batch, deleted, true);
+                return self.finish_idem_prune(batch, deleted, None);
             }
             if read >= budget {
-                return self.finish_idem_prune(batch, deleted, false);
+                let next = String::from_utf8_lossy(&k[IDEM_PREFIX.len()..]).into_owned();
+                return self.finish_idem_prune(batch, deleted, Some(next));
             }
             read += 1;
             let at = v
@@ -562,19 +579,19 @@ impl RocksStore {
             it.next();
         }
         it.status()?;
-        self.finish_idem_prune(batch, deleted, true)
+        self.finish_idem_prune(batch, deleted, None)
     }
 
     fn finish_idem_prune(
         &self,
         batch: WriteBatch,
         deleted: usize,
-        all: bool,
-    ) -> Result<(usize, bool)> {
+        next: Option<String>,
+    ) -> Result<(usize, Option<String>)> {
         if !batch.is_empty() {
             self.db.write(batch)?;
         }
-        Ok((deleted, all))
+        Ok((deleted, next))
     }
 
     /// Set by `murmur repair` (unix seconds): the node may have lost events of its own
@@ -865,10 +882,25 @@ impl RocksStore {
     fn insert_locked(
         &self,
         writer: &mut Writer,
+        batch: WriteBatch,
+        overlay: HashMap<Vec<u8>, LogState>,
+        events: &[Event],
+        durability: Durability,
+    ) -> Result<Vec<Outcome>> {
+        self.insert_inner(writer, batch, overlay, events, durability, None)
+    }
+
+    /// [`Self::insert_locked`], recording the idempotency key of each appended event
+    /// that has one (`keys`, by event id, at `now_ms`) in the same write: a key exists
+    /// exactly when its event was stored.
+    fn insert_inner(
+        &self,
+        writer: &mut Writer,
         mut batch: WriteBatch,
         mut overlay: HashMap<Vec<u8>, LogState>,
         events: &[Event],
         durability: Durability,
+        keys: Option<(&HashMap<EventId, &KeyOf>, u64)>,
     ) -> Result<Vec<Outcome>> {
         // Events appended by this call, by event key (as indexes into `events`).
         let mut staged: HashMap<Vec<u8>, usize> = HashMap::new();
@@ -910,6 +942,13 @@ impl RocksStore {
                     batch.put_cf(cf_by_id, ev.id().0, by_id_value(&ek, offset));
                     batch.put_cf(cf_arrivals, offset.to_be_bytes(), &ek);
                     crate::docs::index(&mut batch, self, ev, offset, &ek);
+                    if let Some(k) = keys.and_then(|(m, now)| m.get(&ev.id()).map(|k| (k, now))) {
+                        batch.put_cf(
+                            self.cf(CF_META),
+                            idem_key(&k.0.key),
+                            idem_value(k.1, &ev.id(), &k.0.request),
+                        );
+                    }
                     staged.insert(ek, i);
                     next_state.head = Some(head);
                     next_state.bytes += ev.bytes().len() as u64;
@@ -1251,7 +1290,6 @@ pub(crate) fn encode_head(r: &HeadRecord) -> Vec<u8> {
     v
 }
 
-/// A head record's head and base.
 /// Idempotency keys of local publishes, in the meta column family (no new column
 /// family: an older murmur opens the store and ignores them).
 const IDEM_PREFIX: &[u8] = b"idem\0";
@@ -1263,11 +1301,28 @@ fn idem_key(key: &str) -> Vec<u8> {
     k
 }
 
-fn idem_value(at_ms: u64, id: &EventId) -> [u8; 40] {
-    let mut v = [0u8; 40];
+/// An idempotency entry: when (8), the event's id (32), the request's digest (32).
+const IDEM_VALUE: usize = 72;
+
+fn idem_value(at_ms: u64, id: &EventId, request: &[u8; 32]) -> [u8; IDEM_VALUE] {
+    let mut v = [0u8; IDEM_VALUE];
     v[..8].copy_from_slice(&at_ms.to_be_bytes());
-    v[8..].copy_from_slice(&id.0);
+    v[8..40].copy_from_slice(&id.0);
+    v[40..].copy_from_slice(request);
     v
+}
+
+/// An idempotency key to record with the event it publishes
+/// ([`RocksStore::insert_keyed`]).
+#[derive(Debug, Clone)]
+pub struct KeyOf {
+    /// The key.
+    pub key: String,
+    /// The event it publishes.
+    pub id: EventId,
+    /// A digest of what was asked (topic, content type, data): a retry asking something
+    /// else with the same key is told so.
+    pub request: [u8; 32],
 }
 
 /// What an idempotency key published ([`RocksStore::idempotency`]).
@@ -1277,6 +1332,8 @@ pub struct Keyed {
     pub at_ms: u64,
     /// The event's id.
     pub id: EventId,
+    /// The digest of the request that published it (see [`KeyOf::request`]).
+    pub request: [u8; 32],
     /// The event and its offset, if the store still holds it.
     pub event: Option<(Offset, Event)>,
 }

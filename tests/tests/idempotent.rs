@@ -137,6 +137,21 @@ fn a_batch_is_repeated_whole_or_refused() {
         "{}",
         mixed.body
     );
+    // The same key for another request (other data): refused, not answered with the
+    // first event.
+    let other = n.post(
+        "/v1/events",
+        &json!({"topic": "idem/b", "data": "not a", "idempotency_key": "a"}),
+    );
+    assert_eq!(other.status, 409, "{}", other.body);
+    assert!(other.body.contains("another request"), "{}", other.body);
+    // A batch with keys on some events only: refused up front.
+    let part = n.post(
+        "/v1/events/batch",
+        &json!({"events": [{"topic": "idem/b", "data": "e", "idempotency_key": "e"},
+                           {"topic": "idem/b", "data": "f"}]}),
+    );
+    assert_eq!(part.status, 400, "{}", part.body);
     let twice = batch(&["d", "d"]);
     assert_eq!(twice.status, 409, "{}", twice.body);
     assert_eq!(
@@ -172,4 +187,40 @@ fn a_batch_is_repeated_whole_or_refused() {
     );
     assert_eq!(bad.status, 400, "{}", bad.body);
     assert!(bad.body.contains("invalid_idempotency_key"), "{}", bad.body);
+}
+
+/// The same key sent by 8 clients at once (200 keys): one event per key, and all 8 got
+/// the same answer; retries meet in one commit batch here.
+#[test]
+fn the_same_key_sent_at_once_by_eight_clients_is_stored_once() {
+    let n = Node::start("");
+    let socket = n.socket();
+    let answers = Arc::new(Mutex::new(HashMap::<String, Vec<Value>>::new()));
+    let barrier = Arc::new(std::sync::Barrier::new(8));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (socket, answers, barrier) = (socket.clone(), answers.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    let key = format!("same-{i}");
+                    barrier.wait();
+                    let a = publish_until_acked(&socket, &key);
+                    answers.lock().unwrap().entry(key).or_default().push(a);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    for (key, got) in answers.lock().unwrap().iter() {
+        assert_eq!(got.len(), 8);
+        assert!(
+            got.iter()
+                .all(|a| a["id"] == got[0]["id"] && a["offset"] == got[0]["offset"]),
+            "{key}: {got:?}"
+        );
+    }
+    assert_eq!(n.topic_events("idem/t"), 200);
+    assert!(n.metric("murmur_idempotent_repeats_total") >= 200 * 7);
 }

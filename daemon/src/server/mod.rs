@@ -404,9 +404,36 @@ async fn publish(
 
 async fn publish_batch(
     State(st): State<Shared>,
+    headers: HeaderMap,
     body: Result<JsonBody<BatchRequest>, ApiError>,
 ) -> ApiResult<Json<BatchResponse>> {
     let JsonBody(req) = body.map_err(|e| refuse(&st, e))?;
+    if headers.contains_key("idempotency-key") {
+        return Err(refuse(
+            &st,
+            ApiError::bad(
+                "invalid_idempotency_key",
+                "a batch takes idempotency keys per event (each event's idempotency_key), not the Idempotency-Key header",
+            ),
+        ));
+    }
+    let keyed = req
+        .events
+        .iter()
+        .filter(|e| e.idempotency_key.is_some())
+        .count();
+    if keyed > 0 && keyed < req.events.len() {
+        return Err(refuse(
+            &st,
+            ApiError::bad(
+                "invalid_idempotency_key",
+                format!(
+                    "{keyed} of the batch's {} events have an idempotency key: give every event one, or none (a retry must be recognisable whole)",
+                    req.events.len()
+                ),
+            ),
+        ));
+    }
     if req.events.is_empty() {
         return Err(refuse(
             &st,
