@@ -69,15 +69,11 @@ pub struct Capped<L = UnixListener> {
 }
 
 impl<L: RawListener> Capped<L> {
-    /// Caps `inner` at `max` open connections; a write that waits `stall` for the
-    /// client fails and closes its connection, and so does `idle` without any traffic
-    /// and no follow stream.
-    pub fn new(inner: L, max: usize, stall: Duration, idle: Duration) -> Self {
-        Self::sharing(inner, Arc::new(Semaphore::new(max.max(1))), stall, idle)
-    }
-
-    /// Like [`Capped::new`], with the slots of another listener: the control socket and
-    /// the TCP address together hold at most the slots the descriptor budget allows.
+    /// Holds `inner`'s connections to `slots` (shared with another listener: the
+    /// control socket and the TCP address together hold at most the slots the
+    /// descriptor budget allows); a write that waits `stall` for the client fails and
+    /// closes its connection, and so does `idle` without any traffic and no follow
+    /// stream.
     pub fn sharing(inner: L, slots: Arc<Semaphore>, stall: Duration, idle: Duration) -> Self {
         Capped {
             inner,

@@ -11,24 +11,7 @@ library only::
         print(ev.offset, ev.topic, ev.text())
 """
 
-from .client import (
-    Client,
-    Event,
-    Follow,
-    MurmurError,
-    MurmurUnavailable,
-    Published,
-    default_socket,
-)
+from .client import *  # noqa: F401,F403 (the names in client.__all__)
+from .client import __all__
 
 __version__ = "0.1.0"
-
-__all__ = [
-    "Client",
-    "Event",
-    "Follow",
-    "MurmurError",
-    "MurmurUnavailable",
-    "Published",
-    "default_socket",
-]
