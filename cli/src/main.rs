@@ -94,6 +94,12 @@ enum Command {
         #[command(subcommand)]
         action: Option<fleet::FleetAction>,
     },
+    /// Named consumers (server-side cursors of `murmur sub --consumer`): list them with
+    /// their lag, or delete one
+    Consumers {
+        #[command(subcommand)]
+        action: Option<ConsumersAction>,
+    },
     /// Print the web dashboard's URL, with its token (needs api.http_listen)
     Dashboard {
         /// Print only the API token (for Prometheus' credentials_file, or curl -H
@@ -129,6 +135,17 @@ enum Command {
     Completions {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsumersAction {
+    /// List every consumer: pattern, next offset, pending events, whether it is read
+    List,
+    /// Delete a consumer (its stream ends; the events stay)
+    Rm {
+        /// The consumer's name
+        name: String,
     },
 }
 
@@ -233,6 +250,11 @@ struct SubArgs {
     /// from an offset they were at fails with `pruned`, naming where to resume)
     #[arg(long)]
     skip_pruned: bool,
+    /// Read as the named consumer: start after the last event it acknowledged (a new
+    /// consumer starts at new events, or --from), and acknowledge each event once it
+    /// is printed. Unacknowledged events are sent again on the next run.
+    #[arg(long, value_name = "NAME")]
+    consumer: Option<String>,
 }
 
 #[derive(Args)]
@@ -476,6 +498,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fleet { action } => {
             let action = action.unwrap_or(fleet::FleetAction::Nodes { problems: false });
             fleet::run(action, || socket(g), g.json).await
+        }
+        Command::Consumers { action } => {
+            consumers(g, action.unwrap_or(ConsumersAction::List)).await
         }
         Command::Dashboard { token } => dashboard(g, token),
         Command::Peers => {
@@ -731,7 +756,10 @@ async fn publish(g: &Global, args: PubArgs) -> anyhow::Result<ExitCode> {
 
 async fn subscribe(g: &Global, args: SubArgs) -> anyhow::Result<ExitCode> {
     let mut client = Client::new(&socket(g)?);
-    let base = format!("/v1/follow?pattern={}", encode_query(&args.pattern));
+    let mut base = format!("/v1/follow?pattern={}", encode_query(&args.pattern));
+    if let Some(c) = &args.consumer {
+        base.push_str(&format!("&consumer={}", encode_query(c)));
+    }
     // "From the start" is from the oldest event held: what retention pruned is not asked
     // for.
     let skip = args.skip_pruned || args.from_start;
@@ -750,6 +778,16 @@ async fn subscribe(g: &Global, args: SubArgs) -> anyhow::Result<ExitCode> {
     if limit == 0 {
         return Ok(ExitCode::SUCCESS);
     }
+    // A consumer acknowledges what it printed, from a task of its own (at most one ack
+    // in flight, always the newest offset), and once more at the end.
+    let (printed, acker) = match &args.consumer {
+        Some(name) => {
+            let (tx, rx) = tokio::sync::watch::channel(None::<u64>);
+            let task = tokio::spawn(ack_printed(Client::new(&socket(g)?), name.clone(), rx));
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
     let mut seen = 0u64;
     let mut last: Option<u64> = None;
     let code = stream::lines(&mut client, &path, |line| {
@@ -758,17 +796,26 @@ async fn subscribe(g: &Global, args: SubArgs) -> anyhow::Result<ExitCode> {
         output::event_line(&ev, g.json)?;
         seen += 1;
         last = ev.offset.or(last);
+        if let Some(tx) = &printed {
+            tx.send_replace(last);
+        }
         Ok(if seen >= limit {
             stream::Next::Done
         } else {
             stream::Next::More
         })
     })
-    .await?;
+    .await;
+    if let (Some(tx), Some(task)) = (printed, acker) {
+        drop(tx);
+        task.await.context("the ack task failed")??;
+    }
+    let code = code?;
     // The daemon ends a stream whose next events were pruned (the follower fell behind
     // past retention): asking again from where it stopped says so.
     if code != ExitCode::SUCCESS
         && !skip
+        && args.consumer.is_none()
         && let Some(l) = last
     {
         let mut again = Client::new(&socket(g)?);
@@ -776,6 +823,56 @@ async fn subscribe(g: &Global, args: SubArgs) -> anyhow::Result<ExitCode> {
         drop(again.lines(&with(Some(l + 1))).await?);
     }
     Ok(code)
+}
+
+/// Acknowledges, for consumer `name`, the newest offset `printed` says was printed,
+/// until the sender is dropped (then once more, if anything is left).
+async fn ack_printed(
+    mut client: Client,
+    name: String,
+    mut printed: tokio::sync::watch::Receiver<Option<u64>>,
+) -> anyhow::Result<()> {
+    let path = format!("/v1/consumers/{}/ack", encode_query(&name));
+    let mut acked: Option<u64> = None;
+    loop {
+        let open = printed.changed().await.is_ok();
+        let newest = *printed.borrow_and_update();
+        if let Some(o) = newest
+            && acked != Some(o)
+        {
+            let _: murmur_client::api::ConsumerJson = client
+                .post(&path, &murmur_client::api::AckRequest { offset: o })
+                .await
+                .with_context(|| format!("acknowledging offset {o} for consumer {name}"))?;
+            acked = Some(o);
+        }
+        if !open {
+            return Ok(());
+        }
+    }
+}
+
+async fn consumers(g: &Global, action: ConsumersAction) -> anyhow::Result<ExitCode> {
+    let mut c = Client::new(&socket(g)?);
+    match action {
+        ConsumersAction::List => {
+            let list: murmur_client::api::ConsumersJson = c.get("/v1/consumers").await?;
+            output::consumers(&list, g.json)?;
+        }
+        ConsumersAction::Rm { name } => {
+            c.call(
+                Method::DELETE,
+                &format!("/v1/consumers/{}", encode_query(&name)),
+                None,
+                Bytes::new(),
+            )
+            .await?;
+            if !g.json {
+                println!("deleted consumer {name}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn verify(g: &Global) -> anyhow::Result<ExitCode> {

@@ -391,6 +391,52 @@ pub fn peers(p: &PeersResponse, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn consumers(list: &murmur_client::api::ConsumersJson, json: bool) -> anyhow::Result<()> {
+    if json {
+        return json_line(list);
+    }
+    if list.consumers.is_empty() {
+        println!("(no consumers; `murmur sub --consumer NAME PATTERN` makes one)");
+        return Ok(());
+    }
+    println!(
+        "{:24}  {:24}  {:>12}  {:>10}  {:9}  LAST ACK",
+        "CONSUMER", "PATTERN", "NEXT OFFSET", "PENDING", "READING"
+    );
+    for c in &list.consumers {
+        let pending = if c.pending_exact {
+            c.pending.to_string()
+        } else {
+            format!("{}+", c.pending)
+        };
+        println!(
+            "{:24}  {:24}  {:>12}  {:>10}  {:9}  {}",
+            c.name,
+            c.pattern.as_deref().unwrap_or("(every topic)"),
+            c.next,
+            pending,
+            if c.streaming { "yes" } else { "no" },
+            ago(c.acked_ms),
+        );
+    }
+    println!("{} of at most {} consumers", list.consumers.len(), list.max);
+    Ok(())
+}
+
+/// How long ago a time in ms since the epoch was, for people.
+fn ago(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let s = now.saturating_sub(ms) / 1000;
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86400 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
 /// A size for people: 64.0 MiB.
 pub(crate) fn size(bytes: u64) -> String {
     bytesize::ByteSize(bytes).display().iec().to_string()

@@ -821,3 +821,43 @@ pub struct DocUpdate {
     /// The value (whole document or at the path).
     pub value: serde_json::Value,
 }
+
+/// A named consumer (`GET /v1/consumers`, `GET /v1/consumers/NAME`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConsumerJson {
+    /// Its name.
+    pub name: String,
+    /// The topic pattern it reads (absent: every topic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// The first offset it has not acknowledged: a follow of it starts here.
+    pub next: u64,
+    /// Events of its pattern stored here at or after `next` (its lag).
+    pub pending: u64,
+    /// False when `pending` is a lower bound (the count stops after a million
+    /// offsets, or ten thousand in an ack's answer).
+    pub pending_exact: bool,
+    /// Whether a follow stream reads it now.
+    pub streaming: bool,
+    /// When it was created, ms since the epoch.
+    pub created_ms: u64,
+    /// When its cursor last moved, ms since the epoch.
+    pub acked_ms: u64,
+}
+
+/// `GET /v1/consumers`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConsumersJson {
+    /// Every consumer, by name.
+    pub consumers: Vec<ConsumerJson>,
+    /// The most that may exist (`api.max_consumers`).
+    pub max: usize,
+}
+
+/// `POST /v1/consumers/NAME/ack`: acknowledges `offset` and everything before it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// The offset of the last event handled.
+    pub offset: u64,
+}

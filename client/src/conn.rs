@@ -272,6 +272,71 @@ impl Client {
             .boxed())
     }
 
+    /// Follows `pattern` as the named consumer `name`: from the first event it has not
+    /// acknowledged (a new consumer starts at new events, or at `from`; a `from` given
+    /// for an existing one moves its cursor). Acknowledge with [`Self::ack`]; what is
+    /// not acknowledged is sent again by the next follow of the same name, which also
+    /// ends this one. `auto_ack` acknowledges each page once the next is asked for
+    /// (the daemon cannot know the application handled it: at most a page may be lost
+    /// to a crash of the application).
+    pub async fn follow_consumer(
+        &mut self,
+        name: &str,
+        pattern: &str,
+        from: Option<u64>,
+        auto_ack: bool,
+    ) -> Result<BoxStream<'static, Result<EventJson, ClientError>>, ClientError> {
+        let mut path = format!(
+            "/v1/follow?format=ndjson&pattern={}&consumer={}",
+            encode_query(pattern),
+            encode_query(name)
+        );
+        if let Some(f) = from {
+            path.push_str(&format!("&from={f}"));
+        }
+        if auto_ack {
+            path.push_str("&ack=auto");
+        }
+        let lines = self.lines(&path).await?;
+        Ok(lines
+            .map(|line| {
+                line.and_then(|l| {
+                    serde_json::from_slice(&l).map_err(|e| ClientError::Decode(e.to_string()))
+                })
+            })
+            .boxed())
+    }
+
+    /// Acknowledges, for consumer `name`, the event at `offset` and every one before it.
+    pub async fn ack(
+        &mut self,
+        name: &str,
+        offset: u64,
+    ) -> Result<crate::api::ConsumerJson, ClientError> {
+        self.post(
+            &format!("/v1/consumers/{}/ack", encode_query(name)),
+            &crate::api::AckRequest { offset },
+        )
+        .await
+    }
+
+    /// Every named consumer, with its lag.
+    pub async fn consumers(&mut self) -> Result<crate::api::ConsumersJson, ClientError> {
+        self.get("/v1/consumers").await
+    }
+
+    /// Deletes a named consumer.
+    pub async fn delete_consumer(&mut self, name: &str) -> Result<(), ClientError> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/consumers/{}", encode_query(name)),
+            None,
+            Bytes::new(),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// The non-empty lines of an NDJSON stream at `path` (a follow stream). A non-2xx
     /// answer is [`ClientError::Api`] before any line.
     pub async fn lines(

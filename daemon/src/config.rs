@@ -403,6 +403,9 @@ pub struct ApiConfig {
     /// gets the first result and stores nothing, e.g. `"24h"`.
     #[serde(with = "humantime_serde")]
     pub idempotency_window: Duration,
+    /// Most named consumers (server-side cursors, `murmur consumers`); creating one
+    /// more is refused until one is deleted.
+    pub max_consumers: usize,
 }
 
 impl Default for ApiConfig {
@@ -419,6 +422,7 @@ impl Default for ApiConfig {
             write_stall: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             idempotency_window: Duration::from_secs(24 * 3600),
+            max_consumers: 256,
         }
     }
 }
@@ -815,6 +819,8 @@ idle_timeout = "60s"
 # A publish with an idempotency key (field idempotency_key, or header Idempotency-Key)
 # retried within this window gets the first result; nothing is stored twice.
 idempotency_window = "24h"
+# Most named consumers (server-side cursors: `murmur sub --consumer`, `murmur consumers`).
+max_consumers = 256
 
 [ingest]
 # Publish requests waiting for the writer; beyond this the API answers 503 + Retry-After.

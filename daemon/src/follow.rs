@@ -62,11 +62,30 @@ pub struct Follow {
     /// The store's `pruned_to` when this follower last found nothing of its pattern
     /// pruned past its cursor: checked again only when it rises.
     pub pruned_checked: Offset,
+    /// The named consumer this stream reads for, if any.
+    pub consumer: Option<ConsumerFollow>,
+}
+
+/// A follow stream's named consumer.
+pub struct ConsumerFollow {
+    /// The registry.
+    pub registry: Arc<crate::consumers::Consumers>,
+    /// The stream's hold on the consumer (ended by a newer stream or a delete).
+    pub lease: crate::consumers::Lease,
+    /// Acknowledge each page once the client has taken it and asks for the next.
+    pub auto_ack: bool,
+    /// Where the last page sent ends (its scan position), not yet acknowledged.
+    pub sent_to: Option<Offset>,
 }
 
 impl Drop for Follow {
     fn drop(&mut self) {
         self.metrics.followers.dec();
+        if let Some(c) = self.consumer.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move { c.registry.close(&c.lease).await });
+        }
     }
 }
 
@@ -102,8 +121,37 @@ pub fn stream(f: Follow) -> Body {
 /// The next page for the follower; `page` is how many events to read, adapted after
 /// each page so that one is about [`PAGE_BYTES`].
 async fn next_chunk(f: &mut Follow, page: &mut usize) -> Option<Bytes> {
+    let lease_ended = f.consumer.as_ref().map(|c| c.lease.ended.clone());
+    if let Some(c) = &mut f.consumer {
+        // Asked for the next page: the client has taken the last one.
+        if let Some(to) = c.sent_to.take()
+            && c.auto_ack
+        {
+            let end = f.store.next_offset();
+            if let Err(e) = c
+                .registry
+                .ack(&c.lease.name, crate::consumers::Ack::Before(to), end)
+                .await
+            {
+                tracing::warn!(consumer = %c.lease.name, error = %e, "follow: auto-ack failed; ending the stream");
+                return None;
+            }
+        }
+    }
+    let chunk = next_page(f, page, lease_ended).await?;
+    if let Some(c) = &mut f.consumer {
+        c.sent_to = Some(f.cursor);
+    }
+    Some(chunk)
+}
+
+async fn next_page(
+    f: &mut Follow,
+    page: &mut usize,
+    lease_ended: Option<CancellationToken>,
+) -> Option<Bytes> {
     loop {
-        if f.shutdown.is_cancelled() {
+        if f.shutdown.is_cancelled() || lease_ended.as_ref().is_some_and(|l| l.is_cancelled()) {
             return None;
         }
         // Marked seen here, so a commit after this point wakes the wait below.
@@ -178,6 +226,12 @@ async fn next_chunk(f: &mut Follow, page: &mut usize) -> Option<Bytes> {
                 }
             }
             () = f.shutdown.cancelled() => return None,
+            () = async {
+                match &lease_ended {
+                    Some(l) => l.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            } => return None,
             () = tokio::time::sleep(KEEPALIVE) => {
                 if f.sse {
                     return Some(Bytes::from_static(b": keepalive\n\n"));

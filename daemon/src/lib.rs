@@ -17,6 +17,7 @@ pub mod alloc;
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod consumers;
 pub mod docs;
 pub mod fleet;
 pub mod follow;

@@ -761,6 +761,10 @@ pub async fn run(
     let socket = config.socket_path(&data_dir);
     let listener = bind_socket(&socket)?;
     let writer_handle = ingest.clone();
+    let consumers = Arc::new(
+        crate::consumers::Consumers::load(store.clone(), config.api.max_consumers)
+            .map_err(|e| anyhow::anyhow!("reading the named consumers: {e}"))?,
+    );
     let state = Arc::new(AppState {
         store: store.clone(),
         ingest,
@@ -794,6 +798,8 @@ pub async fn run(
         fleet,
         heartbeat_interval: config.fleet.heartbeat_interval,
         forget_after: config.fleet.forget_after,
+        consumers,
+        consumers_max: config.api.max_consumers,
     });
     // A member publishes its certificate on the policy topic once, so that nodes it
     // never meets learn its roles.

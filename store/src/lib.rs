@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod check;
+mod consumers;
 mod docs;
 mod error;
 mod keys;
@@ -37,6 +38,7 @@ mod conformance;
 #[cfg(test)]
 mod damage_tests;
 
+pub use consumers::ConsumerRecord;
 pub use docs::SnapshotRef;
 pub use memory::MemoryStore;
 pub use murmur_core::storage::Snapshot;

@@ -9,7 +9,7 @@
 //! | `by_id` | event id (32) | event key · offset (8, big-endian) |
 //! | `arrivals` | offset (8, big-endian) | event key |
 //! | `forks` | log key | len of first event (4) · first event · second event |
-//! | `meta` | name | value (`schema` → version, `own_logs_unconfirmed` → unix time) |
+//! | `meta` | name | value (`schema` → version, `own_logs_unconfirmed` → unix time; idempotency keys; named consumers, see [`crate::consumers`]) |
 //! | `docs` | see [`crate::docs`] | document indexes and snapshots |
 //!
 //! Every `insert` is one `WriteBatch` covering the events and all their index entries;

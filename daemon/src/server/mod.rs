@@ -28,6 +28,7 @@ use crate::api::{
 use crate::api::{DialRequest, PeerJson, PeersResponse, SyncRequest};
 use crate::follow;
 
+mod consumers;
 pub mod dashboard;
 mod docs;
 mod error;
@@ -99,6 +100,10 @@ pub struct AppState {
     pub heartbeat_interval: std::time::Duration,
     /// Nodes not heard from in this long leave the fleet view.
     pub forget_after: std::time::Duration,
+    /// Named consumers.
+    pub consumers: Arc<crate::consumers::Consumers>,
+    /// The most named consumers (`api.max_consumers`).
+    pub consumers_max: usize,
 }
 
 type Shared = Arc<AppState>;
@@ -135,6 +140,12 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/v1/log", get(read_log))
         .route("/v1/follow", get(follow_stream))
+        .route("/v1/consumers", get(consumers::list))
+        .route(
+            "/v1/consumers/{name}",
+            get(consumers::get_one).delete(consumers::delete),
+        )
+        .route("/v1/consumers/{name}/ack", post(consumers::ack))
         .route("/v1/forks", get(forks))
         .route("/v1/peers", get(peers))
         .route("/v1/dial", post(dial))
@@ -756,6 +767,8 @@ struct FollowQuery {
     format: Option<String>,
     #[serde(default)]
     skip_pruned: bool,
+    consumer: Option<String>,
+    ack: Option<String>,
 }
 
 async fn follow_stream(
@@ -785,13 +798,70 @@ async fn follow_stream(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let from = q
-        .from
-        .or(last_id.map(|l| l + 1))
-        .map_or_else(|| st.store.next_offset(), Offset);
+    let auto_ack = match q.ack.as_deref() {
+        None | Some("explicit") => false,
+        Some("auto") => true,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "bad_query",
+                format!("unknown ack {other:?}; use explicit or auto"),
+            ));
+        }
+    };
+    if q.consumer.is_none() && q.ack.is_some() {
+        return Err(ApiError::bad(
+            "bad_query",
+            "ack applies to a named consumer: add consumer=NAME",
+        ));
+    }
+    let asked_from = q.from.or(last_id.map(|l| l + 1)).map(Offset);
+    let permit = st.followers.clone().try_acquire_owned().map_err(|_| {
+        refuse(
+            &st,
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_followers",
+                "too many follow streams (api.max_followers)",
+            ),
+        )
+    })?;
+    // A named consumer starts where it was last acknowledged (or where `from` moves it).
+    let (from, consumer) = match &q.consumer {
+        Some(name) => {
+            let lease = st
+                .consumers
+                .open(name, pattern.as_ref(), asked_from, st.store.next_offset())
+                .await
+                .map_err(|e| refuse(&st, e.into()))?;
+            let from = lease.from;
+            (
+                from,
+                Some(follow::ConsumerFollow {
+                    registry: st.consumers.clone(),
+                    lease,
+                    auto_ack,
+                    sent_to: None,
+                }),
+            )
+        }
+        None => (asked_from.unwrap_or_else(|| st.store.next_offset()), None),
+    };
+    // A consumer's own pattern when the request named none.
+    let pattern = match (&pattern, &consumer) {
+        (None, Some(c)) => st
+            .consumers
+            .pattern_of(&c.lease.name)
+            .await
+            .map(|p| parse_pattern(&p))
+            .transpose()?,
+        _ => pattern,
+    };
     if !q.skip_pruned {
         let (store, p) = (st.store.clone(), pattern.clone());
         if let Some(to) = blocking(move || follow::pruned_since(&store, p.as_ref(), from)).await? {
+            if let Some(c) = &consumer {
+                c.registry.close(&c.lease).await;
+            }
             return Err(refuse(
                 &st,
                 ApiError::new(
@@ -805,16 +875,6 @@ async fn follow_stream(
             ));
         }
     }
-    let permit = st.followers.clone().try_acquire_owned().map_err(|_| {
-        refuse(
-            &st,
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_followers",
-                "too many follow streams (api.max_followers)",
-            ),
-        )
-    })?;
     let body = follow::stream(follow::Follow {
         store: st.store.clone(),
         pattern,
@@ -831,6 +891,7 @@ async fn follow_stream(
             .map(|c| c.0.streaming()),
         skip_pruned: q.skip_pruned,
         pruned_checked: Offset(0),
+        consumer,
     });
     let ct = if sse {
         "text/event-stream"

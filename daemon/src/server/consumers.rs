@@ -1,0 +1,117 @@
+//! `/v1/consumers`: named consumers' cursors (see [`crate::consumers`]).
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use murmur_core::{Offset, ReadStore};
+
+use super::{ApiError, ApiResult, JsonBody, Shared, blocking};
+use crate::api::{AckRequest, ConsumerJson, ConsumersJson};
+use crate::consumers::{Ack, ConsumerError, ConsumerView, Consumers};
+
+/// Arrival index entries read to count one consumer's pending events when listing.
+const LIST_SCAN: usize = 1_000_000;
+/// The same when answering an ack.
+const ACK_SCAN: usize = 10_000;
+
+impl From<ConsumerError> for ApiError {
+    fn from(e: ConsumerError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ConsumerError::BadName(_) => ApiError::bad("bad_consumer", msg),
+            ConsumerError::PastEnd { .. } => ApiError::bad("bad_offset", msg),
+            ConsumerError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "no_consumer", msg),
+            ConsumerError::OtherPattern { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "consumer_pattern", msg)
+            }
+            ConsumerError::TooMany(_) => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_consumers", msg)
+            }
+            ConsumerError::Store(_) => ApiError::internal(msg),
+        }
+    }
+}
+
+async fn json(st: &Shared, views: Vec<ConsumerView>, scan: usize) -> ApiResult<Vec<ConsumerJson>> {
+    let store = st.store.clone();
+    blocking(move || {
+        Ok(views
+            .into_iter()
+            .map(|v| {
+                let (pending, pending_exact) = Consumers::pending(&store, &v.record, scan);
+                ConsumerJson {
+                    name: v.name,
+                    pattern: v.record.pattern,
+                    next: v.record.next,
+                    pending,
+                    pending_exact,
+                    streaming: v.streaming,
+                    created_ms: v.record.created_ms,
+                    acked_ms: v.record.acked_ms,
+                }
+            })
+            .collect())
+    })
+    .await
+}
+
+fn name(p: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+    p.map(|Path(n)| n)
+        .map_err(|e| ApiError::bad("bad_consumer", e.body_text()))
+}
+
+pub(super) async fn list(State(st): State<Shared>) -> ApiResult<Json<ConsumersJson>> {
+    let views = st.consumers.list().await;
+    Ok(Json(ConsumersJson {
+        consumers: json(&st, views, LIST_SCAN).await?,
+        max: st.consumers_max,
+    }))
+}
+
+pub(super) async fn get_one(
+    State(st): State<Shared>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<ConsumerJson>> {
+    let n = name(p)?;
+    crate::consumers::check_name(&n)?;
+    let views: Vec<ConsumerView> = st
+        .consumers
+        .list()
+        .await
+        .into_iter()
+        .filter(|v| v.name == n)
+        .collect();
+    if views.is_empty() {
+        return Err(ConsumerError::NotFound(n).into());
+    }
+    let mut out = json(&st, views, LIST_SCAN).await?;
+    out.pop()
+        .map(Json)
+        .ok_or_else(|| ApiError::internal("consumer vanished"))
+}
+
+pub(super) async fn delete(
+    State(st): State<Shared>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    st.consumers.delete(&name(p)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn ack(
+    State(st): State<Shared>,
+    p: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<AckRequest>,
+) -> ApiResult<Json<ConsumerJson>> {
+    let n = name(p)?;
+    let view = st
+        .consumers
+        .ack(&n, Ack::Through(Offset(req.offset)), st.store.next_offset())
+        .await?;
+    // An ack's answer counts less far: a consumer far behind acks often.
+    let mut out = json(&st, vec![view], ACK_SCAN).await?;
+    out.pop()
+        .map(Json)
+        .ok_or_else(|| ApiError::internal("consumer vanished"))
+}
