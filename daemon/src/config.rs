@@ -76,6 +76,142 @@ pub struct Config {
     pub retention: Vec<RetentionRule>,
     /// Fleet membership and permissions.
     pub fleet: FleetConfig,
+    /// The MQTT listener and bridges.
+    pub mqtt: MqttConfig,
+}
+
+/// The MQTT listener (MQTT 3.1.1: local sensors and tools publish and subscribe as to a
+/// broker) and bridges to upstream brokers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Listen for MQTT clients here, e.g. `"127.0.0.1:1883"` (off by default). Beyond
+    /// loopback a username and password are required.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The username clients must give (with `password_file`).
+    pub username: Option<String>,
+    /// A file holding the password clients must give (its first line).
+    pub password_file: Option<PathBuf>,
+    /// Most open MQTT connections; more are closed at once.
+    pub max_connections: usize,
+    /// Bridges to upstream brokers (`[[mqtt.bridge]]`).
+    pub bridge: Vec<BridgeConfig>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: None,
+            username: None,
+            password_file: None,
+            max_connections: 64,
+            bridge: Vec::new(),
+        }
+    }
+}
+
+impl MqttConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.username.is_some() != self.password_file.is_some() {
+            return bad("mqtt.username and mqtt.password_file go together".into());
+        }
+        if let Some(addr) = self.listen
+            && !addr.ip().is_loopback()
+            && self.username.is_none()
+        {
+            return bad(format!(
+                "mqtt.listen = {addr} is beyond loopback: set mqtt.username and mqtt.password_file (any device on the network could publish otherwise), or listen on 127.0.0.1"
+            ));
+        }
+        if self.max_connections == 0 {
+            return bad("mqtt.max_connections must be at least 1".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for b in &self.bridge {
+            let consumer = format!("bridge.{}", b.name);
+            if b.name.is_empty() || crate::consumers::check_name(&consumer).is_err() {
+                return bad(format!(
+                    "mqtt.bridge name {:?}: give 1 to 57 of A-Z a-z 0-9 . _ -",
+                    b.name
+                ));
+            }
+            if !names.insert(&b.name) {
+                return bad(format!("two mqtt.bridge entries are named {:?}", b.name));
+            }
+            if b.broker
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                return bad(format!(
+                    "mqtt.bridge {:?}: broker {:?} is not host:port",
+                    b.name, b.broker
+                ));
+            }
+            if let Err(e) = murmur_core::Pattern::new(&b.pattern) {
+                return bad(format!(
+                    "mqtt.bridge {:?}: pattern {:?}: {e}",
+                    b.name, b.pattern
+                ));
+            }
+            if b.username.is_some() != b.password_file.is_some() {
+                return bad(format!(
+                    "mqtt.bridge {:?}: username and password_file go together",
+                    b.name
+                ));
+            }
+            if b.inflight == 0 || b.keep_alive < Duration::from_secs(5) {
+                return bad(format!(
+                    "mqtt.bridge {:?}: inflight must be at least 1 and keep_alive at least 5s",
+                    b.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A bridge: forwards the events of one topic pattern to an upstream MQTT broker, at
+/// least once, through a named consumer (`bridge.NAME`), so it resumes where it stopped
+/// after a restart or an outage of the broker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// Its name (the consumer is `bridge.NAME`; metrics and logs name it).
+    pub name: String,
+    /// The broker, `host:port`.
+    pub broker: String,
+    /// The events to forward (an MQTT-style pattern).
+    pub pattern: String,
+    /// Put before each topic upstream, e.g. `"site-7/"`.
+    pub remote_prefix: String,
+    /// The MQTT client id upstream [default: `murmur-<node id prefix>-<name>`].
+    pub client_id: Option<String>,
+    /// Username upstream.
+    pub username: Option<String>,
+    /// A file holding the password upstream (its first line).
+    pub password_file: Option<PathBuf>,
+    /// Most events sent and not yet acknowledged by the broker.
+    pub inflight: u16,
+    /// MQTT keep-alive with the broker.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            name: String::new(),
+            broker: String::new(),
+            pattern: String::new(),
+            remote_prefix: String::new(),
+            client_id: None,
+            username: None,
+            password_file: None,
+            inflight: 100,
+            keep_alive: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Fleet membership and permissions (see `murmur fleet`), and fleet health.
@@ -642,6 +778,7 @@ impl Config {
     /// Checks ranges and relations between values.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        self.mqtt.validate()?;
         if self.fleet.forget_after <= self.fleet.heartbeat_interval * 3
             || self.fleet.forget_after < Duration::from_secs(60)
         {
@@ -956,6 +1093,27 @@ open = true
 heartbeat_interval = "30s"
 # A node not heard from in this long leaves that list (a retired device).
 forget_after = "7days"
+
+[mqtt]
+# An MQTT 3.1.1 listener for local sensors and tools (mosquitto_pub, Node-RED,
+# Telegraf): a PUBLISH becomes a signed event on the same topic (QoS 1 acknowledged
+# once it is durable), a SUBSCRIBE follows the matching events from every device.
+# Off unless set. Beyond loopback, username and password_file are required.
+# listen = "127.0.0.1:1883"
+# username = "sensors"
+# password_file = "/etc/murmur/mqtt.password"
+max_connections = 64
+# Bridges forward a pattern's events to an upstream broker, at least once, resuming
+# after restarts and outages (through the named consumer bridge.NAME).
+# [[mqtt.bridge]]
+# name = "cloud"
+# broker = "mqtt.example.net:1883"
+# pattern = "sensors/#"
+# remote_prefix = "site-7/"
+# username = "site-7"
+# password_file = "/etc/murmur/cloud.password"
+# inflight = 100
+# keep_alive = "30s"
 
 [log]
 # "text" or "json".

@@ -336,6 +336,11 @@ impl Consumers {
         v
     }
 
+    /// Whether consumer `name` exists.
+    pub async fn exists(&self, name: &str) -> bool {
+        self.inner.lock().await.entries.contains_key(name)
+    }
+
     /// The pattern of consumer `name` (`None`: every topic, or no such consumer).
     pub async fn pattern_of(&self, name: &str) -> Option<String> {
         let inner = self.inner.lock().await;

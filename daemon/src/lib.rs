@@ -24,6 +24,7 @@ pub mod follow;
 pub mod ingest;
 pub mod keyfile;
 pub mod metrics;
+pub mod mqtt;
 pub mod node;
 pub mod replicate;
 pub mod retention;

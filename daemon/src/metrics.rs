@@ -18,6 +18,13 @@ pub struct Reason {
     pub reason: String,
 }
 
+/// Label for an MQTT bridge (its name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeLabel {
+    /// The bridge's name in `[[mqtt.bridge]]`.
+    pub bridge: String,
+}
+
 /// Label for publish request kinds.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Kind {
@@ -206,6 +213,16 @@ pub struct Metrics {
     pub pruned_bytes: Family<RuleLabel, Counter>,
     /// Retention passes that pruned something.
     pub prune_passes: Counter,
+    /// Open MQTT connections.
+    pub mqtt_connections: Gauge,
+    /// MQTT PUBLISH packets stored as events.
+    pub mqtt_published: Counter,
+    /// Events sent to MQTT subscribers.
+    pub mqtt_delivered: Counter,
+    /// Events a bridge's upstream broker acknowledged, by bridge.
+    pub bridge_forwarded: Family<BridgeLabel, Counter>,
+    /// 1 while a bridge is connected to its broker, by bridge.
+    pub bridge_connected: Family<BridgeLabel, Gauge>,
 }
 
 impl Metrics {
@@ -260,6 +277,11 @@ impl Metrics {
             fleet_nodes: Family::default(),
             heartbeats_published: Counter::default(),
             idempotent_repeats: Counter::default(),
+            mqtt_connections: Gauge::default(),
+            mqtt_published: Counter::default(),
+            mqtt_delivered: Counter::default(),
+            bridge_forwarded: Family::default(),
+            bridge_connected: Family::default(),
             ingest_queue_capacity: Gauge::default(),
             pruned_events: Family::default(),
             pruned_bytes: Family::default(),
@@ -424,6 +446,31 @@ impl Metrics {
             "heartbeats_published",
             "Heartbeats this node published on $fleet/health",
             m.heartbeats_published.clone(),
+        );
+        r.register(
+            "mqtt_connections",
+            "Open connections to the MQTT listener",
+            m.mqtt_connections.clone(),
+        );
+        r.register(
+            "mqtt_published",
+            "MQTT PUBLISH packets stored as events",
+            m.mqtt_published.clone(),
+        );
+        r.register(
+            "mqtt_delivered",
+            "Events sent to MQTT subscribers",
+            m.mqtt_delivered.clone(),
+        );
+        r.register(
+            "bridge_forwarded",
+            "Events an MQTT bridge's upstream broker acknowledged, by bridge",
+            m.bridge_forwarded.clone(),
+        );
+        r.register(
+            "bridge_connected",
+            "1 while an MQTT bridge is connected to its upstream broker, by bridge",
+            m.bridge_connected.clone(),
         );
         r.register(
             "idempotent_repeats",

@@ -35,6 +35,45 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest Unix socket path (sun_path is 108 bytes including the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
+/// The MQTT listener and bridges, when configured; they end with `shutdown`.
+async fn start_mqtt(
+    state: &Arc<AppState>,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let m = &config.mqtt;
+    if let Some(addr) = m.listen {
+        let login = match (&m.username, &m.password_file) {
+            (Some(u), Some(f)) => Some((u.clone(), crate::mqtt::read_password(f)?)),
+            _ => None,
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on mqtt.listen = {addr}"))?;
+        tracing::info!(%addr, login = login.is_some(), "MQTT listener (3.1.1)");
+        let ctx = Arc::new(crate::mqtt::Listener {
+            state: state.clone(),
+            login,
+            slots: Arc::new(Semaphore::new(m.max_connections)),
+            write_stall: config.api.write_stall,
+        });
+        tokio::spawn(crate::mqtt::serve(listener, ctx, shutdown.clone()));
+    }
+    for b in &m.bridge {
+        let password = match &b.password_file {
+            Some(f) => Some(crate::mqtt::read_password(f)?),
+            None => None,
+        };
+        tokio::spawn(crate::mqtt::bridge::run(
+            state.clone(),
+            b.clone(),
+            password,
+            shutdown.clone(),
+        ));
+    }
+    Ok(())
+}
+
 /// Creates the data directory (mode 0700) if needed.
 pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
     if !dir.exists() {
@@ -822,6 +861,7 @@ pub async fn run(
     );
 
     let commits = state.metrics.commits.clone();
+    start_mqtt(&state, &config, &shutdown).await?;
     let app = server::router(state);
     // One set of connection slots for the control socket and the TCP address.
     let api_conns = Arc::new(Semaphore::new(api_slots.max(1)));

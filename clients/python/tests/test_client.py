@@ -256,6 +256,121 @@ class ClientTest(unittest.TestCase):
             self.c.follow("py/bad/#/x")
         self.assertEqual((cm.exception.status, cm.exception.code), (400, "invalid_pattern"))
 
+    def test_consumer_resumes_after_its_ack(self) -> None:
+        ps = self.c.publish_batch([("py/resume/a", f"r{i}") for i in range(5)])
+        self.c.publish("py/resume-other", "not followed")
+        # A new consumer starts at from_offset; it receives all five.
+        f = self.c.follow("py/resume/#", from_offset=ps[0].offset, idle_timeout=10,
+                          consumer="py-resume")
+        events = self.collect(f, 5)
+        self.assertEqual([e.id for e in events], [p.id for p in ps])
+        # Acknowledge the first two: cumulative, so acking the second covers the first.
+        c = self.c.ack("py-resume", events[1].offset)
+        self.assertEqual((c["name"], c["pattern"]), ("py-resume", "py/resume/#"))
+        self.assertEqual(c["next"], events[1].offset + 1)
+        self.assertEqual((c["pending"], c["pending_exact"]), (3, True))
+        # An older ack never moves the cursor back.
+        self.assertEqual(self.c.ack("py-resume", events[0].offset)["next"], events[1].offset + 1)
+        # A new follow of the same consumer ends the older stream...
+        g = self.c.follow("py/resume/#", idle_timeout=10, consumer="py-resume")
+        t0 = time.monotonic()
+        self.assertEqual(list(f), [])
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertTrue(f.closed)
+        # ...and resumes after the ack: the three unacknowledged events come again.
+        again = self.collect(g, 3)
+        self.assertEqual([e.id for e in again], [p.id for p in ps[2:]])
+        self.assertEqual([e.text() for e in again], ["r2", "r3", "r4"])
+        g.close()
+        # A restarted client acks everything and, resuming, sees only new events.
+        self.c.ack("py-resume", again[-1].offset)
+        with self.c.follow("py/resume/#", idle_timeout=10, consumer="py-resume") as h:
+            p = self.c.publish("py/resume/a", "new")
+            ev = next(h)
+            self.assertEqual(ev.id, p.id)
+            self.c.ack("py-resume", ev.offset)
+        # The pattern is fixed at creation; pattern=None follows with the consumer's own.
+        with self.assertRaises(MurmurError) as cm:
+            self.c.follow("py/other/#", consumer="py-resume")
+        self.assertEqual((cm.exception.status, cm.exception.code), (409, "consumer_pattern"))
+        with self.c.follow(None, idle_timeout=10, consumer="py-resume") as h:
+            self.c.publish("py/resume-other", "not followed either")
+            p = self.c.publish("py/resume/a", "own pattern")
+            self.assertEqual(next(h).id, p.id)
+        with self.assertRaises(MurmurError) as cm:
+            self.c.ack("py-resume", self.next_offset())
+        self.assertEqual((cm.exception.status, cm.exception.code), (400, "bad_offset"))
+        self.c.delete_consumer("py-resume")
+
+    def test_consumers_list_and_delete(self) -> None:
+        name = "py-list.1_x"
+        f = self.c.follow("py/cons/list", idle_timeout=10, consumer=name)
+        ps = [self.c.publish("py/cons/list", f"l{i}") for i in range(3)]
+        self.assertEqual([e.id for e in self.collect(f, 3)], [p.id for p in ps])
+        listed = self.c.consumers()
+        self.assertGreaterEqual(listed["max"], 1)
+        mine = [c for c in listed["consumers"] if c["name"] == name]
+        self.assertEqual(len(mine), 1, listed)
+        c = mine[0]
+        # Nothing acknowledged: the consumer started at new events, so all three pend.
+        self.assertEqual(c["pattern"], "py/cons/list")
+        self.assertEqual((c["next"], c["pending"], c["pending_exact"]), (ps[0].offset, 3, True))
+        self.assertTrue(c["streaming"])
+        self.assertGreater(c["created_ms"], 0)
+        self.assertEqual(self.c.consumer(name), c)
+        # Deleting it ends its stream; the events stay.
+        self.assertIsNone(self.c.delete_consumer(name))
+        t0 = time.monotonic()
+        self.assertEqual(list(f), [])
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertNotIn(name, [c["name"] for c in self.c.consumers()["consumers"]])
+        self.assertEqual(len(self.c.read("py/cons/list")[0]), 3)
+        for call in (lambda: self.c.consumer(name), lambda: self.c.delete_consumer(name),
+                     lambda: self.c.ack(name, ps[0].offset)):
+            with self.assertRaises(MurmurError) as cm:
+                call()
+            self.assertNotIsInstance(cm.exception, MurmurUnavailable)
+            self.assertEqual((cm.exception.status, cm.exception.code), (404, "no_consumer"))
+        # Names: 1-64 of A-Z a-z 0-9 . _ - (a "/" stays part of the name); ack needs one.
+        for bad in ("has space", "a/b", "x" * 65):
+            with self.assertRaises(MurmurError) as cm:
+                self.c.follow("py/cons/list", consumer=bad)
+            self.assertEqual((cm.exception.status, cm.exception.code), (400, "bad_consumer"))
+            with self.assertRaises(MurmurError) as cm:
+                self.c.consumer(bad)
+            self.assertEqual((cm.exception.status, cm.exception.code), (400, "bad_consumer"))
+        with self.assertRaises(MurmurError) as cm:
+            self.c.follow("py/cons/list", ack="auto")
+        self.assertEqual(cm.exception.status, 400)
+        with self.assertRaises(MurmurError) as cm:
+            self.c.follow("py/cons/list", consumer=name, ack="sometimes")
+        self.assertEqual(cm.exception.status, 400)
+
+    def test_consumer_auto_ack(self) -> None:
+        name = "py-auto"
+        ps = self.c.publish_batch([("py/cons/auto", f"a{i}") for i in range(4)])
+        f = self.c.follow("py/cons/auto", from_offset=ps[0].offset, idle_timeout=10,
+                          consumer=name, ack="auto")
+        events = self.collect(f, 4)
+        self.assertEqual([e.id for e in events], [p.id for p in ps])
+        # The daemon acknowledges each page once the connection takes the next; no
+        # ack call is made here.
+        deadline = time.monotonic() + 10
+        while True:
+            c = self.c.consumer(name)
+            if c["next"] > events[-1].offset:
+                break
+            self.assertLess(time.monotonic(), deadline, f"auto ack did not move next: {c}")
+            time.sleep(0.05)
+        self.assertEqual(c["pending"], 0)
+        self.assertTrue(c["streaming"])
+        f.close()
+        # Resuming sends nothing acknowledged again: the next event is a new one.
+        with self.c.follow("py/cons/auto", idle_timeout=10, consumer=name) as g:
+            p = self.c.publish("py/cons/auto", "after")
+            self.assertEqual(next(g).id, p.id)
+        self.c.delete_consumer(name)
+
     def test_log_by_topic(self) -> None:
         ps = [self.c.publish("py/log", f"m{i}") for i in range(4)]
         self.c.publish("py/log/other", "x")
@@ -341,7 +456,8 @@ class UnavailableTest(unittest.TestCase):
     def test_missing_socket(self) -> None:
         c = Client(data_dir=self.dir)
         self.assertEqual(c.socket_path, os.path.join(self.dir, "murmur.sock"))
-        for call in (c.status, lambda: c.publish("a", "b"), lambda: c.follow()):
+        for call in (c.status, lambda: c.publish("a", "b"), lambda: c.follow(),
+                     c.consumers, lambda: c.ack("n", 0)):
             with self.assertRaises(MurmurUnavailable) as cm:
                 call()
             self.assertIsInstance(cm.exception, MurmurError)

@@ -234,6 +234,12 @@ def _publish_request(topic: str, data: Data, content_type: Optional[str],
     return req
 
 
+def _consumer_path(name: str) -> str:
+    """``/v1/consumers/NAME``, the name URL-encoded whole (a ``/`` goes as %2F, part of
+    the name, which the daemon then refuses as ``bad_consumer``)."""
+    return "/v1/consumers/" + urllib.parse.quote(name, safe="")
+
+
 def _error_from(status: int, body: bytes, headers: Any) -> MurmurError:
     retry = headers.get("Retry-After") if headers is not None else None
     try:
@@ -368,7 +374,8 @@ class Client:
         return Event.from_json(self._request("GET", "/v1/events/" + urllib.parse.quote(event_id)))
 
     def follow(self, pattern: Optional[str] = "#", from_offset: Optional[int] = None,
-               idle_timeout: Optional[float] = None, skip_pruned: bool = False) -> "Follow":
+               idle_timeout: Optional[float] = None, skip_pruned: bool = False,
+               consumer: Optional[str] = None, ack: Optional[str] = None) -> "Follow":
         """Follows events live: returns a :class:`Follow`, an iterator of
         :class:`Event` that yields the stored events from ``from_offset`` on and then
         each new one as it is stored, holding one connection open.
@@ -384,10 +391,26 @@ class Client:
         (or ``Follow.next_offset``). If retention pruned events of the pattern from
         ``from_offset`` on, the daemon answers 410 ``pruned``; ``skip_pruned=True``
         reads on without them.
+
+        ``consumer`` names a cursor the daemon keeps (1-64 of ``A-Z a-z 0-9 . _ -``,
+        else 400 ``bad_consumer``), so the position survives a restart of the client:
+        a new consumer starts at new events (or ``from_offset``) and keeps ``pattern``
+        for good (another pattern later: 409 ``consumer_pattern``; ``pattern=None``
+        follows an existing consumer with its own); an existing one resumes at the first
+        offset it has not acknowledged, so what it received and did not acknowledge
+        comes again, and ``from_offset`` moves its cursor (a replay or a skip).
+        Acknowledge with :meth:`ack` (``ack=None`` or ``"explicit"``), or pass
+        ``ack="auto"`` to have the daemon acknowledge each page of events it sent once
+        the connection takes the next (events buffered but not yet handled when the
+        client dies are then not sent again). A consumer has one stream: a
+        new follow of it ends the older stream (whose iteration then ends), and so does
+        :meth:`delete_consumer`. 409 ``too_many_consumers`` when ``api.max_consumers``
+        exist.
         """
         path = "/v1/follow" + _query({
             "pattern": pattern, "from": from_offset, "format": "ndjson",
-            "skip_pruned": True if skip_pruned else None})
+            "skip_pruned": True if skip_pruned else None,
+            "consumer": consumer, "ack": ack})
         conn, resp = self._send("GET", path, None)
         if resp.status >= 400:
             try:
@@ -397,6 +420,38 @@ class Client:
             conn.close()
             raise _error_from(resp.status, body, resp.headers)
         return Follow(conn, resp, idle_timeout, from_offset)
+
+    # --- named consumers ---
+
+    def ack(self, consumer: str, offset: int) -> Dict[str, Any]:
+        """Acknowledges, for ``consumer``, the event at ``offset`` and every one before
+        it (acknowledgements are cumulative and never move the cursor back): a follow of
+        the consumer resumes after it. Returns the consumer (see :meth:`consumer`).
+
+        :class:`MurmurError` 400 ``bad_offset`` past the newest event, 404
+        ``no_consumer`` for a consumer that does not exist.
+        """
+        return self._request("POST", _consumer_path(consumer) + "/ack", {"offset": offset})
+
+    def consumers(self) -> Dict[str, Any]:
+        """``{"consumers": [...], "max": N}``: every named consumer, by name, and the
+        most that may exist (``api.max_consumers``). Each is as :meth:`consumer`
+        returns it."""
+        return self._request("GET", "/v1/consumers")
+
+    def consumer(self, name: str) -> Dict[str, Any]:
+        """One named consumer: ``name``, ``pattern`` (absent: every topic), ``next``
+        (the first offset not acknowledged: a follow of it starts there), ``pending``
+        (events of its pattern from ``next`` on; a lower bound when ``pending_exact`` is
+        false), ``streaming`` (a follow reads it now), ``created_ms`` and ``acked_ms``
+        (when its cursor last moved). :class:`MurmurError` 404 ``no_consumer`` if absent.
+        """
+        return self._request("GET", _consumer_path(name))
+
+    def delete_consumer(self, name: str) -> None:
+        """Deletes a named consumer (its stream ends; the events stay).
+        :class:`MurmurError` 404 ``no_consumer`` if absent."""
+        self._request("DELETE", _consumer_path(name))
 
     # --- node ---
 
@@ -458,9 +513,9 @@ class Follow:
     :class:`Event` over one open connection.
 
     ``next_offset`` is the offset after the last event yielded (``None`` before the
-    first one when following from "now"): pass it as ``from_offset`` to resume.
-    ``close()`` may be called from another thread to stop a blocked iteration, which
-    then ends.
+    first one when following from "now" or as a named consumer): pass it as
+    ``from_offset`` to resume. ``close()`` may be called from another thread to stop a
+    blocked iteration, which then ends.
     """
 
     def __init__(self, conn: _UnixHTTPConnection, resp: http.client.HTTPResponse,

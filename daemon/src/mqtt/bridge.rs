@@ -1,0 +1,341 @@
+//! A bridge: forwards the events of one pattern to an upstream MQTT broker at QoS 1,
+//! at least once, in this node's arrival order (so each log's events in their order).
+//!
+//! Its position is a named consumer, `bridge.NAME` (see [`crate::consumers`]): an event
+//! is acknowledged to the consumer once the broker has acknowledged it and every event
+//! before it, so after a restart of the daemon, or an outage of the broker, the bridge
+//! resumes at the first event the broker may not have; at most the window in flight
+//! (`inflight`) is sent twice. A new bridge forwards what the store already holds of
+//! its pattern, then what comes.
+//!
+//! The MQTT client is rumqttc's; its event loop runs in a task of its own, so reading
+//! the store never stalls it. On any error the connection is dropped whole and made
+//! again after a backoff (0.5 s doubling to 10 s), resuming from the consumer.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use murmur_core::{Offset, Pattern, ReadStore};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BridgeConfig;
+use crate::consumers::Ack;
+use crate::metrics::BridgeLabel;
+use crate::server::AppState;
+
+/// Offsets examined per store read.
+const PAGE_SCAN: usize = 8192;
+/// Acknowledge the consumer at least this often while events stream (and after every
+/// half window): a kill of the daemon sends again at most the window and half of one.
+const ACK_EVERY: Duration = Duration::from_millis(10);
+
+/// Why a connection to the broker ended.
+enum End {
+    /// Stop the bridge (shutdown, or its consumer was deleted).
+    Stop,
+    /// Connect again after a backoff.
+    Retry(String),
+}
+
+/// Runs the bridge until `shutdown`.
+pub async fn run(
+    state: Arc<AppState>,
+    cfg: BridgeConfig,
+    password: Option<String>,
+    shutdown: CancellationToken,
+) {
+    let consumer = format!("bridge.{}", cfg.name);
+    let label = BridgeLabel {
+        bridge: cfg.name.clone(),
+    };
+    let Ok(pattern) = Pattern::new(&cfg.pattern) else {
+        // The config was validated at start.
+        return;
+    };
+    let client_id = cfg.client_id.clone().unwrap_or_else(|| {
+        let id = state.author.to_string();
+        format!("murmur-{}-{}", &id[..id.len().min(12)], cfg.name)
+    });
+    let mut backoff = Duration::from_millis(500);
+    tracing::info!(
+        bridge = cfg.name,
+        broker = cfg.broker,
+        pattern = cfg.pattern,
+        "mqtt bridge starting"
+    );
+    loop {
+        let end = session(
+            &state,
+            &cfg,
+            &consumer,
+            &pattern,
+            &client_id,
+            password.as_deref(),
+            &shutdown,
+            &mut backoff,
+        )
+        .await;
+        state.metrics.bridge_connected.get_or_create(&label).set(0);
+        match end {
+            End::Stop => return,
+            End::Retry(why) => {
+                tracing::warn!(bridge = cfg.name, broker = cfg.broker, error = why, retry_in = ?backoff, "mqtt bridge: connection to the broker ended");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// One connection to the broker, from the consumer's cursor until an error or a stop.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    state: &Arc<AppState>,
+    cfg: &BridgeConfig,
+    consumer: &str,
+    pattern: &Pattern,
+    client_id: &str,
+    password: Option<&str>,
+    shutdown: &CancellationToken,
+    backoff: &mut Duration,
+) -> End {
+    let Some((host, port)) = cfg
+        .broker
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+    else {
+        return End::Stop;
+    };
+    let mut opts = MqttOptions::new(client_id, host, port);
+    opts.set_keep_alive(cfg.keep_alive)
+        .set_clean_session(true)
+        .set_inflight(cfg.inflight)
+        .set_max_packet_size(
+            state.limits.max_payload + 64 * 1024,
+            state.limits.max_payload + 64 * 1024,
+        )
+        .set_request_channel_capacity(usize::from(cfg.inflight) + 16);
+    if let (Some(u), Some(p)) = (&cfg.username, password) {
+        opts.set_credentials(u.clone(), p.to_owned());
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, usize::from(cfg.inflight) + 16);
+    // The event loop in a task of its own; its events come here.
+    let (ev_tx, mut events) = mpsc::channel::<Result<Event, String>>(256);
+    let pump = tokio::spawn(async move {
+        loop {
+            let ev = eventloop.poll().await.map_err(|e| e.to_string());
+            let failed = ev.is_err();
+            if ev_tx.send(ev).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    let end = forward(
+        state,
+        cfg,
+        consumer,
+        pattern,
+        &client,
+        &mut events,
+        shutdown,
+        backoff,
+    )
+    .await;
+    pump.abort();
+    let _ = client.try_disconnect();
+    end
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    state: &Arc<AppState>,
+    cfg: &BridgeConfig,
+    consumer: &str,
+    pattern: &Pattern,
+    client: &AsyncClient,
+    events: &mut mpsc::Receiver<Result<Event, String>>,
+    shutdown: &CancellationToken,
+    backoff: &mut Duration,
+) -> End {
+    let label = BridgeLabel {
+        bridge: cfg.name.clone(),
+    };
+    // Connected first: nothing is read from the store for a broker that is away.
+    let connected = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match events.recv().await {
+                Some(Ok(Event::Incoming(Incoming::ConnAck(a)))) => {
+                    return if a.code == rumqttc::ConnectReturnCode::Success {
+                        Ok(())
+                    } else {
+                        Err(format!("the broker refused the connection: {:?}", a.code))
+                    };
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Err("the event loop ended".into()),
+            }
+        }
+    });
+    let connected = tokio::select! {
+        () = shutdown.cancelled() => return End::Stop,
+        c = connected => c,
+    };
+    match connected {
+        Err(_) => return End::Retry("no CONNACK within 15 s".into()),
+        Ok(Err(e)) => return End::Retry(e),
+        Ok(Ok(())) => {}
+    }
+    *backoff = Duration::from_millis(500);
+    state.metrics.bridge_connected.get_or_create(&label).set(1);
+    let registry = state.consumers.clone();
+    let fresh = !registry.exists(consumer).await;
+    let lease = match registry
+        .open(
+            consumer,
+            Some(pattern),
+            fresh.then_some(Offset(0)),
+            state.store.next_offset(),
+        )
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(bridge = cfg.name, error = %e, "mqtt bridge: cannot open its consumer; the bridge stops");
+            return End::Stop;
+        }
+    };
+    tracing::info!(
+        bridge = cfg.name,
+        from = lease.from.0,
+        "mqtt bridge connected; forwarding"
+    );
+    let end = window(
+        state, cfg, consumer, pattern, client, events, shutdown, &lease,
+    )
+    .await;
+    registry.close(&lease).await;
+    end
+}
+
+/// The sending window: reads the store while fewer than `inflight` events wait for the
+/// broker, and acknowledges the consumer as the broker acknowledges in order.
+#[allow(clippy::too_many_arguments)]
+async fn window(
+    state: &Arc<AppState>,
+    cfg: &BridgeConfig,
+    consumer: &str,
+    pattern: &Pattern,
+    client: &AsyncClient,
+    events: &mut mpsc::Receiver<Result<Event, String>>,
+    shutdown: &CancellationToken,
+    lease: &crate::consumers::Lease,
+) -> End {
+    let label = BridgeLabel {
+        bridge: cfg.name.clone(),
+    };
+    let limit = usize::from(cfg.inflight);
+    let mut offsets = state.offsets.clone();
+    let mut cursor = lease.from;
+    // Sent, in order, with whether the broker acknowledged each.
+    let mut order: VecDeque<(Offset, bool)> = VecDeque::new();
+    // Sent, waiting for their packet id from the event loop.
+    let mut unassigned: VecDeque<Offset> = VecDeque::new();
+    let mut inflight: HashMap<u16, Offset> = HashMap::new();
+    let mut to_ack: Option<Offset> = None;
+    let mut since_ack = 0usize;
+    let mut last_ack = tokio::time::Instant::now();
+    loop {
+        // Fill the window from the store.
+        while order.len() < limit && cursor < state.store.next_offset() {
+            let (store, p, from, room) = (
+                state.store.clone(),
+                pattern.clone(),
+                cursor,
+                limit - order.len(),
+            );
+            let page = match tokio::task::spawn_blocking(move || {
+                store.arrivals(from, Some(&p), room, PAGE_SCAN)
+            })
+            .await
+            {
+                Ok(Ok(page)) => page,
+                Ok(Err(e)) => return End::Retry(format!("store read: {e}")),
+                Err(e) => return End::Retry(format!("store read: {e}")),
+            };
+            for (off, ev) in &page.events {
+                let murmur_core::Body::Data { data, .. } = ev.body() else {
+                    continue;
+                };
+                let topic = format!("{}{}", cfg.remote_prefix, ev.topic());
+                if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, data.to_vec()) {
+                    return End::Retry(format!("queueing a publish: {e}"));
+                }
+                unassigned.push_back(*off);
+                order.push_back((*off, false));
+            }
+            cursor = page.next;
+        }
+        // Acknowledge the consumer: what the broker has in order, every half window or
+        // ACK_EVERY, and whenever the window is empty.
+        if let Some(off) = to_ack
+            && (order.is_empty() || since_ack * 2 >= limit || last_ack.elapsed() >= ACK_EVERY)
+        {
+            if let Err(e) = state
+                .consumers
+                .ack(consumer, Ack::Through(off), state.store.next_offset())
+                .await
+            {
+                tracing::warn!(bridge = cfg.name, error = %e, "mqtt bridge: cannot record its position");
+            }
+            to_ack = None;
+            since_ack = 0;
+            last_ack = tokio::time::Instant::now();
+        }
+        let caught_up = cursor >= state.store.next_offset();
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return End::Stop,
+            () = lease.ended.cancelled() => {
+                tracing::info!(bridge = cfg.name, "mqtt bridge: its consumer was deleted or taken; stopping");
+                return End::Stop;
+            }
+            ev = events.recv() => match ev {
+                None => return End::Retry("the event loop ended".into()),
+                Some(Err(e)) => return End::Retry(e),
+                Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                    if let Some(off) = unassigned.pop_front() {
+                        inflight.insert(pkid, off);
+                    }
+                }
+                Some(Ok(Event::Incoming(Incoming::PubAck(a)))) => {
+                    if let Some(off) = inflight.remove(&a.pkid)
+                        && let Some(slot) = order.iter_mut().find(|(o, _)| *o == off)
+                    {
+                        slot.1 = true;
+                        while let Some((o, true)) = order.front().copied() {
+                            order.pop_front();
+                            to_ack = Some(o);
+                            since_ack += 1;
+                            state.metrics.bridge_forwarded.get_or_create(&label).inc();
+                        }
+                    }
+                }
+                Some(Ok(_)) => {}
+            },
+            changed = offsets.changed(), if caught_up && order.len() < limit => {
+                if changed.is_err() {
+                    return End::Stop;
+                }
+            }
+            // An ack held back by ACK_EVERY goes out even if nothing else happens.
+            () = tokio::time::sleep(ACK_EVERY), if to_ack.is_some() => {}
+        }
+    }
+}

@@ -1,0 +1,638 @@
+//! MQTT, driven by clients the project did not write: Mosquitto's `mosquitto_pub` and
+//! `mosquitto_sub`, and its broker as the bridge's upstream (Debian's mosquitto-clients
+//! and mosquitto; `scripts/deps --test` installs them).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::netns::{Lab, root_or_skip};
+use common::{Node, wait_for};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node with the MQTT listener on a free loopback port (and `extra` config).
+fn mqtt_node(extra: &str) -> (Node, u16) {
+    let port = free_port();
+    let n = Node::start(&format!(
+        "[mqtt]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n[p2p]\nenabled = false\n"
+    ));
+    (n, port)
+}
+
+/// Runs a Mosquitto client to the end: (success, stdout + stderr).
+fn mosquitto(ns: Option<&str>, tool: &str, args: &[&str]) -> (bool, String) {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, tool]);
+            c
+        }
+        None => Command::new(tool),
+    };
+    let out = cmd.args(args).output().unwrap_or_else(|e| {
+        panic!("{tool} (Debian's mosquitto-clients; scripts/deps --test): {e}")
+    });
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A `mosquitto_sub -v` in the background, its lines collected.
+struct Sub {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sub {
+    fn start(ns: Option<&str>, args: &[&str]) -> Sub {
+        Self::start_into(ns, args, Arc::new(Mutex::new(Vec::new())))
+    }
+
+    /// Like [`Sub::start`], adding to `lines`.
+    fn start_into(ns: Option<&str>, args: &[&str], lines: Arc<Mutex<Vec<String>>>) -> Sub {
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "mosquitto_sub"]);
+                c
+            }
+            None => Command::new("mosquitto_sub"),
+        };
+        let mut child = cmd
+            .args(args)
+            .arg("-v")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub (Debian's mosquitto-clients; scripts/deps --test)");
+        let out = child.stdout.take().unwrap();
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        Sub { child, lines }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the node has `n` MQTT connections (a subscriber is in).
+fn connections(node: &Node, n: u64) {
+    wait_for("MQTT clients to connect", 10, || {
+        node.metric("murmur_mqtt_connections") >= n
+    });
+    // Its SUBSCRIBE follows its CONNECT at once.
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// QoS 0, 1 and 2 publishes become signed events of this node; a subscriber gets them
+/// (and events published through the HTTP API) with its filter's wildcards; what the
+/// node refuses closes the connection and stores nothing.
+#[test]
+fn mosquitto_pub_stores_events_and_mosquitto_sub_follows_them() {
+    let (n, port) = mqtt_node("");
+    let p = port.to_string();
+    let sub = Sub::start(
+        None,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-q",
+            "1",
+            "-t",
+            "sensors/+/temp",
+            "-t",
+            "alarms/#",
+        ],
+    );
+    connections(&n, 1);
+    for (qos, v) in [("0", "20.5"), ("1", "21.5"), ("2", "22.5")] {
+        let (ok, out) = mosquitto(
+            None,
+            "mosquitto_pub",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &p,
+                "-q",
+                qos,
+                "-t",
+                "sensors/kitchen/temp",
+                "-m",
+                v,
+            ],
+        );
+        assert!(ok, "QoS {qos}: {out}");
+    }
+    let (ok, out) = mosquitto(
+        None,
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-q",
+            "1",
+            "-t",
+            "sensors/kitchen/humidity",
+            "-m",
+            "40",
+        ],
+    );
+    assert!(ok, "{out}");
+    n.post(
+        "/v1/events",
+        &serde_json::json!({"topic": "alarms/door", "data": "open"}),
+    );
+    wait_for("the subscriber to get 4 messages", 10, || {
+        sub.lines().len() >= 4
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        sub.lines(),
+        vec![
+            "sensors/kitchen/temp 20.5",
+            "sensors/kitchen/temp 21.5",
+            "sensors/kitchen/temp 22.5",
+            "alarms/door open"
+        ],
+        "the humidity reading matches no filter"
+    );
+    // Stored as this node's signed events, in order.
+    let page = n.get("/v1/events?pattern=sensors/%23");
+    let evs = page["events"].as_array().unwrap();
+    let data: Vec<&str> = evs.iter().map(|e| e["data"].as_str().unwrap()).collect();
+    assert_eq!(data, ["20.5", "21.5", "22.5", "40"]);
+    assert!(evs.iter().all(|e| e["author"] == n.id().as_str()));
+
+    // Refused: a reserved topic, a wildcard in a topic name, MQTT 5. Nothing stored.
+    let before = n.events();
+    let (ok, _) = mosquitto(
+        None,
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-q",
+            "1",
+            "-t",
+            "$fleet/health",
+            "-m",
+            "x",
+        ],
+    );
+    assert!(!ok, "a reserved topic is refused");
+    let (ok, out) = mosquitto(
+        None,
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            "a/b",
+            "-m",
+            "x",
+        ],
+    );
+    assert!(!ok, "MQTT 5 is refused: {out}");
+    assert_eq!(n.events(), before);
+    assert!(n.metric("murmur_mqtt_published_total") >= 4);
+}
+
+/// With a login configured, a client without it is refused.
+#[test]
+fn a_login_is_required_when_configured() {
+    let pw = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(pw.path(), "s3cret\n").unwrap();
+    let (n, port) = mqtt_node(&format!(
+        "username = \"sensors\"\npassword_file = \"{}\"\n",
+        pw.path().display()
+    ));
+    let p = port.to_string();
+    let (ok, out) = mosquitto(
+        None,
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-q",
+            "1",
+            "-t",
+            "a/b",
+            "-m",
+            "x",
+        ],
+    );
+    assert!(!ok, "no login: {out}");
+    let (ok, out) = mosquitto(
+        None,
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-u",
+            "sensors",
+            "-P",
+            "wrong",
+            "-q",
+            "1",
+            "-t",
+            "a/b",
+            "-m",
+            "x",
+        ],
+    );
+    assert!(!ok, "{out}");
+    let (ok, out) = mosquitto(
+        None,
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-u",
+            "sensors",
+            "-P",
+            "s3cret",
+            "-q",
+            "1",
+            "-t",
+            "a/b",
+            "-m",
+            "x",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(n.events(), 1);
+}
+
+/// A broker of its own in namespace `ns`: Mosquitto with a persistent store (so a
+/// subscriber's session and its queued messages survive a restart of the broker).
+struct Broker {
+    /// Its namespace (None: this one, on loopback).
+    ns: Option<String>,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start(ns: Option<&str>, port: u16) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let bind = if ns.is_some() { "0.0.0.0" } else { "127.0.0.1" };
+        std::fs::write(
+            dir.path().join("mosquitto.conf"),
+            format!(
+                "user root\nlistener {port} {bind}\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\nlog_dest file {}/broker.log\n",
+                dir.path().display(),
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut b = Broker {
+            ns: ns.map(str::to_owned),
+            port,
+            dir,
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = match &self.ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "/usr/sbin/mosquitto"]);
+                c
+            }
+            None => Command::new("/usr/sbin/mosquitto"),
+        };
+        let child = cmd
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto (Debian's mosquitto; scripts/deps --test)");
+        self.child = Some(child);
+        // Ready when it takes a publish.
+        let (ns, port) = (self.ns.clone(), self.port.to_string());
+        let ready = common::try_wait_for(10, || {
+            mosquitto(
+                ns.as_deref(),
+                "mosquitto_pub",
+                &["-h", "127.0.0.1", "-p", &port, "-t", "ready", "-m", "x"],
+            )
+            .0
+        });
+        assert!(ready, "the broker did not start:\n{}", self.log());
+    }
+
+    /// SIGTERM (the broker saves its sessions) and wait.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Three hosts: a sensor publishes at QoS 1 into host A's listener; `mosquitto_sub` on
+/// host B's listener gets every reading (replicated); A's bridge forwards them to a
+/// Mosquitto broker on host C, which is stopped for 30 s while the readings go on.
+/// After it is back, a subscriber there has every reading, in order, none missing.
+#[test]
+fn a_sensor_on_host_a_reaches_host_b_and_a_broker_that_was_down_for_30_s() {
+    if !root_or_skip("a_sensor_on_host_a_reaches_host_b_and_a_broker_that_was_down_for_30_s") {
+        return;
+    }
+    let p2p = "[p2p]\nmdns = true\nlisten = [\"/ip4/0.0.0.0/tcp/7470\"]\nanti_entropy_interval = \"2s\"\n";
+    let mut lab = Lab::empty(3);
+    lab.start(
+        0,
+        &format!(
+            "[mqtt]\nlisten = \"127.0.0.1:1883\"\n[[mqtt.bridge]]\nname = \"cloud\"\nbroker = \"10.77.0.3:1883\"\npattern = \"sensors/#\"\nremote_prefix = \"site-a/\"\n{p2p}"
+        ),
+    );
+    lab.start(1, &format!("[mqtt]\nlisten = \"127.0.0.1:1883\"\n{p2p}"));
+    let mut broker = Broker::start(Some(&lab.hosts[2].ns), 1883);
+    let (a_ns, b_ns, c_ns) = (
+        lab.hosts[0].ns.clone(),
+        lab.hosts[1].ns.clone(),
+        lab.hosts[2].ns.clone(),
+    );
+    wait_for("A and B to meet", 30, || {
+        lab.node(0).get("/v1/peers")["peers"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    });
+    // Subscribers: on B's own listener, and at the broker with a persistent session
+    // (QoS 1, a fixed id, not clean: the broker queues for it while it is away).
+    let on_b = Sub::start(
+        Some(&b_ns),
+        &["-h", "127.0.0.1", "-q", "1", "-t", "sensors/#"],
+    );
+    let checker_args = [
+        "-h",
+        "127.0.0.1",
+        "-q",
+        "1",
+        "-c",
+        "-i",
+        "checker",
+        "-t",
+        "site-a/sensors/#",
+    ];
+    let mut at_broker = Sub::start(Some(&c_ns), &checker_args);
+    connections(lab.node(1), 1);
+    wait_for("the broker's subscriber to connect", 10, || {
+        broker.log().contains("New client connected") && broker.log().contains("checker")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The sensor: one mosquitto_pub -l (a line a message), QoS 1, paced.
+    let mut sensor = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a_ns,
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+            "-q",
+            "1",
+            "-t",
+            "sensors/s1/temp",
+            "-l",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub");
+    let mut input = sensor.stdin.take().unwrap();
+    let mut sent = 0u32;
+    let mut send_for = |secs: u64, sent: &mut u32| {
+        let until = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < until {
+            writeln!(input, "r{}", *sent).unwrap();
+            input.flush().unwrap();
+            *sent += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    send_for(3, &mut sent);
+    let before_outage = sent;
+    let first = common::try_wait_for(20, || at_broker.lines().len() >= before_outage as usize);
+    assert!(
+        first,
+        "the broker's subscriber has {} of the first {before_outage} readings after 20 s (B has {})\nA's log:\n{}\nbroker log:\n{}",
+        at_broker.lines().len(),
+        on_b.lines().len(),
+        lab.node(0).log(),
+        broker.log()
+    );
+    // The broker goes away for 30 s; readings go on.
+    broker.stop();
+    let down = Instant::now();
+    send_for(30, &mut sent);
+    eprintln!(
+        "broker down {:.1} s; {} readings sent meanwhile",
+        down.elapsed().as_secs_f64(),
+        sent - before_outage
+    );
+    broker.spawn();
+    send_for(3, &mut sent);
+    drop(input);
+    let status = sensor.wait().unwrap();
+    assert!(status.success(), "mosquitto_pub failed");
+    let want: Vec<String> = (0..sent).map(|i| format!("r{i}")).collect();
+
+    // B got every reading, in order, once.
+    wait_for("B's subscriber to get every reading", 30, || {
+        on_b.lines().len() >= sent as usize
+    });
+    let got_b: Vec<String> = on_b
+        .lines()
+        .iter()
+        .map(|l| l.trim_start_matches("sensors/s1/temp ").to_owned())
+        .collect();
+    assert_eq!(got_b, want, "B's subscriber");
+
+    // The broker: the checker may have been dropped by the restart; it comes back
+    // with its session, and the broker hands it what was queued.
+    let t = Instant::now();
+    let have_all = |lines: &[String]| {
+        let got: std::collections::HashSet<&str> = lines
+            .iter()
+            .map(|l| l.trim_start_matches("site-a/sensors/s1/temp "))
+            .collect();
+        want.iter().all(|w| got.contains(w.as_str()))
+    };
+    loop {
+        let lines = at_broker.lines();
+        if have_all(&lines) {
+            // Every reading, and in order of first arrival: a reading may come again
+            // (at least once: what was in flight at the outage), never out of order.
+            let vals: Vec<u32> = lines
+                .iter()
+                .filter_map(|l| l.rsplit_once(" r").and_then(|(_, n)| n.parse().ok()))
+                .collect();
+            let mut seen = std::collections::HashSet::new();
+            let first: Vec<u32> = vals.iter().copied().filter(|v| seen.insert(*v)).collect();
+            assert_eq!(
+                first,
+                (0..sent).collect::<Vec<_>>(),
+                "readings at the broker, in order of first arrival"
+            );
+            let bridged = lab
+                .node(0)
+                .metric("murmur_bridge_forwarded_total{bridge=\"cloud\"}");
+            eprintln!(
+                "bridge: {sent} readings, {} lines at the broker ({} sent again), {bridged} acknowledged by the broker, all there {:.1} s after the restart",
+                vals.len(),
+                vals.len() - first.len(),
+                t.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        if at_broker.child.try_wait().ok().flatten().is_some() {
+            let lines = at_broker.lines.clone();
+            at_broker = Sub::start_into(Some(&c_ns), &checker_args, lines);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the broker's subscriber lacks readings 60 s after the restart: has {} of {sent}\nA's log:\n{}\nbroker log:\n{}",
+            at_broker.lines().len(),
+            lab.node(0).log(),
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let c = lab.node(0).get("/v1/consumers/bridge.cloud");
+    assert_eq!(c["pending"].as_u64(), Some(0), "{c}");
+}
+
+/// A bridge resumes where it stopped after a SIGKILL of its daemon: every event reaches
+/// the broker, in order of first arrival, and only what was in flight comes twice.
+#[test]
+fn a_bridge_resumes_after_its_daemon_is_killed() {
+    let port = free_port();
+    let broker = Broker::start(None, port);
+    let p = port.to_string();
+    let checker = Sub::start(
+        None,
+        &["-h", "127.0.0.1", "-p", &p, "-q", "1", "-t", "up/#"],
+    );
+    wait_for("the checker to connect", 10, || {
+        broker.log().contains("New client connected")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Events stored before the bridge first starts are forwarded too.
+    let mut n = Node::start(&format!(
+        "[mqtt]\n[[mqtt.bridge]]\nname = \"up\"\nbroker = \"127.0.0.1:{port}\"\npattern = \"up/#\"\ninflight = 20\n[p2p]\nenabled = false\n"
+    ));
+    let batch = |n: &Node, from: u32, to: u32| {
+        let evs: Vec<serde_json::Value> = (from..to)
+            .map(|i| serde_json::json!({"topic": "up/t", "data": format!("e{i}")}))
+            .collect();
+        let r = n.post("/v1/events/batch", &serde_json::json!({ "events": evs }));
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    batch(&n, 0, 2000);
+    // Killed while forwarding.
+    wait_for("the bridge to forward some", 20, || {
+        checker.lines().len() >= 200
+    });
+    n.kill();
+    let at_kill = checker.lines().len();
+    n.spawn();
+    batch(&n, 2000, 3000);
+    let ok = common::try_wait_for(60, || {
+        let got: std::collections::HashSet<String> = checker.lines().into_iter().collect();
+        got.len() >= 3000
+    });
+    let lines = checker.lines();
+    assert!(
+        ok,
+        "{} lines at the broker; daemon log:\n{}",
+        lines.len(),
+        n.log()
+    );
+    let vals: Vec<u32> = lines
+        .iter()
+        .filter_map(|l| l.rsplit_once(" e").and_then(|(_, v)| v.parse().ok()))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let first: Vec<u32> = vals.iter().copied().filter(|v| seen.insert(*v)).collect();
+    assert_eq!(
+        first,
+        (0..3000).collect::<Vec<_>>(),
+        "every event, in order of first arrival"
+    );
+    let again = vals.len() - first.len();
+    eprintln!(
+        "bridge through a SIGKILL: 3000 events, {at_kill} at the broker at the kill, {again} sent again after it"
+    );
+    assert!(
+        again <= 20 + 200,
+        "{again} sent again: more than the window and one ack interval"
+    );
+}
