@@ -276,9 +276,10 @@ impl Client {
     /// acknowledged (a new consumer starts at new events, or at `from`; a `from` given
     /// for an existing one moves its cursor). Acknowledge with [`Self::ack`]; what is
     /// not acknowledged is sent again by the next follow of the same name, which also
-    /// ends this one. `auto_ack` acknowledges each page once the next is asked for
-    /// (the daemon cannot know the application handled it: at most a page may be lost
-    /// to a crash of the application).
+    /// ends this one. `auto_ack` acknowledges each page once it was written to the
+    /// connection and the next is asked for (the daemon cannot know the application
+    /// handled it: what the client's and the kernel's buffers held when the
+    /// application died, often several pages, is not sent again).
     pub async fn follow_consumer(
         &mut self,
         name: &str,

@@ -154,6 +154,12 @@ impl MqttConfig {
                     b.name, b.pattern
                 ));
             }
+            if b.remote_prefix.contains(['+', '#', '\0']) || b.remote_prefix.starts_with('$') {
+                return bad(format!(
+                    "mqtt.bridge {:?}: remote_prefix {:?} may not hold + # or NUL, nor start with $",
+                    b.name, b.remote_prefix
+                ));
+            }
             if b.username.is_some() != b.password_file.is_some() {
                 return bad(format!(
                     "mqtt.bridge {:?}: username and password_file go together",

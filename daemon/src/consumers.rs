@@ -83,12 +83,21 @@ struct Entry {
 pub struct Consumers {
     store: Arc<RocksStore>,
     max: usize,
-    inner: tokio::sync::Mutex<Inner>,
+    inner: Arc<tokio::sync::Mutex<Inner>>,
 }
 
 struct Inner {
     entries: HashMap<String, Entry>,
     streams: u64,
+}
+
+/// The prefix of the consumers bridges own (`bridge.NAME`): the API neither follows,
+/// acknowledges nor deletes them, and they do not count toward `api.max_consumers`.
+pub const BRIDGE_PREFIX: &str = "bridge.";
+
+/// Whether `name` is a bridge's consumer.
+pub fn is_bridge(name: &str) -> bool {
+    name.starts_with(BRIDGE_PREFIX)
 }
 
 /// A follow stream's hold on its consumer: it ends when a newer stream of the same
@@ -128,12 +137,31 @@ fn pattern_text(p: Option<&str>) -> String {
     p.unwrap_or("(every topic)").to_owned()
 }
 
+fn write(
+    store: &Arc<RocksStore>,
+    name: &str,
+    record: &ConsumerRecord,
+    sync: bool,
+) -> Result<(), ConsumerError> {
+    // A short blocking write (no fsync unless asked) under the registry's lock: the
+    // lock's holders are API requests and streams of this node only.
+    tokio::task::block_in_place(|| store.put_consumer(name, record, sync))
+        .map_err(|e| ConsumerError::Store(e.to_string()))
+}
+
 impl Consumers {
     /// Loads the consumers the store holds.
     pub fn load(store: Arc<RocksStore>, max: usize) -> Result<Self, ConsumerError> {
-        let entries = store
+        let (records, skipped) = store
             .consumers()
-            .map_err(|e| ConsumerError::Store(e.to_string()))?
+            .map_err(|e| ConsumerError::Store(e.to_string()))?;
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "named consumers with unreadable records were dropped"
+            );
+        }
+        let entries = records
             .into_iter()
             .map(|(name, record)| {
                 (
@@ -148,30 +176,55 @@ impl Consumers {
         Ok(Self {
             store,
             max,
-            inner: tokio::sync::Mutex::new(Inner {
+            inner: Arc::new(tokio::sync::Mutex::new(Inner {
                 entries,
                 streams: 0,
-            }),
+            })),
         })
     }
 
-    async fn write(
+    /// Runs `f` on the registry in a task of its own, holding the lock: a caller that
+    /// goes away mid-way (a client that hung up) cannot leave the store and the memory
+    /// disagreeing.
+    async fn locked<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Inner, &Arc<RocksStore>) -> Result<T, ConsumerError> + Send + 'static,
+    ) -> Result<T, ConsumerError> {
+        let guard = self.inner.clone().lock_owned().await;
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut guard = guard;
+            f(&mut guard, &store)
+        })
+        .await
+        .map_err(|e| ConsumerError::Store(e.to_string()))?
+    }
+
+    /// Where a follow of consumer `name` would start, and its pattern, without
+    /// changing anything: `from` if given, else its cursor, else `end` (new).
+    pub async fn preview(
         &self,
         name: &str,
-        record: &ConsumerRecord,
-        sync: bool,
-    ) -> Result<(), ConsumerError> {
-        let (store, name, record) = (self.store.clone(), name.to_owned(), record.clone());
-        tokio::task::spawn_blocking(move || store.put_consumer(&name, &record, sync))
-            .await
-            .map_err(|e| ConsumerError::Store(e.to_string()))?
-            .map_err(|e| ConsumerError::Store(e.to_string()))
+        from: Option<Offset>,
+        end: Offset,
+    ) -> Result<(Offset, Option<String>, bool), ConsumerError> {
+        check_name(name)?;
+        let inner = self.inner.lock().await;
+        Ok(match inner.entries.get(name) {
+            Some(e) => (
+                from.unwrap_or(Offset(e.record.next)),
+                e.record.pattern.clone(),
+                true,
+            ),
+            None => (from.unwrap_or(end), None, false),
+        })
     }
 
     /// Opens a stream of consumer `name`: creates it with `pattern` if it does not exist
     /// (starting at `from`, else at `end`, the store's next offset), or checks the
     /// pattern of the one that does (a `from` then moves its cursor: a replay or a
-    /// skip). Any earlier stream of it ends.
+    /// skip). Any earlier stream of it ends. Bridges' consumers do not count toward
+    /// the bound.
     pub async fn open(
         &self,
         name: &str,
@@ -181,62 +234,66 @@ impl Consumers {
     ) -> Result<Lease, ConsumerError> {
         check_name(name)?;
         let asked = pattern.map(|p| p.as_str().to_owned());
-        let mut inner = self.inner.lock().await;
-        let now = now_ms();
-        let record = match inner.entries.get(name) {
-            Some(e) => {
-                if asked.is_some() && asked != e.record.pattern {
-                    return Err(ConsumerError::OtherPattern {
-                        name: name.to_owned(),
-                        has: pattern_text(e.record.pattern.as_deref()),
-                        asked: pattern_text(asked.as_deref()),
-                    });
-                }
-                match from {
-                    Some(f) if f.0 != e.record.next => {
-                        let moved = ConsumerRecord {
-                            next: f.0,
-                            acked_ms: now,
-                            ..e.record.clone()
-                        };
-                        self.write(name, &moved, true).await?;
-                        moved
+        let (name, max) = (name.to_owned(), self.max);
+        self.locked(move |inner, store| {
+            let now = now_ms();
+            let record = match inner.entries.get(&name) {
+                Some(e) => {
+                    if asked.is_some() && asked != e.record.pattern {
+                        return Err(ConsumerError::OtherPattern {
+                            name: name.clone(),
+                            has: pattern_text(e.record.pattern.as_deref()),
+                            asked: pattern_text(asked.as_deref()),
+                        });
                     }
-                    _ => e.record.clone(),
+                    match from {
+                        Some(f) if f.0 != e.record.next => {
+                            let moved = ConsumerRecord {
+                                next: f.0,
+                                acked_ms: now,
+                                ..e.record.clone()
+                            };
+                            write(store, &name, &moved, true)?;
+                            moved
+                        }
+                        _ => e.record.clone(),
+                    }
                 }
-            }
-            None => {
-                if inner.entries.len() >= self.max {
-                    return Err(ConsumerError::TooMany(inner.entries.len()));
+                None => {
+                    let counted = inner.entries.keys().filter(|n| !is_bridge(n)).count();
+                    if !is_bridge(&name) && counted >= max {
+                        return Err(ConsumerError::TooMany(counted));
+                    }
+                    let created = ConsumerRecord {
+                        pattern: asked,
+                        next: from.unwrap_or(end).0,
+                        created_ms: now,
+                        acked_ms: now,
+                    };
+                    write(store, &name, &created, true)?;
+                    tracing::info!(consumer = name, next = created.next, "created a consumer");
+                    created
                 }
-                let created = ConsumerRecord {
-                    pattern: asked,
-                    next: from.unwrap_or(end).0,
-                    created_ms: now,
-                    acked_ms: now,
-                };
-                self.write(name, &created, true).await?;
-                tracing::info!(consumer = name, next = created.next, "created a consumer");
-                created
+            };
+            inner.streams += 1;
+            let stream = inner.streams;
+            let ended = CancellationToken::new();
+            let entry = inner.entries.entry(name.clone()).or_insert(Entry {
+                record: record.clone(),
+                stream: None,
+            });
+            entry.record = record.clone();
+            if let Some((_, old)) = entry.stream.replace((stream, ended.clone())) {
+                old.cancel();
             }
-        };
-        inner.streams += 1;
-        let stream = inner.streams;
-        let ended = CancellationToken::new();
-        let entry = inner.entries.entry(name.to_owned()).or_insert(Entry {
-            record: record.clone(),
-            stream: None,
-        });
-        entry.record = record.clone();
-        if let Some((_, old)) = entry.stream.replace((stream, ended.clone())) {
-            old.cancel();
-        }
-        Ok(Lease {
-            name: name.to_owned(),
-            stream,
-            ended,
-            from: Offset(record.next),
+            Ok(Lease {
+                name,
+                stream,
+                ended,
+                from: Offset(record.next),
+            })
         })
+        .await
     }
 
     /// A stream ended: the consumer has no reader until the next one opens.
@@ -249,14 +306,16 @@ impl Consumers {
         }
     }
 
-    /// Acknowledges everything up to `through` (an offset, inclusive), or before
-    /// `before` (exclusive; an auto-ack of a page that scanned up to there). The cursor
-    /// never moves back this way.
+    /// Acknowledges everything up to `upto`. The cursor never moves back this way.
+    /// `stream`: the ack of a stream (auto-ack, a bridge), which counts only while
+    /// that stream still holds the consumer (a stale one could undo a newer stream's
+    /// replay); `None`: an ack through the API, from whoever holds the name.
     pub async fn ack(
         &self,
         name: &str,
         upto: Ack,
         end: Offset,
+        stream: Option<u64>,
     ) -> Result<ConsumerView, ConsumerError> {
         check_name(name)?;
         let next = match upto {
@@ -271,53 +330,50 @@ impl Consumers {
             }
             Ack::Before(o) => o.0.min(end.0),
         };
-        let mut inner = self.inner.lock().await;
-        let e = inner
-            .entries
-            .get(name)
-            .ok_or_else(|| ConsumerError::NotFound(name.to_owned()))?;
-        if next > e.record.next {
-            let moved = ConsumerRecord {
-                next,
-                acked_ms: now_ms(),
-                ..e.record.clone()
-            };
-            self.write(name, &moved, false).await?;
-            if let Some(e) = inner.entries.get_mut(name) {
+        let name = name.to_owned();
+        self.locked(move |inner, store| {
+            let e = inner
+                .entries
+                .get_mut(&name)
+                .ok_or_else(|| ConsumerError::NotFound(name.clone()))?;
+            let current = stream.is_none_or(|s| e.stream.as_ref().is_some_and(|(h, _)| *h == s));
+            if current && next > e.record.next {
+                let moved = ConsumerRecord {
+                    next,
+                    acked_ms: now_ms(),
+                    ..e.record.clone()
+                };
+                write(store, &name, &moved, false)?;
                 e.record = moved;
             }
-        }
-        let e = inner
-            .entries
-            .get(name)
-            .ok_or_else(|| ConsumerError::NotFound(name.to_owned()))?;
-        Ok(ConsumerView {
-            name: name.to_owned(),
-            record: e.record.clone(),
-            streaming: e.stream.is_some(),
+            Ok(ConsumerView {
+                name: name.clone(),
+                record: e.record.clone(),
+                streaming: e.stream.is_some(),
+            })
         })
+        .await
     }
 
     /// Deletes a consumer, ending its stream.
     pub async fn delete(&self, name: &str) -> Result<(), ConsumerError> {
         check_name(name)?;
-        let mut inner = self.inner.lock().await;
-        if !inner.entries.contains_key(name) {
-            return Err(ConsumerError::NotFound(name.to_owned()));
-        }
-        let store = self.store.clone();
-        let n = name.to_owned();
-        tokio::task::spawn_blocking(move || store.delete_consumer(&n))
-            .await
-            .map_err(|e| ConsumerError::Store(e.to_string()))?
-            .map_err(|e| ConsumerError::Store(e.to_string()))?;
-        if let Some(e) = inner.entries.remove(name)
-            && let Some((_, s)) = e.stream
-        {
-            s.cancel();
-        }
-        tracing::info!(consumer = name, "deleted a consumer");
-        Ok(())
+        let name = name.to_owned();
+        self.locked(move |inner, store| {
+            if !inner.entries.contains_key(&name) {
+                return Err(ConsumerError::NotFound(name));
+            }
+            tokio::task::block_in_place(|| store.delete_consumer(&name))
+                .map_err(|e| ConsumerError::Store(e.to_string()))?;
+            if let Some(e) = inner.entries.remove(&name)
+                && let Some((_, s)) = e.stream
+            {
+                s.cancel();
+            }
+            tracing::info!(consumer = name, "deleted a consumer");
+            Ok(())
+        })
+        .await
     }
 
     /// Every consumer, by name.
@@ -339,15 +395,6 @@ impl Consumers {
     /// Whether consumer `name` exists.
     pub async fn exists(&self, name: &str) -> bool {
         self.inner.lock().await.entries.contains_key(name)
-    }
-
-    /// The pattern of consumer `name` (`None`: every topic, or no such consumer).
-    pub async fn pattern_of(&self, name: &str) -> Option<String> {
-        let inner = self.inner.lock().await;
-        inner
-            .entries
-            .get(name)
-            .and_then(|e| e.record.pattern.clone())
     }
 
     /// How many consumers exist.
@@ -391,7 +438,7 @@ mod tests {
         (dir, store, c)
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_consumer_is_created_resumed_acked_and_bounded() {
         let (_d, store, c) = registry(2);
         let p = Pattern::new("a/#").unwrap();
@@ -408,19 +455,31 @@ mod tests {
             c.open("billing", Some(&other), None, Offset(20)).await,
             Err(ConsumerError::OtherPattern { .. })
         ));
+        // An ack of a stream that no longer holds the consumer does not move it.
+        let v = c
+            .ack(
+                "billing",
+                Ack::Through(Offset(16)),
+                Offset(20),
+                Some(l.stream),
+            )
+            .await
+            .unwrap();
+        assert_eq!(v.record.next, 10);
         // Acks are cumulative and never move back; past the end is refused.
         let v = c
-            .ack("billing", Ack::Through(Offset(14)), Offset(20))
+            .ack("billing", Ack::Through(Offset(14)), Offset(20), None)
             .await
             .unwrap();
         assert_eq!(v.record.next, 15);
         let v = c
-            .ack("billing", Ack::Through(Offset(12)), Offset(20))
+            .ack("billing", Ack::Through(Offset(12)), Offset(20), None)
             .await
             .unwrap();
         assert_eq!(v.record.next, 15);
         assert!(matches!(
-            c.ack("billing", Ack::Through(Offset(20)), Offset(20)).await,
+            c.ack("billing", Ack::Through(Offset(20)), Offset(20), None)
+                .await,
             Err(ConsumerError::PastEnd { .. })
         ));
         // Bounded in number; names checked.
@@ -431,6 +490,10 @@ mod tests {
             c.open("three", None, None, Offset(20)).await,
             Err(ConsumerError::TooMany(2))
         ));
+        // A bridge's consumer does not count toward the bound.
+        c.open("bridge.up", None, Some(Offset(0)), Offset(20))
+            .await
+            .unwrap();
         assert!(matches!(
             c.open("bad name", None, None, Offset(20)).await,
             Err(ConsumerError::BadName(_))
@@ -446,6 +509,6 @@ mod tests {
             again.delete("billing").await,
             Err(ConsumerError::NotFound(_))
         ));
-        assert_eq!(again.len().await, 1);
+        assert_eq!(again.len().await, 2);
     }
 }

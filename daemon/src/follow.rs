@@ -72,7 +72,9 @@ pub struct ConsumerFollow {
     pub registry: Arc<crate::consumers::Consumers>,
     /// The stream's hold on the consumer (ended by a newer stream or a delete).
     pub lease: crate::consumers::Lease,
-    /// Acknowledge each page once the client has taken it and asks for the next.
+    /// Acknowledge each page once the connection has taken it (written to the socket)
+    /// and the next is asked for: what the client's buffers held when it died is not
+    /// sent again.
     pub auto_ack: bool,
     /// Where the last page sent ends (its scan position), not yet acknowledged.
     pub sent_to: Option<Offset>,
@@ -126,11 +128,17 @@ async fn next_chunk(f: &mut Follow, page: &mut usize) -> Option<Bytes> {
         // Asked for the next page: the client has taken the last one.
         if let Some(to) = c.sent_to.take()
             && c.auto_ack
+            && !c.lease.ended.is_cancelled()
         {
             let end = f.store.next_offset();
             if let Err(e) = c
                 .registry
-                .ack(&c.lease.name, crate::consumers::Ack::Before(to), end)
+                .ack(
+                    &c.lease.name,
+                    crate::consumers::Ack::Before(to),
+                    end,
+                    Some(c.lease.stream),
+                )
                 .await
             {
                 tracing::warn!(consumer = %c.lease.name, error = %e, "follow: auto-ack failed; ending the stream");

@@ -223,6 +223,8 @@ pub struct Metrics {
     pub bridge_forwarded: Family<BridgeLabel, Counter>,
     /// 1 while a bridge is connected to its broker, by bridge.
     pub bridge_connected: Family<BridgeLabel, Gauge>,
+    /// Times a bridge found events of its pattern pruned before it forwarded them.
+    pub bridge_skipped: Family<BridgeLabel, Counter>,
 }
 
 impl Metrics {
@@ -282,6 +284,7 @@ impl Metrics {
             mqtt_delivered: Counter::default(),
             bridge_forwarded: Family::default(),
             bridge_connected: Family::default(),
+            bridge_skipped: Family::default(),
             ingest_queue_capacity: Gauge::default(),
             pruned_events: Family::default(),
             pruned_bytes: Family::default(),
@@ -454,7 +457,7 @@ impl Metrics {
         );
         r.register(
             "mqtt_published",
-            "MQTT PUBLISH packets stored as events",
+            "MQTT PUBLISH packets queued to be stored as events (refusals close the connection)",
             m.mqtt_published.clone(),
         );
         r.register(
@@ -471,6 +474,11 @@ impl Metrics {
             "bridge_connected",
             "1 while an MQTT bridge is connected to its upstream broker, by bridge",
             m.bridge_connected.clone(),
+        );
+        r.register(
+            "bridge_pruned_gaps",
+            "Times an MQTT bridge found events of its pattern that retention pruned before it forwarded them (they are skipped), by bridge",
+            m.bridge_skipped.clone(),
         );
         r.register(
             "idempotent_repeats",

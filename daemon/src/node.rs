@@ -56,6 +56,8 @@ async fn start_mqtt(
             login,
             slots: Arc::new(Semaphore::new(m.max_connections)),
             write_stall: config.api.write_stall,
+            clients: std::sync::Mutex::new(std::collections::HashMap::new()),
+            connections: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(crate::mqtt::serve(listener, ctx, shutdown.clone()));
     }

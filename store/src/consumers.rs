@@ -75,23 +75,25 @@ fn decode(v: &[u8]) -> Result<ConsumerRecord> {
 }
 
 impl RocksStore {
-    /// Every named consumer, by name.
-    pub fn consumers(&self) -> Result<Vec<(String, ConsumerRecord)>> {
+    /// Every named consumer, by name, and how many records were unreadable (skipped:
+    /// a damaged cursor must not keep the node from starting; its consumer is gone).
+    pub fn consumers(&self) -> Result<(Vec<(String, ConsumerRecord)>, usize)> {
         let mut out = Vec::new();
+        let mut skipped = 0;
         let mut it = self.db().raw_iterator_cf(self.cf(CF_META));
         it.seek(PREFIX);
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             let Some(name) = k.strip_prefix(PREFIX) else {
                 break;
             };
-            let name = std::str::from_utf8(name)
-                .map_err(|_| corrupt("consumer name is not UTF-8"))?
-                .to_owned();
-            out.push((name, decode(v)?));
+            match (std::str::from_utf8(name), decode(v)) {
+                (Ok(name), Ok(r)) => out.push((name.to_owned(), r)),
+                _ => skipped += 1,
+            }
             it.next();
         }
         it.status()?;
-        Ok(out)
+        Ok((out, skipped))
     }
 
     /// Writes a consumer's record; `sync` fsyncs the WAL before returning.
@@ -162,7 +164,7 @@ mod tests {
         };
         {
             let s = RocksStore::open(dir.path(), &Default::default()).unwrap();
-            assert!(s.consumers().unwrap().is_empty());
+            assert!(s.consumers().unwrap().0.is_empty());
             s.put_consumer("billing", &a, false).unwrap();
             s.put_consumer("all", &b, true).unwrap();
             // Another meta key after the prefix range is not read as a consumer.
@@ -177,7 +179,12 @@ mod tests {
             .unwrap();
         }
         let s = RocksStore::open(dir.path(), &Default::default()).unwrap();
-        let got = s.consumers().unwrap();
+        // A damaged record is skipped, not fatal.
+        s.db()
+            .put_cf(s.cf(CF_META), key("broken"), [1u8, 2, 3])
+            .unwrap();
+        let (got, skipped) = s.consumers().unwrap();
+        assert_eq!(skipped, 1);
         assert_eq!(
             got,
             vec![
@@ -186,7 +193,7 @@ mod tests {
             ]
         );
         s.delete_consumer("all").unwrap();
-        assert_eq!(s.consumers().unwrap().len(), 1);
+        assert_eq!(s.consumers().unwrap().0.len(), 1);
         assert!(decode(&[0u8; 5]).is_err());
     }
 

@@ -4,7 +4,11 @@
 // rate for every system, in one run, all on loopback. Run by scripts/bench-peers, which
 // starts the servers; this file only measures.
 //
-// Usage: node bench.mjs <murmur-fsync-socket> <murmur-os-socket> <mqtt-port> <nats-port>
+// It also measures MQTT QoS 1 both ways into murmur's own MQTT listener and into
+// Mosquitto with the same mqtt.js client: publish→receive as above, and publish
+// throughput (as fast as PUBACKs come, 100 in flight).
+//
+// Usage: node bench.mjs <murmur-fsync-socket> <murmur-os-socket> <mqtt-port> <nats-port> <murmur-mqtt-port>
 
 import http from "node:http";
 import mqtt from "mqtt";
@@ -13,7 +17,7 @@ import { connect, AckPolicy, DeliverPolicy, RetentionPolicy, StorageType } from 
 const COUNT = Number(process.env.BENCH_COUNT ?? 3000);
 const RATE = 1000; // messages per second
 const PAYLOAD = 256;
-const [fsyncSock, osSock, mqttPort, natsPort] = process.argv.slice(2);
+const [fsyncSock, osSock, mqttPort, natsPort, murmurMqttPort] = process.argv.slice(2);
 
 const now = () => Number(process.hrtime.bigint()) / 1e6; // ms
 const sleep = (ms) => new Promise((r) => setTimeout(r, Math.max(0, ms)));
@@ -108,10 +112,10 @@ async function murmur(socket) {
   return r;
 }
 
-// --- Mosquitto: MQTT 3.1.1 ---
-async function mosquitto(qos) {
+// --- MQTT 3.1.1: Mosquitto, or murmur's listener ---
+async function mosquitto(qos, port = mqttPort) {
   // A fresh options object per client: mqtt.js writes the client id into it.
-  const opts = (id) => ({ host: "127.0.0.1", port: Number(mqttPort), protocolVersion: 4, clientId: `bench-${id}-${qos}` });
+  const opts = (id) => ({ host: "127.0.0.1", port: Number(port), protocolVersion: 4, clientId: `bench-${id}-${qos}` });
   const sub = await mqtt.connectAsync(opts("sub"));
   const pub = await mqtt.connectAsync(opts("pub"));
   const sent = [], got = [];
@@ -122,6 +126,25 @@ async function mosquitto(qos) {
   await sub.endAsync();
   await pub.endAsync();
   return r;
+}
+
+/// MQTT QoS 1 publish throughput: COUNT messages as fast as the broker acknowledges,
+/// `window` in flight; returns messages/s (to the last PUBACK).
+async function mqttThroughput(port, window = 100) {
+  const pub = await mqtt.connectAsync({ host: "127.0.0.1", port: Number(port), protocolVersion: 4, clientId: "bench-tput" });
+  const n = COUNT * 3;
+  const t0 = now();
+  let next = 0;
+  const worker = async () => {
+    while (next < n) {
+      const i = next++;
+      await pub.publishAsync("bench/tput", payload(i), { qos: 1 });
+    }
+  };
+  await Promise.all(Array.from({ length: window }, worker));
+  const secs = (now() - t0) / 1000;
+  await pub.endAsync();
+  return n / secs;
 }
 
 // --- NATS JetStream, one replica, file storage; publish waits for the stream's ack ---
@@ -157,6 +180,8 @@ async function jetstream() {
 const runs = [
   ["murmur, store.sync = fsync (signed, durable before ack)", () => murmur(fsyncSock)],
   ["murmur, store.sync = os", () => murmur(osSock)],
+  ["murmur MQTT listener, QoS 1 (fsync: PUBACK once durable)", () => mosquitto(1, murmurMqttPort)],
+  ["murmur MQTT listener, QoS 0", () => mosquitto(0, murmurMqttPort)],
   ["Mosquitto 2, QoS 0", () => mosquitto(0)],
   ["Mosquitto 2, QoS 1", () => mosquitto(1)],
   ["NATS JetStream, R1, file storage", () => jetstream()],
@@ -186,6 +211,23 @@ if (m) {
     const o = results[name];
     if (!o) continue;
     console.log(`- ${name}: ${(pct(m, 0.5) / pct(o, 0.5)).toFixed(2)}× / ${(pct(m, 0.99) / pct(o, 0.99)).toFixed(2)}×`);
+  }
+}
+const mm = results[runs[2][0]], mq = results["Mosquitto 2, QoS 1"];
+if (mm && mq) {
+  console.log(`- murmur's MQTT listener, QoS 1, against Mosquitto QoS 1 (same client): ${(pct(mm, 0.5) / pct(mq, 0.5)).toFixed(2)}× / ${(pct(mm, 0.99) / pct(mq, 0.99)).toFixed(2)}×`);
+}
+if (!only || only.includes("throughput")) {
+  console.log("");
+  console.log(`MQTT QoS 1 publish throughput, ${COUNT * 3} messages of ${PAYLOAD} bytes, 100 in flight, one mqtt.js client:`);
+  try {
+    const m = await mqttThroughput(murmurMqttPort);
+    const q = await mqttThroughput(mqttPort);
+    console.log(`- murmur MQTT listener (signed, fsynced before PUBACK): ${m.toFixed(0)} messages/s`);
+    console.log(`- Mosquitto 2 (no persistence): ${q.toFixed(0)} messages/s`);
+    console.log(`- murmur ÷ Mosquitto: ${(m / q).toFixed(2)}×`);
+  } catch (e) {
+    console.log(`throughput failed: ${e.message}`);
   }
 }
 process.exit(0);

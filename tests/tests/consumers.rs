@@ -145,6 +145,17 @@ async fn a_consumer_resumes_after_its_last_ack_and_is_sent_the_rest_again() {
     assert_eq!(r.status, 400, "{}", r.body);
     let r = n.req("GET", "/v1/follow?pattern=x/%23&ack=auto", None);
     assert_eq!(r.status, 400, "{}", r.body);
+    // A from past the newest event is refused; bridges' consumers are theirs.
+    let r = n.req("GET", "/v1/follow?consumer=auto&from=999999", None);
+    assert_eq!(r.status, 400, "{}", r.body);
+    for (method, path) in [
+        ("GET", "/v1/follow?consumer=bridge.cloud&pattern=x/%23"),
+        ("DELETE", "/v1/consumers/bridge.cloud"),
+    ] {
+        let r = n.req(method, path, None);
+        assert_eq!(r.status, 409, "{method} {path}: {}", r.body);
+        assert!(r.body.contains("bridge_consumer"), "{}", r.body);
+    }
 
     // The CLI: `murmur consumers` lists them; rm deletes one.
     let out = n.cli(&["consumers"]);

@@ -636,3 +636,73 @@ fn a_bridge_resumes_after_its_daemon_is_killed() {
         "{again} sent again: more than the window and one ack interval"
     );
 }
+
+/// A CONNECT by hand: protocol name and level, client id, keep-alive 60 s, clean.
+fn connect_packet(name: &str, level: u8, client: &str, v5: bool) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(&[level, 0x02, 0x00, 0x3C]);
+    if v5 {
+        body.push(0); // no properties
+    }
+    body.extend_from_slice(&(client.len() as u16).to_be_bytes());
+    body.extend_from_slice(client.as_bytes());
+    let mut p = vec![0x10, body.len() as u8];
+    p.extend_from_slice(&body);
+    p
+}
+
+fn connack(port: u16, packet: &[u8]) -> (std::net::TcpStream, Vec<u8>) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(packet).unwrap();
+    let mut ack = [0u8; 4];
+    let n = s.read(&mut ack).unwrap_or(0);
+    (s, ack[..n].to_vec())
+}
+
+/// MQTT 5 and 3.1 clients are told "unacceptable protocol version" (CONNACK code 1)
+/// instead of a dropped connection; a second connection with a client id in use ends
+/// the first (MQTT-3.1.4-2).
+#[test]
+fn other_protocol_versions_are_told_so_and_a_client_id_has_one_connection() {
+    use std::io::Read;
+    let (n, port) = mqtt_node("");
+    let (_, ack) = connack(port, &connect_packet("MQTT", 5, "five", true));
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x01], "MQTT 5");
+    let (_, ack) = connack(port, &connect_packet("MQIsdp", 3, "three", false));
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x01], "MQTT 3.1");
+    let (_, ack) = mosquitto(
+        None,
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-V",
+            "mqttv31",
+            "-t",
+            "a",
+            "-m",
+            "x",
+        ],
+    );
+    assert!(ack.contains("unacceptable protocol version"), "{ack}");
+
+    let (mut first, ack) = connack(port, &connect_packet("MQTT", 4, "same-id", false));
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x00]);
+    let (_second, ack) = connack(port, &connect_packet("MQTT", 4, "same-id", false));
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x00]);
+    let mut rest = [0u8; 16];
+    assert_eq!(
+        first.read(&mut rest).unwrap_or(0),
+        0,
+        "the first connection was closed"
+    );
+    wait_for("one connection left", 5, || {
+        n.metric("murmur_mqtt_connections") == 1
+    });
+}

@@ -28,6 +28,8 @@ use crate::server::AppState;
 
 /// Offsets examined per store read.
 const PAGE_SCAN: usize = 8192;
+/// Most payload bytes sent and not yet acknowledged by the broker (besides `inflight`).
+const WINDOW_BYTES: usize = 8 << 20;
 /// Acknowledge the consumer at least this often while events stream (and after every
 /// half window): a kill of the daemon sends again at most the window and half of one.
 const ACK_EVERY: Duration = Duration::from_millis(10);
@@ -116,10 +118,8 @@ async fn session(
     opts.set_keep_alive(cfg.keep_alive)
         .set_clean_session(true)
         .set_inflight(cfg.inflight)
-        .set_max_packet_size(
-            state.limits.max_payload + 64 * 1024,
-            state.limits.max_payload + 64 * 1024,
-        )
+        // Events as large as peers may hold (murmur_core::MAX_EVENT_BYTES) go up whole.
+        .set_max_packet_size(super::MAX_OUT, super::MAX_OUT)
         .set_request_channel_capacity(usize::from(cfg.inflight) + 16);
     if let (Some(u), Some(p)) = (&cfg.username, password) {
         opts.set_credentials(u.clone(), p.to_owned());
@@ -251,14 +251,44 @@ async fn window(
     let mut to_ack: Option<Offset> = None;
     let mut since_ack = 0usize;
     let mut last_ack = tokio::time::Instant::now();
+    // Payload bytes in flight, and the events per read that keep a read near WINDOW_BYTES.
+    let mut in_flight_bytes = 0usize;
+    let mut sizes: HashMap<Offset, usize> = HashMap::new();
+    let mut per_read = 1usize;
+    let mut pruned_checked = Offset(0);
     loop {
+        // Marked seen before the store is read: a commit after this wakes the wait.
+        offsets.borrow_and_update();
+        // Events retention pruned before the bridge sent them cannot be sent: said
+        // loudly, once per pass that pruned them.
+        let pruned_now = state.store.pruned_to();
+        if pruned_now > pruned_checked && pruned_now > cursor {
+            let (store, p, from) = (state.store.clone(), pattern.clone(), cursor);
+            if let Ok(Ok(Some(to))) = tokio::task::spawn_blocking(move || {
+                crate::follow::pruned_since(&store, Some(&p), from)
+            })
+            .await
+            {
+                tracing::warn!(
+                    bridge = cfg.name,
+                    from = cursor.0,
+                    to = to.0,
+                    "mqtt bridge: retention pruned events of its pattern before they were forwarded; they are skipped"
+                );
+                state.metrics.bridge_skipped.get_or_create(&label).inc();
+            }
+            pruned_checked = pruned_now;
+        }
         // Fill the window from the store.
-        while order.len() < limit && cursor < state.store.next_offset() {
+        while order.len() < limit
+            && in_flight_bytes < WINDOW_BYTES
+            && cursor < state.store.next_offset()
+        {
             let (store, p, from, room) = (
                 state.store.clone(),
                 pattern.clone(),
                 cursor,
-                limit - order.len(),
+                (limit - order.len()).min(per_read),
             );
             let page = match tokio::task::spawn_blocking(move || {
                 store.arrivals(from, Some(&p), room, PAGE_SCAN)
@@ -270,6 +300,7 @@ async fn window(
                 Err(e) => return End::Retry(format!("store read: {e}")),
             };
             for (off, ev) in &page.events {
+                // Documents' automerge changes mean nothing to an MQTT broker.
                 let murmur_core::Body::Data { data, .. } = ev.body() else {
                     continue;
                 };
@@ -279,6 +310,12 @@ async fn window(
                 }
                 unassigned.push_back(*off);
                 order.push_back((*off, false));
+                in_flight_bytes += data.len();
+                sizes.insert(*off, data.len());
+            }
+            if !page.events.is_empty() {
+                let bytes: usize = page.events.iter().map(|(_, e)| e.bytes().len()).sum();
+                per_read = (WINDOW_BYTES / 4 / (bytes / page.events.len()).max(1)).max(1);
             }
             cursor = page.next;
         }
@@ -289,7 +326,12 @@ async fn window(
         {
             if let Err(e) = state
                 .consumers
-                .ack(consumer, Ack::Through(off), state.store.next_offset())
+                .ack(
+                    consumer,
+                    Ack::Through(off),
+                    state.store.next_offset(),
+                    Some(lease.stream),
+                )
                 .await
             {
                 tracing::warn!(bridge = cfg.name, error = %e, "mqtt bridge: cannot record its position");
@@ -298,7 +340,7 @@ async fn window(
             since_ack = 0;
             last_ack = tokio::time::Instant::now();
         }
-        let caught_up = cursor >= state.store.next_offset();
+        let room = order.len() < limit && in_flight_bytes < WINDOW_BYTES;
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return End::Stop,
@@ -321,6 +363,7 @@ async fn window(
                         slot.1 = true;
                         while let Some((o, true)) = order.front().copied() {
                             order.pop_front();
+                            in_flight_bytes = in_flight_bytes.saturating_sub(sizes.remove(&o).unwrap_or(0));
                             to_ack = Some(o);
                             since_ack += 1;
                             state.metrics.bridge_forwarded.get_or_create(&label).inc();
@@ -329,7 +372,7 @@ async fn window(
                 }
                 Some(Ok(_)) => {}
             },
-            changed = offsets.changed(), if caught_up && order.len() < limit => {
+            changed = offsets.changed(), if room => {
                 if changed.is_err() {
                     return End::Stop;
                 }

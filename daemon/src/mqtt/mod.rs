@@ -6,23 +6,27 @@
 //! is murmur's:
 //! - PUBLISH: one event on the same topic, from this node's key. QoS 0 is queued and
 //!   not answered; QoS 1's PUBACK goes out once the event is durable (the writer's group
-//!   commit), in the order the publishes came; QoS 2's PUBREC likewise, a resent
-//!   PUBLISH with the same packet id before PUBREL stores nothing twice, and PUBREL is
-//!   answered with PUBCOMP. A PUBLISH the node refuses (an invalid or reserved topic, a
+//!   commit), in the order the publishes came; QoS 2's PUBREC likewise, a PUBLISH sent
+//!   again on the same connection with the same packet id before PUBREL stores nothing
+//!   twice, and PUBREL is answered with PUBCOMP. Publishes read together are one job
+//!   (one WriteBatch, one WAL sync). A PUBLISH the node refuses (an invalid or reserved topic, a
 //!   topic the fleet's policy does not grant, a payload over `api.max_payload_bytes`)
 //!   closes the connection: MQTT 3.1.1 has no negative acknowledgement, and a silent
 //!   drop would look like a delivery.
 //! - SUBSCRIBE: filters are murmur patterns (`+`, `#`, and `$` topics only by name);
-//!   events from this node and from every other device are sent as they are stored,
-//!   from the moment of the subscription, at the granted QoS (at most 1). The store is
-//!   the buffer: a slow subscriber holds one page, never a backlog.
+//!   data events from this node and from every other device are sent as they are
+//!   stored, from the moment of the subscription, at the granted QoS (at most 1);
+//!   document changes are not. The store is the buffer: a slow subscriber holds a page
+//!   (about [`PAGE_BYTES`]) and [`DELIVERY_QUEUE`] packets, never a backlog.
 //! - Sessions are not kept: every connection starts clean (CONNACK says no session),
 //!   and what a subscriber misses while away is not queued for it. For that, use a
 //!   named consumer (`/v1/follow?consumer=`), which is what the bridge does.
 //! - Retained messages are not kept as such: the RETAIN flag is accepted and ignored.
 //!   A topic under a `max_events_per_log = 1` retention rule holds each device's latest
 //!   value, readable with `murmur log` or `/v1/events`.
-//! - MQTT 5 clients are refused with "unacceptable protocol version" (use 3.1.1).
+//! - MQTT 5 and 3.1 clients get CONNACK "unacceptable protocol version" (use 3.1.1).
+//! - One connection per client id: a new CONNECT with an id in use ends the older
+//!   connection (MQTT-3.1.4-2), which then publishes its will.
 
 pub mod bridge;
 
@@ -30,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use murmur_core::{Offset, Pattern, Payload, ReadStore, Topic};
 use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, Publish, SubAck,
@@ -60,6 +64,14 @@ const PAGE_SCAN: usize = 8192;
 /// closed.
 const QUEUE_WAIT: Duration = Duration::from_secs(30);
 
+/// Packets of deliveries waiting for a connection's socket (each up to an event's
+/// size: this bounds what a slow subscriber holds, with one page).
+const DELIVERY_QUEUE: usize = 16;
+/// Aim of a delivery page's size, bytes (at least one event).
+const PAGE_BYTES: usize = 1 << 20;
+/// Most subscriptions of one connection.
+const MAX_SUBSCRIPTIONS: usize = 100;
+
 /// What the listener needs.
 pub struct Listener {
     /// The node.
@@ -70,6 +82,11 @@ pub struct Listener {
     pub slots: Arc<Semaphore>,
     /// Close a connection whose client does not read for this long.
     pub write_stall: Duration,
+    /// The connection of each client id, so that a new one with the same id ends the
+    /// older (MQTT-3.1.4-2): (its number, what ends it).
+    pub clients: std::sync::Mutex<std::collections::HashMap<String, (u64, CancellationToken)>>,
+    /// Numbers connections.
+    pub connections: std::sync::atomic::AtomicU64,
 }
 
 /// Why a connection ended early.
@@ -135,27 +152,104 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Listener>, shutdown: Cancella
     }
 }
 
-fn codec(max: usize) -> rumqttc::mqttbytes::v4::Codec {
+fn codec(max_in: usize, max_out: usize) -> rumqttc::mqttbytes::v4::Codec {
     rumqttc::mqttbytes::v4::Codec {
-        max_incoming_size: max,
-        max_outgoing_size: max,
+        max_incoming_size: max_in,
+        max_outgoing_size: max_out,
     }
 }
 
-/// Writes packets from `rx` to the socket, several at a time.
+/// The largest packet sent: an event of any size peers may hold, with its topic.
+const MAX_OUT: usize = murmur_core::MAX_EVENT_BYTES + 64 * 1024;
+
+/// What the first bytes of a connection say of its protocol.
+enum Version {
+    /// MQTT 3.1.1: served.
+    V311,
+    /// Another version (3.1, 5): answered with CONNACK "unacceptable protocol version".
+    Other(String),
+    /// Not a CONNECT, or not readable: the codec says what is wrong.
+    Unknown,
+}
+
+/// Peeks at the CONNECT's protocol name and level before decoding it: rumqttc's 3.1.1
+/// codec cannot read an MQTT 5 CONNECT (its properties) nor a 3.1 one, and a client
+/// refused without a CONNACK cannot tell why.
+async fn peek_version(stream: &TcpStream) -> Version {
+    let mut buf = [0u8; 32];
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return Version::Unknown,
+        };
+        let b = &buf[..n];
+        if b[0] != 0x10 {
+            return Version::Unknown;
+        }
+        // The remaining length: 1 to 4 bytes, the last without the high bit.
+        let Some(len_end) = b.iter().skip(1).take(4).position(|x| x & 0x80 == 0) else {
+            if n >= 5 {
+                return Version::Unknown;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        let at = 2 + len_end;
+        if let Some(name_len) = b
+            .get(at..at + 2)
+            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+        {
+            if name_len > 8 {
+                return Version::Unknown;
+            }
+            if let (Some(name), Some(level)) =
+                (b.get(at + 2..at + 2 + name_len), b.get(at + 2 + name_len))
+            {
+                return match (name, *level) {
+                    (b"MQTT", 4) => Version::V311,
+                    (b"MQTT", 5) => Version::Other("MQTT 5".into()),
+                    (b"MQIsdp", 3) => Version::Other("MQTT 3.1".into()),
+                    _ => Version::Unknown,
+                };
+            }
+        }
+        if n == buf.len() {
+            return Version::Unknown;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Writes packets to the socket, several at a time: answers (`ctl`) before deliveries.
 async fn write_loop(
     mut wr: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Packet>,
-    max: usize,
+    mut ctl: mpsc::Receiver<Packet>,
+    mut deliveries: mpsc::Receiver<Packet>,
     stall: Duration,
 ) -> Result<(), ConnError> {
     let mut buf = BytesMut::with_capacity(16 << 10);
-    while let Some(p) = rx.recv().await {
-        p.write(&mut buf, max)?;
+    let mut delivering = true;
+    loop {
+        let p = tokio::select! {
+            biased;
+            p = ctl.recv() => match p {
+                Some(p) => p,
+                None => break,
+            },
+            p = deliveries.recv(), if delivering => match p {
+                Some(p) => p,
+                None => {
+                    delivering = false;
+                    continue;
+                }
+            },
+        };
+        p.write(&mut buf, MAX_OUT)?;
         while buf.len() < 64 << 10 {
-            match rx.try_recv() {
+            match ctl.try_recv().or_else(|_| deliveries.try_recv()) {
                 Ok(p) => {
-                    p.write(&mut buf, max)?;
+                    p.write(&mut buf, MAX_OUT)?;
                 }
                 Err(_) => break,
             }
@@ -169,30 +263,96 @@ async fn write_loop(
     Ok(())
 }
 
-/// A publish in flight: its packet id, what it waits for, and how to answer.
+/// Publishes in flight: their packet ids and QoS (the ones to answer), and what they
+/// wait for.
 struct Awaiting {
-    pkid: u16,
-    qos: QoS,
+    answer: Vec<(u16, QoS)>,
     pending: crate::ingest::Pending,
 }
 
-/// Answers QoS 1 and 2 publishes in order, each once its event is durable.
-async fn ack_loop(mut rx: mpsc::Receiver<Awaiting>, out: mpsc::Sender<Packet>) {
+/// Most publishes gathered into one job.
+const GATHER_EVENTS: usize = 256;
+/// Most payload bytes gathered into one job.
+const GATHER_BYTES: usize = 1 << 20;
+
+/// Stores `batch` as one job, and queues the answers its QoS 1 and 2 publishes need.
+async fn publish_all(
+    st: &AppState,
+    batch: Vec<Publish>,
+    unreleased: &mut std::collections::HashSet<u16>,
+    acks: &mpsc::Sender<Awaiting>,
+) -> Result<(), ConnError> {
+    let mut items = Vec::with_capacity(batch.len());
+    let mut answer = Vec::new();
+    let mut resent = Vec::new();
+    for p in batch {
+        let (qos, pkid) = (p.qos, p.pkid);
+        if qos == QoS::ExactlyOnce && !unreleased.insert(pkid) {
+            // Sent again before PUBREL: stored once. Its PUBREC goes out after the
+            // first one's (once that is durable); within this batch that one answers.
+            if !answer.contains(&(pkid, qos)) {
+                resent.push((pkid, qos));
+            }
+            continue;
+        }
+        items.push(item(st, p)?);
+        if qos != QoS::AtMostOnce {
+            answer.push((pkid, qos));
+        }
+    }
+    let ended = |_| ConnError::Protocol("acknowledgements ended".into());
+    if !items.is_empty() {
+        let n = items.len() as u64;
+        let pending = submit(st, items).await?;
+        st.metrics.mqtt_published.inc_by(n);
+        if !answer.is_empty() {
+            acks.send(Awaiting { answer, pending })
+                .await
+                .map_err(ended)?;
+        }
+    }
+    if !resent.is_empty() {
+        let (done, pending) = tokio::sync::oneshot::channel();
+        let _ = done.send(Ok(Vec::new()));
+        acks.send(Awaiting {
+            answer: resent,
+            pending,
+        })
+        .await
+        .map_err(ended)?;
+    }
+    Ok(())
+}
+
+/// Answers QoS 1 and 2 publishes in order, each once its event is durable; a publish
+/// not stored ends the connection (through `ended`).
+async fn ack_loop(
+    mut rx: mpsc::Receiver<Awaiting>,
+    out: mpsc::Sender<Packet>,
+    ended: CancellationToken,
+) {
+    answer(&mut rx, &out).await;
+    ended.cancel();
+}
+
+async fn answer(rx: &mut mpsc::Receiver<Awaiting>, out: &mpsc::Sender<Packet>) {
     while let Some(a) = rx.recv().await {
         match a.pending.await {
             Ok(Ok(_)) => {
-                let p = match a.qos {
-                    QoS::ExactlyOnce => Packet::PubRec(PubRec::new(a.pkid)),
-                    _ => Packet::PubAck(PubAck::new(a.pkid)),
-                };
-                if out.send(p).await.is_err() {
-                    return;
+                for (pkid, qos) in a.answer {
+                    let p = match qos {
+                        QoS::ExactlyOnce => Packet::PubRec(PubRec::new(pkid)),
+                        _ => Packet::PubAck(PubAck::new(pkid)),
+                    };
+                    if out.send(p).await.is_err() {
+                        return;
+                    }
                 }
             }
             // Not stored: no acknowledgement, and the connection ends (the client
             // sends it again on its next connection).
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, pkid = a.pkid, "mqtt: a publish was not stored; closing the connection");
+                tracing::warn!(error = %e, publishes = a.answer.len(), "mqtt: publishes were not stored; closing the connection");
                 return;
             }
             Err(_) => return,
@@ -209,10 +369,19 @@ async fn connection(
     shutdown: CancellationToken,
 ) -> Result<String, ConnError> {
     let st = &ctx.state;
-    let max = st.limits.max_payload + 64 * 1024;
+    let max_in = st.limits.max_payload + 64 * 1024;
     let _ = stream.set_nodelay(true);
+    if let Version::Other(v) = peek_version(&stream).await {
+        // CONNACK, return code 1: unacceptable protocol version.
+        let mut stream = stream;
+        let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+        let _ = stream.shutdown().await;
+        return Err(ConnError::Refused(format!(
+            "{v} is not served; connect with MQTT 3.1.1"
+        )));
+    }
     let (rd, wr) = stream.into_split();
-    let mut frames = FramedRead::new(rd, codec(max));
+    let mut frames = FramedRead::new(rd, codec(max_in, MAX_OUT));
     let connect = match tokio::time::timeout(CONNECT_TIMEOUT, frames.next()).await {
         Err(_) => return Err(ConnError::Protocol("no CONNECT within 10 s".into())),
         Ok(None) => return Err(ConnError::Protocol("closed before CONNECT".into())),
@@ -225,7 +394,8 @@ async fn connection(
         }
     };
     let (out, out_rx) = mpsc::channel::<Packet>(OUT_QUEUE);
-    let writer = tokio::spawn(write_loop(wr, out_rx, max, ctx.write_stall));
+    let (deliveries, deliveries_rx) = mpsc::channel::<Packet>(DELIVERY_QUEUE);
+    let writer = tokio::spawn(write_loop(wr, out_rx, deliveries_rx, ctx.write_stall));
     let refusal = if connect.protocol != Protocol::V4 {
         Some((
             ConnectReturnCode::RefusedProtocolVersion,
@@ -259,6 +429,51 @@ async fn connection(
         return Err(ConnError::Refused(why));
     }
     let client = connect.client_id.clone();
+    // One connection per client id: this one ends an older one (which then publishes
+    // its will, as a connection lost).
+    let number = ctx
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let kicked = CancellationToken::new();
+    if !client.is_empty()
+        && let Ok(mut clients) = ctx.clients.lock()
+        && let Some((_, older)) = clients.insert(client.clone(), (number, kicked.clone()))
+    {
+        older.cancel();
+    }
+    let result = session(
+        st,
+        &connect,
+        &mut frames,
+        out,
+        deliveries,
+        writer,
+        &shutdown,
+        &kicked,
+    )
+    .await;
+    if !client.is_empty()
+        && let Ok(mut clients) = ctx.clients.lock()
+        && clients.get(&client).is_some_and(|(n, _)| *n == number)
+    {
+        clients.remove(&client);
+    }
+    result.map(|()| client)
+}
+
+/// A connection after its CONNECT was accepted.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    st: &Arc<AppState>,
+    connect: &rumqttc::mqttbytes::v4::Connect,
+    frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, rumqttc::mqttbytes::v4::Codec>,
+    out: mpsc::Sender<Packet>,
+    deliveries: mpsc::Sender<Packet>,
+    writer: tokio::task::JoinHandle<Result<(), ConnError>>,
+    shutdown: &CancellationToken,
+    kicked: &CancellationToken,
+) -> Result<(), ConnError> {
+    let client = connect.client_id.as_str();
     // Every session is clean: nothing is kept for a client between connections.
     if out
         .send(Packet::ConnAck(ConnAck::new(
@@ -270,51 +485,63 @@ async fn connection(
     {
         return Err(ConnError::Protocol("closed during CONNACK".into()));
     }
+    // Ends the connection: a publish not stored, or the delivery task stopped.
+    let ended = CancellationToken::new();
     let (acks, acks_rx) = mpsc::channel::<Awaiting>(ACK_QUEUE);
-    let ack_task = tokio::spawn(ack_loop(acks_rx, out.clone()));
+    let ack_task = tokio::spawn(ack_loop(acks_rx, out.clone(), ended.clone()));
     let (subs_tx, subs_rx) = watch::channel::<Subs>(Arc::new(Vec::new()));
     let mut delivery: Option<tokio::task::JoinHandle<()>> = None;
-    let ended = CancellationToken::new();
-    // QoS 2 publishes stored and not yet released, by packet id.
+    // QoS 2 publishes stored and not yet released, by packet id (at most 65,535).
     let mut unreleased = std::collections::HashSet::<u16>::new();
     // The keep-alive: a client silent for 1.5 times it is gone.
     let idle = match connect.keep_alive {
         0 => Duration::from_secs(24 * 3600),
         k => Duration::from_millis(u64::from(k) * 1500),
     };
-    let mut clean_exit = false;
+    // A will is published when the connection is lost, not when the client said
+    // DISCONNECT nor when the node stops.
+    let mut lost = true;
     let result: Result<(), ConnError> = async {
+        let mut held: Option<Packet> = None;
         loop {
-            let packet = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = ended.cancelled() => return Err(ConnError::Protocol("the delivery task ended".into())),
-                p = tokio::time::timeout(idle, frames.next()) => match p {
-                    Err(_) => return Err(ConnError::Protocol("keep-alive expired".into())),
-                    Ok(None) => return Ok(()),
-                    Ok(Some(p)) => p?,
-                },
+            let packet = if let Some(p) = held.take() {
+                p
+            } else {
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        lost = false;
+                        return Ok(());
+                    }
+                    () = kicked.cancelled() => return Err(ConnError::Protocol("a new connection took this client id".into())),
+                    () = ended.cancelled() => return Err(ConnError::Protocol("a publish was not stored, or delivery stopped".into())),
+                    p = tokio::time::timeout(idle, frames.next()) => match p {
+                        Err(_) => return Err(ConnError::Protocol("keep-alive expired".into())),
+                        Ok(None) => return Ok(()),
+                        Ok(Some(p)) => p?,
+                    },
+                }
             };
             match packet {
                 Packet::Publish(p) => {
-                    let (qos, pkid) = (p.qos, p.pkid);
-                    if qos == QoS::ExactlyOnce && unreleased.contains(&pkid) {
-                        // A resend before PUBREL: stored already.
-                        send(&out, Packet::PubRec(PubRec::new(pkid))).await?;
-                        continue;
-                    }
-                    let pending = submit(st, p).await?;
-                    st.metrics.mqtt_published.inc();
-                    match qos {
-                        QoS::AtMostOnce => {}
-                        QoS::AtLeastOnce | QoS::ExactlyOnce => {
-                            if qos == QoS::ExactlyOnce {
-                                unreleased.insert(pkid);
+                    // Publishes already read go in the same job (one WriteBatch, one
+                    // WAL sync for all); anything else read with them waits its turn.
+                    let mut batch = vec![p];
+                    let mut bytes = batch[0].payload.len();
+                    while batch.len() < GATHER_EVENTS && bytes < GATHER_BYTES {
+                        match frames.next().now_or_never() {
+                            Some(Some(Ok(Packet::Publish(p)))) => {
+                                bytes += p.payload.len();
+                                batch.push(p);
                             }
-                            acks.send(Awaiting { pkid, qos, pending })
-                                .await
-                                .map_err(|_| ConnError::Protocol("acknowledgements ended".into()))?;
+                            Some(Some(Ok(other))) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Some(Some(Err(e))) => return Err(e.into()),
+                            Some(None) | None => break,
                         }
                     }
+                    publish_all(st, batch, &mut unreleased, &acks).await?;
                 }
                 Packet::PubRel(r) => {
                     unreleased.remove(&r.pkid);
@@ -324,9 +551,18 @@ async fn connection(
                     let mut now: Vec<(String, Pattern, QoS)> = subs_rx.borrow().to_vec();
                     let mut codes = Vec::with_capacity(s.filters.len());
                     for f in s.filters {
+                        let known = now.iter().any(|(path, _, _)| *path == f.path);
                         match Pattern::new(&f.path) {
+                            Ok(_) if !known && now.len() >= MAX_SUBSCRIPTIONS => {
+                                tracing::info!(client, filter = %f.path, "mqtt: subscription refused: {MAX_SUBSCRIPTIONS} already");
+                                codes.push(SubscribeReasonCode::Failure);
+                            }
                             Ok(p) => {
-                                let q = if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                                let q = if f.qos == QoS::AtMostOnce {
+                                    QoS::AtMostOnce
+                                } else {
+                                    QoS::AtLeastOnce
+                                };
                                 now.retain(|(path, _, _)| *path != f.path);
                                 now.push((f.path, p, q));
                                 codes.push(SubscribeReasonCode::Success(q));
@@ -343,7 +579,7 @@ async fn connection(
                         delivery = Some(tokio::spawn(deliver(
                             st.clone_for_delivery(),
                             subs_rx.clone(),
-                            out.clone(),
+                            deliveries.clone(),
                             st.store.next_offset(),
                             ended.clone(),
                         )));
@@ -359,7 +595,7 @@ async fn connection(
                 }
                 Packet::PingReq => send(&out, Packet::PingResp).await?,
                 Packet::Disconnect => {
-                    clean_exit = true;
+                    lost = false;
                     return Ok(());
                 }
                 // Our own QoS 1 deliveries' acknowledgements: nothing is kept to resend.
@@ -371,8 +607,7 @@ async fn connection(
         }
     }
     .await;
-    // The will, when the client went away without DISCONNECT.
-    if !clean_exit
+    if lost
         && let Some(will) = &connect.last_will
         && let Ok(topic) = Topic::new(&will.topic)
         && !murmur_core::fleet::is_reserved(&topic)
@@ -380,6 +615,7 @@ async fn connection(
             .fleet
             .as_ref()
             .is_none_or(|g| g.may_publish(&topic, false).is_ok())
+        && will.message.len() <= st.limits.max_payload
     {
         let item = PublishItem {
             topic,
@@ -396,12 +632,13 @@ async fn connection(
     if let Some(d) = delivery {
         d.abort();
     }
+    drop(deliveries);
     // Acknowledgements of what was stored still go out before the socket closes.
     drop(acks);
     let _ = ack_task.await;
     drop(out);
     let _ = writer.await;
-    result.map(|()| client)
+    result
 }
 
 async fn send(out: &mpsc::Sender<Packet>, p: Packet) -> Result<(), ConnError> {
@@ -415,8 +652,8 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     ha == hb // blake3::Hash compares in constant time
 }
 
-/// Checks and queues one PUBLISH; waits for room if the ingest queue is full.
-async fn submit(st: &AppState, p: Publish) -> Result<crate::ingest::Pending, ConnError> {
+/// Checks one PUBLISH and makes it an item to store.
+fn item(st: &AppState, p: Publish) -> Result<PublishItem, ConnError> {
     let topic = Topic::new(&p.topic)
         .map_err(|e| ConnError::Refused(format!("invalid topic {:?}: {e}", p.topic)))?;
     if murmur_core::fleet::is_reserved(&topic) {
@@ -435,17 +672,24 @@ async fn submit(st: &AppState, p: Publish) -> Result<crate::ingest::Pending, Con
             st.limits.max_payload
         )));
     }
-    let item = PublishItem {
+    Ok(PublishItem {
         topic,
         payload: Payload::Data {
             content_type: None,
             data: p.payload,
         },
         key: None,
-    };
+    })
+}
+
+/// Queues `items` as one job; waits for room if the ingest queue is full.
+async fn submit(
+    st: &AppState,
+    items: Vec<PublishItem>,
+) -> Result<crate::ingest::Pending, ConnError> {
     let deadline = tokio::time::Instant::now() + QUEUE_WAIT;
     loop {
-        match st.ingest.submit(vec![item.clone()]) {
+        match st.ingest.submit(items.clone()) {
             Ok(pending) => return Ok(pending),
             // Backpressure: the client waits (it stops being read), nothing is dropped.
             Err(IngestError::QueueFull) if tokio::time::Instant::now() < deadline => {
@@ -489,6 +733,7 @@ async fn deliver(
     mut cursor: Offset,
     ended: CancellationToken,
 ) {
+    let mut limit = 1usize;
     let mut pkid: u16 = 0;
     let mut next_pkid = move || {
         pkid = pkid.checked_add(1).unwrap_or(1);
@@ -514,6 +759,12 @@ async fn deliver(
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
                 cursor = read.next;
+                // Pages of about PAGE_BYTES, whatever the event size.
+                if !read.events.is_empty() {
+                    let bytes: usize = read.events.iter().map(|(_, e)| e.bytes().len()).sum();
+                    let per = (bytes / read.events.len()).max(1);
+                    limit = (PAGE_BYTES / per).clamp(1, PAGE_EVENTS);
+                }
                 read.events
             } else {
                 tokio::select! {

@@ -10,8 +10,9 @@ use super::{ApiError, ApiResult, JsonBody, Shared, blocking};
 use crate::api::{AckRequest, ConsumerJson, ConsumersJson};
 use crate::consumers::{Ack, ConsumerError, ConsumerView, Consumers};
 
-/// Arrival index entries read to count one consumer's pending events when listing.
-const LIST_SCAN: usize = 1_000_000;
+/// Arrival index entries read to count pending events when listing: at most this many
+/// in all (shared among the consumers), and at least [`ACK_SCAN`] for each.
+const LIST_SCAN: usize = 4_000_000;
 /// The same when answering an ack.
 const ACK_SCAN: usize = 10_000;
 
@@ -64,7 +65,10 @@ fn name(p: Result<Path<String>, PathRejection>) -> ApiResult<String> {
 pub(super) async fn list(State(st): State<Shared>) -> ApiResult<Json<ConsumersJson>> {
     let views = st.consumers.list().await;
     Ok(Json(ConsumersJson {
-        consumers: json(&st, views, LIST_SCAN).await?,
+        consumers: {
+            let each = (LIST_SCAN / views.len().max(1)).max(ACK_SCAN);
+            json(&st, views, each).await?
+        },
         max: st.consumers_max,
     }))
 }
@@ -91,11 +95,28 @@ pub(super) async fn get_one(
         .ok_or_else(|| ApiError::internal("consumer vanished"))
 }
 
+/// Bridges' consumers are theirs: the API lists them but neither follows, acknowledges
+/// nor deletes them (that would stop or rewind a bridge behind its back).
+pub(super) fn not_a_bridge(name: &str) -> ApiResult<()> {
+    if crate::consumers::is_bridge(name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "bridge_consumer",
+            format!(
+                "consumer {name:?} belongs to an MQTT bridge (its position); remove the bridge from the config to retire it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) async fn delete(
     State(st): State<Shared>,
     p: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
-    st.consumers.delete(&name(p)?).await?;
+    let n = name(p)?;
+    not_a_bridge(&n)?;
+    st.consumers.delete(&n).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -105,9 +126,15 @@ pub(super) async fn ack(
     JsonBody(req): JsonBody<AckRequest>,
 ) -> ApiResult<Json<ConsumerJson>> {
     let n = name(p)?;
+    not_a_bridge(&n)?;
     let view = st
         .consumers
-        .ack(&n, Ack::Through(Offset(req.offset)), st.store.next_offset())
+        .ack(
+            &n,
+            Ack::Through(Offset(req.offset)),
+            st.store.next_offset(),
+            None,
+        )
         .await?;
     // An ack's answer counts less far: a consumer far behind acks often.
     let mut out = json(&st, vec![view], ACK_SCAN).await?;

@@ -814,54 +814,49 @@ async fn follow_stream(
             "ack applies to a named consumer: add consumer=NAME",
         ));
     }
-    let asked_from = q.from.or(last_id.map(|l| l + 1)).map(Offset);
-    let permit = st.followers.clone().try_acquire_owned().map_err(|_| {
-        refuse(
-            &st,
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_followers",
-                "too many follow streams (api.max_followers)",
-            ),
-        )
-    })?;
-    // A named consumer starts where it was last acknowledged (or where `from` moves it).
-    let (from, consumer) = match &q.consumer {
+    let end = st.store.next_offset();
+    let asked_from = match q.from {
+        Some(f) if f > end.0 => {
+            return Err(refuse(
+                &st,
+                ApiError::bad(
+                    "bad_offset",
+                    format!(
+                        "from = {f} is past the newest event here (next offset {})",
+                        end.0
+                    ),
+                ),
+            ));
+        }
+        Some(f) => Some(Offset(f)),
+        // A consumer's position is its acknowledgements, not what an SSE client saw
+        // last (EventSource sends Last-Event-ID by itself when it reconnects).
+        None if q.consumer.is_some() => None,
+        None => last_id
+            .and_then(|l| l.checked_add(1))
+            .map(|l| Offset(l.min(end.0))),
+    };
+    // A named consumer: where it starts and its pattern, checked before anything
+    // changes (a refusal leaves its stream and its cursor alone).
+    let (from, pattern) = match &q.consumer {
         Some(name) => {
-            let lease = st
+            consumers::not_a_bridge(name).map_err(|e| refuse(&st, e))?;
+            let (from, own, exists) = st
                 .consumers
-                .open(name, pattern.as_ref(), asked_from, st.store.next_offset())
+                .preview(name, asked_from, end)
                 .await
                 .map_err(|e| refuse(&st, e.into()))?;
-            let from = lease.from;
-            (
-                from,
-                Some(follow::ConsumerFollow {
-                    registry: st.consumers.clone(),
-                    lease,
-                    auto_ack,
-                    sent_to: None,
-                }),
-            )
+            let pattern = match (pattern, own) {
+                (None, Some(p)) if exists => Some(parse_pattern(&p)?),
+                (p, _) => p,
+            };
+            (from, pattern)
         }
-        None => (asked_from.unwrap_or_else(|| st.store.next_offset()), None),
-    };
-    // A consumer's own pattern when the request named none.
-    let pattern = match (&pattern, &consumer) {
-        (None, Some(c)) => st
-            .consumers
-            .pattern_of(&c.lease.name)
-            .await
-            .map(|p| parse_pattern(&p))
-            .transpose()?,
-        _ => pattern,
+        None => (asked_from.unwrap_or(end), pattern),
     };
     if !q.skip_pruned {
         let (store, p) = (st.store.clone(), pattern.clone());
         if let Some(to) = blocking(move || follow::pruned_since(&store, p.as_ref(), from)).await? {
-            if let Some(c) = &consumer {
-                c.registry.close(&c.lease).await;
-            }
             return Err(refuse(
                 &st,
                 ApiError::new(
@@ -875,6 +870,38 @@ async fn follow_stream(
             ));
         }
     }
+    let permit = st.followers.clone().try_acquire_owned().map_err(|_| {
+        refuse(
+            &st,
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_followers",
+                "too many follow streams (api.max_followers)",
+            ),
+        )
+    })?;
+    // Nothing fails after the consumer is opened (its lease is released with the
+    // stream).
+    let (from, consumer) = match &q.consumer {
+        Some(name) => {
+            let lease = st
+                .consumers
+                .open(name, pattern.as_ref(), asked_from, end)
+                .await
+                .map_err(|e| refuse(&st, e.into()))?;
+            let from = lease.from;
+            (
+                from,
+                Some(follow::ConsumerFollow {
+                    registry: st.consumers.clone(),
+                    lease,
+                    auto_ack,
+                    sent_to: None,
+                }),
+            )
+        }
+        None => (from, None),
+    };
     let body = follow::stream(follow::Follow {
         store: st.store.clone(),
         pattern,
