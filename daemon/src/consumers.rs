@@ -145,8 +145,17 @@ fn write(
 ) -> Result<(), ConsumerError> {
     // A short blocking write (no fsync unless asked) under the registry's lock: the
     // lock's holders are API requests and streams of this node only.
-    tokio::task::block_in_place(|| store.put_consumer(name, record, sync))
+    blocking_here(|| store.put_consumer(name, record, sync))
         .map_err(|e| ConsumerError::Store(e.to_string()))
+}
+
+/// Runs a short blocking call on this worker thread, telling a multi-threaded runtime
+/// so (its other tasks move to other threads meanwhile).
+fn blocking_here<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 impl Consumers {
@@ -363,7 +372,7 @@ impl Consumers {
             if !inner.entries.contains_key(&name) {
                 return Err(ConsumerError::NotFound(name));
             }
-            tokio::task::block_in_place(|| store.delete_consumer(&name))
+            blocking_here(|| store.delete_consumer(&name))
                 .map_err(|e| ConsumerError::Store(e.to_string()))?;
             if let Some(e) = inner.entries.remove(&name)
                 && let Some((_, s)) = e.stream
@@ -438,7 +447,7 @@ mod tests {
         (dir, store, c)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test]
     async fn a_consumer_is_created_resumed_acked_and_bounded() {
         let (_d, store, c) = registry(2);
         let p = Pattern::new("a/#").unwrap();
