@@ -278,6 +278,16 @@ static ALLOC: murmur_daemon::alloc::Jemalloc = murmur_daemon::alloc::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A client command whose output is cut (`murmur status | head -1`) ends quietly,
+    // as Unix tools do; the daemon keeps Rust's default (SIGPIPE ignored: a write to a
+    // closed socket is an error to handle, not a death). Not `repair` either: cutting
+    // its report short must not stop it half-way.
+    if !matches!(cli.command, Command::Daemon(_) | Command::Repair { .. }) {
+        // SAFETY: resetting a signal's disposition at start, before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -860,6 +870,7 @@ async fn consumers(g: &Global, action: ConsumersAction) -> anyhow::Result<ExitCo
             output::consumers(&list, g.json)?;
         }
         ConsumersAction::Rm { name } => {
+            murmur_daemon::consumers::check_name(&name)?;
             c.call(
                 Method::DELETE,
                 &format!("/v1/consumers/{}", encode_query(&name)),

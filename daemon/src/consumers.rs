@@ -89,10 +89,13 @@ pub struct Consumers {
 struct Inner {
     entries: HashMap<String, Entry>,
     streams: u64,
+    /// Consumers a configured bridge owns.
+    owned: std::collections::HashSet<String>,
 }
 
-/// The prefix of the consumers bridges own (`bridge.NAME`): the API neither follows,
-/// acknowledges nor deletes them, and they do not count toward `api.max_consumers`.
+/// The prefix of the consumers bridges own (`bridge.NAME`): the API neither follows
+/// nor acknowledges them, deletes them only once their bridge is gone from the config,
+/// and they do not count toward `api.max_consumers`.
 pub const BRIDGE_PREFIX: &str = "bridge.";
 
 /// Whether `name` is a bridge's consumer.
@@ -188,6 +191,7 @@ impl Consumers {
             inner: Arc::new(tokio::sync::Mutex::new(Inner {
                 entries,
                 streams: 0,
+                owned: std::collections::HashSet::new(),
             })),
         })
     }
@@ -399,6 +403,16 @@ impl Consumers {
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// Marks `name` as a configured bridge's: the API may not delete it.
+    pub async fn own(&self, name: &str) {
+        self.inner.lock().await.owned.insert(name.to_owned());
+    }
+
+    /// Whether a configured bridge owns `name`.
+    pub async fn is_owned(&self, name: &str) -> bool {
+        self.inner.lock().await.owned.contains(name)
     }
 
     /// Whether consumer `name` exists.

@@ -62,6 +62,10 @@ async fn start_mqtt(
         tokio::spawn(crate::mqtt::serve(listener, ctx, shutdown.clone()));
     }
     for b in &m.bridge {
+        state
+            .consumers
+            .own(&format!("{}{}", crate::consumers::BRIDGE_PREFIX, b.name))
+            .await;
         let password = match &b.password_file {
             Some(f) => Some(crate::mqtt::read_password(f)?),
             None => None,
@@ -848,6 +852,8 @@ pub async fn run(
         let state = state.clone();
         tokio::spawn(async move { server::publish_own_cert(&state).await });
     }
+    // MQTT before "ready": a missing password file or a port in use stops the start.
+    start_mqtt(&state, &config, &shutdown).await?;
     // Heartbeats on `$fleet/health`, and the fleet view's gauges.
     tokio::spawn(server::health::run(
         state.clone(),
@@ -863,7 +869,6 @@ pub async fn run(
     );
 
     let commits = state.metrics.commits.clone();
-    start_mqtt(&state, &config, &shutdown).await?;
     let app = server::router(state);
     // One set of connection slots for the control socket and the TCP address.
     let api_conns = Arc::new(Semaphore::new(api_slots.max(1)));

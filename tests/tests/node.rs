@@ -296,6 +296,24 @@ fn cli_round_trip() {
     assert_eq!(sj["node"]["events"], 5);
     let comp = n.cli(&["completions", "bash"]);
     assert!(stdout(&comp).contains("murmur"));
+
+    // Output cut short (`| head -1`) ends the command quietly, as Unix tools do.
+    let batch: Vec<Value> = (0..3000)
+        .map(|i| serde_json::json!({"topic": "fleet/many", "data": format!("{i}")}))
+        .collect();
+    let r = n.post("/v1/events/batch", &serde_json::json!({ "events": batch }));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let cut = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "'{}' --data-dir '{}' sub 'fleet/#' --from-start -n 3000 | head -1",
+            binary().display(),
+            n.dir.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(cut.status.success(), "{}", stderr(&cut));
+    assert!(stderr(&cut).is_empty(), "{}", stderr(&cut));
 }
 
 #[test]

@@ -122,6 +122,8 @@ pub fn read_password(path: &std::path::Path) -> anyhow::Result<String> {
 
 /// Accepts MQTT connections until `shutdown`.
 pub async fn serve(listener: TcpListener, ctx: Arc<Listener>, shutdown: CancellationToken) {
+    let mut refused = 0u64;
+    let mut last_said = tokio::time::Instant::now() - Duration::from_secs(1);
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -136,7 +138,13 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Listener>, shutdown: Cancella
             },
         };
         let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "mqtt: too many connections (mqtt.max_connections); closing this one");
+            // Said once a second at most, with how many were closed.
+            refused += 1;
+            if last_said.elapsed() >= Duration::from_secs(1) {
+                tracing::warn!(%peer, refused, "mqtt: too many connections (mqtt.max_connections); closing new ones");
+                refused = 0;
+                last_said = tokio::time::Instant::now();
+            }
             continue;
         };
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
@@ -175,10 +183,14 @@ enum Version {
 /// Peeks at the CONNECT's protocol name and level before decoding it: rumqttc's 3.1.1
 /// codec cannot read an MQTT 5 CONNECT (its properties) nor a 3.1 one, and a client
 /// refused without a CONNACK cannot tell why.
-async fn peek_version(stream: &TcpStream) -> Version {
+async fn peek_version(stream: &TcpStream, deadline: tokio::time::Instant) -> Version {
     let mut buf = [0u8; 32];
-    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     loop {
+        // Bytes already there make peek return at once, closed peer or not: the
+        // deadline is checked here too (a partial CONNECT must not hold a slot).
+        if tokio::time::Instant::now() >= deadline {
+            return Version::Unknown;
+        }
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => n,
             _ => return Version::Unknown,
@@ -371,7 +383,9 @@ async fn connection(
     let st = &ctx.state;
     let max_in = st.limits.max_payload + 64 * 1024;
     let _ = stream.set_nodelay(true);
-    if let Version::Other(v) = peek_version(&stream).await {
+    // One deadline for the whole CONNECT, however it arrives.
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    if let Version::Other(v) = peek_version(&stream, deadline).await {
         // CONNACK, return code 1: unacceptable protocol version.
         let mut stream = stream;
         let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
@@ -382,7 +396,7 @@ async fn connection(
     }
     let (rd, wr) = stream.into_split();
     let mut frames = FramedRead::new(rd, codec(max_in, MAX_OUT));
-    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, frames.next()).await {
+    let connect = match tokio::time::timeout_at(deadline, frames.next()).await {
         Err(_) => return Err(ConnError::Protocol("no CONNECT within 10 s".into())),
         Ok(None) => return Err(ConnError::Protocol("closed before CONNECT".into())),
         Ok(Some(Err(e))) => return Err(e.into()),

@@ -95,15 +95,32 @@ pub(super) async fn get_one(
         .ok_or_else(|| ApiError::internal("consumer vanished"))
 }
 
-/// Bridges' consumers are theirs: the API lists them but neither follows, acknowledges
-/// nor deletes them (that would stop or rewind a bridge behind its back).
+/// Bridges' consumers are theirs: the API lists them but neither follows nor
+/// acknowledges them (that would stop or move a bridge behind its back).
 pub(super) fn not_a_bridge(name: &str) -> ApiResult<()> {
     if crate::consumers::is_bridge(name) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "bridge_consumer",
             format!(
-                "consumer {name:?} belongs to an MQTT bridge (its position); remove the bridge from the config to retire it"
+                "consumer {name:?} is an MQTT bridge's position (names starting with {:?} are the bridges')",
+                crate::consumers::BRIDGE_PREFIX
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A bridge's consumer is deleted only once the bridge is gone from the config (and
+/// the daemon restarted): deleting it under a running bridge would make it forward the
+/// whole store again.
+async fn not_owned(st: &Shared, name: &str) -> ApiResult<()> {
+    if st.consumers.is_owned(name).await {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "bridge_consumer",
+            format!(
+                "consumer {name:?} is the position of a configured MQTT bridge: remove the bridge from the config and restart the daemon, then delete it"
             ),
         ));
     }
@@ -115,7 +132,7 @@ pub(super) async fn delete(
     p: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     let n = name(p)?;
-    not_a_bridge(&n)?;
+    not_owned(&st, &n).await?;
     st.consumers.delete(&n).await?;
     Ok(StatusCode::NO_CONTENT)
 }
