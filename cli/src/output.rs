@@ -68,6 +68,29 @@ pub fn status(s: &Status, repl: Option<&ReplicationJson>, json: bool) -> anyhow:
         s.ingest.queued, s.ingest.capacity
     );
     println!("followers   {}", s.followers);
+    if let Some(m) = &s.mqtt {
+        if let Some(l) = &m.listen {
+            println!(
+                "mqtt        listening on {l}, {} connections",
+                m.connections
+            );
+        }
+        for b in &m.bridges {
+            println!(
+                "bridge      {} → {} ({}): {}, {} forwarded, {} pending",
+                b.name,
+                b.broker,
+                b.pattern,
+                if b.connected {
+                    "connected"
+                } else {
+                    "NOT CONNECTED"
+                },
+                b.forwarded,
+                b.pending
+            );
+        }
+    }
     match &s.peer_id {
         Some(p) => println!(
             "peer id     {p}\npeers       {} connected, {} sync sessions",

@@ -268,6 +268,39 @@ pub struct Status {
     /// `GET /v1/fleet`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<String>,
+    /// The MQTT listener and bridges, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttStatus>,
+}
+
+/// The MQTT listener and bridges in `GET /v1/status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MqttStatus {
+    /// The listener's address, if it listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Open MQTT connections.
+    pub connections: u64,
+    /// The bridges.
+    #[serde(default)]
+    pub bridges: Vec<BridgeStatus>,
+}
+
+/// One bridge in `GET /v1/status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BridgeStatus {
+    /// Its name.
+    pub name: String,
+    /// Its broker, `host:port`.
+    pub broker: String,
+    /// The pattern it forwards.
+    pub pattern: String,
+    /// Connected to the broker now.
+    pub connected: bool,
+    /// Events the broker acknowledged since the daemon started.
+    pub forwarded: u64,
+    /// Events of its pattern not yet acknowledged by the broker (counted up to 100,000).
+    pub pending: u64,
 }
 
 /// `GET /v1/fleet`: the fleet's membership and policy as this node knows it.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::netns::{Lab, root_or_skip};
-use common::{Node, wait_for};
+use common::{Node, stdout as stdout_of, wait_for};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -235,6 +235,13 @@ fn mosquitto_pub_stores_events_and_mosquitto_sub_follows_them() {
     assert!(!ok, "MQTT 5 is refused: {out}");
     assert_eq!(n.events(), before);
     assert!(n.metric("murmur_mqtt_published_total") >= 4);
+    let st = n.get("/v1/status");
+    assert_eq!(
+        st["mqtt"]["listen"],
+        format!("127.0.0.1:{port}").as_str(),
+        "{st}"
+    );
+    assert_eq!(st["mqtt"]["connections"], 1, "the subscriber: {st}");
 }
 
 /// With a login configured, a client without it is refused.
@@ -636,6 +643,18 @@ fn a_bridge_resumes_after_its_daemon_is_killed() {
     assert!(
         again <= 60,
         "{again} sent again: more than the window and an ack interval"
+    );
+    // `murmur status` says how the bridge is doing.
+    wait_for("the bridge's status to show nothing pending", 10, || {
+        let b = &n.get("/v1/status")["mqtt"]["bridges"][0];
+        b["connected"] == true && b["pending"] == 0 && b["forwarded"].as_u64() > Some(0)
+    });
+    let text = stdout_of(&n.cli(&["status"]));
+    assert!(
+        text.contains(&format!(
+            "bridge      up → 127.0.0.1:{port} (up/#): connected"
+        )),
+        "{text}"
     );
     // A configured bridge's position cannot be deleted; once the bridge is gone from
     // the config, it can.

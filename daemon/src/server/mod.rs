@@ -104,6 +104,8 @@ pub struct AppState {
     pub consumers: Arc<crate::consumers::Consumers>,
     /// The most named consumers (`api.max_consumers`).
     pub consumers_max: usize,
+    /// The MQTT listener's address and bridges (name, broker, pattern), for status.
+    pub mqtt: (Option<std::net::SocketAddr>, Vec<(String, String, String)>),
 }
 
 type Shared = Arc<AppState>;
@@ -690,6 +692,7 @@ async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
     }
     let (queued, capacity) = st.ingest.queue();
     let docs = st.docs.stats().await.ok();
+    let mqtt = mqtt_status(&st).await?;
     Ok(Json(Status {
         version: env!("CARGO_PKG_VERSION").into(),
         author: st.author.to_string(),
@@ -725,6 +728,48 @@ async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
                 ),
             },
         }),
+        mqtt,
+    }))
+}
+
+/// The MQTT part of the status, when the listener or a bridge is configured.
+async fn mqtt_status(st: &Shared) -> ApiResult<Option<crate::api::MqttStatus>> {
+    let (listen, bridges) = &st.mqtt;
+    if listen.is_none() && bridges.is_empty() {
+        return Ok(None);
+    }
+    let views = st.consumers.list().await;
+    let mut out = Vec::with_capacity(bridges.len());
+    for (name, broker, pattern) in bridges {
+        let label = metrics::BridgeLabel {
+            bridge: name.clone(),
+        };
+        let consumer = format!("{}{name}", crate::consumers::BRIDGE_PREFIX);
+        let record = views
+            .iter()
+            .find(|v| v.name == consumer)
+            .map(|v| v.record.clone());
+        let store = st.store.clone();
+        let pending = match record {
+            Some(r) => {
+                blocking(move || Ok(crate::consumers::Consumers::pending(&store, &r, 100_000).0))
+                    .await?
+            }
+            None => 0,
+        };
+        out.push(crate::api::BridgeStatus {
+            name: name.clone(),
+            broker: broker.clone(),
+            pattern: pattern.clone(),
+            connected: st.metrics.bridge_connected.get_or_create(&label).get() == 1,
+            forwarded: st.metrics.bridge_forwarded.get_or_create(&label).get(),
+            pending,
+        });
+    }
+    Ok(Some(crate::api::MqttStatus {
+        listen: listen.map(|a| a.to_string()),
+        connections: u64::try_from(st.metrics.mqtt_connections.get()).unwrap_or(0),
+        bridges: out,
     }))
 }
 
