@@ -262,14 +262,7 @@ impl Client {
         if let Some(f) = from {
             path.push_str(&format!("&from={f}"));
         }
-        let lines = self.lines(&path).await?;
-        Ok(lines
-            .map(|line| {
-                line.and_then(|l| {
-                    serde_json::from_slice(&l).map_err(|e| ClientError::Decode(e.to_string()))
-                })
-            })
-            .boxed())
+        self.events(&path).await
     }
 
     /// Follows `pattern` as the named consumer `name`: from the first event it has not
@@ -298,7 +291,15 @@ impl Client {
         if auto_ack {
             path.push_str("&ack=auto");
         }
-        let lines = self.lines(&path).await?;
+        self.events(&path).await
+    }
+
+    /// The events of the NDJSON follow stream at `path`.
+    async fn events(
+        &mut self,
+        path: &str,
+    ) -> Result<BoxStream<'static, Result<EventJson, ClientError>>, ClientError> {
+        let lines = self.lines(path).await?;
         Ok(lines
             .map(|line| {
                 line.and_then(|l| {

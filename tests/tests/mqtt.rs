@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 use common::netns::{Lab, root_or_skip};
 use common::{Node, stdout as stdout_of, wait_for};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+use common::free_port;
+
+/// `mosquitto_pub -h 127.0.0.1 -p PORT ARGS…` to a listener on loopback.
+fn pub_to(port: u16, args: &[&str]) -> (bool, String) {
+    let p = port.to_string();
+    let mut all = vec!["-h", "127.0.0.1", "-p", &p];
+    all.extend_from_slice(args);
+    mosquitto(None, "mosquitto_pub", &all)
 }
 
 /// A node with the MQTT listener on a free loopback port (and `extra` config).
@@ -135,39 +137,12 @@ fn mosquitto_pub_stores_events_and_mosquitto_sub_follows_them() {
     );
     connections(&n, 1);
     for (qos, v) in [("0", "20.5"), ("1", "21.5"), ("2", "22.5")] {
-        let (ok, out) = mosquitto(
-            None,
-            "mosquitto_pub",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &p,
-                "-q",
-                qos,
-                "-t",
-                "sensors/kitchen/temp",
-                "-m",
-                v,
-            ],
-        );
+        let (ok, out) = pub_to(port, &["-q", qos, "-t", "sensors/kitchen/temp", "-m", v]);
         assert!(ok, "QoS {qos}: {out}");
     }
-    let (ok, out) = mosquitto(
-        None,
-        "mosquitto_pub",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p,
-            "-q",
-            "1",
-            "-t",
-            "sensors/kitchen/humidity",
-            "-m",
-            "40",
-        ],
+    let (ok, out) = pub_to(
+        port,
+        &["-q", "1", "-t", "sensors/kitchen/humidity", "-m", "40"],
     );
     assert!(ok, "{out}");
     n.post(
@@ -197,41 +172,9 @@ fn mosquitto_pub_stores_events_and_mosquitto_sub_follows_them() {
 
     // Refused: a reserved topic, a wildcard in a topic name, MQTT 5. Nothing stored.
     let before = n.events();
-    let (ok, _) = mosquitto(
-        None,
-        "mosquitto_pub",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p,
-            "-q",
-            "1",
-            "-t",
-            "$fleet/health",
-            "-m",
-            "x",
-        ],
-    );
+    let (ok, _) = pub_to(port, &["-q", "1", "-t", "$fleet/health", "-m", "x"]);
     assert!(!ok, "a reserved topic is refused");
-    let (ok, out) = mosquitto(
-        None,
-        "mosquitto_pub",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p,
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-            "-t",
-            "a/b",
-            "-m",
-            "x",
-        ],
-    );
+    let (ok, out) = pub_to(port, &["-V", "mqttv5", "-q", "1", "-t", "a/b", "-m", "x"]);
     assert!(!ok, "MQTT 5 is refused: {out}");
     assert_eq!(n.events(), before);
     assert!(n.metric("murmur_mqtt_published_total") >= 4);
@@ -253,63 +196,19 @@ fn a_login_is_required_when_configured() {
         "username = \"sensors\"\npassword_file = \"{}\"\n",
         pw.path().display()
     ));
-    let p = port.to_string();
-    let (ok, out) = mosquitto(
-        None,
-        "mosquitto_pub",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p,
-            "-q",
-            "1",
-            "-t",
-            "a/b",
-            "-m",
-            "x",
-        ],
-    );
+    let (ok, out) = pub_to(port, &["-q", "1", "-t", "a/b", "-m", "x"]);
     assert!(!ok, "no login: {out}");
-    let (ok, out) = mosquitto(
-        None,
-        "mosquitto_pub",
+    let (ok, out) = pub_to(
+        port,
         &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p,
-            "-u",
-            "sensors",
-            "-P",
-            "wrong",
-            "-q",
-            "1",
-            "-t",
-            "a/b",
-            "-m",
-            "x",
+            "-u", "sensors", "-P", "wrong", "-q", "1", "-t", "a/b", "-m", "x",
         ],
     );
     assert!(!ok, "{out}");
-    let (ok, out) = mosquitto(
-        None,
-        "mosquitto_pub",
+    let (ok, out) = pub_to(
+        port,
         &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p,
-            "-u",
-            "sensors",
-            "-P",
-            "s3cret",
-            "-q",
-            "1",
-            "-t",
-            "a/b",
-            "-m",
-            "x",
+            "-u", "sensors", "-P", "s3cret", "-q", "1", "-t", "a/b", "-m", "x",
         ],
     );
     assert!(ok, "{out}");
@@ -704,22 +603,7 @@ fn other_protocol_versions_are_told_so_and_a_client_id_has_one_connection() {
     assert_eq!(ack, [0x20, 0x02, 0x00, 0x01], "MQTT 5");
     let (_, ack) = connack(port, &connect_packet("MQIsdp", 3, "three", false));
     assert_eq!(ack, [0x20, 0x02, 0x00, 0x01], "MQTT 3.1");
-    let (_, ack) = mosquitto(
-        None,
-        "mosquitto_pub",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-V",
-            "mqttv31",
-            "-t",
-            "a",
-            "-m",
-            "x",
-        ],
-    );
+    let (_, ack) = pub_to(port, &["-V", "mqttv31", "-t", "a", "-m", "x"]);
     assert!(ack.contains("unacceptable protocol version"), "{ack}");
 
     let (mut first, ack) = connack(port, &connect_packet("MQTT", 4, "same-id", false));
@@ -755,21 +639,6 @@ fn a_partial_connect_gives_its_slot_back() {
         n.metric("murmur_mqtt_connections") == 0
     });
     eprintln!("slots back after {:.1} s", t.elapsed().as_secs_f64());
-    let (ok, out) = mosquitto(
-        None,
-        "mosquitto_pub",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            "a/b",
-            "-m",
-            "x",
-        ],
-    );
+    let (ok, out) = pub_to(port, &["-q", "1", "-t", "a/b", "-m", "x"]);
     assert!(ok, "{out}");
 }

@@ -94,15 +94,6 @@ fn the_daemon_tells_the_service_manager_it_is_ready_alive_and_stopping() {
     assert!(log().contains("service watchdog on"), "{}", log());
 }
 
-/// A loopback TCP port free right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A plain HTTP GET over TCP with an optional bearer token: (status, headers, body).
 fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String, String) {
     http(port, "GET", path, token, "")
@@ -139,7 +130,7 @@ fn http(
 
 #[test]
 fn the_api_over_tcp_needs_the_token_and_serves_the_dashboard_without_data() {
-    let port = free_port();
+    let port = common::free_port();
     let n = Node::start(&format!(
         "[api]\nhttp_listen = \"127.0.0.1:{port}\"\n[fleet]\nopen = true\nheartbeat_interval = \"1s\"\n"
     ));
