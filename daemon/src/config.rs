@@ -86,8 +86,17 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
     /// Listen for MQTT clients here, e.g. `"127.0.0.1:1883"` (off by default). Beyond
-    /// loopback a username and password are required.
+    /// loopback a username and password are required, and TLS (unless
+    /// `allow_plaintext`).
     pub listen: Option<std::net::SocketAddr>,
+    /// The listener's certificate chain (PEM): with `tls_key`, the listener speaks
+    /// MQTT over TLS (clients connect as to port 8883).
+    pub tls_cert: Option<PathBuf>,
+    /// The listener's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Listen beyond loopback without TLS (a network you trust): the password then
+    /// crosses it in the clear.
+    pub allow_plaintext: bool,
     /// The username clients must give (with `password_file`).
     pub username: Option<String>,
     /// A file holding the password clients must give (its first line).
@@ -102,6 +111,9 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             listen: None,
+            tls_cert: None,
+            tls_key: None,
+            allow_plaintext: false,
             username: None,
             password_file: None,
             max_connections: 64,
@@ -116,13 +128,22 @@ impl MqttConfig {
         if self.username.is_some() != self.password_file.is_some() {
             return bad("mqtt.username and mqtt.password_file go together".into());
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("mqtt.tls_cert and mqtt.tls_key go together".into());
+        }
         if let Some(addr) = self.listen
             && !addr.ip().is_loopback()
-            && self.username.is_none()
         {
-            return bad(format!(
-                "mqtt.listen = {addr} is beyond loopback: set mqtt.username and mqtt.password_file (any device on the network could publish otherwise), or listen on 127.0.0.1"
-            ));
+            if self.username.is_none() {
+                return bad(format!(
+                    "mqtt.listen = {addr} is beyond loopback: set mqtt.username and mqtt.password_file (any device on the network could publish otherwise), or listen on 127.0.0.1"
+                ));
+            }
+            if self.tls_cert.is_none() && !self.allow_plaintext {
+                return bad(format!(
+                    "mqtt.listen = {addr} is beyond loopback: set mqtt.tls_cert and mqtt.tls_key (the password would cross the network in the clear), or mqtt.allow_plaintext = true on a network you trust"
+                ));
+            }
         }
         if self.max_connections == 0 {
             return bad("mqtt.max_connections must be at least 1".into());
@@ -166,6 +187,12 @@ impl MqttConfig {
                     b.name
                 ));
             }
+            if b.ca_file.is_some() && !b.tls {
+                return bad(format!(
+                    "mqtt.bridge {:?}: ca_file is for tls = true",
+                    b.name
+                ));
+            }
             if b.inflight == 0 || b.keep_alive < Duration::from_secs(5) {
                 return bad(format!(
                     "mqtt.bridge {:?}: inflight must be at least 1 and keep_alive at least 5s",
@@ -202,6 +229,12 @@ pub struct BridgeConfig {
     /// MQTT keep-alive with the broker.
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
+    /// Connect to the broker over TLS (its certificate checked against `ca_file`, or
+    /// the system's roots).
+    pub tls: bool,
+    /// The CA certificates (PEM) that sign the broker's certificate [default: the
+    /// system's roots].
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for BridgeConfig {
@@ -216,6 +249,8 @@ impl Default for BridgeConfig {
             password_file: None,
             inflight: 100,
             keep_alive: Duration::from_secs(30),
+            tls: false,
+            ca_file: None,
         }
     }
 }
@@ -1108,18 +1143,23 @@ forget_after = "7days"
 # listen = "127.0.0.1:1883"
 # username = "sensors"
 # password_file = "/etc/murmur/mqtt.password"
+# MQTT over TLS (required beyond loopback, unless allow_plaintext = true):
+# tls_cert = "/etc/murmur/mqtt.crt"
+# tls_key = "/etc/murmur/mqtt.key"
 max_connections = 64
 # Bridges forward a pattern's events to an upstream broker, at least once, resuming
 # after restarts and outages (through the named consumer bridge.NAME).
 # [[mqtt.bridge]]
 # name = "cloud"
-# broker = "mqtt.example.net:1883"
+# broker = "mqtt.example.net:8883"
 # pattern = "sensors/#"
 # remote_prefix = "site-7/"
 # username = "site-7"
 # password_file = "/etc/murmur/cloud.password"
 # inflight = 100
 # keep_alive = "30s"
+# tls = true
+# ca_file = "/etc/murmur/cloud-ca.pem"
 
 [log]
 # "text" or "json".

@@ -50,7 +50,7 @@ async fn start_mqtt(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on mqtt.listen = {addr}"))?;
-        tracing::info!(%addr, login = login.is_some(), "MQTT listener (3.1.1)");
+        tracing::info!(%addr, login = login.is_some(), tls = m.tls_cert.is_some(), "MQTT listener (3.1.1)");
         let ctx = Arc::new(crate::mqtt::Listener {
             state: state.clone(),
             login,
@@ -58,6 +58,10 @@ async fn start_mqtt(
             write_stall: config.api.write_stall,
             clients: std::sync::Mutex::new(std::collections::HashMap::new()),
             connections: std::sync::atomic::AtomicU64::new(0),
+            tls: match (&m.tls_cert, &m.tls_key) {
+                (Some(c), Some(k)) => Some(crate::mqtt::tls_acceptor(c, k)?),
+                _ => None,
+            },
         });
         tokio::spawn(crate::mqtt::serve(listener, ctx, shutdown.clone()));
     }
@@ -70,10 +74,16 @@ async fn start_mqtt(
             Some(f) => Some(crate::mqtt::read_password(f)?),
             None => None,
         };
+        let tls = if b.tls {
+            Some(crate::mqtt::bridge::tls_config(b.ca_file.as_deref())?)
+        } else {
+            None
+        };
         tokio::spawn(crate::mqtt::bridge::run(
             state.clone(),
             b.clone(),
             password,
+            tls,
             shutdown.clone(),
         ));
     }

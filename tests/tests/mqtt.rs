@@ -227,12 +227,17 @@ struct Broker {
 
 impl Broker {
     fn start(ns: Option<&str>, port: u16) -> Broker {
+        Self::start_with(ns, port, "")
+    }
+
+    /// With `extra` lines in its config (another listener, say).
+    fn start_with(ns: Option<&str>, port: u16, extra: &str) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let bind = if ns.is_some() { "0.0.0.0" } else { "127.0.0.1" };
         std::fs::write(
             dir.path().join("mosquitto.conf"),
             format!(
-                "user root\nlistener {port} {bind}\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\nlog_dest file {}/broker.log\n",
+                "user root\nper_listener_settings false\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\nlog_dest file {}/broker.log\nlistener {port} {bind}\n{extra}",
                 dir.path().display(),
                 dir.path().display()
             ),
@@ -621,15 +626,19 @@ fn other_protocol_versions_are_told_so_and_a_client_id_has_one_connection() {
     });
 }
 
-/// A client that sends part of a CONNECT and hangs up (or never finishes) gives its
-/// slot back within the CONNECT deadline (10 s): a few bytes cannot lock the listener.
+/// A client that sends part of a CONNECT and never finishes gives its slot back at the
+/// CONNECT deadline (10 s), one that hangs up at once: a few bytes cannot lock the
+/// listener.
 #[test]
 fn a_partial_connect_gives_its_slot_back() {
     let (n, port) = mqtt_node("max_connections = 2\n");
+    // Held open, never finishing their CONNECT.
+    let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.write_all(&connect_packet("MQTT", 4, "partial", false)[..5])
             .unwrap();
+        held.push(s);
     }
     wait_for("both partial connections to be counted", 5, || {
         n.metric("murmur_mqtt_connections") == 2
@@ -639,6 +648,157 @@ fn a_partial_connect_gives_its_slot_back() {
         n.metric("murmur_mqtt_connections") == 0
     });
     eprintln!("slots back after {:.1} s", t.elapsed().as_secs_f64());
+    // One that hangs up half-way gives its slot back at once.
+    {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(&connect_packet("MQTT", 4, "partial", false)[..5])
+            .unwrap();
+    }
+    wait_for("the hung-up connection's slot", 2, || {
+        n.metric("murmur_mqtt_connections") == 0
+    });
     let (ok, out) = pub_to(port, &["-q", "1", "-t", "a/b", "-m", "x"]);
     assert!(ok, "{out}");
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made with openssl: (dir, ca.pem,
+/// cert.pem, key.pem).
+fn certificates() -> (tempfile::TempDir, String, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let run = |args: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("cd {d} && openssl {args}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.path().join("ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(
+        "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=murmur-test-ca",
+    );
+    run(
+        "req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout key.pem -out req.csr -subj /CN=localhost",
+    );
+    run(
+        "x509 -req -in req.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cert.pem -days 2 -extfile ext",
+    );
+    (
+        dir,
+        format!("{d}/ca.pem"),
+        format!("{d}/cert.pem"),
+        format!("{d}/key.pem"),
+    )
+}
+
+/// MQTT over TLS both ways: the listener with a certificate takes `mosquitto_pub
+/// --cafile` and refuses plain MQTT; a bridge with `tls = true` forwards to a
+/// Mosquitto broker's TLS listener, checking its certificate against `ca_file`. Beyond
+/// loopback, a listener without TLS is refused unless `allow_plaintext`.
+#[test]
+fn mqtt_over_tls_to_the_listener_and_from_a_bridge() {
+    let (_certs, ca, cert, key) = certificates();
+    let (n, port) = mqtt_node(&format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\n"));
+    let (ok, out) = pub_to(
+        port,
+        &["--cafile", &ca, "-q", "1", "-t", "tls/a", "-m", "over tls"],
+    );
+    assert!(ok, "{out}");
+    let (ok, _) = pub_to(port, &["-q", "1", "-t", "tls/a", "-m", "plain"]);
+    assert!(!ok, "plain MQTT to the TLS listener");
+    let page = n.get("/v1/events?pattern=tls/%23");
+    let data: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(data, ["over tls"]);
+
+    // The bridge: a broker with a TLS listener (and a plain one for the checker).
+    let (plain, tls) = (free_port(), free_port());
+    let broker = Broker::start_with(
+        None,
+        plain,
+        &format!("listener {tls} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"),
+    );
+    let checker = Sub::start(
+        None,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &plain.to_string(),
+            "-q",
+            "1",
+            "-t",
+            "up/#",
+        ],
+    );
+    wait_for("the checker to connect", 10, || {
+        broker.log().contains("New client connected")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let b = Node::start(&format!(
+        "[mqtt]\n[[mqtt.bridge]]\nname = \"secure\"\nbroker = \"127.0.0.1:{tls}\"\npattern = \"up/#\"\ntls = true\nca_file = \"{ca}\"\n[p2p]\nenabled = false\n"
+    ));
+    for i in 0..20 {
+        b.post(
+            "/v1/events",
+            &serde_json::json!({"topic": "up/t", "data": format!("s{i}")}),
+        );
+    }
+    let ok = common::try_wait_for(20, || checker.lines().len() >= 20);
+    assert!(
+        ok,
+        "{:?}\ndaemon log:\n{}\nbroker log:\n{}",
+        checker.lines(),
+        b.log(),
+        broker.log()
+    );
+    assert_eq!(
+        checker.lines(),
+        (0..20).map(|i| format!("up/t s{i}")).collect::<Vec<_>>()
+    );
+
+    // Beyond loopback: TLS or an explicit allow_plaintext.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "x\n").unwrap();
+    let cfg = |extra: &str| {
+        format!(
+            "[mqtt]\nlisten = \"0.0.0.0:{}\"\nusername = \"u\"\npassword_file = \"{}/pw\"\n{extra}[p2p]\nenabled = false\n[fleet]\nopen = true\n",
+            free_port(),
+            dir.path().display()
+        )
+    };
+    std::fs::write(dir.path().join("murmur.toml"), cfg("")).unwrap();
+    // In a network namespace of its own, in case it started after all.
+    let mut child = Command::new("unshare")
+        .args(["-n"])
+        .arg(common::binary())
+        .args(["daemon", "--data-dir"])
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("a listener beyond loopback without TLS started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("tls_cert"), "{err}");
 }

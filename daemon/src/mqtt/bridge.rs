@@ -52,7 +52,47 @@ struct Bridge {
     label: BridgeLabel,
     client_id: String,
     password: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     shutdown: CancellationToken,
+}
+
+/// The TLS client configuration of a bridge: the broker's certificate checked against
+/// `ca_file` (PEM), or the system's roots.
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use anyhow::Context;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("cannot read the bridge's ca_file {}", path.display()))?
+            {
+                let cert =
+                    cert.with_context(|| format!("a bad certificate in {}", path.display()))?;
+                roots.add(cert).with_context(|| {
+                    format!("a certificate in {} is not a usable CA", path.display())
+                })?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "no CA certificate to check the broker's with (set ca_file)"
+    );
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Runs the bridge until `shutdown`.
@@ -60,6 +100,7 @@ pub async fn run(
     state: Arc<AppState>,
     cfg: BridgeConfig,
     password: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     shutdown: CancellationToken,
 ) {
     let consumer = format!("bridge.{}", cfg.name);
@@ -89,6 +130,7 @@ pub async fn run(
         label: label.clone(),
         client_id,
         password,
+        tls,
         shutdown: shutdown.clone(),
     };
     loop {
@@ -127,6 +169,11 @@ impl Bridge {
             // Events as large as peers may hold (murmur_core::MAX_EVENT_BYTES) go up whole.
             .set_max_packet_size(super::MAX_OUT, super::MAX_OUT)
             .set_request_channel_capacity(usize::from(cfg.inflight) + 16);
+        if let Some(tls) = &self.tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.clone()),
+            ));
+        }
         if let (Some(u), Some(p)) = (&cfg.username, password) {
             opts.set_credentials(u.clone(), p.to_owned());
         }

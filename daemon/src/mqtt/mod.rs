@@ -25,6 +25,9 @@
 //!   A topic under a `max_events_per_log = 1` retention rule holds each device's latest
 //!   value, readable with `murmur log` or `/v1/events`.
 //! - MQTT 5 and 3.1 clients get CONNACK "unacceptable protocol version" (use 3.1.1).
+//! - With `mqtt.tls_cert` and `mqtt.tls_key` the listener speaks MQTT over TLS
+//!   ([`tls_acceptor`]); beyond loopback a login is required, and TLS unless
+//!   `mqtt.allow_plaintext`.
 //! - One connection per client id: a new CONNECT with an id in use ends the older
 //!   connection (MQTT-3.1.4-2), which then publishes its will.
 
@@ -41,8 +44,8 @@ use rumqttc::mqttbytes::v4::{
     SubscribeReasonCode, UnsubAck,
 };
 use rumqttc::mqttbytes::{Protocol, QoS};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +90,45 @@ pub struct Listener {
     pub clients: std::sync::Mutex<std::collections::HashMap<String, (u64, CancellationToken)>>,
     /// Numbers connections.
     pub connections: std::sync::atomic::AtomicU64,
+    /// MQTT over TLS, when a certificate is configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// The TLS acceptor for `mqtt.tls_cert` and `mqtt.tls_key` (PEM files).
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .with_context(|| {
+            format!(
+                "cannot read the certificates in mqtt.tls_cert = {}",
+                cert.display()
+            )
+        })?;
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "mqtt.tls_cert = {} holds no certificate",
+        cert.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
+        format!(
+            "cannot read the private key in mqtt.tls_key = {}",
+            key.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the MQTT certificate and key do not go together")?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Why a connection ended early.
@@ -150,7 +192,18 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Listener>, shutdown: Cancella
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         tokio::spawn(async move {
             ctx.state.metrics.mqtt_connections.inc();
-            match connection(stream, &ctx, shutdown).await {
+            let _ = stream.set_nodelay(true);
+            // One deadline for the whole CONNECT (and the TLS handshake before it).
+            let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+            let ended = match &ctx.tls {
+                None => connection(stream, &ctx, shutdown, deadline).await,
+                Some(tls) => match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+                    Ok(Ok(s)) => connection(s, &ctx, shutdown, deadline).await,
+                    Ok(Err(e)) => Err(ConnError::Protocol(format!("TLS handshake: {e}"))),
+                    Err(_) => Err(ConnError::Protocol("no TLS handshake within 10 s".into())),
+                },
+            };
+            match ended {
                 Ok(client) => tracing::debug!(%peer, client, "mqtt: client disconnected"),
                 Err(e) => tracing::info!(%peer, error = %e, "mqtt: connection closed"),
             }
@@ -180,62 +233,57 @@ enum Version {
     Unknown,
 }
 
-/// Peeks at the CONNECT's protocol name and level before decoding it: rumqttc's 3.1.1
-/// codec cannot read an MQTT 5 CONNECT (its properties) nor a 3.1 one, and a client
-/// refused without a CONNACK cannot tell why.
-async fn peek_version(stream: &TcpStream, deadline: tokio::time::Instant) -> Version {
-    let mut buf = [0u8; 32];
+/// What the CONNECT's protocol name and level say, from its first bytes; `None`: more
+/// bytes are needed.
+fn version_of(b: &[u8]) -> Option<Version> {
+    let first = *b.first()?;
+    if first != 0x10 {
+        return Some(Version::Unknown);
+    }
+    // The remaining length: 1 to 4 bytes, the last without the high bit.
+    let Some(len_end) = b.iter().skip(1).take(4).position(|x| x & 0x80 == 0) else {
+        return (b.len() >= 5).then_some(Version::Unknown);
+    };
+    let at = 2 + len_end;
+    let l = b.get(at..at + 2)?;
+    let name_len = usize::from(u16::from_be_bytes([l[0], l[1]]));
+    if name_len > 8 {
+        return Some(Version::Unknown);
+    }
+    let name = b.get(at + 2..at + 2 + name_len)?;
+    let level = *b.get(at + 2 + name_len)?;
+    Some(match (name, level) {
+        (b"MQTT", 4) => Version::V311,
+        (b"MQTT", 5) => Version::Other("MQTT 5".into()),
+        (b"MQIsdp", 3) => Version::Other("MQTT 3.1".into()),
+        _ => Version::Unknown,
+    })
+}
+
+/// Reads the start of the CONNECT into `head` (which then goes to the codec) until its
+/// protocol name and level say what it is: rumqttc's 3.1.1 codec cannot read an MQTT 5
+/// CONNECT (its properties) nor a 3.1 one, and a client refused without a CONNACK
+/// cannot tell why.
+async fn read_version<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    head: &mut BytesMut,
+    deadline: tokio::time::Instant,
+) -> Version {
     loop {
-        // Bytes already there make peek return at once, closed peer or not: the
-        // deadline is checked here too (a partial CONNECT must not hold a slot).
-        if tokio::time::Instant::now() >= deadline {
-            return Version::Unknown;
+        if let Some(v) = version_of(head) {
+            return v;
         }
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => n,
+        match tokio::time::timeout_at(deadline, rd.read_buf(head)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            // Closed, failed or too slow: the codec reports it.
             _ => return Version::Unknown,
-        };
-        let b = &buf[..n];
-        if b[0] != 0x10 {
-            return Version::Unknown;
         }
-        // The remaining length: 1 to 4 bytes, the last without the high bit.
-        let Some(len_end) = b.iter().skip(1).take(4).position(|x| x & 0x80 == 0) else {
-            if n >= 5 {
-                return Version::Unknown;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            continue;
-        };
-        let at = 2 + len_end;
-        if let Some(name_len) = b
-            .get(at..at + 2)
-            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
-        {
-            if name_len > 8 {
-                return Version::Unknown;
-            }
-            if let (Some(name), Some(level)) =
-                (b.get(at + 2..at + 2 + name_len), b.get(at + 2 + name_len))
-            {
-                return match (name, *level) {
-                    (b"MQTT", 4) => Version::V311,
-                    (b"MQTT", 5) => Version::Other("MQTT 5".into()),
-                    (b"MQIsdp", 3) => Version::Other("MQTT 3.1".into()),
-                    _ => Version::Unknown,
-                };
-            }
-        }
-        if n == buf.len() {
-            return Version::Unknown;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
 /// Writes packets to the socket, several at a time: answers (`ctl`) before deliveries.
-async fn write_loop(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut ctl: mpsc::Receiver<Packet>,
     mut deliveries: mpsc::Receiver<Packet>,
     stall: Duration,
@@ -375,27 +423,30 @@ async fn answer(rx: &mut mpsc::Receiver<Awaiting>, out: &mpsc::Sender<Packet>) {
 /// Subscriptions of one connection.
 type Subs = Arc<Vec<(String, Pattern, QoS)>>;
 
-async fn connection(
-    stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+    stream: S,
     ctx: &Listener,
     shutdown: CancellationToken,
+    deadline: tokio::time::Instant,
 ) -> Result<String, ConnError> {
     let st = &ctx.state;
     let max_in = st.limits.max_payload + 64 * 1024;
-    let _ = stream.set_nodelay(true);
-    // One deadline for the whole CONNECT, however it arrives.
-    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
-    if let Version::Other(v) = peek_version(&stream, deadline).await {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut head = BytesMut::with_capacity(64);
+    if let Version::Other(v) = read_version(&mut rd, &mut head, deadline).await {
         // CONNACK, return code 1: unacceptable protocol version.
-        let mut stream = stream;
-        let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
-        let _ = stream.shutdown().await;
+        let _ = wr.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+        let _ = wr.shutdown().await;
         return Err(ConnError::Refused(format!(
             "{v} is not served; connect with MQTT 3.1.1"
         )));
     }
-    let (rd, wr) = stream.into_split();
-    let mut frames = FramedRead::new(rd, codec(max_in, MAX_OUT));
+    // The bytes read to see the version come first (a FramedRead would decode bytes
+    // put in its buffer only once more arrive).
+    let mut frames = FramedRead::new(
+        std::io::Cursor::new(head.freeze()).chain(rd),
+        codec(max_in, MAX_OUT),
+    );
     let connect = match tokio::time::timeout_at(deadline, frames.next()).await {
         Err(_) => return Err(ConnError::Protocol("no CONNECT within 10 s".into())),
         Ok(None) => return Err(ConnError::Protocol("closed before CONNECT".into())),
@@ -477,10 +528,10 @@ async fn connection(
 
 /// A connection after its CONNECT was accepted.
 #[allow(clippy::too_many_arguments)]
-async fn session(
+async fn session<R: AsyncRead + Unpin>(
     st: &Arc<AppState>,
     connect: &rumqttc::mqttbytes::v4::Connect,
-    frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, rumqttc::mqttbytes::v4::Codec>,
+    frames: &mut FramedRead<R, rumqttc::mqttbytes::v4::Codec>,
     out: mpsc::Sender<Packet>,
     deliveries: mpsc::Sender<Packet>,
     writer: tokio::task::JoinHandle<Result<(), ConnError>>,
