@@ -278,16 +278,23 @@ static ALLOC: murmur_daemon::alloc::Jemalloc = murmur_daemon::alloc::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A client command whose output is cut (`murmur status | head -1`) ends quietly,
-    // as Unix tools do; the daemon keeps Rust's default (SIGPIPE ignored: a write to a
-    // closed socket is an error to handle, not a death). Not `repair` either: cutting
-    // its report short must not stop it half-way.
-    if !matches!(cli.command, Command::Daemon(_) | Command::Repair { .. }) {
-        // SAFETY: resetting a signal's disposition at start, before any thread exists.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    // A command whose output is cut (`murmur status | head -1`) ends quietly, as Unix
+    // tools do. SIGPIPE stays ignored (a write to the daemon's socket that fails is an
+    // error to report, not a silent death): a print that panics on a closed stdout
+    // exits here instead.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(STDOUT_CLOSED);
         }
-    }
+        default_hook(info);
+    }));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -300,11 +307,27 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(code) => code,
+        Err(e) if stdout_closed(&e) => ExitCode::from(STDOUT_CLOSED as u8),
         Err(e) => {
             eprintln!("murmur: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The exit status of a command whose stdout was closed: what a shell reports for a
+/// process SIGPIPE ended (128 + 13).
+const STDOUT_CLOSED: i32 = 141;
+
+/// Whether `e` is a write to a closed stdout (not a broken connection to the daemon,
+/// which is reported).
+fn stdout_closed(e: &anyhow::Error) -> bool {
+    !e.chain()
+        .any(|c| c.downcast_ref::<murmur_client::ClientError>().is_some())
+        && e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        })
 }
 
 /// A size with an optional unit (64MiB, 1GB, 4096), in bytes.

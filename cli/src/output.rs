@@ -77,7 +77,7 @@ pub fn status(s: &Status, repl: Option<&ReplicationJson>, json: bool) -> anyhow:
         }
         for b in &m.bridges {
             println!(
-                "bridge      {} → {} ({}): {}, {} forwarded, {} pending",
+                "bridge      {} → {} ({}): {}, {} forwarded, {}{} pending",
                 b.name,
                 b.broker,
                 b.pattern,
@@ -87,7 +87,8 @@ pub fn status(s: &Status, repl: Option<&ReplicationJson>, json: bool) -> anyhow:
                     "NOT CONNECTED"
                 },
                 b.forwarded,
-                b.pending
+                b.pending,
+                if b.pending_exact { "" } else { "+" }
             );
         }
     }

@@ -299,8 +299,11 @@ pub struct BridgeStatus {
     pub connected: bool,
     /// Events the broker acknowledged since the daemon started.
     pub forwarded: u64,
-    /// Events of its pattern not yet acknowledged by the broker (counted up to 100,000).
+    /// Events of its pattern not yet acknowledged by the broker.
     pub pending: u64,
+    /// False when `pending` is a lower bound (the count stops after 100,000 offsets).
+    #[serde(default)]
+    pub pending_exact: bool,
 }
 
 /// `GET /v1/fleet`: the fleet's membership and policy as this node knows it.

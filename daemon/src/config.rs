@@ -187,6 +187,15 @@ impl MqttConfig {
                     b.name
                 ));
             }
+            if b.tls
+                && let Some((host, _)) = b.broker.rsplit_once(':')
+                && rustls::pki_types::ServerName::try_from(host).is_err()
+            {
+                return bad(format!(
+                    "mqtt.bridge {:?}: {host:?} cannot be checked against a certificate (give a DNS name or an IPv4 address)",
+                    b.name
+                ));
+            }
             if b.ca_file.is_some() && !b.tls {
                 return bad(format!(
                     "mqtt.bridge {:?}: ca_file is for tls = true",
@@ -1182,6 +1191,59 @@ mod tests {
         assert_eq!(s.write_buffer_bytes(), 2 << 20, "never under 2 MiB");
         s.max_disk_mb = 10_000;
         assert_eq!(s.write_buffer_bytes(), 16 << 20, "never over what is set");
+    }
+
+    #[test]
+    fn mqtt_settings_are_checked() {
+        let bridge = |broker: &str, tls: bool| MqttConfig {
+            bridge: vec![BridgeConfig {
+                name: "up".into(),
+                broker: broker.into(),
+                pattern: "a/#".into(),
+                tls,
+                ..BridgeConfig::default()
+            }],
+            ..MqttConfig::default()
+        };
+        assert!(bridge("broker.example:8883", true).validate().is_ok());
+        assert!(bridge("192.0.2.1:8883", true).validate().is_ok());
+        // A bracketed IPv6 host cannot be checked against a certificate by name.
+        assert!(bridge("[::1]:8883", true).validate().is_err());
+        assert!(bridge("[::1]:1883", false).validate().is_ok());
+        assert!(bridge("no-port", false).validate().is_err());
+        let mut prefix = bridge("b:1883", false);
+        prefix.bridge[0].remote_prefix = "site/+/".into();
+        assert!(prefix.validate().is_err());
+        // Beyond loopback: a login, and TLS unless plaintext is allowed.
+        let open = MqttConfig {
+            listen: Some("0.0.0.0:1883".parse().unwrap()),
+            ..MqttConfig::default()
+        };
+        assert!(open.validate().is_err());
+        let login = MqttConfig {
+            username: Some("u".into()),
+            password_file: Some("/p".into()),
+            ..open.clone()
+        };
+        let err = login.validate().unwrap_err().to_string();
+        assert!(err.contains("tls_cert"), "{err}");
+        assert!(
+            MqttConfig {
+                allow_plaintext: true,
+                ..login.clone()
+            }
+            .validate()
+            .is_ok()
+        );
+        assert!(
+            MqttConfig {
+                tls_cert: Some("/c".into()),
+                tls_key: Some("/k".into()),
+                ..login
+            }
+            .validate()
+            .is_ok()
+        );
     }
 
     #[test]

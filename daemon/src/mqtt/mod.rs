@@ -314,12 +314,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 Err(_) => break,
             }
         }
-        tokio::time::timeout(stall, wr.write_all(&buf))
-            .await
-            .map_err(|_| ConnError::Protocol("the client stopped reading".into()))??;
+        // Flushed: under TLS, a write can end in rustls's buffer, not the socket.
+        tokio::time::timeout(stall, async {
+            wr.write_all(&buf).await?;
+            wr.flush().await
+        })
+        .await
+        .map_err(|_| ConnError::Protocol("the client stopped reading".into()))??;
         buf.clear();
     }
-    let _ = wr.shutdown().await;
+    // Bounded: a TLS close waits for the socket to take its alert.
+    let _ = tokio::time::timeout(stall, wr.shutdown()).await;
     Ok(())
 }
 
@@ -435,8 +440,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     let mut head = BytesMut::with_capacity(64);
     if let Version::Other(v) = read_version(&mut rd, &mut head, deadline).await {
         // CONNACK, return code 1: unacceptable protocol version.
-        let _ = wr.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
-        let _ = wr.shutdown().await;
+        let _ = tokio::time::timeout(ctx.write_stall, async {
+            wr.write_all(&[0x20, 0x02, 0x00, 0x01]).await?;
+            wr.shutdown().await
+        })
+        .await;
         return Err(ConnError::Refused(format!(
             "{v} is not served; connect with MQTT 3.1.1"
         )));

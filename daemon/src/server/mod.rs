@@ -749,14 +749,20 @@ async fn mqtt_status(st: &Shared) -> ApiResult<Option<crate::api::MqttStatus>> {
             .iter()
             .find(|v| v.name == consumer)
             .map(|v| v.record.clone());
+        // A bridge that never connected has everything of its pattern to send.
+        let record = record.unwrap_or_else(|| murmur_store::ConsumerRecord {
+            pattern: Some(pattern.clone()),
+            next: 0,
+            created_ms: 0,
+            acked_ms: 0,
+        });
         let store = st.store.clone();
-        let pending = match record {
-            Some(r) => {
-                blocking(move || Ok(crate::consumers::Consumers::pending(&store, &r, 100_000).0))
-                    .await?
-            }
-            None => 0,
-        };
+        let (pending, pending_exact) = blocking(move || {
+            Ok(crate::consumers::Consumers::pending(
+                &store, &record, 100_000,
+            ))
+        })
+        .await?;
         out.push(crate::api::BridgeStatus {
             name: name.clone(),
             broker: broker.clone(),
@@ -764,6 +770,7 @@ async fn mqtt_status(st: &Shared) -> ApiResult<Option<crate::api::MqttStatus>> {
             connected: st.metrics.bridge_connected.get_or_create(&label).get() == 1,
             forwarded: st.metrics.bridge_forwarded.get_or_create(&label).get(),
             pending,
+            pending_exact,
         });
     }
     Ok(Some(crate::api::MqttStatus {
