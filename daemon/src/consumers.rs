@@ -420,16 +420,6 @@ impl Consumers {
         self.inner.lock().await.entries.contains_key(name)
     }
 
-    /// How many consumers exist.
-    pub async fn len(&self) -> usize {
-        self.inner.lock().await.entries.len()
-    }
-
-    /// Whether there are none.
-    pub async fn is_empty(&self) -> bool {
-        self.len().await == 0
-    }
-
     /// Events a consumer has not acknowledged: `(count, exact)`, counted on the arrival
     /// index (no event read), at most `scan` entries (else `exact` is false and the
     /// count is a lower bound). Blocking: call from the blocking pool.
@@ -532,6 +522,6 @@ mod tests {
             again.delete("billing").await,
             Err(ConsumerError::NotFound(_))
         ));
-        assert_eq!(again.len().await, 2);
+        assert_eq!(again.list().await.len(), 2);
     }
 }

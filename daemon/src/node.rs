@@ -855,15 +855,7 @@ pub async fn run(
         forget_after: config.fleet.forget_after,
         consumers,
         consumers_max: config.api.max_consumers,
-        mqtt: (
-            config.mqtt.listen,
-            config
-                .mqtt
-                .bridge
-                .iter()
-                .map(|b| (b.name.clone(), b.broker.clone(), b.pattern.clone()))
-                .collect(),
-        ),
+        mqtt: config.mqtt.clone(),
     });
     // A member publishes its certificate on the policy topic once, so that nodes it
     // never meets learn its roles.

@@ -650,7 +650,7 @@ async fn session<R: AsyncRead + Unpin>(
                     // subscription arrives.
                     if delivery.is_none() && !now.is_empty() {
                         delivery = Some(tokio::spawn(deliver(
-                            st.clone_for_delivery(),
+                            st.clone(),
                             subs_rx.clone(),
                             deliveries.clone(),
                             st.store.next_offset(),
@@ -773,23 +773,6 @@ async fn submit(
     }
 }
 
-/// What delivery needs of the node.
-pub struct DeliveryCtx {
-    store: Arc<murmur_store::RocksStore>,
-    offsets: watch::Receiver<crate::ingest::Committed>,
-    metrics: crate::metrics::Metrics,
-}
-
-impl AppState {
-    fn clone_for_delivery(&self) -> DeliveryCtx {
-        DeliveryCtx {
-            store: self.store.clone(),
-            offsets: self.offsets.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
 /// The subscription's QoS for `topic`: the highest of the filters that match it.
 fn matching(subs: &Subs, topic: &str) -> Option<QoS> {
     subs.iter()
@@ -800,12 +783,13 @@ fn matching(subs: &Subs, topic: &str) -> Option<QoS> {
 
 /// Sends a connection's subscribers every matching data event stored from `cursor` on.
 async fn deliver(
-    mut ctx: DeliveryCtx,
+    st: Arc<AppState>,
     mut subs: watch::Receiver<Subs>,
     out: mpsc::Sender<Packet>,
     mut cursor: Offset,
     ended: CancellationToken,
 ) {
+    let mut offsets = st.offsets.clone();
     let mut limit = 1usize;
     let mut pkid: u16 = 0;
     let mut next_pkid = move || {
@@ -815,18 +799,23 @@ async fn deliver(
     let result: Result<(), String> = async {
         loop {
             let now = subs.borrow_and_update().clone();
-            let newest = ctx.offsets.borrow_and_update().events.clone();
+            let newest = offsets.borrow_and_update().events.clone();
             let page: Vec<(Offset, murmur_core::Event)> = if let Some((first, _)) = newest.first()
                 && *first == cursor
                 && let Some((last, _)) = newest.last()
             {
                 cursor = Offset(last.0 + 1);
                 newest.iter().cloned().collect()
-            } else if cursor < ctx.store.next_offset() {
-                let store = ctx.store.clone();
+            } else if cursor < st.store.next_offset() {
+                let store = st.store.clone();
                 let from = cursor;
+                // One pattern: the store filters; several: the loop below does.
+                let only = match now.as_slice() {
+                    [(_, p, _)] => Some(p.clone()),
+                    _ => None,
+                };
                 let read = tokio::task::spawn_blocking(move || {
-                    store.arrivals(from, None, PAGE_EVENTS, PAGE_SCAN)
+                    store.arrivals(from, only.as_ref(), limit, PAGE_SCAN)
                 })
                 .await
                 .map_err(|e| e.to_string())?
@@ -841,7 +830,7 @@ async fn deliver(
                 read.events
             } else {
                 tokio::select! {
-                    r = ctx.offsets.changed() => if r.is_err() { return Ok(()) },
+                    r = offsets.changed() => if r.is_err() { return Ok(()) },
                     r = subs.changed() => if r.is_err() { return Ok(()) },
                 }
                 continue;
@@ -864,7 +853,7 @@ async fn deliver(
                 out.send(Packet::Publish(p))
                     .await
                     .map_err(|_| "the socket writer ended".to_string())?;
-                ctx.metrics.mqtt_delivered.inc();
+                st.metrics.mqtt_delivered.inc();
             }
         }
     }

@@ -104,8 +104,8 @@ pub struct AppState {
     pub consumers: Arc<crate::consumers::Consumers>,
     /// The most named consumers (`api.max_consumers`).
     pub consumers_max: usize,
-    /// The MQTT listener's address and bridges (name, broker, pattern), for status.
-    pub mqtt: (Option<std::net::SocketAddr>, Vec<(String, String, String)>),
+    /// The MQTT listener and bridges as configured, for status.
+    pub mqtt: crate::config::MqttConfig,
 }
 
 type Shared = Arc<AppState>;
@@ -734,13 +734,14 @@ async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
 
 /// The MQTT part of the status, when the listener or a bridge is configured.
 async fn mqtt_status(st: &Shared) -> ApiResult<Option<crate::api::MqttStatus>> {
-    let (listen, bridges) = &st.mqtt;
-    if listen.is_none() && bridges.is_empty() {
+    let m = &st.mqtt;
+    if m.listen.is_none() && m.bridge.is_empty() {
         return Ok(None);
     }
     let views = st.consumers.list().await;
-    let mut out = Vec::with_capacity(bridges.len());
-    for (name, broker, pattern) in bridges {
+    let mut out = Vec::with_capacity(m.bridge.len());
+    for b in &m.bridge {
+        let (name, broker, pattern) = (&b.name, &b.broker, &b.pattern);
         let label = metrics::BridgeLabel {
             bridge: name.clone(),
         };
@@ -774,7 +775,7 @@ async fn mqtt_status(st: &Shared) -> ApiResult<Option<crate::api::MqttStatus>> {
         });
     }
     Ok(Some(crate::api::MqttStatus {
-        listen: listen.map(|a| a.to_string()),
+        listen: m.listen.map(|a| a.to_string()),
         connections: u64::try_from(st.metrics.mqtt_connections.get()).unwrap_or(0),
         bridges: out,
     }))
