@@ -802,3 +802,65 @@ fn mqtt_over_tls_to_the_listener_and_from_a_bridge() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("tls_cert"), "{err}");
 }
+
+/// A client that goes away without DISCONNECT has its will published as an event; one
+/// that says DISCONNECT does not.
+#[test]
+fn a_lost_client_s_will_is_published() {
+    let (n, port) = mqtt_node("");
+    let p = port.to_string();
+    let will = |payload: &str| {
+        vec![
+            "-h".to_owned(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            p.clone(),
+            "-t".into(),
+            "ignored/x".into(),
+            "--will-topic".into(),
+            "devices/d1/status".into(),
+            "--will-payload".into(),
+            payload.into(),
+        ]
+    };
+    // Lost: killed while subscribed.
+    let mut lost = Command::new("mosquitto_sub")
+        .args(will("gone"))
+        .spawn()
+        .unwrap();
+    wait_for("the client to connect", 10, || {
+        n.metric("murmur_mqtt_connections") == 1
+    });
+    lost.kill().unwrap();
+    lost.wait().unwrap();
+    wait_for("the will to be stored", 10, || {
+        n.topic_events("devices/d1/status") == 1
+    });
+    // Clean: mosquitto_sub -C 1 says DISCONNECT after one message.
+    let mut clean = Command::new("mosquitto_sub")
+        .args(will("not sent"))
+        .args(["-C", "1"])
+        .spawn()
+        .unwrap();
+    wait_for("the second client to connect", 10, || {
+        n.metric("murmur_mqtt_connections") == 1
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    n.post(
+        "/v1/events",
+        &serde_json::json!({"topic": "ignored/x", "data": "bye"}),
+    );
+    clean.wait().unwrap();
+    wait_for("the second client to leave", 10, || {
+        n.metric("murmur_mqtt_connections") == 0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let page = n.get("/v1/events?pattern=devices/%23");
+    let data: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(data, ["gone"]);
+}
