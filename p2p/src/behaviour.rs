@@ -191,6 +191,23 @@ pub mod gossip {
     /// usually on its way before the notice arrives. Large runs (under load, up to
     /// 64 KiB) are announced, which is where it pays.
     pub const IDONTWANT_ABOVE: usize = 1000;
+    /// Message ids one IHAVE or IWANT carries at most (gossipsub's
+    /// `max_control_messages_sent`; its default is 5,000). gossipsub 0.50 sends up to
+    /// that many ids in one control message, but its decoder refuses an RPC whose
+    /// control part is over `max_control_message_size` (16 KiB by default), and a
+    /// refusal ends the reading side of the stream while the sender goes on writing
+    /// into it: everything the sender pushed on that connection after it was lost, with
+    /// nothing logged, until murmur's push watch reconnected a minute later. A host that
+    /// stored 500 runs at once announced 500 ids of 34 bytes (17 KB) and cut itself off
+    /// from the watching host (the 2,000-topic netns test, found with a patched
+    /// gossipsub that logged its stream errors). 400 ids with the longest channel name
+    /// fit in 16 KiB, so a node also stays readable by older murmur nodes.
+    pub const CONTROL_IDS: usize = 400;
+    /// The control part of an RPC murmur accepts (gossipsub's
+    /// `max_control_message_size`): what an older murmur node sends at most (5,000 ids,
+    /// 170 KB), so that during an upgrade its announcements do not cut it off either.
+    /// Frames stay bounded by the gossip message limit.
+    pub const CONTROL_BYTES: usize = 256 * 1024;
 }
 
 /// Which peer subscriptions gossipsub keeps: channels only (`murmur:` names; another
@@ -327,6 +344,8 @@ pub(crate) fn gossip_config() -> Result<gossipsub::Config, Error> {
         .gossip_lazy(gossip::GOSSIP_LAZY)
         .history_gossip(gossip::HISTORY_GOSSIP)
         .idontwant_message_size_threshold(gossip::IDONTWANT_ABOVE)
+        .max_control_messages_sent(gossip::CONTROL_IDS)
+        .max_control_message_size(gossip::CONTROL_BYTES)
         .heartbeat_interval(Duration::from_millis(gossip::HEARTBEAT_MS))
         .build()
         .map_err(|e| Error::Setup(format!("gossipsub: {e}")))
@@ -443,6 +462,42 @@ mod tests {
         assert_eq!(c.mesh_n_high(), gossip::MESH_N_HIGH);
         assert_eq!(c.gossip_lazy(), gossip::GOSSIP_LAZY);
         assert_eq!(c.history_gossip(), gossip::HISTORY_GOSSIP);
+        assert_eq!(c.max_control_messages_sent(), gossip::CONTROL_IDS);
+        assert_eq!(c.max_control_message_size(), gossip::CONTROL_BYTES);
+    }
+
+    /// The control part of an RPC as gossipsub's decoder measures it (the `control`
+    /// field with its tag and length): one IHAVE (or IWANT) of `ids` message ids of 32
+    /// bytes (blake3) on a channel named with the longest pattern.
+    fn control_bytes(ids: usize) -> usize {
+        let varint = |n: usize| {
+            if n < 128 {
+                1
+            } else if n < 16_384 {
+                2
+            } else {
+                3
+            }
+        };
+        let field = |len: usize| 1 + varint(len) + len;
+        let topic = murmur_core::channel::PREFIX.len() + murmur_core::topic::MAX_TOPIC_BYTES;
+        let ihave = field(topic) + ids * field(32);
+        field(field(ihave))
+    }
+
+    #[test]
+    fn what_a_node_announces_fits_what_every_murmur_node_reads() {
+        // gossipsub's own default limit, which older murmur nodes enforce.
+        let older_limit = 16 * 1024;
+        assert!(
+            control_bytes(gossip::CONTROL_IDS) <= older_limit,
+            "{} bytes",
+            control_bytes(gossip::CONTROL_IDS)
+        );
+        // What an older murmur node (gossipsub's 5,000 ids) sends, this one reads.
+        assert!(control_bytes(5000) <= gossip::CONTROL_BYTES);
+        // And the earlier setting did not fit: 500 ids were enough to cut a stream.
+        assert!(control_bytes(500) > older_limit);
     }
 
     #[test]

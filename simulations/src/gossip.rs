@@ -106,7 +106,12 @@ impl Sim {
             }
         }
         // IHAVE: the last `history` windows, to `lazy` non-mesh neighbours.
-        let ids: Vec<MsgId> = self.nodes[i].mcache.iter().flatten().copied().collect();
+        let mut ids: Vec<MsgId> = self.nodes[i].mcache.iter().flatten().copied().collect();
+        // At most `ihave_ids` per IHAVE; gossipsub takes a random subset, modelled here
+        // as the newest (deterministic).
+        if ids.len() > self.sc.ihave_ids {
+            ids.drain(..ids.len() - self.sc.ihave_ids);
+        }
         if !ids.is_empty() {
             let mut pool: Vec<usize> = reachable
                 .into_iter()

@@ -51,6 +51,8 @@ pub struct Scenario {
     pub heartbeat_ms: u64,
     /// Heartbeats of message ids announced by IHAVE (message cache window).
     pub history: usize,
+    /// Message ids one IHAVE carries at most (gossipsub's `max_control_messages_sent`).
+    pub ihave_ids: usize,
     /// Messages larger than this are announced with IDONTWANT to mesh peers on
     /// receipt (gossipsub 1.2). `None` turns IDONTWANT off.
     pub idontwant_above: Option<u64>,
@@ -228,6 +230,7 @@ impl Default for Scenario {
             lazy: 1,
             heartbeat_ms: 700,
             history: 2,
+            ihave_ids: 400,
             idontwant_above: Some(1000),
             validate_ms: 1.0,
             publish_ms: 1.0,

@@ -40,7 +40,8 @@ fn the_push_defaults_are_the_p2p_layers() {
             d.mesh_hi,
             d.lazy,
             d.history,
-            d.heartbeat_ms
+            d.heartbeat_ms,
+            d.ihave_ids
         ),
         (
             gossip::MESH_N,
@@ -48,7 +49,8 @@ fn the_push_defaults_are_the_p2p_layers() {
             gossip::MESH_N_HIGH,
             gossip::GOSSIP_LAZY,
             gossip::HISTORY_GOSSIP,
-            gossip::HEARTBEAT_MS
+            gossip::HEARTBEAT_MS,
+            gossip::CONTROL_IDS
         )
     );
     assert_eq!(d.idontwant_above, Some(gossip::IDONTWANT_ABOVE as u64));
