@@ -864,3 +864,113 @@ fn a_lost_client_s_will_is_published() {
         .collect();
     assert_eq!(data, ["gone"]);
 }
+
+/// An MQTT packet by hand: the fixed header's first byte, the remaining length as MQTT's
+/// variable-length integer, then `body`.
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut p = vec![first];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        p.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    p.extend_from_slice(body);
+    p
+}
+
+/// Reads one packet: (first byte, body).
+fn read_packet(s: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+    use std::io::Read;
+    let mut first = [0u8; 1];
+    s.read_exact(&mut first)
+        .expect("a packet from the listener");
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).expect("a remaining length");
+        len |= ((b[0] & 0x7f) as usize) << shift;
+        shift += 7;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("a packet body");
+    (first[0], body)
+}
+
+/// A QoS 2 PUBLISH sent twice on one connection (the second with DUP, as a client
+/// resends after a lost PUBREC) is stored once, each copy gets its PUBREC, and PUBREL
+/// gets PUBCOMP; the next packet id is a new event.
+#[test]
+fn a_qos_2_resend_on_the_same_connection_is_stored_once() {
+    let (n, port) = mqtt_node("");
+    let (mut s, ack) = connack(port, &connect_packet("MQTT", 4, "qos2", false));
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x00]);
+    let publish = |dup: bool, pkid: u16, payload: &str| {
+        let mut body = Vec::new();
+        body.extend_from_slice(&(b"q2/t".len() as u16).to_be_bytes());
+        body.extend_from_slice(b"q2/t");
+        body.extend_from_slice(&pkid.to_be_bytes());
+        body.extend_from_slice(payload.as_bytes());
+        packet(0x34 | if dup { 0x08 } else { 0 }, &body)
+    };
+    s.write_all(&publish(false, 7, "once")).unwrap();
+    assert_eq!(read_packet(&mut s), (0x50, vec![0, 7]), "PUBREC");
+    s.write_all(&publish(true, 7, "once")).unwrap();
+    assert_eq!(read_packet(&mut s), (0x50, vec![0, 7]), "PUBREC again");
+    s.write_all(&packet(0x62, &[0, 7])).unwrap();
+    assert_eq!(read_packet(&mut s), (0x70, vec![0, 7]), "PUBCOMP");
+    // The id is free again: the same id later is a new message.
+    s.write_all(&publish(false, 7, "twice")).unwrap();
+    assert_eq!(read_packet(&mut s), (0x50, vec![0, 7]), "PUBREC");
+    s.write_all(&packet(0x62, &[0, 7])).unwrap();
+    assert_eq!(read_packet(&mut s), (0x70, vec![0, 7]), "PUBCOMP");
+    let page = n.get("/v1/events?pattern=q2/t");
+    let data: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(data, ["once", "twice"]);
+}
+
+/// A connection holds at most 100 subscriptions: the 101st filter is refused in the
+/// SUBACK (0x80) while the first 100 are granted, and a filter already held can still be
+/// subscribed again.
+#[test]
+fn a_connection_holds_at_most_100_subscriptions() {
+    let (_n, port) = mqtt_node("");
+    let (mut s, ack) = connack(port, &connect_packet("MQTT", 4, "many", false));
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x00]);
+    let subscribe = |pkid: u16, filters: &[String]| {
+        let mut body = pkid.to_be_bytes().to_vec();
+        for f in filters {
+            body.extend_from_slice(&(f.len() as u16).to_be_bytes());
+            body.extend_from_slice(f.as_bytes());
+            body.push(1);
+        }
+        packet(0x82, &body)
+    };
+    let filters: Vec<String> = (0..101).map(|i| format!("s/{i}/+")).collect();
+    s.write_all(&subscribe(1, &filters)).unwrap();
+    let (kind, body) = read_packet(&mut s);
+    assert_eq!(kind, 0x90, "SUBACK");
+    assert_eq!(body[..2], [0, 1]);
+    let codes = &body[2..];
+    assert_eq!(codes.len(), 101);
+    assert!(codes[..100].iter().all(|c| *c == 1), "{codes:?}");
+    assert_eq!(codes[100], 0x80, "the 101st is refused");
+    // Another new one is still refused; one it holds is granted again.
+    s.write_all(&subscribe(2, &["s/new/+".into(), "s/5/+".into()]))
+        .unwrap();
+    assert_eq!(read_packet(&mut s), (0x90, vec![0, 2, 0x80, 1]));
+}

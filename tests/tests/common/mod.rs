@@ -197,7 +197,11 @@ impl Node {
         let child = cmd
             .args(["daemon", "--data-dir"])
             .arg(&self.dir)
-            .env("RUST_LOG", "info")
+            // MURMUR_TEST_LOG sets the daemons' log filter, to look into a failure.
+            .env(
+                "RUST_LOG",
+                std::env::var("MURMUR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
