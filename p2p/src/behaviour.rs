@@ -191,9 +191,11 @@ pub mod gossip {
     /// usually on its way before the notice arrives. Large runs (under load, up to
     /// 64 KiB) are announced, which is where it pays.
     pub const IDONTWANT_ABOVE: usize = 1000;
-    /// Message ids one IHAVE or IWANT carries at most (gossipsub's
-    /// `max_control_messages_sent`; its default is 5,000). gossipsub 0.50 sends up to
-    /// that many ids in one control message, but its decoder refuses an RPC whose
+    /// Message ids one IHAVE carries at most, and ids asked of one peer by IWANT per
+    /// heartbeat (gossipsub's `max_control_messages_sent`; its default is 5,000): gossip
+    /// recovers at most this many messages per channel, peer and heartbeat, and sync
+    /// the rest. gossipsub 0.50 sends up to that many ids in one control message, but
+    /// its decoder refuses an RPC whose
     /// control part is over `max_control_message_size` (16 KiB by default), and a
     /// refusal ends the reading side of the stream while the sender goes on writing
     /// into it: everything the sender pushed on that connection after it was lost, with
@@ -317,6 +319,13 @@ pub const IDENTIFY_PROTOCOL: &str = "/murmur/1";
 /// Largest gossip message: one event of the maximum size as a run, plus framing.
 pub const MAX_GOSSIP_BYTES: usize = MAX_EVENT_BYTES + 4096;
 
+/// What gossipsub is told frames may be, beyond [`MAX_GOSSIP_BYTES`]: its decoder
+/// checks the size of its read buffer, which holds the frame and up to 8 KiB of the
+/// next one, and a refusal ends the reading side of the stream silently (see
+/// [`gossip::CONTROL_IDS`]). A run near the largest size followed closely by another
+/// message would cut the stream; the daemon still sends at most `MAX_GOSSIP_BYTES`.
+const READ_SLACK: usize = 16 * 1024;
+
 /// The gossipsub settings murmur relies on. A message is a run of events of one log
 /// (`murmur_core::run`). Messages are anonymous (each event carries its own ed25519
 /// signature; a second gossipsub signature would halve throughput), the message id is
@@ -336,7 +345,7 @@ pub(crate) fn gossip_config() -> Result<gossipsub::Config, Error> {
             h.update(&m.data);
             gossipsub::MessageId::from(h.finalize().as_bytes().to_vec())
         })
-        .max_transmit_size(MAX_GOSSIP_BYTES)
+        .max_transmit_size(MAX_GOSSIP_BYTES + READ_SLACK)
         .mesh_n(gossip::MESH_N)
         .mesh_n_low(gossip::MESH_N_LOW)
         .mesh_n_high(gossip::MESH_N_HIGH)
@@ -464,6 +473,9 @@ mod tests {
         assert_eq!(c.history_gossip(), gossip::HISTORY_GOSSIP);
         assert_eq!(c.max_control_messages_sent(), gossip::CONTROL_IDS);
         assert_eq!(c.max_control_message_size(), gossip::CONTROL_BYTES);
+        // gossipsub's decoder measures the largest frame murmur sends together with
+        // its length prefix and what was read of the next frame (at most 8 KiB).
+        assert!(c.max_transmit_size() >= super::MAX_GOSSIP_BYTES + 4 + 8 * 1024);
     }
 
     /// The control part of an RPC as gossipsub's decoder measures it (the `control`

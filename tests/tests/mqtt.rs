@@ -974,3 +974,69 @@ fn a_connection_holds_at_most_100_subscriptions() {
         .unwrap();
     assert_eq!(read_packet(&mut s), (0x90, vec![0, 2, 0x80, 1]));
 }
+
+/// Events that retention pruned before a bridge forwarded them are skipped loudly: a
+/// warning and `murmur_bridge_pruned_gaps_total`, and the bridge goes on with what is
+/// left, in order.
+#[test]
+fn a_bridge_skips_what_retention_pruned_and_says_so() {
+    let port = free_port();
+    // The broker's subscriber has a session there (kept while the broker is down), so
+    // it gets whatever the bridge sends once the broker is back.
+    let mut broker = Broker::start(None, port);
+    let p = port.to_string();
+    let checker = Sub::start(
+        None,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-q",
+            "1",
+            "-c",
+            "-i",
+            "checker",
+            "-t",
+            "up/#",
+        ],
+    );
+    wait_for("the broker's subscriber to connect", 10, || {
+        broker.log().contains("New client connected") && broker.log().contains("checker")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    broker.stop();
+    // No broker: the bridge retries while retention keeps the last 10 of 100.
+    let n = Node::start(&format!(
+        "[store]\nprune_interval = \"1s\"\n[[retention]]\npattern = \"up/#\"\nmax_events_per_log = 10\n[mqtt]\n[[mqtt.bridge]]\nname = \"up\"\nbroker = \"127.0.0.1:{port}\"\npattern = \"up/#\"\n[p2p]\nenabled = false\n"
+    ));
+    let evs: Vec<serde_json::Value> = (0..100)
+        .map(|i| serde_json::json!({"topic": "up/t", "data": format!("e{i}")}))
+        .collect();
+    let r = n.post("/v1/events/batch", &serde_json::json!({ "events": evs }));
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for("retention to keep the last 10", 20, || {
+        n.topic_events("up/t") == 10
+    });
+    broker.spawn();
+    // The bridge's back-off is at most 10 s.
+    let ok = common::try_wait_for(30, || checker.lines().len() >= 10);
+    let lines = checker.lines();
+    assert!(ok, "{lines:?}\n{}", n.log());
+    let data: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.rsplit_once(' ').map(|(_, d)| d))
+        .collect();
+    let want: Vec<String> = (90..100).map(|i| format!("e{i}")).collect();
+    assert_eq!(data, want, "what was left, in order");
+    assert!(
+        n.metric("murmur_bridge_pruned_gaps_total{bridge=\"up\"}") >= 1,
+        "the gap is counted"
+    );
+    assert!(
+        n.log()
+            .contains("retention pruned events of its pattern before they were forwarded"),
+        "{}",
+        n.log()
+    );
+}
