@@ -195,10 +195,9 @@ pub mod gossip {
     /// heartbeat (gossipsub's `max_control_messages_sent`; its default is 5,000): gossip
     /// recovers at most this many messages per channel, peer and heartbeat, and sync
     /// the rest. gossipsub 0.50 sends up to that many ids in one control message, but
-    /// its decoder refuses an RPC whose
-    /// control part is over `max_control_message_size` (16 KiB by default), and a
-    /// refusal ends the reading side of the stream while the sender goes on writing
-    /// into it: everything the sender pushed on that connection after it was lost, with
+    /// its decoder refuses an RPC whose control part is over `max_control_message_size`
+    /// (16 KiB by default), and a refusal ends the reading side of the stream while the
+    /// sender goes on writing into it: everything the sender pushed on that connection after it was lost, with
     /// nothing logged, until murmur's push watch reconnected a minute later. A host that
     /// stored 500 runs at once announced 500 ids of 34 bytes (17 KB) and cut itself off
     /// from the watching host (the 2,000-topic netns test, found with a patched

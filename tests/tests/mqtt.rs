@@ -104,6 +104,16 @@ impl Drop for Sub {
     }
 }
 
+/// The data of the events the node holds on `pattern` (URL-encoded), in order.
+fn stored_data(node: &Node, pattern: &str) -> Vec<String> {
+    node.get(&format!("/v1/events?pattern={pattern}"))["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Waits until the node has `n` MQTT connections (a subscriber is in).
 fn connections(node: &Node, n: u64) {
     wait_for("MQTT clients to connect", 10, || {
@@ -305,6 +315,55 @@ impl Drop for Broker {
     }
 }
 
+/// A subscriber at a broker with a persistent session (QoS 1, a fixed id, not clean):
+/// the broker queues for it while it is away. mosquitto_sub may end when its broker
+/// goes away; `lines` starts it again, adding to the same lines.
+struct SessionSub {
+    ns: Option<String>,
+    args: Vec<String>,
+    sub: Sub,
+}
+
+impl SessionSub {
+    /// Subscribes `id` to `filter` at `broker` and waits until the broker has it.
+    fn start(broker: &Broker, id: &str, filter: &str) -> SessionSub {
+        let args: Vec<String> = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-c",
+            "-i",
+            id,
+            "-t",
+            filter,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let sub = Sub::start(broker.ns.as_deref(), &a);
+        wait_for("the broker's subscriber to connect", 10, || {
+            broker.log().contains("New client connected") && broker.log().contains(id)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        SessionSub {
+            ns: broker.ns.clone(),
+            args,
+            sub,
+        }
+    }
+
+    fn lines(&mut self) -> Vec<String> {
+        if self.sub.child.try_wait().ok().flatten().is_some() {
+            let a: Vec<&str> = self.args.iter().map(String::as_str).collect();
+            self.sub = Sub::start_into(self.ns.as_deref(), &a, self.sub.lines.clone());
+        }
+        self.sub.lines()
+    }
+}
+
 /// Three hosts: a sensor publishes at QoS 1 into host A's listener; `mosquitto_sub` on
 /// host B's listener gets every reading (replicated); A's bridge forwards them to a
 /// Mosquitto broker on host C, which is stopped for 30 s while the readings go on.
@@ -324,11 +383,7 @@ fn a_sensor_on_host_a_reaches_host_b_and_a_broker_that_was_down_for_30_s() {
     );
     lab.start(1, &format!("[mqtt]\nlisten = \"127.0.0.1:1883\"\n{p2p}"));
     let mut broker = Broker::start(Some(&lab.hosts[2].ns), 1883);
-    let (a_ns, b_ns, c_ns) = (
-        lab.hosts[0].ns.clone(),
-        lab.hosts[1].ns.clone(),
-        lab.hosts[2].ns.clone(),
-    );
+    let (a_ns, b_ns) = (lab.hosts[0].ns.clone(), lab.hosts[1].ns.clone());
     wait_for("A and B to meet", 30, || {
         lab.node(0).get("/v1/peers")["peers"]
             .as_array()
@@ -340,23 +395,8 @@ fn a_sensor_on_host_a_reaches_host_b_and_a_broker_that_was_down_for_30_s() {
         Some(&b_ns),
         &["-h", "127.0.0.1", "-q", "1", "-t", "sensors/#"],
     );
-    let checker_args = [
-        "-h",
-        "127.0.0.1",
-        "-q",
-        "1",
-        "-c",
-        "-i",
-        "checker",
-        "-t",
-        "site-a/sensors/#",
-    ];
-    let mut at_broker = Sub::start(Some(&c_ns), &checker_args);
+    let mut at_broker = SessionSub::start(&broker, "checker", "site-a/sensors/#");
     connections(lab.node(1), 1);
-    wait_for("the broker's subscriber to connect", 10, || {
-        broker.log().contains("New client connected") && broker.log().contains("checker")
-    });
-    std::thread::sleep(Duration::from_millis(300));
 
     // The sensor: one mosquitto_pub -l (a line a message), QoS 1, paced.
     let mut sensor = Command::new("ip")
@@ -463,10 +503,6 @@ fn a_sensor_on_host_a_reaches_host_b_and_a_broker_that_was_down_for_30_s() {
                 t.elapsed().as_secs_f64()
             );
             break;
-        }
-        if at_broker.child.try_wait().ok().flatten().is_some() {
-            let lines = at_broker.lines.clone();
-            at_broker = Sub::start_into(Some(&c_ns), &checker_args, lines);
         }
         assert!(
             t.elapsed() < Duration::from_secs(60),
@@ -582,9 +618,7 @@ fn connect_packet(name: &str, level: u8, client: &str, v5: bool) -> Vec<u8> {
     }
     body.extend_from_slice(&(client.len() as u16).to_be_bytes());
     body.extend_from_slice(client.as_bytes());
-    let mut p = vec![0x10, body.len() as u8];
-    p.extend_from_slice(&body);
-    p
+    packet(0x10, &body)
 }
 
 fn connack(port: u16, packet: &[u8]) -> (std::net::TcpStream, Vec<u8>) {
@@ -715,14 +749,7 @@ fn mqtt_over_tls_to_the_listener_and_from_a_bridge() {
     assert!(ok, "{out}");
     let (ok, _) = pub_to(port, &["-q", "1", "-t", "tls/a", "-m", "plain"]);
     assert!(!ok, "plain MQTT to the TLS listener");
-    let page = n.get("/v1/events?pattern=tls/%23");
-    let data: Vec<&str> = page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["data"].as_str().unwrap())
-        .collect();
-    assert_eq!(data, ["over tls"]);
+    assert_eq!(stored_data(&n, "tls/%23"), ["over tls"]);
 
     // The bridge: a broker with a TLS listener (and a plain one for the checker).
     let (plain, tls) = (free_port(), free_port());
@@ -855,14 +882,7 @@ fn a_lost_client_s_will_is_published() {
         n.metric("murmur_mqtt_connections") == 0
     });
     std::thread::sleep(Duration::from_millis(300));
-    let page = n.get("/v1/events?pattern=devices/%23");
-    let data: Vec<&str> = page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["data"].as_str().unwrap())
-        .collect();
-    assert_eq!(data, ["gone"]);
+    assert_eq!(stored_data(&n, "devices/%23"), ["gone"]);
 }
 
 /// An MQTT packet by hand: the fixed header's first byte, the remaining length as MQTT's
@@ -933,14 +953,7 @@ fn a_qos_2_resend_on_the_same_connection_is_stored_once() {
     assert_eq!(read_packet(&mut s), (0x50, vec![0, 7]), "PUBREC");
     s.write_all(&packet(0x62, &[0, 7])).unwrap();
     assert_eq!(read_packet(&mut s), (0x70, vec![0, 7]), "PUBCOMP");
-    let page = n.get("/v1/events?pattern=q2/t");
-    let data: Vec<&str> = page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["data"].as_str().unwrap())
-        .collect();
-    assert_eq!(data, ["once", "twice"]);
+    assert_eq!(stored_data(&n, "q2/t"), ["once", "twice"]);
 }
 
 /// A connection holds at most 100 subscriptions: the 101st filter is refused in the
@@ -984,27 +997,7 @@ fn a_bridge_skips_what_retention_pruned_and_says_so() {
     // The broker's subscriber has a session there (kept while the broker is down), so
     // it gets whatever the bridge sends once the broker is back.
     let mut broker = Broker::start(None, port);
-    let p = port.to_string();
-    let checker = Sub::start(
-        None,
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p,
-            "-q",
-            "1",
-            "-c",
-            "-i",
-            "checker",
-            "-t",
-            "up/#",
-        ],
-    );
-    wait_for("the broker's subscriber to connect", 10, || {
-        broker.log().contains("New client connected") && broker.log().contains("checker")
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let mut checker = SessionSub::start(&broker, "checker", "up/#");
     broker.stop();
     // No broker: the bridge retries while retention keeps the last 10 of 100.
     let n = Node::start(&format!(
